@@ -1,0 +1,27 @@
+"""ddpm_jax: denoising diffusion models in JAX/Flax. Exact tested versions are pinned in requirements.txt."""
+from setuptools import find_packages, setup
+
+setup(
+    name="ddpm_jax",
+    version="0.1.0",
+    description="Denoising diffusion models (DDPM, Improved DDPM, DDIM, ADM, score SDEs, VDM, ARDM) in JAX/Flax.",
+    packages=find_packages(include=["ddpm_jax", "ddpm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "absl-py",
+        "chex",
+        "flax",
+        "jax",
+        "ml_collections",
+        "numpy",
+        "optax",
+        "orbax-checkpoint",
+        "scipy",
+        "tensorflow-datasets",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        # Benchmarks compare against PyTorch; torch==2.13.0 resolves to the CPU wheel on the dev machines.
+        "bench": ["torch==2.13.0", "diffusers"],
+    },
+)
