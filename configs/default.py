@@ -1,0 +1,57 @@
+"""Small DDPM on the 8×8 digits that ship inside scikit-learn, upsampled to 16×16: trains on a laptop CPU,
+offline, in minutes. Every other config starts from this one and changes only what differs.
+
+  python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "digits"
+  data.image_size = 16
+  data.num_channels = 1
+  data.random_flip = False
+  data.data_dir = config_dict.placeholder(str)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "unet"
+  model.ch = 32
+  model.out_channels = 1                 # data.num_channels, twice that with a learned variance
+  model.ch_mult = (1, 2)
+  model.num_res_blocks = 1
+  model.attn_resolutions = (8,)
+  model.dropout = 0.0
+  model.num_heads = 1
+  model.num_head_channels = -1           # > 0 overrides num_heads (ADM)
+  model.resblock_updown = False          # BigGAN-style residual up/down-sampling (ADM)
+  model.scale_shift_norm = False         # AdaGN (ADM)
+  model.num_classes = 0                  # > 0: class-conditional, with an extra null class
+  model.context_dim = config_dict.placeholder(int)  # cross-attention to a [B, L, context_dim] context
+  model.dtype = "float32"
+  model.remat = False
+
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.num_timesteps = 1000
+  diffusion.beta_schedule = "linear"
+  diffusion.mean_type = "eps"
+  diffusion.var_type = "fixed_large"
+  diffusion.loss_type = "mse"
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.lr = 2e-3
+  optim.warmup_steps = 100
+  optim.grad_clip = 1.0
+  optim.ema_decay = 0.999
+
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 64
+  training.num_train_steps = 3000
+  training.log_every_steps = 50
+  training.checkpoint_every_steps = 500
+  training.eval_every_steps = 1000
+  return config

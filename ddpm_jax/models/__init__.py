@@ -1,0 +1,36 @@
+"""Flax models. `get_model(config.model)` builds the module named by `config.model.name`."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from ddpm_jax.models.classifier import NoisyClassifier
+from ddpm_jax.models.unet import UNet
+
+MODELS = {"unet": UNet, "classifier": NoisyClassifier}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def get_model(model_config):
+  """The module `model_config.name` with every other field of `model_config` as its hyperparameter.
+
+  `dtype` is a name ("float32", "bfloat16"); sequences may be tuples or lists.
+  """
+  kwargs = dict(model_config)
+  name = kwargs.pop("name", "unet")
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; known: {', '.join(MODELS)}.")
+  cls = MODELS[name]
+  valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(kwargs) - valid)
+  if unknown:
+    raise ValueError(f"config.model has fields {unknown} that {cls.__name__} does not take; valid: {sorted(valid)}.")
+  if "dtype" in kwargs:
+    if kwargs["dtype"] not in DTYPES:
+      raise ValueError(f"Unknown model dtype {kwargs['dtype']!r}; known: {', '.join(DTYPES)}.")
+    kwargs["dtype"] = DTYPES[kwargs["dtype"]]
+  for key in ("ch_mult", "attn_resolutions"):
+    if key in kwargs:
+      kwargs[key] = tuple(kwargs[key])
+  return cls(**kwargs)

@@ -1,0 +1,156 @@
+"""Building blocks of the DDPM and ADM U-Nets (Flax linen), each taking only its own hyperparameters.
+
+Compute runs in `dtype` (e.g. bfloat16) with float32 parameters; GroupNorm runs in float32 as ADM does, for
+stability at low precision.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+NUM_GROUPS = 32
+
+
+def timestep_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Array:
+  """Sinusoidal embedding of (possibly fractional) timesteps: [B] -> [B, dim] (DDPM's `get_timestep_embedding`).
+
+  emb[:, i] = sin(t · ω_i) and emb[:, half + i] = cos(t · ω_i), ω_i = max_period^(-i / (half - 1)),
+  i < half = dim // 2; a zero column is appended when dim is odd.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def group_norm(name: str | None = None) -> nn.GroupNorm:
+  groups_eps = dict(num_groups=NUM_GROUPS, epsilon=1e-5, dtype=jnp.float32)
+  return nn.GroupNorm(**groups_eps, name=name)
+
+
+def conv3x3(features: int, dtype: Dtype, zero_init: bool = False, name: str | None = None) -> nn.Conv:
+  """3×3 convolution with padding 1 on each side (as the PyTorch code of DDPM/ADM, so weights port 1:1)."""
+  kernel_init = nn.initializers.zeros if zero_init else nn.linear.default_kernel_init
+  return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, kernel_init=kernel_init, name=name)
+
+
+def upsample_nearest(x: Array) -> Array:
+  b, h, w, c = x.shape
+  return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+
+
+def downsample_avg(x: Array) -> Array:
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class Downsample(nn.Module):
+  """Halves the resolution: 3×3 stride-2 convolution, or 2×2 average pooling without one."""
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.with_conv:
+      return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+    return downsample_avg(x)
+
+
+class Upsample(nn.Module):
+  """Doubles the resolution: nearest neighbour, then a 3×3 convolution if `with_conv`."""
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = upsample_nearest(x)
+    return conv3x3(x.shape[-1], self.dtype)(x) if self.with_conv else x
+
+
+class ResBlock(nn.Module):
+  """Wide residual block conditioned on an embedding (DDPM's `resnet_block`, ADM's `ResBlock`).
+
+  scale_shift_norm: AdaGN, GroupNorm(h)·(1 + s) + b with (s, b) from the embedding (ADM §3), instead of
+  adding the projected embedding before the second norm (DDPM).
+  resample: "up" | "down" resamples inside the block as in BigGAN (ADM's resblock_updown).
+  """
+  out_channels: int
+  dropout: float = 0.0
+  scale_shift_norm: bool = False
+  resample: str | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, emb: Array, train: bool) -> Array:
+    h = nn.swish(group_norm()(x)).astype(self.dtype)
+    if self.resample is not None:
+      resample = upsample_nearest if self.resample == "up" else downsample_avg
+      h, x = resample(h), resample(x)
+    h = conv3x3(self.out_channels, self.dtype)(h)
+    emb_out = nn.Dense(self.out_channels * (2 if self.scale_shift_norm else 1), dtype=self.dtype)(nn.swish(emb))
+    emb_out = emb_out[:, None, None, :]
+    if self.scale_shift_norm:
+      scale, shift = jnp.split(emb_out, 2, axis=-1)
+      h = group_norm()(h) * (1 + scale) + shift
+    else:
+      h = group_norm()(h + emb_out)
+    h = nn.Dropout(self.dropout)(nn.swish(h).astype(self.dtype), deterministic=not train)
+    h = conv3x3(self.out_channels, self.dtype, zero_init=True)(h)
+    if x.shape[-1] != self.out_channels:  # 1×1 projection of the skip path (DDPM's NIN shortcut)
+      x = nn.Dense(self.out_channels, dtype=self.dtype, name="skip")(x)
+    return x + h
+
+
+def num_attention_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
+  if num_head_channels > 0:
+    if channels % num_head_channels:
+      raise ValueError(f"{channels} channels are not divisible by num_head_channels={num_head_channels}.")
+    return channels // num_head_channels
+  if channels % num_heads:
+    raise ValueError(f"{channels} channels are not divisible by num_heads={num_heads}.")
+  return num_heads
+
+
+def multihead_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
+  """Multi-head softmax(q kᵀ/√d) v: q [B, L, C], k and v [B, S, C] -> [B, L, C]."""
+  b, length, c = q.shape
+  split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, c // heads)
+  out = jax.nn.dot_product_attention(split(q), split(k), split(v))
+  return out.reshape(b, length, c)
+
+
+class AttentionBlock(nn.Module):
+  """Self-attention over the H·W positions with a residual connection (DDPM's `attn_block`, ADM's
+  multi-head `AttentionBlock`); with `context_dim`, a cross-attention to a context sequence follows."""
+  num_heads: int = 1
+  num_head_channels: int = -1
+  context_dim: int | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array | None = None) -> Array:
+    b, hgt, wid, c = x.shape
+    heads = num_attention_heads(c, self.num_heads, self.num_head_channels)
+    h = group_norm()(x).astype(self.dtype).reshape(b, hgt * wid, c)
+    q, k, v = jnp.split(nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h), 3, axis=-1)
+    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(multihead_attention(q, k, v, heads))
+    x = x + h.reshape(x.shape)
+    if self.context_dim is None:
+      return x
+    if context is None or context.shape[-1] != self.context_dim:
+      got = None if context is None else context.shape
+      raise ValueError(f"This model cross-attends to a context [B, L, {self.context_dim}]; got {got}.")
+    h = group_norm(name="cross_norm")(x).astype(self.dtype).reshape(b, hgt * wid, c)
+    q = nn.Dense(c, dtype=self.dtype, name="cross_q")(h)
+    k, v = jnp.split(nn.Dense(2 * c, dtype=self.dtype, name="cross_kv")(context.astype(self.dtype)), 2, axis=-1)
+    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="cross_out")(multihead_attention(q, k, v, heads))
+    return x + h.reshape(x.shape)

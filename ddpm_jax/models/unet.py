@@ -1,0 +1,120 @@
+"""The U-Net of DDPM (Ho et al. 2020, App. B) with the options of ADM (Dhariwal & Nichol 2021, §3).
+
+DDPM: `UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)`.
+ADM adds: more residual blocks, BigGAN up/down-sampling (`resblock_updown`), multi-head attention at several
+resolutions (`num_heads` or `num_head_channels`), AdaGN (`scale_shift_norm`), class conditioning with an
+extra null class for classifier-free guidance (`num_classes`), and learned variances (`out_channels` = 2·C).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ddpm_jax.models import layers
+
+Array = jax.Array
+
+
+class TimeClassEmbedding(nn.Module):
+  """t (and y) -> [B, 4·ch]: sinusoidal embedding, Dense, swish, Dense; plus a learned class embedding.
+
+  The class table has `num_classes + 1` rows: row `num_classes` is the null label ∅ used for unconditional
+  predictions in classifier-free guidance, and what `y=None` means for a class-conditional model.
+  """
+  ch: int
+  num_classes: int = 0
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: Array, y: Array | None) -> Array:
+    emb = layers.timestep_embedding(t, self.ch)
+    emb = nn.Dense(4 * self.ch, dtype=self.dtype)(emb)
+    emb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.swish(emb))
+    if self.num_classes:
+      if y is None:
+        y = jnp.full(t.shape, self.num_classes, jnp.int32)
+      emb = emb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="class_embedding")(y)
+    return emb
+
+
+class UNetBackbone(nn.Module):
+  """Fields and the encoder half shared by `UNet` and the noisy classifier: the input convolution, the
+  down-sampling path and the middle block."""
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.0
+  num_heads: int = 1
+  num_head_channels: int = -1
+  resblock_updown: bool = False
+  scale_shift_norm: bool = False
+  conv_resample: bool = True
+  context_dim: int | None = None
+  dtype: layers.Dtype = jnp.float32
+  remat: bool = False
+
+  # Blocks are named by their place in the U-Net ("down_1_0", "mid_attn", "up_0_2", …), so that
+  # parameters are the same with and without remat.
+  @nn.nowrap
+  def res_block(self, channels: int, name: str, resample: str | None = None) -> nn.Module:
+    # `train` is argument 3 of ResBlock.__call__ counting self: it selects dropout, so it stays static.
+    cls = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
+    return cls(channels, self.dropout, self.scale_shift_norm, resample, dtype=self.dtype, name=name)
+
+  @nn.nowrap
+  def attention(self, name: str) -> nn.Module:
+    return layers.AttentionBlock(self.num_heads, self.num_head_channels, self.context_dim, dtype=self.dtype,
+                                 name=name)
+
+  @nn.nowrap
+  def encode(self, x: Array, emb: Array, context: Array | None, train: bool) -> tuple[Array, list[Array]]:
+    """-> (middle-block output, skip activations of the down path in order)."""
+    h = layers.conv3x3(self.ch, self.dtype, name="conv_in")(x.astype(self.dtype))
+    skips = [h]
+    for level, mult in enumerate(self.ch_mult):
+      for i in range(self.num_res_blocks):
+        h = self.res_block(self.ch * mult, f"down_{level}_{i}")(h, emb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = self.attention(f"down_{level}_{i}_attn")(h, context)
+        skips.append(h)
+      if level != len(self.ch_mult) - 1:
+        name = f"down_{level}_resample"
+        if self.resblock_updown:
+          h = self.res_block(h.shape[-1], name, "down")(h, emb, train)
+        else:
+          h = layers.Downsample(self.conv_resample, dtype=self.dtype, name=name)(h)
+        skips.append(h)
+    h = self.res_block(h.shape[-1], "mid_0")(h, emb, train)
+    h = self.attention("mid_attn")(h, context)
+    h = self.res_block(h.shape[-1], "mid_1")(h, emb, train)
+    return h, skips
+
+
+class UNet(UNetBackbone):
+  """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None) -> [B, H, W, out]."""
+  out_channels: int = 3
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, x: Array, t: Array, y: Array | None = None, context: Array | None = None,
+               train: bool = False) -> Array:
+    emb = TimeClassEmbedding(self.ch, self.num_classes, dtype=self.dtype, name="embedding")(t, y)
+    h, skips = self.encode(x, emb, context, train)
+    for level, mult in reversed(list(enumerate(self.ch_mult))):
+      for i in range(self.num_res_blocks + 1):
+        h = self.res_block(self.ch * mult, f"up_{level}_{i}")(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = self.attention(f"up_{level}_{i}_attn")(h, context)
+      if level != 0:
+        name = f"up_{level}_resample"
+        if self.resblock_updown:
+          h = self.res_block(h.shape[-1], name, "up")(h, emb, train)
+        else:
+          h = layers.Upsample(self.conv_resample, dtype=self.dtype, name=name)(h)
+    h = nn.swish(layers.group_norm(name="norm_out")(h)).astype(self.dtype)
+    h = layers.conv3x3(self.out_channels, self.dtype, zero_init=True, name="conv_out")(h)
+    return h.astype(jnp.float32)

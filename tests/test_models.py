@@ -1,0 +1,180 @@
+"""U-Net and noisy classifier: shapes for every option combination, pinned paper sizes, and behaviour."""
+import importlib
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import models
+from ddpm_jax.models import layers
+from ddpm_jax.models.unet import UNet
+
+TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+B, S, C = 2, 8, 3
+
+
+def _inputs(num_classes=0, context_dim=None):
+  x = jax.random.normal(jax.random.key(0), (B, S, S, C))
+  t = jnp.array([3, 700])
+  y = jnp.array([1, 4]) if num_classes else None
+  context = jax.random.normal(jax.random.key(1), (B, 5, context_dim)) if context_dim else None
+  return x, t, y, context
+
+
+def _perturbed(params, scale=0.1):
+  """Params with noise on every leaf, so that the zero-initialised layers no longer hide anything."""
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(42), len(leaves))
+  return tree.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+
+OPTIONS = dict(resblock_updown=(False, True), scale_shift_norm=(False, True), num_classes=(0, 10),
+               context_dim=(None, 16), num_head_channels=(-1, 16), remat=(False, True), learned_var=(False, True),
+               dtype=(jnp.float32, jnp.bfloat16))
+
+
+def _pairwise_covering_rows():
+  """16 rows over 8 two-level options in which every pair of options takes all 4 value pairs: the first
+  four options run through all 16 combinations, the others are parities of three of them (2^(8-4) design)."""
+  for a, b, c, d in itertools.product((0, 1), repeat=4):
+    yield (a, b, c, d, a ^ b ^ c, a ^ b ^ d, a ^ c ^ d, b ^ c ^ d)
+
+
+@pytest.mark.parametrize("levels", list(_pairwise_covering_rows()))
+def test_unet_output_shape_and_dtype_over_option_combinations(levels):
+  opts = {name: values[level] for (name, values), level in zip(OPTIONS.items(), levels)}
+  out_channels = 2 * C if opts.pop("learned_var") else C
+  model = UNet(**TINY, **opts, out_channels=out_channels)
+  x, t, y, context = _inputs(opts["num_classes"], opts["context_dim"])
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, y, context))
+  out = jax.eval_shape(lambda v: model.apply(v, x, t, y, context, train=True, rngs={"dropout": jax.random.key(1)}),
+                       variables)
+  assert out.shape == (B, S, S, out_channels) and out.dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
+
+
+def test_covering_rows_cover_every_pair():
+  rows = list(_pairwise_covering_rows())
+  for i, j in itertools.combinations(range(len(OPTIONS)), 2):
+    assert {(r[i], r[j]) for r in rows} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
+def _count(config_module):
+  config = importlib.import_module(f"configs.{config_module}").get_config()
+  model = models.get_model(config.model)
+  size, channels = config.data.image_size, config.data.num_channels
+  x, t = jnp.zeros((1, size, size, channels)), jnp.zeros((1,), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t))  # no allocation
+  return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes))
+
+
+def test_paper_model_sizes():
+  # DDPM CIFAR-10: 35.7 M in the paper; the same count as diffusers' UNet2DModel of this architecture.
+  assert _count("ddpm_cifar10") == 35_746_307
+  # DDPM CelebA-HQ 256: 114 M in the paper.
+  assert _count("ddpm_celebahq256") == 113_673_219
+  # ADM ImageNet 64: 296 M in the paper; 768 of ours are the extra null-class embedding row.
+  assert _count("adm_imagenet64") == 295_905_222
+
+
+def test_timestep_embedding_formula():
+  t = np.array([0, 1, 17, 999])
+  dim = 10
+  emb = np.asarray(layers.timestep_embedding(jnp.asarray(t), dim))
+  half = dim // 2
+  freqs = np.exp(-np.log(10_000) * np.arange(half) / (half - 1))
+  np.testing.assert_allclose(emb[:, :half], np.sin(t[:, None] * freqs), atol=2e-4)
+  np.testing.assert_allclose(emb[:, half:], np.cos(t[:, None] * freqs), atol=2e-4)
+  assert layers.timestep_embedding(jnp.asarray(t), 7).shape == (4, 7)
+
+
+@pytest.fixture(scope="module")
+def conditional_model():
+  model = UNet(**TINY, out_channels=C, dropout=0.5, num_classes=10, context_dim=16, scale_shift_norm=True)
+  x, t, y, context = _inputs(10, 16)
+  params = model.init(jax.random.key(0), x, t, y, context)
+  return model, params
+
+
+def test_output_is_zero_at_init(conditional_model):
+  model, params = conditional_model
+  x, t, y, context = _inputs(10, 16)
+  np.testing.assert_array_equal(model.apply(params, x, t, y, context), 0.0)
+
+
+def test_dropout_only_with_train(conditional_model):
+  model, params = conditional_model
+  params = _perturbed(params)
+  x, t, y, context = _inputs(10, 16)
+  apply = jax.jit(lambda p, key, train: model.apply(p, x, t, y, context, train=train, rngs={"dropout": key}),
+                  static_argnums=2)
+  eval_a, eval_b = apply(params, jax.random.key(1), False), apply(params, jax.random.key(2), False)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a, train_b = apply(params, jax.random.key(1), True), apply(params, jax.random.key(2), True)
+  assert float(jnp.max(jnp.abs(train_a - train_b))) > 1e-3
+  assert float(jnp.max(jnp.abs(train_a - eval_a))) > 1e-3
+
+
+def test_class_null_class_and_context_change_the_output(conditional_model):
+  model, params = conditional_model
+  params = _perturbed(params)
+  x, t, y, context = _inputs(10, 16)
+  apply = jax.jit(model.apply)
+  base = apply(params, x, t, y, context)
+  other_class = apply(params, x, t, y + 1, context)
+  null_class = apply(params, x, t, None, context)
+  explicit_null = apply(params, x, t, jnp.full_like(y, 10), context)
+  other_context = apply(params, x, t, y, context + 1.0)
+  for changed in (other_class, null_class, other_context):
+    assert float(jnp.max(jnp.abs(changed - base))) > 1e-3
+  np.testing.assert_array_equal(null_class, explicit_null)
+  with pytest.raises(ValueError, match="context"):
+    model.apply(params, x, t, y, None)
+
+
+def test_bfloat16_matches_float32():
+  kwargs = dict(**TINY, out_channels=C, num_head_channels=16, scale_shift_norm=True, resblock_updown=True)
+  x, t, _, _ = _inputs()
+  params = _perturbed(UNet(**kwargs).init(jax.random.key(0), x, t))
+  out32 = UNet(**kwargs).apply(params, x, t)
+  out16 = UNet(**kwargs, dtype=jnp.bfloat16).apply(params, x, t)
+  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert rel < 0.03, rel
+
+
+def test_remat_gives_the_same_values_and_gradients():
+  x, t, _, _ = _inputs()
+  params = _perturbed(UNet(**TINY, out_channels=C).init(jax.random.key(0), x, t))
+  loss = lambda remat: jax.value_and_grad(lambda p: jnp.sum(UNet(**TINY, out_channels=C, remat=remat).apply(p, x, t) ** 2))
+  (v0, g0), (v1, g1) = loss(False)(params), loss(True)(params)
+  np.testing.assert_allclose(v0, v1, rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g0, g1)
+
+
+def test_noisy_classifier_logits():
+  model = models.NoisyClassifier(**TINY, num_classes=7, num_head_channels=16, scale_shift_norm=True,
+                                 resblock_updown=True)
+  x, t, _, _ = _inputs()
+  params = model.init(jax.random.key(0), x, t)
+  logits = jax.jit(model.apply)(params, x, t)
+  assert logits.shape == (B, 7) and logits.dtype == jnp.float32
+  # ∇x log p(y | x_t): what classifier guidance uses; finite and input-dependent.
+  grad = jax.grad(lambda x: jnp.sum(jax.nn.log_softmax(model.apply(params, x, t))[:, 3]))(x)
+  assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+
+
+def test_get_model_rejects_unknown_fields_and_names():
+  from configs import default
+  config = default.get_config()
+  assert isinstance(models.get_model(config.model), UNet)
+  bad = config.model.to_dict()
+  bad["channels"] = 3
+  with pytest.raises(ValueError, match=r"\['channels'\]"):
+    models.get_model(bad)
+  with pytest.raises(ValueError, match="Unknown model"):
+    models.get_model({"name": "transformer"})
+  with pytest.raises(ValueError, match="num_head_channels"):
+    UNet(**TINY, num_head_channels=24).init(jax.random.key(0), *_inputs()[:2])
