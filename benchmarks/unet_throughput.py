@@ -1,0 +1,143 @@
+"""Throughput of the DDPM CIFAR-10 U-Net (35.7 M parameters) in JAX against PyTorch, measured in one run.
+
+Prints images/s of the forward pass and of a training step (forward + backward + global-norm clip + Adam)
+at batch 8 for this project's Flax U-Net and for diffusers' `UNet2DModel` of the same architecture on
+PyTorch, the FLOPs XLA counts for each step, the achieved fraction of the dense-matmul FLOP/s measured in
+the same run, and the JAX/PyTorch ratios.
+
+  pip install -r requirements.txt -e ".[bench]"
+  python benchmarks/unet_throughput.py [--batch=8] [--repeats=5] [--torch=false] [--dtype=bfloat16]
+"""
+from __future__ import annotations
+
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from configs import ddpm_cifar10
+from ddpm_jax import diffusion, models, schedules
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch", 8, "Images per step.")
+flags.DEFINE_integer("repeats", 5, "Timed repetitions; the median is reported.")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul that measures peak FLOP/s.")
+flags.DEFINE_bool("torch", True, "Also measure diffusers' UNet2DModel in PyTorch.")
+flags.DEFINE_string("dtype", "float32", "Compute dtype of the JAX model (float32 | bfloat16).")
+
+
+def median_seconds(fn, repeats: int) -> float:
+  fn()  # warm-up (and compilation)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def jax_matmul_flops_per_s(n: int, repeats: int) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  return 2 * n**3 / median_seconds(lambda: matmul(a).block_until_ready(), repeats)
+
+
+def jax_unet(batch: int, repeats: int, dtype: str) -> dict[str, float]:
+  config = ddpm_cifar10.get_config()
+  config.model.dtype = dtype
+  model = models.get_model(config.model)
+  d = diffusion.GaussianDiffusion.from_betas(schedules.get_beta_schedule("linear", 1000))
+  x0 = jax.random.uniform(jax.random.key(0), (batch, 32, 32, 3), minval=-1, maxval=1)
+  t = jnp.arange(batch, dtype=jnp.int32) * 100
+  params = jax.jit(model.init)(jax.random.key(1), x0, t)
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(2e-4))
+  opt_state = optimizer.init(params)
+
+  forward = jax.jit(lambda params, x, t: model.apply(params, x, t))
+
+  def train_step(params, opt_state, rng):
+    noise_rng, dropout_rng = jax.random.split(rng)
+    noise = jax.random.normal(noise_rng, x0.shape)
+
+    def loss_fn(params):
+      model_fn = lambda x_t, t_: model.apply(params, x_t, t_, train=True, rngs={"dropout": dropout_rng})
+      return jnp.mean(diffusion.training_losses(d, model_fn, x0, t, noise)["loss"])
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  train_step = jax.jit(train_step, donate_argnums=(0, 1))
+  forward_flops = forward.lower(params, x0, t).compile().cost_analysis()["flops"]
+  step_flops = train_step.lower(params, opt_state, jax.random.key(2)).compile().cost_analysis()["flops"]
+
+  state = {"params": params, "opt_state": opt_state}
+
+  def run_train_step():
+    state["params"], state["opt_state"], loss = train_step(state["params"], state["opt_state"], jax.random.key(2))
+    loss.block_until_ready()
+
+  return dict(forward_s=median_seconds(lambda: forward(params, x0, t).block_until_ready(), repeats),
+              train_s=median_seconds(run_train_step, repeats), forward_flops=forward_flops, train_flops=step_flops)
+
+
+def torch_unet(batch: int, repeats: int) -> dict[str, float]:
+  import torch
+  from diffusers import UNet2DModel
+
+  torch.manual_seed(0)
+  model = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                      block_out_channels=(128, 256, 256, 256),
+                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), dropout=0.1)
+  num_params = sum(p.numel() for p in model.parameters())
+  optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+  x = torch.rand(batch, 3, 32, 32) * 2 - 1
+  t = torch.arange(batch) * 100
+
+  def forward():
+    with torch.no_grad():
+      model.eval()
+      model(x, t)
+
+  def train_step():
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    noise = torch.randn_like(x)
+    loss = torch.mean((model(x + noise, t).sample - noise) ** 2)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+  matmul_a = torch.randn(FLAGS.matmul_size, FLAGS.matmul_size)
+  matmul_s = median_seconds(lambda: matmul_a @ matmul_a, repeats)
+  return dict(forward_s=median_seconds(forward, repeats), train_s=median_seconds(train_step, repeats),
+              num_params=num_params, matmul_flops_per_s=2 * FLAGS.matmul_size**3 / matmul_s)
+
+
+def main(argv):
+  del argv
+  batch, repeats = FLAGS.batch, FLAGS.repeats
+  print(f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}", flush=True)
+  peak = jax_matmul_flops_per_s(FLAGS.matmul_size, repeats)
+  print(f"JAX dense matmul {FLAGS.matmul_size}²: {peak / 1e9:.1f} GFLOP/s", flush=True)
+  j = jax_unet(batch, repeats, FLAGS.dtype)
+  for name in ("forward", "train"):
+    seconds, flops = j[f"{name}_s"], j[f"{name}_flops"]
+    print(f"JAX {name:8s}: {batch / seconds:6.2f} img/s  {flops / batch / 1e9:6.1f} GFLOP/img (XLA)  "
+          f"{flops / seconds / 1e9:6.1f} GFLOP/s = {flops / seconds / peak:5.1%} of matmul peak", flush=True)
+  if not FLAGS.torch:
+    return
+  p = torch_unet(batch, repeats)
+  print(f"PyTorch dense matmul: {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s;  diffusers UNet2DModel "
+        f"{p['num_params']:,} parameters")
+  for name in ("forward", "train"):
+    print(f"PyTorch {name:8s}: {batch / p[f'{name}_s']:6.2f} img/s   JAX / PyTorch = {p[f'{name}_s'] / j[f'{name}_s']:.2f}×")
+
+
+if __name__ == "__main__":
+  app.run(main)
