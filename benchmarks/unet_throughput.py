@@ -28,6 +28,7 @@ flags.DEFINE_integer("repeats", 5, "Timed repetitions; the median is reported.")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul that measures peak FLOP/s.")
 flags.DEFINE_bool("torch", True, "Also measure diffusers' UNet2DModel in PyTorch.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype of the JAX model (float32 | bfloat16).")
+flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | matmul).")
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -46,9 +47,10 @@ def jax_matmul_flops_per_s(n: int, repeats: int) -> float:
   return 2 * n**3 / median_seconds(lambda: matmul(a).block_until_ready(), repeats)
 
 
-def jax_unet(batch: int, repeats: int, dtype: str) -> dict[str, float]:
+def jax_unet(batch: int, repeats: int, dtype: str, conv_impl: str) -> dict[str, float]:
   config = ddpm_cifar10.get_config()
   config.model.dtype = dtype
+  config.model.conv_impl = conv_impl
   model = models.get_model(config.model)
   d = diffusion.GaussianDiffusion.from_betas(schedules.get_beta_schedule("linear", 1000))
   x0 = jax.random.uniform(jax.random.key(0), (batch, 32, 32, 3), minval=-1, maxval=1)
@@ -122,10 +124,10 @@ def torch_unet(batch: int, repeats: int) -> dict[str, float]:
 def main(argv):
   del argv
   batch, repeats = FLAGS.batch, FLAGS.repeats
-  print(f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}", flush=True)
+  print(f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}, conv {FLAGS.conv_impl}", flush=True)
   peak = jax_matmul_flops_per_s(FLAGS.matmul_size, repeats)
   print(f"JAX dense matmul {FLAGS.matmul_size}²: {peak / 1e9:.1f} GFLOP/s", flush=True)
-  j = jax_unet(batch, repeats, FLAGS.dtype)
+  j = jax_unet(batch, repeats, FLAGS.dtype, FLAGS.conv_impl)
   for name in ("forward", "train"):
     seconds, flops = j[f"{name}_s"], j[f"{name}_flops"]
     print(f"JAX {name:8s}: {batch / seconds:6.2f} img/s  {flops / batch / 1e9:6.1f} GFLOP/img (XLA)  "

@@ -32,6 +32,7 @@ def get_config():
   model.scale_shift_norm = False         # AdaGN (ADM)
   model.num_classes = 0                  # > 0: class-conditional, with an extra null class
   model.context_dim = config_dict.placeholder(int)  # cross-attention to a [B, L, context_dim] context
+  model.conv_impl = "xla"               # "matmul": im2col convolutions, faster on XLA:CPU
   model.dtype = "float32"
   model.remat = False
 

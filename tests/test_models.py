@@ -187,3 +187,18 @@ def test_get_model_rejects_unknown_fields_and_names():
     models.get_model({"name": "transformer"})
   with pytest.raises(ValueError, match="num_head_channels"):
     UNet(**TINY, num_head_channels=24).init(jax.random.key(0), *_inputs()[:2])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_as_matmul_equals_xla_convolution(stride):
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 5))
+  conv = layers.Conv(7, stride=stride)
+  params = _random_params(conv, x)
+  xla = conv.apply(params, x)
+  matmul = layers.Conv(7, stride=stride, impl="matmul").apply(params, x)
+  assert xla.shape == (2, 6 // stride, 6 // stride, 7)
+  np.testing.assert_allclose(matmul, xla, rtol=1e-5, atol=1e-5)
+  # Gradients agree too: the backward pass is where the matmul form pays off on CPU.
+  grads = [jax.grad(lambda p, x: jnp.sum(layers.Conv(7, stride=stride, impl=impl).apply(p, x) ** 2), argnums=(0, 1))(
+      params, x) for impl in ("xla", "matmul")]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)

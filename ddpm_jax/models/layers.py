@@ -38,15 +38,57 @@ def group_norm(name: str | None = None) -> nn.GroupNorm:
   return nn.GroupNorm(**groups_eps, name=name)
 
 
-def conv3x3(features: int, dtype: Dtype, zero_init: bool = False, name: str | None = None) -> nn.Conv:
-  """3×3 convolution with padding 1 on each side (as the PyTorch code of DDPM/ADM, so weights port 1:1)."""
-  kernel_init = nn.initializers.zeros if zero_init else nn.linear.default_kernel_init
-  return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, kernel_init=kernel_init, name=name)
+CONV_IMPLS = ("xla", "matmul")
+
+
+def conv_as_matmul(x: Array, kernel: Array, stride: int) -> Array:
+  """k×k convolution with padding (k-1)/2 as one matmul over gathered patches (im2col):
+  [B, H, W, C] ⊛ [k, k, C, O] -> [B, H/stride, W/stride, O]. Same result as the XLA convolution; XLA:CPU runs
+  matmuls (and their transposes in the backward pass) much closer to peak than its convolutions."""
+  k = kernel.shape[0]
+  pad = (k - 1) // 2
+  b, h, w, c = x.shape
+  out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  patches = jnp.concatenate([xp[:, dy:dy + stride * (out_h - 1) + 1:stride, dx:dx + stride * (out_w - 1) + 1:stride]
+                             for dy in range(k) for dx in range(k)], axis=-1)  # [B, H', W', k·k·C], (dy, dx, c)
+  return patches @ kernel.reshape(k * k * c, -1)
+
+
+class Conv(nn.Module):
+  """k×k convolution, padding (k-1)/2 on each side as the PyTorch code of DDPM/ADM (so weights port 1:1).
+
+  impl: "xla" (lax.conv) or "matmul" (`conv_as_matmul`); both have the same parameters and results.
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  zero_init: bool = False
+  impl: str = "xla"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k, c = self.kernel_size, x.shape[-1]
+    kernel_init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
+    kernel = self.param("kernel", kernel_init, (k, k, c, self.features), jnp.float32).astype(self.dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+    x = x.astype(self.dtype)
+    if self.impl == "matmul":
+      y = conv_as_matmul(x, kernel, self.stride)
+    elif self.impl == "xla":
+      pad = (k - 1) // 2
+      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), ((pad, pad), (pad, pad)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    else:
+      raise ValueError(f"Unknown conv impl {self.impl!r}; valid: {', '.join(CONV_IMPLS)}.")
+    return y + bias
 
 
 def upsample_nearest(x: Array) -> Array:
+  """2× nearest-neighbour upsampling as a broadcast, whose gradient is a plain sum (not a scatter)."""
   b, h, w, c = x.shape
-  return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
 
 
 def downsample_avg(x: Array) -> Array:
@@ -56,24 +98,26 @@ def downsample_avg(x: Array) -> Array:
 class Downsample(nn.Module):
   """Halves the resolution: 3×3 stride-2 convolution, or 2×2 average pooling without one."""
   with_conv: bool = True
+  conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if self.with_conv:
-      return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+      return Conv(x.shape[-1], stride=2, impl=self.conv_impl, dtype=self.dtype)(x)
     return downsample_avg(x)
 
 
 class Upsample(nn.Module):
   """Doubles the resolution: nearest neighbour, then a 3×3 convolution if `with_conv`."""
   with_conv: bool = True
+  conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = upsample_nearest(x)
-    return conv3x3(x.shape[-1], self.dtype)(x) if self.with_conv else x
+    return Conv(x.shape[-1], impl=self.conv_impl, dtype=self.dtype)(x) if self.with_conv else x
 
 
 class ResBlock(nn.Module):
@@ -87,6 +131,7 @@ class ResBlock(nn.Module):
   dropout: float = 0.0
   scale_shift_norm: bool = False
   resample: str | None = None
+  conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -95,7 +140,7 @@ class ResBlock(nn.Module):
     if self.resample is not None:
       resample = upsample_nearest if self.resample == "up" else downsample_avg
       h, x = resample(h), resample(x)
-    h = conv3x3(self.out_channels, self.dtype)(h)
+    h = Conv(self.out_channels, impl=self.conv_impl, dtype=self.dtype)(h)
     emb_out = nn.Dense(self.out_channels * (2 if self.scale_shift_norm else 1), dtype=self.dtype)(nn.swish(emb))
     emb_out = emb_out[:, None, None, :]
     if self.scale_shift_norm:
@@ -104,7 +149,7 @@ class ResBlock(nn.Module):
     else:
       h = group_norm()(h + emb_out)
     h = nn.Dropout(self.dropout)(nn.swish(h).astype(self.dtype), deterministic=not train)
-    h = conv3x3(self.out_channels, self.dtype, zero_init=True)(h)
+    h = Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype)(h)
     if x.shape[-1] != self.out_channels:  # 1×1 projection of the skip path (DDPM's NIN shortcut)
       x = nn.Dense(self.out_channels, dtype=self.dtype, name="skip")(x)
     return x + h

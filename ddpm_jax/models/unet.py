@@ -54,6 +54,7 @@ class UNetBackbone(nn.Module):
   scale_shift_norm: bool = False
   conv_resample: bool = True
   context_dim: int | None = None
+  conv_impl: str = "xla"        # "matmul": convolutions as im2col matmuls, faster on XLA:CPU
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
 
@@ -63,7 +64,7 @@ class UNetBackbone(nn.Module):
   def res_block(self, channels: int, name: str, resample: str | None = None) -> nn.Module:
     # `train` is argument 3 of ResBlock.__call__ counting self: it selects dropout, so it stays static.
     cls = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
-    return cls(channels, self.dropout, self.scale_shift_norm, resample, dtype=self.dtype, name=name)
+    return cls(channels, self.dropout, self.scale_shift_norm, resample, self.conv_impl, dtype=self.dtype, name=name)
 
   @nn.nowrap
   def attention(self, name: str) -> nn.Module:
@@ -73,7 +74,7 @@ class UNetBackbone(nn.Module):
   @nn.nowrap
   def encode(self, x: Array, emb: Array, context: Array | None, train: bool) -> tuple[Array, list[Array]]:
     """-> (middle-block output, skip activations of the down path in order)."""
-    h = layers.conv3x3(self.ch, self.dtype, name="conv_in")(x.astype(self.dtype))
+    h = layers.Conv(self.ch, impl=self.conv_impl, dtype=self.dtype, name="conv_in")(x)
     skips = [h]
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
@@ -86,7 +87,7 @@ class UNetBackbone(nn.Module):
         if self.resblock_updown:
           h = self.res_block(h.shape[-1], name, "down")(h, emb, train)
         else:
-          h = layers.Downsample(self.conv_resample, dtype=self.dtype, name=name)(h)
+          h = layers.Downsample(self.conv_resample, self.conv_impl, dtype=self.dtype, name=name)(h)
         skips.append(h)
     h = self.res_block(h.shape[-1], "mid_0")(h, emb, train)
     h = self.attention("mid_attn")(h, context)
@@ -114,7 +115,7 @@ class UNet(UNetBackbone):
         if self.resblock_updown:
           h = self.res_block(h.shape[-1], name, "up")(h, emb, train)
         else:
-          h = layers.Upsample(self.conv_resample, dtype=self.dtype, name=name)(h)
+          h = layers.Upsample(self.conv_resample, self.conv_impl, dtype=self.dtype, name=name)(h)
     h = nn.swish(layers.group_norm(name="norm_out")(h)).astype(self.dtype)
-    h = layers.conv3x3(self.out_channels, self.dtype, zero_init=True, name="conv_out")(h)
+    h = layers.Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype, name="conv_out")(h)
     return h.astype(jnp.float32)
