@@ -42,17 +42,27 @@ def get_config():
   diffusion.mean_type = "eps"
   diffusion.var_type = "fixed_large"
   diffusion.loss_type = "mse"
+  diffusion.timestep_sampler = "uniform"  # or "loss_aware" (Improved DDPM §3.3, for the kl losses)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3
   optim.warmup_steps = 100
   optim.grad_clip = 1.0
   optim.ema_decay = 0.999
+  optim.grad_accum_steps = 1             # micro-batches per update (same update, less activation memory)
 
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 64
   training.num_train_steps = 3000
   training.log_every_steps = 50
   training.checkpoint_every_steps = 500
-  training.eval_every_steps = 1000
+  training.eval_every_steps = 1000       # EMA sample grid to workdir/samples and TensorBoard
+  training.keep_checkpoints = 3
+  training.fsdp = False                  # shard params and optimizer state over the data axis
+  training.label_dropout = 0.1           # class-conditional models: null-label rate (classifier-free guidance)
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.num_samples = 64
+  sampling.num_steps = config_dict.placeholder(int)  # respaced ancestral steps; None: all num_timesteps
+  sampling.clip_denoised = True
   return config

@@ -6,6 +6,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
+
+from ddpm_jax import diffusion
+
+Array = jax.Array
+
 
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
   """The timesteps to keep from range(num_timesteps), sorted (Improved DDPM §4, its `space_timesteps`).
@@ -41,3 +48,38 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
       position += stride
     start += size
   return sorted(steps)
+
+
+# fold_in index of x_T's noise: outside the range of step indices, which key the per-step noise.
+_PRIOR_NOISE = 2**31 - 1
+
+
+def _initial_noise(rng: Array, shape, x_T: Array | None) -> Array:
+  if x_T is None:
+    if shape is None:
+      raise ValueError("Give either `shape` or `x_T`.")
+    return jax.random.normal(jax.random.fold_in(rng, _PRIOR_NOISE), shape)
+  return x_T
+
+
+def ddpm_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng: Array, shape=None,
+                x_T: Array | None = None, num_steps: int | None = None, clip_denoised: bool = True) -> Array:
+  """Ancestral sampling x_T ~ N(0, I), x_{t-1} ~ p_θ(x_{t-1} | x_t) (DDPM Algorithm 2), one `lax.scan`.
+
+  No noise is added at the last step (t = 0). `num_steps` respaces to that many evenly spaced steps
+  (Improved DDPM §4); respacing runs on the host, so `d` must be concrete (closed over, not traced).
+  Noise for step t comes from `fold_in(rng, t)`.
+  """
+  if num_steps is not None:
+    d = diffusion.respace(d, space_timesteps(d.num_timesteps, [num_steps]))
+  x = _initial_noise(rng, shape, x_T)
+  batch = x.shape[0]
+
+  def step(x, t):
+    t_b = jnp.full((batch,), t, dtype=jnp.int32)
+    out = diffusion.p_mean_variance(d, model_fn(x, d.timestep_map[t_b]), x, t_b, clip_denoised)
+    noise = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
+    return out["mean"] + jnp.where(t > 0, jnp.exp(0.5 * out["log_variance"]), 0.0) * noise, None
+
+  x, _ = jax.lax.scan(step, x, jnp.arange(d.num_timesteps - 1, -1, -1))
+  return x

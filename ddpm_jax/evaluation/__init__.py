@@ -1,0 +1,1 @@
+"""Evaluation: image grids, (later) FID/IS with a JAX Inception and bits/dim."""

@@ -1,0 +1,35 @@
+"""Image grids of samples, as uint8 arrays and PNG files."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 in {0, …, 255}, the inverse of the data scaling x/127.5 - 1."""
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def grid_uint8(images: np.ndarray, padding: int = 1) -> np.ndarray:
+  """[N, H, W, C] in [-1, 1] -> one [rows·(H+p)+p, cols·(W+p)+p, 3] uint8 image, as square as possible."""
+  images = to_uint8(images)
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  n, h, w, c = images.shape
+  cols = math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  grid = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.uint8)
+  for i, image in enumerate(images):
+    r, col = divmod(i, cols)
+    top, left = padding + r * (h + padding), padding + col * (w + padding)
+    grid[top:top + h, left:left + w] = image
+  return grid
+
+
+def save_png(image: np.ndarray, path: str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(image).save(path)
+  return path

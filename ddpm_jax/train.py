@@ -1,0 +1,363 @@
+"""Training: one train state, one jitted step over the device mesh, and the loop that runs it.
+
+  state = create_train_state(config, rng)           # .step .params .ema_params .opt_state (.loss_history)
+  step_fn = make_train_step(config)                 # jitted (state, batch, rng) -> (state, metrics)
+  train_and_evaluate(config, workdir)               # resumes from workdir/checkpoints when present
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ddpm_jax import checkpoint, diffusion, input_pipeline, models, parallel, sampling, schedules
+from ddpm_jax.evaluation import images as image_utils
+
+NUM_LOSS_QUARTILES = 4
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array                                  # int32 scalar: optimizer updates done
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  loss_history: diffusion.LossHistory | None = None  # only with the loss-aware timestep sampler
+
+
+def make_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffusion:
+  c = config.diffusion
+  betas = schedules.get_beta_schedule(c.beta_schedule, c.num_timesteps)
+  return diffusion.GaussianDiffusion.from_betas(betas, c.mean_type, c.var_type, c.loss_type)
+
+
+def learning_rate_schedule(optim_config) -> optax.Schedule:
+  """Linear warm-up from 0 to `lr` over `warmup_steps`, then constant (DDPM App. B)."""
+  if optim_config.warmup_steps <= 0:
+    return optax.constant_schedule(optim_config.lr)
+  return optax.join_schedules([optax.linear_schedule(0.0, optim_config.lr, optim_config.warmup_steps),
+                               optax.constant_schedule(optim_config.lr)], [optim_config.warmup_steps])
+
+
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+  """Global-norm clipping, then Adam (β = 0.9, 0.999) with the warm-up schedule."""
+  return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip),
+                     optax.adam(learning_rate_schedule(optim_config)))
+
+
+def _dummy_inputs(config):
+  size, channels = config.data.image_size, config.data.num_channels
+  return jnp.zeros((1, size, size, channels)), jnp.zeros((1,), jnp.int32)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+  """Fresh parameters (EMA starts equal to them), optimizer state and, with importance sampling of t,
+  an empty loss history."""
+  model = models.get_model(config.model)
+  params = model.init(rng, *_dummy_inputs(config))
+  loss_history = None
+  if config.diffusion.timestep_sampler == "loss_aware":
+    loss_history = diffusion.init_loss_history(config.diffusion.num_timesteps)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=make_optimizer(config.optim).init(params), loss_history=loss_history)
+
+
+def _per_quartile_sums(t: jax.Array, step_losses: jax.Array, num_timesteps: int) -> dict[str, jax.Array]:
+  """Σ loss and count per quartile of t (as Improved DDPM logs); averaged over the log interval on the host."""
+  quartile = (t * NUM_LOSS_QUARTILES) // num_timesteps
+  out = {}
+  for q in range(NUM_LOSS_QUARTILES):
+    mask = (quartile == q).astype(jnp.float32)
+    out[f"loss_q{q}_sum"] = jnp.sum(step_losses * mask)
+    out[f"loss_q{q}_count"] = jnp.sum(mask)
+  return out
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model, d, optimizer,
+               lr_schedule, config) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Sample t and ε, loss, gradients, update, EMA — in that order. Batch arrays are global (sharded over
+  the mesh); random draws of global shape give every example, on every shard, its own noise."""
+  rng = jax.random.fold_in(rng, state.step)
+  t_rng, noise_rng, dropout_rng, label_rng = jax.random.split(rng, 4)
+  x0 = batch["image"]
+  batch_size = x0.shape[0]
+  t, weights = diffusion.sample_timesteps(t_rng, batch_size, d.num_timesteps, state.loss_history)
+  noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+  labels = None
+  if config.model.num_classes:
+    # Classifier-free guidance trains the null label ∅ = num_classes on a random fraction of the batch.
+    drop = jax.random.bernoulli(label_rng, config.training.label_dropout, (batch_size,))
+    labels = jnp.where(drop, config.model.num_classes, batch["label"])
+
+  def loss_fn(params, x0, t, noise, labels, weights, dropout_rng):
+    model_fn = lambda x_t, t_: model.apply(params, x_t, t_, labels, train=True, rngs={"dropout": dropout_rng})
+    step_losses = diffusion.training_losses(d, model_fn, x0, t, noise)["loss"]
+    return jnp.mean(step_losses * weights), step_losses
+
+  accum = config.optim.grad_accum_steps
+  if accum == 1:
+    (loss, step_losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, x0, t, noise, labels, weights, dropout_rng)
+  else:  # micro-batches in a scan: the same update as one big batch, with 1/accum of the activations
+    micro = lambda a: None if a is None else a.reshape((accum, batch_size // accum) + a.shape[1:])
+
+    def accumulate(grads_sum, xs):
+      i, x0_i, t_i, noise_i, labels_i, weights_i = xs
+      (loss_i, losses_i), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, x0_i, t_i, noise_i, labels_i, weights_i, jax.random.fold_in(dropout_rng, i))
+      return jax.tree_util.tree_map(jnp.add, grads_sum, grads_i), (loss_i, losses_i)
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    grads, (losses, step_losses) = jax.lax.scan(
+        accumulate, zeros, (jnp.arange(accum), micro(x0), micro(t), micro(noise), micro(labels), micro(weights)))
+    grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+    loss, step_losses = jnp.mean(losses), step_losses.reshape(batch_size)
+
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = optax.incremental_update(params, state.ema_params, 1.0 - config.optim.ema_decay)
+  loss_history = state.loss_history
+  if loss_history is not None:
+    loss_history = diffusion.update_loss_history(loss_history, t, step_losses)
+  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
+                         loss_history=loss_history)
+  metrics = dict(loss=loss, grad_norm=grad_norm, lr=lr_schedule(state.step),
+                 finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+                 **_per_quartile_sums(t, step_losses, d.num_timesteps))
+  return new_state, metrics
+
+
+def state_sharding(config: ml_collections.ConfigDict, mesh):
+  abstract = jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0))
+  return parallel.state_shardings(abstract, mesh, config.training.fsdp)
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh=None):
+  """The train step jitted over `mesh` (default: all devices): batch sharded along "data", state replicated
+  (or FSDP-sharded), the old state donated. -> (state, batch, rng) -> (state, metrics)."""
+  mesh = mesh or parallel.make_mesh()
+  step = functools.partial(train_step, model=models.get_model(config.model), d=make_diffusion(config),
+                           optimizer=make_optimizer(config.optim), lr_schedule=learning_rate_schedule(config.optim),
+                           config=config)
+  shardings = state_sharding(config, mesh)
+  return jax.jit(step, in_shardings=(shardings, parallel.data_sharding(mesh), parallel.replicated(mesh)),
+                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config validation: every impossible or inconsistent setting, in one message, before anything compiles.
+
+
+KNOWN_DATASETS = ("digits", "image_folder", "cifar10", "celeb_a_hq", "lsun", "downsampled_imagenet", "mnist",
+                  "fashion_mnist", "celeb_a", "imagenet2012", "oxford_flowers102")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  errors = []
+  data, model, diff, optim, training = config.data, config.model, config.diffusion, config.optim, config.training
+  devices = jax.device_count()
+  if training.batch_size % devices:
+    errors.append(f"training.batch_size={training.batch_size} is not divisible by the {devices} devices.")
+  if training.batch_size % (devices * optim.grad_accum_steps):
+    errors.append(f"training.batch_size={training.batch_size} does not split into optim.grad_accum_steps="
+                  f"{optim.grad_accum_steps} micro-batches over {devices} devices.")
+  if data.dataset.split("/")[0] not in KNOWN_DATASETS:
+    errors.append(f"Unknown data.dataset {data.dataset!r}; known: {', '.join(KNOWN_DATASETS)} (tfds names may "
+                  "carry a /config, e.g. celeb_a_hq/256).")
+  for kind, value, choices in [("diffusion.beta_schedule", diff.beta_schedule, tuple(schedules.SCHEDULES)),
+                               ("diffusion.mean_type", diff.mean_type, diffusion.MEAN_TYPES),
+                               ("diffusion.var_type", diff.var_type, diffusion.VAR_TYPES),
+                               ("diffusion.loss_type", diff.loss_type, diffusion.LOSS_TYPES),
+                               ("diffusion.timestep_sampler", diff.timestep_sampler, ("uniform", "loss_aware"))]:
+    if value not in choices:
+      errors.append(f"Unknown {kind} {value!r}; valid: {', '.join(choices)}.")
+  learned = diff.var_type in diffusion.LEARNED_VAR_TYPES
+  if learned and diff.loss_type == "mse":
+    errors.append(f"diffusion.var_type={diff.var_type!r} is learned but loss_type='mse' cannot train it; "
+                  "use 'hybrid', 'kl' or 'rescaled_kl'.")
+  if diff.loss_type == "hybrid" and not learned:
+    errors.append("diffusion.loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range').")
+  expected_out = data.num_channels * (2 if learned else 1)
+  if model.name == "unet" and model.out_channels != expected_out:
+    errors.append(f"model.out_channels={model.out_channels} but {data.num_channels} data channels with var_type="
+                  f"{diff.var_type!r} need {expected_out}.")
+  levels = len(model.ch_mult)
+  if data.image_size % 2 ** (levels - 1):
+    errors.append(f"data.image_size={data.image_size} cannot be halved {levels - 1} times (model.ch_mult={model.ch_mult}).")
+  resolutions = [data.image_size // 2**i for i in range(levels)]
+  missing = [r for r in model.attn_resolutions if r not in resolutions]
+  if missing:
+    errors.append(f"model.attn_resolutions {missing} are not resolutions of this model; it has {resolutions}.")
+  widths = {model.ch * m for m in model.ch_mult}
+  if any(w % 32 for w in widths):
+    errors.append(f"Every width model.ch·ch_mult must be divisible by 32 (GroupNorm(32) groups); got {sorted(widths)}.")
+  if not 0.0 <= optim.ema_decay < 1.0:
+    errors.append(f"optim.ema_decay={optim.ema_decay} must be in [0, 1).")
+  if optim.lr <= 0:
+    errors.append(f"optim.lr={optim.lr} must be positive.")
+  if min(training.log_every_steps, training.checkpoint_every_steps, training.eval_every_steps) <= 0:
+    errors.append("training.log_every_steps, checkpoint_every_steps and eval_every_steps must be positive.")
+  if errors:
+    raise ValueError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+class MetricLogger:
+  """Averages step metrics over the log interval; prints one console line and writes TensorBoard scalars."""
+
+  def __init__(self, workdir: str, total_steps: int, is_writer: bool):
+    self.total_steps, self.is_writer = total_steps, is_writer
+    self.writer = None
+    if is_writer:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.sums: dict[str, float] = {}
+    self.count = 0
+    self.last_time, self.last_step = time.time(), None
+
+  def add(self, metrics: dict[str, float]) -> None:
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    self.count += 1
+
+  def write(self, step: int) -> None:
+    if not self.count:
+      return
+    now = time.time()
+    steps_done = self.count if self.last_step is None else step - self.last_step
+    steps_per_s = steps_done / max(now - self.last_time, 1e-9)
+    scalars = {k: self.sums[k] / self.count for k in ("loss", "grad_norm", "lr")}
+    for q in range(NUM_LOSS_QUARTILES):
+      count = self.sums[f"loss_q{q}_count"]
+      if count:
+        scalars[f"loss_q{q}"] = self.sums[f"loss_q{q}_sum"] / count
+    scalars["steps_per_s"] = steps_per_s
+    eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
+    if self.is_writer:
+      quartiles = " ".join(f"q{q} {scalars[f'loss_q{q}']:.4f}" for q in range(NUM_LOSS_QUARTILES)
+                           if f"loss_q{q}" in scalars)
+      logging.info("step %d/%d  loss %.5f (%s)  grad_norm %.3f  lr %.2e  %.2f steps/s  ETA %s", step,
+                   self.total_steps, scalars["loss"], quartiles, scalars["grad_norm"], scalars["lr"], steps_per_s,
+                   time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 86400:.1f} days")
+      for k, v in scalars.items():
+        self.writer.add_scalar(f"train/{k}", v, step)
+      self.writer.flush()
+    self.sums, self.count, self.last_time, self.last_step = {}, 0, now, step
+
+  def scalar(self, tag: str, value: float, step: int) -> None:
+    if self.is_writer:
+      self.writer.add_scalar(tag, value, step)
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model):
+  """Jitted (params, rng) -> samples [N, H, W, C] by ancestral sampling with `config.sampling.num_steps`."""
+  shape = (config.sampling.num_samples, config.data.image_size, config.data.image_size, config.data.num_channels)
+
+  def sample(params, rng):
+    model_fn = lambda x_t, t: model.apply(params, x_t, t)
+    return sampling.ddpm_sample(d, model_fn, rng, shape=shape, num_steps=config.sampling.num_steps,
+                                clip_denoised=config.sampling.clip_denoised)
+
+  return jax.jit(sample)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its newest readable checkpoint; returns the final state."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_writer = jax.process_index() == 0
+  mesh = parallel.make_mesh()
+  shardings = state_sharding(config, mesh)
+  train_step_fn = make_train_step(config, mesh)
+  d, model = make_diffusion(config), models.get_model(config.model)
+
+  ckpt = checkpoint.Checkpointer(workdir, config.training.keep_checkpoints)
+  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0)),
+                                    shardings)
+  state, start_step = ckpt.restore_latest(abstract)
+  init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
+  if state is None:
+    state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(init_rng)
+    start_step = 0
+    if is_writer:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+  num_params = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params))
+  logging.info("Training %s parameters on %d devices from step %d to %d in %s.", f"{num_params:,}",
+               jax.device_count(), start_step, config.training.num_train_steps, workdir)
+
+  total = config.training.num_train_steps
+  batch_sharding = parallel.data_sharding(mesh)
+  batches = input_pipeline.prefetch(
+      input_pipeline.batches(config.data, split="train", global_batch_size=config.training.batch_size,
+                             seed=config.seed, start_step=start_step, num_steps=total - start_step),
+      lambda b: parallel.global_batch(b, batch_sharding))
+  logger = MetricLogger(workdir, total, is_writer)
+  preemption = checkpoint.PreemptionFlag()
+  sample_fn = make_sample_fn(config, d, model)
+
+  def check(step: int, metrics) -> None:
+    metrics = jax.device_get(metrics)
+    if not metrics["finite"]:
+      raise FloatingPointError(
+          f"Non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at step {step}; "
+          f"stopping without saving this state. The newest checkpoint is step {ckpt.manager.latest_step()}.")
+    logger.add({k: v for k, v in metrics.items() if k != "finite"})
+
+  step, pending = start_step, None
+  try:
+    while step < total:
+      state, metrics = train_step_fn(state, next(batches), train_rng)
+      if pending is not None:  # checked one step late so that the host does not stall the device
+        check(*pending)
+      step += 1
+      pending = (step, metrics)
+      preempted = preemption.is_set()
+      if step % config.training.log_every_steps == 0 or step == total or preempted:
+        check(*pending)
+        pending = None
+        logger.write(step)
+      if step % config.training.checkpoint_every_steps == 0 or step == total or preempted:
+        if pending is not None:
+          check(*pending)
+          pending = None
+        ckpt.save(step, state, config)
+      if step % config.training.eval_every_steps == 0 or step == total:
+        write_sample_grid(sample_fn(state.ema_params, jax.random.fold_in(sample_rng, step)), workdir, step, logger)
+      if preempted:
+        logging.warning("Stopped for preemption at step %d; rerun the same command to resume.", step)
+        break
+  finally:
+    ckpt.close()
+    logger.close()
+  return state
+
+
+def write_sample_grid(samples: jax.Array, workdir: str, step: int, logger: MetricLogger) -> None:
+  """EMA samples as a PNG grid in workdir/samples (process 0 only) and in TensorBoard."""
+  if jax.process_index() != 0:
+    return
+  grid = image_utils.grid_uint8(np.asarray(jax.device_get(samples)))
+  path = image_utils.save_png(grid, os.path.join(workdir, "samples", f"ema_step_{step:08d}.png"))
+  logger.writer.add_image("samples/ema", grid, step, dataformats="HWC")
+  logging.info("Wrote %s.", path)
