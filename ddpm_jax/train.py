@@ -123,7 +123,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
     loss, step_losses = jnp.mean(losses), step_losses.reshape(batch_size)
 
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = optax.incremental_update(params, state.ema_params, 1.0 - config.optim.ema_decay)
@@ -280,6 +280,11 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
   return jax.jit(sample)
 
 
+def run_rngs(seed: int) -> dict[str, jax.Array]:
+  """The keys of a run: parameter initialisation, the train steps (folded with the step), EMA samples."""
+  return dict(zip(("init", "train", "sample"), jax.random.split(jax.random.key(seed), 3)))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint; returns the final state."""
   validate_config(config)
@@ -295,9 +300,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                     jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0)),
                                     shardings)
   state, start_step = ckpt.restore_latest(abstract)
-  init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
+  rngs = run_rngs(config.seed)
   if state is None:
-    state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(init_rng)
+    state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(rngs["init"])
     start_step = 0
     if is_writer:
       with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -327,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step, pending = start_step, None
   try:
     while step < total:
-      state, metrics = train_step_fn(state, next(batches), train_rng)
+      state, metrics = train_step_fn(state, next(batches), rngs["train"])
       if pending is not None:  # checked one step late so that the host does not stall the device
         check(*pending)
       step += 1
@@ -342,8 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           check(*pending)
           pending = None
         ckpt.save(step, state, config)
-      if step % config.training.eval_every_steps == 0 or step == total:
-        write_sample_grid(sample_fn(state.ema_params, jax.random.fold_in(sample_rng, step)), workdir, step, logger)
+      if config.sampling.num_samples and (step % config.training.eval_every_steps == 0 or step == total):
+        write_sample_grid(sample_fn(state.ema_params, jax.random.fold_in(rngs["sample"], step)), workdir, step, logger)
       if preempted:
         logging.warning("Stopped for preemption at step %d; rerun the same command to resume.", step)
         break

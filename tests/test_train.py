@@ -1,0 +1,187 @@
+"""The training system: the step learns; sharded, FSDP and multi-process runs agree with one device;
+kill -9 and resume is bitwise identical; damaged checkpoints fall back; NaNs stop the run; bad configs fail."""
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from ddpm_jax import checkpoint, input_pipeline, train
+from helpers import REPO, flat_params, run_steps, tiny_config
+
+HELPERS = os.path.join(REPO, "tests", "helpers.py")
+
+
+def _env(num_devices=1):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]), JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  return env
+
+
+def _assert_params_close(a, b, **tol):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], err_msg=k, **tol)
+
+
+def _assert_same_training(a, b, init):
+  """The same training up to float reduction order: ‖a - b‖ ≤ 1 % of ‖b - init‖, the distance trained.
+
+  Elementwise comparisons are ill-conditioned here: Adam divides by √v, so where a gradient is ~0 any
+  rounding difference becomes an update of the same size as a real one. A wrong batch, noise or key moves
+  every parameter by O(lr) and fails this by far."""
+  flat = lambda d: np.concatenate([d[k].ravel() for k in sorted(d)])
+  a, b, init = flat(a), flat(b), flat(init)
+  assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b - init), (np.linalg.norm(a - b), np.linalg.norm(b - init))
+
+
+def test_loss_decreases():
+  config = tiny_config()
+  config.optim.lr = 3e-3
+  _, losses = run_steps(config, 40)
+  assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+
+
+@pytest.fixture(scope="module")
+def single_device_params():
+  """(params after 3 steps, initial params) on one device."""
+  state, _ = run_steps(tiny_config(), 3)
+  init, _ = run_steps(tiny_config(), 0)
+  return flat_params(state.params), flat_params(init.params)
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_sharded_step_on_8_devices_matches_one_device(tmp_path, single_device_params, fsdp):
+  out = tmp_path / "params.npz"
+  subprocess.run([sys.executable, HELPERS, "steps", str(out)] + (["--fsdp"] if fsdp else []), env=_env(8),
+                 check=True, capture_output=True)
+  _assert_same_training(dict(np.load(out)), *single_device_params)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_identically_to_one(tmp_path):
+  steps = 6
+  address = f"localhost:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, HELPERS, "train", str(tmp_path / "multi"), str(steps), address, "2",
+                             str(i)], env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+  assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+  p0, p1 = dict(np.load(tmp_path / "multi" / "params_0.npz")), dict(np.load(tmp_path / "multi" / "params_1.npz"))
+  _assert_params_close(p0, p1, rtol=0, atol=0)
+  config = tiny_config(num_train_steps=steps)
+  single = train.train_and_evaluate(config, str(tmp_path / "single"))
+  init = train.create_train_state(config, train.run_rngs(config.seed)["init"])
+  _assert_same_training(p0, flat_params(single.params), flat_params(init.params))
+
+
+def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
+  steps = 24
+  subprocess.run([sys.executable, HELPERS, "train", str(tmp_path / "straight"), str(steps)], env=_env(), check=True,
+                 capture_output=True)
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, HELPERS, "train", str(workdir), str(steps)], env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not os.path.isdir(workdir / "checkpoints" / "8") and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.isdir(workdir / "checkpoints" / "8"), "no checkpoint before the kill"
+  assert not os.path.exists(workdir / "params_0.npz"), "the run finished before it was killed"
+  subprocess.run([sys.executable, HELPERS, "train", str(workdir), str(steps)], env=_env(), check=True,
+                 capture_output=True)
+  _assert_params_close(dict(np.load(workdir / "params_0.npz")), dict(np.load(tmp_path / "straight" / "params_0.npz")),
+                       rtol=0, atol=0)
+
+
+def test_sigterm_saves_and_stops(tmp_path):
+  proc = subprocess.Popen([sys.executable, HELPERS, "train", str(tmp_path), "100000"], env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  while not os.path.isdir(tmp_path / "checkpoints" / "4") and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err.decode()[-3000:]
+  steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*")))
+  assert steps[-1] % 4 != 0 or steps[-1] > 4, steps  # a save at the preemption step, not only the periodic ones
+  assert b"preemption" in err
+
+
+def _abstract_state(config):
+  shardings = train.state_sharding(config, jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)))
+  abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0)))
+  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  config = tiny_config(num_train_steps=8)
+  config.sampling.num_samples = 4
+  train.train_and_evaluate(config, str(tmp_path))
+  assert os.path.isfile(tmp_path / "samples" / "ema_step_00000008.png")
+  state_dir = tmp_path / "checkpoints" / "8" / "state"
+  for path in glob.glob(str(state_dir / "**" / "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"garbage")
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  state, step = ckpt.restore_latest(_abstract_state(config))
+  ckpt.close()
+  assert step == 4 and int(state.step) == 4
+  assert "step 8" in caplog.text and "cannot be read" in caplog.text
+
+
+def test_nan_in_the_loss_stops_the_run_and_saves_nothing_after_it(tmp_path, monkeypatch):
+  load_batch = input_pipeline.load_batch
+
+  def poisoned(source, positions, **kw):
+    batch = load_batch(source, positions, **kw)
+    if positions[0] >= 6 * 16:  # global batch 6 onwards
+      batch["image"][0, 0, 0, 0] = np.nan
+    return batch
+
+  monkeypatch.setattr(input_pipeline, "load_batch", poisoned)
+  with pytest.raises(FloatingPointError, match="at step 7"):
+    train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: setattr(c.training, "batch_size", 12), "not divisible by the 8 devices"),
+    (lambda c: setattr(c.optim, "grad_accum_steps", 3), "does not split into optim.grad_accum_steps=3"),
+    (lambda c: setattr(c.data, "dataset", "cifar100000"), "Unknown data.dataset"),
+    (lambda c: setattr(c.model, "attn_resolutions", (3,)), r"attn_resolutions \[3\] are not resolutions"),
+    (lambda c: setattr(c.diffusion, "var_type", "learned_range"), "loss_type='mse' cannot train it"),
+    (lambda c: setattr(c.model, "out_channels", 3), "model.out_channels=3"),
+    (lambda c: setattr(c.diffusion, "loss_type", "hybrid"), "needs a learned var_type"),
+    (lambda c: setattr(c.model, "ch", 48), "divisible by 32"),
+    (lambda c: setattr(c.optim, "ema_decay", 1.0), "ema_decay"),
+])
+def test_bad_configs_fail_with_their_message(change, message, monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  config = tiny_config()
+  change(config)
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(config)
+
+
+def test_every_shipped_config_is_valid():
+  import importlib
+  for path in glob.glob(os.path.join(REPO, "configs", "*.py")):
+    name = os.path.basename(path)[:-3]
+    if name != "__init__":
+      config = importlib.import_module(f"configs.{name}").get_config()
+      train.validate_config(config)
