@@ -16,7 +16,10 @@ setup(
         "numpy",
         "optax",
         "orbax-checkpoint",
+        "pillow",
+        "scikit-learn",  # ships the offline digits data set of configs/default.py
         "scipy",
+        "tensorboardX",
         "tensorflow-datasets",
     ],
     extras_require={

@@ -1,5 +1,6 @@
-"""Small DDPM on the 8×8 digits that ship inside scikit-learn, upsampled to 16×16: trains on a laptop CPU,
-offline, in minutes. Every other config starts from this one and changes only what differs.
+"""Small DDPM on the 8×8 handwritten digits that ship inside scikit-learn, at their native 8×8: trains on a
+2-core CPU, offline, in about 7 minutes (3000 steps of batch 64), then writes a grid of EMA samples to
+workdir/samples. Every other config starts from this one and changes only what differs.
 
   python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default
 """
@@ -13,7 +14,7 @@ def get_config():
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "digits"
-  data.image_size = 16
+  data.image_size = 8
   data.num_channels = 1
   data.random_flip = False
   data.data_dir = config_dict.placeholder(str)
@@ -24,7 +25,7 @@ def get_config():
   model.out_channels = 1                 # data.num_channels, twice that with a learned variance
   model.ch_mult = (1, 2)
   model.num_res_blocks = 1
-  model.attn_resolutions = (8,)
+  model.attn_resolutions = (4,)
   model.dropout = 0.0
   model.num_heads = 1
   model.num_head_channels = -1           # > 0 overrides num_heads (ADM)
@@ -61,8 +62,12 @@ def get_config():
   training.fsdp = False                  # shard params and optimizer state over the data axis
   training.label_dropout = 0.1           # class-conditional models: null-label rate (classifier-free guidance)
 
-  config.sampling = sampling = ml_collections.ConfigDict()
+  config.sampling = sampling = ml_collections.ConfigDict()  # sample grids in training and --mode=sample
+  sampling.sampler = "ddim"              # "ddpm" (ancestral) | "ddim"; DDIM-50 keeps training-time grids cheap
+  sampling.num_steps = config_dict.placeholder(int)  # respaced steps; None: all T (ddpm), 50 (ddim)
+  sampling.eta = 0.0                     # DDIM: 0 deterministic, 1 ancestral-like
+  sampling.guidance_scale = 0.0          # classifier-free guidance w (class-conditional models)
   sampling.num_samples = 64
-  sampling.num_steps = config_dict.placeholder(int)  # respaced ancestral steps; None: all num_timesteps
+  sampling.batch_size = 64
   sampling.clip_denoised = True
   return config

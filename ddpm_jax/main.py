@@ -1,6 +1,7 @@
-"""Command line entry point: parses flags and hands the config to the job.
+"""Command line entry point: parses flags, sets up the (multi-host) platform and hands the config to the job.
 
   python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default [--mode=train]
+  python -m ddpm_jax.main --config=configs/ddpm_cifar10.py --workdir=gs://bucket/run --config.training.batch_size=256
 """
 from absl import app
 from absl import flags
@@ -8,16 +9,23 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "train, or sample from the newest checkpoint.")
 config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs (auto-detected on "
+                    "TPU pods and SLURM when unset).")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ddpm_jax import train  # imported here so that `--help` needs no accelerator set-up
-  {"train": train.train_and_evaluate}[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  # Imported here so that `--help` stays instant.
+  from ddpm_jax import parallel, train
+  from ddpm_jax.evaluation import sample
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  {"train": train.train_and_evaluate, "sample": sample.sample}[FLAGS.mode](FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

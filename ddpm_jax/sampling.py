@@ -1,10 +1,16 @@
 """Samplers of the reverse process and the timestep respacing they run on.
 
-`space_timesteps` picks the steps to keep; `diffusion.respace` builds the `GaussianDiffusion` on them.
+Every sampler is a pure function whose whole loop is one `lax.scan`: wrap it in `jax.jit` (closing over
+`d` and the model parameters' apply) and it compiles once per shape. `space_timesteps` picks the steps to
+keep; `diffusion.respace` builds the `GaussianDiffusion` on them.
+
+Guidance: `cond_fn(x_t, t) -> s·∇ log p(y | x_t)` shifts the ancestral mean by Σ·cond_fn (ADM Algorithm 1)
+and DDIM's ε̂ by -√(1-ᾱ)·cond_fn (ADM Algorithm 2); `classifier_free_guidance` combines conditional and
+null-label predictions into one model function (Ho & Salimans 2021).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +18,7 @@ import jax.numpy as jnp
 from ddpm_jax import diffusion
 
 Array = jax.Array
+CondFn = Callable[[Array, Array], Array]
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
@@ -63,7 +70,8 @@ def _initial_noise(rng: Array, shape, x_T: Array | None) -> Array:
 
 
 def ddpm_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng: Array, shape=None,
-                x_T: Array | None = None, num_steps: int | None = None, clip_denoised: bool = True) -> Array:
+                x_T: Array | None = None, num_steps: int | None = None, clip_denoised: bool = True,
+                cond_fn: CondFn | None = None) -> Array:
   """Ancestral sampling x_T ~ N(0, I), x_{t-1} ~ p_θ(x_{t-1} | x_t) (DDPM Algorithm 2), one `lax.scan`.
 
   No noise is added at the last step (t = 0). `num_steps` respaces to that many evenly spaced steps
@@ -78,8 +86,111 @@ def ddpm_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng
   def step(x, t):
     t_b = jnp.full((batch,), t, dtype=jnp.int32)
     out = diffusion.p_mean_variance(d, model_fn(x, d.timestep_map[t_b]), x, t_b, clip_denoised)
+    mean = out["mean"]
+    if cond_fn is not None:  # ADM Algorithm 1: μ + s Σ ∇ log p(y | x_t)
+      mean = mean + out["variance"] * cond_fn(x, d.timestep_map[t_b])
     noise = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
-    return out["mean"] + jnp.where(t > 0, jnp.exp(0.5 * out["log_variance"]), 0.0) * noise, None
+    return mean + jnp.where(t > 0, jnp.exp(0.5 * out["log_variance"]), 0.0) * noise, None
 
   x, _ = jax.lax.scan(step, x, jnp.arange(d.num_timesteps - 1, -1, -1))
   return x
+
+
+def _ddim_respaced(d: diffusion.GaussianDiffusion, num_steps: int | None) -> diffusion.GaussianDiffusion:
+  return d if num_steps is None else diffusion.respace(d, space_timesteps(d.num_timesteps, f"ddim{num_steps}"))
+
+
+def _eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn):
+  """(ε̂, x̂0) at x_t, ε̂ recomputed from the (clipped) x̂0 as the reference code does; guided if cond_fn."""
+  out = diffusion.p_mean_variance(d, model_fn(x, d.timestep_map[t_b]), x, t_b, clip_denoised)
+  eps = diffusion.predict_eps_from_x0(d, x, t_b, out["pred_x0"])
+  if cond_fn is None:
+    return eps, out["pred_x0"]
+  # ADM Algorithm 2: ε̂ - √(1-ᾱ_t) s ∇ log p(y | x_t), and x̂0 from the shifted ε̂.
+  eps = eps - diffusion._extract(d.sqrt_one_minus_alphas_cumprod, t_b, x.ndim) * cond_fn(x, d.timestep_map[t_b])
+  return eps, diffusion.predict_x0_from_eps(d, x, t_b, eps)
+
+
+def ddim_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng: Array, shape=None,
+                x_T: Array | None = None, num_steps: int | None = 50, eta: float = 0.0, clip_denoised: bool = True,
+                cond_fn: CondFn | None = None) -> Array:
+  """DDIM (Song et al. 2021, eq. 12) on the grid `space_timesteps(T, f"ddim{num_steps}")`, one `lax.scan`:
+
+    x_{t-1} = √ᾱ_{t-1} x̂0 + √(1 - ᾱ_{t-1} - σ_t²) ε̂ + σ_t z,
+    σ_t = η √((1 - ᾱ_{t-1}) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_{t-1}).
+
+  η = 0 is the deterministic DDIM ODE; η = 1 is ancestral sampling with the β̃ variance. The last step
+  ends at ᾱ = 1. `num_steps=None` runs on `d` as given.
+  """
+  d = _ddim_respaced(d, num_steps)
+  x = _initial_noise(rng, shape, x_T)
+  batch = x.shape[0]
+
+  def step(x, t):
+    t_b = jnp.full((batch,), t, dtype=jnp.int32)
+    eps, pred_x0 = _eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)
+    # σ_t² = η² (1-ᾱ_{t-1})/(1-ᾱ_t) · (1 - ᾱ_t/ᾱ_{t-1}) = η² β̃_t on this grid, precomputed in float64.
+    sigma_sq = eta**2 * d.posterior_variance[t]
+    one_minus_alpha_bar_prev = jnp.where(t > 0, d.one_minus_alphas_cumprod[jnp.maximum(t - 1, 0)], 0.0)
+    noise = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
+    mean = (jnp.sqrt(d.alphas_cumprod_prev[t]) * pred_x0
+            + jnp.sqrt(jnp.maximum(one_minus_alpha_bar_prev - sigma_sq, 0.0)) * eps)
+    return mean + jnp.sqrt(sigma_sq) * noise, None
+
+  x, _ = jax.lax.scan(step, x, jnp.arange(d.num_timesteps - 1, -1, -1))
+  return x
+
+
+def ddim_encode(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, x0: Array,
+                num_steps: int | None = 50) -> Array:
+  """x0 -> x_T by the DDIM ODE run forwards (DDIM §4.3): x at ᾱ_i = √ᾱ_i x̂0 + √(1 - ᾱ_i) ε̂, i = 0, …, n-1,
+  with (ε̂, x̂0) predicted at the previous grid point (at x0 itself, as t = 0, for the first step).
+
+  Decode with `ddim_sample(d, model_fn, rng, x_T=…, num_steps=…, eta=0, clip_denoised=False)`.
+  """
+  d = _ddim_respaced(d, num_steps)
+  batch = x0.shape[0]
+
+  def step(x, i):
+    source = jnp.full((batch,), jnp.maximum(i - 1, 0), dtype=jnp.int32)
+    eps, pred_x0 = _eps_and_x0(d, model_fn, x, source, False, None)
+    return jnp.sqrt(d.alphas_cumprod[i]) * pred_x0 + d.sqrt_one_minus_alphas_cumprod[i] * eps, None
+
+  x, _ = jax.lax.scan(step, x0, jnp.arange(d.num_timesteps))
+  return x
+
+
+def slerp(z1: Array, z2: Array, alpha: float | Array) -> Array:
+  """Spherical interpolation between two latents (DDIM §5.3): sin((1-α)θ)/sin θ · z1 + sin(αθ)/sin θ · z2,
+  θ the angle between z1 and z2 (per example over all but the batch axis)."""
+  axes = tuple(range(1, z1.ndim))
+  cos = jnp.sum(z1 * z2, axis=axes, keepdims=True) / (
+      jnp.linalg.norm(z1.reshape(z1.shape[0], -1), axis=1).reshape((-1,) + (1,) * len(axes))
+      * jnp.linalg.norm(z2.reshape(z2.shape[0], -1), axis=1).reshape((-1,) + (1,) * len(axes)))
+  theta = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
+  return (jnp.sin((1 - alpha) * theta) * z1 + jnp.sin(alpha * theta) * z2) / jnp.sin(theta)
+
+
+def classifier_free_guidance(conditional_fn: diffusion.ModelFn, unconditional_fn: diffusion.ModelFn,
+                             guidance_scale: float, num_channels: int) -> diffusion.ModelFn:
+  """ε̃ = (1 + w) ε(x_t, y) - w ε(x_t, ∅)  (Ho & Salimans 2021, eq. 6); w = 0 is the conditional model.
+
+  Only the first `num_channels` (the mean parameterisation) are combined; a learned variance is taken from
+  the conditional prediction.
+  """
+  def model_fn(x_t, t):
+    cond, uncond = conditional_fn(x_t, t), unconditional_fn(x_t, t)
+    guided = (1 + guidance_scale) * cond[..., :num_channels] - guidance_scale * uncond[..., :num_channels]
+    return jnp.concatenate([guided, cond[..., num_channels:]], axis=-1)
+
+  return model_fn
+
+
+def classifier_guidance(log_prob_fn: Callable[[Array, Array], Array], labels: Array, scale: float) -> CondFn:
+  """cond_fn(x_t, t) = s ∇_x log p(y | x_t) from `log_prob_fn(x_t, t) -> log-probabilities [B, classes]` of
+  a noisy classifier (ADM §4)."""
+  def selected_log_prob(x, t):
+    log_probs = log_prob_fn(x, t)
+    return jnp.sum(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+  return lambda x, t: scale * jax.grad(selected_log_prob)(x, t)

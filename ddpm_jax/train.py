@@ -20,8 +20,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import checkpoint, diffusion, input_pipeline, models, parallel, sampling, schedules
+from ddpm_jax import checkpoint, diffusion, input_pipeline, models, parallel, schedules
 from ddpm_jax.evaluation import images as image_utils
+from ddpm_jax.evaluation import sample as sample_lib
 
 NUM_LOSS_QUARTILES = 4
 
@@ -138,9 +139,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return new_state, metrics
 
 
-def state_sharding(config: ml_collections.ConfigDict, mesh):
+def abstract_train_state(config: ml_collections.ConfigDict, mesh):
+  """Shapes, dtypes and shardings of the train state, without allocating it (the target of a restore)."""
   abstract = jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0))
-  return parallel.state_shardings(abstract, mesh, config.training.fsdp)
+  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                parallel.state_shardings(abstract, mesh, config.training.fsdp))
+
+
+def state_sharding(config: ml_collections.ConfigDict, mesh):
+  return jax.tree_util.tree_map(lambda a: a.sharding, abstract_train_state(config, mesh))
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh=None):
@@ -179,7 +186,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                ("diffusion.mean_type", diff.mean_type, diffusion.MEAN_TYPES),
                                ("diffusion.var_type", diff.var_type, diffusion.VAR_TYPES),
                                ("diffusion.loss_type", diff.loss_type, diffusion.LOSS_TYPES),
-                               ("diffusion.timestep_sampler", diff.timestep_sampler, ("uniform", "loss_aware"))]:
+                               ("diffusion.timestep_sampler", diff.timestep_sampler, ("uniform", "loss_aware")),
+                               ("sampling.sampler", config.sampling.sampler, sample_lib.SAMPLERS)]:
     if value not in choices:
       errors.append(f"Unknown {kind} {value!r}; valid: {', '.join(choices)}.")
   learned = diff.var_type in diffusion.LEARNED_VAR_TYPES
@@ -258,26 +266,9 @@ class MetricLogger:
       self.writer.flush()
     self.sums, self.count, self.last_time, self.last_step = {}, 0, now, step
 
-  def scalar(self, tag: str, value: float, step: int) -> None:
-    if self.is_writer:
-      self.writer.add_scalar(tag, value, step)
-      self.writer.flush()
-
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
-
-
-def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model):
-  """Jitted (params, rng) -> samples [N, H, W, C] by ancestral sampling with `config.sampling.num_steps`."""
-  shape = (config.sampling.num_samples, config.data.image_size, config.data.image_size, config.data.num_channels)
-
-  def sample(params, rng):
-    model_fn = lambda x_t, t: model.apply(params, x_t, t)
-    return sampling.ddpm_sample(d, model_fn, rng, shape=shape, num_steps=config.sampling.num_steps,
-                                clip_denoised=config.sampling.clip_denoised)
-
-  return jax.jit(sample)
 
 
 def run_rngs(seed: int) -> dict[str, jax.Array]:
@@ -296,10 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   d, model = make_diffusion(config), models.get_model(config.model)
 
   ckpt = checkpoint.Checkpointer(workdir, config.training.keep_checkpoints)
-  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                    jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0)),
-                                    shardings)
-  state, start_step = ckpt.restore_latest(abstract)
+  state, start_step = ckpt.restore_latest(abstract_train_state(config, mesh))
   rngs = run_rngs(config.seed)
   if state is None:
     state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(rngs["init"])
@@ -319,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       lambda b: parallel.global_batch(b, batch_sharding))
   logger = MetricLogger(workdir, total, is_writer)
   preemption = checkpoint.PreemptionFlag()
-  sample_fn = make_sample_fn(config, d, model)
+  sample_fn = sample_lib.make_sample_fn(config, d, model, config.sampling.num_samples)
 
   def check(step: int, metrics) -> None:
     metrics = jax.device_get(metrics)
@@ -348,7 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           pending = None
         ckpt.save(step, state, config)
       if config.sampling.num_samples and (step % config.training.eval_every_steps == 0 or step == total):
-        write_sample_grid(sample_fn(state.ema_params, jax.random.fold_in(rngs["sample"], step)), workdir, step, logger)
+        write_sample_grid(sample_fn(state.ema_params, jax.random.fold_in(rngs["sample"], step), None), workdir, step,
+                          logger)
       if preempted:
         logging.warning("Stopped for preemption at step %d; rerun the same command to resume.", step)
         break

@@ -87,6 +87,8 @@ def test_paper_model_sizes():
   assert _count("ddpm_celebahq256") == 113_673_219
   # ADM ImageNet 64: 296 M in the paper; 768 of ours are the extra null-class embedding row.
   assert _count("adm_imagenet64") == 295_905_222
+  # Improved DDPM CIFAR-10 (3 blocks, attention at 16 and 8, AdaGN, learned Σ).
+  assert _count("iddpm_cifar10") == 52_546_438
 
 
 def test_timestep_embedding_formula():

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from ddpm_jax import checkpoint, input_pipeline, train
+from ddpm_jax import checkpoint, input_pipeline, parallel, train
 from helpers import REPO, flat_params, run_steps, tiny_config
 
 HELPERS = os.path.join(REPO, "tests", "helpers.py")
@@ -47,6 +47,15 @@ def test_loss_decreases():
   config.optim.lr = 3e-3
   _, losses = run_steps(config, 40)
   assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+
+
+def test_gradient_accumulation_makes_the_same_update():
+  config = tiny_config()
+  init, _ = run_steps(config, 0)
+  one, _ = run_steps(config, 1)
+  config.optim.grad_accum_steps = 4
+  accumulated, _ = run_steps(config, 1)
+  _assert_same_training(flat_params(accumulated.params), flat_params(one.params), flat_params(init.params))
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +130,6 @@ def test_sigterm_saves_and_stops(tmp_path):
   assert b"preemption" in err
 
 
-def _abstract_state(config):
-  shardings = train.state_sharding(config, jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)))
-  abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0)))
-  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
   config = tiny_config(num_train_steps=8)
   config.sampling.num_samples = 4
@@ -138,7 +141,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
       with open(path, "wb") as f:
         f.write(b"garbage")
   ckpt = checkpoint.Checkpointer(str(tmp_path))
-  state, step = ckpt.restore_latest(_abstract_state(config))
+  state, step = ckpt.restore_latest(train.abstract_train_state(config, parallel.make_mesh()))
   ckpt.close()
   assert step == 4 and int(state.step) == 4
   assert "step 8" in caplog.text and "cannot be read" in caplog.text
@@ -185,3 +188,19 @@ def test_every_shipped_config_is_valid():
     if name != "__init__":
       config = importlib.import_module(f"configs.{name}").get_config()
       train.validate_config(config)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sample_mode_writes_npz_and_png_from_the_newest_checkpoint(tmp_path, sampler):
+  from ddpm_jax.evaluation import sample
+  config = tiny_config(num_train_steps=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  config.sampling.sampler, config.sampling.num_steps = sampler, 5
+  config.sampling.num_samples, config.sampling.batch_size = 6, 4
+  path = sample.sample(config, str(tmp_path))
+  assert path.endswith("samples_4.npz")
+  data = np.load(path)
+  assert data["images"].shape == (6, 8, 8, 1) and data["images"].dtype == np.uint8 and data["labels"].shape == (6,)
+  assert os.path.isfile(tmp_path / "samples" / "samples_4.png")
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    sample.sample(config, str(tmp_path / "empty"))

@@ -13,9 +13,14 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def grid_uint8(images: np.ndarray, padding: int = 1) -> np.ndarray:
-  """[N, H, W, C] in [-1, 1] -> one [rows·(H+p)+p, cols·(W+p)+p, 3] uint8 image, as square as possible."""
+def grid_uint8(images: np.ndarray, padding: int = 1, min_size: int = 32) -> np.ndarray:
+  """[N, H, W, C] in [-1, 1] -> one [rows·(H+p)+p, cols·(W+p)+p, 3] uint8 image, as square as possible.
+
+  Images smaller than `min_size` are enlarged by pixel repetition so that they can be seen.
+  """
   images = to_uint8(images)
+  factor = max(1, -(-min_size // images.shape[1]))
+  images = images.repeat(factor, axis=1).repeat(factor, axis=2)
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
   n, h, w, c = images.shape

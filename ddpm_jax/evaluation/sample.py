@@ -1,0 +1,85 @@
+"""`--mode=sample`: N samples from the newest checkpoint's EMA parameters, to `samples_<step>.npz` and a PNG.
+
+config.sampling: sampler ("ddpm" | "ddim"), num_steps (None: all T for ddpm, 50 for ddim), eta (DDIM),
+guidance_scale (classifier-free, class-conditional models), num_samples, batch_size, clip_denoised.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ddpm_jax import checkpoint, diffusion, models, parallel, sampling
+from ddpm_jax.evaluation import images as image_utils
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model, batch_size: int):
+  """Jitted (params, rng, labels [B] | None) -> samples [B, H, W, C] with the sampler of `config.sampling`."""
+  c = config.sampling
+  if c.sampler not in SAMPLERS:
+    raise ValueError(f"Unknown sampling.sampler {c.sampler!r}; valid: {', '.join(SAMPLERS)}.")
+  shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+
+  def sample(params, rng, labels):
+    conditional = lambda x_t, t: model.apply(params, x_t, t, labels)
+    model_fn = conditional
+    if labels is not None and c.guidance_scale:
+      unconditional = lambda x_t, t: model.apply(params, x_t, t, None)  # the null label ∅
+      model_fn = sampling.classifier_free_guidance(conditional, unconditional, c.guidance_scale,
+                                                   config.data.num_channels)
+    if c.sampler == "ddim":
+      return sampling.ddim_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 50, eta=c.eta,
+                                  clip_denoised=c.clip_denoised)
+    return sampling.ddpm_sample(d, model_fn, rng, shape, num_steps=c.num_steps, clip_denoised=c.clip_denoised)
+
+  return jax.jit(sample)
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a PNG grid
+  of the first 64; returns the npz path."""
+  from ddpm_jax import train  # the train state's structure and the diffusion/model builders
+  train.validate_config(config)
+  mesh = parallel.make_mesh()
+  ckpt = checkpoint.Checkpointer(workdir)
+  state, step = ckpt.restore_latest(train.abstract_train_state(config, mesh))
+  ckpt.close()
+  if state is None:
+    raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first (--mode=train).")
+  d, model = train.make_diffusion(config), models.get_model(config.model)
+  c = config.sampling
+  batch = c.batch_size
+  if batch % jax.device_count():
+    raise ValueError(f"sampling.batch_size={batch} is not divisible by the {jax.device_count()} devices.")
+  sample_fn = make_sample_fn(config, d, model, batch)
+  rng = jax.random.fold_in(train.run_rngs(config.seed)["sample"], step)
+  num_classes = config.model.num_classes
+  all_images, all_labels = [], []
+  for i in range(-(-c.num_samples // batch)):
+    batch_rng = jax.random.fold_in(rng, i)
+    labels = None
+    if num_classes:
+      labels = jax.random.randint(jax.random.fold_in(batch_rng, 1), (batch,), 0, num_classes)
+      all_labels.append(np.asarray(labels))
+    x = sample_fn(state.ema_params, batch_rng, labels)
+    all_images.append(image_utils.to_uint8(np.asarray(jax.device_get(x))))
+    logging.info("Sampled %d / %d (%s, %s steps).", min((i + 1) * batch, c.num_samples), c.num_samples, c.sampler,
+                 c.num_steps or ("50" if c.sampler == "ddim" else d.num_timesteps))
+  images = np.concatenate(all_images)[:c.num_samples]
+  labels = np.concatenate(all_labels)[:c.num_samples] if all_labels else np.zeros(len(images), np.int32)
+  out_dir = os.path.join(workdir, "samples")
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"samples_{step}.npz")
+  if jax.process_index() == 0:
+    np.savez(path, images=images, labels=labels)
+    image_utils.save_png(image_utils.grid_uint8(images[:64].astype(np.float32) / 127.5 - 1.0),
+                         os.path.join(out_dir, f"samples_{step}.png"))
+    logging.info("Wrote %d samples to %s.", len(images), path)
+  return path
