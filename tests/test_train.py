@@ -204,3 +204,16 @@ def test_sample_mode_writes_npz_and_png_from_the_newest_checkpoint(tmp_path, sam
   assert os.path.isfile(tmp_path / "samples" / "samples_4.png")
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     sample.sample(config, str(tmp_path / "empty"))
+
+
+def test_class_conditional_and_loss_aware_training_paths():
+  config = tiny_config()
+  config.model.num_classes = 10
+  config.diffusion.var_type, config.diffusion.loss_type = "learned_range", "kl"
+  config.model.out_channels = 2
+  config.diffusion.timestep_sampler = "loss_aware"
+  state, losses = run_steps(config, 2)
+  assert np.all(np.isfinite(losses))
+  # Every example of both batches entered the loss history of its t.
+  assert int(np.sum(np.asarray(state.loss_history.counts))) == 2 * config.training.batch_size
+  assert flat_params(state.params)["['params']['embedding']['class_embedding']['embedding']"].shape == (11, 128)
