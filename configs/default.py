@@ -63,8 +63,8 @@ def get_config():
   training.label_dropout = 0.1           # class-conditional models: null-label rate (classifier-free guidance)
 
   config.sampling = sampling = ml_collections.ConfigDict()  # sample grids in training and --mode=sample
-  sampling.sampler = "ddim"              # "ddpm" (ancestral) | "ddim"; DDIM-50 keeps training-time grids cheap
-  sampling.num_steps = config_dict.placeholder(int)  # respaced steps; None: all T (ddpm), 50 (ddim)
+  sampling.sampler = "ddim"              # "ddpm" (ancestral) | "ddim" | "dpm_solver" (DPM-Solver++ 2M)
+  sampling.num_steps = config_dict.placeholder(int)  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver)
   sampling.eta = 0.0                     # DDIM: 0 deterministic, 1 ancestral-like
   sampling.guidance_scale = 0.0          # classifier-free guidance w (class-conditional models)
   sampling.num_samples = 64

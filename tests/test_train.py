@@ -190,7 +190,7 @@ def test_every_shipped_config_is_valid():
       train.validate_config(config)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver"])
 def test_sample_mode_writes_npz_and_png_from_the_newest_checkpoint(tmp_path, sampler):
   from ddpm_jax.evaluation import sample
   config = tiny_config(num_train_steps=4)

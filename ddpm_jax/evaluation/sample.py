@@ -1,6 +1,7 @@
 """`--mode=sample`: N samples from the newest checkpoint's EMA parameters, to `samples_<step>.npz` and a PNG.
 
-config.sampling: sampler ("ddpm" | "ddim"), num_steps (None: all T for ddpm, 50 for ddim), eta (DDIM),
+config.sampling: sampler ("ddpm" | "ddim" | "dpm_solver"), num_steps (None: all T for ddpm, 50 for ddim, 20 for
+dpm_solver), eta (DDIM),
 guidance_scale (classifier-free, class-conditional models), num_samples, batch_size, clip_denoised.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from ddpm_jax import checkpoint, diffusion, models, parallel, sampling
 from ddpm_jax.evaluation import images as image_utils
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 
 
 def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model, batch_size: int):
@@ -37,6 +38,9 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
     if c.sampler == "ddim":
       return sampling.ddim_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 50, eta=c.eta,
                                   clip_denoised=c.clip_denoised)
+    if c.sampler == "dpm_solver":
+      return sampling.dpm_solver_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 20,
+                                        clip_denoised=c.clip_denoised)
     return sampling.ddpm_sample(d, model_fn, rng, shape, num_steps=c.num_steps, clip_denoised=c.clip_denoised)
 
   return jax.jit(sample)
@@ -70,8 +74,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
       all_labels.append(np.asarray(labels))
     x = sample_fn(state.ema_params, batch_rng, labels)
     all_images.append(image_utils.to_uint8(np.asarray(jax.device_get(x))))
-    logging.info("Sampled %d / %d (%s, %s steps).", min((i + 1) * batch, c.num_samples), c.num_samples, c.sampler,
-                 c.num_steps or ("50" if c.sampler == "ddim" else d.num_timesteps))
+    logging.info("Sampled %d / %d with %s.", min((i + 1) * batch, c.num_samples), c.num_samples, c.sampler)
   images = np.concatenate(all_images)[:c.num_samples]
   labels = np.concatenate(all_labels)[:c.num_samples] if all_labels else np.zeros(len(images), np.int32)
   out_dir = os.path.join(workdir, "samples")
