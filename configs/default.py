@@ -20,7 +20,7 @@ def get_config():
   data.data_dir = config_dict.placeholder(str)
 
   config.model = model = ml_collections.ConfigDict()
-  model.name = "unet"
+  model.name = "unet"                    # or "classifier": train ADM's noisy classifier (drop out_channels)
   model.ch = 32
   model.out_channels = 1                 # data.num_channels, twice that with a learned variance
   model.ch_mult = (1, 2)
@@ -67,6 +67,8 @@ def get_config():
   sampling.num_steps = config_dict.placeholder(int)  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver)
   sampling.eta = 0.0                     # DDIM: 0 deterministic, 1 ancestral-like
   sampling.guidance_scale = 0.0          # classifier-free guidance w (class-conditional models)
+  sampling.classifier_workdir = config_dict.placeholder(str)  # a run with model.name="classifier" …
+  sampling.classifier_scale = 0.0        # … and its guidance scale s (ADM §4)
   sampling.num_samples = 64
   sampling.batch_size = 64
   sampling.clip_denoised = True

@@ -94,15 +94,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   batch_size = x0.shape[0]
   t, weights = diffusion.sample_timesteps(t_rng, batch_size, d.num_timesteps, state.loss_history)
   noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+  is_classifier = config.model.name == "classifier"
   labels = None
-  if config.model.num_classes:
+  if is_classifier:
+    labels = batch["label"]
+  elif config.model.num_classes:
     # Classifier-free guidance trains the null label ∅ = num_classes on a random fraction of the batch.
     drop = jax.random.bernoulli(label_rng, config.training.label_dropout, (batch_size,))
     labels = jnp.where(drop, config.model.num_classes, batch["label"])
 
   def loss_fn(params, x0, t, noise, labels, weights, dropout_rng):
-    model_fn = lambda x_t, t_: model.apply(params, x_t, t_, labels, train=True, rngs={"dropout": dropout_rng})
-    step_losses = diffusion.training_losses(d, model_fn, x0, t, noise)["loss"]
+    rngs = {"dropout": dropout_rng}
+    if is_classifier:  # ADM §4: cross-entropy of the noisy classifier on x_t at random t
+      logits = model.apply(params, diffusion.q_sample(d, x0, t, noise), d.timestep_map[t], train=True, rngs=rngs)
+      step_losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+    else:
+      model_fn = lambda x_t, t_: model.apply(params, x_t, t_, labels, train=True, rngs=rngs)
+      step_losses = diffusion.training_losses(d, model_fn, x0, t, noise)["loss"]
     return jnp.mean(step_losses * weights), step_losses
 
   accum = config.optim.grad_accum_steps
@@ -197,6 +205,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if diff.loss_type == "hybrid" and not learned:
     errors.append("diffusion.loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range').")
   expected_out = data.num_channels * (2 if learned else 1)
+  if model.name == "classifier" and not model.get("num_classes"):
+    errors.append("model.name='classifier' needs model.num_classes > 0 (the labels it predicts).")
   if model.name == "unet" and model.out_channels != expected_out:
     errors.append(f"model.out_channels={model.out_channels} but {data.num_channels} data channels with var_type="
                   f"{diff.var_type!r} need {expected_out}.")
@@ -307,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       lambda b: parallel.global_batch(b, batch_sharding))
   logger = MetricLogger(workdir, total, is_writer)
   preemption = checkpoint.PreemptionFlag()
-  sample_fn = sample_lib.make_sample_fn(config, d, model, config.sampling.num_samples)
+  if config.model.name == "unet":
+    sample_fn = sample_lib.make_sample_fn(config, d, model, config.sampling.num_samples)
 
   def check(step: int, metrics) -> None:
     metrics = jax.device_get(metrics)
@@ -335,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           check(*pending)
           pending = None
         ckpt.save(step, state, config)
-      if config.sampling.num_samples and (step % config.training.eval_every_steps == 0 or step == total):
+      if (config.model.name == "unet" and config.sampling.num_samples
+          and (step % config.training.eval_every_steps == 0 or step == total)):
         write_sample_grid(sample_fn(state.ema_params, jax.random.fold_in(rngs["sample"], step), None), workdir, step,
                           logger)
       if preempted:

@@ -217,3 +217,22 @@ def test_class_conditional_and_loss_aware_training_paths():
   # Every example of both batches entered the loss history of its t.
   assert int(np.sum(np.asarray(state.loss_history.counts))) == 2 * config.training.batch_size
   assert flat_params(state.params)["['params']['embedding']['class_embedding']['embedding']"].shape == (11, 128)
+
+
+def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
+  from ddpm_jax.evaluation import sample
+  classifier_config = tiny_config(num_train_steps=4)
+  classifier_config.model.name, classifier_config.model.num_classes = "classifier", 10
+  del classifier_config.model.out_channels
+  classifier_config.model.num_head_channels = 32
+  state = train.train_and_evaluate(classifier_config, str(tmp_path / "classifier"))
+  assert int(state.step) == 4
+  config = tiny_config(num_train_steps=4)
+  train.train_and_evaluate(config, str(tmp_path / "diffusion"))
+  config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 5
+  config.sampling.classifier_workdir, config.sampling.classifier_scale = str(tmp_path / "classifier"), 1.0
+  data = np.load(sample.sample(config, str(tmp_path / "diffusion")))
+  assert data["images"].shape == (4, 8, 8, 1) and set(data["labels"]) <= set(range(10))
+  config.sampling.classifier_workdir = str(tmp_path / "diffusion")
+  with pytest.raises(ValueError, match="not a noisy classifier"):
+    sample.sample(config, str(tmp_path / "diffusion"))

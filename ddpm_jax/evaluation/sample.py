@@ -1,12 +1,13 @@
 """`--mode=sample`: N samples from the newest checkpoint's EMA parameters, to `samples_<step>.npz` and a PNG.
 
 config.sampling: sampler ("ddpm" | "ddim" | "dpm_solver"), num_steps (None: all T for ddpm, 50 for ddim, 20 for
-dpm_solver), eta (DDIM),
-guidance_scale (classifier-free, class-conditional models), num_samples, batch_size, clip_denoised.
+dpm_solver), eta (DDIM), guidance_scale (classifier-free, class-conditional models), classifier_workdir and
+classifier_scale (classifier guidance with a noisy classifier trained by `model.name="classifier"`),
+num_samples, batch_size, clip_denoised.
 """
 from __future__ import annotations
 
-import functools
+import json
 import os
 
 from absl import logging
@@ -21,14 +22,21 @@ from ddpm_jax.evaluation import images as image_utils
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 
 
-def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model, batch_size: int):
-  """Jitted (params, rng, labels [B] | None) -> samples [B, H, W, C] with the sampler of `config.sampling`."""
+def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model, batch_size: int,
+                   classifier=None):
+  """Jitted (params, rng, labels [B] | None, classifier_params=None) -> samples [B, H, W, C] with the sampler of
+  `config.sampling`; with `classifier` (a noisy classifier module) and its params, classifier-guided."""
   c = config.sampling
   if c.sampler not in SAMPLERS:
     raise ValueError(f"Unknown sampling.sampler {c.sampler!r}; valid: {', '.join(SAMPLERS)}.")
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
 
-  def sample(params, rng, labels):
+  def sample(params, rng, labels, classifier_params=None):
+    cond_fn = None
+    if classifier is not None:
+      log_prob_fn = lambda x_t, t: jax.nn.log_softmax(classifier.apply(classifier_params, x_t, t))
+      cond_fn = sampling.classifier_guidance(log_prob_fn, labels, c.classifier_scale)
+      labels = labels if model.num_classes else None  # an unconditional diffusion model ignores them
     conditional = lambda x_t, t: model.apply(params, x_t, t, labels)
     model_fn = conditional
     if labels is not None and c.guidance_scale:
@@ -37,34 +45,55 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
                                                    config.data.num_channels)
     if c.sampler == "ddim":
       return sampling.ddim_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 50, eta=c.eta,
-                                  clip_denoised=c.clip_denoised)
+                                  clip_denoised=c.clip_denoised, cond_fn=cond_fn)
     if c.sampler == "dpm_solver":
       return sampling.dpm_solver_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 20,
-                                        clip_denoised=c.clip_denoised)
-    return sampling.ddpm_sample(d, model_fn, rng, shape, num_steps=c.num_steps, clip_denoised=c.clip_denoised)
+                                        clip_denoised=c.clip_denoised, cond_fn=cond_fn)
+    return sampling.ddpm_sample(d, model_fn, rng, shape, num_steps=c.num_steps, clip_denoised=c.clip_denoised,
+                                cond_fn=cond_fn)
 
   return jax.jit(sample)
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a PNG grid
-  of the first 64; returns the npz path."""
-  from ddpm_jax import train  # the train state's structure and the diffusion/model builders
-  train.validate_config(config)
-  mesh = parallel.make_mesh()
+def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
+  """-> (EMA parameters, step) of the newest readable checkpoint of the run `config` in `workdir`."""
+  from ddpm_jax import train  # the train state's structure
   ckpt = checkpoint.Checkpointer(workdir)
   state, step = ckpt.restore_latest(train.abstract_train_state(config, mesh))
   ckpt.close()
   if state is None:
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first (--mode=train).")
+  return state.ema_params, step
+
+
+def load_classifier(workdir: str, mesh):
+  """The noisy classifier trained in `workdir` (its config.json and newest checkpoint) -> (module, params)."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    classifier_config = ml_collections.ConfigDict(json.load(f))
+  if classifier_config.model.name != "classifier":
+    raise ValueError(f"{workdir} trained a {classifier_config.model.name!r}, not a noisy classifier.")
+  params, _ = restore_ema_params(classifier_config, workdir, mesh)
+  return models.get_model(classifier_config.model), params
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a PNG grid
+  of the first 64; returns the npz path."""
+  from ddpm_jax import train  # the diffusion and model builders
+  train.validate_config(config)
+  mesh = parallel.make_mesh()
+  ema_params, step = restore_ema_params(config, workdir, mesh)
   d, model = train.make_diffusion(config), models.get_model(config.model)
   c = config.sampling
   batch = c.batch_size
   if batch % jax.device_count():
     raise ValueError(f"sampling.batch_size={batch} is not divisible by the {jax.device_count()} devices.")
-  sample_fn = make_sample_fn(config, d, model, batch)
+  classifier, classifier_params = None, None
+  if c.classifier_workdir and c.classifier_scale:
+    classifier, classifier_params = load_classifier(c.classifier_workdir, mesh)
+  sample_fn = make_sample_fn(config, d, model, batch, classifier)
   rng = jax.random.fold_in(train.run_rngs(config.seed)["sample"], step)
-  num_classes = config.model.num_classes
+  num_classes = classifier.num_classes if classifier is not None else config.model.num_classes
   all_images, all_labels = [], []
   for i in range(-(-c.num_samples // batch)):
     batch_rng = jax.random.fold_in(rng, i)
@@ -72,7 +101,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     if num_classes:
       labels = jax.random.randint(jax.random.fold_in(batch_rng, 1), (batch,), 0, num_classes)
       all_labels.append(np.asarray(labels))
-    x = sample_fn(state.ema_params, batch_rng, labels)
+    x = sample_fn(ema_params, batch_rng, labels, classifier_params)
     all_images.append(image_utils.to_uint8(np.asarray(jax.device_get(x))))
     logging.info("Sampled %d / %d with %s.", min((i + 1) * batch, c.num_samples), c.num_samples, c.sampler)
   images = np.concatenate(all_images)[:c.num_samples]
