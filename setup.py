@@ -23,7 +23,8 @@ setup(
         "tensorflow-datasets",
     ],
     extras_require={
-        "test": ["pytest"],
+        # The FID Inception parity test runs a PyTorch reference; torch==2.13.0 resolves to the CPU wheel here.
+        "test": ["pytest", "torch==2.13.0"],
         # Benchmarks compare against PyTorch; torch==2.13.0 resolves to the CPU wheel on the dev machines.
         "bench": ["torch==2.13.0", "diffusers"],
     },

@@ -1,0 +1,206 @@
+"""The Flax FID Inception against a PyTorch reference with the same random weights; Fréchet distance and
+Inception Score against independent formulations."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddpm_jax.evaluation import fid
+
+
+# A PyTorch rendering of pytorch-fid's FID Inception-v3 (torchvision's Inception3 with pytorch-fid's
+# FIDInceptionA/C/E_1/E_2), with the same module names, so that its state dict is the weight file's layout.
+class BasicConv2d(nn.Module):
+  def __init__(self, cin, cout, **kw):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
+    self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+  def forward(self, x):
+    return F.relu(self.bn(self.conv(x)))
+
+
+def _avg(x):
+  return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class FIDInceptionA(nn.Module):
+  def __init__(self, cin, pool_features):
+    super().__init__()
+    self.branch1x1 = BasicConv2d(cin, 64, kernel_size=1)
+    self.branch5x5_1 = BasicConv2d(cin, 48, kernel_size=1)
+    self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+    self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+    self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+    self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+    self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
+
+  def forward(self, x):
+    return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
+                      self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                      self.branch_pool(_avg(x))], 1)
+
+
+class InceptionB(nn.Module):
+  def __init__(self, cin):
+    super().__init__()
+    self.branch3x3 = BasicConv2d(cin, 384, kernel_size=3, stride=2)
+    self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+    self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+    self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+  def forward(self, x):
+    return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                      F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class FIDInceptionC(nn.Module):
+  def __init__(self, cin, c7):
+    super().__init__()
+    self.branch1x1 = BasicConv2d(cin, 192, kernel_size=1)
+    self.branch7x7_1 = BasicConv2d(cin, c7, kernel_size=1)
+    self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+    self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+    self.branch7x7dbl_1 = BasicConv2d(cin, c7, kernel_size=1)
+    self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+    self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+    self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+    self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+    self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+  def forward(self, x):
+    b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+    bd = x
+    for i in range(1, 6):
+      bd = getattr(self, f"branch7x7dbl_{i}")(bd)
+    return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(_avg(x))], 1)
+
+
+class InceptionD(nn.Module):
+  def __init__(self, cin):
+    super().__init__()
+    self.branch3x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+    self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+    self.branch7x7x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+    self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+    self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+    self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+  def forward(self, x):
+    b7 = x
+    for i in range(1, 5):
+      b7 = getattr(self, f"branch7x7x3_{i}")(b7)
+    return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class FIDInceptionE(nn.Module):
+  def __init__(self, cin, max_pool):
+    super().__init__()
+    self.max_pool = max_pool
+    self.branch1x1 = BasicConv2d(cin, 320, kernel_size=1)
+    self.branch3x3_1 = BasicConv2d(cin, 384, kernel_size=1)
+    self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+    self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+    self.branch3x3dbl_1 = BasicConv2d(cin, 448, kernel_size=1)
+    self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+    self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+    self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+    self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+  def forward(self, x):
+    b3 = self.branch3x3_1(x)
+    b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+    bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+    bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
+    pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1) if self.max_pool else _avg(x)
+    return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(pooled)], 1)
+
+
+class ReferenceFIDInception(nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+    self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+    self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+    self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+    self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+    self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = FIDInceptionA(192, 32), FIDInceptionA(256, 64), FIDInceptionA(288, 64)
+    self.Mixed_6a = InceptionB(288)
+    self.Mixed_6b, self.Mixed_6c = FIDInceptionC(768, 128), FIDInceptionC(768, 160)
+    self.Mixed_6d, self.Mixed_6e = FIDInceptionC(768, 160), FIDInceptionC(768, 192)
+    self.Mixed_7a = InceptionD(768)
+    self.Mixed_7b, self.Mixed_7c = FIDInceptionE(1280, False), FIDInceptionE(2048, True)
+    self.fc = nn.Linear(2048, 1008)
+
+  def forward(self, x):  # x NCHW in [-1, 1]: pytorch-fid's resize, then the blocks
+    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+    x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, kernel_size=3, stride=2)))
+    x = F.max_pool2d(x, kernel_size=3, stride=2)
+    for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+      x = getattr(self, f"Mixed_{name}")(x)
+    pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
+    return pool, self.fc(pool)
+
+
+@pytest.fixture(scope="module")
+def reference():
+  torch.manual_seed(0)
+  net = ReferenceFIDInception().eval()
+  with torch.no_grad():  # random weights with non-trivial batch-norm statistics, scaled to keep activations O(1)
+    for name, tensor in net.state_dict().items():
+      if name.endswith("conv.weight") or name == "fc.weight":
+        fan_in = tensor[0].numel()
+        tensor.copy_(torch.randn_like(tensor) * (2.0 / fan_in) ** 0.5)
+      elif name.endswith("running_var") or name.endswith("bn.weight"):
+        tensor.copy_(torch.rand_like(tensor) + 0.5)
+      elif name.endswith("running_mean") or name.endswith("bias"):
+        tensor.copy_(0.1 * torch.randn_like(tensor))
+  state = {k: v.numpy() for k, v in net.state_dict().items()}
+  return net, fid.convert_state_dict(state)
+
+
+@pytest.mark.parametrize("size", [64, 341])  # up- and down-sampling to 299
+def test_flax_inception_matches_pytorch_reference(reference, size):
+  net, params = reference
+  images = np.random.default_rng(size).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+  with torch.no_grad():
+    ref_pool, ref_logits = (t.numpy() for t in net(torch.from_numpy(images.transpose(0, 3, 1, 2))))
+  pool, logits = fid.inception_features(params, jnp.asarray(images))
+  assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
+  for got, want in ((pool, ref_pool), (logits, ref_logits)):
+    assert np.max(np.abs(np.asarray(got) - want)) <= 1e-4 * np.max(np.abs(want))
+
+
+def test_converter_rejects_other_state_dicts(reference):
+  _, params = reference
+  with pytest.raises(ValueError):
+    fid.convert_state_dict({"fc.weight": np.zeros((10, 2048)), "fc.bias": np.zeros(10)})
+  with pytest.raises(ValueError, match="Unexpected entry"):
+    fid.convert_state_dict({"AuxLogits.fc.weight": np.zeros((3, 3))})
+
+
+def test_frechet_distance_against_eigenvalue_formulation():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(500, 16)), rng.normal(size=(500, 16)) @ rng.normal(size=(16, 16)) * 0.3 + 1.0
+  (mu1, s1), (mu2, s2) = fid.feature_statistics(a), fid.feature_statistics(b)
+  # Tr((Σ1Σ2)^½) = Σ √λ_i of the symmetric Σ1^½ Σ2 Σ1^½ (same eigenvalues as Σ1Σ2).
+  root1 = scipy.linalg.sqrtm(s1).real
+  eig = np.linalg.eigvalsh(root1 @ s2 @ root1)
+  expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(np.clip(eig, 0, None)))
+  assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+  assert fid.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6)
+  # 1-D closed form: (μ1 - μ2)² + (σ1 - σ2)².
+  assert fid.frechet_distance([0.5], [[4.0]], [-1.0], [[1.0]]) == pytest.approx(1.5**2 + 1.0, rel=1e-12)
+
+
+def test_inception_score_extremes():
+  uniform = np.zeros((100, 1008))
+  assert fid.inception_score(uniform, num_splits=2)[0] == pytest.approx(1.0)
+  confident = np.full((100, 1008), -1e4)
+  confident[np.arange(100), np.arange(100) % 10] = 0.0  # one-hot, 10 classes equally often
+  mean, std = fid.inception_score(confident, num_splits=5)
+  assert mean == pytest.approx(10.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
