@@ -72,4 +72,11 @@ def get_config():
   sampling.num_samples = 64
   sampling.batch_size = 64
   sampling.clip_denoised = True
+
+  config.eval = eval_config = ml_collections.ConfigDict()  # --mode=eval
+  eval_config.inception_path = config_dict.placeholder(str)  # pytorch-fid's pt_inception-2015-12-05-*.pth
+  eval_config.num_fid_samples = 1000
+  eval_config.num_reference_images = 1500  # the digits' whole train split
+  eval_config.reference_stats_path = config_dict.placeholder(str)  # default: workdir/fid_stats_<data>.npz
+  eval_config.bpd_num_batches = 1
   return config

@@ -9,7 +9,8 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "train, or sample from the newest checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                  "train; sample or eval (FID, IS, bits/dim) the newest checkpoint.")
 config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs (auto-detected on "
                     "TPU pods and SLURM when unset).")
@@ -23,9 +24,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that `--help` stays instant.
   from ddpm_jax import parallel, train
-  from ddpm_jax.evaluation import sample
+  from ddpm_jax.evaluation import evaluate, sample
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  {"train": train.train_and_evaluate, "sample": sample.sample}[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  jobs = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate}
+  jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -236,3 +236,24 @@ def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
   config.sampling.classifier_workdir = str(tmp_path / "diffusion")
   with pytest.raises(ValueError, match="not a noisy classifier"):
     sample.sample(config, str(tmp_path / "diffusion"))
+
+
+def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
+  import torch
+  from test_fid import ReferenceFIDInception
+  from ddpm_jax.evaluation import evaluate
+  weights = tmp_path / "inception.npz"  # a state dict in pytorch-fid's layout (random weights, offline)
+  np.savez(weights, **{k: v.numpy() for k, v in ReferenceFIDInception().state_dict().items()})
+  config = tiny_config(num_train_steps=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  config.sampling.num_steps, config.sampling.batch_size = 5, 8
+  config.eval.inception_path, config.eval.num_fid_samples, config.eval.num_reference_images = str(weights), 8, 16
+  results = evaluate.evaluate(config, str(tmp_path))
+  assert set(results) == {"fid", "inception_score", "inception_score_std", "bpd"}
+  assert np.isfinite(results["fid"]) and results["fid"] >= 0 and results["inception_score"] >= 1.0
+  assert 0 < results["bpd"] < 20
+  assert os.path.isfile(tmp_path / "fid_stats_digits_8.npz") and os.path.isfile(tmp_path / "eval_4.json")
+  # The cached reference statistics are reused, not recomputed.
+  monkeypatch.setattr(evaluate.input_pipeline, "batches", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+  config.eval.bpd_num_batches = 0
+  assert evaluate.evaluate(config, str(tmp_path))["fid"] == pytest.approx(results["fid"])

@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 import scipy.special
 
 Array = jax.Array
@@ -223,26 +222,27 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """‖μ1 - μ2‖² + Tr(Σ1 + Σ2 - 2 (Σ1 Σ2)^½) in float64 (Heusel et al. 2017, eq. 6).
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+  """Symmetric square root of a positive semi-definite matrix (round-off negative eigenvalues clipped)."""
+  eigenvalues, eigenvectors = np.linalg.eigh(sigma)
+  return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
 
-  When Σ1Σ2 is numerically singular its square root is taken of (Σ1 + εI)(Σ2 + εI), as pytorch-fid does;
-  an imaginary part left by round-off is dropped only if it is negligible.
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+  """‖μ1 - μ2‖² + Tr(Σ1) + Tr(Σ2) - 2 Tr((Σ1 Σ2)^½) in float64 (Heusel et al. 2017, eq. 6).
+
+  Tr((Σ1 Σ2)^½) = Σ_i √λ_i of the symmetric PSD matrix Σ1^½ Σ2 Σ1^½, which has the eigenvalues of Σ1Σ2: two
+  symmetric eigendecompositions, stable for singular covariances (fewer samples than 2048 dimensions) and
+  several times faster than `scipy.linalg.sqrtm` of the non-symmetric product.
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ValueError(f"Mismatched statistics: {mu1.shape} vs {mu2.shape}, {sigma1.shape} vs {sigma2.shape}.")
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.isfinite(covmean).all():
-    offset = np.eye(sigma1.shape[0]) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f"Imaginary component {np.max(np.abs(covmean.imag))} in the covariance square root.")
-    covmean = covmean.real
+  root1 = _psd_sqrt(sigma1)
+  trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ sigma2 @ root1), 0.0, None)))
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 
 
 def inception_score(logits, num_splits: int = 10) -> tuple[float, float]:

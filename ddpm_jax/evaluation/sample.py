@@ -76,13 +76,11 @@ def load_classifier(workdir: str, mesh):
   return models.get_model(classifier_config.model), params
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a PNG grid
-  of the first 64; returns the npz path."""
+def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_samples: int,
+             mesh) -> tuple[np.ndarray, np.ndarray]:
+  """`num_samples` samples of the run `config` at `step` in batches of `sampling.batch_size`, with progress logs
+  -> (uint8 images [N, H, W, C], labels [N]; zeros for an unconditional, unguided model)."""
   from ddpm_jax import train  # the diffusion and model builders
-  train.validate_config(config)
-  mesh = parallel.make_mesh()
-  ema_params, step = restore_ema_params(config, workdir, mesh)
   d, model = train.make_diffusion(config), models.get_model(config.model)
   c = config.sampling
   batch = c.batch_size
@@ -95,7 +93,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   rng = jax.random.fold_in(train.run_rngs(config.seed)["sample"], step)
   num_classes = classifier.num_classes if classifier is not None else config.model.num_classes
   all_images, all_labels = [], []
-  for i in range(-(-c.num_samples // batch)):
+  for i in range(-(-num_samples // batch)):
     batch_rng = jax.random.fold_in(rng, i)
     labels = None
     if num_classes:
@@ -103,9 +101,20 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
       all_labels.append(np.asarray(labels))
     x = sample_fn(ema_params, batch_rng, labels, classifier_params)
     all_images.append(image_utils.to_uint8(np.asarray(jax.device_get(x))))
-    logging.info("Sampled %d / %d with %s.", min((i + 1) * batch, c.num_samples), c.num_samples, c.sampler)
-  images = np.concatenate(all_images)[:c.num_samples]
-  labels = np.concatenate(all_labels)[:c.num_samples] if all_labels else np.zeros(len(images), np.int32)
+    logging.info("Sampled %d / %d with %s.", min((i + 1) * batch, num_samples), num_samples, c.sampler)
+  images = np.concatenate(all_images)[:num_samples]
+  labels = np.concatenate(all_labels)[:num_samples] if all_labels else np.zeros(len(images), np.int32)
+  return images, labels
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a PNG grid
+  of the first 64; returns the npz path."""
+  from ddpm_jax import train
+  train.validate_config(config)
+  mesh = parallel.make_mesh()
+  ema_params, step = restore_ema_params(config, workdir, mesh)
+  images, labels = generate(config, ema_params, step, config.sampling.num_samples, mesh)
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"samples_{step}.npz")

@@ -1,0 +1,103 @@
+"""`--mode=eval`: FID and Inception Score of samples, and bits/dim on the test split, for the newest checkpoint.
+
+config.eval:
+  inception_path        pytorch-fid's pt_inception-2015-12-05-*.pth (or its converted .npz); FID/IS are
+                        skipped, with a warning, when unset
+  num_fid_samples       samples generated with config.sampling for FID and IS
+  reference_stats_path  cache of the dataset's Inception statistics (default: workdir/fid_stats_<data>.npz),
+                        computed once from `num_reference_images` training images
+  bpd_num_batches       test batches of `training.batch_size` for the VLB in bits/dim (calc_bpd_loop); 0 skips
+
+Results go to workdir/eval_<step>.json and TensorBoard (eval/…).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from ddpm_jax import diffusion, input_pipeline, models, parallel
+from ddpm_jax.evaluation import fid
+from ddpm_jax.evaluation import sample as sample_lib
+
+
+def inception_statistics(inception_params, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+  """Images NHWC in [-1, 1] -> {"mu", "sigma"} of pool3 features and the "logits" [N, 1008]."""
+  pools, logits = [], []
+  for start in range(0, len(images), batch_size):
+    pool, logit = fid.inception_features(inception_params, images[start:start + batch_size])
+    pools.append(np.asarray(pool))
+    logits.append(np.asarray(logit))
+  mu, sigma = fid.feature_statistics(np.concatenate(pools))
+  return {"mu": mu, "sigma": sigma, "logits": np.concatenate(logits)}
+
+
+def reference_statistics(config: ml_collections.ConfigDict, inception_params, path: str) -> dict[str, np.ndarray]:
+  """The dataset's Inception statistics, read from `path` or computed once and cached there."""
+  if os.path.exists(path):
+    with np.load(path) as cached:
+      return {"mu": cached["mu"], "sigma": cached["sigma"]}
+  n, batch = config.eval.num_reference_images, config.sampling.batch_size
+  logging.info("Computing Inception statistics of %d %s training images (cached to %s).", n, config.data.dataset,
+               path)
+  images = np.concatenate([b["image"] for b in input_pipeline.batches(
+      config.data, split="train", global_batch_size=batch, seed=config.seed, num_steps=-(-n // batch))])[:n]
+  stats = inception_statistics(inception_params, images, batch)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, mu=stats["mu"], sigma=stats["sigma"])
+  return stats
+
+
+def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh) -> float:
+  """Mean VLB in bits/dim over `eval.bpd_num_batches` test batches (all T terms, `calc_bpd_loop`)."""
+  from ddpm_jax import train
+  d, model = train.make_diffusion(config), models.get_model(config.model)
+  bpd_fn = jax.jit(lambda params, x0, rng: diffusion.calc_bpd_loop(
+      d, lambda x_t, t: model.apply(params, x_t, t), x0, rng)["total_bpd"])
+  sharding = parallel.data_sharding(mesh)
+  totals = []
+  batches = input_pipeline.batches(config.data, split="test", global_batch_size=config.training.batch_size,
+                                   seed=config.seed, num_steps=config.eval.bpd_num_batches)
+  for i, batch in enumerate(batches):
+    x0 = parallel.global_batch(batch, sharding)["image"]
+    totals.append(np.asarray(bpd_fn(ema_params, x0, jax.random.key(i))))
+    logging.info("bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, totals[-1].mean())
+  return float(np.concatenate(totals).mean())
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  from ddpm_jax import train
+  train.validate_config(config)
+  mesh = parallel.make_mesh()
+  ema_params, step = sample_lib.restore_ema_params(config, workdir, mesh)
+  c = config.eval
+  results: dict[str, float] = {}
+  if c.inception_path:
+    inception_params = fid.load_inception_params(c.inception_path)
+    size = config.data.image_size
+    stats_path = c.reference_stats_path or os.path.join(
+        workdir, f"fid_stats_{config.data.dataset.replace('/', '_')}_{size}.npz")
+    reference = reference_statistics(config, inception_params, stats_path)
+    images, _ = sample_lib.generate(config, ema_params, step, c.num_fid_samples, mesh)
+    generated = inception_statistics(inception_params, images.astype(np.float32) / 127.5 - 1.0,
+                                     config.sampling.batch_size)
+    results["fid"] = fid.frechet_distance(generated["mu"], generated["sigma"], reference["mu"], reference["sigma"])
+    results["inception_score"], results["inception_score_std"] = fid.inception_score(generated["logits"])
+  else:
+    logging.warning("config.eval.inception_path is not set: skipping FID and Inception Score.")
+  if c.bpd_num_batches:
+    results["bpd"] = test_bits_per_dim(config, ema_params, mesh)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
+      json.dump({"step": step, **results}, f, indent=2)
+    from tensorboardX import SummaryWriter
+    with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
+      for k, v in results.items():
+        writer.add_scalar(f"eval/{k}", v, step)
+    logging.info("Evaluation at step %d: %s", step, results)
+  return results
