@@ -318,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   logger = MetricLogger(workdir, total, is_writer)
   preemption = checkpoint.PreemptionFlag()
   if config.model.name == "unet":
-    sample_fn = sample_lib.make_sample_fn(config, d, model, config.sampling.num_samples)
+    sample_fn = sample_lib.make_sample_fn(config, d, model, config.sampling.num_samples, mesh)
 
   def check(step: int, metrics) -> None:
     metrics = jax.device_get(metrics)

@@ -146,11 +146,12 @@ class ReferenceFIDInception(nn.Module):
     return pool, self.fc(pool)
 
 
-@pytest.fixture(scope="module")
-def reference():
+def random_reference_net() -> ReferenceFIDInception:
+  """Random weights with non-trivial batch-norm statistics, scaled so that activations stay O(1) through all
+  the layers (PyTorch's default initialisation lets them fade towards 0, which would hide errors)."""
   torch.manual_seed(0)
   net = ReferenceFIDInception().eval()
-  with torch.no_grad():  # random weights with non-trivial batch-norm statistics, scaled to keep activations O(1)
+  with torch.no_grad():
     for name, tensor in net.state_dict().items():
       if name.endswith("conv.weight") or name == "fc.weight":
         fan_in = tensor[0].numel()
@@ -159,8 +160,13 @@ def reference():
         tensor.copy_(torch.rand_like(tensor) + 0.5)
       elif name.endswith("running_mean") or name.endswith("bias"):
         tensor.copy_(0.1 * torch.randn_like(tensor))
-  state = {k: v.numpy() for k, v in net.state_dict().items()}
-  return net, fid.convert_state_dict(state)
+  return net
+
+
+@pytest.fixture(scope="module")
+def reference():
+  net = random_reference_net()
+  return net, fid.convert_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
 
 
 @pytest.mark.parametrize("size", [64, 341])  # up- and down-sampling to 299
@@ -173,6 +179,17 @@ def test_flax_inception_matches_pytorch_reference(reference, size):
   assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
   for got, want in ((pool, ref_pool), (logits, ref_logits)):
     assert np.max(np.abs(np.asarray(got) - want)) <= 1e-4 * np.max(np.abs(want))
+
+
+def test_weights_load_from_npz_path_and_url(reference, tmp_path, monkeypatch):
+  net, params = reference
+  path = tmp_path / "pt_inception.npz"
+  np.savez(path, **{k: v.numpy() for k, v in net.state_dict().items()})
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  for source in (str(path), path.as_uri()):  # a file:// URL stands in for the user's https URL, offline
+    loaded = fid.load_inception_params(source)
+    np.testing.assert_array_equal(loaded["params"]["fc"]["kernel"], params["params"]["fc"]["kernel"])
+  assert (tmp_path / "home" / ".cache" / "ddpm_jax" / "pt_inception.npz").exists()
 
 
 def test_converter_rejects_other_state_dicts(reference):

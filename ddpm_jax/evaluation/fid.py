@@ -13,8 +13,11 @@ Nothing is downloaded: the weight file comes from a path the user has. Reading a
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
+import urllib.parse
+import urllib.request
 
 import flax.linen as nn
 import jax
@@ -203,13 +206,26 @@ def convert_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
 
 
 def load_inception_params(path: str) -> dict:
-  """Parameters from pytorch-fid's `pt_inception-2015-12-05-*.pth` (needs PyTorch) or a converted `.npz`."""
+  """Parameters from pytorch-fid's `pt_inception-2015-12-05-*.pth` (needs PyTorch) or a converted `.npz`, at a
+  local path or a URL the user gives (fetched once into ~/.cache/ddpm_jax)."""
+  if "://" in path:
+    path = _fetch(path)
   if path.endswith(".npz"):
     with np.load(path) as data:
       return convert_state_dict(dict(data))
   import torch  # only to read the .pth container
   state_dict = torch.load(path, map_location="cpu", weights_only=True)
   return convert_state_dict({k: v.numpy() for k, v in state_dict.items()})
+
+
+def _fetch(url: str) -> str:
+  cache = os.path.join(os.path.expanduser("~"), ".cache", "ddpm_jax")
+  local = os.path.join(cache, os.path.basename(urllib.parse.urlparse(url).path))
+  if not os.path.exists(local):
+    os.makedirs(cache, exist_ok=True)
+    urllib.request.urlretrieve(url, local + ".part")
+    os.replace(local + ".part", local)  # no half-downloaded file under the final name
+  return local
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -249,6 +265,7 @@ def inception_score(logits, num_splits: int = 10) -> tuple[float, float]:
   """exp(E_x KL(p(y|x) ‖ p(y))) over `num_splits` splits -> (mean, std) (Salimans et al. 2016), with the
   softmax over all 1008 logits as the original Inception Score code."""
   logits = np.asarray(logits, np.float64)
+  num_splits = min(num_splits, len(logits))  # no empty splits for small sample counts
   log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
   scores = []
   for part in np.array_split(log_p, num_splits):

@@ -23,9 +23,10 @@ SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 
 
 def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model, batch_size: int,
-                   classifier=None):
+                   mesh, classifier=None):
   """Jitted (params, rng, labels [B] | None, classifier_params=None) -> samples [B, H, W, C] with the sampler of
-  `config.sampling`; with `classifier` (a noisy classifier module) and its params, classifier-guided."""
+  `config.sampling`, the batch sharded over `mesh`; with `classifier` (a noisy classifier module) and its
+  params, classifier-guided."""
   c = config.sampling
   if c.sampler not in SAMPLERS:
     raise ValueError(f"Unknown sampling.sampler {c.sampler!r}; valid: {', '.join(SAMPLERS)}.")
@@ -52,7 +53,8 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
     return sampling.ddpm_sample(d, model_fn, rng, shape, num_steps=c.num_steps, clip_denoised=c.clip_denoised,
                                 cond_fn=cond_fn)
 
-  return jax.jit(sample)
+  # x_T is drawn at the global shape inside the jit: sharding the output shards the whole loop by batch.
+  return jax.jit(sample, out_shardings=parallel.data_sharding(mesh))
 
 
 def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
@@ -89,7 +91,7 @@ def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_sampl
   classifier, classifier_params = None, None
   if c.classifier_workdir and c.classifier_scale:
     classifier, classifier_params = load_classifier(c.classifier_workdir, mesh)
-  sample_fn = make_sample_fn(config, d, model, batch, classifier)
+  sample_fn = make_sample_fn(config, d, model, batch, mesh, classifier)
   rng = jax.random.fold_in(train.run_rngs(config.seed)["sample"], step)
   num_classes = classifier.num_classes if classifier is not None else config.model.num_classes
   all_images, all_labels = [], []
