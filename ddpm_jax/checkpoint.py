@@ -68,8 +68,8 @@ class PreemptionFlag:
 
   def __init__(self):
     self.event = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+      signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     logging.warning("SIGTERM received: saving a checkpoint and stopping.")

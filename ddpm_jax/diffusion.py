@@ -128,7 +128,7 @@ def respace(d: GaussianDiffusion, use_timesteps: Sequence[int]) -> GaussianDiffu
                                       timestep_map=np.asarray(d.timestep_map)[use_timesteps])
 
 
-def _extract(a: Array, t: Array, ndim: int) -> Array:
+def extract(a: Array, t: Array, ndim: int) -> Array:
   """a[t] shaped [B, 1, …, 1] to broadcast against an array of rank `ndim`."""
   return a[t].reshape(t.shape + (1,) * (ndim - 1))
 
@@ -146,25 +146,25 @@ def _check_batch(x: Array, t: Array) -> None:
 def q_mean_variance(d: GaussianDiffusion, x0: Array, t: Array) -> tuple[Array, Array, Array]:
   """q(x_t | x0) = N(√ᾱ_t x0, (1 - ᾱ_t) I)  (DDPM eq. 4) -> (mean, variance, log_variance)."""
   _check_batch(x0, t)
-  mean = _extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
-  variance = jnp.broadcast_to(_extract(d.one_minus_alphas_cumprod, t, x0.ndim), x0.shape)
-  log_variance = jnp.broadcast_to(_extract(d.log_one_minus_alphas_cumprod, t, x0.ndim), x0.shape)
+  mean = extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
+  variance = jnp.broadcast_to(extract(d.one_minus_alphas_cumprod, t, x0.ndim), x0.shape)
+  log_variance = jnp.broadcast_to(extract(d.log_one_minus_alphas_cumprod, t, x0.ndim), x0.shape)
   return mean, variance, log_variance
 
 
 def q_sample(d: GaussianDiffusion, x0: Array, t: Array, noise: Array) -> Array:
   """x_t = √ᾱ_t x0 + √(1 - ᾱ_t) ε  (DDPM eq. 4).  x0, noise: [B, H, W, C]; t: [B] int."""
   _check_batch(x0, t)
-  return (_extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
-          + _extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
+  return (extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
+          + extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
 
 
 def q_posterior_mean_variance(d: GaussianDiffusion, x0: Array, x_t: Array, t: Array) -> tuple[Array, Array, Array]:
   """q(x_{t-1} | x_t, x0) = N(μ̃_t, β̃_t I)  (DDPM eqs. 6–7) -> (mean, variance, log_variance_clipped)."""
   _check_batch(x_t, t)
-  mean = _extract(d.posterior_mean_coef1, t, x_t.ndim) * x0 + _extract(d.posterior_mean_coef2, t, x_t.ndim) * x_t
-  variance = jnp.broadcast_to(_extract(d.posterior_variance, t, x_t.ndim), x_t.shape)
-  log_variance = jnp.broadcast_to(_extract(d.posterior_log_variance_clipped, t, x_t.ndim), x_t.shape)
+  mean = extract(d.posterior_mean_coef1, t, x_t.ndim) * x0 + extract(d.posterior_mean_coef2, t, x_t.ndim) * x_t
+  variance = jnp.broadcast_to(extract(d.posterior_variance, t, x_t.ndim), x_t.shape)
+  log_variance = jnp.broadcast_to(extract(d.posterior_log_variance_clipped, t, x_t.ndim), x_t.shape)
   return mean, variance, log_variance
 
 
@@ -174,32 +174,32 @@ def q_posterior_mean_variance(d: GaussianDiffusion, x0: Array, x_t: Array, t: Ar
 
 def predict_x0_from_eps(d: GaussianDiffusion, x_t: Array, t: Array, eps: Array) -> Array:
   """x0 = x_t/√ᾱ_t - √(1/ᾱ_t - 1) ε  (DDPM eq. 4 solved for x0)."""
-  return (_extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
-          - _extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
+  return (extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+          - extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
 
 
 def predict_eps_from_x0(d: GaussianDiffusion, x_t: Array, t: Array, x0: Array) -> Array:
   """ε = (x_t/√ᾱ_t - x0) / √(1/ᾱ_t - 1)."""
-  return ((_extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0)
-          / _extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
+  return ((extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0)
+          / extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
 
 
 def get_v(d: GaussianDiffusion, x0: Array, eps: Array, t: Array) -> Array:
   """v = √ᾱ_t ε - √(1 - ᾱ_t) x0  (Salimans & Ho 2022, progressive distillation §4)."""
-  return (_extract(d.sqrt_alphas_cumprod, t, x0.ndim) * eps
-          - _extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0)
+  return (extract(d.sqrt_alphas_cumprod, t, x0.ndim) * eps
+          - extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0)
 
 
 def predict_x0_from_v(d: GaussianDiffusion, x_t: Array, t: Array, v: Array) -> Array:
   """x0 = √ᾱ_t x_t - √(1 - ᾱ_t) v."""
-  return (_extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
-          - _extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v)
+  return (extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
+          - extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v)
 
 
 def predict_eps_from_v(d: GaussianDiffusion, x_t: Array, t: Array, v: Array) -> Array:
   """ε = √(1 - ᾱ_t) x_t + √ᾱ_t v."""
-  return (_extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t
-          + _extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * v)
+  return (extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t
+          + extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * v)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,16 +226,16 @@ def _model_variance(d: GaussianDiffusion, var_output: Array | None, x_t: Array, 
   if d.var_type == "learned_range":
     # Improved DDPM eq. 15: Σ = exp(v' log β_t + (1 - v') log β̃_t) with v' = (v + 1)/2.
     frac = (var_output + 1.0) / 2.0
-    log_variance = (frac * _extract(d.log_betas, t, x_t.ndim)
-                    + (1.0 - frac) * _extract(d.posterior_log_variance_clipped, t, x_t.ndim))
+    log_variance = (frac * extract(d.log_betas, t, x_t.ndim)
+                    + (1.0 - frac) * extract(d.posterior_log_variance_clipped, t, x_t.ndim))
     return jnp.exp(log_variance), log_variance
   if d.var_type == "fixed_small":  # σ² = β̃_t; the variance itself is 0 at t = 0, its log is clipped.
     variance, log_variance = d.posterior_variance, d.posterior_log_variance_clipped
   else:  # fixed_large: σ² = β_t, with β̃ at t = 1 for the first step so that the decoder stays sharp.
     log_variance = d.fixed_large_log_variance
     variance = jnp.exp(log_variance)
-  return (jnp.broadcast_to(_extract(variance, t, x_t.ndim), x_t.shape),
-          jnp.broadcast_to(_extract(log_variance, t, x_t.ndim), x_t.shape))
+  return (jnp.broadcast_to(extract(variance, t, x_t.ndim), x_t.shape),
+          jnp.broadcast_to(extract(log_variance, t, x_t.ndim), x_t.shape))
 
 
 def predict_x0(d: GaussianDiffusion, mean_output: Array, x_t: Array, t: Array) -> Array:

@@ -67,6 +67,15 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool):
   return jax.tree_util.tree_map(leaf_sharding, abstract_state)
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process) global array as one numpy array on every process (a collective when there
+  are several processes)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This process's rows -> one global array per entry, sharded along the batch axis over the mesh."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -108,7 +108,7 @@ def _eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn):
   if cond_fn is None:
     return eps, out["pred_x0"]
   # ADM Algorithm 2: ε̂ - √(1-ᾱ_t) s ∇ log p(y | x_t), and x̂0 from the shifted ε̂.
-  eps = eps - diffusion._extract(d.sqrt_one_minus_alphas_cumprod, t_b, x.ndim) * cond_fn(x, d.timestep_map[t_b])
+  eps = eps - diffusion.extract(d.sqrt_one_minus_alphas_cumprod, t_b, x.ndim) * cond_fn(x, d.timestep_map[t_b])
   return eps, diffusion.predict_x0_from_eps(d, x, t_b, eps)
 
 

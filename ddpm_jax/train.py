@@ -292,14 +292,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
   mesh = parallel.make_mesh()
-  shardings = state_sharding(config, mesh)
+  abstract_state = abstract_train_state(config, mesh)
   train_step_fn = make_train_step(config, mesh)
   d, model = make_diffusion(config), models.get_model(config.model)
 
   ckpt = checkpoint.Checkpointer(workdir, config.training.keep_checkpoints)
-  state, start_step = ckpt.restore_latest(abstract_train_state(config, mesh))
+  state, start_step = ckpt.restore_latest(abstract_state)
   rngs = run_rngs(config.seed)
   if state is None:
+    shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
     state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(rngs["init"])
     start_step = 0
     if is_writer:
@@ -337,14 +338,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       step += 1
       pending = (step, metrics)
       preempted = preemption.is_set()
-      if step % config.training.log_every_steps == 0 or step == total or preempted:
+      at_log = step % config.training.log_every_steps == 0 or step == total or preempted
+      at_checkpoint = step % config.training.checkpoint_every_steps == 0 or step == total or preempted
+      if at_log or at_checkpoint:  # this step is checked before anything is logged or saved from it
         check(*pending)
         pending = None
+      if at_log:
         logger.write(step)
-      if step % config.training.checkpoint_every_steps == 0 or step == total or preempted:
-        if pending is not None:
-          check(*pending)
-          pending = None
+      if at_checkpoint:
         ckpt.save(step, state, config)
       if (config.model.name == "unet" and config.sampling.num_samples
           and (step % config.training.eval_every_steps == 0 or step == total)):
@@ -360,10 +361,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def write_sample_grid(samples: jax.Array, workdir: str, step: int, logger: MetricLogger) -> None:
-  """EMA samples as a PNG grid in workdir/samples (process 0 only) and in TensorBoard."""
+  """EMA samples as a PNG grid in workdir/samples and in TensorBoard (written by process 0)."""
+  samples = parallel.to_host(samples)  # a collective: every process takes part
   if jax.process_index() != 0:
     return
-  grid = image_utils.grid_uint8(np.asarray(jax.device_get(samples)))
+  grid = image_utils.grid_uint8(samples)
   path = image_utils.save_png(grid, os.path.join(workdir, "samples", f"ema_step_{step:08d}.png"))
   logger.writer.add_image("samples/ema", grid, step, dataformats="HWC")
   logging.info("Wrote %s.", path)

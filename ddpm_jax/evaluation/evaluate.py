@@ -65,7 +65,7 @@ def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh) -> fl
                                    seed=config.seed, num_steps=config.eval.bpd_num_batches)
   for i, batch in enumerate(batches):
     x0 = parallel.global_batch(batch, sharding)["image"]
-    totals.append(np.asarray(bpd_fn(ema_params, x0, jax.random.key(i))))
+    totals.append(parallel.to_host(bpd_fn(ema_params, x0, jax.random.key(i))))
     logging.info("bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, totals[-1].mean())
   return float(np.concatenate(totals).mean())
 

@@ -102,7 +102,7 @@ def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_sampl
       labels = jax.random.randint(jax.random.fold_in(batch_rng, 1), (batch,), 0, num_classes)
       all_labels.append(np.asarray(labels))
     x = sample_fn(ema_params, batch_rng, labels, classifier_params)
-    all_images.append(image_utils.to_uint8(np.asarray(jax.device_get(x))))
+    all_images.append(image_utils.to_uint8(parallel.to_host(x)))
     logging.info("Sampled %d / %d with %s.", min((i + 1) * batch, num_samples), num_samples, c.sampler)
   images = np.concatenate(all_images)[:num_samples]
   labels = np.concatenate(all_labels)[:num_samples] if all_labels else np.zeros(len(images), np.int32)
