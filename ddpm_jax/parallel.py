@@ -67,9 +67,9 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool):
   return jax.tree_util.tree_map(leaf_sharding, abstract_state)
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-  """A (possibly multi-process) global array as one numpy array on every process (a collective when there
-  are several processes)."""
+def to_host(x) -> np.ndarray:
+  """A global jax array, or this process's rows of one as numpy, -> the whole array as numpy on every process
+  (a collective when there are several processes)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -44,8 +44,9 @@ def reference_statistics(config: ml_collections.ConfigDict, inception_params, pa
   n, batch = config.eval.num_reference_images, config.sampling.batch_size
   logging.info("Computing Inception statistics of %d %s training images (cached to %s).", n, config.data.dataset,
                path)
-  images = np.concatenate([b["image"] for b in input_pipeline.batches(
-      config.data, split="train", global_batch_size=batch, seed=config.seed, num_steps=-(-n // batch))])[:n]
+  local = np.concatenate([b["image"] for b in input_pipeline.batches(
+      config.data, split="train", global_batch_size=batch, seed=config.seed, num_steps=-(-n // batch))])
+  images = parallel.to_host(local)[:n]  # every process reads its share; all compute the same statistics
   stats = inception_statistics(inception_params, images, batch)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
