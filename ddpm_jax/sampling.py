@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,6 +63,33 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
 _PRIOR_NOISE = 2**31 - 1
 
 
+def _progress_reporter(name: str, total: int) -> Callable[[Array], None]:
+  """A host callback that logs every 10 % of `total` steps once (sharded runs call it once per device)."""
+  every, reported = max(total // 10, 1), set()
+
+  def report(done):
+    done = int(done)
+    if done not in reported and (done % every == 0 or done == total):
+      reported.add(done)
+      logging.info("%s: step %d / %d", name, done, total)
+
+  return report
+
+
+def _reverse_scan(step, carry, num_steps: int, progress: str | None):
+  """lax.scan of `step(carry, t)` over t = num_steps-1, …, 0; with `progress` (a name), logs as it goes."""
+  if progress:
+    report = _progress_reporter(progress, num_steps)
+
+    def step_with_progress(carry, t):
+      carry, out = step(carry, t)
+      jax.debug.callback(report, num_steps - t)
+      return carry, out
+
+    return jax.lax.scan(step_with_progress, carry, jnp.arange(num_steps - 1, -1, -1))[0]
+  return jax.lax.scan(step, carry, jnp.arange(num_steps - 1, -1, -1))[0]
+
+
 def _initial_noise(rng: Array, shape, x_T: Array | None) -> Array:
   if x_T is None:
     if shape is None:
@@ -72,12 +100,12 @@ def _initial_noise(rng: Array, shape, x_T: Array | None) -> Array:
 
 def ddpm_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng: Array, shape=None,
                 x_T: Array | None = None, num_steps: int | None = None, clip_denoised: bool = True,
-                cond_fn: CondFn | None = None) -> Array:
+                cond_fn: CondFn | None = None, progress: bool = False) -> Array:
   """Ancestral sampling x_T ~ N(0, I), x_{t-1} ~ p_θ(x_{t-1} | x_t) (DDPM Algorithm 2), one `lax.scan`.
 
   No noise is added at the last step (t = 0). `num_steps` respaces to that many evenly spaced steps
   (Improved DDPM §4); respacing runs on the host, so `d` must be concrete (closed over, not traced).
-  Noise for step t comes from `fold_in(rng, t)`.
+  Noise for step t comes from `fold_in(rng, t)`. `progress` logs every 10 % of the steps.
   """
   if num_steps is not None:
     d = diffusion.respace(d, space_timesteps(d.num_timesteps, [num_steps]))
@@ -93,8 +121,7 @@ def ddpm_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng
     noise = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
     return mean + jnp.where(t > 0, jnp.exp(0.5 * out["log_variance"]), 0.0) * noise, None
 
-  x, _ = jax.lax.scan(step, x, jnp.arange(d.num_timesteps - 1, -1, -1))
-  return x
+  return _reverse_scan(step, x, d.num_timesteps, "ancestral sampling" if progress else None)
 
 
 def _ddim_respaced(d: diffusion.GaussianDiffusion, num_steps: int | None) -> diffusion.GaussianDiffusion:
@@ -114,7 +141,7 @@ def _eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn):
 
 def ddim_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng: Array, shape=None,
                 x_T: Array | None = None, num_steps: int | None = 50, eta: float = 0.0, clip_denoised: bool = True,
-                cond_fn: CondFn | None = None) -> Array:
+                cond_fn: CondFn | None = None, progress: bool = False) -> Array:
   """DDIM (Song et al. 2021, eq. 12) on the grid `space_timesteps(T, f"ddim{num_steps}")`, one `lax.scan`:
 
     x_{t-1} = √ᾱ_{t-1} x̂0 + √(1 - ᾱ_{t-1} - σ_t²) ε̂ + σ_t z,
@@ -138,8 +165,7 @@ def ddim_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng
             + jnp.sqrt(jnp.maximum(one_minus_alpha_bar_prev - sigma_sq, 0.0)) * eps)
     return mean + jnp.sqrt(sigma_sq) * noise, None
 
-  x, _ = jax.lax.scan(step, x, jnp.arange(d.num_timesteps - 1, -1, -1))
-  return x
+  return _reverse_scan(step, x, d.num_timesteps, "DDIM sampling" if progress else None)
 
 
 def ddim_encode(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, x0: Array,
@@ -216,7 +242,7 @@ def log_snr_uniform_timesteps(d: diffusion.GaussianDiffusion, num_steps: int) ->
 
 def dpm_solver_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, rng: Array, shape=None,
                       x_T: Array | None = None, num_steps: int = 20, clip_denoised: bool = True,
-                      cond_fn: CondFn | None = None) -> Array:
+                      cond_fn: CondFn | None = None, progress: bool = False) -> Array:
   """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): the probability-flow ODE in λ = log(α/σ), α = √ᾱ,
   σ = √(1-ᾱ), with data prediction D = x̂0 and one model evaluation per step, one `lax.scan`:
 
@@ -246,5 +272,5 @@ def dpm_solver_sample(d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelF
     x = sigma_ratio * x - alpha_t * jnp.expm1(-h) * x0_tilde
     return (x, x0, h), None
 
-  (x, _, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x), jnp.ones(())), jnp.arange(n - 1, -1, -1))
+  x, _, _ = _reverse_scan(step, (x, jnp.zeros_like(x), jnp.ones(())), n, "DPM-Solver++ sampling" if progress else None)
   return x

@@ -162,3 +162,14 @@ def test_dpm_solver_20_steps_beats_ancestral_250():
   # 20 model evaluations: closer to the data variance than 250-step ancestral sampling and 20-step DDIM.
   assert abs(dpm.var() - SIGMA**2) + mc < abs(ancestral_var - SIGMA**2) < abs(ddim_var - SIGMA**2), (
       dpm.var(), ancestral_var, ddim_var)
+
+
+def test_progress_is_logged_every_tenth_of_the_steps(caplog):
+  import logging
+  caplog.set_level(logging.INFO)
+  x = jax.jit(lambda rng: sampling.ddim_sample(BASE, exact_eps_fn(BASE), rng, (4, 2, 2, 1), num_steps=20,
+                                               progress=True))(jax.random.key(0))
+  jax.block_until_ready(x)
+  jax.effects_barrier()
+  lines = [r.getMessage() for r in caplog.records if "DDIM sampling" in r.getMessage()]
+  assert sorted(lines) == sorted(f"DDIM sampling: step {k} / 20" for k in range(2, 21, 2))

@@ -23,7 +23,7 @@ SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 
 
 def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model, batch_size: int,
-                   mesh, classifier=None):
+                   mesh, classifier=None, progress: bool = False):
   """Jitted (params, rng, labels [B] | None, classifier_params=None) -> samples [B, H, W, C] with the sampler of
   `config.sampling`, the batch sharded over `mesh`; with `classifier` (a noisy classifier module) and its
   params, classifier-guided."""
@@ -46,12 +46,12 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
                                                    config.data.num_channels)
     if c.sampler == "ddim":
       return sampling.ddim_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 50, eta=c.eta,
-                                  clip_denoised=c.clip_denoised, cond_fn=cond_fn)
+                                  clip_denoised=c.clip_denoised, cond_fn=cond_fn, progress=progress)
     if c.sampler == "dpm_solver":
       return sampling.dpm_solver_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 20,
-                                        clip_denoised=c.clip_denoised, cond_fn=cond_fn)
+                                        clip_denoised=c.clip_denoised, cond_fn=cond_fn, progress=progress)
     return sampling.ddpm_sample(d, model_fn, rng, shape, num_steps=c.num_steps, clip_denoised=c.clip_denoised,
-                                cond_fn=cond_fn)
+                                cond_fn=cond_fn, progress=progress)
 
   # x_T is drawn at the global shape inside the jit: sharding the output shards the whole loop by batch.
   return jax.jit(sample, out_shardings=parallel.data_sharding(mesh))
@@ -91,7 +91,7 @@ def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_sampl
   classifier, classifier_params = None, None
   if c.classifier_workdir and c.classifier_scale:
     classifier, classifier_params = load_classifier(c.classifier_workdir, mesh)
-  sample_fn = make_sample_fn(config, d, model, batch, mesh, classifier)
+  sample_fn = make_sample_fn(config, d, model, batch, mesh, classifier, progress=True)
   rng = jax.random.fold_in(train.run_rngs(config.seed)["sample"], step)
   num_classes = classifier.num_classes if classifier is not None else config.model.num_classes
   all_images, all_labels = [], []
