@@ -1,0 +1,237 @@
+"""Score SDEs (Song et al. 2021) and NCSN's annealed Langevin dynamics (Song & Ermon 2019), score_sde's conventions.
+
+Time is continuous, t ∈ (0, T = 1], an array [B]. An SDE is a small pytree with pure methods:
+  s.sde(x, t) -> (drift, diffusion)             dx = f(x, t) dt + g(t) dw
+  s.marginal_prob(x0, t) -> (mean, std)         p_0t(x_t | x0) = N(mean, std² I)
+  s.prior_sampling(rng, shape); s.prior_logp(z) -> [B]
+  s.discretize(x, t) -> (f, G)                  x_{i+1} = x_i + f + G z, the SDE's own discretisation
+A score function is `score_fn(x, t) -> ∇x log p_t(x)`; samplers are compiled loops (`lax.scan`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+
+def _bcast(v: Array, x: Array) -> Array:
+  """[B] -> [B, 1, …, 1] against x."""
+  return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _sum_flat(x: Array) -> Array:
+  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
+@flax.struct.dataclass
+class VPSDE:
+  """Variance preserving: dx = -½β(t) x dt + √β(t) dw, β(t) = β_min + t(β_max - β_min) (the continuous DDPM).
+  Its discretisation with N = 1000 steps uses DDPM's linear βs from 1e-4 to 0.02."""
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  N: int = flax.struct.field(pytree_node=False, default=1000)
+  T: float = flax.struct.field(pytree_node=False, default=1.0)
+
+  @property
+  def discrete_betas(self) -> np.ndarray:
+    return np.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+
+  def _beta(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
+  def _log_mean_coeff(self, t):
+    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+  def sde(self, x, t):
+    beta = _bcast(self._beta(t), x)
+    return -0.5 * beta * x, jnp.sqrt(self._beta(t))
+
+  def marginal_prob(self, x0, t):
+    log_mean_coeff = self._log_mean_coeff(t)
+    return _bcast(jnp.exp(log_mean_coeff), x0) * x0, jnp.sqrt(-jnp.expm1(2.0 * log_mean_coeff))
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape)
+
+  def prior_logp(self, z):
+    n = math.prod(z.shape[1:])
+    return -0.5 * n * math.log(2 * math.pi) - 0.5 * _sum_flat(z**2)
+
+  def discretize(self, x, t):
+    """DDPM's step: x_{i+1} = √(1-β_i) x_i + √β_i z, i.e. f = (√(1-β_i) - 1) x, G = √β_i."""
+    index = (t * (self.N - 1) / self.T).astype(jnp.int32)
+    betas = self.discrete_betas
+    # √(1-β) - 1 = -β / (1 + √(1-β)), in float64: no cancellation for small β.
+    f_coeff = jnp.asarray(-betas / (1.0 + np.sqrt(1.0 - betas)), jnp.float32)[index]
+    return _bcast(f_coeff, x) * x, jnp.asarray(np.sqrt(betas), jnp.float32)[index]
+
+  def langevin_scale(self, t):
+    """α_i of the Langevin corrector's step size (score_sde: the discrete α for VP, 1 otherwise)."""
+    index = (t * (self.N - 1) / self.T).astype(jnp.int32)
+    return 1.0 - jnp.asarray(self.discrete_betas, jnp.float32)[index]
+
+
+@flax.struct.dataclass
+class subVPSDE(VPSDE):
+  """sub-VP: dx = -½β(t) x dt + √(β(t)(1 - e^{-2∫β})) dw; its std is 1 - e^{∫...}, below VP's (Song et al. §3.4)."""
+
+  def sde(self, x, t):
+    drift, _ = VPSDE.sde(self, x, t)
+    discount = -jnp.expm1(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+    return drift, jnp.sqrt(self._beta(t) * discount)
+
+  def marginal_prob(self, x0, t):
+    log_mean_coeff = self._log_mean_coeff(t)
+    return _bcast(jnp.exp(log_mean_coeff), x0) * x0, -jnp.expm1(2.0 * log_mean_coeff)
+
+  def discretize(self, x, t):
+    return euler_maruyama_discretization(self, x, t)
+
+  def langevin_scale(self, t):
+    return jnp.ones_like(t)
+
+
+@flax.struct.dataclass
+class VESDE:
+  """Variance exploding: dx = σ(t) √(2 log(σ_max/σ_min)) dw, σ(t) = σ_min (σ_max/σ_min)^t (NCSN's geometric σs)."""
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  N: int = flax.struct.field(pytree_node=False, default=1000)
+  T: float = flax.struct.field(pytree_node=False, default=1.0)
+
+  @property
+  def discrete_sigmas(self) -> np.ndarray:
+    return np.exp(np.linspace(np.log(self.sigma_min), np.log(self.sigma_max), self.N))
+
+  def _sigma(self, t):
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def sde(self, x, t):
+    return jnp.zeros_like(x), self._sigma(t) * math.sqrt(2 * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+
+  def marginal_prob(self, x0, t):
+    return x0, self._sigma(t)
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.sigma_max
+
+  def prior_logp(self, z):
+    n = math.prod(z.shape[1:])
+    return -0.5 * n * math.log(2 * math.pi * self.sigma_max**2) - _sum_flat(z**2) / (2 * self.sigma_max**2)
+
+  def discretize(self, x, t):
+    """SMLD's step: x_{i+1} = x_i + √(σ_{i+1}² - σ_i²) z."""
+    index = (t * (self.N - 1) / self.T).astype(jnp.int32)
+    sigmas = jnp.asarray(self.discrete_sigmas, jnp.float32)
+    adjacent = jnp.where(index == 0, 0.0, sigmas[jnp.maximum(index - 1, 0)])
+    return jnp.zeros_like(x), jnp.sqrt(sigmas[index] ** 2 - adjacent**2)
+
+  def langevin_scale(self, t):
+    return jnp.ones_like(t)
+
+
+def euler_maruyama_discretization(s, x, t):
+  """f = f(x, t) Δt, G = g(t) √Δt with Δt = T/N."""
+  drift, diffusion = s.sde(x, t)
+  dt = s.T / s.N
+  return drift * dt, diffusion * math.sqrt(dt)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Predictor-corrector sampling (Song et al. 2021, Algorithm 1-4).
+
+
+def _reverse_discretize(s, score_fn, x, t):
+  """The reverse-time step's (f, G): f - G² ∇ log p_t, G (Song et al. eq. 45)."""
+  f, g = s.discretize(x, t)
+  return f - _bcast(g, x) ** 2 * score_fn(x, t), g
+
+
+def reverse_diffusion_predictor(s, score_fn, x, t, rng):
+  rev_f, g = _reverse_discretize(s, score_fn, x, t)
+  x_mean = x - rev_f
+  return x_mean + _bcast(g, x) * jax.random.normal(rng, x.shape), x_mean
+
+
+def euler_maruyama_predictor(s, score_fn, x, t, rng):
+  dt = -s.T / s.N
+  drift, diffusion = s.sde(x, t)
+  drift = drift - _bcast(diffusion, x) ** 2 * score_fn(x, t)
+  x_mean = x + drift * dt
+  return x_mean + _bcast(diffusion, x) * math.sqrt(-dt) * jax.random.normal(rng, x.shape), x_mean
+
+
+def langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
+  """Langevin MCMC with the step size set by the signal-to-noise ratio `snr` (Song et al. Algorithm 4)."""
+  alpha = s.langevin_scale(t)
+  x_mean = x
+  for i in range(n_steps):
+    grad = score_fn(x, t)
+    noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape)
+    grad_norm = jnp.mean(jnp.linalg.norm(grad.reshape(grad.shape[0], -1), axis=-1))
+    noise_norm = jnp.mean(jnp.linalg.norm(noise.reshape(noise.shape[0], -1), axis=-1))
+    step_size = _bcast((snr * noise_norm / grad_norm) ** 2 * 2 * alpha, x)
+    x_mean = x + step_size * grad
+    x = x_mean + jnp.sqrt(2 * step_size) * noise
+  return x, x_mean
+
+
+PREDICTORS = {"reverse_diffusion": reverse_diffusion_predictor, "euler_maruyama": euler_maruyama_predictor,
+              "none": None}
+CORRECTORS = ("langevin", "none")
+
+
+def pc_sample(s, score_fn: ScoreFn, rng: Array, shape, predictor: str = "reverse_diffusion",
+              corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1, denoise: bool = True,
+              eps: float = 1e-3) -> Array:
+  """Predictor-corrector sampling from the prior at t = T to t = eps over s.N steps, one `lax.scan`; with
+  `denoise`, the last predictor step's mean (no noise) is returned."""
+  if predictor not in PREDICTORS:
+    raise ValueError(f"Unknown predictor {predictor!r}; valid: {', '.join(PREDICTORS)}.")
+  if corrector not in CORRECTORS:
+    raise ValueError(f"Unknown corrector {corrector!r}; valid: {', '.join(CORRECTORS)}.")
+  x = s.prior_sampling(jax.random.fold_in(rng, s.N), shape)
+  timesteps = jnp.linspace(s.T, eps, s.N)
+
+  def step(carry, i):
+    x, _ = carry
+    t = jnp.full((shape[0],), timesteps[i])
+    x_mean = x
+    if corrector == "langevin":
+      x, x_mean = langevin_corrector(s, score_fn, x, t, jax.random.fold_in(jax.random.fold_in(rng, i), 0), snr,
+                                     n_corrector)
+    if PREDICTORS[predictor] is not None:
+      x, x_mean = PREDICTORS[predictor](s, score_fn, x, t, jax.random.fold_in(jax.random.fold_in(rng, i), 1))
+    return (x, x_mean), None
+
+  (x, x_mean), _ = jax.lax.scan(step, (x, x), jnp.arange(s.N))
+  return x_mean if denoise else x
+
+
+def annealed_langevin_sample(sigmas, score_fn: ScoreFn, rng: Array, shape, n_steps_each: int = 100,
+                             step_lr: float = 2e-5, denoise: bool = True) -> Array:
+  """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1), one `lax.scan` over all levels and steps:
+  for each σ_i (decreasing), α_i = ε σ_i²/σ_L² and n_steps_each times x ← x + α_i/2 ∇ log p_σi(x) + √α_i z.
+  `score_fn(x, sigma)` takes σ [B]. With `denoise`, a final Tweedie step x + σ_L² ∇ log p_σL(x)."""
+  sigmas = jnp.asarray(sigmas, jnp.float32)
+  x = jax.random.uniform(jax.random.fold_in(rng, 2**31 - 1), shape)  # NCSN starts from U[0, 1]; other keys fold i
+  levels = jnp.repeat(jnp.arange(sigmas.shape[0]), n_steps_each)
+
+  def step(x, i_and_level):
+    i, level = i_and_level
+    sigma = jnp.full((shape[0],), sigmas[level])
+    alpha = step_lr * (sigmas[level] / sigmas[-1]) ** 2
+    noise = jax.random.normal(jax.random.fold_in(rng, i), shape)
+    return x + 0.5 * alpha * score_fn(x, sigma) + jnp.sqrt(alpha) * noise, None
+
+  x, _ = jax.lax.scan(step, x, (jnp.arange(levels.shape[0]), levels))
+  if denoise:
+    x = x + sigmas[-1] ** 2 * score_fn(x, jnp.full((shape[0],), sigmas[-1]))
+  return x
