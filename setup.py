@@ -10,6 +10,7 @@ setup(
     install_requires=[
         "absl-py",
         "chex",
+        "diffrax",  # adaptive ODE solvers for the probability-flow ODE (sde.py)
         "flax",
         "jax",
         "ml_collections",
