@@ -145,6 +145,31 @@ def euler_maruyama_discretization(s, x, t):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Training: continuous-time denoising score matching (Song et al. eq. 7).
+
+
+def dsm_loss(s, score_fn: ScoreFn, x0: Array, rng: Array, likelihood_weighting: bool = False,
+             eps: float = 1e-5, t: Array | None = None) -> Array:
+  """Per-example E_z ‖λ(t)^½ (s_θ(x_t, t) - ∇ log p_0t(x_t | x0))‖² summed over dimensions, t ~ U(eps, T):
+
+    λ(t) = std(t)²  (score_sde's default)  ->  ‖std · s_θ + z‖²,
+    λ(t) = g(t)²    (likelihood weighting, Song et al. 2021b)  ->  g² ‖s_θ + z/std‖².
+
+  `t` [B] overrides the uniform draw. -> [B]."""
+  t_rng, z_rng = jax.random.split(rng)
+  if t is None:
+    t = jax.random.uniform(t_rng, (x0.shape[0],), minval=eps, maxval=s.T)
+  z = jax.random.normal(z_rng, x0.shape)
+  mean, std = s.marginal_prob(x0, t)
+  std_b = _bcast(std, x0)
+  score = score_fn(mean + std_b * z, t)
+  if likelihood_weighting:
+    _, g = s.sde(x0, t)
+    return _sum_flat((score + z / std_b) ** 2) * g**2
+  return _sum_flat((score * std_b + z) ** 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Predictor-corrector sampling (Song et al. 2021, Algorithm 1-4).
 
 

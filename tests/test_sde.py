@@ -123,3 +123,24 @@ def test_bits_per_dim_bounds_the_discrete_likelihood_of_8_bit_data():
   # uniform draw per example makes each estimate noisy, so compare means.
   assert bpd.mean() >= discrete_bits.mean() - 0.02
   assert bpd.mean() == pytest.approx(discrete_bits.mean(), abs=0.05)
+
+
+@pytest.mark.parametrize("s", [sde.VPSDE(), sde.subVPSDE(), sde.VESDE()], ids=["vp", "subvp", "ve"])
+def test_dsm_loss_of_the_exact_score_has_its_closed_form_minimum(s):
+  # For Gaussian data and the exact score, E‖std·s + z‖² per dimension is m²s²/(m²s² + std²) (m, std of the
+  # marginal at t); any other score does worse.
+  n, t_value = 20_000, 0.3
+  x0 = jnp.asarray(MU + S * np.random.default_rng(7).normal(size=(n, 2)), jnp.float32)
+  t = jnp.full((n,), t_value)
+  mean, std = s.marginal_prob(jnp.full((1, 1), MU), jnp.full((1,), t_value))
+  m2s2 = (float(mean[0, 0]) / MU * S) ** 2
+  expected = 2 * m2s2 / (m2s2 + float(std[0]) ** 2)
+  score = gaussian_score(s)
+  loss = np.asarray(sde.dsm_loss(s, score, x0, jax.random.key(8), t=t))
+  assert loss.mean() == pytest.approx(expected, rel=0.03)
+  for scale in (0.8, 1.2):  # common random numbers: the same z and t
+    worse = np.asarray(sde.dsm_loss(s, lambda x, t: scale * score(x, t), x0, jax.random.key(8), t=t))
+    assert worse.mean() > loss.mean()
+  weighted = np.asarray(sde.dsm_loss(s, score, x0, jax.random.key(8), likelihood_weighting=True, t=t))
+  g2 = float(s.sde(x0[:1], t[:1])[1][0]) ** 2
+  np.testing.assert_allclose(weighted, loss * g2 / float(std[0]) ** 2, rtol=1e-4)
