@@ -45,6 +45,14 @@ def get_config():
   diffusion.loss_type = "mse"
   diffusion.timestep_sampler = "uniform"  # or "loss_aware" (Improved DDPM §3.3, for the kl losses)
 
+  config.sde = sde = ml_collections.ConfigDict()  # score SDEs (Song et al. 2021) instead of discrete steps
+  sde.name = config_dict.placeholder(str)  # None: discrete-time diffusion; "vp" | "subvp" | "ve"
+  sde.beta_min, sde.beta_max = 0.1, 20.0
+  sde.sigma_min, sde.sigma_max = 0.01, 50.0
+  sde.num_scales = 1000
+  sde.eps = 1e-5                         # t ~ U(eps, 1) in training
+  sde.likelihood_weighting = False
+
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3
   optim.warmup_steps = 100
@@ -72,6 +80,7 @@ def get_config():
   sampling.num_samples = 64
   sampling.batch_size = 64
   sampling.clip_denoised = True
+  sampling.snr = 0.16                    # score SDEs: Langevin corrector signal-to-noise ratio
 
   config.eval = eval_config = ml_collections.ConfigDict()  # --mode=eval
   eval_config.inception_path = config_dict.placeholder(str)  # pytorch-fid's pt_inception-2015-12-05-*.pth

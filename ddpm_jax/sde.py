@@ -148,25 +148,28 @@ def euler_maruyama_discretization(s, x, t):
 # Training: continuous-time denoising score matching (Song et al. eq. 7).
 
 
-def dsm_loss(s, score_fn: ScoreFn, x0: Array, rng: Array, likelihood_weighting: bool = False,
-             eps: float = 1e-5, t: Array | None = None) -> Array:
-  """Per-example E_z ‖λ(t)^½ (s_θ(x_t, t) - ∇ log p_0t(x_t | x0))‖² summed over dimensions, t ~ U(eps, T):
+def dsm_loss(s, score_fn: ScoreFn, x0: Array, t: Array, noise: Array, likelihood_weighting: bool = False) -> Array:
+  """Per-example ‖λ(t)^½ (s_θ(x_t, t) - ∇ log p_0t(x_t | x0))‖² summed over dimensions, x_t = mean + std·z:
 
     λ(t) = std(t)²  (score_sde's default)  ->  ‖std · s_θ + z‖²,
     λ(t) = g(t)²    (likelihood weighting, Song et al. 2021b)  ->  g² ‖s_θ + z/std‖².
 
-  `t` [B] overrides the uniform draw. -> [B]."""
-  t_rng, z_rng = jax.random.split(rng)
-  if t is None:
-    t = jax.random.uniform(t_rng, (x0.shape[0],), minval=eps, maxval=s.T)
-  z = jax.random.normal(z_rng, x0.shape)
+  t [B] ~ U(eps, T) and noise z are drawn by the caller (as for `diffusion.training_losses`). -> [B]."""
   mean, std = s.marginal_prob(x0, t)
   std_b = _bcast(std, x0)
-  score = score_fn(mean + std_b * z, t)
+  score = score_fn(mean + std_b * noise, t)
   if likelihood_weighting:
     _, g = s.sde(x0, t)
-    return _sum_flat((score + z / std_b) ** 2) * g**2
-  return _sum_flat((score * std_b + z) ** 2)
+    return _sum_flat((score + noise / std_b) ** 2) * g**2
+  return _sum_flat((score * std_b + noise) ** 2)
+
+
+def model_score_fn(s, model_fn: Callable[[Array, Array], Array]) -> ScoreFn:
+  """A U-Net predicting ε, conditioned on t·(N-1) as score_sde's DDPM-style models, as a score: -ε̂/std(t)."""
+  def score_fn(x, t):
+    _, std = s.marginal_prob(jnp.zeros_like(x), t)
+    return -model_fn(x, t * (s.N - 1)) / _bcast(std, x)
+  return score_fn
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -202,7 +205,9 @@ def langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape)
     grad_norm = jnp.mean(jnp.linalg.norm(grad.reshape(grad.shape[0], -1), axis=-1))
     noise_norm = jnp.mean(jnp.linalg.norm(noise.reshape(noise.shape[0], -1), axis=-1))
-    step_size = _bcast((snr * noise_norm / grad_norm) ** 2 * 2 * alpha, x)
+    # A zero score (e.g. a freshly initialised model) makes no correction rather than dividing by zero.
+    safe_norm = jnp.where(grad_norm > 0, grad_norm, 1.0)
+    step_size = _bcast(jnp.where(grad_norm > 0, (snr * noise_norm / safe_norm) ** 2 * 2 * alpha, 0.0), x)
     x_mean = x + step_size * grad
     x = x_mean + jnp.sqrt(2 * step_size) * noise
   return x, x_mean

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import checkpoint, diffusion, input_pipeline, models, parallel, schedules
+from ddpm_jax import checkpoint, diffusion, input_pipeline, models, parallel, schedules, sde
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.evaluation import sample as sample_lib
 
@@ -40,6 +40,16 @@ def make_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffu
   c = config.diffusion
   betas = schedules.get_beta_schedule(c.beta_schedule, c.num_timesteps)
   return diffusion.GaussianDiffusion.from_betas(betas, c.mean_type, c.var_type, c.loss_type)
+
+
+def make_sde(config: ml_collections.ConfigDict):
+  """The score SDE of `config.sde.name` ("vp" | "subvp" | "ve"), or None for the discrete-time diffusion."""
+  c = config.sde
+  if not c.name:
+    return None
+  if c.name == "ve":
+    return sde.VESDE(c.sigma_min, c.sigma_max, N=c.num_scales)
+  return {"vp": sde.VPSDE, "subvp": sde.subVPSDE}[c.name](c.beta_min, c.beta_max, N=c.num_scales)
 
 
 def learning_rate_schedule(optim_config) -> optax.Schedule:
@@ -92,7 +102,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   t_rng, noise_rng, dropout_rng, label_rng = jax.random.split(rng, 4)
   x0 = batch["image"]
   batch_size = x0.shape[0]
-  t, weights = diffusion.sample_timesteps(t_rng, batch_size, d.num_timesteps, state.loss_history)
+  score_sde = make_sde(config)
+  if score_sde is None:
+    t, weights = diffusion.sample_timesteps(t_rng, batch_size, d.num_timesteps, state.loss_history)
+  else:  # continuous time t ~ U(eps, T)
+    t = jax.random.uniform(t_rng, (batch_size,), minval=config.sde.eps, maxval=score_sde.T)
+    weights = jnp.ones((batch_size,), jnp.float32)
   noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
   is_classifier = config.model.name == "classifier"
   labels = None
@@ -110,7 +125,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       step_losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
     else:
       model_fn = lambda x_t, t_: model.apply(params, x_t, t_, labels, train=True, rngs=rngs)
-      step_losses = diffusion.training_losses(d, model_fn, x0, t, noise)["loss"]
+      if score_sde is None:
+        step_losses = diffusion.training_losses(d, model_fn, x0, t, noise)["loss"]
+      else:  # continuous-time denoising score matching (Song et al. eq. 7)
+        step_losses = sde.dsm_loss(score_sde, sde.model_score_fn(score_sde, model_fn), x0, t, noise,
+                                   config.sde.likelihood_weighting)
     return jnp.mean(step_losses * weights), step_losses
 
   accum = config.optim.grad_accum_steps
@@ -143,7 +162,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
                          loss_history=loss_history)
   metrics = dict(loss=loss, grad_norm=grad_norm, lr=lr_schedule(state.step),
                  finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
-                 **_per_quartile_sums(t, step_losses, d.num_timesteps))
+                 **_per_quartile_sums(t if score_sde is None else (t * d.num_timesteps).astype(jnp.int32),
+                                      step_losses, d.num_timesteps))
   return new_state, metrics
 
 
@@ -195,13 +215,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                ("diffusion.var_type", diff.var_type, diffusion.VAR_TYPES),
                                ("diffusion.loss_type", diff.loss_type, diffusion.LOSS_TYPES),
                                ("diffusion.timestep_sampler", diff.timestep_sampler, ("uniform", "loss_aware")),
-                               ("sampling.sampler", config.sampling.sampler, sample_lib.SAMPLERS)]:
+                               ("sampling.sampler", config.sampling.sampler, sample_lib.SAMPLERS),
+                               ("sde.name", config.sde.name or "", ("", "vp", "subvp", "ve"))]:
     if value not in choices:
       errors.append(f"Unknown {kind} {value!r}; valid: {', '.join(choices)}.")
   learned = diff.var_type in diffusion.LEARNED_VAR_TYPES
   if learned and diff.loss_type == "mse":
     errors.append(f"diffusion.var_type={diff.var_type!r} is learned but loss_type='mse' cannot train it; "
                   "use 'hybrid', 'kl' or 'rescaled_kl'.")
+  if config.sde.name in ("vp", "subvp") and config.sde.num_scales <= config.sde.beta_max:
+    errors.append(f"sde.num_scales={config.sde.num_scales} must exceed sde.beta_max={config.sde.beta_max}: the "
+                  "discrete βs β(t)/N must stay below 1.")
+  if config.sde.name and (learned or model.get("num_classes")):
+    errors.append("Score SDE training (sde.name) takes an unconditional ε-model: no learned variance or classes.")
   if diff.loss_type == "hybrid" and not learned:
     errors.append("diffusion.loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range').")
   expected_out = data.num_channels * (2 if learned else 1)

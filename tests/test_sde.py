@@ -136,11 +136,12 @@ def test_dsm_loss_of_the_exact_score_has_its_closed_form_minimum(s):
   m2s2 = (float(mean[0, 0]) / MU * S) ** 2
   expected = 2 * m2s2 / (m2s2 + float(std[0]) ** 2)
   score = gaussian_score(s)
-  loss = np.asarray(sde.dsm_loss(s, score, x0, jax.random.key(8), t=t))
+  z = jax.random.normal(jax.random.key(8), x0.shape)
+  loss = np.asarray(sde.dsm_loss(s, score, x0, t, z))
   assert loss.mean() == pytest.approx(expected, rel=0.03)
   for scale in (0.8, 1.2):  # common random numbers: the same z and t
-    worse = np.asarray(sde.dsm_loss(s, lambda x, t: scale * score(x, t), x0, jax.random.key(8), t=t))
+    worse = np.asarray(sde.dsm_loss(s, lambda x, t: scale * score(x, t), x0, t, z))
     assert worse.mean() > loss.mean()
-  weighted = np.asarray(sde.dsm_loss(s, score, x0, jax.random.key(8), likelihood_weighting=True, t=t))
+  weighted = np.asarray(sde.dsm_loss(s, score, x0, t, z, likelihood_weighting=True))
   g2 = float(s.sde(x0[:1], t[:1])[1][0]) ** 2
   np.testing.assert_allclose(weighted, loss * g2 / float(std[0]) ** 2, rtol=1e-4)

@@ -257,3 +257,25 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   monkeypatch.setattr(evaluate.input_pipeline, "batches", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
   config.eval.bpd_num_batches = 0
   assert evaluate.evaluate(config, str(tmp_path))["fid"] == pytest.approx(results["fid"])
+
+
+@pytest.mark.parametrize("name", ["vp", "ve"])
+def test_score_sde_trains_and_samples_with_the_same_loop(tmp_path, name):
+  from ddpm_jax.evaluation import sample
+  config = tiny_config(num_train_steps=4)
+  config.sde.name, config.sde.num_scales = name, 25
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 4
+  config.sampling.num_samples, config.sampling.batch_size = 4, 4
+  data = np.load(sample.sample(config, str(tmp_path)))
+  assert data["images"].shape == (4, 8, 8, 1)
+  from ddpm_jax.evaluation import evaluate
+  config.training.batch_size = 4
+  bpd = evaluate.evaluate(config, str(tmp_path))["bpd"]  # by the probability-flow ODE
+  assert np.isfinite(bpd) and bpd > 0
+  config.model.num_classes = 10
+  with pytest.raises(ValueError, match="unconditional"):
+    train.validate_config(config)
+  config.model.num_classes, config.sde.name, config.sde.num_scales = 0, "vp", 20
+  with pytest.raises(ValueError, match="num_scales"):
+    train.validate_config(config)

@@ -6,7 +6,8 @@ config.eval:
   num_fid_samples       samples generated with config.sampling for FID and IS
   reference_stats_path  cache of the dataset's Inception statistics (default: workdir/fid_stats_<data>.npz),
                         computed once from `num_reference_images` training images
-  bpd_num_batches       test batches of `training.batch_size` for the VLB in bits/dim (calc_bpd_loop); 0 skips
+  bpd_num_batches       test batches of `training.batch_size` for bits/dim: the VLB (calc_bpd_loop), or for a
+                        score SDE the probability-flow ODE likelihood (sde.bits_per_dim); 0 skips
 
 Results go to workdir/eval_<step>.json and TensorBoard (eval/…).
 """
@@ -17,10 +18,11 @@ import os
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import diffusion, input_pipeline, models, parallel
+from ddpm_jax import diffusion, input_pipeline, models, parallel, sde
 from ddpm_jax.evaluation import fid
 from ddpm_jax.evaluation import sample as sample_lib
 
@@ -57,9 +59,17 @@ def reference_statistics(config: ml_collections.ConfigDict, inception_params, pa
 def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh) -> float:
   """Mean VLB in bits/dim over `eval.bpd_num_batches` test batches (all T terms, `calc_bpd_loop`)."""
   from ddpm_jax import train
-  d, model = train.make_diffusion(config), models.get_model(config.model)
-  bpd_fn = jax.jit(lambda params, x0, rng: diffusion.calc_bpd_loop(
-      d, lambda x_t, t: model.apply(params, x_t, t), x0, rng)["total_bpd"])
+  d, model, score_sde = train.make_diffusion(config), models.get_model(config.model), train.make_sde(config)
+
+  def total_bpd(params, x0, rng):
+    model_fn = lambda x_t, t: model.apply(params, x_t, t)
+    if score_sde is None:  # the discrete-time VLB
+      return diffusion.calc_bpd_loop(d, model_fn, x0, rng)["total_bpd"]
+    # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace estimate).
+    images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
+    return sde.bits_per_dim(score_sde, sde.model_score_fn(score_sde, model_fn), images, rng)
+
+  bpd_fn = jax.jit(total_bpd)
   sharding = parallel.data_sharding(mesh)
   totals = []
   batches = input_pipeline.batches(config.data, split="test", global_batch_size=config.training.batch_size,

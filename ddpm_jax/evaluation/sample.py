@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import checkpoint, diffusion, models, parallel, sampling
+from ddpm_jax import checkpoint, diffusion, models, parallel, sampling, sde
 from ddpm_jax.evaluation import images as image_utils
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
@@ -32,7 +32,13 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
     raise ValueError(f"Unknown sampling.sampler {c.sampler!r}; valid: {', '.join(SAMPLERS)}.")
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
 
+  from ddpm_jax import train  # the score SDE of the config
+  score_sde = train.make_sde(config)
+
   def sample(params, rng, labels, classifier_params=None):
+    if score_sde is not None:  # predictor-corrector sampling of the score SDE
+      score_fn = sde.model_score_fn(score_sde, lambda x_t, t: model.apply(params, x_t, t))
+      return sde.pc_sample(score_sde, score_fn, rng, shape, snr=c.snr)
     cond_fn = None
     if classifier is not None:
       log_prob_fn = lambda x_t, t: jax.nn.log_softmax(classifier.apply(classifier_params, x_t, t))
