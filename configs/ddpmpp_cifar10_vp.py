@@ -1,0 +1,18 @@
+"""VP score SDE on CIFAR-10 with score_sde's DDPM++ (continuous) settings: β from 0.1 to 20, N = 1000,
+4 residual blocks per resolution, BigGAN up/down-sampling, EMA 0.9999, 1.3 M steps. The network is this
+project's U-Net at DDPM++'s sizes (without DDPM++'s FIR resampling and skip rescaling).
+
+  python -m ddpm_jax.main --config=configs/ddpmpp_cifar10_vp.py --workdir=gs://bucket/ddpmpp_cifar10_vp
+"""
+from configs import ddpm_cifar10
+
+
+def get_config():
+  config = ddpm_cifar10.get_config()
+  config.sde.name = "vp"
+  config.sde.beta_min, config.sde.beta_max, config.sde.num_scales = 0.1, 20.0, 1000
+  config.model.num_res_blocks = 4
+  config.model.resblock_updown = True
+  config.training.num_train_steps = 1_300_000
+  config.sampling.snr = 0.16
+  return config

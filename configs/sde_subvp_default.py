@@ -1,0 +1,11 @@
+"""The offline default (scikit-learn digits, small U-Net, CPU in minutes) as a sub-VP score SDE.
+
+  python -m ddpm_jax.main --config=configs/sde_subvp_default.py --workdir=runs/sde_subvp_default
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.sde.name = "subvp"
+  return config
