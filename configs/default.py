@@ -33,6 +33,7 @@ def get_config():
   model.scale_shift_norm = False         # AdaGN (ADM)
   model.num_classes = 0                  # > 0: class-conditional, with an extra null class
   model.context_dim = config_dict.placeholder(int)  # cross-attention to a [B, L, context_dim] context
+  model.embedding_type = "positional"    # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
   model.conv_impl = "xla"               # "matmul": im2col convolutions, faster on XLA:CPU
   model.dtype = "float32"
   model.remat = False
@@ -50,6 +51,7 @@ def get_config():
   sde.beta_min, sde.beta_max = 0.1, 20.0
   sde.sigma_min, sde.sigma_max = 0.01, 50.0
   sde.num_scales = 1000
+  sde.conditioning = "t"                 # the network's input: "t" (t·(N-1)) or "sigma" (log σ; NCSN++)
   sde.eps = 1e-5                         # t ~ U(eps, 1) in training
   sde.likelihood_weighting = False
 

@@ -164,11 +164,20 @@ def dsm_loss(s, score_fn: ScoreFn, x0: Array, t: Array, noise: Array, likelihood
   return _sum_flat((score * std_b + noise) ** 2)
 
 
-def model_score_fn(s, model_fn: Callable[[Array, Array], Array]) -> ScoreFn:
-  """A U-Net predicting ε, conditioned on t·(N-1) as score_sde's DDPM-style models, as a score: -ε̂/std(t)."""
+NOISE_CONDITIONINGS = ("t", "sigma")
+
+
+def model_score_fn(s, model_fn: Callable[[Array, Array], Array], conditioning: str = "t") -> ScoreFn:
+  """A U-Net predicting ε as a score, -ε̂/std(t). The network is conditioned on `conditioning`:
+    "t":     t·(N-1), DDPM's timestep scale (score_sde's DDPM++ models);
+    "sigma": log σ with σ = std(t) of p_0t, the noise level itself (NCSN/NCSN++, with Fourier features)."""
+  if conditioning not in NOISE_CONDITIONINGS:
+    raise ValueError(f"Unknown noise conditioning {conditioning!r}; valid: {', '.join(NOISE_CONDITIONINGS)}.")
+
   def score_fn(x, t):
     _, std = s.marginal_prob(jnp.zeros_like(x), t)
-    return -model_fn(x, t * (s.N - 1)) / _bcast(std, x)
+    label = t * (s.N - 1) if conditioning == "t" else jnp.log(std)
+    return -model_fn(x, label) / _bcast(std, x)
   return score_fn
 
 

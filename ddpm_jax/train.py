@@ -128,8 +128,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       if score_sde is None:
         step_losses = diffusion.training_losses(d, model_fn, x0, t, noise)["loss"]
       else:  # continuous-time denoising score matching (Song et al. eq. 7)
-        step_losses = sde.dsm_loss(score_sde, sde.model_score_fn(score_sde, model_fn), x0, t, noise,
-                                   config.sde.likelihood_weighting)
+        score_fn = sde.model_score_fn(score_sde, model_fn, config.sde.conditioning)
+        step_losses = sde.dsm_loss(score_sde, score_fn, x0, t, noise, config.sde.likelihood_weighting)
     return jnp.mean(step_losses * weights), step_losses
 
   accum = config.optim.grad_accum_steps
@@ -216,7 +216,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                ("diffusion.loss_type", diff.loss_type, diffusion.LOSS_TYPES),
                                ("diffusion.timestep_sampler", diff.timestep_sampler, ("uniform", "loss_aware")),
                                ("sampling.sampler", config.sampling.sampler, sample_lib.SAMPLERS),
-                               ("sde.name", config.sde.name or "", ("", "vp", "subvp", "ve"))]:
+                               ("sde.name", config.sde.name or "", ("", "vp", "subvp", "ve")),
+                               ("sde.conditioning", config.sde.conditioning, sde.NOISE_CONDITIONINGS),
+                               ("model.embedding_type", model.embedding_type, models.EMBEDDING_TYPES)]:
     if value not in choices:
       errors.append(f"Unknown {kind} {value!r}; valid: {', '.join(choices)}.")
   learned = diff.var_type in diffusion.LEARNED_VAR_TYPES
@@ -228,6 +230,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                   "discrete βs β(t)/N must stay below 1.")
   if config.sde.name and (learned or model.get("num_classes")):
     errors.append("Score SDE training (sde.name) takes an unconditional ε-model: no learned variance or classes.")
+  if config.sde.name and config.sde.conditioning == "sigma" and model.embedding_type != "fourier":
+    errors.append("sde.conditioning='sigma' feeds the network log σ ∈ [log σ_min, log σ_max], a range the "
+                  "sinusoidal embedding barely resolves: set model.embedding_type='fourier' (NCSN++).")
   if diff.loss_type == "hybrid" and not learned:
     errors.append("diffusion.loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range').")
   expected_out = data.num_channels * (2 if learned else 1)

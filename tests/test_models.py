@@ -10,7 +10,7 @@ import pytest
 
 from ddpm_jax import models
 from ddpm_jax.models import layers
-from ddpm_jax.models.unet import UNet
+from ddpm_jax.models.unet import TimeClassEmbedding, UNet
 
 TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
 B, S, C = 2, 8, 3
@@ -100,6 +100,25 @@ def test_timestep_embedding_formula():
   np.testing.assert_allclose(emb[:, :half], np.sin(t[:, None] * freqs), atol=2e-4)
   np.testing.assert_allclose(emb[:, half:], np.cos(t[:, None] * freqs), atol=2e-4)
   assert layers.timestep_embedding(jnp.asarray(t), 7).shape == (4, 7)
+
+
+def test_fourier_embedding_formula_and_its_frequencies_are_constants():
+  log_sigma = np.log(np.array([0.01, 0.3, 50.0]))
+  emb = np.asarray(layers.fourier_embedding(jnp.asarray(log_sigma), 64))
+  freqs = 16.0 * np.asarray(jax.random.normal(jax.random.key(0), (32,)))
+  np.testing.assert_allclose(emb[:, :32], np.sin(2 * np.pi * log_sigma[:, None] * freqs), atol=1e-3)
+  np.testing.assert_allclose(emb[:, 32:], np.cos(2 * np.pi * log_sigma[:, None] * freqs), atol=1e-3)
+  assert 8 < np.std(freqs) < 24  # N(0, 16²)
+  # The frequencies are not parameters, and the Fourier model has exactly the sinusoidal one's parameters.
+  x, t = jnp.zeros((2, 8, 8, C)), jnp.asarray(log_sigma[:2], jnp.float32)
+  count = lambda m: sum(a.size for a in jax.tree_util.tree_leaves(jax.eval_shape(m.init, jax.random.key(0), x, t)))
+  fourier = UNet(**TINY, out_channels=C, embedding_type="fourier")
+  assert count(fourier) == count(UNet(**TINY, out_channels=C))
+  params = jax.jit(fourier.init)(jax.random.key(0), x, t)
+  assert jax.jit(fourier.apply)(params, x, t).shape == x.shape
+  embed = TimeClassEmbedding(32, embedding_type="fourier")
+  emb = embed.apply(embed.init(jax.random.key(0), t, None), t, None)
+  assert emb.shape == (2, 128) and not np.allclose(emb[0], emb[1])
 
 
 @pytest.fixture(scope="module")

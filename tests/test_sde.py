@@ -145,3 +145,23 @@ def test_dsm_loss_of_the_exact_score_has_its_closed_form_minimum(s):
   weighted = np.asarray(sde.dsm_loss(s, score, x0, t, z, likelihood_weighting=True))
   g2 = float(s.sde(x0[:1], t[:1])[1][0]) ** 2
   np.testing.assert_allclose(weighted, loss * g2 / float(std[0]) ** 2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("conditioning", ["t", "sigma"])
+def test_model_score_fn_conditions_on_t_or_log_sigma_and_scales_by_std(conditioning):
+  s = sde.VESDE(sigma_min=0.01, sigma_max=50.0, N=100)
+  t = jnp.array([1e-3, 0.5, 1.0])
+  x = jnp.ones((3, 2))
+  seen = {}
+
+  def model_fn(x, label):
+    seen["label"] = label
+    return jnp.full_like(x, 2.0)  # ε̂ = 2
+
+  score = sde.model_score_fn(s, model_fn, conditioning)(x, t)
+  sigma = 0.01 * 5000.0 ** np.asarray(t)
+  expected_label = np.asarray(t) * 99 if conditioning == "t" else np.log(sigma)
+  np.testing.assert_allclose(seen["label"], expected_label, rtol=1e-5)
+  np.testing.assert_allclose(score, -2.0 / sigma[:, None] * np.ones((3, 2)), rtol=1e-5)
+  with pytest.raises(ValueError, match="conditioning"):
+    sde.model_score_fn(s, model_fn, "sigma2")

@@ -259,23 +259,31 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   assert evaluate.evaluate(config, str(tmp_path))["fid"] == pytest.approx(results["fid"])
 
 
-def test_score_sde_trains_and_samples_with_the_same_loop(tmp_path):
-  # VE: the SDE furthest from the discrete diffusion (prior scale σ_max); the VP/sub-VP classes share its path.
-  from ddpm_jax.evaluation import sample
+def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
+  # VE conditioned on log σ with Fourier features (NCSN++): the set-up furthest from the discrete diffusion.
+  from test_fid import random_reference_net
+  from ddpm_jax.evaluation import evaluate, sample
   config = tiny_config(num_train_steps=4)
   config.sde.name, config.sde.num_scales = "ve", 25
+  config.sde.conditioning, config.model.embedding_type = "sigma", "fourier"
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 4
   config.sampling.num_samples, config.sampling.batch_size = 4, 4
   data = np.load(sample.sample(config, str(tmp_path)))
   assert data["images"].shape == (4, 8, 8, 1)
-  from ddpm_jax.evaluation import evaluate
+  weights = tmp_path / "inception.npz"
+  np.savez(weights, **{k: v.numpy() for k, v in random_reference_net().state_dict().items()})
+  config.eval.inception_path, config.eval.num_fid_samples, config.eval.num_reference_images = str(weights), 4, 8
   config.training.batch_size = 4
-  bpd = evaluate.evaluate(config, str(tmp_path))["bpd"]  # by the probability-flow ODE
-  assert np.isfinite(bpd) and bpd > 0
+  results = evaluate.evaluate(config, str(tmp_path))  # FID of PC samples; bits/dim by the probability-flow ODE
+  assert np.isfinite(results["fid"]) and results["fid"] > 1.0
+  assert np.isfinite(results["bpd"]) and results["bpd"] > 0
   config.model.num_classes = 10
   with pytest.raises(ValueError, match="unconditional"):
     train.validate_config(config)
-  config.model.num_classes, config.sde.name, config.sde.num_scales = 0, "vp", 20
+  config.model.num_classes, config.model.embedding_type = 0, "positional"
+  with pytest.raises(ValueError, match="fourier"):
+    train.validate_config(config)
+  config.sde.name, config.sde.num_scales, config.sde.conditioning = "vp", 20, "t"
   with pytest.raises(ValueError, match="num_scales"):
     train.validate_config(config)

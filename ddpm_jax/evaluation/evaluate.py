@@ -67,7 +67,8 @@ def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh) -> fl
       return diffusion.calc_bpd_loop(d, model_fn, x0, rng)["total_bpd"]
     # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace estimate).
     images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
-    return sde.bits_per_dim(score_sde, sde.model_score_fn(score_sde, model_fn), images, rng)
+    return sde.bits_per_dim(score_sde, sde.model_score_fn(score_sde, model_fn, config.sde.conditioning),
+                            images, rng)
 
   bpd_fn = jax.jit(total_bpd)
   sharding = parallel.data_sharding(mesh)

@@ -37,7 +37,7 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
 
   def sample(params, rng, labels, classifier_params=None):
     if score_sde is not None:  # predictor-corrector sampling of the score SDE
-      score_fn = sde.model_score_fn(score_sde, lambda x_t, t: model.apply(params, x_t, t))
+      score_fn = sde.model_score_fn(score_sde, lambda x_t, t: model.apply(params, x_t, t), config.sde.conditioning)
       return sde.pc_sample(score_sde, score_fn, rng, shape, snr=c.snr)
     cond_fn = None
     if classifier is not None:

@@ -33,6 +33,21 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Arra
   return emb
 
 
+def fourier_embedding(x: Array, dim: int, scale: float = 16.0) -> Array:
+  """Gaussian Fourier features of a noise level (NCSN++, Song et al. 2021; Tancik et al. 2020): [B] -> [B, dim].
+
+  emb = [sin(2π x w), cos(2π x w)] with dim // 2 frequencies w ~ N(0, scale²), drawn once from a fixed key:
+  constants, not parameters (score_sde stops their gradient); a zero column is appended when dim is odd."""
+  freqs = scale * jax.random.normal(jax.random.key(0), (dim // 2,), jnp.float32)
+  args = 2.0 * math.pi * jnp.asarray(x, jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+# How a U-Net embeds its noise-level input t (a timestep, t·(N-1), or log σ).
+EMBEDDINGS = {"positional": timestep_embedding, "fourier": fourier_embedding}
+
+
 def group_norm(name: str | None = None) -> nn.GroupNorm:
   groups_eps = dict(num_groups=NUM_GROUPS, epsilon=1e-5, dtype=jnp.float32)
   return nn.GroupNorm(**groups_eps, name=name)

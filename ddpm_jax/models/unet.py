@@ -19,18 +19,20 @@ Array = jax.Array
 
 
 class TimeClassEmbedding(nn.Module):
-  """t (and y) -> [B, 4·ch]: sinusoidal embedding, Dense, swish, Dense; plus a learned class embedding.
+  """t (and y) -> [B, 4·ch]: sinusoidal (or Fourier) embedding, Dense, swish, Dense; plus a learned class
+  embedding.
 
   The class table has `num_classes + 1` rows: row `num_classes` is the null label ∅ used for unconditional
   predictions in classifier-free guidance, and what `y=None` means for a class-conditional model.
   """
   ch: int
   num_classes: int = 0
+  embedding_type: str = "positional"
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, t: Array, y: Array | None) -> Array:
-    emb = layers.timestep_embedding(t, self.ch)
+    emb = layers.EMBEDDINGS[self.embedding_type](t, self.ch)
     emb = nn.Dense(4 * self.ch, dtype=self.dtype)(emb)
     emb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.swish(emb))
     if self.num_classes:
@@ -54,6 +56,7 @@ class UNetBackbone(nn.Module):
   scale_shift_norm: bool = False
   conv_resample: bool = True
   context_dim: int | None = None
+  embedding_type: str = "positional"  # of t: "positional" (sinusoidal) | "fourier" (NCSN++'s, for log σ)
   conv_impl: str = "xla"        # "matmul": convolutions as im2col matmuls, faster on XLA:CPU
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
@@ -103,7 +106,8 @@ class UNet(UNetBackbone):
   @nn.compact
   def __call__(self, x: Array, t: Array, y: Array | None = None, context: Array | None = None,
                train: bool = False) -> Array:
-    emb = TimeClassEmbedding(self.ch, self.num_classes, dtype=self.dtype, name="embedding")(t, y)
+    emb = TimeClassEmbedding(self.ch, self.num_classes, self.embedding_type, dtype=self.dtype,
+                             name="embedding")(t, y)
     h, skips = self.encode(x, emb, context, train)
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
