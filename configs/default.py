@@ -34,6 +34,7 @@ def get_config():
   model.num_classes = 0                  # > 0: class-conditional, with an extra null class
   model.context_dim = config_dict.placeholder(int)  # cross-attention to a [B, L, context_dim] context
   model.embedding_type = "positional"    # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
+  model.fourier_features = ()           # exponents n of sin/cos(2^n·2π x) input features (VDM: (6, 7))
   model.conv_impl = "xla"               # "matmul": im2col convolutions, faster on XLA:CPU
   model.dtype = "float32"
   model.remat = False
@@ -55,10 +56,20 @@ def get_config():
   sde.eps = 1e-5                         # t ~ U(eps, 1) in training
   sde.likelihood_weighting = False
 
+  config.vdm = vdm = ml_collections.ConfigDict()  # Variational Diffusion Models (Kingma et al. 2021)
+  vdm.schedule = config_dict.placeholder(str)  # None: not VDM; "fixed" (linear γ) | "learned" (monotone network)
+  vdm.gamma_min, vdm.gamma_max = -13.3, 5.0  # γ = -log SNR at t = 0 and 1 (the learned endpoints start here)
+  vdm.n_features = 1024                  # width of the learned schedule's monotone network
+  vdm.num_steps = 0                      # 0: continuous-time loss; T > 0: the T-step loss
+  vdm.antithetic_time = True             # low-discrepancy t over the batch
+  vdm.minimize_schedule_variance = True  # learned shape trained on the loss variance (VDM §5.2)
+
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3
   optim.warmup_steps = 100
   optim.grad_clip = 1.0
+  optim.beta2 = 0.999                    # Adam's second-moment decay
+  optim.weight_decay = 0.0               # > 0: AdamW's decoupled weight decay
   optim.ema_decay = 0.999
   optim.grad_accum_steps = 1             # micro-batches per update (same update, less activation memory)
 

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import checkpoint, diffusion, input_pipeline, models, parallel, schedules, sde
+from ddpm_jax import checkpoint, diffusion, input_pipeline, models, parallel, schedules, sde, vdm
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.evaluation import sample as sample_lib
 
@@ -52,6 +52,13 @@ def make_sde(config: ml_collections.ConfigDict):
   return {"vp": sde.VPSDE, "subvp": sde.subVPSDE}[c.name](c.beta_min, c.beta_max, N=c.num_scales)
 
 
+def vdm_eps_fn(config: ml_collections.ConfigDict, model, unet_params, labels=None, **apply_kwargs) -> vdm.EpsFn:
+  """The U-Net as VDM's denoiser ε̂(z_t; γ_t), conditioned on 1000·(γ_t - γ_min)/(γ_max - γ_min) as the paper."""
+  c = config.vdm
+  return lambda z, gamma_t: model.apply(unet_params, z, 1000.0 * (gamma_t - c.gamma_min) / (c.gamma_max - c.gamma_min),
+                                        labels, **apply_kwargs)
+
+
 def learning_rate_schedule(optim_config) -> optax.Schedule:
   """Linear warm-up from 0 to `lr` over `warmup_steps`, then constant (DDPM App. B)."""
   if optim_config.warmup_steps <= 0:
@@ -61,9 +68,11 @@ def learning_rate_schedule(optim_config) -> optax.Schedule:
 
 
 def make_optimizer(optim_config) -> optax.GradientTransformation:
-  """Global-norm clipping, then Adam (β = 0.9, 0.999) with the warm-up schedule."""
-  return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip),
-                     optax.adam(learning_rate_schedule(optim_config)))
+  """Global-norm clipping, then Adam (β1 = 0.9, β2) — AdamW with `weight_decay` > 0 — on the warm-up schedule."""
+  lr, c = learning_rate_schedule(optim_config), optim_config
+  adam = (optax.adamw(lr, b2=c.beta2, weight_decay=c.weight_decay) if c.weight_decay
+          else optax.adam(lr, b2=c.beta2))
+  return optax.chain(optax.clip_by_global_norm(c.grad_clip), adam)
 
 
 def _dummy_inputs(config):
@@ -73,9 +82,13 @@ def _dummy_inputs(config):
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
   """Fresh parameters (EMA starts equal to them), optimizer state and, with importance sampling of t,
-  an empty loss history."""
+  an empty loss history. A VDM's parameters are {"unet": …, "schedule": …} (the schedule's γ_0, γ_1 and network)."""
   model = models.get_model(config.model)
   params = model.init(rng, *_dummy_inputs(config))
+  if config.vdm.schedule:
+    c = config.vdm
+    params = {"unet": params, "schedule": vdm.init_schedule(jax.random.fold_in(rng, 1), c.schedule, c.gamma_min,
+                                                            c.gamma_max, c.n_features)}
   loss_history = None
   if config.diffusion.timestep_sampler == "loss_aware":
     loss_history = diffusion.init_loss_history(config.diffusion.num_timesteps)
@@ -103,12 +116,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   x0 = batch["image"]
   batch_size = x0.shape[0]
   score_sde = make_sde(config)
-  if score_sde is None:
+  is_vdm = bool(config.vdm.schedule)
+  weights = jnp.ones((batch_size,), jnp.float32)
+  if is_vdm:  # t ∈ [0, 1), low-discrepancy over the batch
+    t = vdm.time_samples(t_rng, batch_size, config.vdm.antithetic_time)
+  elif score_sde is None:
     t, weights = diffusion.sample_timesteps(t_rng, batch_size, d.num_timesteps, state.loss_history)
   else:  # continuous time t ~ U(eps, T)
     t = jax.random.uniform(t_rng, (batch_size,), minval=config.sde.eps, maxval=score_sde.T)
-    weights = jnp.ones((batch_size,), jnp.float32)
   noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+  if is_vdm:  # and the reconstruction term's ε_0, an independent draw
+    noise = (noise, jax.random.normal(jax.random.fold_in(noise_rng, 1), x0.shape, x0.dtype))
   is_classifier = config.model.name == "classifier"
   labels = None
   if is_classifier:
@@ -123,6 +141,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     if is_classifier:  # ADM §4: cross-entropy of the noisy classifier on x_t at random t
       logits = model.apply(params, diffusion.q_sample(d, x0, t, noise), d.timestep_map[t], train=True, rngs=rngs)
       step_losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+    elif is_vdm:  # the VLB in bits/dim (VDM eq. 11)
+      eps_fn = vdm_eps_fn(config, model, params["unet"], labels, train=True, rngs=rngs)
+      c = config.vdm
+      terms = vdm.vlb_terms(params["schedule"], eps_fn, x0, t, *noise, c.num_steps, c.minimize_schedule_variance)
+      step_losses = vdm.bits_per_dim(terms["total"], x0)
     else:
       model_fn = lambda x_t, t_: model.apply(params, x_t, t_, labels, train=True, rngs=rngs)
       if score_sde is None:
@@ -137,7 +160,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     (loss, step_losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, x0, t, noise, labels, weights, dropout_rng)
   else:  # micro-batches in a scan: the same update as one big batch, with 1/accum of the activations
-    micro = lambda a: None if a is None else a.reshape((accum, batch_size // accum) + a.shape[1:])
+    micro = lambda tree: jax.tree_util.tree_map(lambda a: a.reshape((accum, batch_size // accum) + a.shape[1:]), tree)
 
     def accumulate(grads_sum, xs):
       i, x0_i, t_i, noise_i, labels_i, weights_i = xs
@@ -162,7 +185,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
                          loss_history=loss_history)
   metrics = dict(loss=loss, grad_norm=grad_norm, lr=lr_schedule(state.step),
                  finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
-                 **_per_quartile_sums(t if score_sde is None else (t * d.num_timesteps).astype(jnp.int32),
+                 **_per_quartile_sums(t if t.dtype == jnp.int32 else (t * d.num_timesteps).astype(jnp.int32),
                                       step_losses, d.num_timesteps))
   return new_state, metrics
 
@@ -228,6 +251,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.sde.name in ("vp", "subvp") and config.sde.num_scales <= config.sde.beta_max:
     errors.append(f"sde.num_scales={config.sde.num_scales} must exceed sde.beta_max={config.sde.beta_max}: the "
                   "discrete βs β(t)/N must stay below 1.")
+  if config.vdm.schedule not in (None, *vdm.SCHEDULES):
+    errors.append(f"Unknown vdm.schedule {config.vdm.schedule!r}; valid: None, {', '.join(vdm.SCHEDULES)}.")
+  if config.vdm.schedule and (config.sde.name or learned or model.name != "unet"):
+    errors.append("VDM (vdm.schedule) trains its own ε-prediction U-Net: no sde.name, learned variance or classifier.")
+  if config.vdm.schedule and not config.vdm.gamma_min < config.vdm.gamma_max:
+    errors.append(f"vdm.gamma_min={config.vdm.gamma_min} must be below vdm.gamma_max={config.vdm.gamma_max}.")
   if config.sde.name and (learned or model.get("num_classes")):
     errors.append("Score SDE training (sde.name) takes an unconditional ε-model: no learned variance or classes.")
   if config.sde.name and config.sde.conditioning == "sigma" and model.embedding_type != "fourier":

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import diffusion, input_pipeline, models, parallel, sde
+from ddpm_jax import diffusion, input_pipeline, models, parallel, sde, vdm
 from ddpm_jax.evaluation import fid
 from ddpm_jax.evaluation import sample as sample_lib
 
@@ -57,11 +57,19 @@ def reference_statistics(config: ml_collections.ConfigDict, inception_params, pa
 
 
 def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh) -> float:
-  """Mean VLB in bits/dim over `eval.bpd_num_batches` test batches (all T terms, `calc_bpd_loop`)."""
+  """Mean negative log-likelihood bound in bits/dim of the 8-bit test data over `eval.bpd_num_batches` batches:
+  the discrete VLB with all T terms (`calc_bpd_loop`), a VDM's VLB (one low-discrepancy t per example: unbiased),
+  or a score SDE's probability-flow likelihood of the dequantised data."""
   from ddpm_jax import train
   d, model, score_sde = train.make_diffusion(config), models.get_model(config.model), train.make_sde(config)
 
   def total_bpd(params, x0, rng):
+    if config.vdm.schedule:
+      t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)
+      terms = vdm.vlb_terms(params["schedule"], train.vdm_eps_fn(config, model, params["unet"]), x0,
+                            vdm.time_samples(t_rng, x0.shape[0]), jax.random.normal(noise_rng, x0.shape),
+                            jax.random.normal(recon_rng, x0.shape), config.vdm.num_steps)
+      return vdm.bits_per_dim(terms["total"], x0)
     model_fn = lambda x_t, t: model.apply(params, x_t, t)
     if score_sde is None:  # the discrete-time VLB
       return diffusion.calc_bpd_loop(d, model_fn, x0, rng)["total_bpd"]

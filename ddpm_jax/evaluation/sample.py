@@ -3,7 +3,8 @@
 config.sampling: sampler ("ddpm" | "ddim" | "dpm_solver"), num_steps (None: all T for ddpm, 50 for ddim, 20 for
 dpm_solver), eta (DDIM), guidance_scale (classifier-free, class-conditional models), classifier_workdir and
 classifier_scale (classifier guidance with a noisy classifier trained by `model.name="classifier"`),
-num_samples, batch_size, clip_denoised.
+num_samples, batch_size, clip_denoised. Score SDEs sample by predictor-corrector (snr), VDMs ancestrally on
+num_steps (default 1000) equal steps of t.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import checkpoint, diffusion, models, parallel, sampling, sde
+from ddpm_jax import checkpoint, diffusion, models, parallel, sampling, sde, vdm
 from ddpm_jax.evaluation import images as image_utils
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
@@ -36,6 +37,9 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
   score_sde = train.make_sde(config)
 
   def sample(params, rng, labels, classifier_params=None):
+    if config.vdm.schedule:  # ancestral sampling of the continuous-time VDM on num_steps equal steps
+      eps_fn = train.vdm_eps_fn(config, model, params["unet"], labels)
+      return vdm.sample(params["schedule"], eps_fn, rng, shape, num_steps=c.num_steps or 1000)
     if score_sde is not None:  # predictor-corrector sampling of the score SDE
       score_fn = sde.model_score_fn(score_sde, lambda x_t, t: model.apply(params, x_t, t), config.sde.conditioning)
       return sde.pc_sample(score_sde, score_fn, rng, shape, snr=c.snr)

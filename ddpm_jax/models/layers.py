@@ -6,7 +6,7 @@ stability at low precision.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -42,6 +42,14 @@ def fourier_embedding(x: Array, dim: int, scale: float = 16.0) -> Array:
   args = 2.0 * math.pi * jnp.asarray(x, jnp.float32)[:, None] * freqs[None, :]
   emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
   return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+def base2_fourier_features(x: Array, exponents: Sequence[int]) -> Array:
+  """VDM's input features [sin(2^n·2π x), cos(2^n·2π x)] for each channel and n: [..., C] -> [..., 2·C·len(n)].
+  High frequencies make the fine detail of nearly clean inputs (the last bits of each pixel) easy to read."""
+  freqs = 2.0 * math.pi * 2.0 ** jnp.asarray(exponents, jnp.float32)
+  args = (x[..., None] * freqs).reshape(x.shape[:-1] + (-1,))
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
 # How a U-Net embeds its noise-level input t (a timestep, t·(N-1), or log σ).

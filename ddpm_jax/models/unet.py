@@ -102,12 +102,15 @@ class UNet(UNetBackbone):
   """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None) -> [B, H, W, out]."""
   out_channels: int = 3
   num_classes: int = 0
+  fourier_features: Sequence[int] = ()  # VDM: append sin/cos(2^n·2π x_t) for these n to the input channels
 
   @nn.compact
   def __call__(self, x: Array, t: Array, y: Array | None = None, context: Array | None = None,
                train: bool = False) -> Array:
     emb = TimeClassEmbedding(self.ch, self.num_classes, self.embedding_type, dtype=self.dtype,
                              name="embedding")(t, y)
+    if self.fourier_features:
+      x = jnp.concatenate([x, layers.base2_fourier_features(x, self.fourier_features)], axis=-1)
     h, skips = self.encode(x, emb, context, train)
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
