@@ -64,6 +64,10 @@ def get_config():
   vdm.antithetic_time = True             # low-discrepancy t over the batch
   vdm.minimize_schedule_variance = True  # learned shape trained on the loss variance (VDM §5.2)
 
+  config.ardm = ardm = ml_collections.ConfigDict()  # order-agnostic Autoregressive Diffusion (Hoogeboom et al.)
+  ardm.enabled = False                   # model.out_channels must be num_channels · num_classes
+  ardm.num_classes = 256                 # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0)
+
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3
   optim.warmup_steps = 100

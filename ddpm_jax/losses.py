@@ -4,6 +4,8 @@ All functions are elementwise in nats unless they say otherwise; `mean_flat` red
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr, ndtr
@@ -14,6 +16,11 @@ Array = jax.Array
 BIN_HALF_WIDTH = 1.0 / 255.0
 # Smallest bin probability; keeps the log finite when the model puts (numerically) no mass on a bin.
 MIN_BIN_PROB = 1e-12
+
+
+def bits_per_dim(nats: Array, x: Array) -> Array:
+  """Per-example nats [B] of data x [B, ...] -> bits per dimension."""
+  return nats / (math.prod(x.shape[1:]) * math.log(2.0))
 
 
 def mean_flat(x: Array) -> Array:

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import checkpoint, diffusion, input_pipeline, models, parallel, schedules, sde, vdm
+from ddpm_jax import ardm, checkpoint, diffusion, input_pipeline, losses, models, parallel, schedules, sde, vdm
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.evaluation import sample as sample_lib
 
@@ -59,6 +59,25 @@ def vdm_eps_fn(config: ml_collections.ConfigDict, model, unet_params, labels=Non
                                         labels, **apply_kwargs)
 
 
+def ardm_values(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
+  """Images in [-1, 1] -> ARDM's integers in {0, …, K-1} (K = 256: the 8-bit values; K = 2: binarised)."""
+  k = config.ardm.num_classes
+  return jnp.clip(jnp.round((images + 1.0) * 0.5 * (k - 1)), 0, k - 1).astype(jnp.int32)
+
+
+def ardm_images(config: ml_collections.ConfigDict, values: jax.Array) -> jax.Array:
+  return values.astype(jnp.float32) / (config.ardm.num_classes - 1) * 2.0 - 1.0
+
+
+def ardm_logits_fn(config: ml_collections.ConfigDict, model, params, **apply_kwargs) -> ardm.LogitsFn:
+  """The U-Net as ARDM's network: input [the known values in [-1, 1] (0 where unknown), the known mask] (2·C
+  channels), conditioned on t, the number known; output C·K channels -> logits [B, H, W, C, K]."""
+  def logits_fn(x, known, t):
+    inputs = jnp.concatenate([jnp.where(known, ardm_images(config, x), 0.0), known.astype(jnp.float32)], axis=-1)
+    return model.apply(params, inputs, t, **apply_kwargs).reshape(x.shape + (config.ardm.num_classes,))
+  return logits_fn
+
+
 def learning_rate_schedule(optim_config) -> optax.Schedule:
   """Linear warm-up from 0 to `lr` over `warmup_steps`, then constant (DDPM App. B)."""
   if optim_config.warmup_steps <= 0:
@@ -76,7 +95,7 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
 
 
 def _dummy_inputs(config):
-  size, channels = config.data.image_size, config.data.num_channels
+  size, channels = config.data.image_size, config.data.num_channels * (2 if config.ardm.enabled else 1)
   return jnp.zeros((1, size, size, channels)), jnp.zeros((1,), jnp.int32)
 
 
@@ -96,9 +115,10 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
                     opt_state=make_optimizer(config.optim).init(params), loss_history=loss_history)
 
 
-def _per_quartile_sums(t: jax.Array, step_losses: jax.Array, num_timesteps: int) -> dict[str, jax.Array]:
-  """Σ loss and count per quartile of t (as Improved DDPM logs); averaged over the log interval on the host."""
-  quartile = (t * NUM_LOSS_QUARTILES) // num_timesteps
+def _per_quartile_sums(t_fraction: jax.Array, step_losses: jax.Array) -> dict[str, jax.Array]:
+  """Σ loss and count per quartile of t/T ∈ [0, 1] (as Improved DDPM logs); averaged over the log interval on the
+  host."""
+  quartile = jnp.clip(jnp.floor(t_fraction * NUM_LOSS_QUARTILES), 0, NUM_LOSS_QUARTILES - 1)
   out = {}
   for q in range(NUM_LOSS_QUARTILES):
     mask = (quartile == q).astype(jnp.float32)
@@ -116,17 +136,24 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   x0 = batch["image"]
   batch_size = x0.shape[0]
   score_sde = make_sde(config)
-  is_vdm = bool(config.vdm.schedule)
+  is_vdm, is_ardm = bool(config.vdm.schedule), config.ardm.enabled
   weights = jnp.ones((batch_size,), jnp.float32)
-  if is_vdm:  # t ∈ [0, 1), low-discrepancy over the batch
-    t = vdm.time_samples(t_rng, batch_size, config.vdm.antithetic_time)
-  elif score_sde is None:
-    t, weights = diffusion.sample_timesteps(t_rng, batch_size, d.num_timesteps, state.loss_history)
-  else:  # continuous time t ~ U(eps, T)
-    t = jax.random.uniform(t_rng, (batch_size,), minval=config.sde.eps, maxval=score_sde.T)
-  noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
-  if is_vdm:  # and the reconstruction term's ε_0, an independent draw
-    noise = (noise, jax.random.normal(jax.random.fold_in(noise_rng, 1), x0.shape, x0.dtype))
+  # t and the loss's random draws ("noise"), drawn for the global batch: t/t_end ∈ [0, 1] is logged per quartile.
+  if is_vdm:  # t ∈ [0, 1), low-discrepancy over the batch; ε and the reconstruction term's ε_0
+    t, t_end = vdm.time_samples(t_rng, batch_size, config.vdm.antithetic_time), 1.0
+    noise = tuple(jax.random.normal(jax.random.fold_in(noise_rng, i), x0.shape, x0.dtype) for i in range(2))
+  elif is_ardm:  # t variables known, in a random order per example (the order's ranks take the place of ε)
+    t_end = math.prod(x0.shape[1:])
+    t = jax.random.randint(t_rng, (batch_size,), 0, t_end)
+    noise = ardm.random_order(noise_rng, x0.shape)
+  else:
+    if score_sde is None:
+      t, weights = diffusion.sample_timesteps(t_rng, batch_size, d.num_timesteps, state.loss_history)
+      t_end = d.num_timesteps
+    else:  # continuous time t ~ U(eps, T)
+      t = jax.random.uniform(t_rng, (batch_size,), minval=config.sde.eps, maxval=score_sde.T)
+      t_end = score_sde.T
+    noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
   is_classifier = config.model.name == "classifier"
   labels = None
   if is_classifier:
@@ -145,7 +172,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       eps_fn = vdm_eps_fn(config, model, params["unet"], labels, train=True, rngs=rngs)
       c = config.vdm
       terms = vdm.vlb_terms(params["schedule"], eps_fn, x0, t, *noise, c.num_steps, c.minimize_schedule_variance)
-      step_losses = vdm.bits_per_dim(terms["total"], x0)
+      step_losses = losses.bits_per_dim(terms["total"], x0)
+    elif is_ardm:  # the unbiased one-step estimate of -log p(x), in bits/dim
+      logits_fn = ardm_logits_fn(config, model, params, train=True, rngs=rngs)
+      step_losses = losses.bits_per_dim(ardm.loss_at(logits_fn, ardm_values(config, x0), t, noise), x0)
     else:
       model_fn = lambda x_t, t_: model.apply(params, x_t, t_, labels, train=True, rngs=rngs)
       if score_sde is None:
@@ -169,10 +199,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       return jax.tree_util.tree_map(jnp.add, grads_sum, grads_i), (loss_i, losses_i)
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-    grads, (losses, step_losses) = jax.lax.scan(
+    grads, (micro_losses, step_losses) = jax.lax.scan(
         accumulate, zeros, (jnp.arange(accum), micro(x0), micro(t), micro(noise), micro(labels), micro(weights)))
     grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
-    loss, step_losses = jnp.mean(losses), step_losses.reshape(batch_size)
+    loss, step_losses = jnp.mean(micro_losses), step_losses.reshape(batch_size)
 
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -185,8 +215,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
                          loss_history=loss_history)
   metrics = dict(loss=loss, grad_norm=grad_norm, lr=lr_schedule(state.step),
                  finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
-                 **_per_quartile_sums(t if t.dtype == jnp.int32 else (t * d.num_timesteps).astype(jnp.int32),
-                                      step_losses, d.num_timesteps))
+                 **_per_quartile_sums(t / t_end, step_losses))
   return new_state, metrics
 
 
@@ -264,12 +293,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                   "sinusoidal embedding barely resolves: set model.embedding_type='fourier' (NCSN++).")
   if diff.loss_type == "hybrid" and not learned:
     errors.append("diffusion.loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range').")
-  expected_out = data.num_channels * (2 if learned else 1)
+  expected_out = data.num_channels * (config.ardm.num_classes if config.ardm.enabled else 2 if learned else 1)
   if model.name == "classifier" and not model.get("num_classes"):
     errors.append("model.name='classifier' needs model.num_classes > 0 (the labels it predicts).")
   if model.name == "unet" and model.out_channels != expected_out:
-    errors.append(f"model.out_channels={model.out_channels} but {data.num_channels} data channels with var_type="
-                  f"{diff.var_type!r} need {expected_out}.")
+    need = (f"ardm.num_classes={config.ardm.num_classes}" if config.ardm.enabled else f"var_type={diff.var_type!r}")
+    errors.append(f"model.out_channels={model.out_channels} but {data.num_channels} data channels with {need} need "
+                  f"{expected_out}.")
+  if config.ardm.enabled and (config.sde.name or config.vdm.schedule or model.name != "unet"):
+    errors.append("ARDM (ardm.enabled) trains its own U-Net on discrete values: no sde.name, vdm.schedule or "
+                  "classifier.")
+  if config.ardm.enabled and not 2 <= config.ardm.num_classes <= 256:
+    errors.append(f"ardm.num_classes={config.ardm.num_classes} must be in [2, 256] (values of 8-bit images).")
   levels = len(model.ch_mult)
   if data.image_size % 2 ** (levels - 1):
     errors.append(f"data.image_size={data.image_size} cannot be halved {levels - 1} times (model.ch_mult={model.ch_mult}).")

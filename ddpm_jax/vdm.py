@@ -187,11 +187,6 @@ def _with_squared_shape_gradient(term: Callable[[Array, Array], Array], u: Array
   return wrapped(u, du, consts)
 
 
-def bits_per_dim(nats: Array, x: Array) -> Array:
-  """Nats per example [B] -> bits per dimension of the 8-bit data."""
-  return nats / (math.prod(x.shape[1:]) * math.log(2.0))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Sampling.
 

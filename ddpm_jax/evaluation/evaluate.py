@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import diffusion, input_pipeline, models, parallel, sde, vdm
+from ddpm_jax import ardm, diffusion, input_pipeline, losses, models, parallel, sde, vdm
 from ddpm_jax.evaluation import fid
 from ddpm_jax.evaluation import sample as sample_lib
 
@@ -56,10 +56,12 @@ def reference_statistics(config: ml_collections.ConfigDict, inception_params, pa
   return stats
 
 
-def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh) -> float:
+def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh, workdir: str) -> float:
   """Mean negative log-likelihood bound in bits/dim of the 8-bit test data over `eval.bpd_num_batches` batches:
   the discrete VLB with all T terms (`calc_bpd_loop`), a VDM's VLB (one low-discrepancy t per example: unbiased),
-  or a score SDE's probability-flow likelihood of the dequantised data."""
+  a score SDE's probability-flow likelihood of the dequantised data, or an ARDM's exact -log p(x | σ) along one
+  random order per example (D network calls; its per-step means are saved as the loss components from which
+  sampling plans parallel decoding)."""
   from ddpm_jax import train
   d, model, score_sde = train.make_diffusion(config), models.get_model(config.model), train.make_sde(config)
 
@@ -69,24 +71,35 @@ def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh) -> fl
       terms = vdm.vlb_terms(params["schedule"], train.vdm_eps_fn(config, model, params["unet"]), x0,
                             vdm.time_samples(t_rng, x0.shape[0]), jax.random.normal(noise_rng, x0.shape),
                             jax.random.normal(recon_rng, x0.shape), config.vdm.num_steps)
-      return vdm.bits_per_dim(terms["total"], x0)
+      return losses.bits_per_dim(terms["total"], x0), None
+    if config.ardm.enabled:
+      nats, per_step = ardm.nll_along_order(train.ardm_logits_fn(config, model, params), train.ardm_values(config, x0),
+                                            ardm.random_order(rng, x0.shape))
+      return losses.bits_per_dim(nats, x0), per_step
     model_fn = lambda x_t, t: model.apply(params, x_t, t)
     if score_sde is None:  # the discrete-time VLB
-      return diffusion.calc_bpd_loop(d, model_fn, x0, rng)["total_bpd"]
+      return diffusion.calc_bpd_loop(d, model_fn, x0, rng)["total_bpd"], None
     # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace estimate).
     images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
     return sde.bits_per_dim(score_sde, sde.model_score_fn(score_sde, model_fn, config.sde.conditioning),
-                            images, rng)
+                            images, rng), None
 
   bpd_fn = jax.jit(total_bpd)
   sharding = parallel.data_sharding(mesh)
-  totals = []
+  totals, per_steps = [], []
   batches = input_pipeline.batches(config.data, split="test", global_batch_size=config.training.batch_size,
                                    seed=config.seed, num_steps=config.eval.bpd_num_batches)
   for i, batch in enumerate(batches):
     x0 = parallel.global_batch(batch, sharding)["image"]
-    totals.append(parallel.to_host(bpd_fn(ema_params, x0, jax.random.key(i))))
+    bpd, per_step = bpd_fn(ema_params, x0, jax.random.key(i))
+    totals.append(parallel.to_host(bpd))
+    if per_step is not None:
+      per_steps.append(parallel.to_host(per_step))
     logging.info("bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, totals[-1].mean())
+  if per_steps and jax.process_index() == 0:
+    path = sample_lib.ardm_loss_components_path(workdir)
+    np.savez(path, loss_components=np.concatenate(per_steps).mean(axis=0))
+    logging.info("Wrote the ARDM loss components (nats per step) to %s.", path)
   return float(np.concatenate(totals).mean())
 
 
@@ -103,7 +116,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     stats_path = c.reference_stats_path or os.path.join(
         workdir, f"fid_stats_{config.data.dataset.replace('/', '_')}_{size}.npz")
     reference = reference_statistics(config, inception_params, stats_path)
-    images, _ = sample_lib.generate(config, ema_params, step, c.num_fid_samples, mesh)
+    images, _ = sample_lib.generate(config, ema_params, step, c.num_fid_samples, mesh, workdir)
     generated = inception_statistics(inception_params, images.astype(np.float32) / 127.5 - 1.0,
                                      config.sampling.batch_size)
     results["fid"] = fid.frechet_distance(generated["mu"], generated["sigma"], reference["mu"], reference["sigma"])
@@ -111,7 +124,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   else:
     logging.warning("config.eval.inception_path is not set: skipping FID and Inception Score.")
   if c.bpd_num_batches:
-    results["bpd"] = test_bits_per_dim(config, ema_params, mesh)
+    results["bpd"] = test_bits_per_dim(config, ema_params, mesh, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
       json.dump({"step": step, **results}, f, indent=2)

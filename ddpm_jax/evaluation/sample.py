@@ -4,7 +4,7 @@ config.sampling: sampler ("ddpm" | "ddim" | "dpm_solver"), num_steps (None: all 
 dpm_solver), eta (DDIM), guidance_scale (classifier-free, class-conditional models), classifier_workdir and
 classifier_scale (classifier guidance with a noisy classifier trained by `model.name="classifier"`),
 num_samples, batch_size, clip_denoised. Score SDEs sample by predictor-corrector (snr), VDMs ancestrally on
-num_steps (default 1000) equal steps of t.
+num_steps (default 1000) equal steps of t, ARDMs in a random order in num_steps (default D) parallel steps.
 """
 from __future__ import annotations
 
@@ -17,17 +17,35 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import checkpoint, diffusion, models, parallel, sampling, sde, vdm
+from ddpm_jax import ardm, checkpoint, diffusion, models, parallel, sampling, sde, vdm
 from ddpm_jax.evaluation import images as image_utils
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 
 
+def ardm_loss_components_path(workdir: str) -> str:
+  return os.path.join(workdir, "ardm_loss_components.npz")
+
+
+def ardm_decoding_plan(config: ml_collections.ConfigDict, workdir: str | None) -> np.ndarray | None:
+  """For an ARDM with sampling.num_steps = S below D: the step boundaries by dynamic programming over the loss
+  components that --mode=eval saved in workdir (or, without them, S steps of equal size). None: D steps."""
+  d = config.data.image_size**2 * config.data.num_channels
+  budget = config.sampling.num_steps or d
+  if budget >= d:
+    return None
+  path = ardm_loss_components_path(workdir) if workdir else None
+  if path and os.path.exists(path):
+    return ardm.parallel_decoding_plan(np.load(path)["loss_components"], budget)
+  logging.warning("No ARDM loss components at %s (run --mode=eval first): decoding in %d equal steps.", path, budget)
+  return np.linspace(0, d, budget + 1).round().astype(np.int32)
+
+
 def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model, batch_size: int,
-                   mesh, classifier=None, progress: bool = False):
+                   mesh, classifier=None, progress: bool = False, ardm_plan: np.ndarray | None = None):
   """Jitted (params, rng, labels [B] | None, classifier_params=None) -> samples [B, H, W, C] with the sampler of
   `config.sampling`, the batch sharded over `mesh`; with `classifier` (a noisy classifier module) and its
-  params, classifier-guided."""
+  params, classifier-guided; an ARDM decodes by `ardm_plan` (default: one variable per step)."""
   c = config.sampling
   if c.sampler not in SAMPLERS:
     raise ValueError(f"Unknown sampling.sampler {c.sampler!r}; valid: {', '.join(SAMPLERS)}.")
@@ -37,6 +55,9 @@ def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffu
   score_sde = train.make_sde(config)
 
   def sample(params, rng, labels, classifier_params=None):
+    if config.ardm.enabled:
+      values, _ = ardm.sample(train.ardm_logits_fn(config, model, params), rng, shape, ardm_plan)
+      return train.ardm_images(config, values)
     if config.vdm.schedule:  # ancestral sampling of the continuous-time VDM on num_steps equal steps
       eps_fn = train.vdm_eps_fn(config, model, params["unet"], labels)
       return vdm.sample(params["schedule"], eps_fn, rng, shape, num_steps=c.num_steps or 1000)
@@ -88,10 +109,11 @@ def load_classifier(workdir: str, mesh):
   return models.get_model(classifier_config.model), params
 
 
-def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_samples: int,
-             mesh) -> tuple[np.ndarray, np.ndarray]:
+def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_samples: int, mesh,
+             workdir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """`num_samples` samples of the run `config` at `step` in batches of `sampling.batch_size`, with progress logs
-  -> (uint8 images [N, H, W, C], labels [N]; zeros for an unconditional, unguided model)."""
+  -> (uint8 images [N, H, W, C], labels [N]; zeros for an unconditional, unguided model). `workdir` holds an
+  ARDM's loss components for parallel decoding."""
   from ddpm_jax import train  # the diffusion and model builders
   d, model = train.make_diffusion(config), models.get_model(config.model)
   c = config.sampling
@@ -101,7 +123,8 @@ def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_sampl
   classifier, classifier_params = None, None
   if c.classifier_workdir and c.classifier_scale:
     classifier, classifier_params = load_classifier(c.classifier_workdir, mesh)
-  sample_fn = make_sample_fn(config, d, model, batch, mesh, classifier, progress=True)
+  plan = ardm_decoding_plan(config, workdir) if config.ardm.enabled else None
+  sample_fn = make_sample_fn(config, d, model, batch, mesh, classifier, progress=True, ardm_plan=plan)
   rng = jax.random.fold_in(train.run_rngs(config.seed)["sample"], step)
   num_classes = classifier.num_classes if classifier is not None else config.model.num_classes
   all_images, all_labels = [], []
@@ -126,7 +149,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   train.validate_config(config)
   mesh = parallel.make_mesh()
   ema_params, step = restore_ema_params(config, workdir, mesh)
-  images, labels = generate(config, ema_params, step, config.sampling.num_samples, mesh)
+  images, labels = generate(config, ema_params, step, config.sampling.num_samples, mesh, workdir)
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"samples_{step}.npz")
