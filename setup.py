@@ -11,6 +11,7 @@ setup(
         "absl-py",
         "chex",
         "diffrax",  # adaptive ODE solvers for the probability-flow ODE (sde.py)
+        "etils[epath]",  # workdir files on local disk or gs:// (as orbax)
         "flax",
         "jax",
         "ml_collections",

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -384,7 +385,7 @@ def run_rngs(seed: int) -> dict[str, jax.Array]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint; returns the final state."""
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_writer = jax.process_index() == 0
   mesh = parallel.make_mesh()
   abstract_state = abstract_train_state(config, mesh)
@@ -399,8 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(rngs["init"])
     start_step = 0
     if is_writer:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+      (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
   num_params = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params))
   logging.info("Training %s parameters on %d devices from step %d to %d in %s.", f"{num_params:,}",
                jax.device_count(), start_step, config.training.num_train_steps, workdir)

@@ -223,3 +223,15 @@ def test_conv_as_matmul_equals_xla_convolution(stride):
   grads = [jax.grad(lambda p, x: jnp.sum(layers.Conv(7, stride=stride, impl=impl).apply(p, x) ** 2), argnums=(0, 1))(
       params, x) for impl in ("xla", "matmul")]
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)
+
+
+def test_base2_fourier_features_of_the_input():
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 4, 4, 3)), jnp.float32)
+  features = np.asarray(layers.base2_fourier_features(x, (6, 7)))
+  assert features.shape == (2, 4, 4, 12)  # [sin of (c0 n6, c0 n7, c1 n6, …), cos of the same]
+  args = np.asarray(x)[..., :, None] * 2 * np.pi * np.array([64.0, 128.0])
+  np.testing.assert_allclose(features[..., :6], np.sin(args).reshape(2, 4, 4, 6), atol=2e-4)
+  np.testing.assert_allclose(features[..., 6:], np.cos(args).reshape(2, 4, 4, 6), atol=2e-4)
+  model = UNet(**TINY, out_channels=C, fourier_features=(6, 7))
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, C)), jnp.zeros((1,)))
+  assert params["params"]["conv_in"]["kernel"].shape[2] == C * 5  # x and its 4·C features

@@ -17,12 +17,13 @@ import json
 import os
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import ardm, diffusion, input_pipeline, losses, models, parallel, sde, vdm
+from ddpm_jax import ardm, diffusion, files, input_pipeline, losses, models, parallel, sde, vdm
 from ddpm_jax.evaluation import fid
 from ddpm_jax.evaluation import sample as sample_lib
 
@@ -40,9 +41,9 @@ def inception_statistics(inception_params, images: np.ndarray, batch_size: int) 
 
 def reference_statistics(config: ml_collections.ConfigDict, inception_params, path: str) -> dict[str, np.ndarray]:
   """The dataset's Inception statistics, read from `path` or computed once and cached there."""
-  if os.path.exists(path):
-    with np.load(path) as cached:
-      return {"mu": cached["mu"], "sigma": cached["sigma"]}
+  if epath.Path(path).exists():
+    cached = files.load_npz(path)
+    return {"mu": cached["mu"], "sigma": cached["sigma"]}
   n, batch = config.eval.num_reference_images, config.sampling.batch_size
   logging.info("Computing Inception statistics of %d %s training images (cached to %s).", n, config.data.dataset,
                path)
@@ -51,8 +52,7 @@ def reference_statistics(config: ml_collections.ConfigDict, inception_params, pa
   images = parallel.to_host(local)[:n]  # every process reads its share; all compute the same statistics
   stats = inception_statistics(inception_params, images, batch)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, mu=stats["mu"], sigma=stats["sigma"])
+    files.save_npz(path, mu=stats["mu"], sigma=stats["sigma"])
   return stats
 
 
@@ -98,7 +98,7 @@ def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh, workd
     logging.info("bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, totals[-1].mean())
   if per_steps and jax.process_index() == 0:
     path = sample_lib.ardm_loss_components_path(workdir)
-    np.savez(path, loss_components=np.concatenate(per_steps).mean(axis=0))
+    files.save_npz(path, loss_components=np.concatenate(per_steps).mean(axis=0))
     logging.info("Wrote the ARDM loss components (nats per step) to %s.", path)
   return float(np.concatenate(totals).mean())
 
@@ -126,8 +126,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   if c.bpd_num_batches:
     results["bpd"] = test_bits_per_dim(config, ema_params, mesh, workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
-      json.dump({"step": step, **results}, f, indent=2)
+    (epath.Path(workdir) / f"eval_{step}.json").write_text(json.dumps({"step": step, **results}, indent=2))
     from tensorboardX import SummaryWriter
     with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
       for k, v in results.items():

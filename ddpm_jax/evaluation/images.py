@@ -1,9 +1,10 @@
 """Image grids of samples, as uint8 arrays and PNG files."""
 from __future__ import annotations
 
+import io
 import math
-import os
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -35,6 +36,9 @@ def grid_uint8(images: np.ndarray, padding: int = 1, min_size: int = 32) -> np.n
 
 
 def save_png(image: np.ndarray, path: str) -> str:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(image).save(path)
+  """Writes a PNG to a local or bucket path (etils.epath)."""
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  epath.Path(path).write_bytes(buffer.getvalue())
   return path

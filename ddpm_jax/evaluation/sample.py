@@ -12,12 +12,13 @@ import json
 import os
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import ardm, checkpoint, diffusion, models, parallel, sampling, sde, vdm
+from ddpm_jax import ardm, checkpoint, diffusion, files, models, parallel, sampling, sde, vdm
 from ddpm_jax.evaluation import images as image_utils
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
@@ -35,8 +36,8 @@ def ardm_decoding_plan(config: ml_collections.ConfigDict, workdir: str | None) -
   if budget >= d:
     return None
   path = ardm_loss_components_path(workdir) if workdir else None
-  if path and os.path.exists(path):
-    return ardm.parallel_decoding_plan(np.load(path)["loss_components"], budget)
+  if path and epath.Path(path).exists():
+    return ardm.parallel_decoding_plan(files.load_npz(path)["loss_components"], budget)
   logging.warning("No ARDM loss components at %s (run --mode=eval first): decoding in %d equal steps.", path, budget)
   return np.linspace(0, d, budget + 1).round().astype(np.int32)
 
@@ -101,8 +102,7 @@ def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
 
 def load_classifier(workdir: str, mesh):
   """The noisy classifier trained in `workdir` (its config.json and newest checkpoint) -> (module, params)."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    classifier_config = ml_collections.ConfigDict(json.load(f))
+  classifier_config = ml_collections.ConfigDict(json.loads((epath.Path(workdir) / "config.json").read_text()))
   if classifier_config.model.name != "classifier":
     raise ValueError(f"{workdir} trained a {classifier_config.model.name!r}, not a noisy classifier.")
   params, _ = restore_ema_params(classifier_config, workdir, mesh)
@@ -151,10 +151,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   ema_params, step = restore_ema_params(config, workdir, mesh)
   images, labels = generate(config, ema_params, step, config.sampling.num_samples, mesh, workdir)
   out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"samples_{step}.npz")
   if jax.process_index() == 0:
-    np.savez(path, images=images, labels=labels)
+    files.save_npz(path, images=images, labels=labels)
     image_utils.save_png(image_utils.grid_uint8(images[:64].astype(np.float32) / 127.5 - 1.0),
                          os.path.join(out_dir, f"samples_{step}.png"))
     logging.info("Wrote %d samples to %s.", len(images), path)

@@ -57,6 +57,7 @@ class UNetBackbone(nn.Module):
   conv_resample: bool = True
   context_dim: int | None = None
   embedding_type: str = "positional"  # of t: "positional" (sinusoidal) | "fourier" (NCSN++'s, for log σ)
+  fourier_features: Sequence[int] = ()  # VDM: append sin/cos(2^n·2π x_t) for these n to the input channels
   conv_impl: str = "xla"        # "matmul": convolutions as im2col matmuls, faster on XLA:CPU
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
@@ -77,6 +78,8 @@ class UNetBackbone(nn.Module):
   @nn.nowrap
   def encode(self, x: Array, emb: Array, context: Array | None, train: bool) -> tuple[Array, list[Array]]:
     """-> (middle-block output, skip activations of the down path in order)."""
+    if self.fourier_features:
+      x = jnp.concatenate([x, layers.base2_fourier_features(x, self.fourier_features)], axis=-1)
     h = layers.Conv(self.ch, impl=self.conv_impl, dtype=self.dtype, name="conv_in")(x)
     skips = [h]
     for level, mult in enumerate(self.ch_mult):
@@ -102,15 +105,12 @@ class UNet(UNetBackbone):
   """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None) -> [B, H, W, out]."""
   out_channels: int = 3
   num_classes: int = 0
-  fourier_features: Sequence[int] = ()  # VDM: append sin/cos(2^n·2π x_t) for these n to the input channels
 
   @nn.compact
   def __call__(self, x: Array, t: Array, y: Array | None = None, context: Array | None = None,
                train: bool = False) -> Array:
     emb = TimeClassEmbedding(self.ch, self.num_classes, self.embedding_type, dtype=self.dtype,
                              name="embedding")(t, y)
-    if self.fourier_features:
-      x = jnp.concatenate([x, layers.base2_fourier_features(x, self.fourier_features)], axis=-1)
     h, skips = self.encode(x, emb, context, train)
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
