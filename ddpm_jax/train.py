@@ -87,12 +87,20 @@ def learning_rate_schedule(optim_config) -> optax.Schedule:
                                optax.constant_schedule(optim_config.lr)], [optim_config.warmup_steps])
 
 
-def make_optimizer(optim_config) -> optax.GradientTransformation:
-  """Global-norm clipping, then Adam (β1 = 0.9, β2) — AdamW with `weight_decay` > 0 — on the warm-up schedule."""
-  lr, c = learning_rate_schedule(optim_config), optim_config
-  adam = (optax.adamw(lr, b2=c.beta2, weight_decay=c.weight_decay) if c.weight_decay
-          else optax.adam(lr, b2=c.beta2))
-  return optax.chain(optax.clip_by_global_norm(c.grad_clip), adam)
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clipping, then Adam (β1 = 0.9, β2) — AdamW with `weight_decay` > 0 — on the warm-up schedule.
+
+  A learned VDM schedule's shape follows a gradient of its own objective and scale (∇E[L²]), so it is left out
+  of the clipping norm: it would otherwise scale the network's gradient down."""
+  c = config.optim
+  lr = learning_rate_schedule(c)
+  adam = optax.adamw(lr, b2=c.beta2, weight_decay=c.weight_decay) if c.weight_decay else optax.adam(lr, b2=c.beta2)
+  clip = optax.clip_by_global_norm(c.grad_clip)
+  if config.vdm.schedule == "learned":
+    is_vlb_gradient = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: jax.tree_util.keystr(path[:2]) != "['schedule']['net']", params)
+    clip = optax.masked(clip, is_vlb_gradient)
+  return optax.chain(clip, adam)
 
 
 def _dummy_inputs(config):
@@ -113,7 +121,7 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
   if config.diffusion.timestep_sampler == "loss_aware":
     loss_history = diffusion.init_loss_history(config.diffusion.num_timesteps)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=make_optimizer(config.optim).init(params), loss_history=loss_history)
+                    opt_state=make_optimizer(config).init(params), loss_history=loss_history)
 
 
 def _per_quartile_sums(t_fraction: jax.Array, step_losses: jax.Array) -> dict[str, jax.Array]:
@@ -236,7 +244,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh=None):
   (or FSDP-sharded), the old state donated. -> (state, batch, rng) -> (state, metrics)."""
   mesh = mesh or parallel.make_mesh()
   step = functools.partial(train_step, model=models.get_model(config.model), d=make_diffusion(config),
-                           optimizer=make_optimizer(config.optim), lr_schedule=learning_rate_schedule(config.optim),
+                           optimizer=make_optimizer(config), lr_schedule=learning_rate_schedule(config.optim),
                            config=config)
   shardings = state_sharding(config, mesh)
   return jax.jit(step, in_shardings=(shardings, parallel.data_sharding(mesh), parallel.replicated(mesh)),
