@@ -105,4 +105,6 @@ def get_config():
   eval_config.num_reference_images = 1500  # the digits' whole train split
   eval_config.reference_stats_path = config_dict.placeholder(str)  # default: workdir/fid_stats_<data>.npz
   eval_config.bpd_num_batches = 1
+  eval_config.feature_net_path = config_dict.placeholder(str)  # offline metrics; default: the shipped weights
+  #                                        for the dataset and size, if any (evaluation/feature_net.py)
   return config

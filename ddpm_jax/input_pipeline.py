@@ -71,6 +71,13 @@ class ImageFolderSource:
     return {"image": image, "label": self.class_index.get(top, 0)}
 
 
+def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole split in memory as (uint8 images [N, H, W, C], labels [N]), for small datasets (evaluation)."""
+  source = get_source(data_config.dataset, split, data_config.get("data_dir"))
+  examples = [source[i] for i in range(len(source))]
+  return np.stack([e["image"] for e in examples]), np.asarray([e["label"] for e in examples])
+
+
 def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
   """The random-access source of `dataset`'s `split`, or one error that says how to prepare it."""
   if dataset == "digits":

@@ -248,7 +248,10 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   config.sampling.num_steps, config.sampling.batch_size = 5, 8
   config.eval.inception_path, config.eval.num_fid_samples, config.eval.num_reference_images = str(weights), 8, 16
   results = evaluate.evaluate(config, str(tmp_path))
-  assert set(results) == {"fid", "inception_score", "inception_score_std", "bpd"}
+  # The digits have a shipped feature network: the offline metrics come with FID (unconditional: no accuracy).
+  assert set(results) == {"fid", "inception_score", "inception_score_std", "bpd", "feature_fd",
+                          "feature_class_score", "memorized_fraction"}
+  assert results["feature_fd"] > 1.0 and 0 <= results["memorized_fraction"] <= 1
   # Samples of a 4-step model are far from the digits: the distance must be clearly positive.
   assert np.isfinite(results["fid"]) and results["fid"] > 1.0 and results["inception_score"] >= 1.0
   assert 0 < results["bpd"] < 20
@@ -299,9 +302,9 @@ def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 10
   images = np.load(sample.sample(config, str(tmp_path)))["images"]
   assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
-  config.training.batch_size = 8
-  bpd = evaluate.evaluate(config, str(tmp_path))["bpd"]  # the VLB, on the same 8-bit footing as calc_bpd_loop
-  assert 0 < bpd < 20
+  config.training.batch_size, config.eval.num_fid_samples = 8, 4
+  results = evaluate.evaluate(config, str(tmp_path))  # the VLB, on the same 8-bit footing as calc_bpd_loop
+  assert 0 < results["bpd"] < 20 and results["feature_fd"] > 0  # and the offline metrics of its samples
   config.sde.name = "vp"
   with pytest.raises(ValueError, match="VDM"):
     train.validate_config(config)
@@ -312,7 +315,7 @@ def test_ardm_trains_evaluates_and_decodes_in_parallel_with_the_same_loop(tmp_pa
   config = tiny_config(num_train_steps=4)
   config.ardm.enabled, config.model.out_channels = True, 256
   train.train_and_evaluate(config, str(tmp_path))
-  config.training.batch_size = 8
+  config.training.batch_size, config.eval.num_fid_samples = 8, 0
   bpd = evaluate.evaluate(config, str(tmp_path))["bpd"]  # exact -log p(x | σ), D = 64 network calls
   assert 0 < bpd <= 8.5  # near 8 bits (uniform over 256 values) after 4 steps
   components = np.load(sample.ardm_loss_components_path(str(tmp_path)))["loss_components"]

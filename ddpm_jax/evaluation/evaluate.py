@@ -3,16 +3,21 @@
 config.eval:
   inception_path        pytorch-fid's pt_inception-2015-12-05-*.pth (or its converted .npz); FID/IS are
                         skipped, with a warning, when unset
-  num_fid_samples       samples generated with config.sampling for FID and IS
+  num_fid_samples       samples generated with config.sampling for FID, IS and the offline metrics
+  feature_net_path      the dataset's own feature network (evaluation/feature_net.py; default: the shipped
+                        weights for the dataset and size, e.g. digits 8×8): offline metrics feature_fd,
+                        feature_class_score, class_accuracy (class-conditional samples), memorized_fraction
   reference_stats_path  cache of the dataset's Inception statistics (default: workdir/fid_stats_<data>.npz),
                         computed once from `num_reference_images` training images
-  bpd_num_batches       test batches of `training.batch_size` for bits/dim: the VLB (calc_bpd_loop), or for a
-                        score SDE the probability-flow ODE likelihood (sde.bits_per_dim); 0 skips
+  bpd_num_batches       test batches of `training.batch_size` for bits/dim: the VLB (calc_bpd_loop; VDM's; an
+                        ARDM's exact NLL along a random order) or a score SDE's probability-flow ODE
+                        likelihood (sde.bits_per_dim); 0 skips
 
 Results go to workdir/eval_<step>.json and TensorBoard (eval/…).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -24,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import ardm, diffusion, files, input_pipeline, losses, models, parallel, sde, vdm
-from ddpm_jax.evaluation import fid
+from ddpm_jax.evaluation import feature_net, fid, offline_metrics
 from ddpm_jax.evaluation import sample as sample_lib
 
 
@@ -110,19 +115,32 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   ema_params, step = sample_lib.restore_ema_params(config, workdir, mesh)
   c = config.eval
   results: dict[str, float] = {}
+
+  @functools.cache
+  def generate():  # the same samples for FID and the offline metrics
+    return sample_lib.generate(config, ema_params, step, c.num_fid_samples, mesh, workdir)
   if c.inception_path:
     inception_params = fid.load_inception_params(c.inception_path)
     size = config.data.image_size
     stats_path = c.reference_stats_path or os.path.join(
         workdir, f"fid_stats_{config.data.dataset.replace('/', '_')}_{size}.npz")
     reference = reference_statistics(config, inception_params, stats_path)
-    images, _ = sample_lib.generate(config, ema_params, step, c.num_fid_samples, mesh, workdir)
+    images, labels = generate()
     generated = inception_statistics(inception_params, images.astype(np.float32) / 127.5 - 1.0,
                                      config.sampling.batch_size)
     results["fid"] = fid.frechet_distance(generated["mu"], generated["sigma"], reference["mu"], reference["sigma"])
     results["inception_score"], results["inception_score_std"] = fid.inception_score(generated["logits"])
   else:
     logging.warning("config.eval.inception_path is not set: skipping FID and Inception Score.")
+  net_path = c.feature_net_path or feature_net.default_path(config.data.dataset, config.data.image_size)
+  if net_path and c.num_fid_samples:
+    images, labels = generate()
+    conditional = bool(config.model.num_classes) or bool(config.sampling.classifier_workdir and
+                                                          config.sampling.classifier_scale)
+    train_images, _ = input_pipeline.load_split(config.data, "train")
+    test_images, _ = input_pipeline.load_split(config.data, "test")
+    results.update(offline_metrics.evaluate_samples(feature_net.load(net_path)[0], images,
+                                                    labels if conditional else None, train_images, test_images))
   if c.bpd_num_batches:
     results["bpd"] = test_bits_per_dim(config, ema_params, mesh, workdir)
   if jax.process_index() == 0:
