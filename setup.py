@@ -6,6 +6,7 @@ setup(
     version="0.1.0",
     description="Denoising diffusion models (DDPM, Improved DDPM, DDIM, ADM, score SDEs, VDM, ARDM) in JAX/Flax.",
     packages=find_packages(include=["ddpm_jax", "ddpm_jax.*"]),
+    package_data={"ddpm_jax.evaluation": ["assets/*.npz"]},  # the shipped digits feature network
     python_requires=">=3.10",
     install_requires=[
         "absl-py",
