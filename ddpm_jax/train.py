@@ -239,14 +239,15 @@ def state_sharding(config: ml_collections.ConfigDict, mesh):
   return jax.tree_util.tree_map(lambda a: a.sharding, abstract_train_state(config, mesh))
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh=None):
+def make_train_step(config: ml_collections.ConfigDict, mesh=None, shardings=None):
   """The train step jitted over `mesh` (default: all devices): batch sharded along "data", state replicated
-  (or FSDP-sharded), the old state donated. -> (state, batch, rng) -> (state, metrics)."""
+  (or FSDP-sharded; `shardings` when the caller has them), the old state donated.
+  -> (state, batch, rng) -> (state, metrics)."""
   mesh = mesh or parallel.make_mesh()
   step = functools.partial(train_step, model=models.get_model(config.model), d=make_diffusion(config),
                            optimizer=make_optimizer(config), lr_schedule=learning_rate_schedule(config.optim),
                            config=config)
-  shardings = state_sharding(config, mesh)
+  shardings = shardings or state_sharding(config, mesh)
   return jax.jit(step, in_shardings=(shardings, parallel.data_sharding(mesh), parallel.replicated(mesh)),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
 
@@ -397,14 +398,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   is_writer = jax.process_index() == 0
   mesh = parallel.make_mesh()
   abstract_state = abstract_train_state(config, mesh)
-  train_step_fn = make_train_step(config, mesh)
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
+  train_step_fn = make_train_step(config, mesh, shardings)
   d, model = make_diffusion(config), models.get_model(config.model)
 
   ckpt = checkpoint.Checkpointer(workdir, config.training.keep_checkpoints)
   state, start_step = ckpt.restore_latest(abstract_state)
   rngs = run_rngs(config.seed)
   if state is None:
-    shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
     state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(rngs["init"])
     start_step = 0
     if is_writer:
@@ -440,7 +441,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         check(*pending)
       step += 1
       pending = (step, metrics)
-      preempted = preemption.is_set()
+      preempted = preemption.is_set(step)
       at_log = step % config.training.log_every_steps == 0 or step == total or preempted
       at_checkpoint = step % config.training.checkpoint_every_steps == 0 or step == total or preempted
       if at_log or at_checkpoint:  # this step is checked before anything is logged or saved from it
