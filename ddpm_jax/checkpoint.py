@@ -29,7 +29,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str, max_to_keep: int = 3):
     quiet_orbax_info_logs()
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # Bucket paths (gs://…) as they are; local ones absolute, as orbax wants.
+    self.directory = os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         item_names=("state", "config"))
@@ -43,11 +44,13 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def restore_latest(self, abstract_state):
-    """-> (state, step) from the newest readable step, or (None, None) if there is none.
+    """-> (state, step) from the newest readable step, or (None, None) if there are no checkpoints.
 
     `abstract_state` gives shapes, dtypes and shardings (e.g. `jax.eval_shape` output with `.sharding`).
+    Raises if there are checkpoints but none can be read: starting afresh would overwrite them.
     """
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
       except Exception as e:  # any unreadable step: fall back to the previous one
@@ -56,6 +59,10 @@ class Checkpointer:
         continue
       logging.info("Restored step %d from %s.", step, self.directory)
       return restored["state"], step
+    if steps:
+      raise RuntimeError(f"None of the checkpoints {steps} in {self.directory} can be read into this config's train "
+                         "state (see the warnings above: was the run made with another config or code version?). "
+                         "Nothing was overwritten; use another --workdir to start afresh.")
     return None, None
 
   def close(self) -> None:

@@ -145,6 +145,11 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
   ckpt.close()
   assert step == 4 and int(state.step) == 4
   assert "step 8" in caplog.text and "cannot be read" in caplog.text
+  # A config whose train state does not fit the checkpoints is refused, not started afresh over them.
+  config.model.ch = 64
+  with pytest.raises(RuntimeError, match="another config"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]
 
 
 def test_nan_in_the_loss_stops_the_run_and_saves_nothing_after_it(tmp_path, monkeypatch):
