@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import losses
+
 Array = jax.Array
 LogitsFn = Callable[[Array, Array, Array], Array]
 
@@ -38,14 +40,6 @@ def random_order(rng: Array, shape) -> Array:
   return jnp.argsort(jnp.argsort(keys, axis=-1), axis=-1).reshape(shape).astype(jnp.int32)
 
 
-def _sum_flat(x: Array) -> Array:
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
-
-
-def _bcast(v: Array, x: Array) -> Array:
-  return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
-
-
 def log_probs_of_data(logits_fn: LogitsFn, x: Array, known: Array, t: Array) -> Array:
   """log p(x_k | x_known) of every variable k [B, ...] (the known ones included; callers mask)."""
   logits = logits_fn(jnp.where(known, x, 0), known, t)
@@ -55,9 +49,9 @@ def log_probs_of_data(logits_fn: LogitsFn, x: Array, known: Array, t: Array) -> 
 def loss_at(logits_fn: LogitsFn, x: Array, t: Array, rank: Array) -> Array:
   """The estimate -D/(D - t) Σ_{rank ≥ t} log p(x_k | x_{rank < t}) in nats [B], at given t [B] and orders."""
   d = _num_dims(x.shape)
-  known = rank < _bcast(t, rank)
+  known = rank < losses.expand_to(t, rank)
   log_p = log_probs_of_data(logits_fn, x, known, t)
-  return -d / (d - t) * _sum_flat(jnp.where(known, 0.0, log_p))
+  return -d / (d - t) * losses.sum_flat(jnp.where(known, 0.0, log_p))
 
 
 def training_loss(logits_fn: LogitsFn, x: Array, rng: Array) -> Array:
@@ -73,7 +67,7 @@ def nll_along_order(logits_fn: LogitsFn, x: Array, rank: Array) -> tuple[Array, 
   def step(total, t):
     t_b = jnp.full((x.shape[0],), t)
     log_p = log_probs_of_data(logits_fn, x, rank < t, t_b)
-    step_loss = -_sum_flat(jnp.where(rank == t, log_p, 0.0))
+    step_loss = -losses.sum_flat(jnp.where(rank == t, log_p, 0.0))
     return total + step_loss, step_loss
 
   total, per_step = jax.lax.scan(step, jnp.zeros((x.shape[0],)), jnp.arange(_num_dims(x.shape)))

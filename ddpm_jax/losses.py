@@ -23,6 +23,16 @@ def bits_per_dim(nats: Array, x: Array) -> Array:
   return nats / (math.prod(x.shape[1:]) * math.log(2.0))
 
 
+def sum_flat(x: Array) -> Array:
+  """Sum over every axis but the first: [B, ...] -> [B]."""
+  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
+def expand_to(v: Array, x: Array) -> Array:
+  """Per-example values [B] (or a scalar) -> [B, 1, …, 1], to broadcast against x [B, ...]."""
+  return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
+
+
 def mean_flat(x: Array) -> Array:
   """Mean over every axis but the first: [B, ...] -> [B]."""
   return jnp.mean(x, axis=tuple(range(1, x.ndim)))

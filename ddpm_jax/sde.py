@@ -17,17 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import losses
+
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
-
-
-def _bcast(v: Array, x: Array) -> Array:
-  """[B] -> [B, 1, …, 1] against x."""
-  return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
-
-
-def _sum_flat(x: Array) -> Array:
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
 @flax.struct.dataclass
@@ -50,19 +43,19 @@ class VPSDE:
     return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
   def sde(self, x, t):
-    beta = _bcast(self._beta(t), x)
+    beta = losses.expand_to(self._beta(t), x)
     return -0.5 * beta * x, jnp.sqrt(self._beta(t))
 
   def marginal_prob(self, x0, t):
     log_mean_coeff = self._log_mean_coeff(t)
-    return _bcast(jnp.exp(log_mean_coeff), x0) * x0, jnp.sqrt(-jnp.expm1(2.0 * log_mean_coeff))
+    return losses.expand_to(jnp.exp(log_mean_coeff), x0) * x0, jnp.sqrt(-jnp.expm1(2.0 * log_mean_coeff))
 
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
 
   def prior_logp(self, z):
     n = math.prod(z.shape[1:])
-    return -0.5 * n * math.log(2 * math.pi) - 0.5 * _sum_flat(z**2)
+    return -0.5 * n * math.log(2 * math.pi) - 0.5 * losses.sum_flat(z**2)
 
   def discretize(self, x, t):
     """DDPM's step: x_{i+1} = √(1-β_i) x_i + √β_i z, i.e. f = (√(1-β_i) - 1) x, G = √β_i."""
@@ -70,7 +63,7 @@ class VPSDE:
     betas = self.discrete_betas
     # √(1-β) - 1 = -β / (1 + √(1-β)), in float64: no cancellation for small β.
     f_coeff = jnp.asarray(-betas / (1.0 + np.sqrt(1.0 - betas)), jnp.float32)[index]
-    return _bcast(f_coeff, x) * x, jnp.asarray(np.sqrt(betas), jnp.float32)[index]
+    return losses.expand_to(f_coeff, x) * x, jnp.asarray(np.sqrt(betas), jnp.float32)[index]
 
   def langevin_scale(self, t):
     """α_i of the Langevin corrector's step size (score_sde: the discrete α for VP, 1 otherwise)."""
@@ -89,7 +82,7 @@ class subVPSDE(VPSDE):
 
   def marginal_prob(self, x0, t):
     log_mean_coeff = self._log_mean_coeff(t)
-    return _bcast(jnp.exp(log_mean_coeff), x0) * x0, -jnp.expm1(2.0 * log_mean_coeff)
+    return losses.expand_to(jnp.exp(log_mean_coeff), x0) * x0, -jnp.expm1(2.0 * log_mean_coeff)
 
   def discretize(self, x, t):
     return euler_maruyama_discretization(self, x, t)
@@ -124,7 +117,7 @@ class VESDE:
 
   def prior_logp(self, z):
     n = math.prod(z.shape[1:])
-    return -0.5 * n * math.log(2 * math.pi * self.sigma_max**2) - _sum_flat(z**2) / (2 * self.sigma_max**2)
+    return -0.5 * n * math.log(2 * math.pi * self.sigma_max**2) - losses.sum_flat(z**2) / (2 * self.sigma_max**2)
 
   def discretize(self, x, t):
     """SMLD's step: x_{i+1} = x_i + √(σ_{i+1}² - σ_i²) z."""
@@ -156,12 +149,12 @@ def dsm_loss(s, score_fn: ScoreFn, x0: Array, t: Array, noise: Array, likelihood
 
   t [B] ~ U(eps, T) and noise z are drawn by the caller (as for `diffusion.training_losses`). -> [B]."""
   mean, std = s.marginal_prob(x0, t)
-  std_b = _bcast(std, x0)
+  std_b = losses.expand_to(std, x0)
   score = score_fn(mean + std_b * noise, t)
   if likelihood_weighting:
     _, g = s.sde(x0, t)
-    return _sum_flat((score + noise / std_b) ** 2) * g**2
-  return _sum_flat((score * std_b + noise) ** 2)
+    return losses.sum_flat((score + noise / std_b) ** 2) * g**2
+  return losses.sum_flat((score * std_b + noise) ** 2)
 
 
 NOISE_CONDITIONINGS = ("t", "sigma")
@@ -177,7 +170,7 @@ def model_score_fn(s, model_fn: Callable[[Array, Array], Array], conditioning: s
   def score_fn(x, t):
     _, std = s.marginal_prob(jnp.zeros_like(x), t)
     label = t * (s.N - 1) if conditioning == "t" else jnp.log(std)
-    return -model_fn(x, label) / _bcast(std, x)
+    return -model_fn(x, label) / losses.expand_to(std, x)
   return score_fn
 
 
@@ -188,21 +181,21 @@ def model_score_fn(s, model_fn: Callable[[Array, Array], Array], conditioning: s
 def _reverse_discretize(s, score_fn, x, t):
   """The reverse-time step's (f, G): f - G² ∇ log p_t, G (Song et al. eq. 45)."""
   f, g = s.discretize(x, t)
-  return f - _bcast(g, x) ** 2 * score_fn(x, t), g
+  return f - losses.expand_to(g, x) ** 2 * score_fn(x, t), g
 
 
 def reverse_diffusion_predictor(s, score_fn, x, t, rng):
   rev_f, g = _reverse_discretize(s, score_fn, x, t)
   x_mean = x - rev_f
-  return x_mean + _bcast(g, x) * jax.random.normal(rng, x.shape), x_mean
+  return x_mean + losses.expand_to(g, x) * jax.random.normal(rng, x.shape), x_mean
 
 
 def euler_maruyama_predictor(s, score_fn, x, t, rng):
   dt = -s.T / s.N
   drift, diffusion = s.sde(x, t)
-  drift = drift - _bcast(diffusion, x) ** 2 * score_fn(x, t)
+  drift = drift - losses.expand_to(diffusion, x) ** 2 * score_fn(x, t)
   x_mean = x + drift * dt
-  return x_mean + _bcast(diffusion, x) * math.sqrt(-dt) * jax.random.normal(rng, x.shape), x_mean
+  return x_mean + losses.expand_to(diffusion, x) * math.sqrt(-dt) * jax.random.normal(rng, x.shape), x_mean
 
 
 def langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
@@ -216,7 +209,7 @@ def langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
     noise_norm = jnp.mean(jnp.linalg.norm(noise.reshape(noise.shape[0], -1), axis=-1))
     # A zero score (e.g. a freshly initialised model) makes no correction rather than dividing by zero.
     safe_norm = jnp.where(grad_norm > 0, grad_norm, 1.0)
-    step_size = _bcast(jnp.where(grad_norm > 0, (snr * noise_norm / safe_norm) ** 2 * 2 * alpha, 0.0), x)
+    step_size = losses.expand_to(jnp.where(grad_norm > 0, (snr * noise_norm / safe_norm) ** 2 * 2 * alpha, 0.0), x)
     x_mean = x + step_size * grad
     x = x_mean + jnp.sqrt(2 * step_size) * noise
   return x, x_mean
@@ -285,7 +278,7 @@ _TSIT5_EVALS_PER_STEP = 6
 
 def probability_flow_drift(s, score_fn: ScoreFn, x: Array, t: Array) -> Array:
   drift, diffusion = s.sde(x, t)
-  return drift - 0.5 * _bcast(diffusion, x) ** 2 * score_fn(x, t)
+  return drift - 0.5 * losses.expand_to(diffusion, x) ** 2 * score_fn(x, t)
 
 
 def _solve(drift_fn, y0, t0: float, t1: float, rtol: float, atol: float, max_steps: int):
@@ -325,9 +318,9 @@ def ode_log_likelihood(s, score_fn: ScoreFn, x: Array, rng: Array, hutchinson: b
     drift = lambda y: probability_flow_drift(s, score_fn, y, t)
     if hutchinson:
       _, jvp = jax.jvp(drift, (x,), (probe,))
-      return _sum_flat(jvp * probe)
+      return losses.sum_flat(jvp * probe)
     basis = jnp.eye(dims, dtype=x.dtype).reshape((dims,) + x.shape[1:])
-    diag = jax.vmap(lambda e: _sum_flat(jax.jvp(drift, (x,), (jnp.broadcast_to(e, x.shape),))[1] * e))(basis)
+    diag = jax.vmap(lambda e: losses.sum_flat(jax.jvp(drift, (x,), (jnp.broadcast_to(e, x.shape),))[1] * e))(basis)
     return jnp.sum(diag, axis=0)
 
   def augmented(t, state):

@@ -23,18 +23,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax import losses
+
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]
 SCHEDULES = ("fixed", "learned")
 NUM_BINS = 256
-
-
-def _bcast(v: Array, x: Array) -> Array:
-  return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
-
-
-def _sum_flat(x: Array) -> Array:
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,7 +82,7 @@ def alpha_sigma(gamma_t: Array) -> tuple[Array, Array]:
 def q_sample(gamma_t: Array, x: Array, noise: Array) -> Array:
   """z_t = α_t x + σ_t ε."""
   alpha, sigma = alpha_sigma(gamma_t)
-  return _bcast(alpha, x) * x + _bcast(sigma, x) * noise
+  return losses.expand_to(alpha, x) * x + losses.expand_to(sigma, x) * noise
 
 
 def time_samples(rng: Array, batch_size: int, antithetic: bool = True) -> Array:
@@ -106,16 +100,16 @@ def time_samples(rng: Array, batch_size: int, antithetic: bool = True) -> Array:
 def prior_loss(gamma_1: Array, x: Array) -> Array:
   """KL(N(α_1 x, σ_1² I) ‖ N(0, I)) = ½ Σ (σ_1² + α_1² x² - log σ_1² - 1)."""
   alpha, sigma = alpha_sigma(gamma_1)
-  sigma2 = _bcast(sigma**2, x)
-  return 0.5 * _sum_flat(sigma2 + _bcast(alpha**2, x) * x**2 - jnp.log(sigma2) - 1.0)
+  sigma2 = losses.expand_to(sigma**2, x)
+  return 0.5 * losses.sum_flat(sigma2 + losses.expand_to(alpha**2, x) * x**2 - jnp.log(sigma2) - 1.0)
 
 
 def decoder_logits(gamma_0: Array, z_0: Array) -> Array:
   """log p(x = v_j | z_0) up to a constant, over the bin values v_j = j/127.5 - 1: [B, H, W, C, 256]."""
   alpha, _ = alpha_sigma(gamma_0)
   values = jnp.arange(NUM_BINS, dtype=jnp.float32) / 127.5 - 1.0
-  rescaled = (z_0 / _bcast(alpha, z_0))[..., None]
-  return -0.5 * _bcast(jnp.exp(-gamma_0), rescaled) * (rescaled - values) ** 2
+  rescaled = (z_0 / losses.expand_to(alpha, z_0))[..., None]
+  return -0.5 * losses.expand_to(jnp.exp(-gamma_0), rescaled) * (rescaled - values) ** 2
 
 
 def reconstruction_loss(gamma_0: Array, x: Array, noise: Array) -> Array:
@@ -123,17 +117,17 @@ def reconstruction_loss(gamma_0: Array, x: Array, noise: Array) -> Array:
   logits = decoder_logits(gamma_0, q_sample(gamma_0, x, noise))
   bins = jnp.clip(jnp.round((x + 1.0) * 127.5), 0, NUM_BINS - 1).astype(jnp.int32)
   log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), bins[..., None], axis=-1)[..., 0]
-  return -_sum_flat(log_probs)
+  return -losses.sum_flat(log_probs)
 
 
 def diffusion_loss(dgamma_dt: Array, noise: Array, eps_hat: Array) -> Array:
   """Continuous-time diffusion loss estimate ½ γ'(t) ‖ε - ε̂‖² (eq. 17)."""
-  return 0.5 * dgamma_dt * _sum_flat((noise - eps_hat) ** 2)
+  return 0.5 * dgamma_dt * losses.sum_flat((noise - eps_hat) ** 2)
 
 
 def discrete_diffusion_loss(gamma_t: Array, gamma_s: Array, noise: Array, eps_hat: Array, num_steps: int) -> Array:
   """T-step diffusion loss estimate T/2 · (SNR(s)/SNR(t) - 1) ‖ε - ε̂‖² (eq. 13 with x̂ from ε̂)."""
-  return 0.5 * num_steps * jnp.expm1(gamma_t - gamma_s) * _sum_flat((noise - eps_hat) ** 2)
+  return 0.5 * num_steps * jnp.expm1(gamma_t - gamma_s) * losses.sum_flat((noise - eps_hat) ** 2)
 
 
 def vlb_terms(params: dict[str, Array], eps_fn: EpsFn, x: Array, t: Array, noise: Array, recon_noise: Array,
@@ -203,8 +197,8 @@ def sample(params: dict[str, Array], eps_fn: EpsFn, rng: Array, shape, num_steps
     eps_hat = eps_fn(z, gamma_t)
     c = -jnp.expm1(gamma_s - gamma_t)
     (alpha_t, sigma_t), (alpha_s, sigma_s) = alpha_sigma(gamma_t), alpha_sigma(gamma_s)
-    mean = _bcast(alpha_s / alpha_t, z) * (z - _bcast(sigma_t * c, z) * eps_hat)
-    return mean + _bcast(sigma_s * jnp.sqrt(c), z) * jax.random.normal(jax.random.fold_in(rng, i), shape), None
+    mean = losses.expand_to(alpha_s / alpha_t, z) * (z - losses.expand_to(sigma_t * c, z) * eps_hat)
+    return mean + losses.expand_to(sigma_s * jnp.sqrt(c), z) * jax.random.normal(jax.random.fold_in(rng, i), shape), None
 
   z, _ = jax.lax.scan(step, z, jnp.arange(num_steps, 0, -1))
   gamma_0 = jnp.full((shape[0],), params["gamma_0"])

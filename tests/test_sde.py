@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import schedules, sde
+from ddpm_jax import losses, schedules, sde
 
 MU, S = 0.3, 0.5  # data x0 ~ N(μ, s²) in every dimension
 SHAPE = (2000, 2, 2, 1)
@@ -15,7 +15,7 @@ def gaussian_score(s):
   def score_fn(x, t):
     mean, std = s.marginal_prob(jnp.full(x.shape, MU), t)
     scale = (mean / MU) if MU else 1.0
-    var = (scale * S) ** 2 + sde._bcast(std, x) ** 2
+    var = (scale * S) ** 2 + losses.expand_to(std, x) ** 2
     return -(x - mean) / var
   return score_fn
 
@@ -68,7 +68,7 @@ def test_annealed_langevin_recovers_mixture_weights():
   weights, means, std = jnp.array([0.7, 0.3]), jnp.array([-2.0, 2.0]), 0.2
 
   def score_fn(x, sigma):
-    var = std**2 + sde._bcast(sigma, x)[..., None] ** 2                      # [B, 1, 1]
+    var = std**2 + losses.expand_to(sigma, x)[..., None] ** 2                      # [B, 1, 1]
     log_r = jnp.log(weights) - 0.5 * (x[..., None] - means) ** 2 / var - 0.5 * jnp.log(var)
     r = jax.nn.softmax(log_r, axis=-1)
     return jnp.sum(r * (-(x[..., None] - means) / var), axis=-1)
