@@ -16,6 +16,7 @@ import os
 import sys
 
 from absl import logging
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,7 @@ def apply(params, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray
 
 
 def save(params, path: str, **meta) -> None:
-  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   files.save_npz(path, meta=np.asarray(json.dumps(meta)), **flat)
 
 
@@ -101,14 +102,7 @@ def load(path: str) -> tuple[dict, dict]:
   """-> (params, meta: dataset, image_size, test_accuracy, …)."""
   data = files.load_npz(path)
   meta = json.loads(str(data.pop("meta")))
-  params: dict = {}
-  for key, value in data.items():  # "['params']['Conv_0']['kernel']" -> nested dicts
-    names = [n.strip("'") for n in key.strip("[]").split("][")]
-    node = params
-    for name in names[:-1]:
-      node = node.setdefault(name, {})
-    node[names[-1]] = jnp.asarray(value)
-  return params, meta
+  return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in data.items()}, sep="/"), meta
 
 
 def default_path(dataset: str, image_size: int) -> str | None:
