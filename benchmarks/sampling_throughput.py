@@ -19,7 +19,7 @@ from ddpm_jax import diffusion, models, sampling, schedules
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images sampled at once.")
 flags.DEFINE_integer("steps", 10, "Sampling steps (respaced from T = 1000).")
-flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | matmul).")
+flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd).")
 
 
 def jax_steps_per_s(batch: int, steps: int) -> float:

@@ -2,11 +2,12 @@
 
 Prints images/s of the forward pass and of a training step (forward + backward + global-norm clip + Adam)
 at batch 8 for this project's Flax U-Net and for diffusers' `UNet2DModel` of the same architecture on
-PyTorch, the FLOPs XLA counts for each step, the achieved fraction of the dense-matmul FLOP/s measured in
-the same run, and the JAX/PyTorch ratios.
+PyTorch, the FLOPs XLA counts for each step (executed, and the model's: those of the same step with direct
+convolutions, which `--conv_impl=winograd` does not execute in full), each as a fraction of the dense-matmul
+FLOP/s measured in the same run, and the JAX/PyTorch ratios.
 
   pip install -r requirements.txt -e ".[bench]"
-  python benchmarks/unet_throughput.py [--batch=8] [--repeats=5] [--torch=false] [--dtype=bfloat16]
+  python benchmarks/unet_throughput.py [--batch=8] [--repeats=5] [--torch=false] [--dtype=bfloat16] [--conv_impl=winograd]
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ flags.DEFINE_integer("repeats", 5, "Timed repetitions; the median is reported.")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul that measures peak FLOP/s.")
 flags.DEFINE_bool("torch", True, "Also measure diffusers' UNet2DModel in PyTorch.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype of the JAX model (float32 | bfloat16).")
-flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | matmul).")
+flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd).")
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -47,7 +48,8 @@ def jax_matmul_flops_per_s(n: int, repeats: int) -> float:
   return 2 * n**3 / median_seconds(lambda: matmul(a).block_until_ready(), repeats)
 
 
-def jax_unet(batch: int, repeats: int, dtype: str, conv_impl: str) -> dict[str, float]:
+def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
+  """The jitted forward pass and training step of the DDPM CIFAR-10 U-Net, and arguments for each."""
   config = ddpm_cifar10.get_config()
   config.model.dtype = dtype
   config.model.conv_impl = conv_impl
@@ -74,17 +76,29 @@ def jax_unet(batch: int, repeats: int, dtype: str, conv_impl: str) -> dict[str, 
     return optax.apply_updates(params, updates), opt_state, loss
 
   train_step = jax.jit(train_step, donate_argnums=(0, 1))
-  forward_flops = forward.lower(params, x0, t).compile().cost_analysis()["flops"]
-  step_flops = train_step.lower(params, opt_state, jax.random.key(2)).compile().cost_analysis()["flops"]
+  return (forward, (params, x0, t)), (train_step, (params, opt_state, jax.random.key(2)))
 
-  state = {"params": params, "opt_state": opt_state}
+
+def xla_flops(jitted, args) -> float:
+  return jitted.lower(*args).compile().cost_analysis()["flops"]
+
+
+def jax_unet(batch: int, repeats: int, dtype: str, conv_impl: str) -> dict[str, float]:
+  (forward, forward_args), (train_step, train_args) = jax_unet_steps(batch, dtype, conv_impl)
+  names, steps = ("forward", "train"), ((forward, forward_args), (train_step, train_args))
+  flops = {f"{name}_flops": xla_flops(*step) for name, step in zip(names, steps)}
+  # The model's FLOPs are those of direct convolutions: what a Winograd convolution saves counts as speed.
+  direct = flops if conv_impl == "xla" else {
+      f"{name}_flops": xla_flops(*step) for name, step in zip(names, jax_unet_steps(batch, dtype, "xla"))}
+  flops.update({f"{name}_model_flops": direct[f"{name}_flops"] for name in names})
+  state = list(train_args)
 
   def run_train_step():
-    state["params"], state["opt_state"], loss = train_step(state["params"], state["opt_state"], jax.random.key(2))
+    state[0], state[1], loss = train_step(*state)
     loss.block_until_ready()
 
-  return dict(forward_s=median_seconds(lambda: forward(params, x0, t).block_until_ready(), repeats),
-              train_s=median_seconds(run_train_step, repeats), forward_flops=forward_flops, train_flops=step_flops)
+  return dict(forward_s=median_seconds(lambda: forward(*forward_args).block_until_ready(), repeats),
+              train_s=median_seconds(run_train_step, repeats), **flops)
 
 
 def torch_unet(batch: int, repeats: int) -> dict[str, float]:
@@ -129,9 +143,10 @@ def main(argv):
   print(f"JAX dense matmul {FLAGS.matmul_size}²: {peak / 1e9:.1f} GFLOP/s", flush=True)
   j = jax_unet(batch, repeats, FLAGS.dtype, FLAGS.conv_impl)
   for name in ("forward", "train"):
-    seconds, flops = j[f"{name}_s"], j[f"{name}_flops"]
-    print(f"JAX {name:8s}: {batch / seconds:6.2f} img/s  {flops / batch / 1e9:6.1f} GFLOP/img (XLA)  "
-          f"{flops / seconds / 1e9:6.1f} GFLOP/s = {flops / seconds / peak:5.1%} of matmul peak", flush=True)
+    seconds, flops, model_flops = j[f"{name}_s"], j[f"{name}_flops"], j[f"{name}_model_flops"]
+    print(f"JAX {name:8s}: {batch / seconds:6.2f} img/s  executed {flops / batch / 1e9:5.1f} GFLOP/img (XLA count) "
+          f"= {flops / seconds / peak:5.1%} of matmul peak;  model {model_flops / batch / 1e9:5.1f} GFLOP/img "
+          f"(direct convolutions) = {model_flops / seconds / peak:5.1%} of matmul peak", flush=True)
   if not FLAGS.torch:
     return
   p = torch_unet(batch, repeats)

@@ -35,7 +35,7 @@ def get_config():
   model.context_dim = config_dict.placeholder(int)  # cross-attention to a [B, L, context_dim] context
   model.embedding_type = "positional"    # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
   model.fourier_features = ()           # exponents n of sin/cos(2^n·2π x) input features (VDM: (6, 7))
-  model.conv_impl = "xla"               # "matmul": im2col convolutions, faster on XLA:CPU
+  model.conv_impl = "xla"               # "winograd": Winograd 3×3 convolutions, faster on XLA:CPU
   model.dtype = "float32"
   model.remat = False
 

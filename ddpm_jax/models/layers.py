@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Dtype = Any
@@ -61,27 +62,83 @@ def group_norm(name: str | None = None) -> nn.GroupNorm:
   return nn.GroupNorm(**groups_eps, name=name)
 
 
-CONV_IMPLS = ("xla", "matmul")
+CONV_IMPLS = ("xla", "winograd")
+
+# Winograd's minimal filtering F(m×m, 3×3) (Lavin & Gray 2016, eq. 8): per m×m output tile,
+# Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A with d the (m+2)×(m+2) input tile. As matrices (Bᵀ, G, Aᵀ), for m = 2 and 4.
+WINOGRAD_TRANSFORMS = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float32),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float32)),
+}
 
 
-def conv_as_matmul(x: Array, kernel: Array, stride: int) -> Array:
-  """k×k convolution with padding (k-1)/2 as one matmul over gathered patches (im2col):
-  [B, H, W, C] ⊛ [k, k, C, O] -> [B, H/stride, W/stride, O]. Same result as the XLA convolution; XLA:CPU runs
-  matmuls (and their transposes in the backward pass) much closer to peak than its convolutions."""
-  k = kernel.shape[0]
-  pad = (k - 1) // 2
+def _linear_combinations(matrix: np.ndarray, terms: Sequence[Array]) -> list[Array]:
+  """[Σ_j matrix[i, j] · terms[j] for each row i], written term by term with the zeros skipped: XLA fuses
+  these into elementwise loops, whereas as a dot with a contraction of 3 to 6 XLA:CPU runs them slowly."""
+  rows = []
+  for coefficients in matrix:
+    row = None
+    for coefficient, term in zip(coefficients.tolist(), terms):
+      if coefficient:
+        term = term if coefficient == 1 else -term if coefficient == -1 else term * coefficient
+        row = term if row is None else row + term
+    rows.append(row)
+  return rows
+
+
+def winograd_tile(height: int, width: int, dtype: Dtype) -> int | None:
+  """Output tile m of `conv3x3_winograd` for an input size, or None where XLA's convolution is used instead.
+
+  m = 4 does 4× fewer multiplications than a direct 3×3 convolution, m = 2 2.25× fewer; larger tiles cost more
+  transform work per tile and are less exact (the F(4×4) transforms' coefficients reach 8), so m = 4 is used in
+  float32 from 16×16 up and m = 2 otherwise — the fastest choice per resolution on XLA:CPU (see
+  benchmarks/unet_throughput.py) — and low-precision dtypes get m = 2 only."""
+  if height % 2 or width % 2 or min(height, width) < 8:
+    return None
+  if jnp.dtype(dtype) == jnp.float32 and height % 4 == 0 and width % 4 == 0 and min(height, width) >= 16:
+    return 4
+  return 2
+
+
+def conv3x3_winograd(x: Array, kernel: Array, tile: int) -> Array:
+  """3×3 convolution, padding 1, by Winograd's F(m×m, 3×3), m = `tile`: [B, H, W, C] ⊛ [3, 3, C, O] -> [B, H, W, O].
+
+  The same result as `lax.conv_general_dilated` up to float rounding, with the multiplications of all tiles
+  gathered into (m+2)² matmuls [B·H·W/m², C] @ [C, O]; autodiff through it gives the input and kernel gradients
+  as matmuls of the same size. H and W must be multiples of m."""
+  b_t, g, a_t = WINOGRAD_TRANSFORMS[tile]
+  size = tile + 2  # side of an input tile
   b, h, w, c = x.shape
-  out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  patches = jnp.concatenate([xp[:, dy:dy + stride * (out_h - 1) + 1:stride, dx:dx + stride * (out_w - 1) + 1:stride]
-                             for dy in range(k) for dx in range(k)], axis=-1)  # [B, H', W', k·k·C], (dy, dx, c)
-  return patches @ kernel.reshape(k * k * c, -1)
+  out = kernel.shape[-1]
+  tiles_h, tiles_w = h // tile, w // tile
+  if tiles_h * tile != h or tiles_w * tile != w:
+    raise ValueError(f"Winograd F({tile}×{tile}, 3×3) needs H and W divisible by {tile}; got {h}×{w}.")
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # Bᵀ d B: rows of the tiles first, then columns.  [size(row), B, tiles_h, W+2, C]
+  rows = jnp.stack(_linear_combinations(b_t, [xp[:, r:r + tile * (tiles_h - 1) + 1:tile] for r in range(size)]))
+  v = jnp.stack(_linear_combinations(b_t, [rows[:, :, :, s:s + tile * (tiles_w - 1) + 1:tile] for s in range(size)]))
+  # G g Gᵀ, indexed like v: [size(col), size(row), C, O].
+  u_rows = jnp.stack(_linear_combinations(g, list(kernel))).swapaxes(0, 1)  # [3(col), size(row), C, O]
+  u = jnp.stack(_linear_combinations(g, list(u_rows)))
+  m = jnp.einsum("tnc,tco->tno", v.reshape(size * size, -1, c), u.reshape(size * size, c, out))
+  m = m.reshape(size, size, b, tiles_h, tiles_w, out)
+  # Aᵀ M A: columns, then rows; y[q, b, p, i, j] is output pixel (i·m + p, j·m + q).
+  y_cols = jnp.stack(_linear_combinations(a_t, list(m))).swapaxes(0, 1)  # [size(row), tile(col), B, th, tw, O]
+  y = jnp.stack(_linear_combinations(a_t, list(y_cols)), axis=2)  # [tile(col), B, tile(row), th, tw, O]
+  return y.transpose(1, 3, 2, 4, 0, 5).reshape(b, h, w, out)
 
 
 class Conv(nn.Module):
   """k×k convolution, padding (k-1)/2 on each side as the PyTorch code of DDPM/ADM (so weights port 1:1).
 
-  impl: "xla" (lax.conv) or "matmul" (`conv_as_matmul`); both have the same parameters and results.
+  impl: "xla" (lax.conv) or "winograd" (`conv3x3_winograd` for the stride-1 3×3 convolutions at the sizes
+  `winograd_tile` picks, lax.conv for the rest); both have the same parameters and results.
   """
   features: int
   kernel_size: int = 3
@@ -92,19 +149,20 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    if self.impl not in CONV_IMPLS:
+      raise ValueError(f"Unknown conv impl {self.impl!r}; valid: {', '.join(CONV_IMPLS)}.")
     k, c = self.kernel_size, x.shape[-1]
     kernel_init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
     kernel = self.param("kernel", kernel_init, (k, k, c, self.features), jnp.float32).astype(self.dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
     x = x.astype(self.dtype)
-    if self.impl == "matmul":
-      y = conv_as_matmul(x, kernel, self.stride)
-    elif self.impl == "xla":
+    tile = winograd_tile(x.shape[1], x.shape[2], self.dtype) if self.impl == "winograd" else None
+    if tile and k == 3 and self.stride == 1:
+      y = conv3x3_winograd(x, kernel, tile)
+    else:
       pad = (k - 1) // 2
       y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), ((pad, pad), (pad, pad)),
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    else:
-      raise ValueError(f"Unknown conv impl {self.impl!r}; valid: {', '.join(CONV_IMPLS)}.")
     return y + bias
 
 

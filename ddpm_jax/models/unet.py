@@ -58,7 +58,7 @@ class UNetBackbone(nn.Module):
   context_dim: int | None = None
   embedding_type: str = "positional"  # of t: "positional" (sinusoidal) | "fourier" (NCSN++'s, for log σ)
   fourier_features: Sequence[int] = ()  # VDM: append sin/cos(2^n·2π x_t) for these n to the input channels
-  conv_impl: str = "xla"        # "matmul": convolutions as im2col matmuls, faster on XLA:CPU
+  conv_impl: str = "xla"        # "winograd": 3×3 convolutions by Winograd F(4×4|2×2, 3×3), faster on XLA:CPU
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
 
