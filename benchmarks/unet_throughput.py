@@ -12,6 +12,7 @@ FLOP/s measured in the same run, and the JAX/PyTorch ratios.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from absl import app
 from absl import flags
@@ -25,27 +26,38 @@ from ddpm_jax import diffusion, models, schedules
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images per step.")
-flags.DEFINE_integer("repeats", 5, "Timed repetitions; the median is reported.")
+flags.DEFINE_integer("repeats", 7, "Timed repetitions, JAX and PyTorch in turns; medians are reported.")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul that measures peak FLOP/s.")
 flags.DEFINE_bool("torch", True, "Also measure diffusers' UNet2DModel in PyTorch.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype of the JAX model (float32 | bfloat16).")
 flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd).")
 
 
-def median_seconds(fn, repeats: int) -> float:
-  fn()  # warm-up (and compilation)
-  times = []
+# OpenMP (PyTorch) and XLA worker threads busy-wait for a while after their work; were the next library timed
+# at once, it would share the two cores with them.
+IDLE_SECONDS = 1.0
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, np.ndarray]:
+  """Seconds per call of each function, timed in turns (a, b, a, b, …) after one warm-up call each, so that
+  drifts in this noisy machine's speed hit all of them alike; ratios are taken per turn."""
+  for fn in fns.values():
+    fn()  # warm-up (and compilation)
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    for name, fn in fns.items():
+      time.sleep(IDLE_SECONDS)  # the other library's worker threads stop spinning
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: np.asarray(t) for name, t in times.items()}
 
 
 def jax_matmul_flops_per_s(n: int, repeats: int) -> float:
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   matmul = jax.jit(lambda a: a @ a)
-  return 2 * n**3 / median_seconds(lambda: matmul(a).block_until_ready(), repeats)
+  seconds = interleaved_seconds({"matmul": lambda: matmul(a).block_until_ready()}, repeats)["matmul"]
+  return 2 * n**3 / float(np.median(seconds))
 
 
 def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
@@ -83,7 +95,8 @@ def xla_flops(jitted, args) -> float:
   return jitted.lower(*args).compile().cost_analysis()["flops"]
 
 
-def jax_unet(batch: int, repeats: int, dtype: str, conv_impl: str) -> dict[str, float]:
+def jax_unet(batch: int, dtype: str, conv_impl: str) -> dict:
+  """The forward pass and training step as calls that block until done, and their FLOPs per call."""
   (forward, forward_args), (train_step, train_args) = jax_unet_steps(batch, dtype, conv_impl)
   names, steps = ("forward", "train"), ((forward, forward_args), (train_step, train_args))
   flops = {f"{name}_flops": xla_flops(*step) for name, step in zip(names, steps)}
@@ -97,11 +110,11 @@ def jax_unet(batch: int, repeats: int, dtype: str, conv_impl: str) -> dict[str, 
     state[0], state[1], loss = train_step(*state)
     loss.block_until_ready()
 
-  return dict(forward_s=median_seconds(lambda: forward(*forward_args).block_until_ready(), repeats),
-              train_s=median_seconds(run_train_step, repeats), **flops)
+  return dict(forward=lambda: forward(*forward_args).block_until_ready(), train=run_train_step, **flops)
 
 
-def torch_unet(batch: int, repeats: int) -> dict[str, float]:
+def torch_unet(batch: int, repeats: int) -> dict:
+  """diffusers' UNet2DModel of the same architecture: forward and training-step calls, and matmul FLOP/s."""
   import torch
   from diffusers import UNet2DModel
 
@@ -130,9 +143,9 @@ def torch_unet(batch: int, repeats: int) -> dict[str, float]:
     optimizer.step()
 
   matmul_a = torch.randn(FLAGS.matmul_size, FLAGS.matmul_size)
-  matmul_s = median_seconds(lambda: matmul_a @ matmul_a, repeats)
-  return dict(forward_s=median_seconds(forward, repeats), train_s=median_seconds(train_step, repeats),
-              num_params=num_params, matmul_flops_per_s=2 * FLAGS.matmul_size**3 / matmul_s)
+  matmul_s = float(np.median(interleaved_seconds({"matmul": lambda: matmul_a @ matmul_a}, repeats)["matmul"]))
+  return dict(forward=forward, train=train_step, num_params=num_params,
+              matmul_flops_per_s=2 * FLAGS.matmul_size**3 / matmul_s)
 
 
 def main(argv):
@@ -141,19 +154,22 @@ def main(argv):
   print(f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}, conv {FLAGS.conv_impl}", flush=True)
   peak = jax_matmul_flops_per_s(FLAGS.matmul_size, repeats)
   print(f"JAX dense matmul {FLAGS.matmul_size}²: {peak / 1e9:.1f} GFLOP/s", flush=True)
-  j = jax_unet(batch, repeats, FLAGS.dtype, FLAGS.conv_impl)
+  j = jax_unet(batch, FLAGS.dtype, FLAGS.conv_impl)
+  p = torch_unet(batch, repeats) if FLAGS.torch else None
+  if p:
+    print(f"PyTorch dense matmul: {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s;  diffusers UNet2DModel "
+          f"{p['num_params']:,} parameters", flush=True)
   for name in ("forward", "train"):
-    seconds, flops, model_flops = j[f"{name}_s"], j[f"{name}_flops"], j[f"{name}_model_flops"]
-    print(f"JAX {name:8s}: {batch / seconds:6.2f} img/s  executed {flops / batch / 1e9:5.1f} GFLOP/img (XLA count) "
-          f"= {flops / seconds / peak:5.1%} of matmul peak;  model {model_flops / batch / 1e9:5.1f} GFLOP/img "
-          f"(direct convolutions) = {model_flops / seconds / peak:5.1%} of matmul peak", flush=True)
-  if not FLAGS.torch:
-    return
-  p = torch_unet(batch, repeats)
-  print(f"PyTorch dense matmul: {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s;  diffusers UNet2DModel "
-        f"{p['num_params']:,} parameters")
-  for name in ("forward", "train"):
-    print(f"PyTorch {name:8s}: {batch / p[f'{name}_s']:6.2f} img/s   JAX / PyTorch = {p[f'{name}_s'] / j[f'{name}_s']:.2f}×")
+    seconds = interleaved_seconds({"jax": j[name], **({"torch": p[name]} if p else {})}, repeats)
+    jax_s, flops, model_flops = float(np.median(seconds["jax"])), j[f"{name}_flops"], j[f"{name}_model_flops"]
+    print(f"JAX {name:8s}: {batch / jax_s:6.2f} img/s  executed {flops / batch / 1e9:5.1f} GFLOP/img (XLA count) "
+          f"= {flops / jax_s / peak:5.1%} of matmul peak;  model {model_flops / batch / 1e9:5.1f} GFLOP/img "
+          f"(direct convolutions) = {model_flops / jax_s / peak:5.1%} of matmul peak", flush=True)
+    if p:
+      ratios = seconds["torch"] / seconds["jax"]
+      print(f"PyTorch {name:8s}: {batch / float(np.median(seconds['torch'])):6.2f} img/s   JAX / PyTorch = "
+            f"{np.median(ratios):.2f}× (median of {repeats} alternating turns; range {ratios.min():.2f}–"
+            f"{ratios.max():.2f})", flush=True)
 
 
 if __name__ == "__main__":
