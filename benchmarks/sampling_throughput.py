@@ -2,27 +2,29 @@
 loop (a Python loop of UNet2DModel + DDPMScheduler.step) with the same CIFAR-10 U-Net, measured in one run.
 
   pip install -r requirements.txt -e ".[bench]"
-  python -m benchmarks.sampling_throughput [--batch=8] [--steps=10] [--conv_impl=xla]
+  python -m benchmarks.sampling_throughput [--batch=8] [--steps=10] [--repeats=5] [--conv_impl=winograd]
 """
 from __future__ import annotations
-
-import time
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from benchmarks.timing import interleaved_seconds, speedup_summary
 from configs import ddpm_cifar10
 from ddpm_jax import diffusion, models, sampling, schedules
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images sampled at once.")
 flags.DEFINE_integer("steps", 10, "Sampling steps (respaced from T = 1000).")
+flags.DEFINE_integer("repeats", 5, "Timed sampling runs of each, JAX and PyTorch in turns; medians are reported.")
 flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd).")
 
 
-def jax_steps_per_s(batch: int, steps: int) -> float:
+def jax_sampler(batch: int, steps: int):
+  """One call samples a batch with the compiled ancestral loop and blocks until done."""
   config = ddpm_cifar10.get_config()
   config.model.conv_impl = FLAGS.conv_impl
   model = models.get_model(config.model)
@@ -30,13 +32,11 @@ def jax_steps_per_s(batch: int, steps: int) -> float:
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,), jnp.int32))
   sample = jax.jit(lambda params, rng: sampling.ddpm_sample(d, lambda x, t: model.apply(params, x, t), rng,
                                                             (batch, 32, 32, 3), num_steps=steps))
-  sample(params, jax.random.key(1)).block_until_ready()  # compile
-  start = time.perf_counter()
-  sample(params, jax.random.key(2)).block_until_ready()
-  return steps / (time.perf_counter() - start)
+  return lambda: sample(params, jax.random.key(2)).block_until_ready()
 
 
-def torch_steps_per_s(batch: int, steps: int) -> float:
+def torch_sampler(batch: int, steps: int):
+  """One call samples a batch with the DDPMPipeline's loop."""
   import torch
   from diffusers import DDPMScheduler, UNet2DModel
   torch.manual_seed(0)
@@ -54,19 +54,17 @@ def torch_steps_per_s(batch: int, steps: int) -> float:
         x = scheduler.step(unet(x, t).sample, t, x).prev_sample
     return x
 
-  loop()  # warm-up
-  start = time.perf_counter()
-  loop()
-  return steps / (time.perf_counter() - start)
+  return loop
 
 
 def main(argv):
   del argv
   print(f"devices: {jax.devices()}  batch {FLAGS.batch}  {FLAGS.steps} steps", flush=True)
-  jax_rate = jax_steps_per_s(FLAGS.batch, FLAGS.steps)
-  print(f"JAX lax.scan loop:      {jax_rate:6.2f} steps/s", flush=True)
-  torch_rate = torch_steps_per_s(FLAGS.batch, FLAGS.steps)
-  print(f"diffusers DDPM loop:    {torch_rate:6.2f} steps/s   JAX / PyTorch = {jax_rate / torch_rate:.2f}×")
+  seconds = interleaved_seconds({"jax": jax_sampler(FLAGS.batch, FLAGS.steps),
+                                 "torch": torch_sampler(FLAGS.batch, FLAGS.steps)}, FLAGS.repeats)
+  print(f"JAX lax.scan loop:      {FLAGS.steps / np.median(seconds['jax']):6.2f} steps/s")
+  print(f"diffusers DDPM loop:    {FLAGS.steps / np.median(seconds['torch']):6.2f} steps/s   JAX / PyTorch = "
+        f"{speedup_summary(seconds['torch'], seconds['jax'])}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ FLOP/s measured in the same run, and the JAX/PyTorch ratios.
 """
 from __future__ import annotations
 
-import time
-from typing import Callable
 
 from absl import app
 from absl import flags
@@ -21,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.timing import interleaved_seconds, speedup_summary
 from configs import ddpm_cifar10
 from ddpm_jax import diffusion, models, schedules
 
@@ -31,26 +30,6 @@ flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul tha
 flags.DEFINE_bool("torch", True, "Also measure diffusers' UNet2DModel in PyTorch.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype of the JAX model (float32 | bfloat16).")
 flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd).")
-
-
-# OpenMP (PyTorch) and XLA worker threads busy-wait for a while after their work; were the next library timed
-# at once, it would share the two cores with them.
-IDLE_SECONDS = 1.0
-
-
-def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, np.ndarray]:
-  """Seconds per call of each function, timed in turns (a, b, a, b, …) after one warm-up call each, so that
-  drifts in this noisy machine's speed hit all of them alike; ratios are taken per turn."""
-  for fn in fns.values():
-    fn()  # warm-up (and compilation)
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      time.sleep(IDLE_SECONDS)  # the other library's worker threads stop spinning
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: np.asarray(t) for name, t in times.items()}
 
 
 def jax_matmul_flops_per_s(n: int, repeats: int) -> float:
@@ -166,10 +145,8 @@ def main(argv):
           f"= {flops / jax_s / peak:5.1%} of matmul peak;  model {model_flops / batch / 1e9:5.1f} GFLOP/img "
           f"(direct convolutions) = {model_flops / jax_s / peak:5.1%} of matmul peak", flush=True)
     if p:
-      ratios = seconds["torch"] / seconds["jax"]
       print(f"PyTorch {name:8s}: {batch / float(np.median(seconds['torch'])):6.2f} img/s   JAX / PyTorch = "
-            f"{np.median(ratios):.2f}× (median of {repeats} alternating turns; range {ratios.min():.2f}–"
-            f"{ratios.max():.2f})", flush=True)
+            f"{speedup_summary(seconds['torch'], seconds['jax'])}", flush=True)
 
 
 if __name__ == "__main__":
