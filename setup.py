@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         # The FID Inception parity test runs a PyTorch reference; torch==2.13.0 resolves to the CPU wheel here.
-        "test": ["pytest", "torch==2.13.0", "matplotlib"],  # matplotlib: the quick-start notebook's test
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "matplotlib"],  # matplotlib: the quick-start notebook's test
         # Benchmarks compare against PyTorch; torch==2.13.0 resolves to the CPU wheel on the dev machines.
         "bench": ["torch==2.13.0", "diffusers"],
     },

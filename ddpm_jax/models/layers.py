@@ -64,7 +64,7 @@ def group_norm(name: str | None = None) -> nn.GroupNorm:
 
 CONV_IMPLS = ("xla", "winograd")
 
-# Winograd's minimal filtering F(m×m, 3×3) (Lavin & Gray 2016, eq. 8): per m×m output tile,
+# Winograd's minimal filtering F(m×m, 3×3), nested to 2-D (Lavin & Gray 2016): per m×m output tile,
 # Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A with d the (m+2)×(m+2) input tile. As matrices (Bᵀ, G, Aᵀ), for m = 2 and 4.
 WINOGRAD_TRANSFORMS = {
     2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32),
@@ -96,9 +96,9 @@ def winograd_tile(height: int, width: int, dtype: Dtype) -> int | None:
   """Output tile m of `conv3x3_winograd` for an input size, or None where XLA's convolution is used instead.
 
   m = 4 does 4× fewer multiplications than a direct 3×3 convolution, m = 2 2.25× fewer; larger tiles cost more
-  transform work per tile and are less exact (the F(4×4) transforms' coefficients reach 8), so m = 4 is used in
-  float32 from 16×16 up and m = 2 otherwise — the fastest choice per resolution on XLA:CPU (see
-  benchmarks/unet_throughput.py) — and low-precision dtypes get m = 2 only."""
+  transform work per tile and are less exact (the F(4×4) transforms' coefficients reach 8). m = 4 from 16×16 up
+  and m = 2 at 8×8 were the fastest per layer (forward + backward) on a 2-core XLA:CPU; below 8×8 XLA's own
+  convolution was. Low-precision dtypes get m = 2 only."""
   if height % 2 or width % 2 or min(height, width) < 8:
     return None
   if jnp.dtype(dtype) == jnp.float32 and height % 4 == 0 and width % 4 == 0 and min(height, width) >= 16:
