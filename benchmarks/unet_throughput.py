@@ -7,10 +7,10 @@ convolutions, which `--conv_impl=winograd` does not execute in full), each as a 
 FLOP/s measured in the same run, and the JAX/PyTorch ratios.
 
   pip install -r requirements.txt -e ".[bench]"
-  python benchmarks/unet_throughput.py [--batch=8] [--repeats=5] [--torch=false] [--dtype=bfloat16] [--conv_impl=winograd]
+  python -m benchmarks.unet_throughput [--batch=8] [--repeats=7] [--torch=false] [--dtype=bfloat16] \
+      [--conv_impl=winograd]
 """
 from __future__ import annotations
-
 
 from absl import app
 from absl import flags
@@ -67,7 +67,8 @@ def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
     return optax.apply_updates(params, updates), opt_state, loss
 
   train_step = jax.jit(train_step, donate_argnums=(0, 1))
-  return (forward, (params, x0, t)), (train_step, (params, opt_state, jax.random.key(2)))
+  # The training step donates its parameters: it gets a copy, so that the forward pass can run after it.
+  return (forward, (params, x0, t)), (train_step, (jax.tree.map(jnp.copy, params), opt_state, jax.random.key(2)))
 
 
 def xla_flops(jitted, args) -> float:
