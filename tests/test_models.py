@@ -245,6 +245,15 @@ def test_winograd_conv_equals_xla_convolution(size, stride, tile):
                          winograd_grads, xla_grads)
 
 
+def test_winograd_conv_in_bfloat16_is_as_close_as_xla_in_bfloat16():
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 64))
+  params = _random_params(layers.Conv(64), x)
+  exact = layers.Conv(64).apply(params, x)
+  error = {impl: float(jnp.linalg.norm(layers.Conv(64, impl=impl, dtype=jnp.bfloat16).apply(params, x) - exact)
+                       / jnp.linalg.norm(exact)) for impl in ("xla", "winograd")}
+  assert error["winograd"] < 3 * error["xla"] < 0.03, error
+
+
 def test_winograd_tiles_per_resolution_and_dtype():
   assert [layers.winograd_tile(s, s, jnp.float32) for s in (32, 16, 12, 8, 4)] == [4, 4, 2, 2, None]
   assert layers.winograd_tile(32, 32, jnp.bfloat16) == 2  # F(4×4)'s larger coefficients lose bfloat16 precision
