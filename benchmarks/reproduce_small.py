@@ -94,7 +94,7 @@ class Evaluator:
     """The reference at this sample count: as many real training digits against the test split (not a floor: the
     test digits are other writers', and a model can land nearer to them than the training digits are)."""
     images = self.train_images[np.random.default_rng(0).permutation(len(self.train_images))[:self.num_samples]]
-    features = lambda x: feature_net.apply(self.net, x.astype(np.float32) / 127.5 - 1.0)[0]
+    features = lambda x: offline_metrics.features_and_logits(self.net, x)[0]
     value = offline_metrics.feature_frechet_distance(features(images), features(self.test_images))
     log(f"  real training digits: feature_fd {value:.3f}")
     return value

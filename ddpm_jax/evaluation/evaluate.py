@@ -30,6 +30,7 @@ import numpy as np
 
 from ddpm_jax import ardm, diffusion, files, input_pipeline, losses, models, parallel, sde, vdm
 from ddpm_jax.evaluation import feature_net, fid, offline_metrics
+from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.evaluation import sample as sample_lib
 
 
@@ -126,7 +127,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         workdir, f"fid_stats_{config.data.dataset.replace('/', '_')}_{size}.npz")
     reference = reference_statistics(config, inception_params, stats_path)
     images, labels = generate()
-    generated = inception_statistics(inception_params, images.astype(np.float32) / 127.5 - 1.0,
+    generated = inception_statistics(inception_params, image_utils.from_uint8(images),
                                      config.sampling.batch_size)
     results["fid"] = fid.frechet_distance(generated["mu"], generated["sigma"], reference["mu"], reference["sigma"])
     results["inception_score"], results["inception_score_std"] = fid.inception_score(generated["logits"])

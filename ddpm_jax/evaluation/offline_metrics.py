@@ -12,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from ddpm_jax.evaluation import feature_net, fid
+from ddpm_jax.evaluation import images as image_utils
 
 
-def _to_unit(images: np.ndarray) -> np.ndarray:
-  return np.asarray(images, np.float32) / 127.5 - 1.0
+def features_and_logits(params, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The feature network's features [N, F] and class logits [N, K] of uint8 images."""
+  return feature_net.apply(params, image_utils.from_uint8(images))
 
 
 def feature_frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -49,8 +51,8 @@ def evaluate_samples(params, samples: np.ndarray, labels: np.ndarray | None, tra
                      test: np.ndarray) -> dict[str, float]:
   """All four metrics of uint8 samples against the dataset's uint8 train and test splits (class accuracy only
   when `labels`, the classes the samples were drawn for, are given)."""
-  sample_features, sample_logits = feature_net.apply(params, _to_unit(samples))
-  test_features, _ = feature_net.apply(params, _to_unit(test))
+  sample_features, sample_logits = features_and_logits(params, samples)
+  test_features, _ = features_and_logits(params, test)
   results = {"feature_fd": feature_frechet_distance(sample_features, test_features),
              "feature_class_score": fid.inception_score(sample_logits)[0],
              "memorized_fraction": float(np.mean(memorization(samples, train, test)["flagged"]))}

@@ -154,7 +154,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   path = os.path.join(out_dir, f"samples_{step}.npz")
   if jax.process_index() == 0:
     files.save_npz(path, images=images, labels=labels)
-    image_utils.save_png(image_utils.grid_uint8(images[:64].astype(np.float32) / 127.5 - 1.0),
+    image_utils.save_png(image_utils.grid_uint8(image_utils.from_uint8(images[:64])),
                          os.path.join(out_dir, f"samples_{step}.png"))
     logging.info("Wrote %d samples to %s.", len(images), path)
   return path
