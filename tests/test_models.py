@@ -4,6 +4,7 @@ import importlib
 import itertools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,6 +215,25 @@ def test_get_model_rejects_unknown_fields_and_names():
     models.get_model({"name": "transformer"})
   with pytest.raises(ValueError, match="num_head_channels"):
     UNet(**TINY, num_head_channels=24).init(jax.random.key(0), *_inputs()[:2])
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 6, 64), (2, 10, 96)])
+def test_group_norm_matches_its_definition_and_flax(shape):
+  x = jnp.asarray(3.0 + 2.0 * np.random.default_rng(0).normal(size=shape), jnp.float32)  # a mean to subtract
+  params = _random_params(layers.GroupNorm(), x)
+  scale, bias = params["params"]["scale"], params["params"]["bias"]
+  out = jax.jit(layers.GroupNorm().apply)(params, x)
+  # Brute force: each group of C/32 channels standardised over all positions and its channels.
+  groups = np.asarray(x, np.float64).reshape(shape[0], -1, 32, shape[-1] // 32)
+  standard = (groups - groups.mean((1, 3), keepdims=True)) / np.sqrt(groups.var((1, 3), keepdims=True) + 1e-5)
+  np.testing.assert_allclose(out, standard.reshape(shape) * scale + bias, rtol=1e-4, atol=1e-4)
+  # Gradients, against flax's nn.GroupNorm with the same parameters (a second formulation).
+  flax_norm = nn.GroupNorm(num_groups=32, epsilon=1e-5)
+  loss = lambda apply: jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1)))(params, x)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                         loss(layers.GroupNorm().apply), loss(flax_norm.apply))
+  with pytest.raises(ValueError, match="not divisible into 32 groups"):
+    layers.GroupNorm().init(jax.random.key(0), jnp.zeros((1, 4, 4, 48)))
 
 
 @pytest.mark.parametrize("tile", [2, 4])

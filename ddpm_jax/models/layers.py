@@ -57,9 +57,42 @@ def base2_fourier_features(x: Array, exponents: Sequence[int]) -> Array:
 EMBEDDINGS = {"positional": timestep_embedding, "fourier": fourier_embedding}
 
 
-def group_norm(name: str | None = None) -> nn.GroupNorm:
-  groups_eps = dict(num_groups=NUM_GROUPS, epsilon=1e-5, dtype=jnp.float32)
-  return nn.GroupNorm(**groups_eps, name=name)
+def group_norm_statistics(x: Array, num_groups: int, epsilon: float) -> tuple[Array, Array]:
+  """Mean and 1/√(var + ε) of each group of channels over all non-batch axes (Wu & He 2018), broadcast back
+  to the channels: x [B, ..., C] -> two [B, 1, ..., 1, C].
+
+  Per-channel means over the spatial axes first, then over each group's channels: the same numbers as
+  flax's nn.GroupNorm (var = E[x²] - E[x]², clipped at 0), but XLA:CPU reduces over the spatial axes with
+  the channels contiguous 2-10× faster than over flax's [..., groups, C / groups] view, whose innermost
+  axis is only 4 to 16 long."""
+  b, c = x.shape[0], x.shape[-1]
+  if c % num_groups:
+    raise ValueError(f"GroupNorm: {c} channels are not divisible into {num_groups} groups.")
+  spatial = tuple(range(1, x.ndim - 1))
+  group_mean = lambda m: m.reshape(b, num_groups, c // num_groups).mean(-1)  # [B, C] -> [B, G]
+  mean = group_mean(jnp.mean(x, spatial))
+  var = jnp.maximum(group_mean(jnp.mean(x * x, spatial)) - mean * mean, 0.0)
+  to_channels = lambda g: jnp.repeat(g, c // num_groups, axis=-1).reshape((b,) + (1,) * len(spatial) + (c,))
+  return to_channels(mean), to_channels(jax.lax.rsqrt(var + epsilon))
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm in float32 with a learned per-channel scale and bias: nn.GroupNorm's parameters and results,
+  computed by `group_norm_statistics`."""
+  num_groups: int = NUM_GROUPS
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)
+    mean, inv_std = group_norm_statistics(x, self.num_groups, self.epsilon)
+    return (x - mean) * (inv_std * scale) + bias
+
+
+def group_norm(name: str | None = None) -> GroupNorm:
+  return GroupNorm(name=name)
 
 
 CONV_IMPLS = ("xla", "winograd")
