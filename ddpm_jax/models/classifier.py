@@ -41,5 +41,5 @@ class NoisyClassifier(UNetBackbone):
   def __call__(self, x: Array, t: Array, train: bool = False) -> Array:
     emb = TimeClassEmbedding(self.ch, embedding_type=self.embedding_type, dtype=self.dtype)(t, None)
     h, _ = self.encode(x, emb, None, train)
-    h = nn.swish(layers.group_norm()(h))
+    h = nn.swish(layers.GroupNorm()(h))
     return AttentionPool(self.num_classes, self.num_heads, self.num_head_channels, dtype=self.dtype)(h)

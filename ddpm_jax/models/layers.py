@@ -91,10 +91,6 @@ class GroupNorm(nn.Module):
     return (x - mean) * (inv_std * scale) + bias
 
 
-def group_norm(name: str | None = None) -> GroupNorm:
-  return GroupNorm(name=name)
-
-
 CONV_IMPLS = ("xla", "winograd")
 
 # Winograd's minimal filtering F(m×m, 3×3), nested to 2-D (Lavin & Gray 2016): per m×m output tile,
@@ -250,7 +246,7 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, emb: Array, train: bool) -> Array:
-    h = nn.swish(group_norm()(x)).astype(self.dtype)
+    h = nn.swish(GroupNorm()(x)).astype(self.dtype)
     if self.resample is not None:
       resample = upsample_nearest if self.resample == "up" else downsample_avg
       h, x = resample(h), resample(x)
@@ -259,9 +255,9 @@ class ResBlock(nn.Module):
     emb_out = emb_out[:, None, None, :]
     if self.scale_shift_norm:
       scale, shift = jnp.split(emb_out, 2, axis=-1)
-      h = group_norm()(h) * (1 + scale) + shift
+      h = GroupNorm()(h) * (1 + scale) + shift
     else:
-      h = group_norm()(h + emb_out)
+      h = GroupNorm()(h + emb_out)
     h = nn.Dropout(self.dropout)(nn.swish(h).astype(self.dtype), deterministic=not train)
     h = Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype)(h)
     if x.shape[-1] != self.out_channels:  # 1×1 projection of the skip path (DDPM's NIN shortcut)
@@ -299,7 +295,7 @@ class AttentionBlock(nn.Module):
   def __call__(self, x: Array, context: Array | None = None) -> Array:
     b, hgt, wid, c = x.shape
     heads = num_attention_heads(c, self.num_heads, self.num_head_channels)
-    h = group_norm()(x).astype(self.dtype).reshape(b, hgt * wid, c)
+    h = GroupNorm()(x).astype(self.dtype).reshape(b, hgt * wid, c)
     q, k, v = jnp.split(nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h), 3, axis=-1)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(multihead_attention(q, k, v, heads))
     x = x + h.reshape(x.shape)
@@ -308,7 +304,7 @@ class AttentionBlock(nn.Module):
     if context is None or context.shape[-1] != self.context_dim:
       got = None if context is None else context.shape
       raise ValueError(f"This model cross-attends to a context [B, L, {self.context_dim}]; got {got}.")
-    h = group_norm(name="cross_norm")(x).astype(self.dtype).reshape(b, hgt * wid, c)
+    h = GroupNorm(name="cross_norm")(x).astype(self.dtype).reshape(b, hgt * wid, c)
     q = nn.Dense(c, dtype=self.dtype, name="cross_q")(h)
     k, v = jnp.split(nn.Dense(2 * c, dtype=self.dtype, name="cross_kv")(context.astype(self.dtype)), 2, axis=-1)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="cross_out")(multihead_attention(q, k, v, heads))

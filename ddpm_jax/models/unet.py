@@ -123,6 +123,6 @@ class UNet(UNetBackbone):
           h = self.res_block(h.shape[-1], name, "up")(h, emb, train)
         else:
           h = layers.Upsample(self.conv_resample, self.conv_impl, dtype=self.dtype, name=name)(h)
-    h = nn.swish(layers.group_norm(name="norm_out")(h)).astype(self.dtype)
+    h = nn.swish(layers.GroupNorm(name="norm_out")(h)).astype(self.dtype)
     h = layers.Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype, name="conv_out")(h)
     return h.astype(jnp.float32)
