@@ -32,13 +32,13 @@ import time
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # noqa: E402
 from ddpm_jax import diffusion, input_pipeline, models, parallel, train  # noqa: E402
 from ddpm_jax.evaluation import feature_net, offline_metrics  # noqa: E402
+from ddpm_jax.evaluation import images as image_utils  # noqa: E402
 from ddpm_jax.evaluation import sample as sample_lib  # noqa: E402
 
 START = time.time()
@@ -110,7 +110,7 @@ class Evaluator:
                                                             jax.random.key(0)))
     totals, last = [], []
     for batch in np.array_split(self.test_images, 3):
-      out = bpd_loop(params, jnp.asarray(batch, jnp.float32) / 127.5 - 1.0)
+      out = bpd_loop(params, image_utils.from_uint8(batch))
       totals.append(np.asarray(out["total_bpd"]))
       last.append(np.asarray(out["vb"])[:, -1])
     result = {"total": float(np.concatenate(totals).mean()), "last_term": float(np.concatenate(last).mean())}

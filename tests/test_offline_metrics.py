@@ -21,7 +21,7 @@ def shipped():
 def test_shipped_feature_net_classifies_the_test_split(shipped):
   params, meta = shipped
   images, labels = _split("test")
-  _, logits = feature_net.apply(params, images.astype(np.float32) / 127.5 - 1.0)
+  _, logits = offline_metrics.features_and_logits(params, images)
   accuracy = np.mean(np.argmax(logits, -1) == labels)
   assert accuracy == pytest.approx(meta["test_accuracy"], abs=1e-6) and accuracy > 0.95
   assert meta["dataset"] == "digits" and meta["image_size"] == 8
@@ -33,7 +33,7 @@ def test_feature_frechet_distance_is_near_zero_between_halves_and_grows_with_noi
   rng = np.random.default_rng(0)
   order = rng.permutation(len(test))
   half_a, half_b = test[order[:148]], test[order[148:]]
-  features = lambda images: feature_net.apply(params, images.astype(np.float32) / 127.5 - 1.0)[0]
+  features = lambda images: offline_metrics.features_and_logits(params, images)[0]
   reference = features(half_b)
   spread = np.trace(np.cov(reference, rowvar=False))  # the distance's natural scale: Tr Σ of the features
   distances = []
