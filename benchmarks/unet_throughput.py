@@ -21,7 +21,7 @@ import optax
 
 from benchmarks.timing import interleaved_seconds, speedup_summary
 from configs import ddpm_cifar10
-from ddpm_jax import diffusion, models, schedules
+from ddpm_jax import diffusion, models, schedules, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images per step.")
@@ -49,7 +49,7 @@ def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
   x0 = jax.random.uniform(jax.random.key(0), (batch, 32, 32, 3), minval=-1, maxval=1)
   t = jnp.arange(batch, dtype=jnp.int32) * 100
   params = jax.jit(model.init)(jax.random.key(1), x0, t)
-  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(2e-4))
+  optimizer = train.make_optimizer(config)  # global-norm clipping and Adam, as PyTorch's step below
   opt_state = optimizer.init(params)
 
   forward = jax.jit(lambda params, x, t: model.apply(params, x, t))

@@ -248,7 +248,7 @@ def test_winograd_transforms_compute_a_1d_correlation(tile):
 
 @pytest.mark.parametrize("size, stride, tile", [(16, 1, 4), (8, 1, 2), (6, 1, None), (16, 2, None)])
 def test_winograd_conv_equals_xla_convolution(size, stride, tile):
-  # Where no Winograd tile fits (odd multiples, small or strided), Conv falls back to XLA's convolution.
+  # Where no Winograd tile fits (odd multiples, small or strided), impl="winograd" runs `conv_im2col`.
   assert (layers.winograd_tile(size, size, jnp.float32) if stride == 1 else None) == tile
   x = jax.random.normal(jax.random.key(0), (2, size, size, 24))
   params = _random_params(layers.Conv(40, stride=stride), x)
@@ -263,6 +263,19 @@ def test_winograd_conv_equals_xla_convolution(size, stride, tile):
   np.testing.assert_allclose(winograd, xla, rtol=1e-5, atol=2e-5 * float(jnp.std(xla)))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.std(b))),
                          winograd_grads, xla_grads)
+
+
+@pytest.mark.parametrize("k, stride, size", [(3, 2, 7), (3, 1, 4), (1, 1, 5), (1, 2, 6)])
+def test_conv_im2col_equals_xla_convolution(k, stride, size):
+  x = jax.random.normal(jax.random.key(1), (2, size, size, 5))
+  kernel = jax.random.normal(jax.random.key(2), (k, k, 5, 7))
+  pad = (k - 1) // 2
+  xla = lambda x, kernel: jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  im2col = lambda x, kernel: layers.conv_im2col(x, kernel, stride)
+  np.testing.assert_allclose(im2col(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
+  grads = lambda conv: jax.grad(lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel))), argnums=(0, 1))(x, kernel)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads(im2col), grads(xla))
 
 
 def test_winograd_conv_in_bfloat16_is_as_close_as_xla_in_bfloat16():

@@ -10,7 +10,9 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ddpm_jax import ardm, checkpoint, input_pipeline, parallel, train
@@ -47,6 +49,16 @@ def test_loss_decreases():
   config.optim.lr = 3e-3
   _, losses = run_steps(config, 40)
   assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 10.0])  # ‖g‖ = √22 ≈ 4.7: clipped, and left alone
+def test_clip_by_global_norm_equals_optax(max_norm):
+  grads = {"a": jnp.full((3, 4), 0.5), "b": {"c": jnp.arange(-3.0, 3.0)}}
+  norm = float(optax.tree.norm(grads))
+  ours, _ = train.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+  reference, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, reference)
+  assert np.isclose(float(optax.tree.norm(ours)), min(norm, max_norm), rtol=1e-6)
 
 
 def test_gradient_accumulation_makes_the_same_update():

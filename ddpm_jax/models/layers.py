@@ -126,13 +126,27 @@ def winograd_tile(height: int, width: int, dtype: Dtype) -> int | None:
 
   m = 4 does 4× fewer multiplications than a direct 3×3 convolution, m = 2 2.25× fewer; larger tiles cost more
   transform work per tile and are less exact (the F(4×4) transforms' coefficients reach 8). m = 4 from 16×16 up
-  and m = 2 at 8×8 were the fastest per layer (forward + backward) on a 2-core XLA:CPU; below 8×8 XLA's own
-  convolution was. Low-precision dtypes get m = 2 only."""
+  and m = 2 at 8×8 were the fastest per layer (forward + backward) on a 2-core XLA:CPU; below 8×8 a direct
+  convolution (`conv_im2col`) is. Low-precision dtypes get m = 2 only."""
   if height % 2 or width % 2 or min(height, width) < 8:
     return None
   if jnp.dtype(dtype) == jnp.float32 and height % 4 == 0 and width % 4 == 0 and min(height, width) >= 16:
     return 4
   return 2
+
+
+def winograd_kernel_transform(kernel: Array, tile: int) -> Array:
+  """G g Gᵀ of each input/output channel pair, indexed like the input tiles' transform: [3, 3, C, O] ->
+  [(m+2)² (column-major), C, O].
+
+  One matmul with G ⊗ G, [(m+2)², 9] @ [9, C·O]: a single pass over the kernel, and its gradient
+  (G ⊗ G)ᵀ @ dU is one too. At batch 8 the kernels are as large as the activations, and the two-stage
+  G (g Gᵀ) as elementwise passes (`_linear_combinations`) took ~10 % of a CIFAR-10 training step on XLA:CPU,
+  its gradient 5× longer than this matmul's."""
+  g = WINOGRAD_TRANSFORMS[tile][1]
+  size, (c, out) = tile + 2, kernel.shape[2:]
+  g_kron_g = np.einsum("pi,qj->qpij", g, g).reshape(size * size, 9)  # row (q, p): column q, row p of the tile
+  return (jnp.asarray(g_kron_g, kernel.dtype) @ kernel.reshape(9, c * out)).reshape(size * size, c, out)
 
 
 def conv3x3_winograd(x: Array, kernel: Array, tile: int) -> Array:
@@ -141,7 +155,7 @@ def conv3x3_winograd(x: Array, kernel: Array, tile: int) -> Array:
   The same result as `lax.conv_general_dilated` up to float rounding, with the multiplications of all tiles
   gathered into (m+2)² matmuls [B·H·W/m², C] @ [C, O]; autodiff through it gives the input and kernel gradients
   as matmuls of the same size. H and W must be multiples of m."""
-  b_t, g, a_t = WINOGRAD_TRANSFORMS[tile]
+  b_t, _, a_t = WINOGRAD_TRANSFORMS[tile]
   size = tile + 2  # side of an input tile
   b, h, w, c = x.shape
   out = kernel.shape[-1]
@@ -152,10 +166,8 @@ def conv3x3_winograd(x: Array, kernel: Array, tile: int) -> Array:
   # Bᵀ d B: rows of the tiles first, then columns.  [size(row), B, tiles_h, W+2, C]
   rows = jnp.stack(_linear_combinations(b_t, [xp[:, r:r + tile * (tiles_h - 1) + 1:tile] for r in range(size)]))
   v = jnp.stack(_linear_combinations(b_t, [rows[:, :, :, s:s + tile * (tiles_w - 1) + 1:tile] for s in range(size)]))
-  # G g Gᵀ, indexed like v: [size(col), size(row), C, O].
-  u_rows = jnp.stack(_linear_combinations(g, list(kernel))).swapaxes(0, 1)  # [3(col), size(row), C, O]
-  u = jnp.stack(_linear_combinations(g, list(u_rows)))
-  m = jnp.einsum("tnc,tco->tno", v.reshape(size * size, -1, c), u.reshape(size * size, c, out))
+  u = winograd_kernel_transform(kernel, tile)
+  m = jnp.einsum("tnc,tco->tno", v.reshape(size * size, -1, c), u)
   m = m.reshape(size, size, b, tiles_h, tiles_w, out)
   # Aᵀ M A: columns, then rows; y[q, b, p, i, j] is output pixel (i·m + p, j·m + q).
   y_cols = jnp.stack(_linear_combinations(a_t, list(m))).swapaxes(0, 1)  # [size(row), tile(col), B, th, tw, O]
@@ -163,11 +175,27 @@ def conv3x3_winograd(x: Array, kernel: Array, tile: int) -> Array:
   return y.transpose(1, 3, 2, 4, 0, 5).reshape(b, h, w, out)
 
 
+def conv_im2col(x: Array, kernel: Array, stride: int) -> Array:
+  """k×k convolution, padding (k-1)/2, as one matmul of the k² shifted (strided) views of the input side by
+  side: [B, H, W, C] ⊛ [k, k, C, O] -> [B, H', W', O], [B·H'·W', k²·C] @ [k²·C, O].
+
+  For the convolutions Winograd does not cover (below 8×8 and strided); on XLA:CPU its own convolution
+  spends longer there transposing the kernels than multiplying."""
+  k = kernel.shape[0]
+  pad = (k - 1) // 2
+  b, h, w, c = x.shape
+  out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  patches = jnp.concatenate([xp[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+                             for i in range(k) for j in range(k)], axis=-1)  # [B, H', W', k²·C], (i, j, c)
+  return (patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, -1)).reshape(b, out_h, out_w, -1)
+
+
 class Conv(nn.Module):
   """k×k convolution, padding (k-1)/2 on each side as the PyTorch code of DDPM/ADM (so weights port 1:1).
 
-  impl: "xla" (lax.conv) or "winograd" (`conv3x3_winograd` for the stride-1 3×3 convolutions at the sizes
-  `winograd_tile` picks, lax.conv for the rest); both have the same parameters and results.
+  impl: "xla" (lax.conv) or "winograd": matmuls, `conv3x3_winograd` for the stride-1 3×3 convolutions at
+  the sizes `winograd_tile` picks and `conv_im2col` for the rest; both have the same parameters and results.
   """
   features: int
   kernel_size: int = 3
@@ -188,6 +216,8 @@ class Conv(nn.Module):
     tile = winograd_tile(x.shape[1], x.shape[2], self.dtype) if self.impl == "winograd" else None
     if tile and k == 3 and self.stride == 1:
       y = conv3x3_winograd(x, kernel, tile)
+    elif self.impl == "winograd":
+      y = conv_im2col(x, kernel, self.stride)
     else:
       pad = (k - 1) // 2
       y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), ((pad, pad), (pad, pad)),
