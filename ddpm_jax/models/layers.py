@@ -122,7 +122,7 @@ def _linear_combinations(matrix: np.ndarray, terms: Sequence[Array]) -> list[Arr
 
 
 def winograd_tile(height: int, width: int, dtype: Dtype) -> int | None:
-  """Output tile m of `conv3x3_winograd` for an input size, or None where XLA's convolution is used instead.
+  """Output tile m of `conv3x3_winograd` for an input size, or None where `conv_im2col` is used instead.
 
   m = 4 does 4× fewer multiplications than a direct 3×3 convolution, m = 2 2.25× fewer; larger tiles cost more
   transform work per tile and are less exact (the F(4×4) transforms' coefficients reach 8). m = 4 from 16×16 up
