@@ -265,6 +265,20 @@ def test_winograd_conv_equals_xla_convolution(size, stride, tile):
                          winograd_grads, xla_grads)
 
 
+@pytest.mark.parametrize("tile, shape", [(4, (2, 8, 12, 3)), (2, (1, 6, 4, 5))])
+def test_winograd_output_transform_gradient_is_its_transpose(tile, shape):
+  # The hand-written VJP (A dY Aᵀ) against JAX's transpose of the forward map, and against brute force: the
+  # linear map's matrix column by column, <dY, T(e_k)>.
+  transform = lambda m: layers.winograd_output_transform(m, tile, shape)
+  m = jax.random.normal(jax.random.key(0), ((tile + 2) ** 2, shape[0] * shape[1] * shape[2] // tile**2, shape[3]))
+  dy = jax.random.normal(jax.random.key(1), shape)
+  (vjp,) = jax.vjp(transform, m)[1](dy)
+  (transposed,) = jax.linear_transpose(lambda m: layers.winograd_output_transform.fun(m, tile, shape), m)(dy)
+  brute_force = jax.vmap(lambda e: jnp.sum(dy * transform(e.reshape(m.shape))))(jnp.eye(m.size)).reshape(m.shape)
+  np.testing.assert_allclose(vjp, transposed, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(vjp, brute_force, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("k, stride, size", [(3, 2, 7), (3, 1, 4), (1, 1, 5), (1, 2, 6)])
 def test_conv_im2col_equals_xla_convolution(k, stride, size):
   x = jax.random.normal(jax.random.key(1), (2, size, size, 5))
