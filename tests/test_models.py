@@ -265,18 +265,12 @@ def test_winograd_conv_equals_xla_convolution(size, stride, tile):
                          winograd_grads, xla_grads)
 
 
-@pytest.mark.parametrize("tile, shape", [(4, (2, 8, 12, 3)), (2, (1, 6, 4, 5))])
-def test_winograd_output_transform_gradient_is_its_transpose(tile, shape):
-  # The hand-written VJP (A dY Aᵀ) against JAX's transpose of the forward map, and against brute force: the
-  # linear map's matrix column by column, <dY, T(e_k)>.
-  transform = lambda m: layers.winograd_output_transform(m, tile, shape)
-  m = jax.random.normal(jax.random.key(0), ((tile + 2) ** 2, shape[0] * shape[1] * shape[2] // tile**2, shape[3]))
-  dy = jax.random.normal(jax.random.key(1), shape)
-  (vjp,) = jax.vjp(transform, m)[1](dy)
-  (transposed,) = jax.linear_transpose(lambda m: layers.winograd_output_transform.fun(m, tile, shape), m)(dy)
-  brute_force = jax.vmap(lambda e: jnp.sum(dy * transform(e.reshape(m.shape))))(jnp.eye(m.size)).reshape(m.shape)
-  np.testing.assert_allclose(vjp, transposed, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(vjp, brute_force, rtol=1e-5, atol=1e-5)
+def test_winograd_conv_has_forward_mode_derivatives():
+  # The probability-flow likelihood (sde.py) takes jax.jvp through the score model.
+  x, tangent = (jax.random.normal(jax.random.key(i), (1, 16, 16, 8)) for i in (0, 1))
+  params = _random_params(layers.Conv(8), x)
+  jvps = [jax.jvp(lambda x: layers.Conv(8, impl=impl).apply(params, x), (x,), (tangent,))[1] for impl in layers.CONV_IMPLS]
+  np.testing.assert_allclose(jvps[1], jvps[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("k, stride, size", [(3, 2, 7), (3, 1, 4), (1, 1, 5), (1, 2, 6)])

@@ -5,7 +5,6 @@ stability at low precision.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Sequence
 
@@ -172,35 +171,21 @@ def conv3x3_winograd(x: Array, kernel: Array, tile: int) -> Array:
   return winograd_output_transform(m, tile, (b, h, w, out))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def winograd_output_transform(m: Array, tile: int, shape: tuple[int, int, int, int]) -> Array:
-  """Aᵀ M A of each tile: [(m+2)² (column-major), B·th·tw, O] -> the output image [B, H, W, O] = `shape`.
-
-  Its gradient A dY Aᵀ is written out the same way (a custom VJP): autodiff's transpose of the unstacking
-  (`list(m)`) pads each slice back to full size and adds them, which XLA:CPU ran 4× slower than this."""
+  """Aᵀ M A of each tile: [(m+2)² (column-major), B·th·tw, O] -> the output image [B, H, W, O] = `shape`."""
   a_t = WINOGRAD_TRANSFORMS[tile][2]
   b, h, w, out = shape
   m = m.reshape(tile + 2, tile + 2, b, h // tile, w // tile, out)
   # Columns, then rows; y[q, b, p, i, j] is output pixel (i·m + p, j·m + q).
-  y_cols = jnp.stack(_linear_combinations(a_t, list(m))).swapaxes(0, 1)  # [size(row), tile(col), B, th, tw, O]
-  y = jnp.stack(_linear_combinations(a_t, list(y_cols)), axis=2)  # [tile(col), B, tile(row), th, tw, O]
+  y_cols = jnp.stack(_linear_combinations(a_t, _unstack(m))).swapaxes(0, 1)  # [size(row), tile(col), B, th, tw, O]
+  y = jnp.stack(_linear_combinations(a_t, _unstack(y_cols)), axis=2)  # [tile(col), B, tile(row), th, tw, O]
   return y.transpose(1, 3, 2, 4, 0, 5).reshape(shape)
 
 
-def _winograd_output_transform_fwd(m, tile, shape):
-  return winograd_output_transform(m, tile, shape), None
-
-
-def _winograd_output_transform_bwd(tile, shape, _, dy):
-  a = WINOGRAD_TRANSFORMS[tile][2].T  # dM = A dY Aᵀ
-  b, h, w, out = shape
-  dy = dy.reshape(b, h // tile, tile, w // tile, tile, out)  # [B, th, row, tw, col, O]
-  d_cols = jnp.stack(_linear_combinations(a, [dy[:, :, :, :, q] for q in range(tile)]))  # [size(col), B, th, row, tw, O]
-  dm = jnp.stack(_linear_combinations(a, [d_cols[:, :, :, p] for p in range(tile)]), axis=1)  # [col, row, B, th, tw, O]
-  return (dm.reshape((tile + 2) ** 2, -1, out),)
-
-
-winograd_output_transform.defvjp(_winograd_output_transform_fwd, _winograd_output_transform_bwd)
+def _unstack(x: Array) -> list[Array]:
+  """[x[0], x[1], …] by `jnp.split`, whose gradient is one concatenation; the gradient of indexing pads each
+  slice back to full size and adds them, which made the output transform's gradient 3-4× slower on XLA:CPU."""
+  return [part[0] for part in jnp.split(x, x.shape[0])]
 
 
 def conv_im2col(x: Array, kernel: Array, stride: int) -> Array:
