@@ -269,8 +269,8 @@ def test_winograd_conv_has_forward_mode_derivatives():
   # The probability-flow likelihood (sde.py) takes jax.jvp through the score model.
   x, tangent = (jax.random.normal(jax.random.key(i), (1, 16, 16, 8)) for i in (0, 1))
   params = _random_params(layers.Conv(8), x)
-  jvps = [jax.jvp(lambda x: layers.Conv(8, impl=impl).apply(params, x), (x,), (tangent,))[1] for impl in layers.CONV_IMPLS]
-  np.testing.assert_allclose(jvps[1], jvps[0], rtol=1e-4, atol=1e-4)
+  jvp = lambda impl: jax.jvp(lambda x: layers.Conv(8, impl=impl).apply(params, x), (x,), (tangent,))[1]
+  np.testing.assert_allclose(jvp("winograd"), jvp("xla"), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("k, stride, size", [(3, 2, 7), (3, 1, 4), (1, 1, 5), (1, 2, 6)])
