@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import interleaved_seconds, speedup_summary
+from benchmarks.timing import interleaved_seconds, setup_host_memory, speedup_summary
 from configs import ddpm_cifar10
 from ddpm_jax import diffusion, models, sampling, schedules
 
@@ -59,6 +59,7 @@ def torch_sampler(batch: int, steps: int):
 
 def main(argv):
   del argv
+  setup_host_memory()
   print(f"devices: {jax.devices()}  batch {FLAGS.batch}  {FLAGS.steps} steps", flush=True)
   seconds = interleaved_seconds({"jax": jax_sampler(FLAGS.batch, FLAGS.steps),
                                  "torch": torch_sampler(FLAGS.batch, FLAGS.steps)}, FLAGS.repeats)

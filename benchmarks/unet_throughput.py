@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.timing import interleaved_seconds, speedup_summary
+from benchmarks.timing import interleaved_seconds, setup_host_memory, speedup_summary
 from configs import ddpm_cifar10
 from ddpm_jax import diffusion, models, schedules, train
 
@@ -130,6 +130,7 @@ def torch_unet(batch: int, repeats: int) -> dict:
 
 def main(argv):
   del argv
+  setup_host_memory()
   batch, repeats = FLAGS.batch, FLAGS.repeats
   print(f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}, conv {FLAGS.conv_impl}", flush=True)
   peak = jax_matmul_flops_per_s(FLAGS.matmul_size, repeats)

@@ -5,6 +5,7 @@
 """
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -16,6 +17,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for mul
                     "TPU pods and SLURM when unset).")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_bool("retain_host_memory", False, "CPU hosts: keep freed memory in the process instead of returning "
+                  "it to the kernel (parallel.retain_freed_host_memory), ~10 % faster CPU training steps.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,6 +28,8 @@ def main(argv):
   # Imported here so that `--help` stays instant.
   from ddpm_jax import parallel, train
   from ddpm_jax.evaluation import evaluate, sample
+  if FLAGS.retain_host_memory and not parallel.retain_freed_host_memory():
+    logging.warning("--retain_host_memory has no effect: libc is not glibc.")
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   jobs = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate}
   jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)
