@@ -39,11 +39,13 @@ def retain_freed_host_memory() -> bool:
   XLA:CPU allocates each call's temporaries anew (about 1 GB for the CIFAR-10 U-Net's training step at batch 8)
   and frees them after it. glibc gives such blocks back to the kernel (chunks above the mmap threshold are
   unmapped; freed heaps of the per-thread arenas that XLA's worker threads allocate from are deleted), so every
-  call faults ~250,000 fresh pages in again: ~10 % of a CPU training step, and far more when another library
-  has churned memory in between. One arena (XLA's threads create theirs at first use, hence "before the
-  backend starts"), no mmap'd chunks and no trimming keep the pages mapped; the process then holds its peak
-  heap. On GPU/TPU hosts the temporaries live in device memory; a single arena would only make the input
-  pipeline's threads share one malloc lock.
+  call faults ~250,000 fresh pages in again: ~5 % of a CPU training step, and up to twice the step when another
+  library has churned memory in between (PyTorch in the same benchmark process). One arena (XLA's threads create
+  theirs at first use, hence "before the backend starts"; with two, their heaps were still deleted now and then),
+  no mmap'd chunks and no trimming keep the pages mapped; the process then holds its peak heap. The one arena's
+  lock is contended by XLA's worker threads (8× the context switches), so a preloaded tcmalloc, which keeps
+  memory per thread, is faster still (README, Benchmarks). On GPU/TPU hosts the temporaries live in device
+  memory, and one arena would only make the input pipeline's threads share a lock.
   """
   try:
     mallopt = ctypes.CDLL(None).mallopt
