@@ -8,7 +8,11 @@ FLOP/s measured in the same run, and the JAX/PyTorch ratios.
 
   pip install -r requirements.txt -e ".[bench]"
   python -m benchmarks.unet_throughput [--batch=8] [--repeats=7] [--torch=false] [--dtype=bfloat16] \
-      [--conv_impl=winograd]
+      [--conv_impl=winograd] [--noretain_host_memory]
+
+Host memory matters on CPU (README, Benchmarks): glibc's malloc is told to keep freed memory
+(--retain_host_memory, the default); preloading tcmalloc is faster still, for both libraries:
+  LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python -m benchmarks.unet_throughput ...
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The training system: the step learns; sharded, FSDP and multi-process runs agree with one device;
-kill -9 and resume is bitwise identical; damaged checkpoints fall back; NaNs stop the run; bad configs fail."""
+kill -9 and resume is bitwise identical; damaged checkpoints fall back; NaNs stop the run; bad configs fail;
+retained host memory is not faulted in again every step."""
 import glob
 import os
 import shutil
@@ -142,7 +143,8 @@ def test_sigterm_saves_and_stops(tmp_path):
   assert b"preemption" in err
 
 
-# Page faults of each of six calls (the first compiles) of a jitted sort, whose temporaries (~85 MB) XLA allocates anew every call.
+# Page faults of each of six calls (the first compiles) of a jitted sort, whose temporaries (~85 MB) XLA
+# allocates anew every call.
 _PAGE_FAULTS_PER_CALL = """
 import resource, sys
 from ddpm_jax import parallel
