@@ -1,6 +1,8 @@
 """ddpm_jax: denoising diffusion models in JAX/Flax. Exact tested versions are pinned in requirements.txt."""
 from setuptools import find_packages, setup
 
+TBB = 'tbb; sys_platform == "linux" and platform_machine == "x86_64"'  # wheels with libtbbmalloc_proxy
+
 setup(
     name="ddpm_jax",
     version="0.1.0",
@@ -26,9 +28,11 @@ setup(
         "tensorflow-datasets",
     ],
     extras_require={
+        # CPU hosts: oneTBB's malloc for --host_allocator=tbbmalloc (ddpm_jax/host_memory.py).
+        "cpu": [TBB],
         # The FID Inception parity test runs a PyTorch reference; torch==2.13.0 resolves to the CPU wheel here.
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "matplotlib"],  # matplotlib: the quick-start notebook's test
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "matplotlib", TBB],  # matplotlib: the notebook's test
         # Benchmarks compare against PyTorch; torch==2.13.0 resolves to the CPU wheel on the dev machines.
-        "bench": ["torch==2.13.0", "diffusers"],
+        "bench": ["torch==2.13.0", "diffusers", TBB],
     },
 )

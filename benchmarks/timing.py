@@ -7,13 +7,14 @@ from typing import Callable
 from absl import flags
 import numpy as np
 
-from ddpm_jax import parallel
+from ddpm_jax import host_memory
 
-flags.DEFINE_bool(
-    "retain_host_memory", True, "Keep freed memory in the process (parallel.retain_freed_host_memory) for both "
-    "libraries: with glibc's default, XLA:CPU faults its ~1 GB of per-step temporaries in anew each step, and "
-    "that costs far more right after the other library's step has churned memory (a JAX train step 2.1 – 2.7 s "
-    "after a PyTorch step instead of 1.4 – 1.6 s).")
+flags.DEFINE_enum(
+    "host_allocator", "tbbmalloc", host_memory.HOST_ALLOCATORS,
+    "The malloc of the benchmark process, for both libraries (ddpm_jax/host_memory.py): with glibc's default, "
+    "XLA:CPU faults its ~1 GB of per-step temporaries in anew each step, and that costs far more right after the "
+    "other library's step has churned memory (a JAX train step 2.1 – 2.7 s after a PyTorch step instead of "
+    "1.4 – 1.6 s). 'tbbmalloc' restarts the benchmark with it preloaded.")
 
 # OpenMP (PyTorch) and XLA worker threads busy-wait for a while after their work; were the next library timed
 # at once, it would share the two cores with them.
@@ -21,9 +22,10 @@ IDLE_SECONDS = 1.0
 
 
 def setup_host_memory() -> None:
-  """Applies --retain_host_memory; call before JAX's backend starts."""
-  if flags.FLAGS.retain_host_memory and not parallel.retain_freed_host_memory():
-    print("--retain_host_memory: libc is not glibc, left as it is", flush=True)
+  """Applies --host_allocator; call it first in main(): it may restart the process, and must come before JAX's
+  backend starts."""
+  host_memory.use_host_allocator(flags.FLAGS.host_allocator)
+  print(f"host allocator: {flags.FLAGS.host_allocator}", flush=True)
 
 
 def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, np.ndarray]:

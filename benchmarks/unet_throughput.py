@@ -8,11 +8,10 @@ FLOP/s measured in the same run, and the JAX/PyTorch ratios.
 
   pip install -r requirements.txt -e ".[bench]"
   python -m benchmarks.unet_throughput [--batch=8] [--repeats=7] [--torch=false] [--dtype=bfloat16] \
-      [--conv_impl=winograd] [--noretain_host_memory]
+      [--conv_impl=winograd] [--host_allocator=tbbmalloc|retained|default]
 
-Host memory matters on CPU (README, Benchmarks): glibc's malloc is told to keep freed memory
-(--retain_host_memory, the default); preloading tcmalloc is faster still, for both libraries:
-  LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python -m benchmarks.unet_throughput ...
+The host's malloc matters on CPU (README, Benchmarks): by default the benchmark restarts itself with oneTBB's
+malloc preloaded (the `tbb` wheel of the bench extra), which both libraries then use.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@
 """
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from ddpm_jax import host_memory
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
@@ -17,19 +18,19 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for mul
                     "TPU pods and SLURM when unset).")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
-flags.DEFINE_bool("retain_host_memory", False, "CPU hosts: keep freed memory in the process instead of returning "
-                  "it to the kernel (parallel.retain_freed_host_memory); a preloaded tcmalloc does better (README).")
+flags.DEFINE_enum("host_allocator", "default", host_memory.HOST_ALLOCATORS,
+                  "CPU hosts: the malloc behind XLA:CPU's per-step temporaries (ddpm_jax/host_memory.py); "
+                  "'tbbmalloc' (extra `cpu`), the fastest of the three, restarts the process with it preloaded.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Imported here so that `--help` stays instant.
+  host_memory.use_host_allocator(FLAGS.host_allocator)  # may restart the process: before anything else
+  # Imported here so that `--help` stays instant (and the restart above cheap).
   from ddpm_jax import parallel, train
   from ddpm_jax.evaluation import evaluate, sample
-  if FLAGS.retain_host_memory and not parallel.retain_freed_host_memory():
-    logging.warning("--retain_host_memory has no effect: libc is not glibc.")
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   jobs = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate}
   jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)

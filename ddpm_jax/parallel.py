@@ -5,7 +5,6 @@ optimizer state are replicated, or with FSDP sharded along their largest dimensi
 """
 from __future__ import annotations
 
-import ctypes
 import os
 
 from absl import logging
@@ -30,30 +29,6 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     return
   logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-
-
-def retain_freed_host_memory() -> bool:
-  """Makes glibc's malloc keep freed memory for reuse instead of returning it to the kernel; call it before
-  JAX's backend starts (before the first `jax.devices()` or computation). Returns False where libc is not glibc.
-
-  XLA:CPU allocates each call's temporaries anew (about 1 GB for the CIFAR-10 U-Net's training step at batch 8)
-  and frees them after it. glibc gives such blocks back to the kernel (chunks above the mmap threshold are
-  unmapped; freed heaps of the per-thread arenas that XLA's worker threads allocate from are deleted), so every
-  call faults ~250,000 fresh pages in again: ~5 % of a CPU training step, and up to twice the step when another
-  library has churned memory in between (PyTorch in the same benchmark process). One arena (XLA's threads create
-  theirs at first use, hence "before the backend starts"; with two, their heaps were still deleted now and then),
-  no mmap'd chunks and no trimming keep the pages mapped; the process then holds its peak heap. The one arena's
-  lock is contended by XLA's worker threads (8× the context switches), so a preloaded tcmalloc, which keeps
-  memory per thread, is faster still (README, Benchmarks). On GPU/TPU hosts the temporaries live in device
-  memory, and one arena would only make the input pipeline's threads share a lock.
-  """
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except AttributeError:
-    return False
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's <malloc.h>
-  return all(mallopt(option, value) == 1
-             for option, value in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)))
 
 
 def make_mesh() -> Mesh:

@@ -1,6 +1,6 @@
 """The training system: the step learns; sharded, FSDP and multi-process runs agree with one device;
 kill -9 and resume is bitwise identical; damaged checkpoints fall back; NaNs stop the run; bad configs fail;
-retained host memory is not faulted in again every step."""
+host memory kept by the allocator is not faulted in again every step."""
 import glob
 import os
 import shutil
@@ -144,12 +144,12 @@ def test_sigterm_saves_and_stops(tmp_path):
 
 
 # Page faults of each of six calls (the first compiles) of a jitted sort, whose temporaries (~85 MB) XLA
-# allocates anew every call.
+# allocates anew every call, under the host allocator named by argv[1].
 _PAGE_FAULTS_PER_CALL = """
 import resource, sys
-from ddpm_jax import parallel
-if sys.argv[1] == "retain":
-  assert parallel.retain_freed_host_memory()
+from ddpm_jax import host_memory
+host_memory.use_host_allocator(sys.argv[1])
+assert host_memory.tbbmalloc_loaded() == (sys.argv[1] == "tbbmalloc")
 import jax, jax.numpy as jnp
 sort = jax.jit(lambda x: jnp.sort(x)[::3].sum())
 x = jnp.ones(2**22)
@@ -162,14 +162,15 @@ print(*faults)
 """
 
 
-def test_retained_host_memory_stops_page_faults_on_every_call():
-  faults = {mode: [int(n) for n in subprocess.run(
-      [sys.executable, "-c", _PAGE_FAULTS_PER_CALL, mode], env=_env(), check=True, capture_output=True,
-      text=True).stdout.split()] for mode in ("default", "retain")}
+def test_host_allocators_that_keep_freed_memory_stop_page_faults_on_every_call():
+  faults = {allocator: [int(n) for n in subprocess.run(
+      [sys.executable, "-c", _PAGE_FAULTS_PER_CALL, allocator], env=_env(), check=True, capture_output=True,
+      text=True).stdout.split()] for allocator in ("default", "retained", "tbbmalloc")}
   # glibc's default returns the temporaries to the kernel, so each call faults them in again (4 KiB pages);
   # kept, they are faulted in while the heap grows to its peak and reused after that.
   assert min(faults["default"][1:]) > 10_000, faults
-  assert sum(faults["retain"][1:]) < sum(faults["default"][1:]) / 4, faults
+  for allocator in ("retained", "tbbmalloc"):
+    assert sum(faults[allocator][1:]) < sum(faults["default"][1:]) / 4, faults
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
