@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import torch_reference
 from benchmarks.timing import interleaved_seconds, setup_host_memory, speedup_summary
 from configs import ddpm_cifar10
 from ddpm_jax import diffusion, models, sampling, schedules
@@ -38,21 +39,18 @@ def jax_sampler(batch: int, steps: int):
 def torch_sampler(batch: int, steps: int):
   """One call samples a batch with the DDPMPipeline's loop."""
   import torch
-  from diffusers import DDPMScheduler, UNet2DModel
-  torch.manual_seed(0)
-  unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-                     block_out_channels=(128, 256, 256, 256),
-                     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")).eval()
+  from diffusers import DDPMScheduler
+  device = torch_reference.torch_device()
+  unet = torch_reference.ddpm_cifar10_unet(device).eval()
   scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
   scheduler.set_timesteps(steps)
 
   def loop():
-    x = torch.randn(batch, 3, 32, 32)
+    x = torch.randn(batch, 3, 32, 32, device=device)
     with torch.no_grad():
       for t in scheduler.timesteps:  # the DDPMPipeline's loop
         x = scheduler.step(unet(x, t).sample, t, x).prev_sample
-    return x
+    torch_reference.synchronize(device)
 
   return loop
 

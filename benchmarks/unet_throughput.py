@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import torch_reference
 from benchmarks.timing import interleaved_seconds, setup_host_memory, speedup_summary
 from configs import ddpm_cifar10
 from ddpm_jax import diffusion, models, schedules, train
@@ -29,14 +30,16 @@ from ddpm_jax import diffusion, models, schedules, train
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images per step.")
 flags.DEFINE_integer("repeats", 7, "Timed repetitions, JAX and PyTorch in turns; medians are reported.")
-flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul that measures peak FLOP/s.")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul (in --dtype) that measures peak FLOP/s; "
+                     "on a GPU take 8192 or more.")
 flags.DEFINE_bool("torch", True, "Also measure diffusers' UNet2DModel in PyTorch.")
-flags.DEFINE_string("dtype", "float32", "Compute dtype of the JAX model (float32 | bfloat16).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of both models (float32 params; "
+                  "PyTorch under autocast) and of the peak-measuring matmul.")
 flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd).")
 
 
-def jax_matmul_flops_per_s(n: int, repeats: int) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def jax_matmul_flops_per_s(n: int, dtype: str, repeats: int) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   matmul = jax.jit(lambda a: a @ a)
   seconds = interleaved_seconds({"matmul": lambda: matmul(a).block_until_ready()}, repeats)["matmul"]
   return 2 * n**3 / float(np.median(seconds))
@@ -96,37 +99,44 @@ def jax_unet(batch: int, dtype: str, conv_impl: str) -> dict:
   return dict(forward=lambda: forward(*forward_args).block_until_ready(), train=run_train_step, **flops)
 
 
-def torch_unet(batch: int, repeats: int) -> dict:
+def torch_unet(batch: int, dtype: str, repeats: int) -> dict:
   """diffusers' UNet2DModel of the same architecture: forward and training-step calls, and matmul FLOP/s."""
   import torch
-  from diffusers import UNet2DModel
 
-  torch.manual_seed(0)
-  model = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-                      block_out_channels=(128, 256, 256, 256),
-                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), dropout=0.1)
+  device = torch_reference.torch_device()
+  # float32 parameters and bfloat16 compute, as the JAX model's `dtype`.
+  autocast = lambda: torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bfloat16")
+
+  model = torch_reference.ddpm_cifar10_unet(device, dropout=0.1)
   num_params = sum(p.numel() for p in model.parameters())
   optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
-  x = torch.rand(batch, 3, 32, 32) * 2 - 1
-  t = torch.arange(batch) * 100
+  x = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1
+  t = torch.arange(batch, device=device) * 100
 
   def forward():
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
       model.eval()
       model(x, t)
+    torch_reference.synchronize(device)
 
   def train_step():
     model.train()
     optimizer.zero_grad(set_to_none=True)
     noise = torch.randn_like(x)
-    loss = torch.mean((model(x + noise, t).sample - noise) ** 2)
+    with autocast():
+      loss = torch.mean((model(x + noise, t).sample.float() - noise) ** 2)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
+    torch_reference.synchronize(device)
 
-  matmul_a = torch.randn(FLAGS.matmul_size, FLAGS.matmul_size)
-  matmul_s = float(np.median(interleaved_seconds({"matmul": lambda: matmul_a @ matmul_a}, repeats)["matmul"]))
+  matmul_a = torch.randn(FLAGS.matmul_size, FLAGS.matmul_size, device=device, dtype=getattr(torch, dtype))
+
+  def matmul():
+    matmul_a @ matmul_a
+    torch_reference.synchronize(device)
+
+  matmul_s = float(np.median(interleaved_seconds({"matmul": matmul}, repeats)["matmul"]))
   return dict(forward=forward, train=train_step, num_params=num_params,
               matmul_flops_per_s=2 * FLAGS.matmul_size**3 / matmul_s)
 
@@ -136,10 +146,10 @@ def main(argv):
   setup_host_memory()
   batch, repeats = FLAGS.batch, FLAGS.repeats
   print(f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}, conv {FLAGS.conv_impl}", flush=True)
-  peak = jax_matmul_flops_per_s(FLAGS.matmul_size, repeats)
-  print(f"JAX dense matmul {FLAGS.matmul_size}²: {peak / 1e9:.1f} GFLOP/s", flush=True)
+  peak = jax_matmul_flops_per_s(FLAGS.matmul_size, FLAGS.dtype, repeats)
+  print(f"JAX dense matmul {FLAGS.matmul_size}², {FLAGS.dtype}: {peak / 1e9:.1f} GFLOP/s", flush=True)
   j = jax_unet(batch, FLAGS.dtype, FLAGS.conv_impl)
-  p = torch_unet(batch, repeats) if FLAGS.torch else None
+  p = torch_unet(batch, FLAGS.dtype, repeats) if FLAGS.torch else None
   if p:
     print(f"PyTorch dense matmul: {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s;  diffusers UNet2DModel "
           f"{p['num_params']:,} parameters", flush=True)

@@ -2,6 +2,7 @@
 kill -9 and resume is bitwise identical; damaged checkpoints fall back; NaNs stop the run; bad configs fail;
 host memory kept by the allocator is not faulted in again every step."""
 import glob
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from ddpm_jax import ardm, checkpoint, input_pipeline, parallel, train
+from ddpm_jax import ardm, checkpoint, host_memory, input_pipeline, parallel, train
 from helpers import REPO, flat_params, run_steps, tiny_config
 
 HELPERS = os.path.join(REPO, "tests", "helpers.py")
@@ -171,6 +172,24 @@ def test_host_allocators_that_keep_freed_memory_stop_page_faults_on_every_call()
   assert min(faults["default"][1:]) > 10_000, faults
   for allocator in ("retained", "tbbmalloc"):
     assert sum(faults[allocator][1:]) < sum(faults["default"][1:]) / 4, faults
+
+
+def test_tbbmalloc_restart_neither_loops_nor_goes_on_without_the_wheel(monkeypatch):
+  def execve(*args):
+    raise AssertionError("restarted")
+  monkeypatch.setattr(os, "execve", execve)
+  monkeypatch.setenv("LD_PRELOAD", "/lib/libtbbmalloc_proxy.so.2")  # named, yet not loaded in this process
+  with pytest.raises(RuntimeError, match="did not load"):
+    host_memory.use_host_allocator("tbbmalloc")
+  monkeypatch.delenv("LD_PRELOAD")
+
+  def no_tbb(name):
+    raise importlib.metadata.PackageNotFoundError(name)
+  monkeypatch.setattr(importlib.metadata, "files", no_tbb)
+  with pytest.raises(RuntimeError, match="needs the `tbb` wheel"):
+    host_memory.use_host_allocator("tbbmalloc")
+  with pytest.raises(ValueError, match="Unknown host allocator"):
+    host_memory.use_host_allocator("jemalloc")
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
