@@ -1,6 +1,8 @@
 """VP score SDE on CIFAR-10 with score_sde's DDPM++ (continuous) settings: β from 0.1 to 20, N = 1000,
-4 residual blocks per resolution, BigGAN up/down-sampling, EMA 0.9999, 1.3 M steps. The network is this
-project's U-Net at DDPM++'s sizes (without DDPM++'s FIR resampling and skip rescaling).
+and DDPM++: 4 residual blocks per resolution, BigGAN up/down-sampling, residual sums rescaled by 1/√2,
+ncsnpp.py's block layout, EMA 0.9999, 1.3 M steps; 61,804,419 parameters, the count of score_sde's model.
+Differences: GroupNorm with 32 groups and ε = 1e-5 (score_sde: min(C/4, 32) groups, ε = 1e-6; the same groups
+at these widths) and this project's initialisers.
 
   python -m ddpm_jax.main --config=configs/ddpmpp_cifar10_vp.py --workdir=gs://bucket/ddpmpp_cifar10_vp
 """
@@ -13,6 +15,8 @@ def get_config():
   config.sde.beta_min, config.sde.beta_max, config.sde.num_scales = 0.1, 20.0, 1000
   config.model.num_res_blocks = 4
   config.model.resblock_updown = True
+  config.model.skip_rescale = True
+  config.model.ncsnpp_layout = True
   config.training.num_train_steps = 1_300_000
   config.sampling.snr = 0.16
   return config

@@ -20,7 +20,8 @@ def get_config():
   data.data_dir = config_dict.placeholder(str)
 
   config.model = model = ml_collections.ConfigDict()
-  model.name = "unet"                    # or "classifier": train ADM's noisy classifier (drop out_channels)
+  model.name = "unet"                    # or "classifier": train ADM's noisy classifier (drop out_channels
+                                         # and progressive)
   model.ch = 32
   model.out_channels = 1                 # data.num_channels, twice that with a learned variance
   model.ch_mult = (1, 2)
@@ -38,6 +39,12 @@ def get_config():
   model.conv_impl = "xla"               # "winograd": Winograd 3×3 convolutions, faster on XLA:CPU
   model.dtype = "float32"
   model.remat = False
+  # score_sde's DDPM++ / NCSN++ (configs/ddpmpp_cifar10_vp.py, ncsnpp_cifar10_ve.py):
+  model.skip_rescale = False            # residual sums (x + h)/√2
+  model.fir_kernel = ()                 # FIR resampling filter, NCSN++: (1, 3, 3, 1); () = nearest / 2×2 mean
+  model.progressive_input = "none"      # "input_skip": the downsampled input added at every down level
+  model.progressive = "none"            # "output_skip": the output summed over the up levels (unet only)
+  model.ncsnpp_layout = False           # one attention block per up level; projected skips when resampling
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.num_timesteps = 1000

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.signal
 
 from ddpm_jax import models
 from ddpm_jax.models import layers
@@ -91,6 +92,10 @@ def test_paper_model_sizes():
   assert _count("adm_imagenet64") == 295_905_222
   # Improved DDPM CIFAR-10 (3 blocks, attention at 16 and 8, AdaGN, learned Σ).
   assert _count("iddpm_cifar10") == 52_546_438
+  # score_sde's DDPM++ and NCSN++ (cont.): the counts of its ncsnpp.py's modules, NCSN++'s less the 128
+  # Fourier frequencies that ncsnpp.py stores as a frozen parameter.
+  assert _count("ddpmpp_cifar10_vp") == 61_804_419
+  assert _count("ncsnpp_cifar10_ve") == 61_894_796
 
 
 def test_timestep_embedding_formula():
@@ -111,11 +116,12 @@ def test_fourier_embedding_formula_and_its_frequencies_are_constants():
   np.testing.assert_allclose(emb[:, :32], np.sin(2 * np.pi * log_sigma[:, None] * freqs), atol=1e-3)
   np.testing.assert_allclose(emb[:, 32:], np.cos(2 * np.pi * log_sigma[:, None] * freqs), atol=1e-3)
   assert 8 < np.std(freqs) < 24  # N(0, 16²)
-  # The frequencies are not parameters, and the Fourier model has exactly the sinusoidal one's parameters.
+  # The frequencies are not parameters: NCSN++'s ch frequencies (2·ch features instead of the sinusoidal
+  # embedding's ch) add only ch rows of 4·ch to the first Dense layer.
   x, t = jnp.zeros((2, 8, 8, C)), jnp.asarray(log_sigma[:2], jnp.float32)
   count = lambda m: sum(a.size for a in jax.tree_util.tree_leaves(jax.eval_shape(m.init, jax.random.key(0), x, t)))
   fourier = UNet(**TINY, out_channels=C, embedding_type="fourier")
-  assert count(fourier) == count(UNet(**TINY, out_channels=C))
+  assert count(fourier) - count(UNet(**TINY, out_channels=C)) == 32 * 4 * 32
   assert jax.eval_shape(fourier.apply, jax.eval_shape(fourier.init, jax.random.key(0), x, t), x, t).shape == x.shape
   embed = TimeClassEmbedding(32, embedding_type="fourier")
   emb = embed.apply(embed.init(jax.random.key(0), t, None), t, None)
@@ -215,6 +221,76 @@ def test_get_model_rejects_unknown_fields_and_names():
     models.get_model({"name": "transformer"})
   with pytest.raises(ValueError, match="num_head_channels"):
     UNet(**TINY, num_head_channels=24).init(jax.random.key(0), *_inputs()[:2])
+
+
+@pytest.mark.parametrize("kernel", [(1, 3, 3, 1), (1, 1), (1, 2, 5, 5, 2, 1)])
+def test_fir_resampling_is_centred_filtering_by_the_normalised_kernel(kernel):
+  x = np.random.default_rng(0).normal(size=(2, 6, 10, 3))
+  k = np.asarray(kernel, np.float64) / np.sum(kernel)
+  length = len(k)
+
+  def scipy_resample(a, up):
+    # scipy's full convolution of the zero-stuffed (up) signal, cropped so that every output sample is centred
+    # where it belongs: output n of the 2× grid at input coordinate (n + ½)/2 - ½, output i of the ½× grid at 2i + ½.
+    for axis in (1, 2):
+      full = np.apply_along_axis(lambda v: scipy.signal.upfirdn((2 if up else 1) * k, v, up=2 if up else 1), axis, a)
+      keep = (np.arange(2 * a.shape[axis]) + (length - 2) // 2 if up else
+              2 * np.arange(a.shape[axis] // 2) + length // 2)
+      a = np.take(full, keep, axis=axis)
+    return a
+
+  xj = jnp.asarray(x, jnp.float32)
+  np.testing.assert_allclose(layers.fir_upsample(xj, kernel), scipy_resample(x, up=True), atol=1e-5)
+  np.testing.assert_allclose(layers.fir_downsample(xj, kernel), scipy_resample(x, up=False), atol=1e-5)
+  if kernel == (1, 1):  # the box filter is nearest-neighbour upsampling and 2×2 mean pooling
+    np.testing.assert_allclose(layers.fir_upsample(xj, kernel), layers.upsample_nearest(xj), atol=1e-6)
+    np.testing.assert_allclose(layers.fir_downsample(xj, kernel), layers.downsample_avg(xj), atol=1e-6)
+  # A constant image stays constant away from the border (zeros lie outside it).
+  ones = jnp.ones((1, 16, 16, 1))
+  np.testing.assert_allclose(layers.fir_upsample(ones, kernel)[0, 4:-4, 4:-4], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(layers.fir_downsample(ones, kernel)[0, 2:-2, 2:-2], 1.0, rtol=1e-6)
+
+
+def test_skip_rescale_divides_the_residual_sum_by_sqrt_2():
+  h = jax.random.normal(jax.random.key(2), (B, 4, 4, 64))
+  emb = jax.random.normal(jax.random.key(3), (B, 128))
+  for block, args in ((layers.ResBlock(64, resample="down", project_resampled_skip=True), (h, emb, False)),
+                      (layers.AttentionBlock(num_head_channels=16), (h,))):
+    params = _random_params(block, *args)
+    np.testing.assert_allclose(block.clone(skip_rescale=True).apply(params, *args),
+                               block.apply(params, *args) / math.sqrt(2), rtol=1e-5, atol=1e-5)
+
+
+NCSNPP = dict(skip_rescale=True, ncsnpp_layout=True, fir_kernel=(1, 3, 3, 1), progressive_input="input_skip",
+              progressive="output_skip", embedding_type="fourier", resblock_updown=True)
+
+
+@pytest.mark.parametrize("options", [NCSNPP, dict(NCSNPP, resblock_updown=False, conv_resample=False),
+                                     dict(NCSNPP, fir_kernel=(), remat=True, num_classes=10, conv_impl="winograd")])
+def test_ncsnpp_options_compose(options):
+  model = UNet(**TINY, out_channels=C, **options)
+  x, t, _, _ = _inputs()
+  out = jax.eval_shape(model.apply, jax.eval_shape(model.init, jax.random.key(0), x, t), x, t)
+  assert out.shape == x.shape and out.dtype == jnp.float32
+
+
+def test_output_skip_sums_every_up_levels_output_upsampled_to_the_image():
+  model = UNet(**TINY, out_channels=C, **NCSNPP)
+  x, t, _, _ = _inputs()
+  params = _random_params(model, x, t)
+  out, state = model.apply(params, x, t, capture_intermediates=lambda mdl, _: (mdl.name or "").endswith("pyramid_conv"))
+  heads = {name: value["__call__"][0] for name, value in state["intermediates"].items()}
+  assert sorted(heads) == ["up_0_pyramid_conv", "up_1_pyramid_conv"] and heads["up_1_pyramid_conv"].shape == (B, 4, 4, C)
+  expected = layers.fir_upsample(heads["up_1_pyramid_conv"], (1, 3, 3, 1)) + heads["up_0_pyramid_conv"]
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  # The input pyramid: the input, FIR-downsampled, enters the down path through a 1×1 convolution.
+  zero_input_skip = jax.tree_util.tree_map_with_path(
+      lambda path, v: v * 0 if "input_skip" in jax.tree_util.keystr(path) else v, params)
+  assert float(jnp.abs(model.apply(zero_input_skip, x, t) - out).max()) > 1e-3
+  with pytest.raises(ValueError, match="fused"):
+    UNet(**TINY, fir_kernel=(1, 3, 3, 1)).init(jax.random.key(0), x, t)
+  with pytest.raises(ValueError, match="progressive"):
+    UNet(**TINY, progressive="residual").init(jax.random.key(0), x, t)
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 6, 64), (2, 10, 96)])

@@ -290,7 +290,7 @@ def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
   from ddpm_jax.evaluation import sample
   classifier_config = tiny_config(num_train_steps=4)
   classifier_config.model.name, classifier_config.model.num_classes = "classifier", 10
-  del classifier_config.model.out_channels
+  del classifier_config.model.out_channels, classifier_config.model.progressive
   classifier_config.model.num_head_channels = 32
   state = train.train_and_evaluate(classifier_config, str(tmp_path / "classifier"))
   assert int(state.step) == 4
@@ -330,11 +330,13 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
 
 
 def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
-  # VE conditioned on log σ with Fourier features (NCSN++): the set-up furthest from the discrete diffusion.
+  # VE conditioned on log σ with Fourier features, NCSN++'s network: the set-up furthest from the discrete diffusion.
   from ddpm_jax.evaluation import evaluate, sample
   config = tiny_config(num_train_steps=4)
   config.sde.name, config.sde.num_scales = "ve", 25
   config.sde.conditioning, config.model.embedding_type = "sigma", "fourier"
+  config.model.update(resblock_updown=True, skip_rescale=True, ncsnpp_layout=True, fir_kernel=(1, 3, 3, 1),
+                      progressive_input="input_skip", progressive="output_skip")
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 4
   config.sampling.num_samples, config.sampling.batch_size = 4, 4

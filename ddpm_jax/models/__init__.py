@@ -32,7 +32,7 @@ def get_model(model_config):
     if kwargs["dtype"] not in DTYPES:
       raise ValueError(f"Unknown model dtype {kwargs['dtype']!r}; known: {', '.join(DTYPES)}.")
     kwargs["dtype"] = DTYPES[kwargs["dtype"]]
-  for key in ("ch_mult", "attn_resolutions", "fourier_features"):
+  for key in ("ch_mult", "attn_resolutions", "fourier_features", "fir_kernel"):
     if key in kwargs:
       kwargs[key] = tuple(kwargs[key])
   return cls(**kwargs)

@@ -248,29 +248,87 @@ def downsample_avg(x: Array) -> Array:
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+def _upfirdn_1d(x: Array, taps: np.ndarray, axis: int, up: int, down: int, pad: tuple[int, int]) -> Array:
+  """StyleGAN2's upfirdn along one axis: up - 1 zeros after each sample, `pad` zeros before and after, a
+  (true) convolution with `taps`, every `down`-th sample kept."""
+  if up > 1:
+    x = jnp.stack([x] + [jnp.zeros_like(x)] * (up - 1), axis=axis + 1)
+    x = x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2:])
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = pad
+  x = jnp.pad(x, widths)
+  size = (x.shape[axis] - len(taps)) // down + 1
+  return sum(float(tap) * jax.lax.slice_in_dim(x, j, j + (size - 1) * down + 1, down, axis)
+             for j, tap in enumerate(taps[::-1]))
+
+
+def fir_upsample(x: Array, kernel: Sequence[int]) -> Array:
+  """2× upsampling with the separable FIR filter `kernel` ⊗ `kernel`, zero outside the image (StyleGAN2's
+  `upsample_2d`, NCSN++'s resampling with (1, 3, 3, 1)): [B, H, W, C] -> [B, 2H, 2W, C]. The taps sum to 2 per
+  axis, so that a constant image stays constant away from the border."""
+  taps = 2.0 * np.asarray(kernel, np.float64) / np.sum(kernel)
+  p = len(taps) - 2
+  for axis in (1, 2):
+    x = _upfirdn_1d(x, taps, axis, up=2, down=1, pad=((p + 1) // 2 + 1, p // 2))
+  return x
+
+
+def fir_downsample(x: Array, kernel: Sequence[int]) -> Array:
+  """2× downsampling with the separable FIR filter `kernel` ⊗ `kernel` (taps summing to 1), zero outside the
+  image (StyleGAN2's `downsample_2d`): [B, H, W, C] -> [B, H/2, W/2, C]."""
+  taps = np.asarray(kernel, np.float64) / np.sum(kernel)
+  p = len(taps) - 2
+  for axis in (1, 2):
+    x = _upfirdn_1d(x, taps, axis, up=1, down=2, pad=((p + 1) // 2, p // 2))
+  return x
+
+
+def resample(x: Array, direction: str, fir_kernel: Sequence[int] = ()) -> Array:
+  """2× "up" or "down": nearest neighbour / 2×2 mean, or the FIR filter `fir_kernel` when one is given."""
+  if direction == "up":
+    return fir_upsample(x, fir_kernel) if fir_kernel else upsample_nearest(x)
+  return fir_downsample(x, fir_kernel) if fir_kernel else downsample_avg(x)
+
+
+FIR_WITH_CONV_ERROR = ("FIR resampling with a convolution (StyleGAN2's fused up/down-sampling convolution) is not "
+                       "implemented: with fir_kernel, use resblock_updown=True (DDPM++/NCSN++) or conv_resample=False.")
+
+
 class Downsample(nn.Module):
-  """Halves the resolution: 3×3 stride-2 convolution, or 2×2 average pooling without one."""
+  """Halves the resolution: 3×3 stride-2 convolution, or without one 2×2 average pooling (or the FIR filter
+  `fir_kernel`)."""
   with_conv: bool = True
   conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
+  fir_kernel: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    if self.with_conv and self.fir_kernel:
+      raise ValueError(FIR_WITH_CONV_ERROR)
     if self.with_conv:
       return Conv(x.shape[-1], stride=2, impl=self.conv_impl, dtype=self.dtype)(x)
-    return downsample_avg(x)
+    return resample(x, "down", self.fir_kernel)
 
 
 class Upsample(nn.Module):
-  """Doubles the resolution: nearest neighbour, then a 3×3 convolution if `with_conv`."""
+  """Doubles the resolution: nearest neighbour (or the FIR filter `fir_kernel`), then a 3×3 convolution if
+  `with_conv`."""
   with_conv: bool = True
   conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
+  fir_kernel: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = upsample_nearest(x)
+    if self.with_conv and self.fir_kernel:
+      raise ValueError(FIR_WITH_CONV_ERROR)
+    x = resample(x, "up", self.fir_kernel)
     return Conv(x.shape[-1], impl=self.conv_impl, dtype=self.dtype)(x) if self.with_conv else x
+
+
+def residual_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
+  return (x + h) * (1 / math.sqrt(2)) if skip_rescale else x + h
 
 
 class ResBlock(nn.Module):
@@ -278,7 +336,11 @@ class ResBlock(nn.Module):
 
   scale_shift_norm: AdaGN, GroupNorm(h)·(1 + s) + b with (s, b) from the embedding (ADM §3), instead of
   adding the projected embedding before the second norm (DDPM).
-  resample: "up" | "down" resamples inside the block as in BigGAN (ADM's resblock_updown).
+  resample: "up" | "down" resamples inside the block as in BigGAN (ADM's resblock_updown), by nearest
+  neighbour / mean or by the FIR filter `fir_kernel` (NCSN++).
+  project_resampled_skip: a 1×1 projection of the skip path in resampling blocks also when the channels stay
+  (score_sde's BigGAN blocks; ADM keeps the identity there).
+  skip_rescale: returns (x + h)/√2 (DDPM++/NCSN++), keeping the sum's variance that of its terms.
   """
   out_channels: int
   dropout: float = 0.0
@@ -286,13 +348,15 @@ class ResBlock(nn.Module):
   resample: str | None = None
   conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
+  fir_kernel: Sequence[int] = ()
+  project_resampled_skip: bool = False
+  skip_rescale: bool = False
 
   @nn.compact
   def __call__(self, x: Array, emb: Array, train: bool) -> Array:
     h = nn.swish(GroupNorm()(x)).astype(self.dtype)
     if self.resample is not None:
-      resample = upsample_nearest if self.resample == "up" else downsample_avg
-      h, x = resample(h), resample(x)
+      h, x = resample(h, self.resample, self.fir_kernel), resample(x, self.resample, self.fir_kernel)
     h = Conv(self.out_channels, impl=self.conv_impl, dtype=self.dtype)(h)
     emb_out = nn.Dense(self.out_channels * (2 if self.scale_shift_norm else 1), dtype=self.dtype)(nn.swish(emb))
     emb_out = emb_out[:, None, None, :]
@@ -303,9 +367,9 @@ class ResBlock(nn.Module):
       h = GroupNorm()(h + emb_out)
     h = nn.Dropout(self.dropout)(nn.swish(h).astype(self.dtype), deterministic=not train)
     h = Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype)(h)
-    if x.shape[-1] != self.out_channels:  # 1×1 projection of the skip path (DDPM's NIN shortcut)
-      x = nn.Dense(self.out_channels, dtype=self.dtype, name="skip")(x)
-    return x + h
+    if x.shape[-1] != self.out_channels or (self.resample and self.project_resampled_skip):
+      x = nn.Dense(self.out_channels, dtype=self.dtype, name="skip")(x)  # 1×1 projection (DDPM's NIN shortcut)
+    return residual_sum(x, h, self.skip_rescale)
 
 
 def num_attention_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
@@ -328,11 +392,13 @@ def multihead_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
 
 class AttentionBlock(nn.Module):
   """Self-attention over the H·W positions with a residual connection (DDPM's `attn_block`, ADM's
-  multi-head `AttentionBlock`); with `context_dim`, a cross-attention to a context sequence follows."""
+  multi-head `AttentionBlock`); with `context_dim`, a cross-attention to a context sequence follows.
+  skip_rescale: each residual sum is divided by √2 (DDPM++/NCSN++)."""
   num_heads: int = 1
   num_head_channels: int = -1
   context_dim: int | None = None
   dtype: Dtype = jnp.float32
+  skip_rescale: bool = False
 
   @nn.compact
   def __call__(self, x: Array, context: Array | None = None) -> Array:
@@ -341,7 +407,7 @@ class AttentionBlock(nn.Module):
     h = GroupNorm()(x).astype(self.dtype).reshape(b, hgt * wid, c)
     q, k, v = jnp.split(nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h), 3, axis=-1)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(multihead_attention(q, k, v, heads))
-    x = x + h.reshape(x.shape)
+    x = residual_sum(x, h.reshape(x.shape), self.skip_rescale)
     if self.context_dim is None:
       return x
     if context is None or context.shape[-1] != self.context_dim:
@@ -351,4 +417,4 @@ class AttentionBlock(nn.Module):
     q = nn.Dense(c, dtype=self.dtype, name="cross_q")(h)
     k, v = jnp.split(nn.Dense(2 * c, dtype=self.dtype, name="cross_kv")(context.astype(self.dtype)), 2, axis=-1)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="cross_out")(multihead_attention(q, k, v, heads))
-    return x + h.reshape(x.shape)
+    return residual_sum(x, h.reshape(x.shape), self.skip_rescale)

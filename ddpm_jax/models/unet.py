@@ -4,6 +4,10 @@ DDPM: `UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16
 ADM adds: more residual blocks, BigGAN up/down-sampling (`resblock_updown`), multi-head attention at several
 resolutions (`num_heads` or `num_head_channels`), AdaGN (`scale_shift_norm`), class conditioning with an
 extra null class for classifier-free guidance (`num_classes`), and learned variances (`out_channels` = 2·C).
+score_sde's DDPM++ / NCSN++ (Song et al. 2021, App. H; its ncsnpp.py) add: residual sums rescaled by 1/√2
+(`skip_rescale`), FIR resampling with (1, 3, 3, 1) (`fir_kernel`), the input image fed to every down level
+(`progressive_input="input_skip"`) and the output summed from every up level (`progressive="output_skip"`),
+and ncsnpp.py's block layout (`ncsnpp_layout`).
 """
 from __future__ import annotations
 
@@ -17,10 +21,13 @@ from ddpm_jax.models import layers
 
 Array = jax.Array
 
+PROGRESSIVE_INPUTS = ("none", "input_skip")
+PROGRESSIVE_OUTPUTS = ("none", "output_skip")
+
 
 class TimeClassEmbedding(nn.Module):
-  """t (and y) -> [B, 4·ch]: sinusoidal (or Fourier) embedding, Dense, swish, Dense; plus a learned class
-  embedding.
+  """t (and y) -> [B, 4·ch]: sinusoidal embedding of width ch (or NCSN++'s Gaussian Fourier features, ch
+  frequencies, width 2·ch), Dense, swish, Dense; plus a learned class embedding.
 
   The class table has `num_classes + 1` rows: row `num_classes` is the null label ∅ used for unconditional
   predictions in classifier-free guidance, and what `y=None` means for a class-conditional model.
@@ -32,7 +39,8 @@ class TimeClassEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, t: Array, y: Array | None) -> Array:
-    emb = layers.EMBEDDINGS[self.embedding_type](t, self.ch)
+    width = 2 * self.ch if self.embedding_type == "fourier" else self.ch
+    emb = layers.EMBEDDINGS[self.embedding_type](t, width)
     emb = nn.Dense(4 * self.ch, dtype=self.dtype)(emb)
     emb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.swish(emb))
     if self.num_classes:
@@ -61,6 +69,12 @@ class UNetBackbone(nn.Module):
   conv_impl: str = "xla"        # "winograd": 3×3 convolutions by Winograd F(4×4|2×2, 3×3), faster on XLA:CPU
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
+  skip_rescale: bool = False    # residual sums (x + h)/√2 (DDPM++, NCSN++)
+  fir_kernel: Sequence[int] = ()  # FIR resampling filter, (1, 3, 3, 1) in NCSN++; () = nearest / 2×2 mean
+  progressive_input: str = "none"  # "input_skip": the input, downsampled, added by 1×1 conv after each down level
+  # score_sde's layout: one attention block per up level after its residual blocks (not one after each), and
+  # 1×1 projections of the skip path in every resampling residual block.
+  ncsnpp_layout: bool = False
 
   # Blocks are named by their place in the U-Net ("down_1_0", "mid_attn", "up_0_2", …), so that
   # parameters are the same with and without remat.
@@ -68,16 +82,26 @@ class UNetBackbone(nn.Module):
   def res_block(self, channels: int, name: str, resample: str | None = None) -> nn.Module:
     # `train` is argument 3 of ResBlock.__call__ counting self: it selects dropout, so it stays static.
     cls = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
-    return cls(channels, self.dropout, self.scale_shift_norm, resample, self.conv_impl, dtype=self.dtype, name=name)
+    return cls(channels, self.dropout, self.scale_shift_norm, resample, self.conv_impl, dtype=self.dtype,
+               fir_kernel=self.fir_kernel, project_resampled_skip=self.ncsnpp_layout,
+               skip_rescale=self.skip_rescale, name=name)
 
   @nn.nowrap
   def attention(self, name: str) -> nn.Module:
     return layers.AttentionBlock(self.num_heads, self.num_head_channels, self.context_dim, dtype=self.dtype,
-                                 name=name)
+                                 skip_rescale=self.skip_rescale, name=name)
+
+  @nn.nowrap
+  def resample_layer(self, direction: str, name: str) -> nn.Module:
+    layer = layers.Upsample if direction == "up" else layers.Downsample
+    return layer(self.conv_resample, self.conv_impl, dtype=self.dtype, fir_kernel=self.fir_kernel, name=name)
 
   @nn.nowrap
   def encode(self, x: Array, emb: Array, context: Array | None, train: bool) -> tuple[Array, list[Array]]:
     """-> (middle-block output, skip activations of the down path in order)."""
+    if self.progressive_input not in PROGRESSIVE_INPUTS:
+      raise ValueError(f"Unknown progressive_input {self.progressive_input!r}; valid: {', '.join(PROGRESSIVE_INPUTS)}.")
+    input_pyramid = x
     if self.fourier_features:
       x = jnp.concatenate([x, layers.base2_fourier_features(x, self.fourier_features)], axis=-1)
     h = layers.Conv(self.ch, impl=self.conv_impl, dtype=self.dtype, name="conv_in")(x)
@@ -93,7 +117,10 @@ class UNetBackbone(nn.Module):
         if self.resblock_updown:
           h = self.res_block(h.shape[-1], name, "down")(h, emb, train)
         else:
-          h = layers.Downsample(self.conv_resample, self.conv_impl, dtype=self.dtype, name=name)(h)
+          h = self.resample_layer("down", name)(h)
+        if self.progressive_input == "input_skip":  # NCSN++'s Combine(method="sum")
+          input_pyramid = layers.resample(input_pyramid, "down", self.fir_kernel)
+          h = h + nn.Dense(h.shape[-1], dtype=self.dtype, name=f"down_{level}_input_skip")(input_pyramid)
         skips.append(h)
     h = self.res_block(h.shape[-1], "mid_0")(h, emb, train)
     h = self.attention("mid_attn")(h, context)
@@ -102,27 +129,45 @@ class UNetBackbone(nn.Module):
 
 
 class UNet(UNetBackbone):
-  """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None) -> [B, H, W, out]."""
+  """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None) -> [B, H, W, out].
+
+  progressive="output_skip" (NCSN++): each up level ends in GroupNorm, swish and a 3×3 convolution to the
+  output channels, added to the upsampled sum of the levels below; that sum is the output.
+  """
   out_channels: int = 3
   num_classes: int = 0
+  progressive: str = "none"
 
   @nn.compact
   def __call__(self, x: Array, t: Array, y: Array | None = None, context: Array | None = None,
                train: bool = False) -> Array:
     emb = TimeClassEmbedding(self.ch, self.num_classes, self.embedding_type, dtype=self.dtype,
                              name="embedding")(t, y)
+    if self.progressive not in PROGRESSIVE_OUTPUTS:
+      raise ValueError(f"Unknown progressive {self.progressive!r}; valid: {', '.join(PROGRESSIVE_OUTPUTS)}.")
     h, skips = self.encode(x, emb, context, train)
+    pyramid = None
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
         h = self.res_block(self.ch * mult, f"up_{level}_{i}")(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
-        if h.shape[1] in self.attn_resolutions:
+        if h.shape[1] in self.attn_resolutions and not self.ncsnpp_layout:
           h = self.attention(f"up_{level}_{i}_attn")(h, context)
+      if h.shape[1] in self.attn_resolutions and self.ncsnpp_layout:
+        h = self.attention(f"up_{level}_attn")(h, context)
+      if self.progressive == "output_skip":
+        out = self.output_head(h, f"up_{level}_pyramid_norm", f"up_{level}_pyramid_conv")
+        pyramid = out if pyramid is None else layers.resample(pyramid, "up", self.fir_kernel) + out
       if level != 0:
         name = f"up_{level}_resample"
         if self.resblock_updown:
           h = self.res_block(h.shape[-1], name, "up")(h, emb, train)
         else:
-          h = layers.Upsample(self.conv_resample, self.conv_impl, dtype=self.dtype, name=name)(h)
-    h = nn.swish(layers.GroupNorm(name="norm_out")(h)).astype(self.dtype)
-    h = layers.Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype, name="conv_out")(h)
+          h = self.resample_layer("up", name)(h)
+    h = pyramid if self.progressive == "output_skip" else self.output_head(h, "norm_out", "conv_out")
     return h.astype(jnp.float32)
+
+  @nn.nowrap
+  def output_head(self, h: Array, norm_name: str, conv_name: str) -> Array:
+    """GroupNorm, swish, zero-initialised 3×3 convolution to `out_channels`."""
+    h = nn.swish(layers.GroupNorm(name=norm_name)(h)).astype(self.dtype)
+    return layers.Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype, name=conv_name)(h)
