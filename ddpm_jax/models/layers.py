@@ -328,6 +328,8 @@ class Upsample(nn.Module):
 
 
 def residual_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
+  """x + h, or (x + h)/√2 with `skip_rescale` (DDPM++/NCSN++), which keeps the variance of a sum of two
+  independent unit-variance terms at 1."""
   return (x + h) * (1 / math.sqrt(2)) if skip_rescale else x + h
 
 
