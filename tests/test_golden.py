@@ -1,0 +1,74 @@
+"""Golden values of every offline set-up, recorded before the family refactor (issue 21) and compared after:
+the losses of the first train steps, a batch of EMA samples and the bits/dim of one test batch.
+
+  python tests/test_golden.py --record      # rewrites tests/golden/golden_values.npz (only on purpose)
+"""
+import os
+import sys
+import tempfile
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import REPO, flat_params, run_steps, tiny_config
+
+GOLDEN_PATH = os.path.join(REPO, "tests", "golden", "golden_values.npz")
+NUM_STEPS = 3
+
+
+def golden_config(name):
+  """The shipped offline config `name` (or the noisy classifier on the default's data), shrunk to seconds."""
+  sys.path.insert(0, REPO)
+  import importlib
+  if name == "classifier":
+    config = tiny_config()
+    config.model.name, config.model.num_classes = "classifier", 10
+    del config.model.out_channels, config.model.progressive
+    config.model.num_head_channels = 32
+  else:
+    config = importlib.import_module(f"configs.{name}").get_config()
+  config.diffusion.num_timesteps = 50
+  config.sde.num_scales = 25
+  config.training.batch_size = 8
+  config.sampling.num_steps = 5 if name != "ardm_default" else None
+  config.eval.bpd_num_batches = 1
+  return config
+
+
+NAMES = ["default", "ardm_default", "sde_vp_default", "sde_subvp_default", "sde_ve_default", "vdm_default",
+         "classifier"]
+
+
+def compute(name):
+  from ddpm_jax import models, parallel, train
+  from ddpm_jax.evaluation import evaluate
+  from ddpm_jax.evaluation import sample as sample_lib
+  config = golden_config(name)
+  state, losses = run_steps(config, NUM_STEPS)
+  params = flat_params(state.params)
+  values = {"losses": np.asarray(losses, np.float32),
+            "param_sums": np.asarray([params[k].sum(dtype=np.float64) for k in sorted(params)])}
+  if name == "classifier":
+    return values
+  mesh = parallel.make_mesh()
+  sample_fn = sample_lib.make_sample_fn(config, train.make_diffusion(config), models.get_model(config.model), 4, mesh)
+  values["samples"] = np.asarray(sample_fn(state.ema_params, jax.random.key(7), None))
+  with tempfile.TemporaryDirectory() as workdir:
+    values["bpd"] = np.asarray(evaluate.test_bits_per_dim(config, state.ema_params, mesh, workdir))
+  return values
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_values(name):
+  golden = np.load(GOLDEN_PATH)
+  values = compute(name)
+  for key, value in values.items():
+    np.testing.assert_allclose(value, golden[f"{name}/{key}"], rtol=1e-6, atol=1e-6, err_msg=f"{name}/{key}")
+
+
+if __name__ == "__main__" and "--record" in sys.argv:
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  os.makedirs(os.path.dirname(GOLDEN_PATH), exist_ok=True)
+  np.savez(GOLDEN_PATH, **{f"{name}/{k}": v for name in NAMES for k, v in compute(name).items()})
+  print("Wrote", GOLDEN_PATH)
