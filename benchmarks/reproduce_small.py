@@ -36,8 +36,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # noqa: E402
-from ddpm_jax import diffusion, input_pipeline, models, parallel, train  # noqa: E402
+from ddpm_jax import diffusion, input_pipeline, models, parallel, pixels, train  # noqa: E402
 from ddpm_jax.evaluation import feature_net, offline_metrics  # noqa: E402
+from ddpm_jax.families import gaussian  # noqa: E402
 from ddpm_jax.evaluation import images as image_utils  # noqa: E402
 from ddpm_jax.evaluation import sample as sample_lib  # noqa: E402
 
@@ -105,12 +106,12 @@ class Evaluator:
     if var_type:
       config.diffusion.var_type = var_type
     params, _ = sample_lib.restore_ema_params(config, workdir, self.mesh)
-    d, model = train.make_diffusion(config), models.get_model(config.model)
+    d, model = gaussian.make_diffusion(config), models.get_model(config.model)
     bpd_loop = jax.jit(lambda p, x: diffusion.calc_bpd_loop(d, lambda x_t, t: model.apply(p, x_t, t), x,
                                                             jax.random.key(0)))
     totals, last = [], []
     for batch in np.array_split(self.test_images, 3):
-      out = bpd_loop(params, image_utils.from_uint8(batch))
+      out = bpd_loop(params, pixels.from_uint8(batch))
       totals.append(np.asarray(out["total_bpd"]))
       last.append(np.asarray(out["vb"])[:, -1])
     result = {"total": float(np.concatenate(totals).mean()), "last_term": float(np.concatenate(last).mean())}

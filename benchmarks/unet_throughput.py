@@ -25,7 +25,7 @@ import optax
 from benchmarks import torch_reference
 from benchmarks.timing import interleaved_seconds, setup_host_memory, speedup_summary
 from configs import ddpm_cifar10
-from ddpm_jax import diffusion, models, schedules, train
+from ddpm_jax import diffusion, models, optim, schedules
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images per step.")
@@ -55,7 +55,7 @@ def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
   x0 = jax.random.uniform(jax.random.key(0), (batch, 32, 32, 3), minval=-1, maxval=1)
   t = jnp.arange(batch, dtype=jnp.int32) * 100
   params = jax.jit(model.init)(jax.random.key(1), x0, t)
-  optimizer = train.make_optimizer(config)  # global-norm clipping and Adam, as PyTorch's step below
+  optimizer = optim.make_optimizer(config.optim)  # global-norm clipping and Adam, as PyTorch's step below
   opt_state = optimizer.init(params)
 
   forward = jax.jit(lambda params, x, t: model.apply(params, x, t))

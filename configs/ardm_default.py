@@ -9,7 +9,7 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.ardm.enabled = True
+  config.family = "ardm"
   config.ardm.num_classes = 256
   config.model.out_channels = config.data.num_channels * config.ardm.num_classes
   return config

@@ -29,4 +29,5 @@ def get_config():
   config.training.log_every_steps = 100
   config.training.checkpoint_every_steps = 10_000
   config.training.eval_every_steps = 50_000
+  config.training.sample_every_steps = 50_000
   return config

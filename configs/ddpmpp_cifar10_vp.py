@@ -11,7 +11,8 @@ from configs import ddpm_cifar10
 
 def get_config():
   config = ddpm_cifar10.get_config()
-  config.sde.name = "vp"
+  config.family = "score_sde"
+  config.sde.type = "vp"
   config.sde.beta_min, config.sde.beta_max, config.sde.num_scales = 0.1, 20.0, 1000
   config.model.num_res_blocks = 4
   config.model.resblock_updown = True

@@ -11,6 +11,9 @@ from ml_collections import config_dict
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # What is trained: "gaussian" (DDPM / Improved DDPM / ADM), "classifier" (ADM's noisy classifier),
+  # "score_sde", "vdm" or "ardm" (ddpm_jax/families/); each reads its own block below.
+  config.family = "gaussian"
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "digits"
@@ -18,10 +21,10 @@ def get_config():
   data.num_channels = 1
   data.random_flip = False
   data.data_dir = config_dict.placeholder(str)
+  data.eval_split = "test"               # the held-out split of evaluations
 
   config.model = model = ml_collections.ConfigDict()
-  model.name = "unet"                    # or "classifier": train ADM's noisy classifier (drop out_channels
-                                         # and progressive)
+  model.name = "unet"                    # or "classifier", the noisy classifier of family "classifier"
   model.ch = 32
   model.out_channels = 1                 # data.num_channels, twice that with a learned variance
   model.ch_mult = (1, 2)
@@ -54,8 +57,8 @@ def get_config():
   diffusion.loss_type = "mse"
   diffusion.timestep_sampler = "uniform"  # or "loss_aware" (Improved DDPM §3.3, for the kl losses)
 
-  config.sde = sde = ml_collections.ConfigDict()  # score SDEs (Song et al. 2021) instead of discrete steps
-  sde.name = config_dict.placeholder(str)  # None: discrete-time diffusion; "vp" | "subvp" | "ve"
+  config.sde = sde = ml_collections.ConfigDict()  # family "score_sde" (Song et al. 2021)
+  sde.type = "vp"                        # "vp" | "subvp" | "ve"
   sde.beta_min, sde.beta_max = 0.1, 20.0
   sde.sigma_min, sde.sigma_max = 0.01, 50.0
   sde.num_scales = 1000
@@ -63,16 +66,16 @@ def get_config():
   sde.eps = 1e-5                         # t ~ U(eps, 1) in training
   sde.likelihood_weighting = False
 
-  config.vdm = vdm = ml_collections.ConfigDict()  # Variational Diffusion Models (Kingma et al. 2021)
-  vdm.schedule = config_dict.placeholder(str)  # None: not VDM; "fixed" (linear γ) | "learned" (monotone network)
+  config.vdm = vdm = ml_collections.ConfigDict()  # family "vdm" (Kingma et al. 2021)
+  vdm.noise_schedule = "learned"         # "fixed" (linear γ) | "learned" (monotone network)
   vdm.gamma_min, vdm.gamma_max = -13.3, 5.0  # γ = -log SNR at t = 0 and 1 (the learned endpoints start here)
   vdm.n_features = 1024                  # width of the learned schedule's monotone network
   vdm.num_steps = 0                      # 0: continuous-time loss; T > 0: the T-step loss
   vdm.antithetic_time = True             # low-discrepancy t over the batch
   vdm.minimize_schedule_variance = True  # learned shape trained on the loss variance (VDM §5.2)
 
-  config.ardm = ardm = ml_collections.ConfigDict()  # order-agnostic Autoregressive Diffusion (Hoogeboom et al.)
-  ardm.enabled = False                   # model.out_channels must be num_channels · num_classes
+  config.ardm = ardm = ml_collections.ConfigDict()  # family "ardm" (Hoogeboom et al. 2021)
+                                         # model.out_channels must be num_channels · num_classes
   ardm.num_classes = 256                 # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0)
 
   config.optim = optim = ml_collections.ConfigDict()
@@ -89,24 +92,26 @@ def get_config():
   training.num_train_steps = 3000
   training.log_every_steps = 50
   training.checkpoint_every_steps = 500
-  training.eval_every_steps = 1000       # EMA sample grid to workdir/samples and TensorBoard
+  training.eval_every_steps = 1000       # held-out loss of the EMA parameters (eval.num_loss_batches)
+  training.sample_every_steps = 1000     # EMA sample grid to workdir/samples and TensorBoard
   training.keep_checkpoints = 3
   training.fsdp = False                  # shard params and optimizer state over the data axis
   training.label_dropout = 0.1           # class-conditional models: null-label rate (classifier-free guidance)
 
   config.sampling = sampling = ml_collections.ConfigDict()  # sample grids in training and --mode=sample
-  sampling.sampler = "ddim"              # "ddpm" (ancestral) | "ddim" | "dpm_solver" (DPM-Solver++ 2M)
+  sampling.sampler = "ddim"              # family "gaussian": "ddpm" (ancestral) | "ddim" | "dpm_solver"
   sampling.num_steps = config_dict.placeholder(int)  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver)
   sampling.eta = 0.0                     # DDIM: 0 deterministic, 1 ancestral-like
   sampling.guidance_scale = 0.0          # classifier-free guidance w (class-conditional models)
-  sampling.classifier_workdir = config_dict.placeholder(str)  # a run with model.name="classifier" …
+  sampling.classifier_workdir = config_dict.placeholder(str)  # a run of family "classifier" …
   sampling.classifier_scale = 0.0        # … and its guidance scale s (ADM §4)
   sampling.num_samples = 64
   sampling.batch_size = 64
   sampling.clip_denoised = True
   sampling.snr = 0.16                    # score SDEs: Langevin corrector signal-to-noise ratio
 
-  config.eval = eval_config = ml_collections.ConfigDict()  # --mode=eval
+  config.eval = eval_config = ml_collections.ConfigDict()  # --mode=eval, and the held-out loss in training
+  eval_config.num_loss_batches = 4       # held-out batches of training.batch_size; 0: none
   eval_config.inception_path = config_dict.placeholder(str)  # pytorch-fid's pt_inception-2015-12-05-*.pth
   eval_config.num_fid_samples = 1000
   eval_config.num_reference_images = 1500  # the digits' whole train split

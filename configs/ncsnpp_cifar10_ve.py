@@ -13,7 +13,8 @@ from configs import ddpm_cifar10
 
 def get_config():
   config = ddpm_cifar10.get_config()
-  config.sde.name = "ve"
+  config.family = "score_sde"
+  config.sde.type = "ve"
   config.sde.sigma_min, config.sde.sigma_max, config.sde.num_scales = 0.01, 50.0, 1000
   config.sde.conditioning = "sigma"      # NCSN++ embeds log σ with Gaussian Fourier features
   config.model.embedding_type = "fourier"

@@ -7,5 +7,6 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.sde.name = "subvp"
+  config.family = "score_sde"
+  config.sde.type = "subvp"
   return config

@@ -7,5 +7,6 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.sde.name = "ve"
+  config.family = "score_sde"
+  config.sde.type = "ve"
   return config

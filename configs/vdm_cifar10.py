@@ -11,7 +11,8 @@ from configs import ddpm_cifar10
 
 def get_config():
   config = ddpm_cifar10.get_config()
-  config.vdm.schedule = "learned"
+  config.family = "vdm"
+  config.vdm.noise_schedule = "learned"
   config.vdm.gamma_min, config.vdm.gamma_max = -13.3, 5.0
   config.model.ch_mult = (1,)
   config.model.num_res_blocks = 32

@@ -8,7 +8,8 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.vdm.schedule = "learned"
+  config.family = "vdm"
+  config.vdm.noise_schedule = "learned"
   config.vdm.n_features = 256
   config.model.fourier_features = (6, 7)
   config.sampling.num_steps = 1000

@@ -48,17 +48,15 @@ def log_probs_of_data(logits_fn: LogitsFn, x: Array, known: Array, t: Array) -> 
 
 def loss_at(logits_fn: LogitsFn, x: Array, t: Array, rank: Array) -> Array:
   """The estimate -D/(D - t) Σ_{rank ≥ t} log p(x_k | x_{rank < t}) in nats [B], at given t [B] and orders."""
-  d = _num_dims(x.shape)
+  num_dims = _num_dims(x.shape)
   known = rank < losses.expand_to(t, rank)
   log_p = log_probs_of_data(logits_fn, x, known, t)
-  return -d / (d - t) * losses.sum_flat(jnp.where(known, 0.0, log_p))
+  return -num_dims / (num_dims - t) * losses.sum_flat(jnp.where(known, 0.0, log_p))
 
 
-def training_loss(logits_fn: LogitsFn, x: Array, rng: Array) -> Array:
-  """One draw of t ~ U{0..D-1} and σ per example -> the unbiased estimate of -log p(x) (bound) in nats [B]."""
-  t_rng, order_rng = jax.random.split(rng)
-  t = jax.random.randint(t_rng, (x.shape[0],), 0, _num_dims(x.shape))
-  return loss_at(logits_fn, x, t, random_order(order_rng, x.shape))
+def random_step(t_rng: Array, order_rng: Array, shape) -> tuple[Array, Array]:
+  """The one-step estimate's draws: t ~ U{0..D-1} [B] and an order per example (its rank [B, ...])."""
+  return jax.random.randint(t_rng, (shape[0],), 0, _num_dims(shape)), random_order(order_rng, shape)
 
 
 def nll_along_order(logits_fn: LogitsFn, x: Array, rank: Array) -> tuple[Array, Array]:
@@ -81,21 +79,21 @@ def parallel_decoding_plan(loss_components: np.ndarray, budget: int) -> np.ndarr
     min Σ_j (b_{j+1} - b_j) · l_{b_j},  by dynamic programming over (steps, variables done), O(S · D²).
   """
   costs = np.asarray(loss_components, np.float64)
-  d = costs.shape[0]
-  if not 1 <= budget <= d:
-    raise ValueError(f"The step budget must be in [1, {d}] for {d} variables; got {budget}.")
+  num_dims = costs.shape[0]
+  if not 1 <= budget <= num_dims:
+    raise ValueError(f"The step budget must be in [1, {num_dims}] for {num_dims} variables; got {budget}.")
   # cost[a, b] of one step from a to b > a variables done: (b - a) · l_a.
-  done = np.arange(d + 1)
+  done = np.arange(num_dims + 1)
   step_cost = np.where(done[None, :] > done[:, None], (done[None, :] - done[:, None]) * np.append(costs, 0)[:, None],
                        np.inf)
-  best = np.full(d + 1, np.inf)
+  best = np.full(num_dims + 1, np.inf)
   best[0] = 0.0
   choices = []
   for _ in range(budget):
     total = best[:, None] + step_cost  # [from, to]
     choices.append(np.argmin(total, axis=0))
     best = np.min(total, axis=0)
-  bounds = [d]
+  bounds = [num_dims]
   for choice in reversed(choices):
     bounds.append(int(choice[bounds[-1]]))
   return np.asarray(bounds[::-1], np.int32)
@@ -105,10 +103,10 @@ def sample(logits_fn: LogitsFn, rng: Array, shape, plan: np.ndarray | None = Non
   """Samples in a random order per example, step j generating the variables of rank in [plan[j], plan[j+1]) in
   parallel from one network call; one `lax.scan` over the steps. `plan` defaults to one variable per step (D).
   -> (x [B, ...] int in [0, K), the step that generated each variable [B, ...])."""
-  d = _num_dims(shape)
-  plan = np.arange(d + 1) if plan is None else np.asarray(plan)
-  if plan[0] != 0 or plan[-1] != d or np.any(np.diff(plan) <= 0):
-    raise ValueError(f"A decoding plan must increase strictly from 0 to D = {d}; got {plan}.")
+  num_dims = _num_dims(shape)
+  plan = np.arange(num_dims + 1) if plan is None else np.asarray(plan)
+  if plan[0] != 0 or plan[-1] != num_dims or np.any(np.diff(plan) <= 0):
+    raise ValueError(f"A decoding plan must increase strictly from 0 to D = {num_dims}; got {plan}.")
   order_rng, rng = jax.random.split(rng)
   rank = random_order(order_rng, shape)
 

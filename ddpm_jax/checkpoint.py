@@ -40,9 +40,6 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     config=ocp.args.JsonSave(config_json)), force=True)
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def restore_latest(self, abstract_state):
     """-> (state, step) from the newest readable step, or (None, None) if there are no checkpoints.
 

@@ -318,12 +318,22 @@ def calc_bpd_loop(d: GaussianDiffusion, model_fn: ModelFn, x0: Array, rng: Array
 # Training losses.
 
 
+def loss_variance_problems(var_type: str, loss_type: str) -> list[str]:
+  """Why `loss_type` cannot train the variance `var_type` (empty when it can)."""
+  learned = var_type in LEARNED_VAR_TYPES
+  if loss_type == "mse" and learned:
+    return [f"var_type={var_type!r} is learned but loss_type='mse' cannot train it; use 'hybrid', 'kl' or "
+            "'rescaled_kl'."]
+  if loss_type == "hybrid" and not learned:
+    return [f"loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range'), got {var_type!r}: "
+            "with a fixed variance its VLB term has no gradient; use loss_type='mse'."]
+  return []
+
+
 def _check_loss_variance(d: GaussianDiffusion) -> None:
-  if d.loss_type == "mse" and d.learned_variance:
-    raise ValueError(f"loss_type='mse' cannot train var_type={d.var_type!r}; use loss_type='hybrid' or 'kl'.")
-  if d.loss_type == "hybrid" and not d.learned_variance:
-    raise ValueError(f"loss_type='hybrid' needs a learned variance, got var_type={d.var_type!r}; "
-                     "with a fixed variance its VLB term has no gradient: use loss_type='mse'.")
+  problems = loss_variance_problems(d.var_type, d.loss_type)
+  if problems:
+    raise ValueError(problems[0])
 
 
 def training_losses(d: GaussianDiffusion, model_fn: ModelFn, x0: Array, t: Array, noise: Array) -> dict[str, Array]:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from ddpm_jax.evaluation import images as image_utils
+from ddpm_jax import pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -117,7 +117,7 @@ def to_model_range(image: np.ndarray, image_size: int, num_channels: int) -> np.
       image = np.repeat(image, num_channels, axis=-1)
     elif num_channels == 1:
       image = np.round(image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-  return image_utils.from_uint8(image)
+  return pixels.from_uint8(image)
 
 
 def stream_indices(num_examples: int, seed: int, positions: np.ndarray) -> np.ndarray:

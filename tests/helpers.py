@@ -26,6 +26,8 @@ def tiny_config(num_train_steps=12, batch_size=16):
   config.training.log_every_steps = 4
   config.training.checkpoint_every_steps = 4
   config.training.eval_every_steps = 1000
+  config.training.sample_every_steps = 1000
+  config.eval.num_loss_batches = 0  # no held-out loss: tests that want it set this
   config.sampling.num_samples = 0  # no sample grids: tests that want them set this
   config.sampling.num_steps = 5
   return config

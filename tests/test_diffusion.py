@@ -269,5 +269,5 @@ def test_bad_inputs_raise_before_compiling(betas):
     diffusion.p_mean_variance(make(betas, var_type="learned"), x0, x0, jnp.zeros(4, jnp.int32))
   with pytest.raises(ValueError, match="cannot train"):
     diffusion.training_losses(make(betas, var_type="learned"), lambda x, t: x, x0, jnp.zeros(4, jnp.int32), x0)
-  with pytest.raises(ValueError, match="needs a learned variance"):
+  with pytest.raises(ValueError, match="needs a learned var_type"):
     diffusion.training_losses(make(betas, loss_type="hybrid"), lambda x, t: x, x0, jnp.zeros(4, jnp.int32), x0)

@@ -23,7 +23,7 @@ def golden_config(name):
   import importlib
   if name == "classifier":
     config = tiny_config()
-    config.model.name, config.model.num_classes = "classifier", 10
+    config.family, config.model.name, config.model.num_classes = "classifier", "classifier", 10
     del config.model.out_channels, config.model.progressive
     config.model.num_head_channels = 32
   else:
@@ -41,7 +41,7 @@ NAMES = ["default", "ardm_default", "sde_vp_default", "sde_subvp_default", "sde_
 
 
 def compute(name):
-  from ddpm_jax import models, parallel, train
+  from ddpm_jax import families, parallel
   from ddpm_jax.evaluation import evaluate
   from ddpm_jax.evaluation import sample as sample_lib
   config = golden_config(name)
@@ -52,10 +52,10 @@ def compute(name):
   if name == "classifier":
     return values
   mesh = parallel.make_mesh()
-  sample_fn = sample_lib.make_sample_fn(config, train.make_diffusion(config), models.get_model(config.model), 4, mesh)
+  sample_fn = sample_lib.make_sample_fn(families.get_family(config), 4, mesh)
   values["samples"] = np.asarray(sample_fn(state.ema_params, jax.random.key(7), None))
   with tempfile.TemporaryDirectory() as workdir:
-    values["bpd"] = np.asarray(evaluate.test_bits_per_dim(config, state.ema_params, mesh, workdir))
+    values["bpd"] = np.asarray(evaluate.held_out_bits_per_dim(config, state.ema_params, mesh, workdir))
   return values
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import optax
 import pytest
 
-from ddpm_jax import ardm, checkpoint, host_memory, input_pipeline, parallel, train
+from ddpm_jax import ardm, checkpoint, config_validation, host_memory, input_pipeline, optim, parallel, train
+from ddpm_jax.families import ardm as ardm_family
 from helpers import REPO, flat_params, run_steps, tiny_config
 
 HELPERS = os.path.join(REPO, "tests", "helpers.py")
@@ -57,7 +58,7 @@ def test_loss_decreases():
 def test_clip_by_global_norm_equals_optax(max_norm):
   grads = {"a": jnp.full((3, 4), 0.5), "b": {"c": jnp.arange(-3.0, 3.0)}}
   norm = float(optax.tree.norm(grads))
-  ours, _ = train.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+  ours, _ = optim.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
   reference, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, reference)
   assert np.isclose(float(optax.tree.norm(ours)), min(norm, max_norm), rtol=1e-6)
@@ -245,7 +246,23 @@ def test_bad_configs_fail_with_their_message(change, message, monkeypatch):
   config = tiny_config()
   change(config)
   with pytest.raises(ValueError, match=message):
-    train.validate_config(config)
+    config_validation.validate_config(config)
+
+
+@pytest.mark.parametrize("old_selector,family", [
+    (lambda c: setattr(c.sde, "name", "ve"), "score_sde"),
+    (lambda c: setattr(c.vdm, "schedule", "learned"), "vdm"),
+    (lambda c: setattr(c.ardm, "enabled", True), "ardm"),
+    (lambda c: setattr(c.model, "name", "classifier"), "classifier"),
+    (lambda c: delattr(c, "family"), "gaussian"),
+])
+def test_configs_with_the_old_family_selectors_get_one_line_naming_config_family(old_selector, family):
+  config = tiny_config()
+  old_selector(config)
+  with pytest.raises(ValueError) as error:
+    config_validation.validate_config(config)
+  message = str(error.value)
+  assert "\n" not in message and "config.family" in message and family in message, message
 
 
 def test_every_shipped_config_is_valid():
@@ -254,7 +271,7 @@ def test_every_shipped_config_is_valid():
     name = os.path.basename(path)[:-3]
     if name != "__init__":
       config = importlib.import_module(f"configs.{name}").get_config()
-      train.validate_config(config)
+      config_validation.validate_config(config)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver"])
@@ -282,14 +299,15 @@ def test_class_conditional_and_loss_aware_training_paths():
   state, losses = run_steps(config, 2)
   assert np.all(np.isfinite(losses))
   # Every example of both batches entered the loss history of its t.
-  assert int(np.sum(np.asarray(state.loss_history.counts))) == 2 * config.training.batch_size
+  assert int(np.sum(np.asarray(state.family_state.counts))) == 2 * config.training.batch_size
   assert flat_params(state.params)["['params']['embedding']['class_embedding']['embedding']"].shape == (11, 128)
 
 
 def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
   from ddpm_jax.evaluation import sample
   classifier_config = tiny_config(num_train_steps=4)
-  classifier_config.model.name, classifier_config.model.num_classes = "classifier", 10
+  classifier_config.family, classifier_config.model.name = "classifier", "classifier"
+  classifier_config.model.num_classes = 10
   del classifier_config.model.out_channels, classifier_config.model.progressive
   classifier_config.model.num_head_channels = 32
   state = train.train_and_evaluate(classifier_config, str(tmp_path / "classifier"))
@@ -333,7 +351,7 @@ def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   # VE conditioned on log σ with Fourier features, NCSN++'s network: the set-up furthest from the discrete diffusion.
   from ddpm_jax.evaluation import evaluate, sample
   config = tiny_config(num_train_steps=4)
-  config.sde.name, config.sde.num_scales = "ve", 25
+  config.family, config.sde.type, config.sde.num_scales = "score_sde", "ve", 25
   config.sde.conditioning, config.model.embedding_type = "sigma", "fourier"
   config.model.update(resblock_updown=True, skip_rescale=True, ncsnpp_layout=True, fir_kernel=(1, 3, 3, 1),
                       progressive_input="input_skip", progressive="output_skip")
@@ -350,19 +368,19 @@ def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   assert np.isfinite(results["bpd"]) and results["bpd"] > 0
   config.model.num_classes = 10
   with pytest.raises(ValueError, match="unconditional"):
-    train.validate_config(config)
+    config_validation.validate_config(config)
   config.model.num_classes, config.model.embedding_type = 0, "positional"
   with pytest.raises(ValueError, match="fourier"):
-    train.validate_config(config)
-  config.sde.name, config.sde.num_scales, config.sde.conditioning = "vp", 20, "t"
+    config_validation.validate_config(config)
+  config.sde.type, config.sde.num_scales, config.sde.conditioning = "vp", 20, "t"
   with pytest.raises(ValueError, match="num_scales"):
-    train.validate_config(config)
+    config_validation.validate_config(config)
 
 
 def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   from ddpm_jax.evaluation import evaluate, sample
   config = tiny_config(num_train_steps=4)
-  config.vdm.schedule, config.vdm.n_features, config.model.fourier_features = "learned", 16, (6, 7)
+  config.family, config.vdm.n_features, config.model.fourier_features = "vdm", 16, (6, 7)
   config.optim.weight_decay = 0.01  # AdamW, as the paper
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 4 and set(state.params) == {"unet", "schedule"}
@@ -372,27 +390,27 @@ def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   config.training.batch_size, config.eval.num_fid_samples = 8, 4
   results = evaluate.evaluate(config, str(tmp_path))  # the VLB, on the same 8-bit footing as calc_bpd_loop
   assert 0 < results["bpd"] < 20 and results["feature_fd"] > 0  # and the offline metrics of its samples
-  config.sde.name = "vp"
-  with pytest.raises(ValueError, match="VDM"):
-    train.validate_config(config)
+  config.vdm.gamma_min = 6.0
+  with pytest.raises(ValueError, match="vdm.gamma_min=6.0 must be below"):
+    config_validation.validate_config(config)
 
 
 def test_ardm_trains_evaluates_and_decodes_in_parallel_with_the_same_loop(tmp_path):
   from ddpm_jax.evaluation import evaluate, sample
   config = tiny_config(num_train_steps=4)
-  config.ardm.enabled, config.model.out_channels = True, 256
+  config.family, config.model.out_channels = "ardm", 256
   train.train_and_evaluate(config, str(tmp_path))
   config.training.batch_size, config.eval.num_fid_samples = 8, 0
   bpd = evaluate.evaluate(config, str(tmp_path))["bpd"]  # exact -log p(x | σ), D = 64 network calls
   assert 0 < bpd <= 8.5  # near 8 bits (uniform over 256 values) after 4 steps
-  components = np.load(sample.ardm_loss_components_path(str(tmp_path)))["loss_components"]
+  components = np.load(ardm_family.loss_components_path(str(tmp_path)))["loss_components"]
   assert components.shape == (64,)
   np.testing.assert_allclose(components.sum() / (64 * np.log(2)), bpd, rtol=1e-4)
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 5
-  plan = sample.ardm_decoding_plan(config, str(tmp_path))
+  plan = ardm_family.decoding_plan(config, str(tmp_path))
   np.testing.assert_array_equal(plan, ardm.parallel_decoding_plan(components, 5))
   images = np.load(sample.sample(config, str(tmp_path)))["images"]
   assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
   config.model.out_channels = 2
   with pytest.raises(ValueError, match="ardm.num_classes=256 need 256"):
-    train.validate_config(config)
+    config_validation.validate_config(config)

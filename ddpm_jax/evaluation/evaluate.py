@@ -1,4 +1,5 @@
-"""`--mode=eval`: FID and Inception Score of samples, and bits/dim on the test split, for the newest checkpoint.
+"""`--mode=eval`: FID and Inception Score of samples, and bits/dim on the held-out split (data.eval_split), for
+the newest checkpoint.
 
 config.eval:
   inception_path        pytorch-fid's pt_inception-2015-12-05-*.pth (or its converted .npz); FID/IS are
@@ -9,7 +10,7 @@ config.eval:
                         feature_class_score, class_accuracy (class-conditional samples), memorized_fraction
   reference_stats_path  cache of the dataset's Inception statistics (default: workdir/fid_stats_<data>.npz),
                         computed once from `num_reference_images` training images
-  bpd_num_batches       test batches of `training.batch_size` for bits/dim: the VLB (calc_bpd_loop; VDM's; an
+  bpd_num_batches       held-out batches of `training.batch_size` for bits/dim: the VLB (calc_bpd_loop; VDM's; an
                         ARDM's exact NLL along a random order) or a score SDE's probability-flow ODE
                         likelihood (sde.bits_per_dim); 0 skips
 
@@ -28,10 +29,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import ardm, diffusion, files, input_pipeline, losses, models, parallel, sde, vdm
+from ddpm_jax import families, files, input_pipeline, parallel, pixels
+from ddpm_jax.config_validation import validate_config
 from ddpm_jax.evaluation import feature_net, fid, offline_metrics
-from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax.train_state import run_rngs
 
 
 def inception_statistics(inception_params, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -62,88 +64,92 @@ def reference_statistics(config: ml_collections.ConfigDict, inception_params, pa
   return stats
 
 
-def test_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh, workdir: str) -> float:
-  """Mean negative log-likelihood bound in bits/dim of the 8-bit test data over `eval.bpd_num_batches` batches:
-  the discrete VLB with all T terms (`calc_bpd_loop`), a VDM's VLB (one low-discrepancy t per example: unbiased),
-  a score SDE's probability-flow likelihood of the dequantised data, or an ARDM's exact -log p(x | σ) along one
-  random order per example (D network calls; its per-step means are saved as the loss components from which
-  sampling plans parallel decoding)."""
-  from ddpm_jax import train
-  d, model, score_sde = train.make_diffusion(config), models.get_model(config.model), train.make_sde(config)
+def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Family, mesh):
+  """-> (params) -> the family's mean loss, without dropout and with t uniform, on the first
+  `eval.num_loss_batches` batches of `data.eval_split`; the same draws at every call, so that the values
+  of one run compare."""
+  def mean_loss(params, batch, rng):
+    draws = family.draw(families.step_keys(rng), batch, None)
+    return jnp.mean(family.loss(params, batch, draws, None) * draws["weight"])
 
-  def total_bpd(params, x0, rng):
-    if config.vdm.schedule:
-      t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)
-      terms = vdm.vlb_terms(params["schedule"], train.vdm_eps_fn(config, model, params["unet"]), x0,
-                            vdm.time_samples(t_rng, x0.shape[0]), jax.random.normal(noise_rng, x0.shape),
-                            jax.random.normal(recon_rng, x0.shape), config.vdm.num_steps)
-      return losses.bits_per_dim(terms["total"], x0), None
-    if config.ardm.enabled:
-      nats, per_step = ardm.nll_along_order(train.ardm_logits_fn(config, model, params), train.ardm_values(config, x0),
-                                            ardm.random_order(rng, x0.shape))
-      return losses.bits_per_dim(nats, x0), per_step
-    model_fn = lambda x_t, t: model.apply(params, x_t, t)
-    if score_sde is None:  # the discrete-time VLB
-      return diffusion.calc_bpd_loop(d, model_fn, x0, rng)["total_bpd"], None
-    # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace estimate).
-    images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
-    return sde.bits_per_dim(score_sde, sde.model_score_fn(score_sde, model_fn, config.sde.conditioning),
-                            images, rng), None
-
-  bpd_fn = jax.jit(total_bpd)
+  loss_fn = jax.jit(mean_loss, out_shardings=parallel.replicated(mesh))
   sharding = parallel.data_sharding(mesh)
-  totals, per_steps = [], []
-  batches = input_pipeline.batches(config.data, split="test", global_batch_size=config.training.batch_size,
-                                   seed=config.seed, num_steps=config.eval.bpd_num_batches)
+  key = run_rngs(config.seed)["eval"]
+
+  def held_out_loss(params) -> float:
+    batches = input_pipeline.batches(config.data, split=config.data.eval_split,
+                                     global_batch_size=config.training.batch_size, seed=config.seed,
+                                     num_steps=config.eval.num_loss_batches)
+    losses = [loss_fn(params, parallel.global_batch(batch, sharding), jax.random.fold_in(key, i))
+              for i, batch in enumerate(batches)]
+    return float(np.mean(jax.device_get(losses)))
+  return held_out_loss
+
+
+def held_out_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh, workdir: str) -> float:
+  """Mean negative log-likelihood (bound) in bits/dim of the 8-bit held-out data over `eval.bpd_num_batches`
+  batches, by the family's likelihood: the discrete VLB with all T terms (`calc_bpd_loop`), a VDM's VLB (one
+  low-discrepancy t per example: unbiased), a score SDE's probability-flow likelihood of the dequantised
+  data, or an ARDM's exact -log p(x | σ) along one random order per example (its per-step losses are saved
+  for the sampler's parallel decoding plan)."""
+  family = families.get_family(config)
+  if family.bits_per_dim is None:
+    raise ValueError(f"config.family={config.family!r} has no likelihood: set eval.bpd_num_batches=0.")
+  bpd_fn = jax.jit(family.bits_per_dim)
+  sharding = parallel.data_sharding(mesh)
+  outputs = []
+  batches = input_pipeline.batches(config.data, split=config.data.eval_split,
+                                   global_batch_size=config.training.batch_size, seed=config.seed,
+                                   num_steps=config.eval.bpd_num_batches)
   for i, batch in enumerate(batches):
     x0 = parallel.global_batch(batch, sharding)["image"]
-    bpd, per_step = bpd_fn(ema_params, x0, jax.random.key(i))
-    totals.append(parallel.to_host(bpd))
-    if per_step is not None:
-      per_steps.append(parallel.to_host(per_step))
-    logging.info("bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, totals[-1].mean())
-  if per_steps and jax.process_index() == 0:
-    path = sample_lib.ardm_loss_components_path(workdir)
-    files.save_npz(path, loss_components=np.concatenate(per_steps).mean(axis=0))
-    logging.info("Wrote the ARDM loss components (nats per step) to %s.", path)
-  return float(np.concatenate(totals).mean())
+    outputs.append({k: parallel.to_host(v) for k, v in bpd_fn(ema_params, x0, jax.random.key(i)).items()})
+    logging.info("bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, outputs[-1]["bpd"].mean())
+  terms = {k: np.concatenate([out[k] for out in outputs]) for k in outputs[0]}
+  if family.save_likelihood_terms is not None and jax.process_index() == 0:
+    family.save_likelihood_terms(workdir, terms)
+  return float(terms["bpd"].mean())
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  from ddpm_jax import train
-  train.validate_config(config)
+  validate_config(config)
   mesh = parallel.make_mesh()
   ema_params, step = sample_lib.restore_ema_params(config, workdir, mesh)
-  c = config.eval
+  eval_config = config.eval
+  family = families.get_family(config)
   results: dict[str, float] = {}
+  if eval_config.num_loss_batches:
+    results["loss"] = make_held_out_loss(config, family, mesh)(ema_params)
 
   @functools.cache
   def generate():  # the same samples for FID and the offline metrics
-    return sample_lib.generate(config, ema_params, step, c.num_fid_samples, mesh, workdir)
-  if c.inception_path:
-    inception_params = fid.load_inception_params(c.inception_path)
+    return sample_lib.generate(config, ema_params, step, eval_config.num_fid_samples, mesh, workdir)
+  if family.make_sampler is None:
+    logging.info("config.family=%r generates no images: no sample metrics.", config.family)
+  elif eval_config.inception_path:
+    inception_params = fid.load_inception_params(eval_config.inception_path)
     size = config.data.image_size
-    stats_path = c.reference_stats_path or os.path.join(
+    stats_path = eval_config.reference_stats_path or os.path.join(
         workdir, f"fid_stats_{config.data.dataset.replace('/', '_')}_{size}.npz")
     reference = reference_statistics(config, inception_params, stats_path)
     images, labels = generate()
-    generated = inception_statistics(inception_params, image_utils.from_uint8(images),
+    generated = inception_statistics(inception_params, pixels.from_uint8(images),
                                      config.sampling.batch_size)
     results["fid"] = fid.frechet_distance(generated["mu"], generated["sigma"], reference["mu"], reference["sigma"])
     results["inception_score"], results["inception_score_std"] = fid.inception_score(generated["logits"])
   else:
     logging.warning("config.eval.inception_path is not set: skipping FID and Inception Score.")
-  net_path = c.feature_net_path or feature_net.default_path(config.data.dataset, config.data.image_size)
-  if net_path and c.num_fid_samples:
+  net_path = eval_config.feature_net_path or feature_net.default_path(config.data.dataset, config.data.image_size)
+  if net_path and eval_config.num_fid_samples and family.make_sampler is not None:
     images, labels = generate()
-    conditional = bool(config.model.num_classes) or bool(config.sampling.classifier_workdir and
+    conditional = bool(config.model.get("num_classes")) or bool(config.sampling.classifier_workdir and
                                                           config.sampling.classifier_scale)
     train_images, _ = input_pipeline.load_split(config.data, "train")
-    test_images, _ = input_pipeline.load_split(config.data, "test")
+    test_images, _ = input_pipeline.load_split(config.data, config.data.eval_split)
     results.update(offline_metrics.evaluate_samples(feature_net.load(net_path)[0], images,
                                                     labels if conditional else None, train_images, test_images))
-  if c.bpd_num_batches:
-    results["bpd"] = test_bits_per_dim(config, ema_params, mesh, workdir)
+  if eval_config.bpd_num_batches:
+    results["bpd"] = held_out_bits_per_dim(config, ema_params, mesh, workdir)
   if jax.process_index() == 0:
     (epath.Path(workdir) / f"eval_{step}.json").write_text(json.dumps({"step": step, **results}, indent=2))
     from tensorboardX import SummaryWriter

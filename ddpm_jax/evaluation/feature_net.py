@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from ddpm_jax import files, input_pipeline
-from ddpm_jax.evaluation import images as image_utils
+from ddpm_jax import pixels
 
 Array = jax.Array
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
@@ -49,7 +49,7 @@ class FeatureNet(nn.Module):
 
 def _split_arrays(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
   images, labels = input_pipeline.load_split(data_config, split)
-  return image_utils.from_uint8(images), labels
+  return pixels.from_uint8(images), labels
 
 
 def train(data_config, num_classes: int = 10, steps: int = 2000, batch_size: int = 128, seed: int = 0,

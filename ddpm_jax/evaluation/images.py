@@ -8,15 +8,7 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
-
-def from_uint8(images: np.ndarray) -> np.ndarray:
-  """uint8 in {0, …, 255} -> float32 in [-1, 1], the data scaling x/127.5 - 1."""
-  return np.asarray(images, np.float32) / 127.5 - 1.0
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8 in {0, …, 255}, the inverse of the data scaling x/127.5 - 1."""
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from ddpm_jax.pixels import to_uint8
 
 
 def grid_uint8(images: np.ndarray, padding: int = 1, min_size: int = 32) -> np.ndarray:

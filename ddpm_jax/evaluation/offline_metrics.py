@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from ddpm_jax.evaluation import feature_net, fid
-from ddpm_jax.evaluation import images as image_utils
+from ddpm_jax import pixels
 
 
 def features_and_logits(params, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """The feature network's features [N, F] and class logits [N, K] of uint8 images."""
-  return feature_net.apply(params, image_utils.from_uint8(images))
+  return feature_net.apply(params, pixels.from_uint8(images))
 
 
 def feature_frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

@@ -1,10 +1,11 @@
 """`--mode=sample`: N samples from the newest checkpoint's EMA parameters, to `samples_<step>.npz` and a PNG.
 
-config.sampling: sampler ("ddpm" | "ddim" | "dpm_solver"), num_steps (None: all T for ddpm, 50 for ddim, 20 for
-dpm_solver), eta (DDIM), guidance_scale (classifier-free, class-conditional models), classifier_workdir and
-classifier_scale (classifier guidance with a noisy classifier trained by `model.name="classifier"`),
-num_samples, batch_size, clip_denoised. Score SDEs sample by predictor-corrector (snr), VDMs ancestrally on
-num_steps (default 1000) equal steps of t, ARDMs in a random order in num_steps (default D) parallel steps.
+Every family samples with its own sampler (families/*.py), chosen and tuned by config.sampling: for the
+Gaussian family sampler ("ddpm" | "ddim" | "dpm_solver"), num_steps (None: all T for ddpm, 50 for ddim, 20
+for dpm_solver), eta (DDIM), guidance_scale (classifier-free, class-conditional models), classifier_workdir
+and classifier_scale (classifier guidance by a run of config.family="classifier"), clip_denoised; score SDEs
+sample by predictor-corrector (snr), VDMs ancestrally on num_steps (default 1000) equal steps of t, ARDMs in
+a random order in num_steps (default D) parallel steps. num_samples and batch_size for all.
 """
 from __future__ import annotations
 
@@ -14,86 +15,30 @@ import os
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import ardm, checkpoint, diffusion, files, models, parallel, sampling, sde, vdm
+from ddpm_jax import checkpoint, families, files, parallel, pixels
+from ddpm_jax.config_validation import validate_config
 from ddpm_jax.evaluation import images as image_utils
-
-SAMPLERS = ("ddpm", "ddim", "dpm_solver")
-
-
-def ardm_loss_components_path(workdir: str) -> str:
-  return os.path.join(workdir, "ardm_loss_components.npz")
+from ddpm_jax.train_state import abstract_train_state, run_rngs
 
 
-def ardm_decoding_plan(config: ml_collections.ConfigDict, workdir: str | None) -> np.ndarray | None:
-  """For an ARDM with sampling.num_steps = S below D: the step boundaries by dynamic programming over the loss
-  components that --mode=eval saved in workdir (or, without them, S steps of equal size). None: D steps."""
-  d = config.data.image_size**2 * config.data.num_channels
-  budget = config.sampling.num_steps or d
-  if budget >= d:
-    return None
-  path = ardm_loss_components_path(workdir) if workdir else None
-  if path and epath.Path(path).exists():
-    return ardm.parallel_decoding_plan(files.load_npz(path)["loss_components"], budget)
-  logging.warning("No ARDM loss components at %s (run --mode=eval first): decoding in %d equal steps.", path, budget)
-  return np.linspace(0, d, budget + 1).round().astype(np.int32)
-
-
-def make_sample_fn(config: ml_collections.ConfigDict, d: diffusion.GaussianDiffusion, model, batch_size: int,
-                   mesh, classifier=None, progress: bool = False, ardm_plan: np.ndarray | None = None):
-  """Jitted (params, rng, labels [B] | None, classifier_params=None) -> samples [B, H, W, C] with the sampler of
-  `config.sampling`, the batch sharded over `mesh`; with `classifier` (a noisy classifier module) and its
-  params, classifier-guided; an ARDM decodes by `ardm_plan` (default: one variable per step)."""
-  c = config.sampling
-  if c.sampler not in SAMPLERS:
-    raise ValueError(f"Unknown sampling.sampler {c.sampler!r}; valid: {', '.join(SAMPLERS)}.")
-  shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-
-  from ddpm_jax import train  # the score SDE of the config
-  score_sde = train.make_sde(config)
-
-  def sample(params, rng, labels, classifier_params=None):
-    if config.ardm.enabled:
-      values, _ = ardm.sample(train.ardm_logits_fn(config, model, params), rng, shape, ardm_plan)
-      return train.ardm_images(config, values)
-    if config.vdm.schedule:  # ancestral sampling of the continuous-time VDM on num_steps equal steps
-      eps_fn = train.vdm_eps_fn(config, model, params["unet"], labels)
-      return vdm.sample(params["schedule"], eps_fn, rng, shape, num_steps=c.num_steps or 1000)
-    if score_sde is not None:  # predictor-corrector sampling of the score SDE
-      score_fn = sde.model_score_fn(score_sde, lambda x_t, t: model.apply(params, x_t, t), config.sde.conditioning)
-      return sde.pc_sample(score_sde, score_fn, rng, shape, snr=c.snr)
-    cond_fn = None
-    if classifier is not None:
-      log_prob_fn = lambda x_t, t: jax.nn.log_softmax(classifier.apply(classifier_params, x_t, t))
-      cond_fn = sampling.classifier_guidance(log_prob_fn, labels, c.classifier_scale)
-      labels = labels if model.num_classes else None  # an unconditional diffusion model ignores them
-    conditional = lambda x_t, t: model.apply(params, x_t, t, labels)
-    model_fn = conditional
-    if labels is not None and c.guidance_scale:
-      unconditional = lambda x_t, t: model.apply(params, x_t, t, None)  # the null label ∅
-      model_fn = sampling.classifier_free_guidance(conditional, unconditional, c.guidance_scale,
-                                                   config.data.num_channels)
-    if c.sampler == "ddim":
-      return sampling.ddim_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 50, eta=c.eta,
-                                  clip_denoised=c.clip_denoised, cond_fn=cond_fn, progress=progress)
-    if c.sampler == "dpm_solver":
-      return sampling.dpm_solver_sample(d, model_fn, rng, shape, num_steps=c.num_steps or 20,
-                                        clip_denoised=c.clip_denoised, cond_fn=cond_fn, progress=progress)
-    return sampling.ddpm_sample(d, model_fn, rng, shape, num_steps=c.num_steps, clip_denoised=c.clip_denoised,
-                                cond_fn=cond_fn, progress=progress)
-
-  # x_T is drawn at the global shape inside the jit: sharding the output shards the whole loop by batch.
-  return jax.jit(sample, out_shardings=parallel.data_sharding(mesh))
+def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_options):
+  """The family's sampler jitted over `mesh`: (params, rng, labels [B] | None, guide_params=None) ->
+  samples [B, H, W, C] sharded along "data". x_T is drawn at the global shape inside the jit, so sharding
+  the output shards the whole loop by batch."""
+  if family.make_sampler is None:
+    raise ValueError(f"config.family={family.name!r} does not generate images.")
+  if batch_size % mesh.size:
+    raise ValueError(f"A sample batch of {batch_size} is not divisible by the {mesh.size} devices.")
+  return jax.jit(family.make_sampler(batch_size, **sampler_options), out_shardings=parallel.data_sharding(mesh))
 
 
 def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
   """-> (EMA parameters, step) of the newest readable checkpoint of the run `config` in `workdir`."""
-  from ddpm_jax import train  # the train state's structure
   ckpt = checkpoint.Checkpointer(workdir)
-  state, step = ckpt.restore_latest(train.abstract_train_state(config, mesh))
+  state, step = ckpt.restore_latest(abstract_train_state(config, mesh))
   ckpt.close()
   if state is None:
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first (--mode=train).")
@@ -103,30 +48,27 @@ def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
 def load_classifier(workdir: str, mesh):
   """The noisy classifier trained in `workdir` (its config.json and newest checkpoint) -> (module, params)."""
   classifier_config = ml_collections.ConfigDict(json.loads((epath.Path(workdir) / "config.json").read_text()))
-  if classifier_config.model.name != "classifier":
-    raise ValueError(f"{workdir} trained a {classifier_config.model.name!r}, not a noisy classifier.")
+  if classifier_config.get("family") != "classifier":
+    raise ValueError(f"{workdir} trained config.family={classifier_config.get('family')!r}, not a noisy "
+                     "classifier (config.family='classifier').")
   params, _ = restore_ema_params(classifier_config, workdir, mesh)
-  return models.get_model(classifier_config.model), params
+  return families.get_family(classifier_config).model, params
 
 
 def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_samples: int, mesh,
              workdir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """`num_samples` samples of the run `config` at `step` in batches of `sampling.batch_size`, with progress logs
-  -> (uint8 images [N, H, W, C], labels [N]; zeros for an unconditional, unguided model). `workdir` holds an
-  ARDM's loss components for parallel decoding."""
-  from ddpm_jax import train  # the diffusion and model builders
-  d, model = train.make_diffusion(config), models.get_model(config.model)
-  c = config.sampling
-  batch = c.batch_size
-  if batch % jax.device_count():
-    raise ValueError(f"sampling.batch_size={batch} is not divisible by the {jax.device_count()} devices.")
-  classifier, classifier_params = None, None
-  if c.classifier_workdir and c.classifier_scale:
-    classifier, classifier_params = load_classifier(c.classifier_workdir, mesh)
-  plan = ardm_decoding_plan(config, workdir) if config.ardm.enabled else None
-  sample_fn = make_sample_fn(config, d, model, batch, mesh, classifier, progress=True, ardm_plan=plan)
-  rng = jax.random.fold_in(train.run_rngs(config.seed)["sample"], step)
-  num_classes = classifier.num_classes if classifier is not None else config.model.num_classes
+  """`num_samples` samples of the run `config` at `step` in batches of `sampling.batch_size`, with progress
+  logs -> (uint8 images [N, H, W, C], labels [N]; zeros for an unconditional, unguided model). `workdir`
+  holds what the family's sampler reads there (an ARDM's loss components for parallel decoding)."""
+  sampling_config = config.sampling
+  batch = sampling_config.batch_size
+  guide, guide_params = None, None
+  if sampling_config.classifier_workdir and sampling_config.classifier_scale:
+    guide, guide_params = load_classifier(sampling_config.classifier_workdir, mesh)
+  sample_fn = make_sample_fn(families.get_family(config), batch, mesh, progress=True, guide=guide,
+                             workdir=workdir)
+  rng = jax.random.fold_in(run_rngs(config.seed)["sample"], step)
+  num_classes = guide.num_classes if guide is not None else config.model.get("num_classes")
   all_images, all_labels = [], []
   for i in range(-(-num_samples // batch)):
     batch_rng = jax.random.fold_in(rng, i)
@@ -134,19 +76,18 @@ def generate(config: ml_collections.ConfigDict, ema_params, step: int, num_sampl
     if num_classes:
       labels = jax.random.randint(jax.random.fold_in(batch_rng, 1), (batch,), 0, num_classes)
       all_labels.append(np.asarray(labels))
-    x = sample_fn(ema_params, batch_rng, labels, classifier_params)
-    all_images.append(image_utils.to_uint8(parallel.to_host(x)))
-    logging.info("Sampled %d / %d with %s.", min((i + 1) * batch, num_samples), num_samples, c.sampler)
+    x = sample_fn(ema_params, batch_rng, labels, guide_params)
+    all_images.append(pixels.to_uint8(parallel.to_host(x)))
+    logging.info("Sampled %d / %d.", min((i + 1) * batch, num_samples), num_samples)
   images = np.concatenate(all_images)[:num_samples]
   labels = np.concatenate(all_labels)[:num_samples] if all_labels else np.zeros(len(images), np.int32)
   return images, labels
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a PNG grid
-  of the first 64; returns the npz path."""
-  from ddpm_jax import train
-  train.validate_config(config)
+  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a PNG
+  grid of the first 64; returns the npz path."""
+  validate_config(config)
   mesh = parallel.make_mesh()
   ema_params, step = restore_ema_params(config, workdir, mesh)
   images, labels = generate(config, ema_params, step, config.sampling.num_samples, mesh, workdir)
@@ -154,7 +95,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   path = os.path.join(out_dir, f"samples_{step}.npz")
   if jax.process_index() == 0:
     files.save_npz(path, images=images, labels=labels)
-    image_utils.save_png(image_utils.grid_uint8(image_utils.from_uint8(images[:64])),
+    image_utils.save_png(image_utils.grid_uint8(pixels.from_uint8(images[:64])),
                          os.path.join(out_dir, f"samples_{step}.png"))
     logging.info("Wrote %d samples to %s.", len(images), path)
   return path

@@ -1,0 +1,33 @@
+"""Model families, chosen once by `config.family`: each is one module with `validate(config)` and
+`build(config) -> Family` (base.py has the interface). Adding one is a module and a line in FAMILIES."""
+from __future__ import annotations
+
+import importlib
+import types
+
+import ml_collections
+
+from ddpm_jax.families.base import Family, StepKeys, step_keys
+
+# config.family -> its module under ddpm_jax/families/.
+FAMILIES = {
+    "gaussian": "gaussian",      # DDPM, Improved DDPM, ADM
+    "classifier": "classifier",  # ADM's noisy classifier, for classifier guidance
+    "score_sde": "score_sde",    # VP / subVP / VE score SDEs, NCSN++
+    "vdm": "vdm",                # Variational Diffusion Models
+    "ardm": "ardm",              # order-agnostic Autoregressive Diffusion Models
+}
+
+
+def family_module(name: str) -> types.ModuleType:
+  if name not in FAMILIES:
+    raise ValueError(f"Unknown config.family {name!r}; known: {', '.join(FAMILIES)}.")
+  return importlib.import_module(f"ddpm_jax.families.{FAMILIES[name]}")
+
+
+def get_family(config: ml_collections.ConfigDict) -> Family:
+  """The family `config.family` built from `config` (validate the config first)."""
+  return family_module(config.family).build(config)
+
+
+__all__ = ["FAMILIES", "Family", "StepKeys", "family_module", "get_family", "step_keys"]

@@ -1,0 +1,67 @@
+"""Training logs: step metrics averaged over the log interval, one console line each, TensorBoard scalars and
+images (process 0 writes)."""
+from __future__ import annotations
+
+import os
+import time
+
+from absl import logging
+import numpy as np
+
+NUM_LOSS_QUARTILES = 4
+
+
+class MetricWriter:
+  """Averages step metrics over the log interval; prints one console line and writes TensorBoard scalars."""
+
+  def __init__(self, workdir: str, total_steps: int, is_writer: bool):
+    self.total_steps, self.is_writer = total_steps, is_writer
+    self.writer = None
+    if is_writer:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.sums: dict[str, float] = {}
+    self.count = 0
+    self.last_time, self.last_step = time.time(), None
+
+  def add(self, metrics: dict[str, float]) -> None:
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    self.count += 1
+
+  def write(self, step: int) -> None:
+    if not self.count:
+      return
+    now = time.time()
+    steps_done = self.count if self.last_step is None else step - self.last_step
+    steps_per_s = steps_done / max(now - self.last_time, 1e-9)
+    scalars = {k: self.sums[k] / self.count for k in ("loss", "grad_norm", "lr")}
+    for q in range(NUM_LOSS_QUARTILES):
+      count = self.sums[f"loss_q{q}_count"]
+      if count:
+        scalars[f"loss_q{q}"] = self.sums[f"loss_q{q}_sum"] / count
+    scalars["steps_per_s"] = steps_per_s
+    eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
+    if self.is_writer:
+      quartiles = " ".join(f"q{q} {scalars[f'loss_q{q}']:.4f}" for q in range(NUM_LOSS_QUARTILES)
+                           if f"loss_q{q}" in scalars)
+      logging.info("step %d/%d  loss %.5f (%s)  grad_norm %.3f  lr %.2e  %.2f steps/s  ETA %s", step,
+                   self.total_steps, scalars["loss"], quartiles, scalars["grad_norm"], scalars["lr"],
+                   steps_per_s,
+                   time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 86400:.1f} days")
+    self.write_scalars("train", scalars, step)
+    self.sums, self.count, self.last_time, self.last_step = {}, 0, now, step
+
+  def write_scalars(self, prefix: str, scalars: dict[str, float], step: int) -> None:
+    if self.is_writer:
+      for k, v in scalars.items():
+        self.writer.add_scalar(f"{prefix}/{k}", v, step)
+      self.writer.flush()
+
+  def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
+    if self.is_writer:
+      self.writer.add_image(tag, image, step, dataformats="HWC")
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()

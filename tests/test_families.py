@@ -1,0 +1,137 @@
+"""Every family through the one interface: a few train steps of the shipped offline config (shrunk), a batch
+of samples and bits/dim; and the package's imports point one way, with no cycle."""
+import ast
+import importlib
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ddpm_jax import config_validation, families, input_pipeline, parallel
+from ddpm_jax.evaluation import sample as sample_lib
+from helpers import REPO, run_steps
+
+PACKAGE = os.path.join(REPO, "ddpm_jax")
+OFFLINE_CONFIGS = {"gaussian": "default", "classifier": "classifier_default", "score_sde": "sde_vp_default",
+                   "vdm": "vdm_default", "ardm": "ardm_default"}
+
+
+def shrunk_config(name):
+  sys.path.insert(0, REPO)
+  config = importlib.import_module(f"configs.{OFFLINE_CONFIGS[name]}").get_config()
+  config.model.ch_mult, config.model.attn_resolutions = (1,), ()
+  config.diffusion.num_timesteps, config.sde.num_scales = 30, 25
+  config.training.batch_size, config.optim.warmup_steps = 8, 0
+  config.sampling.num_steps = 4 if name != "ardm" else None
+  return config
+
+
+def test_every_family_has_a_shipped_offline_config():
+  assert set(OFFLINE_CONFIGS) == set(families.FAMILIES)
+
+
+@pytest.mark.parametrize("name", sorted(families.FAMILIES))
+def test_family_trains_samples_and_measures_bits_per_dim(name):
+  config = shrunk_config(name)
+  config_validation.validate_config(config)
+  family = families.get_family(config)
+  assert family.name == name
+  state, losses = run_steps(config, 3)
+  assert int(state.step) == 3 and np.all(np.isfinite(losses)), losses
+  mesh = parallel.make_mesh()
+  if family.make_sampler is not None:
+    labels = np.arange(4) % 10 if config.model.get("num_classes") else None
+    images = np.asarray(sample_lib.make_sample_fn(family, 4, mesh)(state.ema_params, jax.random.key(0), labels))
+    assert images.shape == (4, 8, 8, 1) and np.all(np.isfinite(images))
+  if family.bits_per_dim is not None:
+    batch = next(input_pipeline.batches(config.data, split="test", global_batch_size=4, seed=0, num_steps=1))
+    bpd = np.asarray(jax.jit(family.bits_per_dim)(state.ema_params, batch["image"], jax.random.key(1))["bpd"])
+    # Untrained: far from the data, yet a proper bound of 8-bit data, not below 0 nor absurdly large.
+    assert bpd.shape == (4,) and np.all((bpd > 0) & (bpd < 30)), bpd
+  # Without dropout the loss is deterministic: the held-out evaluation's.
+  batch = next(input_pipeline.batches(config.data, split="train", global_batch_size=8, seed=0, num_steps=1))
+  draws = family.draw(families.step_keys(jax.random.key(2)), batch, None)
+  assert draws["weight"].shape == draws["t_fraction"].shape == (8,)
+  assert np.all((np.asarray(draws["t_fraction"]) >= 0) & (np.asarray(draws["t_fraction"]) <= 1))
+  first, second = (np.asarray(family.loss(state.params, batch, draws, None)) for _ in range(2))
+  np.testing.assert_array_equal(first, second)
+  assert first.shape == (8,)
+
+
+def _module_name(path):
+  relative = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+  return relative[: -len(".__init__")] if relative.endswith(".__init__") else relative
+
+
+def _is_module(name):
+  base = os.path.join(REPO, *name.split("."))
+  return os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py"))
+
+
+def import_graph():
+  """Module -> the ddpm_jax modules it imports anywhere in its file (inside functions too); the family
+  registry's modules count as imports of ddpm_jax.families."""
+  graph = {}
+  for root, _, names in os.walk(PACKAGE):
+    for file_name in names:
+      if not file_name.endswith(".py"):
+        continue
+      path = os.path.join(root, file_name)
+      module, edges = _module_name(path), set()
+      for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+          edges |= {alias.name for alias in node.names if alias.name.startswith("ddpm_jax")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ddpm_jax"):
+          for alias in node.names:
+            child = f"{node.module}.{alias.name}"
+            edges.add(child if _is_module(child) else node.module)
+      graph[module] = edges - {module}
+  graph["ddpm_jax.families"] |= {f"ddpm_jax.families.{m}" for m in families.FAMILIES.values()}
+  return graph
+
+
+def test_no_import_cycles():
+  graph, state, cycles = import_graph(), {}, []
+
+  def visit(module, path):
+    state[module] = "open"
+    for dep in sorted(graph.get(module, ())):
+      if state.get(dep) == "open":
+        cycles.append(path[path.index(dep):] + [dep])
+      elif dep not in state:
+        visit(dep, path + [dep])
+    state[module] = "done"
+
+  for module in sorted(graph):
+    if module not in state:
+      visit(module, [module])
+  assert not cycles, cycles
+
+
+LAYERS = {  # a module may import its own layer and those below (utilities: any layer may use them)
+    "math": 0, "models": 1, "families": 2, "top": 3, "main": 4}
+MATH = {"schedules", "losses", "diffusion", "sde", "vdm", "ardm", "sampling", "pixels"}
+UTILITIES = {"files", "parallel", "optim", "checkpoint", "input_pipeline", "host_memory", "metric_writer"}
+
+
+def _layer(module):
+  parts = module.split(".")
+  if len(parts) == 1 or parts[1] in UTILITIES:
+    return None
+  if parts[1] in MATH:
+    return LAYERS["math"]
+  if parts[1] in ("models", "families", "main"):
+    return LAYERS[parts[1]]
+  return LAYERS["top"]  # train, train_state, config_validation, evaluation, convert, …
+
+
+def test_dependencies_point_down():
+  upward = [(module, dep) for module, deps in import_graph().items() for dep in deps
+            if _layer(module) is not None and _layer(dep) is not None and _layer(dep) > _layer(module)]
+  assert not upward, upward
+  # The math and the models stay apart: no diffusion in a network, no Flax module in the math.
+  graph = import_graph()
+  assert not {d for m in graph if m.startswith("ddpm_jax.models") for d in graph[m]} & {
+      f"ddpm_jax.{m}" for m in MATH}
