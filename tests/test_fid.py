@@ -181,15 +181,14 @@ def test_flax_inception_matches_pytorch_reference(reference, size):
     assert np.max(np.abs(np.asarray(got) - want)) <= 1e-4 * np.max(np.abs(want))
 
 
-def test_weights_load_from_npz_path_and_url(reference, tmp_path, monkeypatch):
+def test_weights_load_from_npz_and_pth_paths(reference, tmp_path):
   net, params = reference
-  path = tmp_path / "pt_inception.npz"
-  np.savez(path, **{k: v.numpy() for k, v in net.state_dict().items()})
-  monkeypatch.setenv("HOME", str(tmp_path / "home"))
-  for source in (str(path), path.as_uri()):  # a file:// URL stands in for the user's https URL, offline
-    loaded = fid.load_inception_params(source)
+  npz, pth = tmp_path / "pt_inception.npz", tmp_path / "pt_inception.pth"
+  np.savez(npz, **{k: v.numpy() for k, v in net.state_dict().items()})
+  torch.save(net.state_dict(), pth)
+  for source in (npz, pth):
+    loaded = fid.load_inception_params(str(source))
     np.testing.assert_array_equal(loaded["params"]["fc"]["kernel"], params["params"]["fc"]["kernel"])
-  assert (tmp_path / "home" / ".cache" / "ddpm_jax" / "pt_inception.npz").exists()
 
 
 def test_converter_rejects_other_state_dicts(reference):

@@ -8,7 +8,7 @@ dict, so that its published weight file `pt_inception-2015-12-05-6726825d.pth` c
   pool, logits = fid.inception_features(params, images)    # images NHWC in [-1, 1], any size
   fid.frechet_distance(mu1, sigma1, mu2, sigma2); fid.inception_score(logits)
 
-Nothing is downloaded: the weight file comes from a path the user has. Reading a .pth needs PyTorch (the
+Nothing is downloaded: the weight file comes from a path the user has (local or a bucket, through etils.epath). Reading a .pth needs PyTorch (the
 `bench` or `test` extra); `python -m ddpm_jax.evaluation.fid --convert IN.pth OUT.npz` converts it once.
 """
 from __future__ import annotations
@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 import sys
 from typing import Sequence
-import urllib.parse
-import urllib.request
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -207,25 +206,14 @@ def convert_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
 
 def load_inception_params(path: str) -> dict:
   """Parameters from pytorch-fid's `pt_inception-2015-12-05-*.pth` (needs PyTorch) or a converted `.npz`, at a
-  local path or a URL the user gives (fetched once into ~/.cache/ddpm_jax)."""
-  if "://" in path:
-    path = _fetch(path)
-  if path.endswith(".npz"):
-    with np.load(path) as data:
-      return convert_state_dict(dict(data))
-  import torch  # only to read the .pth container
-  state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  local or bucket path (gs://…, read through etils.epath)."""
+  with epath.Path(path).open("rb") as f:
+    if path.endswith(".npz"):
+      with np.load(f) as data:
+        return convert_state_dict(dict(data))
+    import torch  # only to read the .pth container
+    state_dict = torch.load(f, map_location="cpu", weights_only=True)
   return convert_state_dict({k: v.numpy() for k, v in state_dict.items()})
-
-
-def _fetch(url: str) -> str:
-  cache = os.path.join(os.path.expanduser("~"), ".cache", "ddpm_jax")
-  local = os.path.join(cache, os.path.basename(urllib.parse.urlparse(url).path))
-  if not os.path.exists(local):
-    os.makedirs(cache, exist_ok=True)
-    urllib.request.urlretrieve(url, local + ".part")
-    os.replace(local + ".part", local)  # no half-downloaded file under the final name
-  return local
 
 
 # ----------------------------------------------------------------------------------------------------------
