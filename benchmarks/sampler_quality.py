@@ -1,13 +1,15 @@
 """Sample quality against model evaluations on a 2-D Gaussian mixture whose ε is known exactly.
 
 For data x0 ~ Σ_k π_k N(m_k, s² I), x_t | k ~ N(√ᾱ m_k, (ᾱ s² + 1 - ᾱ) I), so
-E[ε | x_t] = Σ_k r_k(x_t) √(1-ᾱ) (x_t - √ᾱ m_k) / (ᾱ s² + 1 - ᾱ) with responsibilities r_k: the samplers run
-with the exact model, and what remains is their own discretisation error. Prints the sliced Wasserstein-1
-distance between 20,000 samples and 20,000 draws of the mixture for each sampler and number of model
-evaluations (NFE); the last row is two independent draws of the mixture (the distance's noise floor).
+E[ε | x_t] = Σ_k r_k(x_t) √(1-ᾱ) (x_t - √ᾱ m_k) / (ᾱ s² + 1 - ᾱ) with responsibilities r_k: the
+samplers run with the exact model, and what remains is their own discretisation error. Prints the
+sliced Wasserstein-1 distance between 20,000 samples and 20,000 draws of the mixture for each
+sampler and number of model evaluations (NFE); the last row is two independent draws of the mixture
+(the distance's noise floor).
 
   python -m benchmarks.sampler_quality
 """
+
 from __future__ import annotations
 
 import time
@@ -30,9 +32,11 @@ def mixture_eps_fn(d: diffusion.GaussianDiffusion):
   def model_fn(x_t, t):  # x_t [B, 1, 1, 2]
     x = x_t.reshape(-1, 2)
     a = d.alphas_cumprod[t][:, None]
-    var = a * STD**2 + 1 - a                                                # [B, 1]
-    diff = x[:, None, :] - jnp.sqrt(a)[:, None] * means[None]               # [B, K, 2]
-    log_r = log_weights - 0.5 * jnp.sum(diff**2, -1) / var - jnp.log(var)   # [B, K], up to a constant
+    var = a * STD**2 + 1 - a  # [B, 1]
+    diff = x[:, None, :] - jnp.sqrt(a)[:, None] * means[None]  # [B, K, 2]
+    log_r = (
+      log_weights - 0.5 * jnp.sum(diff**2, -1) / var - jnp.log(var)
+    )  # [B, K], up to a constant
     r = jax.nn.softmax(log_r, axis=-1)
     eps = jnp.sqrt(1 - a) * jnp.sum(r[..., None] * diff, axis=1) / var
     return eps.reshape(x_t.shape)
@@ -46,7 +50,8 @@ def mixture_draws(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_projections: int = 256) -> float:
-  """Mean over random directions of the 1-D Wasserstein-1 distance of the projections (sorted matching)."""
+  """Mean over random directions of the 1-D Wasserstein-1 distance of the projections (sorted
+  matching)."""
   angles = np.random.default_rng(0).uniform(0, np.pi, num_projections)
   directions = np.stack([np.cos(angles), np.sin(angles)], axis=1)
   pa, pb = np.sort(a @ directions.T, axis=0), np.sort(b @ directions.T, axis=0)
@@ -58,19 +63,49 @@ def main():
   model_fn = mixture_eps_fn(d)
   reference = mixture_draws(np.random.default_rng(1), NUM_SAMPLES)
   shape = (NUM_SAMPLES, 1, 1, 2)
-  runs = [("ancestral", n, lambda rng, n=n: sampling.ddpm_sample(d, model_fn, rng, shape, num_steps=n,
-                                                                  clip_denoised=False)) for n in (10, 20, 50, 100, 250, 1000)]
-  runs += [("ddim", n, lambda rng, n=n: sampling.ddim_sample(d, model_fn, rng, shape, num_steps=n, clip_denoised=False))
-           for n in (10, 20, 50, 100)]
-  runs += [("dpm_solver++2m", n, lambda rng, n=n: sampling.dpm_solver_sample(d, model_fn, rng, shape, num_steps=n,
-                                                                            clip_denoised=False)) for n in (10, 15, 20, 50)]
+  runs = [
+    (
+      "ancestral",
+      n,
+      lambda rng, n=n: sampling.ddpm_sample(
+        d, model_fn, rng, shape, num_steps=n, clip_denoised=False
+      ),
+    )
+    for n in (10, 20, 50, 100, 250, 1000)
+  ]
+  runs += [
+    (
+      "ddim",
+      n,
+      lambda rng, n=n: sampling.ddim_sample(
+        d, model_fn, rng, shape, num_steps=n, clip_denoised=False
+      ),
+    )
+    for n in (10, 20, 50, 100)
+  ]
+  runs += [
+    (
+      "dpm_solver++2m",
+      n,
+      lambda rng, n=n: sampling.dpm_solver_sample(
+        d, model_fn, rng, shape, num_steps=n, clip_denoised=False
+      ),
+    )
+    for n in (10, 15, 20, 50)
+  ]
   print(f"{'sampler':16s} {'NFE':>5s} {'sliced W1':>10s} {'seconds':>8s}", flush=True)
   for name, nfe, fn in runs:
     start = time.perf_counter()
     x = np.asarray(jax.jit(fn)(jax.random.key(0))).reshape(-1, 2)
-    print(f"{name:16s} {nfe:5d} {sliced_wasserstein(x, reference):10.4f} {time.perf_counter() - start:8.1f}",
-          flush=True)
-  print(f"{'two data draws':16s} {'-':>5s} {sliced_wasserstein(mixture_draws(np.random.default_rng(2), NUM_SAMPLES), reference):10.4f}")
+    print(
+      f"{name:16s} {nfe:5d} {sliced_wasserstein(x, reference):10.4f} "
+      f"{time.perf_counter() - start:8.1f}",
+      flush=True,
+    )
+  print(
+    f"{'two data draws':16s} {'-':>5s} "
+    f"{sliced_wasserstein(mixture_draws(np.random.default_rng(2), NUM_SAMPLES), reference):10.4f}"
+  )
 
 
 if __name__ == "__main__":

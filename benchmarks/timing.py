@@ -1,4 +1,6 @@
-"""Timing on noisy machines: the compared functions run in turns, so that drifts in speed hit all alike."""
+"""Timing on noisy machines: the compared functions run in turns, so that drifts in speed hit all
+alike."""
+
 from __future__ import annotations
 
 import time
@@ -10,27 +12,35 @@ import numpy as np
 from ddpm_jax import host_memory
 
 flags.DEFINE_enum(
-    "host_allocator", "tbbmalloc", host_memory.HOST_ALLOCATORS,
-    "The malloc of the benchmark process, for both libraries (ddpm_jax/host_memory.py): with glibc's default, "
-    "XLA:CPU faults its ~1 GB of per-step temporaries in anew each step, and that costs far more right after the "
-    "other library's step has churned memory (a JAX train step 2.1 – 2.7 s after a PyTorch step instead of "
-    "1.4 – 1.6 s). 'tbbmalloc' restarts the benchmark with it preloaded.")
+  "host_allocator",
+  "tbbmalloc",
+  host_memory.HOST_ALLOCATORS,
+  "The malloc of the benchmark process, for both libraries (ddpm_jax/host_memory.py): with glibc's "
+  "default, "
+  "XLA:CPU faults its ~1 GB of per-step temporaries in anew each step, and that costs far more "
+  "right after the "
+  "other library's step has churned memory (a JAX train step 2.1 – 2.7 s after a PyTorch step "
+  "instead of "
+  "1.4 – 1.6 s). 'tbbmalloc' restarts the benchmark with it preloaded.",
+)
 
-# OpenMP (PyTorch) and XLA worker threads busy-wait for a while after their work; were the next library timed
-# at once, it would share the two cores with them.
+# OpenMP (PyTorch) and XLA worker threads busy-wait for a while after their work; were the next
+# library timed at once, it would share the two cores with them.
 IDLE_SECONDS = 1.0
 
 
 def setup_host_memory() -> None:
-  """Applies --host_allocator; call it first in main(): it may restart the process, and must come before JAX's
-  backend starts."""
+  """Applies --host_allocator; call it first in main(): it may restart the process, and must come
+  before JAX's backend starts."""
   host_memory.use_host_allocator(flags.FLAGS.host_allocator)
   print(f"host allocator: {flags.FLAGS.host_allocator}", flush=True)
 
 
-def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, np.ndarray]:
-  """Seconds per call of each function, timed in turns (a, b, a, b, …) after one warm-up call each, so that
-  drifts in this noisy machine's speed hit all of them alike; ratios are taken per turn."""
+def interleaved_seconds(
+  fns: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, np.ndarray]:
+  """Seconds per call of each function, timed in turns (a, b, a, b, …) after one warm-up call each,
+  so that drifts in this noisy machine's speed hit all of them alike; ratios are taken per turn."""
   for fn in fns.values():
     fn()  # warm-up (and compilation)
   times = {name: [] for name in fns}
@@ -46,4 +56,5 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> d
 def speedup_summary(slower: np.ndarray, faster: np.ndarray) -> str:
   """The per-turn ratio slower / faster of two `interleaved_seconds` series: median and range."""
   ratios = slower / faster
-  return f"{np.median(ratios):.2f}× (median of {len(ratios)} alternating turns; range {ratios.min():.2f}–{ratios.max():.2f})"
+  spread = f"range {ratios.min():.2f}–{ratios.max():.2f}"
+  return f"{np.median(ratios):.2f}× (median of {len(ratios)} alternating turns; {spread})"

@@ -1,22 +1,22 @@
-"""Throughput of the DDPM CIFAR-10 U-Net (35.7 M parameters) in JAX against PyTorch, measured in one run.
+r"""Throughput of the DDPM CIFAR-10 U-Net (35.7 M parameters) in JAX against PyTorch, in one run.
 
-Prints images/s of the forward pass and of a training step (forward + backward + global-norm clip + Adam)
-at batch 8 for this project's Flax U-Net and for diffusers' `UNet2DModel` of the same architecture on
-PyTorch, the FLOPs XLA counts for each step (executed, and the model's: those of the same step with direct
-convolutions, which `--conv_impl=winograd` does not execute in full), each as a fraction of the dense-matmul
-FLOP/s measured in the same run, and the JAX/PyTorch ratios.
+Prints images/s of the forward pass and of a training step (forward + backward + global-norm clip +
+Adam) at batch 8 for this project's Flax U-Net and for diffusers' `UNet2DModel` of the same
+architecture on PyTorch, the FLOPs XLA counts for each step (executed, and the model's: those of the
+same step with direct convolutions, which `--conv_impl=winograd` does not execute in full), each as
+a fraction of the dense-matmul FLOP/s measured in the same run, and the JAX/PyTorch ratios.
 
   pip install -r requirements.txt -e ".[bench]"
-  python -m benchmarks.unet_throughput [--batch=8] [--repeats=7] [--torch=false] [--dtype=bfloat16] \
-      [--conv_impl=winograd] [--host_allocator=tbbmalloc|retained|default]
+  python -m benchmarks.unet_throughput [--batch=8] [--repeats=7] [--torch=false] \
+      [--dtype=bfloat16] \ [--conv_impl=winograd] [--host_allocator=tbbmalloc|retained|default]
 
-The host's malloc matters on CPU (README, Benchmarks): by default the benchmark restarts itself with oneTBB's
-malloc preloaded (the `tbb` wheel of the bench extra), which both libraries then use.
+The host's malloc matters on CPU (README, Benchmarks): by default the benchmark restarts itself with
+oneTBB's malloc preloaded (the `tbb` wheel of the bench extra), which both libraries then use.
 """
+
 from __future__ import annotations
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,24 +29,39 @@ from ddpm_jax import diffusion, models, optim, schedules
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images per step.")
-flags.DEFINE_integer("repeats", 7, "Timed repetitions, JAX and PyTorch in turns; medians are reported.")
-flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul (in --dtype) that measures peak FLOP/s; "
-                     "on a GPU take 8192 or more.")
+flags.DEFINE_integer(
+  "repeats", 7, "Timed repetitions, JAX and PyTorch in turns; medians are reported."
+)
+flags.DEFINE_integer(
+  "matmul_size",
+  2048,
+  "Side of the square matmul (in --dtype) that measures peak FLOP/s; on a GPU take 8192 or more.",
+)
 flags.DEFINE_bool("torch", True, "Also measure diffusers' UNet2DModel in PyTorch.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of both models (float32 params; "
-                  "PyTorch under autocast) and of the peak-measuring matmul.")
-flags.DEFINE_string("conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd).")
+flags.DEFINE_enum(
+  "dtype",
+  "float32",
+  ["float32", "bfloat16"],
+  "Compute dtype of both models (float32 params; "
+  "PyTorch under autocast) and of the peak-measuring matmul.",
+)
+flags.DEFINE_string(
+  "conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd)."
+)
 
 
 def jax_matmul_flops_per_s(n: int, dtype: str, repeats: int) -> float:
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   matmul = jax.jit(lambda a: a @ a)
-  seconds = interleaved_seconds({"matmul": lambda: matmul(a).block_until_ready()}, repeats)["matmul"]
+  seconds = interleaved_seconds({"matmul": lambda: matmul(a).block_until_ready()}, repeats)[
+    "matmul"
+  ]
   return 2 * n**3 / float(np.median(seconds))
 
 
 def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
-  """The jitted forward pass and training step of the DDPM CIFAR-10 U-Net, and arguments for each."""
+  """The jitted forward pass and training step of the DDPM CIFAR-10 U-Net, and arguments for
+  each."""
   config = ddpm_cifar10.get_config()
   config.model.dtype = dtype
   config.model.conv_impl = conv_impl
@@ -55,7 +70,9 @@ def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
   x0 = jax.random.uniform(jax.random.key(0), (batch, 32, 32, 3), minval=-1, maxval=1)
   t = jnp.arange(batch, dtype=jnp.int32) * 100
   params = jax.jit(model.init)(jax.random.key(1), x0, t)
-  optimizer = optim.make_optimizer(config.optim)  # global-norm clipping and Adam, as PyTorch's step below
+  optimizer = optim.make_optimizer(
+    config.optim
+  )  # global-norm clipping and Adam, as PyTorch's step below
   opt_state = optimizer.init(params)
 
   forward = jax.jit(lambda params, x, t: model.apply(params, x, t))
@@ -65,7 +82,9 @@ def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
     noise = jax.random.normal(noise_rng, x0.shape)
 
     def loss_fn(params):
-      model_fn = lambda x_t, t_: model.apply(params, x_t, t_, train=True, rngs={"dropout": dropout_rng})
+      model_fn = lambda x_t, t_: model.apply(
+        params, x_t, t_, train=True, rngs={"dropout": dropout_rng}
+      )
       return jnp.mean(diffusion.training_losses(d, model_fn, x0, t, noise)["loss"])
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -73,8 +92,12 @@ def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
     return optax.apply_updates(params, updates), opt_state, loss
 
   train_step = jax.jit(train_step, donate_argnums=(0, 1))
-  # The training step donates its parameters: it gets a copy, so that the forward pass can run after it.
-  return (forward, (params, x0, t)), (train_step, (jax.tree.map(jnp.copy, params), opt_state, jax.random.key(2)))
+  # The training step donates its parameters: it gets a copy, so that the forward pass can run after
+  # it.
+  return (forward, (params, x0, t)), (
+    train_step,
+    (jax.tree.map(jnp.copy, params), opt_state, jax.random.key(2)),
+  )
 
 
 def xla_flops(jitted, args) -> float:
@@ -86,9 +109,16 @@ def jax_unet(batch: int, dtype: str, conv_impl: str) -> dict:
   (forward, forward_args), (train_step, train_args) = jax_unet_steps(batch, dtype, conv_impl)
   names, steps = ("forward", "train"), ((forward, forward_args), (train_step, train_args))
   flops = {f"{name}_flops": xla_flops(*step) for name, step in zip(names, steps)}
-  # The model's FLOPs are those of direct convolutions: what a Winograd convolution saves counts as speed.
-  direct = flops if conv_impl == "xla" else {
-      f"{name}_flops": xla_flops(*step) for name, step in zip(names, jax_unet_steps(batch, dtype, "xla"))}
+  # The model's FLOPs are those of direct convolutions: what a Winograd convolution saves counts as
+  # speed.
+  direct = (
+    flops
+    if conv_impl == "xla"
+    else {
+      f"{name}_flops": xla_flops(*step)
+      for name, step in zip(names, jax_unet_steps(batch, dtype, "xla"))
+    }
+  )
   flops.update({f"{name}_model_flops": direct[f"{name}_flops"] for name in names})
   state = list(train_args)
 
@@ -96,11 +126,14 @@ def jax_unet(batch: int, dtype: str, conv_impl: str) -> dict:
     state[0], state[1], loss = train_step(*state)
     loss.block_until_ready()
 
-  return dict(forward=lambda: forward(*forward_args).block_until_ready(), train=run_train_step, **flops)
+  return dict(
+    forward=lambda: forward(*forward_args).block_until_ready(), train=run_train_step, **flops
+  )
 
 
 def torch_unet(batch: int, dtype: str, repeats: int) -> dict:
-  """diffusers' UNet2DModel of the same architecture: forward and training-step calls, and matmul FLOP/s."""
+  """diffusers' UNet2DModel of the same architecture: forward and training-step calls, and matmul
+  FLOP/s."""
   import torch
 
   device = torch_reference.torch_device()
@@ -130,38 +163,66 @@ def torch_unet(batch: int, dtype: str, repeats: int) -> dict:
     optimizer.step()
     torch_reference.synchronize(device)
 
-  matmul_a = torch.randn(FLAGS.matmul_size, FLAGS.matmul_size, device=device, dtype=getattr(torch, dtype))
+  matmul_a = torch.randn(
+    FLAGS.matmul_size, FLAGS.matmul_size, device=device, dtype=getattr(torch, dtype)
+  )
 
   def matmul():
     matmul_a @ matmul_a
     torch_reference.synchronize(device)
 
   matmul_s = float(np.median(interleaved_seconds({"matmul": matmul}, repeats)["matmul"]))
-  return dict(forward=forward, train=train_step, num_params=num_params,
-              matmul_flops_per_s=2 * FLAGS.matmul_size**3 / matmul_s)
+  return dict(
+    forward=forward,
+    train=train_step,
+    num_params=num_params,
+    matmul_flops_per_s=2 * FLAGS.matmul_size**3 / matmul_s,
+  )
 
 
 def main(argv):
   del argv
   setup_host_memory()
   batch, repeats = FLAGS.batch, FLAGS.repeats
-  print(f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}, conv {FLAGS.conv_impl}", flush=True)
+  print(
+    f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}, conv "
+    f"{FLAGS.conv_impl}",
+    flush=True,
+  )
   peak = jax_matmul_flops_per_s(FLAGS.matmul_size, FLAGS.dtype, repeats)
-  print(f"JAX dense matmul {FLAGS.matmul_size}², {FLAGS.dtype}: {peak / 1e9:.1f} GFLOP/s", flush=True)
+  print(
+    f"JAX dense matmul {FLAGS.matmul_size}², {FLAGS.dtype}: {peak / 1e9:.1f} GFLOP/s", flush=True
+  )
   j = jax_unet(batch, FLAGS.dtype, FLAGS.conv_impl)
   p = torch_unet(batch, FLAGS.dtype, repeats) if FLAGS.torch else None
   if p:
-    print(f"PyTorch dense matmul: {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s;  diffusers UNet2DModel "
-          f"{p['num_params']:,} parameters", flush=True)
+    print(
+      f"PyTorch dense matmul: {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s;  diffusers UNet2DModel "
+      f"{p['num_params']:,} parameters",
+      flush=True,
+    )
   for name in ("forward", "train"):
     seconds = interleaved_seconds({"jax": j[name], **({"torch": p[name]} if p else {})}, repeats)
-    jax_s, flops, model_flops = float(np.median(seconds["jax"])), j[f"{name}_flops"], j[f"{name}_model_flops"]
-    print(f"JAX {name:8s}: {batch / jax_s:6.2f} img/s  executed {flops / batch / 1e9:5.1f} GFLOP/img (XLA count) "
-          f"= {flops / jax_s / peak:5.1%} of matmul peak;  model {model_flops / batch / 1e9:5.1f} GFLOP/img "
-          f"(direct convolutions) = {model_flops / jax_s / peak:5.1%} of matmul peak", flush=True)
+    jax_s, flops, model_flops = (
+      float(np.median(seconds["jax"])),
+      j[f"{name}_flops"],
+      j[f"{name}_model_flops"],
+    )
+    print(
+      f"JAX {name:8s}: {batch / jax_s:6.2f} img/s  executed {flops / batch / 1e9:5.1f} GFLOP/img "
+      "(XLA count) "
+      f"= {flops / jax_s / peak:5.1%} of matmul peak;  model {model_flops / batch / 1e9:5.1f} "
+      "GFLOP/img "
+      f"(direct convolutions) = {model_flops / jax_s / peak:5.1%} of matmul peak",
+      flush=True,
+    )
     if p:
-      print(f"PyTorch {name:8s}: {batch / float(np.median(seconds['torch'])):6.2f} img/s   JAX / PyTorch = "
-            f"{speedup_summary(seconds['torch'], seconds['jax'])}", flush=True)
+      print(
+        f"PyTorch {name:8s}: {batch / float(np.median(seconds['torch'])):6.2f} img/s   JAX / "
+        "PyTorch = "
+        f"{speedup_summary(seconds['torch'], seconds['jax'])}",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

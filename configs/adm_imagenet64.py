@@ -1,9 +1,10 @@
-"""ADM on class-conditional ImageNet 64×64 (Dhariwal & Nichol 2021, Table 14 / guided-diffusion's flags):
-ch 192, ch_mult (1, 2, 3, 4), 3 residual blocks, attention at 32, 16, 8 with 64 channels per head,
-BigGAN up/down-sampling, AdaGN, learned (range) variance, cosine schedule, hybrid loss.
+"""ADM on class-conditional ImageNet 64×64 (Dhariwal & Nichol 2021, Table 14 / guided-diffusion's
+flags): ch 192, ch_mult (1, 2, 3, 4), 3 residual blocks, attention at 32, 16, 8 with 64 channels per
+head, BigGAN up/down-sampling, AdaGN, learned (range) variance, cosine schedule, hybrid loss.
 
   python -m ddpm_jax.main --config=configs/adm_imagenet64.py --workdir=gs://bucket/adm_imagenet64
 """
+
 from configs import default
 
 

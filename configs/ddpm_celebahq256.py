@@ -1,7 +1,8 @@
 """DDPM on CelebA-HQ 256×256 (Ho et al. 2020, App. B): ch_mult (1, 1, 2, 2, 4, 4), 114 M parameters.
 
-  python -m ddpm_jax.main --config=configs/ddpm_celebahq256.py --workdir=gs://bucket/ddpm_celebahq256
+python -m ddpm_jax.main --config=configs/ddpm_celebahq256.py --workdir=gs://bucket/ddpm_celebahq256
 """
+
 from configs import default
 
 

@@ -1,7 +1,8 @@
 """DDPM on CIFAR-10 (Ho et al. 2020, Table 1 and App. B): the 35.7 M-parameter U-Net.
 
-  python -m ddpm_jax.main --config=configs/ddpm_cifar10.py --workdir=gs://bucket/ddpm_cifar10
+python -m ddpm_jax.main --config=configs/ddpm_cifar10.py --workdir=gs://bucket/ddpm_cifar10
 """
+
 from configs import default
 
 
@@ -33,5 +34,5 @@ def get_config():
 
   config.eval.num_fid_samples = 50_000
   config.eval.num_reference_images = 50_000
-  config.eval.bpd_num_batches = 79        # the 10,000 test images at batch 128
+  config.eval.bpd_num_batches = 79  # the 10,000 test images at batch 128
   return config

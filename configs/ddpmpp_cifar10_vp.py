@@ -1,11 +1,13 @@
-"""VP score SDE on CIFAR-10 with score_sde's DDPM++ (continuous) settings: β from 0.1 to 20, N = 1000,
-and DDPM++: 4 residual blocks per resolution, BigGAN up/down-sampling, residual sums rescaled by 1/√2,
-ncsnpp.py's block layout, EMA 0.9999, 1.3 M steps; 61,804,419 parameters, the count of score_sde's model.
-Differences: GroupNorm with 32 groups and ε = 1e-5 (score_sde: min(C/4, 32) groups, ε = 1e-6; the same groups
-at these widths) and this project's initialisers.
+r"""VP score SDE on CIFAR-10 with score_sde's DDPM++ (continuous) settings: β from 0.1 to 20, N =
+1000, and DDPM++: 4 residual blocks per resolution, BigGAN up/down-sampling, residual sums rescaled
+by 1/√2, ncsnpp.py's block layout, EMA 0.9999, 1.3 M steps; 61,804,419 parameters, the count of
+score_sde's model. Differences: GroupNorm with 32 groups and ε = 1e-5 (score_sde: min(C/4, 32)
+groups, ε = 1e-6; the same groups at these widths) and this project's initialisers.
 
-  python -m ddpm_jax.main --config=configs/ddpmpp_cifar10_vp.py --workdir=gs://bucket/ddpmpp_cifar10_vp
+  python -m ddpm_jax.main --config=configs/ddpmpp_cifar10_vp.py \
+      --workdir=gs://bucket/ddpmpp_cifar10_vp
 """
+
 from configs import ddpm_cifar10
 
 

@@ -1,9 +1,11 @@
-"""Small DDPM on the 8×8 handwritten digits that ship inside scikit-learn, at their native 8×8: trains on a
-2-core CPU, offline, in about 7 minutes (3000 steps of batch 64), then writes a grid of EMA samples to
-workdir/samples. Every other config starts from this one and changes only what differs.
+"""Small DDPM on the 8×8 handwritten digits that ship inside scikit-learn, at their native 8×8:
+trains on a 2-core CPU, offline, in about 7 minutes (3000 steps of batch 64), then writes a grid of
+EMA samples to workdir/samples. Every other config starts from this one and changes only what
+differs.
 
   python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default
 """
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -21,33 +23,37 @@ def get_config():
   data.num_channels = 1
   data.random_flip = False
   data.data_dir = config_dict.placeholder(str)
-  data.eval_split = "test"               # the held-out split of evaluations
+  data.eval_split = "test"  # the held-out split of evaluations
 
   config.model = model = ml_collections.ConfigDict()
-  model.name = "unet"                    # or "classifier", the noisy classifier of family "classifier"
+  model.name = "unet"  # or "classifier", the noisy classifier of family "classifier"
   model.ch = 32
-  model.out_channels = 1                 # data.num_channels, twice that with a learned variance
+  model.out_channels = 1  # data.num_channels, twice that with a learned variance
   model.ch_mult = (1, 2)
   model.num_res_blocks = 1
   model.attn_resolutions = (4,)
   model.dropout = 0.0
   model.num_heads = 1
-  model.num_head_channels = -1           # > 0 overrides num_heads (ADM)
-  model.resblock_updown = False          # BigGAN-style residual up/down-sampling (ADM)
-  model.scale_shift_norm = False         # AdaGN (ADM)
-  model.num_classes = 0                  # > 0: class-conditional, with an extra null class
-  model.context_dim = config_dict.placeholder(int)  # cross-attention to a [B, L, context_dim] context
-  model.embedding_type = "positional"    # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
-  model.fourier_features = ()           # exponents n of sin/cos(2^n·2π x) input features (VDM: (6, 7))
-  model.conv_impl = "xla"               # "winograd": Winograd 3×3 convolutions, faster on XLA:CPU
+  model.num_head_channels = -1  # > 0 overrides num_heads (ADM)
+  model.resblock_updown = False  # BigGAN-style residual up/down-sampling (ADM)
+  model.scale_shift_norm = False  # AdaGN (ADM)
+  model.num_classes = 0  # > 0: class-conditional, with an extra null class
+  model.context_dim = config_dict.placeholder(
+    int
+  )  # cross-attention to a [B, L, context_dim] context
+  model.embedding_type = (
+    "positional"  # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
+  )
+  model.fourier_features = ()  # exponents n of sin/cos(2^n·2π x) input features (VDM: (6, 7))
+  model.conv_impl = "xla"  # "winograd": Winograd 3×3 convolutions, faster on XLA:CPU
   model.dtype = "float32"
   model.remat = False
   # score_sde's DDPM++ / NCSN++ (configs/ddpmpp_cifar10_vp.py, ncsnpp_cifar10_ve.py):
-  model.skip_rescale = False            # residual sums (x + h)/√2
-  model.fir_kernel = ()                 # FIR resampling filter, NCSN++: (1, 3, 3, 1); () = nearest / 2×2 mean
-  model.progressive_input = "none"      # "input_skip": the downsampled input added at every down level
-  model.progressive = "none"            # "output_skip": the output summed over the up levels (unet only)
-  model.ncsnpp_layout = False           # one attention block per up level; projected skips when resampling
+  model.skip_rescale = False  # residual sums (x + h)/√2
+  model.fir_kernel = ()  # FIR resampling filter, NCSN++: (1, 3, 3, 1); () = nearest / 2×2 mean
+  model.progressive_input = "none"  # "input_skip": the downsampled input added at every down level
+  model.progressive = "none"  # "output_skip": the output summed over the up levels (unet only)
+  model.ncsnpp_layout = False  # one attention block per up level; projected skips when resampling
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.num_timesteps = 1000
@@ -58,65 +64,82 @@ def get_config():
   diffusion.timestep_sampler = "uniform"  # or "loss_aware" (Improved DDPM §3.3, for the kl losses)
 
   config.sde = sde = ml_collections.ConfigDict()  # family "score_sde" (Song et al. 2021)
-  sde.type = "vp"                        # "vp" | "subvp" | "ve"
+  sde.type = "vp"  # "vp" | "subvp" | "ve"
   sde.beta_min, sde.beta_max = 0.1, 20.0
   sde.sigma_min, sde.sigma_max = 0.01, 50.0
   sde.num_scales = 1000
-  sde.conditioning = "t"                 # the network's input: "t" (t·(N-1)) or "sigma" (log σ; NCSN++)
-  sde.eps = 1e-5                         # t ~ U(eps, 1) in training
+  sde.conditioning = "t"  # the network's input: "t" (t·(N-1)) or "sigma" (log σ; NCSN++)
+  sde.eps = 1e-5  # t ~ U(eps, 1) in training
   sde.likelihood_weighting = False
 
   config.vdm = vdm = ml_collections.ConfigDict()  # family "vdm" (Kingma et al. 2021)
-  vdm.noise_schedule = "learned"         # "fixed" (linear γ) | "learned" (monotone network)
-  vdm.gamma_min, vdm.gamma_max = -13.3, 5.0  # γ = -log SNR at t = 0 and 1 (the learned endpoints start here)
-  vdm.n_features = 1024                  # width of the learned schedule's monotone network
-  vdm.num_steps = 0                      # 0: continuous-time loss; T > 0: the T-step loss
-  vdm.antithetic_time = True             # low-discrepancy t over the batch
+  vdm.noise_schedule = "learned"  # "fixed" (linear γ) | "learned" (monotone network)
+  vdm.gamma_min, vdm.gamma_max = (
+    -13.3,
+    5.0,
+  )  # γ = -log SNR at t = 0 and 1 (the learned endpoints start here)
+  vdm.n_features = 1024  # width of the learned schedule's monotone network
+  vdm.num_steps = 0  # 0: continuous-time loss; T > 0: the T-step loss
+  vdm.antithetic_time = True  # low-discrepancy t over the batch
   vdm.minimize_schedule_variance = True  # learned shape trained on the loss variance (VDM §5.2)
 
   config.ardm = ardm = ml_collections.ConfigDict()  # family "ardm" (Hoogeboom et al. 2021)
-                                         # model.out_channels must be num_channels · num_classes
-  ardm.num_classes = 256                 # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0)
+  # model.out_channels must be num_channels · num_classes
+  ardm.num_classes = 256  # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3
   optim.warmup_steps = 100
   optim.grad_clip = 1.0
-  optim.beta2 = 0.999                    # Adam's second-moment decay
-  optim.weight_decay = 0.0               # > 0: AdamW's decoupled weight decay
+  optim.beta2 = 0.999  # Adam's second-moment decay
+  optim.weight_decay = 0.0  # > 0: AdamW's decoupled weight decay
   optim.ema_decay = 0.999
-  optim.grad_accum_steps = 1             # micro-batches per update (same update, less activation memory)
+  optim.grad_accum_steps = 1  # micro-batches per update (same update, less activation memory)
 
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 64
   training.num_train_steps = 3000
   training.log_every_steps = 50
   training.checkpoint_every_steps = 500
-  training.eval_every_steps = 1000       # held-out loss of the EMA parameters (eval.num_loss_batches)
-  training.sample_every_steps = 1000     # EMA sample grid to workdir/samples and TensorBoard
+  training.eval_every_steps = 1000  # held-out loss of the EMA parameters (eval.num_loss_batches)
+  training.sample_every_steps = 1000  # EMA sample grid to workdir/samples and TensorBoard
   training.keep_checkpoints = 3
-  training.fsdp = False                  # shard params and optimizer state over the data axis
-  training.label_dropout = 0.1           # class-conditional models: null-label rate (classifier-free guidance)
+  training.fsdp = False  # shard params and optimizer state over the data axis
+  training.label_dropout = (
+    0.1  # class-conditional models: null-label rate (classifier-free guidance)
+  )
 
-  config.sampling = sampling = ml_collections.ConfigDict()  # sample grids in training and --mode=sample
-  sampling.sampler = "ddim"              # family "gaussian": "ddpm" (ancestral) | "ddim" | "dpm_solver"
-  sampling.num_steps = config_dict.placeholder(int)  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver)
-  sampling.eta = 0.0                     # DDIM: 0 deterministic, 1 ancestral-like
-  sampling.guidance_scale = 0.0          # classifier-free guidance w (class-conditional models)
+  config.sampling = sampling = (
+    ml_collections.ConfigDict()
+  )  # sample grids in training and --mode=sample
+  sampling.sampler = "ddim"  # family "gaussian": "ddpm" (ancestral) | "ddim" | "dpm_solver"
+  sampling.num_steps = config_dict.placeholder(
+    int
+  )  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver)
+  sampling.eta = 0.0  # DDIM: 0 deterministic, 1 ancestral-like
+  sampling.guidance_scale = 0.0  # classifier-free guidance w (class-conditional models)
   sampling.classifier_workdir = config_dict.placeholder(str)  # a run of family "classifier" …
-  sampling.classifier_scale = 0.0        # … and its guidance scale s (ADM §4)
+  sampling.classifier_scale = 0.0  # … and its guidance scale s (ADM §4)
   sampling.num_samples = 64
   sampling.batch_size = 64
   sampling.clip_denoised = True
-  sampling.snr = 0.16                    # score SDEs: Langevin corrector signal-to-noise ratio
+  sampling.snr = 0.16  # score SDEs: Langevin corrector signal-to-noise ratio
 
-  config.eval = eval_config = ml_collections.ConfigDict()  # --mode=eval, and the held-out loss in training
-  eval_config.num_loss_batches = 4       # held-out batches of training.batch_size; 0: none
-  eval_config.inception_path = config_dict.placeholder(str)  # pytorch-fid's pt_inception-2015-12-05-*.pth
+  config.eval = eval_config = (
+    ml_collections.ConfigDict()
+  )  # --mode=eval, and the held-out loss in training
+  eval_config.num_loss_batches = 4  # held-out batches of training.batch_size; 0: none
+  eval_config.inception_path = config_dict.placeholder(
+    str
+  )  # pytorch-fid's pt_inception-2015-12-05-*.pth
   eval_config.num_fid_samples = 1000
   eval_config.num_reference_images = 1500  # the digits' whole train split
-  eval_config.reference_stats_path = config_dict.placeholder(str)  # default: workdir/fid_stats_<data>.npz
+  eval_config.reference_stats_path = config_dict.placeholder(
+    str
+  )  # default: workdir/fid_stats_<data>.npz
   eval_config.bpd_num_batches = 1
-  eval_config.feature_net_path = config_dict.placeholder(str)  # offline metrics; default: the shipped weights
-  #                                        for the dataset and size, if any (evaluation/feature_net.py)
+  eval_config.feature_net_path = config_dict.placeholder(
+    str
+  )  # offline metrics; default: the shipped weights
+  # for the dataset and size, if any (evaluation/feature_net.py)
   return config

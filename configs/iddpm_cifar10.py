@@ -1,9 +1,10 @@
-"""Improved DDPM on CIFAR-10 (Nichol & Dhariwal 2021, §3 and App. A; improved-diffusion's flags): cosine
-schedule with T = 4000, learned_range variance trained by the hybrid loss, 3 residual blocks, attention at
-16 and 8 with 4 heads, AdaGN, dropout 0.3, lr 1e-4.
+"""Improved DDPM on CIFAR-10 (Nichol & Dhariwal 2021, §3 and App. A; improved-diffusion's flags):
+cosine schedule with T = 4000, learned_range variance trained by the hybrid loss, 3 residual blocks,
+attention at 16 and 8 with 4 heads, AdaGN, dropout 0.3, lr 1e-4.
 
   python -m ddpm_jax.main --config=configs/iddpm_cifar10.py --workdir=gs://bucket/iddpm_cifar10
 """
+
 from configs import ddpm_cifar10
 
 

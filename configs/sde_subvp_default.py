@@ -1,7 +1,8 @@
 """The offline default (scikit-learn digits, small U-Net, CPU in minutes) as a sub-VP score SDE.
 
-  python -m ddpm_jax.main --config=configs/sde_subvp_default.py --workdir=runs/sde_subvp_default
+python -m ddpm_jax.main --config=configs/sde_subvp_default.py --workdir=runs/sde_subvp_default
 """
+
 from configs import default
 
 

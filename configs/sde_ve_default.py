@@ -1,7 +1,8 @@
 """The offline default (scikit-learn digits, small U-Net, CPU in minutes) as a VE score SDE.
 
-  python -m ddpm_jax.main --config=configs/sde_ve_default.py --workdir=runs/sde_ve_default
+python -m ddpm_jax.main --config=configs/sde_ve_default.py --workdir=runs/sde_ve_default
 """
+
 from configs import default
 
 

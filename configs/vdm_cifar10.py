@@ -1,11 +1,13 @@
-"""VDM on CIFAR-10 (Kingma et al. 2021, App. B and the authors' config): learned schedule with γ from -13.3 to 5
-at start, continuous-time loss with low-discrepancy t, Fourier input features (n = 6, 7), and a U-Net without
-down-sampling: 32 residual blocks down and 33 up at 32×32 with 128 channels, dropout 0.1; AdamW (lr 2e-4,
-β2 0.99, weight decay 0.01), EMA 0.9999, batch 128, 10 M steps. The paper reports 2.65 bits/dim on the test
-set. Difference: this project's middle block always has self-attention (the authors' config has none).
+"""VDM on CIFAR-10 (Kingma et al. 2021, App. B and the authors' config): learned schedule with γ
+from -13.3 to 5 at start, continuous-time loss with low-discrepancy t, Fourier input features (n =
+6, 7), and a U-Net without down-sampling: 32 residual blocks down and 33 up at 32×32 with 128
+channels, dropout 0.1; AdamW (lr 2e-4, β2 0.99, weight decay 0.01), EMA 0.9999, batch 128, 10 M
+steps. The paper reports 2.65 bits/dim on the test set. Difference: this project's middle block
+always has self-attention (the authors' config has none).
 
   python -m ddpm_jax.main --config=configs/vdm_cifar10.py --workdir=gs://bucket/vdm_cifar10
 """
+
 from configs import ddpm_cifar10
 
 

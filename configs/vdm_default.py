@@ -1,8 +1,10 @@
-"""The offline default (scikit-learn digits, small U-Net, CPU in minutes) as a Variational Diffusion Model:
-learned noise schedule, continuous-time VLB, Fourier input features; samples on 1000 ancestral steps.
+"""The offline default (scikit-learn digits, small U-Net, CPU in minutes) as a Variational Diffusion
+Model: learned noise schedule, continuous-time VLB, Fourier input features; samples on 1000
+ancestral steps.
 
   python -m ddpm_jax.main --config=configs/vdm_default.py --workdir=runs/vdm_default
 """
+
 from configs import default
 
 

@@ -2,4 +2,5 @@
 
 Import the modules you need: `from ddpm_jax import schedules, diffusion, losses, sampling`.
 """
+
 __version__ = "0.1.0"

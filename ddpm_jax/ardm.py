@@ -1,20 +1,24 @@
 """Order-agnostic Autoregressive Diffusion Models (Hoogeboom et al. 2021) for discrete data.
 
-Data are integer arrays x [B, ...] with values in {0, …, K-1} and D = prod(shape[1:]) dimensions (pixels, or the
-sub-pixels of an image: each channel is its own variable). A random order σ is given per example as `rank`
-[B, ...], a permutation of 0..D-1: the variable of rank r is generated at step r + 1. With t variables known
-(those of rank < t), the network predicts every unknown one:
+Data are integer arrays x [B, ...] with values in {0, …, K-1} and D = prod(shape[1:]) dimensions
+(pixels, or the sub-pixels of an image: each channel is its own variable). A random order σ is given
+per example as `rank` [B, ...], a permutation of 0..D-1: the variable of rank r is generated at step
+r + 1. With t variables known (those of rank < t), the network predicts every unknown one:
 
-  logits_fn(x, known, t) -> logits [B, ..., K]     x [B, ...] int (unknown entries arbitrary), known [B, ...] bool,
-                                                    t [B] int, the number of known variables
+  logits_fn(x, known, t) -> logits [B, ..., K]     x [B, ...] int (unknown entries arbitrary),
+                                                    known [B, ...] bool, t [B] int, the number of
+                                                    known variables
 
-The log-likelihood bound over orders is log p(x) ≥ E_σ Σ_{t=0}^{D-1} log p(x_σ(t+1) | x_σ(≤t)); its one-step
-estimate (eq. 5) is  L = -D/(D - t) Σ_{k unknown} log p(x_k | x_known),  t ~ U{0, …, D-1},  unbiased.
+The log-likelihood bound over orders is log p(x) ≥ E_σ Σ_{t=0}^{D-1} log p(x_σ(t+1) | x_σ(≤t)); its
+one-step
+estimate (eq. 5) is  L = -D/(D - t) Σ_{k unknown} log p(x_k | x_known),  t ~ U{0, …, D-1},
+unbiased.
 
-Sampling generates the variables in a random order, all of one step in parallel from one network call; with a
-budget of S ≤ D steps the sizes of the steps are chosen by dynamic programming over the per-step losses
-(`parallel_decoding_plan`, ARDM §3.2).
+Sampling generates the variables in a random order, all of one step in parallel from one network
+call; with a budget of S ≤ D steps the sizes of the steps are chosen by dynamic programming over the
+per-step losses (`parallel_decoding_plan`, ARDM §3.2).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +51,8 @@ def log_probs_of_data(logits_fn: LogitsFn, x: Array, known: Array, t: Array) -> 
 
 
 def loss_at(logits_fn: LogitsFn, x: Array, t: Array, rank: Array) -> Array:
-  """The estimate -D/(D - t) Σ_{rank ≥ t} log p(x_k | x_{rank < t}) in nats [B], at given t [B] and orders."""
+  """The estimate -D/(D - t) Σ_{rank ≥ t} log p(x_k | x_{rank < t}) in nats [B], at given t [B] and
+  orders."""
   num_dims = _num_dims(x.shape)
   known = rank < losses.expand_to(t, rank)
   log_p = log_probs_of_data(logits_fn, x, known, t)
@@ -55,13 +60,16 @@ def loss_at(logits_fn: LogitsFn, x: Array, t: Array, rank: Array) -> Array:
 
 
 def random_step(t_rng: Array, order_rng: Array, shape) -> tuple[Array, Array]:
-  """The one-step estimate's draws: t ~ U{0..D-1} [B] and an order per example (its rank [B, ...])."""
+  """The one-step estimate's draws: t ~ U{0..D-1} [B] and an order per example (its rank [B,
+  ...])."""
   return jax.random.randint(t_rng, (shape[0],), 0, _num_dims(shape)), random_order(order_rng, shape)
 
 
 def nll_along_order(logits_fn: LogitsFn, x: Array, rank: Array) -> tuple[Array, Array]:
-  """-log p(x | σ) exactly, by D network calls in one `lax.scan` -> (nats [B], per-step losses [B, D]: the
-    t-th is -log p(x_σ(t+1) | x_σ(≤t)), whose mean over data is the loss component l_t of the decoding plan)."""
+  """-log p(x | σ) exactly, by D network calls in one `lax.scan` -> (nats [B], per-step losses [B,
+  D]: the t-th is -log p(x_σ(t+1) | x_σ(≤t)), whose mean over data is the loss component l_t of the
+  decoding plan)."""
+
   def step(total, t):
     t_b = jnp.full((x.shape[0],), t)
     log_p = log_probs_of_data(logits_fn, x, rank < t, t_b)
@@ -73,19 +81,26 @@ def nll_along_order(logits_fn: LogitsFn, x: Array, rank: Array) -> tuple[Array, 
 
 
 def parallel_decoding_plan(loss_components: np.ndarray, budget: int) -> np.ndarray:
-  """Step boundaries [budget + 1] (0 = b_0 < … < b_S = D) minimising the expected loss of generating variables
-  b_j … b_{j+1} - 1 together from one network call, each at the cost l_{b_j} of the first (ARDM §3.2):
+  """Step boundaries [budget + 1] (0 = b_0 < … < b_S = D) minimising the expected loss of generating
+  variables b_j … b_{j+1} - 1 together from one network call, each at the cost l_{b_j} of the first
+  (ARDM §3.2):
 
-    min Σ_j (b_{j+1} - b_j) · l_{b_j},  by dynamic programming over (steps, variables done), O(S · D²).
+    min Σ_j (b_{j+1} - b_j) · l_{b_j},
+  by dynamic programming over (steps, variables done), O(S · D²).
   """
   costs = np.asarray(loss_components, np.float64)
   num_dims = costs.shape[0]
   if not 1 <= budget <= num_dims:
-    raise ValueError(f"The step budget must be in [1, {num_dims}] for {num_dims} variables; got {budget}.")
+    raise ValueError(
+      f"The step budget must be in [1, {num_dims}] for {num_dims} variables; got {budget}."
+    )
   # cost[a, b] of one step from a to b > a variables done: (b - a) · l_a.
   done = np.arange(num_dims + 1)
-  step_cost = np.where(done[None, :] > done[:, None], (done[None, :] - done[:, None]) * np.append(costs, 0)[:, None],
-                       np.inf)
+  step_cost = np.where(
+    done[None, :] > done[:, None],
+    (done[None, :] - done[:, None]) * np.append(costs, 0)[:, None],
+    np.inf,
+  )
   best = np.full(num_dims + 1, np.inf)
   best[0] = 0.0
   choices = []
@@ -99,14 +114,19 @@ def parallel_decoding_plan(loss_components: np.ndarray, budget: int) -> np.ndarr
   return np.asarray(bounds[::-1], np.int32)
 
 
-def sample(logits_fn: LogitsFn, rng: Array, shape, plan: np.ndarray | None = None) -> tuple[Array, Array]:
-  """Samples in a random order per example, step j generating the variables of rank in [plan[j], plan[j+1]) in
-  parallel from one network call; one `lax.scan` over the steps. `plan` defaults to one variable per step (D).
+def sample(
+  logits_fn: LogitsFn, rng: Array, shape, plan: np.ndarray | None = None
+) -> tuple[Array, Array]:
+  """Samples in a random order per example, step j generating the variables of rank in [plan[j],
+  plan[j+1]) in parallel from one network call; one `lax.scan` over the steps. `plan` defaults to
+  one variable per step (D).
   -> (x [B, ...] int in [0, K), the step that generated each variable [B, ...])."""
   num_dims = _num_dims(shape)
   plan = np.arange(num_dims + 1) if plan is None else np.asarray(plan)
   if plan[0] != 0 or plan[-1] != num_dims or np.any(np.diff(plan) <= 0):
-    raise ValueError(f"A decoding plan must increase strictly from 0 to D = {num_dims}; got {plan}.")
+    raise ValueError(
+      f"A decoding plan must increase strictly from 0 to D = {num_dims}; got {plan}."
+    )
   order_rng, rng = jax.random.split(rng)
   rank = random_order(order_rng, shape)
 

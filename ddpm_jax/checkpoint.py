@@ -1,10 +1,11 @@
 """Checkpoints in `workdir/checkpoints` with orbax: periodic and preemption saves, resume, fallback.
 
-Each step directory holds the train state and the run's config (JSON). Orbax writes a step to a temporary
-directory and renames it when complete, so a process killed mid-save leaves no half-written step behind;
-if the newest step still cannot be read (a damaged disk, a partial copy), `restore_latest` warns and falls
-back to the one before.
+Each step directory holds the train state and the run's config (JSON). Orbax writes a step to a
+temporary directory and renames it when complete, so a process killed mid-save leaves no
+half-written step behind; if the newest step still cannot be read (a damaged disk, a partial copy),
+`restore_latest` warns and falls back to the one before.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,11 @@ import orbax.checkpoint as ocp
 def quiet_orbax_info_logs() -> None:
   """Orbax logs every file it renames at INFO; keep its warnings and errors only."""
   import logging as std_logging
+
   handler = logging.get_absl_handler()
-  handler.addFilter(lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
+  handler.addFilter(
+    lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+  )
 
 
 class Checkpointer:
@@ -30,36 +34,57 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int = 3):
     quiet_orbax_info_logs()
     # Bucket paths (gs://…) as they are; local ones absolute, as orbax wants.
-    self.directory = os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
+    self.directory = os.path.join(
+      workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints"
+    )
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_names=("state", "config"))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      item_names=("state", "config"),
+    )
 
   def save(self, step: int, state, config) -> None:
-    config_json = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    config=ocp.args.JsonSave(config_json)), force=True)
+    config_json = (
+      json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+    )
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json)
+      ),
+      force=True,
+    )
 
   def restore_latest(self, abstract_state):
     """-> (state, step) from the newest readable step, or (None, None) if there are no checkpoints.
 
-    `abstract_state` gives shapes, dtypes and shardings (e.g. `jax.eval_shape` output with `.sharding`).
-    Raises if there are checkpoints but none can be read: starting afresh would overwrite them.
+    `abstract_state` gives shapes, dtypes and shardings (e.g. `jax.eval_shape` output with
+    `.sharding`). Raises if there are checkpoints but none can be read: starting afresh would
+    overwrite them.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
     for step in steps:
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
       except Exception as e:  # any unreadable step: fall back to the previous one
-        logging.warning("Checkpoint at step %d in %s cannot be read (%s: %s); trying the previous one.",
-                        step, self.directory, type(e).__name__, e)
+        logging.warning(
+          "Checkpoint at step %d in %s cannot be read (%s: %s); trying the previous one.",
+          step,
+          self.directory,
+          type(e).__name__,
+          e,
+        )
         continue
       logging.info("Restored step %d from %s.", step, self.directory)
       return restored["state"], step
     if steps:
-      raise RuntimeError(f"None of the checkpoints {steps} in {self.directory} can be read into this config's train "
-                         "state (see the warnings above: was the run made with another config or code version?). "
-                         "Nothing was overwritten; use another --workdir to start afresh.")
+      raise RuntimeError(
+        f"None of the checkpoints {steps} in {self.directory} can be read into this config's train "
+        "state (see the warnings above: was the run made with another config or code version?). "
+        "Nothing was overwritten; use another --workdir to start afresh."
+      )
     return None, None
 
   def close(self) -> None:
@@ -68,15 +93,18 @@ class Checkpointer:
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (how TPU and SLURM announce a preemption); the train loop saves and exits when set.
+  """Set by SIGTERM (how TPU and SLURM announce a preemption); the train loop saves and exits when
+  set.
 
-  Multi-process runs agree on it by a host collective, taken only every `check_every` steps (the same steps
-  on every process) so that the hot loop does not synchronise the hosts each step."""
+  Multi-process runs agree on it by a host collective, taken only every `check_every` steps (the
+  same steps on every process) so that the hot loop does not synchronise the hosts each step."""
 
   def __init__(self, check_every: int = 10):
     self.event = threading.Event()
     self.check_every = check_every
-    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+    if (
+      threading.current_thread() is threading.main_thread()
+    ):  # signal handlers live in the main thread
       signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
@@ -90,4 +118,5 @@ class PreemptionFlag:
     if step % self.check_every:
       return False
     from jax.experimental import multihost_utils
+
     return bool(multihost_utils.process_allgather(jax.numpy.array(self.event.is_set())).any())

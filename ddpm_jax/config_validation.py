@@ -1,6 +1,7 @@
-"""Config validation: every impossible or inconsistent setting in one message, before anything compiles.
-The shared blocks (data, model shape, optim, training) are checked here, each family's own block by its
-module's `validate`."""
+"""Config validation: every impossible or inconsistent setting in one message, before anything
+compiles. The shared blocks (data, model shape, optim, training) are checked here, each family's own
+block by its module's `validate`."""
+
 from __future__ import annotations
 
 import jax
@@ -8,21 +9,37 @@ import ml_collections
 
 from ddpm_jax import families, models
 
-KNOWN_DATASETS = ("digits", "image_folder", "cifar10", "celeb_a_hq", "lsun", "downsampled_imagenet", "mnist",
-                  "fashion_mnist", "celeb_a", "imagenet2012", "oxford_flowers102")
+KNOWN_DATASETS = (
+  "digits",
+  "image_folder",
+  "cifar10",
+  "celeb_a_hq",
+  "lsun",
+  "downsampled_imagenet",
+  "mnist",
+  "fashion_mnist",
+  "celeb_a",
+  "imagenet2012",
+  "oxford_flowers102",
+)
 
 
 def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
-  """The fields that chose the family before `config.family` existed, where an old config still sets them."""
+  """The fields that chose the family before `config.family` existed, where an old config still sets
+  them."""
   found = []
   if "family" not in config:
     found.append(f"config.family is missing: set it to one of {', '.join(families.FAMILIES)}.")
   if "name" in config.get("sde", {}):
-    found.append(f"config.sde.name={config.sde.name!r} was replaced by config.family='score_sde' with "
-                 "config.sde.type.")
+    found.append(
+      f"config.sde.name={config.sde.name!r} was replaced by config.family='score_sde' with "
+      "config.sde.type."
+    )
   if "schedule" in config.get("vdm", {}):
-    found.append(f"config.vdm.schedule={config.vdm.schedule!r} was replaced by config.family='vdm' with "
-                 "config.vdm.noise_schedule.")
+    found.append(
+      f"config.vdm.schedule={config.vdm.schedule!r} was replaced by config.family='vdm' with "
+      "config.vdm.noise_schedule."
+    )
   if "enabled" in config.get("ardm", {}):
     found.append("config.ardm.enabled was replaced by config.family='ardm'.")
   if config.model.get("name") == "classifier" and config.get("family") != "classifier":
@@ -35,42 +52,62 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = []
   devices = jax.device_count()
   if training.batch_size % devices:
-    problems.append(f"training.batch_size={training.batch_size} is not divisible by the {devices} devices.")
+    problems.append(
+      f"training.batch_size={training.batch_size} is not divisible by the {devices} devices."
+    )
   if training.batch_size % (devices * optim.grad_accum_steps):
-    problems.append(f"training.batch_size={training.batch_size} does not split into optim.grad_accum_steps="
-                    f"{optim.grad_accum_steps} micro-batches over {devices} devices.")
+    problems.append(
+      f"training.batch_size={training.batch_size} does not split into optim.grad_accum_steps="
+      f"{optim.grad_accum_steps} micro-batches over {devices} devices."
+    )
   if data.dataset.split("/")[0] not in KNOWN_DATASETS:
-    problems.append(f"Unknown data.dataset {data.dataset!r}; known: {', '.join(KNOWN_DATASETS)} (tfds names "
-                    "may carry a /config, e.g. celeb_a_hq/256).")
+    problems.append(
+      f"Unknown data.dataset {data.dataset!r}; known: {', '.join(KNOWN_DATASETS)} (tfds names "
+      "may carry a /config, e.g. celeb_a_hq/256)."
+    )
   if model.get("name", "unet") not in models.MODELS:
     problems.append(f"Unknown model.name {model.name!r}; known: {', '.join(models.MODELS)}.")
   if model.embedding_type not in models.EMBEDDING_TYPES:
-    problems.append(f"Unknown model.embedding_type {model.embedding_type!r}; valid: "
-                    f"{', '.join(models.EMBEDDING_TYPES)}.")
+    problems.append(
+      f"Unknown model.embedding_type {model.embedding_type!r}; valid: "
+      f"{', '.join(models.EMBEDDING_TYPES)}."
+    )
   levels = len(model.ch_mult)
   if data.image_size % 2 ** (levels - 1):
-    problems.append(f"data.image_size={data.image_size} cannot be halved {levels - 1} times "
-                    f"(model.ch_mult={model.ch_mult}).")
+    problems.append(
+      f"data.image_size={data.image_size} cannot be halved {levels - 1} times "
+      f"(model.ch_mult={model.ch_mult})."
+    )
   resolutions = [data.image_size // 2**i for i in range(levels)]
   missing = [r for r in model.attn_resolutions if r not in resolutions]
   if missing:
-    problems.append(f"model.attn_resolutions {missing} are not resolutions of this model; it has {resolutions}.")
+    problems.append(
+      f"model.attn_resolutions {missing} are not resolutions of this model; it has {resolutions}."
+    )
   widths = {model.ch * m for m in model.ch_mult}
   if any(w % 32 for w in widths):
-    problems.append(f"Every width model.ch·ch_mult must be divisible by 32 (GroupNorm(32) groups); got "
-                    f"{sorted(widths)}.")
+    problems.append(
+      f"Every width model.ch·ch_mult must be divisible by 32 (GroupNorm(32) groups); got "
+      f"{sorted(widths)}."
+    )
   if not 0.0 <= optim.ema_decay < 1.0:
     problems.append(f"optim.ema_decay={optim.ema_decay} must be in [0, 1).")
   if optim.lr <= 0:
     problems.append(f"optim.lr={optim.lr} must be positive.")
-  intervals = ("log_every_steps", "checkpoint_every_steps", "eval_every_steps", "sample_every_steps")
+  intervals = (
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "eval_every_steps",
+    "sample_every_steps",
+  )
   if min(training[name] for name in intervals) <= 0:
     problems.append(f"training.{', '.join(intervals)} must be positive.")
   return problems
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError listing every problem of `config` (one line for a config of the old selectors)."""
+  """Raises ValueError listing every problem of `config` (one line for a config of the old
+  selectors)."""
   replaced = replaced_selectors(config)
   if replaced:
     raise ValueError(" ".join(replaced))
@@ -78,6 +115,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.family in families.FAMILIES:
     problems += families.family_module(config.family).validate(config)
   else:
-    problems.append(f"Unknown config.family {config.family!r}; known: {', '.join(families.FAMILIES)}.")
+    problems.append(
+      f"Unknown config.family {config.family!r}; known: {', '.join(families.FAMILIES)}."
+    )
   if problems:
     raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))

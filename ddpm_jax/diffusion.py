@@ -1,13 +1,16 @@
-"""Gaussian diffusion of DDPM (Ho et al. 2020) and Improved DDPM (Nichol & Dhariwal 2021) as pure functions.
+"""Gaussian diffusion of DDPM (Ho et al. 2020) and Improved DDPM (Nichol & Dhariwal 2021) as pure
+functions.
 
-`GaussianDiffusion` is a pytree of schedule arrays (float32, derived once from float64 βs) plus static
-names of the parameterisation; pass it into jitted functions as an argument. Timesteps are integer indices
-t ∈ {0, …, T-1}; index t is the paper's step t + 1, so ᾱ_{t-1} at t = 0 is 1 and β̃ at t = 0 is 0.
+`GaussianDiffusion` is a pytree of schedule arrays (float32, derived once from float64 βs) plus
+static names of the parameterisation; pass it into jitted functions as an argument. Timesteps are
+integer indices t ∈ {0, …, T-1}; index t is the paper's step t + 1, so ᾱ_{t-1} at t = 0 is 1 and β̃
+at t = 0 is 0.
 
-A model function is `model_fn(x_t, t) -> output` where `t` are original (un-respaced) timestep indices;
-functions here call it with `d.timestep_map[t]`. With a learned variance the output has 2·C channels:
-the first C parameterise the mean, the last C the variance.
+A model function is `model_fn(x_t, t) -> output` where `t` are original (un-respaced) timestep
+indices; functions here call it with `d.timestep_map[t]`. With a learned variance the output has 2·C
+channels: the first C parameterise the mean, the last C the variance.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -17,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import losses
-from ddpm_jax import schedules
+from ddpm_jax import losses, schedules
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
@@ -39,22 +41,23 @@ def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
 @flax.struct.dataclass
 class GaussianDiffusion:
   """Schedule-derived arrays, each float32 [T], computed in float64 by `from_betas`."""
-  betas: Array                           # β_t
-  alphas_cumprod: Array                  # ᾱ_t = Π_{s≤t} (1 - β_s)
-  alphas_cumprod_prev: Array             # ᾱ_{t-1}, with ᾱ_{-1} = 1
-  sqrt_alphas_cumprod: Array             # √ᾱ_t
-  one_minus_alphas_cumprod: Array        # 1 - ᾱ_t
-  sqrt_one_minus_alphas_cumprod: Array   # √(1 - ᾱ_t)
-  log_one_minus_alphas_cumprod: Array    # log(1 - ᾱ_t)
-  sqrt_recip_alphas_cumprod: Array       # 1/√ᾱ_t
-  sqrt_recipm1_alphas_cumprod: Array     # √(1/ᾱ_t - 1)
-  posterior_variance: Array              # β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)   (DDPM eq. 7); 0 at t = 0
+
+  betas: Array  # β_t
+  alphas_cumprod: Array  # ᾱ_t = Π_{s≤t} (1 - β_s)
+  alphas_cumprod_prev: Array  # ᾱ_{t-1}, with ᾱ_{-1} = 1
+  sqrt_alphas_cumprod: Array  # √ᾱ_t
+  one_minus_alphas_cumprod: Array  # 1 - ᾱ_t
+  sqrt_one_minus_alphas_cumprod: Array  # √(1 - ᾱ_t)
+  log_one_minus_alphas_cumprod: Array  # log(1 - ᾱ_t)
+  sqrt_recip_alphas_cumprod: Array  # 1/√ᾱ_t
+  sqrt_recipm1_alphas_cumprod: Array  # √(1/ᾱ_t - 1)
+  posterior_variance: Array  # β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)   (DDPM eq. 7); 0 at t = 0
   posterior_log_variance_clipped: Array  # log β̃_t with the t = 0 entry replaced by log β̃ at t = 1
-  posterior_mean_coef1: Array            # √ᾱ_{t-1} β_t / (1 - ᾱ_t)                (DDPM eq. 7, x0)
-  posterior_mean_coef2: Array            # √α_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)           (DDPM eq. 7, x_t)
-  log_betas: Array                       # log β_t
-  fixed_large_log_variance: Array        # log β_t with the t = 0 entry β̃ at t = 1
-  timestep_map: Array                    # int32 [T]: original timestep index of each step (respacing)
+  posterior_mean_coef1: Array  # √ᾱ_{t-1} β_t / (1 - ᾱ_t)                (DDPM eq. 7, x0)
+  posterior_mean_coef2: Array  # √α_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)           (DDPM eq. 7, x_t)
+  log_betas: Array  # log β_t
+  fixed_large_log_variance: Array  # log β_t with the t = 0 entry β̃ at t = 1
+  timestep_map: Array  # int32 [T]: original timestep index of each step (respacing)
   mean_type: str = flax.struct.field(pytree_node=False, default="eps")
   var_type: str = flax.struct.field(pytree_node=False, default="fixed_small")
   loss_type: str = flax.struct.field(pytree_node=False, default="mse")
@@ -68,8 +71,14 @@ class GaussianDiffusion:
     return self.var_type in LEARNED_VAR_TYPES
 
   @classmethod
-  def from_betas(cls, betas, mean_type: str = "eps", var_type: str = "fixed_small", loss_type: str = "mse",
-                 timestep_map=None) -> "GaussianDiffusion":
+  def from_betas(
+    cls,
+    betas,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    loss_type: str = "mse",
+    timestep_map=None,
+  ) -> "GaussianDiffusion":
     """Builds every derived array in float64 numpy and casts each once to float32."""
     _check_choice("mean_type", mean_type, MEAN_TYPES)
     _check_choice("var_type", var_type, VAR_TYPES)
@@ -80,7 +89,9 @@ class GaussianDiffusion:
       timestep_map = np.arange(num_timesteps)
     timestep_map = np.asarray(timestep_map)
     if timestep_map.shape != (num_timesteps,):
-      raise ValueError(f"timestep_map must have shape ({num_timesteps},), got {timestep_map.shape}.")
+      raise ValueError(
+        f"timestep_map must have shape ({num_timesteps},), got {timestep_map.shape}."
+      )
 
     alphas = 1.0 - betas
     alphas_cumprod = np.cumprod(alphas)
@@ -92,25 +103,32 @@ class GaussianDiffusion:
     first_log_variance = np.log(posterior_variance[1] if num_timesteps > 1 else betas[0])
     posterior_log_variance_clipped = np.append(first_log_variance, np.log(posterior_variance[1:]))
     arrays = dict(
-        betas=betas,
-        alphas_cumprod=alphas_cumprod,
-        alphas_cumprod_prev=alphas_cumprod_prev,
-        sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
-        one_minus_alphas_cumprod=one_minus_alphas_cumprod,
-        sqrt_one_minus_alphas_cumprod=np.sqrt(one_minus_alphas_cumprod),
-        log_one_minus_alphas_cumprod=np.log(one_minus_alphas_cumprod),
-        sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
-        sqrt_recipm1_alphas_cumprod=np.sqrt(one_minus_alphas_cumprod / alphas_cumprod),
-        posterior_variance=posterior_variance,
-        posterior_log_variance_clipped=posterior_log_variance_clipped,
-        posterior_mean_coef1=np.sqrt(alphas_cumprod_prev) * betas / one_minus_alphas_cumprod,
-        posterior_mean_coef2=np.sqrt(alphas) * one_minus_alphas_cumprod_prev / one_minus_alphas_cumprod,
-        log_betas=np.log(betas),
-        fixed_large_log_variance=np.append(first_log_variance, np.log(betas[1:])),
+      betas=betas,
+      alphas_cumprod=alphas_cumprod,
+      alphas_cumprod_prev=alphas_cumprod_prev,
+      sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
+      one_minus_alphas_cumprod=one_minus_alphas_cumprod,
+      sqrt_one_minus_alphas_cumprod=np.sqrt(one_minus_alphas_cumprod),
+      log_one_minus_alphas_cumprod=np.log(one_minus_alphas_cumprod),
+      sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
+      sqrt_recipm1_alphas_cumprod=np.sqrt(one_minus_alphas_cumprod / alphas_cumprod),
+      posterior_variance=posterior_variance,
+      posterior_log_variance_clipped=posterior_log_variance_clipped,
+      posterior_mean_coef1=np.sqrt(alphas_cumprod_prev) * betas / one_minus_alphas_cumprod,
+      posterior_mean_coef2=np.sqrt(alphas)
+      * one_minus_alphas_cumprod_prev
+      / one_minus_alphas_cumprod,
+      log_betas=np.log(betas),
+      fixed_large_log_variance=np.append(first_log_variance, np.log(betas[1:])),
     )
     arrays = {k: jnp.asarray(v, dtype=jnp.float32) for k, v in arrays.items()}
-    return cls(**arrays, timestep_map=jnp.asarray(timestep_map, dtype=jnp.int32),
-               mean_type=mean_type, var_type=var_type, loss_type=loss_type)
+    return cls(
+      **arrays,
+      timestep_map=jnp.asarray(timestep_map, dtype=jnp.int32),
+      mean_type=mean_type,
+      var_type=var_type,
+      loss_type=loss_type,
+    )
 
 
 def respace(d: GaussianDiffusion, use_timesteps: Sequence[int]) -> GaussianDiffusion:
@@ -124,8 +142,13 @@ def respace(d: GaussianDiffusion, use_timesteps: Sequence[int]) -> GaussianDiffu
     raise ValueError(f"use_timesteps must be a non-empty subset of range({num_timesteps}).")
   alphas_cumprod = np.cumprod(1.0 - np.asarray(d.betas, dtype=np.float64))[use_timesteps]
   betas = 1.0 - alphas_cumprod / np.append(1.0, alphas_cumprod[:-1])
-  return GaussianDiffusion.from_betas(betas, d.mean_type, d.var_type, d.loss_type,
-                                      timestep_map=np.asarray(d.timestep_map)[use_timesteps])
+  return GaussianDiffusion.from_betas(
+    betas,
+    d.mean_type,
+    d.var_type,
+    d.loss_type,
+    timestep_map=np.asarray(d.timestep_map)[use_timesteps],
+  )
 
 
 def extract(a: Array, t: Array, ndim: int) -> Array:
@@ -136,10 +159,12 @@ def extract(a: Array, t: Array, ndim: int) -> Array:
 def _check_batch(x: Array, t: Array) -> None:
   """Shapes are static: this raises at trace time, before anything compiles."""
   if jnp.ndim(t) != 1 or jnp.shape(t)[0] != jnp.shape(x)[0]:
-    raise ValueError(f"t must have shape [B] matching the batch of x {jnp.shape(x)}, got {jnp.shape(t)}.")
+    raise ValueError(
+      f"t must have shape [B] matching the batch of x {jnp.shape(x)}, got {jnp.shape(t)}."
+    )
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Forward process q.
 
 
@@ -155,70 +180,94 @@ def q_mean_variance(d: GaussianDiffusion, x0: Array, t: Array) -> tuple[Array, A
 def q_sample(d: GaussianDiffusion, x0: Array, t: Array, noise: Array) -> Array:
   """x_t = √ᾱ_t x0 + √(1 - ᾱ_t) ε  (DDPM eq. 4).  x0, noise: [B, H, W, C]; t: [B] int."""
   _check_batch(x0, t)
-  return (extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
-          + extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
+  return (
+    extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
+    + extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise
+  )
 
 
-def q_posterior_mean_variance(d: GaussianDiffusion, x0: Array, x_t: Array, t: Array) -> tuple[Array, Array, Array]:
-  """q(x_{t-1} | x_t, x0) = N(μ̃_t, β̃_t I)  (DDPM eqs. 6–7) -> (mean, variance, log_variance_clipped)."""
+def q_posterior_mean_variance(
+  d: GaussianDiffusion, x0: Array, x_t: Array, t: Array
+) -> tuple[Array, Array, Array]:
+  """q(x_{t-1} | x_t, x0) = N(μ̃_t, β̃_t I)  (DDPM eqs. 6–7).
+  -> (mean, variance, log_variance_clipped)."""
   _check_batch(x_t, t)
-  mean = extract(d.posterior_mean_coef1, t, x_t.ndim) * x0 + extract(d.posterior_mean_coef2, t, x_t.ndim) * x_t
+  mean = (
+    extract(d.posterior_mean_coef1, t, x_t.ndim) * x0
+    + extract(d.posterior_mean_coef2, t, x_t.ndim) * x_t
+  )
   variance = jnp.broadcast_to(extract(d.posterior_variance, t, x_t.ndim), x_t.shape)
   log_variance = jnp.broadcast_to(extract(d.posterior_log_variance_clipped, t, x_t.ndim), x_t.shape)
   return mean, variance, log_variance
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Conversions between the parameterisations: x_t = √ᾱ x0 + √(1-ᾱ) ε and v = √ᾱ ε - √(1-ᾱ) x0.
 
 
 def predict_x0_from_eps(d: GaussianDiffusion, x_t: Array, t: Array, eps: Array) -> Array:
   """x0 = x_t/√ᾱ_t - √(1/ᾱ_t - 1) ε  (DDPM eq. 4 solved for x0)."""
-  return (extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
-          - extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
+  return (
+    extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+    - extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
+  )
 
 
 def predict_eps_from_x0(d: GaussianDiffusion, x_t: Array, t: Array, x0: Array) -> Array:
   """ε = (x_t/√ᾱ_t - x0) / √(1/ᾱ_t - 1)."""
-  return ((extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0)
-          / extract(d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
+  return (extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0) / extract(
+    d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim
+  )
 
 
 def get_v(d: GaussianDiffusion, x0: Array, eps: Array, t: Array) -> Array:
   """v = √ᾱ_t ε - √(1 - ᾱ_t) x0  (Salimans & Ho 2022, progressive distillation §4)."""
-  return (extract(d.sqrt_alphas_cumprod, t, x0.ndim) * eps
-          - extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0)
+  return (
+    extract(d.sqrt_alphas_cumprod, t, x0.ndim) * eps
+    - extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0
+  )
 
 
 def predict_x0_from_v(d: GaussianDiffusion, x_t: Array, t: Array, v: Array) -> Array:
   """x0 = √ᾱ_t x_t - √(1 - ᾱ_t) v."""
-  return (extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
-          - extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v)
+  return (
+    extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
+    - extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * v
+  )
 
 
 def predict_eps_from_v(d: GaussianDiffusion, x_t: Array, t: Array, v: Array) -> Array:
   """ε = √(1 - ᾱ_t) x_t + √ᾱ_t v."""
-  return (extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t
-          + extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * v)
+  return (
+    extract(d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t
+    + extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * v
+  )
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reverse process p_θ.
 
 
-def split_model_output(d: GaussianDiffusion, model_output: Array, x_t: Array) -> tuple[Array, Array | None]:
+def split_model_output(
+  d: GaussianDiffusion, model_output: Array, x_t: Array
+) -> tuple[Array, Array | None]:
   """-> (mean parameterisation [.., C], variance parameter [.., C] or None for fixed variances)."""
   channels = x_t.shape[-1]
   expected = 2 * channels if d.learned_variance else channels
   if model_output.shape[:-1] != x_t.shape[:-1] or model_output.shape[-1] != expected:
-    raise ValueError(f"With var_type={d.var_type!r} the model output must have shape {x_t.shape[:-1] + (expected,)},"
-                     f" got {model_output.shape}.")
+    raise ValueError(
+      f"With var_type={d.var_type!r} the model output must have shape "
+      f"{x_t.shape[:-1] + (expected,)},"
+      f" got {model_output.shape}."
+    )
   if d.learned_variance:
     return model_output[..., :channels], model_output[..., channels:]
   return model_output, None
 
 
-def _model_variance(d: GaussianDiffusion, var_output: Array | None, x_t: Array, t: Array) -> tuple[Array, Array]:
+def _model_variance(
+  d: GaussianDiffusion, var_output: Array | None, x_t: Array, t: Array
+) -> tuple[Array, Array]:
   """Σ_θ(x_t, t) -> (variance, log_variance), each broadcast to x_t's shape."""
   if d.var_type == "learned":
     log_variance = var_output
@@ -226,16 +275,22 @@ def _model_variance(d: GaussianDiffusion, var_output: Array | None, x_t: Array, 
   if d.var_type == "learned_range":
     # Improved DDPM eq. 15: Σ = exp(v' log β_t + (1 - v') log β̃_t) with v' = (v + 1)/2.
     frac = (var_output + 1.0) / 2.0
-    log_variance = (frac * extract(d.log_betas, t, x_t.ndim)
-                    + (1.0 - frac) * extract(d.posterior_log_variance_clipped, t, x_t.ndim))
+    log_variance = frac * extract(d.log_betas, t, x_t.ndim) + (1.0 - frac) * extract(
+      d.posterior_log_variance_clipped, t, x_t.ndim
+    )
     return jnp.exp(log_variance), log_variance
-  if d.var_type == "fixed_small":  # σ² = β̃_t; the variance itself is 0 at t = 0, its log is clipped.
+  if (
+    d.var_type == "fixed_small"
+  ):  # σ² = β̃_t; the variance itself is 0 at t = 0, its log is clipped.
     variance, log_variance = d.posterior_variance, d.posterior_log_variance_clipped
-  else:  # fixed_large: σ² = β_t, with β̃ at t = 1 for the first step so that the decoder stays sharp.
+  # fixed_large: σ² = β_t, with β̃ at t = 1 for the first step so that the decoder stays sharp.
+  else:
     log_variance = d.fixed_large_log_variance
     variance = jnp.exp(log_variance)
-  return (jnp.broadcast_to(extract(variance, t, x_t.ndim), x_t.shape),
-          jnp.broadcast_to(extract(log_variance, t, x_t.ndim), x_t.shape))
+  return (
+    jnp.broadcast_to(extract(variance, t, x_t.ndim), x_t.shape),
+    jnp.broadcast_to(extract(log_variance, t, x_t.ndim), x_t.shape),
+  )
 
 
 def predict_x0(d: GaussianDiffusion, mean_output: Array, x_t: Array, t: Array) -> Array:
@@ -247,8 +302,9 @@ def predict_x0(d: GaussianDiffusion, mean_output: Array, x_t: Array, t: Array) -
   return mean_output
 
 
-def p_mean_variance(d: GaussianDiffusion, model_output: Array, x_t: Array, t: Array,
-                    clip_denoised: bool = False) -> dict[str, Array]:
+def p_mean_variance(
+  d: GaussianDiffusion, model_output: Array, x_t: Array, t: Array, clip_denoised: bool = False
+) -> dict[str, Array]:
   """p_θ(x_{t-1} | x_t) = N(μ̃_t(x̂0, x_t), Σ_θ) with x̂0 from the model (DDPM eq. 11 via x̂0).
 
   -> dict(mean, variance, log_variance, pred_x0); `clip_denoised` clips x̂0 to [-1, 1] first.
@@ -263,23 +319,34 @@ def p_mean_variance(d: GaussianDiffusion, model_output: Array, x_t: Array, t: Ar
   return dict(mean=mean, variance=variance, log_variance=log_variance, pred_x0=pred_x0)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Variational bound, in bits per dimension.
 
 
-def _vb_terms(d: GaussianDiffusion, model_output: Array, x0: Array, x_t: Array, t: Array,
-              clip_denoised: bool) -> tuple[Array, dict[str, Array]]:
+def _vb_terms(
+  d: GaussianDiffusion, model_output: Array, x0: Array, x_t: Array, t: Array, clip_denoised: bool
+) -> tuple[Array, dict[str, Array]]:
   true_mean, _, true_log_variance = q_posterior_mean_variance(d, x0, x_t, t)
   out = p_mean_variance(d, model_output, x_t, t, clip_denoised)
   # L_{t-1} = KL(q(x_{t-1} | x_t, x0) ‖ p_θ(x_{t-1} | x_t)) for t > 0  (DDPM eq. 5).
-  kl = losses.mean_flat(losses.normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"]))
+  kl = losses.mean_flat(
+    losses.normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])
+  )
   # L_0 = -log p_θ(x0 | x1), the discretised decoder  (DDPM eq. 13).
-  nll = -losses.mean_flat(losses.discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"]))
+  nll = -losses.mean_flat(
+    losses.discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+  )
   return jnp.where(t == 0, nll, kl) / np.log(2.0), out
 
 
-def vb_terms_bpd(d: GaussianDiffusion, model_output: Array, x0: Array, x_t: Array, t: Array,
-                 clip_denoised: bool = False) -> Array:
+def vb_terms_bpd(
+  d: GaussianDiffusion,
+  model_output: Array,
+  x0: Array,
+  x_t: Array,
+  t: Array,
+  clip_denoised: bool = False,
+) -> Array:
   """L_t of the VLB for each example, in bits/dim: KL for t > 0, decoder NLL at t = 0. -> [B]."""
   _check_batch(x0, t)
   return _vb_terms(d, model_output, x0, x_t, t, clip_denoised)[0]
@@ -292,8 +359,9 @@ def prior_bpd(d: GaussianDiffusion, x0: Array) -> Array:
   return losses.mean_flat(losses.normal_kl(mean, log_variance, 0.0, 0.0)) / np.log(2.0)
 
 
-def calc_bpd_loop(d: GaussianDiffusion, model_fn: ModelFn, x0: Array, rng: Array,
-                  clip_denoised: bool = False) -> dict[str, Array]:
+def calc_bpd_loop(
+  d: GaussianDiffusion, model_fn: ModelFn, x0: Array, rng: Array, clip_denoised: bool = False
+) -> dict[str, Array]:
   """The whole VLB L_T + Σ_t L_t of a batch, one `lax.scan` over all T steps.
 
   Noise for step t is drawn from `fold_in(rng, t)`. -> dict(total_bpd [B], prior_bpd [B], vb [B, T],
@@ -307,14 +375,20 @@ def calc_bpd_loop(d: GaussianDiffusion, model_fn: ModelFn, x0: Array, rng: Array
     x_t = q_sample(d, x0, t_b, noise)
     vb, out = _vb_terms(d, model_fn(x_t, d.timestep_map[t_b]), x0, x_t, t_b, clip_denoised)
     eps = predict_eps_from_x0(d, x_t, t_b, out["pred_x0"])
-    return carry, (vb, losses.mean_flat((out["pred_x0"] - x0) ** 2), losses.mean_flat((eps - noise) ** 2))
+    return carry, (
+      vb,
+      losses.mean_flat((out["pred_x0"] - x0) ** 2),
+      losses.mean_flat((eps - noise) ** 2),
+    )
 
   _, (vb, x0_mse, mse) = jax.lax.scan(step, None, jnp.arange(d.num_timesteps))  # each [T, B]
   prior = prior_bpd(d, x0)
-  return dict(total_bpd=jnp.sum(vb, axis=0) + prior, prior_bpd=prior, vb=vb.T, x0_mse=x0_mse.T, mse=mse.T)
+  return dict(
+    total_bpd=jnp.sum(vb, axis=0) + prior, prior_bpd=prior, vb=vb.T, x0_mse=x0_mse.T, mse=mse.T
+  )
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training losses.
 
 
@@ -322,11 +396,17 @@ def loss_variance_problems(var_type: str, loss_type: str) -> list[str]:
   """Why `loss_type` cannot train the variance `var_type` (empty when it can)."""
   learned = var_type in LEARNED_VAR_TYPES
   if loss_type == "mse" and learned:
-    return [f"var_type={var_type!r} is learned but loss_type='mse' cannot train it; use 'hybrid', 'kl' or "
-            "'rescaled_kl'."]
+    return [
+      f"var_type={var_type!r} is learned but loss_type='mse' cannot train it; use 'hybrid', 'kl' "
+      "or "
+      "'rescaled_kl'."
+    ]
   if loss_type == "hybrid" and not learned:
-    return [f"loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range'), got {var_type!r}: "
-            "with a fixed variance its VLB term has no gradient; use loss_type='mse'."]
+    return [
+      "loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range'), got "
+      f"{var_type!r}: "
+      "with a fixed variance its VLB term has no gradient; use loss_type='mse'."
+    ]
   return []
 
 
@@ -336,11 +416,14 @@ def _check_loss_variance(d: GaussianDiffusion) -> None:
     raise ValueError(problems[0])
 
 
-def training_losses(d: GaussianDiffusion, model_fn: ModelFn, x0: Array, t: Array, noise: Array) -> dict[str, Array]:
-  """Per-example training losses at timesteps t with noise ε -> dict(loss [B], mse [B], vb [B] where used).
+def training_losses(
+  d: GaussianDiffusion, model_fn: ModelFn, x0: Array, t: Array, noise: Array
+) -> dict[str, Array]:
+  """Per-example training losses at timesteps t with noise ε -> dict(loss [B], mse [B], vb [B] where
+  used).
 
   mse: L_simple = ‖target - model‖² with target ε, x0 or v  (DDPM eq. 14).
-  hybrid: L_simple + λ·T·L_t, λ = 0.001, the mean stop-gradiented inside L_t  (Improved DDPM eq. 16).
+  hybrid: L_simple + λ·T·L_t, λ = 0.001, the mean stop-gradiented inside L_t (Improved DDPM eq. 16).
   kl: L_t in bits/dim; rescaled_kl: T·L_t.
   """
   _check_batch(x0, t)
@@ -365,20 +448,24 @@ def training_losses(d: GaussianDiffusion, model_fn: ModelFn, x0: Array, t: Array
   return terms
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Timestep sampling: uniform, or importance-sampled by the loss history (Improved DDPM §3.3).
 
 
 @flax.struct.dataclass
 class LossHistory:
-  """The last `history_per_term` values of L_t for every t, as arrays so it can live in the train state."""
+  """The last `history_per_term` values of L_t for every t, as arrays so it can live in the train
+  state."""
+
   losses: Array  # [T, history_per_term] float32
   counts: Array  # [T] int32, number of filled entries (≤ history_per_term)
 
 
 def init_loss_history(num_timesteps: int, history_per_term: int = 10) -> LossHistory:
-  return LossHistory(losses=jnp.zeros((num_timesteps, history_per_term), jnp.float32),
-                     counts=jnp.zeros((num_timesteps,), jnp.int32))
+  return LossHistory(
+    losses=jnp.zeros((num_timesteps, history_per_term), jnp.float32),
+    counts=jnp.zeros((num_timesteps,), jnp.int32),
+  )
 
 
 def update_loss_history(history: LossHistory, t: Array, step_losses: Array) -> LossHistory:
@@ -388,10 +475,18 @@ def update_loss_history(history: LossHistory, t: Array, step_losses: Array) -> L
   def push(h: LossHistory, t_and_loss):
     t_i, loss_i = t_and_loss
     row, count = h.losses[t_i], h.counts[t_i]
-    row = jnp.where(count >= size, jnp.roll(row, -1).at[-1].set(loss_i), row.at[jnp.minimum(count, size - 1)].set(loss_i))
-    return LossHistory(h.losses.at[t_i].set(row), h.counts.at[t_i].set(jnp.minimum(count + 1, size))), None
+    row = jnp.where(
+      count >= size,
+      jnp.roll(row, -1).at[-1].set(loss_i),
+      row.at[jnp.minimum(count, size - 1)].set(loss_i),
+    )
+    return LossHistory(
+      h.losses.at[t_i].set(row), h.counts.at[t_i].set(jnp.minimum(count + 1, size))
+    ), None
 
-  history, _ = jax.lax.scan(push, history, (t, jax.lax.stop_gradient(step_losses).astype(jnp.float32)))
+  history, _ = jax.lax.scan(
+    push, history, (t, jax.lax.stop_gradient(step_losses).astype(jnp.float32))
+  )
   return history
 
 
@@ -399,16 +494,18 @@ def timestep_probs(history: LossHistory, uniform_prob: float = 1e-3) -> Array:
   """p_t ∝ √E[L_t²] mixed with the uniform distribution; uniform until every row is full. -> [T]."""
   num_timesteps = history.losses.shape[0]
   uniform = jnp.full((num_timesteps,), 1.0 / num_timesteps)
-  rms = jnp.sqrt(jnp.mean(history.losses ** 2, axis=-1))
+  rms = jnp.sqrt(jnp.mean(history.losses**2, axis=-1))
   weighted = rms / jnp.sum(rms) * (1.0 - uniform_prob) + uniform_prob / num_timesteps
   warm = jnp.all(history.counts >= history.losses.shape[1])
   return jnp.where(warm, weighted, uniform)
 
 
-def sample_timesteps(rng: Array, batch_size: int, num_timesteps: int,
-                     history: LossHistory | None = None) -> tuple[Array, Array]:
+def sample_timesteps(
+  rng: Array, batch_size: int, num_timesteps: int, history: LossHistory | None = None
+) -> tuple[Array, Array]:
   """t ~ p (uniform without a history) -> (t [B] int32, weights [B]) with weights 1/(T p_t), so that
-  E[weight · L_t] = (1/T) Σ_t L_t: the weighted loss stays an unbiased estimate of the uniform average."""
+  E[weight · L_t] = (1/T) Σ_t L_t: the weighted loss stays an unbiased estimate of the uniform
+  average."""
   if history is None:
     t = jax.random.randint(rng, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
     return t, jnp.ones((batch_size,), jnp.float32)

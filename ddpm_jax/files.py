@@ -1,7 +1,9 @@
-"""Files of a workdir, on local disk or in a bucket (gs://…), through etils.epath as orbax's checkpoints are.
+"""Files of a workdir, on local disk or in a bucket (gs://…), through etils.epath as orbax's
+checkpoints are.
 
 A bucket path needs the filesystem backend epath uses for it (e.g. `pip install gcsfs` for gs://).
 """
+
 from __future__ import annotations
 
 import io

@@ -1,7 +1,9 @@
 """Elementwise likelihood terms of the variational bound (DDPM §3.3, Improved DDPM §2).
 
-All functions are elementwise in nats unless they say otherwise; `mean_flat` reduces to per-example [B].
+All functions are elementwise in nats unless they say otherwise; `mean_flat` reduces to per-example
+[B].
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +42,9 @@ def mean_flat(x: Array) -> Array:
 
 def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Array:
   """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)), elementwise, in nats."""
-  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * jnp.exp(-logvar2))
+  return 0.5 * (
+    -1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * jnp.exp(-logvar2)
+  )
 
 
 def _log_normal_mass(lower: Array, upper: Array) -> Array:
@@ -53,16 +57,20 @@ def _log_normal_mass(lower: Array, upper: Array) -> Array:
 
 
 def discretized_gaussian_log_likelihood(x: Array, means: Array, log_scales: Array) -> Array:
-  """log P(x) of 8-bit data x ∈ {-1, -1 + 2/255, …, 1} under N(means, e^(2·log_scales)) integrated over x's
-  bin [x - 1/255, x + 1/255], with the outermost bins extended to ±∞ (DDPM eq. 13). Elementwise, nats.
+  """log P(x) of 8-bit data x ∈ {-1, -1 + 2/255, …, 1} under N(means, e^(2·log_scales)) integrated
+  over x's bin [x - 1/255, x + 1/255], with the outermost bins extended to ±∞ (DDPM eq. 13).
+  Elementwise, nats.
 
   The exact normal CDF is used (the reference code uses a tanh approximation of it).
   """
   inv_stdv = jnp.exp(-log_scales)
   upper = (x - means + BIN_HALF_WIDTH) * inv_stdv
   lower = (x - means - BIN_HALF_WIDTH) * inv_stdv
-  log_cdf_upper = log_ndtr(upper)             # edge bin x = -1: (-∞, -1 + 1/255]
+  log_cdf_upper = log_ndtr(upper)  # edge bin x = -1: (-∞, -1 + 1/255]
   log_one_minus_cdf_lower = log_ndtr(-lower)  # edge bin x = +1: [1 - 1/255, ∞)
   # The edges compare against ±0.999 as the reference code does: bin centres are 2/255 apart.
-  return jnp.where(x < -0.999, log_cdf_upper,
-                   jnp.where(x > 0.999, log_one_minus_cdf_lower, _log_normal_mass(lower, upper)))
+  return jnp.where(
+    x < -0.999,
+    log_cdf_upper,
+    jnp.where(x > 0.999, log_one_minus_cdf_lower, _log_normal_mass(lower, upper)),
+  )

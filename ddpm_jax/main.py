@@ -1,36 +1,52 @@
-"""Command line entry point: parses flags, sets up the (multi-host) platform and hands the config to the job.
+r"""Command line entry point: parses flags, sets up the (multi-host) platform and hands the config
+to the job.
 
-  python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default [--mode=train]
-  python -m ddpm_jax.main --config=configs/ddpm_cifar10.py --workdir=gs://bucket/run --config.training.batch_size=256
+python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default [--mode=train]
+python -m ddpm_jax.main --config=configs/ddpm_cifar10.py --workdir=gs://bucket/run \
+    --config.training.batch_size=256
 """
-from absl import app
-from absl import flags
+
+from absl import app, flags
 from ml_collections import config_flags
 
 from ddpm_jax import host_memory
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
-                  "train; sample or eval (FID, IS, bits/dim) the newest checkpoint.")
+flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "sample", "eval"],
+  "train; sample or eval (FID, IS, bits/dim) the newest checkpoint.",
+)
 config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs (auto-detected on "
-                    "TPU pods and SLURM when unset).")
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "host:port of process 0 for multi-host runs (auto-detected on TPU pods and SLURM when unset).",
+)
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
-flags.DEFINE_enum("host_allocator", "default", host_memory.HOST_ALLOCATORS,
-                  "CPU hosts: the malloc behind XLA:CPU's per-step temporaries (ddpm_jax/host_memory.py); "
-                  "'tbbmalloc' (extra `cpu`), the fastest of the three, restarts the process with it preloaded.")
+flags.DEFINE_enum(
+  "host_allocator",
+  "default",
+  host_memory.HOST_ALLOCATORS,
+  "CPU hosts: the malloc behind XLA:CPU's per-step temporaries (ddpm_jax/host_memory.py); "
+  "'tbbmalloc' (extra `cpu`), the fastest of the three, restarts the process with it preloaded.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  host_memory.use_host_allocator(FLAGS.host_allocator)  # may restart the process: before anything else
+  host_memory.use_host_allocator(
+    FLAGS.host_allocator
+  )  # may restart the process: before anything else
   # Imported here so that `--help` stays instant (and the restart above cheap).
   from ddpm_jax import parallel, train
   from ddpm_jax.evaluation import evaluate, sample
+
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   jobs = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate}
   jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)

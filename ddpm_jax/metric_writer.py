@@ -1,5 +1,6 @@
-"""Training logs: step metrics averaged over the log interval, one console line each, TensorBoard scalars and
-images (process 0 writes)."""
+"""Training logs: step metrics averaged over the log interval, one console line each, TensorBoard
+scalars and images (process 0 writes)."""
+
 from __future__ import annotations
 
 import os
@@ -12,13 +13,15 @@ NUM_LOSS_QUARTILES = 4
 
 
 class MetricWriter:
-  """Averages step metrics over the log interval; prints one console line and writes TensorBoard scalars."""
+  """Averages step metrics over the log interval; prints one console line and writes TensorBoard
+  scalars."""
 
   def __init__(self, workdir: str, total_steps: int, is_writer: bool):
     self.total_steps, self.is_writer = total_steps, is_writer
     self.writer = None
     if is_writer:
       from tensorboardX import SummaryWriter
+
       self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
     self.sums: dict[str, float] = {}
     self.count = 0
@@ -43,12 +46,22 @@ class MetricWriter:
     scalars["steps_per_s"] = steps_per_s
     eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
     if self.is_writer:
-      quartiles = " ".join(f"q{q} {scalars[f'loss_q{q}']:.4f}" for q in range(NUM_LOSS_QUARTILES)
-                           if f"loss_q{q}" in scalars)
-      logging.info("step %d/%d  loss %.5f (%s)  grad_norm %.3f  lr %.2e  %.2f steps/s  ETA %s", step,
-                   self.total_steps, scalars["loss"], quartiles, scalars["grad_norm"], scalars["lr"],
-                   steps_per_s,
-                   time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 86400:.1f} days")
+      quartiles = " ".join(
+        f"q{q} {scalars[f'loss_q{q}']:.4f}"
+        for q in range(NUM_LOSS_QUARTILES)
+        if f"loss_q{q}" in scalars
+      )
+      logging.info(
+        "step %d/%d  loss %.5f (%s)  grad_norm %.3f  lr %.2e  %.2f steps/s  ETA %s",
+        step,
+        self.total_steps,
+        scalars["loss"],
+        quartiles,
+        scalars["grad_norm"],
+        scalars["lr"],
+        steps_per_s,
+        time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 86400:.1f} days",
+      )
     self.write_scalars("train", scalars, step)
     self.sums, self.count, self.last_time, self.last_step = {}, 0, now, step
 

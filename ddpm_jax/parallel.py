@@ -1,24 +1,30 @@
 """Device mesh, shardings and multi-host helpers.
 
-One mesh axis, "data", over every device of every process. Batches are sharded along it; parameters and
-optimizer state are replicated, or with FSDP sharded along their largest dimension that divides evenly.
+One mesh axis, "data", over every device of every process. Batches are sharded along it; parameters
+and optimizer state are replicated, or with FSDP sharded along their largest dimension that divides
+evenly.
 """
+
 from __future__ import annotations
 
 import os
 
 from absl import logging
 import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-  """`jax.distributed.initialize` for multi-host runs: explicit coordinator flags, or auto-detected on TPU pods
-  and SLURM clusters. A no-op for a single local process."""
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
+  """`jax.distributed.initialize` for multi-host runs: explicit coordinator flags, or auto-detected
+  on TPU pods and SLURM clusters. A no-op for a single local process."""
   if coordinator_address is not None:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -27,8 +33,13 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     jax.distributed.initialize()
   else:
     return
-  logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+    "Process %d of %d, %d local / %d global devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def make_mesh() -> Mesh:
@@ -68,14 +79,18 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool):
 
 
 def to_host(x) -> np.ndarray:
-  """A global jax array, or this process's rows of one as numpy, -> the whole array as numpy on every process
-  (a collective when there are several processes)."""
+  """A global jax array, or this process's rows of one as numpy, -> the whole array as numpy on
+  every process (a collective when there are several processes)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
 
 
-def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """This process's rows -> one global array per entry, sharded along the batch axis over the mesh."""
+def global_batch(
+  local_batch: dict[str, np.ndarray], sharding: NamedSharding
+) -> dict[str, jax.Array]:
+  """This process's rows -> one global array per entry, sharded along the batch axis over the
+  mesh."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -1,4 +1,6 @@
-"""The data scaling between 8-bit pixels and the models' range: x/127.5 - 1, one place for every caller."""
+"""The data scaling between 8-bit pixels and the models' range: x/127.5 - 1, one place for every
+caller."""
+
 from __future__ import annotations
 
 import numpy as np

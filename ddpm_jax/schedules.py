@@ -1,7 +1,7 @@
 """β schedules of the forward process, in numpy float64.
 
-Every schedule returns `betas` of shape [T] with 0 < β_t < 1. They are computed in float64 here and cast
-to float32 exactly once, when a `diffusion.GaussianDiffusion` is built from them.
+Every schedule returns `betas` of shape [T] with 0 < β_t < 1. They are computed in float64 here and
+cast to float32 exactly once, when a `diffusion.GaussianDiffusion` is built from them.
 
   linear     β from 1e-4 to 0.02, both scaled by 1000/T so that any T has the same ᾱ_T (DDPM §4;
              Improved DDPM §3.2 for the scaling).
@@ -11,9 +11,10 @@ to float32 exactly once, when a `diffusion.GaussianDiffusion` is built from them
   sigmoid    β_start + (β_end - β_start) · sigmoid(linspace(-6, 6, T)) (the DDPM code's "sigmoid").
   constant   β_end at every step.
 
-The keyword arguments `beta_start`/`beta_end` of linear, quadratic, sigmoid and constant default to the
-scaled DDPM values 1e-4·1000/T and 0.02·1000/T.
+The keyword arguments `beta_start`/`beta_end` of linear, quadratic, sigmoid and constant default to
+the scaled DDPM values 1e-4·1000/T and 0.02·1000/T.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,24 +23,32 @@ from typing import Callable
 import numpy as np
 
 
-def _scaled_range(num_timesteps: int, beta_start: float | None, beta_end: float | None) -> tuple[float, float]:
+def _scaled_range(
+  num_timesteps: int, beta_start: float | None, beta_end: float | None
+) -> tuple[float, float]:
   scale = 1000.0 / num_timesteps
   start = scale * 1e-4 if beta_start is None else beta_start
   end = scale * 0.02 if beta_end is None else beta_end
   return start, end
 
 
-def linear(num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+def linear(
+  num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
+) -> np.ndarray:
   start, end = _scaled_range(num_timesteps, beta_start, beta_end)
   return np.linspace(start, end, num_timesteps, dtype=np.float64)
 
 
-def quadratic(num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+def quadratic(
+  num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
+) -> np.ndarray:
   start, end = _scaled_range(num_timesteps, beta_start, beta_end)
   return np.linspace(start**0.5, end**0.5, num_timesteps, dtype=np.float64) ** 2
 
 
-def sigmoid(num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+def sigmoid(
+  num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
+) -> np.ndarray:
   start, end = _scaled_range(num_timesteps, beta_start, beta_end)
   s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, num_timesteps, dtype=np.float64)))
   return start + (end - start) * s
@@ -50,8 +59,9 @@ def constant(num_timesteps: int, beta_end: float | None = None) -> np.ndarray:
   return np.full(num_timesteps, end, dtype=np.float64)
 
 
-def betas_for_alpha_bar(num_timesteps: int, alpha_bar: Callable[[np.ndarray], np.ndarray],
-                        max_beta: float = 0.999) -> np.ndarray:
+def betas_for_alpha_bar(
+  num_timesteps: int, alpha_bar: Callable[[np.ndarray], np.ndarray], max_beta: float = 0.999
+) -> np.ndarray:
   """β_t = min(1 - ᾱ((t+1)/T) / ᾱ(t/T), max_beta) for a continuous ᾱ(τ), τ ∈ [0, 1]."""
   tau = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
   a = alpha_bar(tau)
@@ -60,15 +70,17 @@ def betas_for_alpha_bar(num_timesteps: int, alpha_bar: Callable[[np.ndarray], np
 
 def cosine(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
   # Improved DDPM eq. 17; f(0) cancels in the ratio ᾱ(t+1)/ᾱ(t).
-  return betas_for_alpha_bar(num_timesteps, lambda tau: np.cos((tau + s) / (1 + s) * math.pi / 2) ** 2, max_beta)
+  return betas_for_alpha_bar(
+    num_timesteps, lambda tau: np.cos((tau + s) / (1 + s) * math.pi / 2) ** 2, max_beta
+  )
 
 
 SCHEDULES: dict[str, Callable[..., np.ndarray]] = {
-    "linear": linear,
-    "cosine": cosine,
-    "quadratic": quadratic,
-    "sigmoid": sigmoid,
-    "constant": constant,
+  "linear": linear,
+  "cosine": cosine,
+  "quadratic": quadratic,
+  "sigmoid": sigmoid,
+  "constant": constant,
 }
 
 
@@ -79,7 +91,10 @@ def check_betas(betas: np.ndarray) -> np.ndarray:
     raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}.")
   if not (np.all(betas > 0) and np.all(betas < 1)):
     bad = np.flatnonzero(~((betas > 0) & (betas < 1)))
-    raise ValueError(f"betas must lie in (0, 1); {bad.size} entries do not, e.g. betas[{bad[0]}] = {betas[bad[0]]}.")
+    raise ValueError(
+      f"betas must lie in (0, 1); {bad.size} entries do not, e.g. betas[{bad[0]}] = "
+      f"{betas[bad[0]]}."
+    )
   return betas
 
 
@@ -87,6 +102,10 @@ def get_beta_schedule(name: str, num_timesteps: int, **kwargs) -> np.ndarray:
   """β schedule `name` with `num_timesteps` steps: np.float64 [T]."""
   if name not in SCHEDULES:
     raise ValueError(f"Unknown beta schedule {name!r}; known: {', '.join(sorted(SCHEDULES))}.")
-  if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) or num_timesteps <= 0:
+  if (
+    isinstance(num_timesteps, bool)
+    or not isinstance(num_timesteps, (int, np.integer))
+    or num_timesteps <= 0
+  ):
     raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}.")
   return check_betas(SCHEDULES[name](int(num_timesteps), **kwargs))

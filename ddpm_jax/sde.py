@@ -1,12 +1,14 @@
-"""Score SDEs (Song et al. 2021) and NCSN's annealed Langevin dynamics (Song & Ermon 2019), score_sde's conventions.
+"""Score SDEs (Song et al. 2021) and NCSN's annealed Langevin dynamics (Song & Ermon 2019),
+score_sde's conventions.
 
 Time is continuous, t ∈ (0, T = 1], an array [B]. An SDE is a small pytree with pure methods:
   s.sde(x, t) -> (drift, diffusion)             dx = f(x, t) dt + g(t) dw
   s.marginal_prob(x0, t) -> (mean, std)         p_0t(x_t | x0) = N(mean, std² I)
   s.prior_sampling(rng, shape); s.prior_logp(z) -> [B]
-  s.discretize(x, t) -> (f, G)                  x_{i+1} = x_i + f + G z, the SDE's own discretisation
+  s.discretize(x, t) -> (f, G)                  x_{i+1} = x_i + f + G z, the SDE's discretisation
 A score function is `score_fn(x, t) -> ∇x log p_t(x)`; samplers are compiled loops (`lax.scan`).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +27,10 @@ ScoreFn = Callable[[Array, Array], Array]
 
 @flax.struct.dataclass
 class VPSDE:
-  """Variance preserving: dx = -½β(t) x dt + √β(t) dw, β(t) = β_min + t(β_max - β_min) (the continuous DDPM).
+  """Variance preserving: dx = -½β(t) x dt + √β(t) dw, β(t) = β_min + t(β_max - β_min) (the
+  continuous DDPM).
   Its discretisation with N = 1000 steps uses DDPM's linear βs from 1e-4 to 0.02."""
+
   beta_min: float = 0.1
   beta_max: float = 20.0
   N: int = flax.struct.field(pytree_node=False, default=1000)
@@ -48,7 +52,9 @@ class VPSDE:
 
   def marginal_prob(self, x0, t):
     log_mean_coeff = self._log_mean_coeff(t)
-    return losses.expand_to(jnp.exp(log_mean_coeff), x0) * x0, jnp.sqrt(-jnp.expm1(2.0 * log_mean_coeff))
+    return losses.expand_to(jnp.exp(log_mean_coeff), x0) * x0, jnp.sqrt(
+      -jnp.expm1(2.0 * log_mean_coeff)
+    )
 
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
@@ -73,7 +79,8 @@ class VPSDE:
 
 @flax.struct.dataclass
 class subVPSDE(VPSDE):
-  """sub-VP: dx = -½β(t) x dt + √(β(t)(1 - e^{-2∫β})) dw; its std is 1 - e^{∫...}, below VP's (Song et al. §3.4)."""
+  """sub-VP: dx = -½β(t) x dt + √(β(t)(1 - e^{-2∫β})) dw; its std is 1 - e^{∫...}, below VP's (Song
+  et al. §3.4)."""
 
   def sde(self, x, t):
     drift, _ = VPSDE.sde(self, x, t)
@@ -93,7 +100,9 @@ class subVPSDE(VPSDE):
 
 @flax.struct.dataclass
 class VESDE:
-  """Variance exploding: dx = σ(t) √(2 log(σ_max/σ_min)) dw, σ(t) = σ_min (σ_max/σ_min)^t (NCSN's geometric σs)."""
+  """Variance exploding: dx = σ(t) √(2 log(σ_max/σ_min)) dw, σ(t) = σ_min (σ_max/σ_min)^t (NCSN's
+  geometric σs)."""
+
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   N: int = flax.struct.field(pytree_node=False, default=1000)
@@ -107,7 +116,9 @@ class VESDE:
     return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
   def sde(self, x, t):
-    return jnp.zeros_like(x), self._sigma(t) * math.sqrt(2 * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+    return jnp.zeros_like(x), self._sigma(t) * math.sqrt(
+      2 * (math.log(self.sigma_max) - math.log(self.sigma_min))
+    )
 
   def marginal_prob(self, x0, t):
     return x0, self._sigma(t)
@@ -117,7 +128,9 @@ class VESDE:
 
   def prior_logp(self, z):
     n = math.prod(z.shape[1:])
-    return -0.5 * n * math.log(2 * math.pi * self.sigma_max**2) - losses.sum_flat(z**2) / (2 * self.sigma_max**2)
+    return -0.5 * n * math.log(2 * math.pi * self.sigma_max**2) - losses.sum_flat(z**2) / (
+      2 * self.sigma_max**2
+    )
 
   def discretize(self, x, t):
     """SMLD's step: x_{i+1} = x_i + √(σ_{i+1}² - σ_i²) z."""
@@ -137,17 +150,21 @@ def euler_maruyama_discretization(s, x, t):
   return drift * dt, diffusion * math.sqrt(dt)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training: continuous-time denoising score matching (Song et al. eq. 7).
 
 
-def dsm_loss(s, score_fn: ScoreFn, x0: Array, t: Array, noise: Array, likelihood_weighting: bool = False) -> Array:
-  """Per-example ‖λ(t)^½ (s_θ(x_t, t) - ∇ log p_0t(x_t | x0))‖² summed over dimensions, x_t = mean + std·z:
+def dsm_loss(
+  s, score_fn: ScoreFn, x0: Array, t: Array, noise: Array, likelihood_weighting: bool = False
+) -> Array:
+  """Per-example ‖λ(t)^½ (s_θ(x_t, t) - ∇ log p_0t(x_t | x0))‖² summed over dimensions, x_t = mean +
+  std·z:
 
     λ(t) = std(t)²  (score_sde's default)  ->  ‖std · s_θ + z‖²,
     λ(t) = g(t)²    (likelihood weighting, Song et al. 2021b)  ->  g² ‖s_θ + z/std‖².
 
-  t [B] ~ U(eps, T) and noise z are drawn by the caller (as for `diffusion.training_losses`). -> [B]."""
+  t [B] ~ U(eps, T) and noise z are drawn by the caller (as for `diffusion.training_losses`). ->
+  [B]."""
   mean, std = s.marginal_prob(x0, t)
   std_b = losses.expand_to(std, x0)
   score = score_fn(mean + std_b * noise, t)
@@ -160,21 +177,27 @@ def dsm_loss(s, score_fn: ScoreFn, x0: Array, t: Array, noise: Array, likelihood
 NOISE_CONDITIONINGS = ("t", "sigma")
 
 
-def model_score_fn(s, model_fn: Callable[[Array, Array], Array], conditioning: str = "t") -> ScoreFn:
+def model_score_fn(
+  s, model_fn: Callable[[Array, Array], Array], conditioning: str = "t"
+) -> ScoreFn:
   """A U-Net predicting ε as a score, -ε̂/std(t). The network is conditioned on `conditioning`:
-    "t":     t·(N-1), DDPM's timestep scale (score_sde's DDPM++ models);
-    "sigma": log σ with σ = std(t) of p_0t, the noise level itself (NCSN/NCSN++, with Fourier features)."""
+  "t":     t·(N-1), DDPM's timestep scale (score_sde's DDPM++ models);
+  "sigma": log σ with σ = std(t) of p_0t, the noise level itself (NCSN/NCSN++, with Fourier
+  features)."""
   if conditioning not in NOISE_CONDITIONINGS:
-    raise ValueError(f"Unknown noise conditioning {conditioning!r}; valid: {', '.join(NOISE_CONDITIONINGS)}.")
+    raise ValueError(
+      f"Unknown noise conditioning {conditioning!r}; valid: {', '.join(NOISE_CONDITIONINGS)}."
+    )
 
   def score_fn(x, t):
     _, std = s.marginal_prob(jnp.zeros_like(x), t)
     label = t * (s.N - 1) if conditioning == "t" else jnp.log(std)
     return -model_fn(x, label) / losses.expand_to(std, x)
+
   return score_fn
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Predictor-corrector sampling (Song et al. 2021, Algorithm 1-4).
 
 
@@ -195,11 +218,14 @@ def euler_maruyama_predictor(s, score_fn, x, t, rng):
   drift, diffusion = s.sde(x, t)
   drift = drift - losses.expand_to(diffusion, x) ** 2 * score_fn(x, t)
   x_mean = x + drift * dt
-  return x_mean + losses.expand_to(diffusion, x) * math.sqrt(-dt) * jax.random.normal(rng, x.shape), x_mean
+  return x_mean + losses.expand_to(diffusion, x) * math.sqrt(-dt) * jax.random.normal(
+    rng, x.shape
+  ), x_mean
 
 
 def langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
-  """Langevin MCMC with the step size set by the signal-to-noise ratio `snr` (Song et al. Algorithm 4)."""
+  """Langevin MCMC with the step size set by the signal-to-noise ratio `snr` (Song et al. Algorithm
+  4)."""
   alpha = s.langevin_scale(t)
   x_mean = x
   for i in range(n_steps):
@@ -207,24 +233,39 @@ def langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape)
     grad_norm = jnp.mean(jnp.linalg.norm(grad.reshape(grad.shape[0], -1), axis=-1))
     noise_norm = jnp.mean(jnp.linalg.norm(noise.reshape(noise.shape[0], -1), axis=-1))
-    # A zero score (e.g. a freshly initialised model) makes no correction rather than dividing by zero.
+    # A zero score (e.g. a freshly initialised model) makes no correction rather than dividing by
+    # zero.
     safe_norm = jnp.where(grad_norm > 0, grad_norm, 1.0)
-    step_size = losses.expand_to(jnp.where(grad_norm > 0, (snr * noise_norm / safe_norm) ** 2 * 2 * alpha, 0.0), x)
+    step_size = losses.expand_to(
+      jnp.where(grad_norm > 0, (snr * noise_norm / safe_norm) ** 2 * 2 * alpha, 0.0), x
+    )
     x_mean = x + step_size * grad
     x = x_mean + jnp.sqrt(2 * step_size) * noise
   return x, x_mean
 
 
-PREDICTORS = {"reverse_diffusion": reverse_diffusion_predictor, "euler_maruyama": euler_maruyama_predictor,
-              "none": None}
+PREDICTORS = {
+  "reverse_diffusion": reverse_diffusion_predictor,
+  "euler_maruyama": euler_maruyama_predictor,
+  "none": None,
+}
 CORRECTORS = ("langevin", "none")
 
 
-def pc_sample(s, score_fn: ScoreFn, rng: Array, shape, predictor: str = "reverse_diffusion",
-              corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1, denoise: bool = True,
-              eps: float = 1e-3) -> Array:
-  """Predictor-corrector sampling from the prior at t = T to t = eps over s.N steps, one `lax.scan`; with
-  `denoise`, the last predictor step's mean (no noise) is returned."""
+def pc_sample(
+  s,
+  score_fn: ScoreFn,
+  rng: Array,
+  shape,
+  predictor: str = "reverse_diffusion",
+  corrector: str = "langevin",
+  snr: float = 0.16,
+  n_corrector: int = 1,
+  denoise: bool = True,
+  eps: float = 1e-3,
+) -> Array:
+  """Predictor-corrector sampling from the prior at t = T to t = eps over s.N steps, one `lax.scan`;
+  with `denoise`, the last predictor step's mean (no noise) is returned."""
   if predictor not in PREDICTORS:
     raise ValueError(f"Unknown predictor {predictor!r}; valid: {', '.join(PREDICTORS)}.")
   if corrector not in CORRECTORS:
@@ -237,23 +278,37 @@ def pc_sample(s, score_fn: ScoreFn, rng: Array, shape, predictor: str = "reverse
     t = jnp.full((shape[0],), timesteps[i])
     x_mean = x
     if corrector == "langevin":
-      x, x_mean = langevin_corrector(s, score_fn, x, t, jax.random.fold_in(jax.random.fold_in(rng, i), 0), snr,
-                                     n_corrector)
+      x, x_mean = langevin_corrector(
+        s, score_fn, x, t, jax.random.fold_in(jax.random.fold_in(rng, i), 0), snr, n_corrector
+      )
     if PREDICTORS[predictor] is not None:
-      x, x_mean = PREDICTORS[predictor](s, score_fn, x, t, jax.random.fold_in(jax.random.fold_in(rng, i), 1))
+      x, x_mean = PREDICTORS[predictor](
+        s, score_fn, x, t, jax.random.fold_in(jax.random.fold_in(rng, i), 1)
+      )
     return (x, x_mean), None
 
   (x, x_mean), _ = jax.lax.scan(step, (x, x), jnp.arange(s.N))
   return x_mean if denoise else x
 
 
-def annealed_langevin_sample(sigmas, score_fn: ScoreFn, rng: Array, shape, n_steps_each: int = 100,
-                             step_lr: float = 2e-5, denoise: bool = True) -> Array:
-  """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1), one `lax.scan` over all levels and steps:
-  for each σ_i (decreasing), α_i = ε σ_i²/σ_L² and n_steps_each times x ← x + α_i/2 ∇ log p_σi(x) + √α_i z.
-  `score_fn(x, sigma)` takes σ [B]. With `denoise`, a final Tweedie step x + σ_L² ∇ log p_σL(x)."""
+def annealed_langevin_sample(
+  sigmas,
+  score_fn: ScoreFn,
+  rng: Array,
+  shape,
+  n_steps_each: int = 100,
+  step_lr: float = 2e-5,
+  denoise: bool = True,
+) -> Array:
+  """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1), one `lax.scan` over all
+  levels and steps:
+  for each σ_i (decreasing), α_i = ε σ_i²/σ_L² and n_steps_each times x ← x + α_i/2 ∇ log p_σi(x) +
+  √α_i z. `score_fn(x, sigma)` takes σ [B]. With `denoise`, a final Tweedie step x + σ_L² ∇ log
+  p_σL(x)."""
   sigmas = jnp.asarray(sigmas, jnp.float32)
-  x = jax.random.uniform(jax.random.fold_in(rng, 2**31 - 1), shape)  # NCSN starts from U[0, 1]; other keys fold i
+  x = jax.random.uniform(
+    jax.random.fold_in(rng, 2**31 - 1), shape
+  )  # NCSN starts from U[0, 1]; other keys fold i
   levels = jnp.repeat(jnp.arange(sigmas.shape[0]), n_steps_each)
 
   def step(x, i_and_level):
@@ -269,8 +324,9 @@ def annealed_langevin_sample(sigmas, score_fn: ScoreFn, rng: Array, shape, n_ste
   return x
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Probability-flow ODE (Song et al. §4.3): dx/dt = f(x, t) - ½ g(t)² ∇ log p_t(x), same marginals as the SDE.
+# --------------------------------------------------------------------------------------------------
+# Probability-flow ODE (Song et al. §4.3): dx/dt = f(x, t) - ½ g(t)² ∇ log p_t(x), same marginals as
+# the SDE.
 
 # Tsit5 evaluates the drift 6 times per step (7 stages, first-same-as-last) plus once at the start.
 _TSIT5_EVALS_PER_STEP = 6
@@ -283,33 +339,68 @@ def probability_flow_drift(s, score_fn: ScoreFn, x: Array, t: Array) -> Array:
 
 def _solve(drift_fn, y0, t0: float, t1: float, rtol: float, atol: float, max_steps: int):
   import diffrax  # adaptive Runge-Kutta (Tsit5) with a PID step-size controller
-  return diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, args: drift_fn(t, y)), diffrax.Tsit5(), t0=t0, t1=t1,
-                             dt0=(t1 - t0) / 100, y0=y0, stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                             max_steps=max_steps)
+
+  return diffrax.diffeqsolve(
+    diffrax.ODETerm(lambda t, y, args: drift_fn(t, y)),
+    diffrax.Tsit5(),
+    t0=t0,
+    t1=t1,
+    dt0=(t1 - t0) / 100,
+    y0=y0,
+    stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+    max_steps=max_steps,
+  )
 
 
-def ode_sample(s, score_fn: ScoreFn, rng: Array, shape=None, z: Array | None = None, rtol: float = 1e-5,
-               atol: float = 1e-5, eps: float = 1e-3, max_steps: int = 4096) -> tuple[Array, Array]:
-  """Solves the probability-flow ODE from x_T = z (or a prior draw) at t = T to t = eps with an adaptive solver.
+def ode_sample(
+  s,
+  score_fn: ScoreFn,
+  rng: Array,
+  shape=None,
+  z: Array | None = None,
+  rtol: float = 1e-5,
+  atol: float = 1e-5,
+  eps: float = 1e-3,
+  max_steps: int = 4096,
+) -> tuple[Array, Array]:
+  """Solves the probability-flow ODE from x_T = z (or a prior draw) at t = T to t = eps with an
+  adaptive solver.
   -> (x, number of score evaluations)."""
   if z is None:
     if shape is None:
       raise ValueError("Give either `shape` or `z`.")
     z = s.prior_sampling(rng, shape)
   batch = z.shape[0]
-  sol = _solve(lambda t, x: probability_flow_drift(s, score_fn, x, jnp.full((batch,), t)), z, s.T, eps, rtol, atol,
-               max_steps)
+  sol = _solve(
+    lambda t, x: probability_flow_drift(s, score_fn, x, jnp.full((batch,), t)),
+    z,
+    s.T,
+    eps,
+    rtol,
+    atol,
+    max_steps,
+  )
   return sol.ys[-1], _TSIT5_EVALS_PER_STEP * sol.stats["num_steps"] + 1
 
 
-def ode_log_likelihood(s, score_fn: ScoreFn, x: Array, rng: Array, hutchinson: bool = True, rtol: float = 1e-5,
-                       atol: float = 1e-5, eps: float = 1e-5, max_steps: int = 4096) -> Array:
+def ode_log_likelihood(
+  s,
+  score_fn: ScoreFn,
+  x: Array,
+  rng: Array,
+  hutchinson: bool = True,
+  rtol: float = 1e-5,
+  atol: float = 1e-5,
+  eps: float = 1e-5,
+  max_steps: int = 4096,
+) -> Array:
   """log p_eps(x) in nats [B] by the instantaneous change of variables (Song et al. eq. 39):
-  log p_0(x(0)) = log p_T(x(T)) + ∫_0^T ∇·f̃(x(t), t) dt, integrating x and the divergence from eps to T.
+  log p_0(x(0)) = log p_T(x(T)) + ∫_0^T ∇·f̃(x(t), t) dt, integrating x and the divergence from eps
+  to T.
 
-  The divergence is exact (one Jacobian-vector product per dimension; small data only) or Hutchinson's
-  unbiased estimate E_ε[εᵀ ∂f̃/∂x ε] with one Rademacher ε per example, fixed along the path (FFJORD).
-  For 8-bit images use `bits_per_dim`, which dequantises first.
+  The divergence is exact (one Jacobian-vector product per dimension; small data only) or
+  Hutchinson's unbiased estimate E_ε[εᵀ ∂f̃/∂x ε] with one Rademacher ε per example, fixed along the
+  path (FFJORD). For 8-bit images use `bits_per_dim`, which dequantises first.
   """
   batch, dims = x.shape[0], math.prod(x.shape[1:])
   probe = jax.random.rademacher(rng, x.shape).astype(x.dtype)
@@ -320,7 +411,9 @@ def ode_log_likelihood(s, score_fn: ScoreFn, x: Array, rng: Array, hutchinson: b
       _, jvp = jax.jvp(drift, (x,), (probe,))
       return losses.sum_flat(jvp * probe)
     basis = jnp.eye(dims, dtype=x.dtype).reshape((dims,) + x.shape[1:])
-    diag = jax.vmap(lambda e: losses.sum_flat(jax.jvp(drift, (x,), (jnp.broadcast_to(e, x.shape),))[1] * e))(basis)
+    diag = jax.vmap(
+      lambda e: losses.sum_flat(jax.jvp(drift, (x,), (jnp.broadcast_to(e, x.shape),))[1] * e)
+    )(basis)
     return jnp.sum(diag, axis=0)
 
   def augmented(t, state):
@@ -333,9 +426,12 @@ def ode_log_likelihood(s, score_fn: ScoreFn, x: Array, rng: Array, hutchinson: b
   return s.prior_logp(x_T) + delta
 
 
-def bits_per_dim(s, score_fn: ScoreFn, images_uint8: Array, rng: Array, hutchinson: bool = True) -> Array:
+def bits_per_dim(
+  s, score_fn: ScoreFn, images_uint8: Array, rng: Array, hutchinson: bool = True
+) -> Array:
   """Bits/dim of 8-bit data, comparable with `diffusion.calc_bpd_loop`: uniform dequantisation
-  u = (x + U[0, 1))/256, model space y = 2u - 1, so -log₂ P(x)/D ≤ -log p(y)/(D ln 2) - 1 + 8. -> [B]."""
+  u = (x + U[0, 1))/256, model space y = 2u - 1, so -log₂ P(x)/D ≤ -log p(y)/(D ln 2) - 1 + 8. ->
+  [B]."""
   noise_rng, ode_rng = jax.random.split(rng)
   u = (images_uint8.astype(jnp.float32) + jax.random.uniform(noise_rng, images_uint8.shape)) / 256.0
   dims = math.prod(images_uint8.shape[1:])

@@ -1,9 +1,10 @@
 """Training: one jitted step over the device mesh for every family, and the loop that runs it.
 
-  state = create_train_state(config, rng)           # .step .params .ema_params .opt_state (.family_state)
-  step_fn = make_train_step(config)                 # jitted (state, batch, rng) -> (state, metrics)
-  train_and_evaluate(config, workdir)               # resumes from workdir/checkpoints when present
+state = create_train_state(config, rng)     # .step .params .ema_params .opt_state (.family_state)
+step_fn = make_train_step(config)           # jitted (state, batch, rng) -> (state, metrics)
+train_and_evaluate(config, workdir)         # resumes from workdir/checkpoints when present
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,16 +24,28 @@ from ddpm_jax.evaluation import evaluate
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.evaluation import sample as sample_lib
 from ddpm_jax.metric_writer import NUM_LOSS_QUARTILES, MetricWriter
-from ddpm_jax.train_state import (TrainState, abstract_train_state, create_train_state, run_rngs,
-                                  state_sharding)
+from ddpm_jax.train_state import (
+  TrainState,
+  abstract_train_state,
+  create_train_state,
+  run_rngs,
+  state_sharding,
+)
 
-__all__ = ["TrainState", "create_train_state", "make_train_step", "run_rngs", "state_sharding",
-           "train_and_evaluate", "train_step"]
+__all__ = [
+  "TrainState",
+  "create_train_state",
+  "make_train_step",
+  "run_rngs",
+  "state_sharding",
+  "train_and_evaluate",
+  "train_step",
+]
 
 
 def _per_quartile_sums(t_fraction: jax.Array, per_example: jax.Array) -> dict[str, jax.Array]:
-  """Σ loss and count per quartile of t/T ∈ [0, 1] (as Improved DDPM logs); averaged over the log interval
-  on the host."""
+  """Σ loss and count per quartile of t/T ∈ [0, 1] (as Improved DDPM logs); averaged over the log
+  interval on the host."""
   quartile = jnp.clip(jnp.floor(t_fraction * NUM_LOSS_QUARTILES), 0, NUM_LOSS_QUARTILES - 1)
   out = {}
   for q in range(NUM_LOSS_QUARTILES):
@@ -42,11 +55,20 @@ def _per_quartile_sums(t_fraction: jax.Array, per_example: jax.Array) -> dict[st
   return out
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, family: families.Family,
-               optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule, ema_decay: float,
-               grad_accum_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
-  """The family's draws, loss, gradients, update, EMA — in that order. Batch arrays are global (sharded
-  over the mesh); draws of global shape give every example, on every shard, its own noise."""
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  family: families.Family,
+  optimizer: optax.GradientTransformation,
+  lr_schedule: optax.Schedule,
+  ema_decay: float,
+  grad_accum_steps: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The family's draws, loss, gradients, update, EMA — in that order. Batch arrays are global
+  (sharded over the mesh); draws of global shape give every example, on every shard, its own
+  noise."""
   keys = families.step_keys(jax.random.fold_in(rng, state.step))
   draws = family.draw(keys, batch, state.family_state)
   batch_size = batch["image"].shape[0]
@@ -57,20 +79,25 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
   if grad_accum_steps == 1:
     (loss, per_example), grads = jax.value_and_grad(mean_loss, has_aux=True)(
-        state.params, batch, draws, keys.dropout)
-  else:  # micro-batches in a scan: the same update as one big batch, with 1/accum of the activations
+      state.params, batch, draws, keys.dropout
+    )
+  # micro-batches in a scan: the same update as one big batch, with 1/accum of the activations
+  else:
     micro = lambda tree: jax.tree_util.tree_map(
-        lambda a: a.reshape((grad_accum_steps, batch_size // grad_accum_steps) + a.shape[1:]), tree)
+      lambda a: a.reshape((grad_accum_steps, batch_size // grad_accum_steps) + a.shape[1:]), tree
+    )
 
     def accumulate(grads_sum, xs):
       i, batch_i, draws_i = xs
       (loss_i, per_example_i), grads_i = jax.value_and_grad(mean_loss, has_aux=True)(
-          state.params, batch_i, draws_i, jax.random.fold_in(keys.dropout, i))
+        state.params, batch_i, draws_i, jax.random.fold_in(keys.dropout, i)
+      )
       return jax.tree_util.tree_map(jnp.add, grads_sum, grads_i), (loss_i, per_example_i)
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
     grads, (micro_losses, per_example) = jax.lax.scan(
-        accumulate, zeros, (jnp.arange(grad_accum_steps), micro(batch), micro(draws)))
+      accumulate, zeros, (jnp.arange(grad_accum_steps), micro(batch), micro(draws))
+    )
     grads = jax.tree_util.tree_map(lambda g: g / grad_accum_steps, grads)
     loss, per_example = jnp.mean(micro_losses), per_example.reshape(batch_size)
 
@@ -78,33 +105,50 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
-  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
-                         family_state=family.update_state(state.family_state, draws, per_example))
-  metrics = dict(loss=loss, grad_norm=grad_norm, lr=lr_schedule(state.step),
-                 finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
-                 **_per_quartile_sums(draws["t_fraction"], per_example))
+  new_state = TrainState(
+    step=state.step + 1,
+    params=params,
+    ema_params=ema_params,
+    opt_state=opt_state,
+    family_state=family.update_state(state.family_state, draws, per_example),
+  )
+  metrics = dict(
+    loss=loss,
+    grad_norm=grad_norm,
+    lr=lr_schedule(state.step),
+    finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+    **_per_quartile_sums(draws["t_fraction"], per_example),
+  )
   return new_state, metrics
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh=None, shardings=None):
-  """The train step jitted over `mesh` (default: all devices): batch sharded along "data", state replicated
-  (or FSDP-sharded; `shardings` when the caller has them), the old state donated.
+  """The train step jitted over `mesh` (default: all devices): batch sharded along "data", state
+  replicated (or FSDP-sharded; `shardings` when the caller has them), the old state donated.
   -> (state, batch, rng) -> (state, metrics)."""
   mesh = mesh or parallel.make_mesh()
   family = families.get_family(config)
-  step = functools.partial(train_step, family=family,
-                           optimizer=optim.make_optimizer(config.optim, family.clip_mask),
-                           lr_schedule=optim.learning_rate_schedule(config.optim),
-                           ema_decay=config.optim.ema_decay, grad_accum_steps=config.optim.grad_accum_steps)
+  step = functools.partial(
+    train_step,
+    family=family,
+    optimizer=optim.make_optimizer(config.optim, family.clip_mask),
+    lr_schedule=optim.learning_rate_schedule(config.optim),
+    ema_decay=config.optim.ema_decay,
+    grad_accum_steps=config.optim.grad_accum_steps,
+  )
   shardings = shardings or state_sharding(config, mesh)
-  return jax.jit(step, in_shardings=(shardings, parallel.data_sharding(mesh), parallel.replicated(mesh)),
-                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+  return jax.jit(
+    step,
+    in_shardings=(shardings, parallel.data_sharding(mesh), parallel.replicated(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=0,
+  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint; every
-  `training.eval_every_steps` the EMA parameters' loss on `eval.num_loss_batches` held-out batches, every
-  `training.sample_every_steps` a grid of EMA samples. Returns the final state."""
+  `training.eval_every_steps` the EMA parameters' loss on `eval.num_loss_batches` held-out batches,
+  every `training.sample_every_steps` a grid of EMA samples. Returns the final state."""
   validate_config(config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_writer = jax.process_index() == 0
@@ -118,34 +162,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state, start_step = ckpt.restore_latest(abstract_state)
   rngs = run_rngs(config.seed)
   if state is None:
-    state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(rngs["init"])
+    state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(
+      rngs["init"]
+    )
     start_step = 0
     if is_writer:
       (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
   num_params = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params))
-  logging.info("Training %s parameters (%s) on %d devices from step %d to %d in %s.", f"{num_params:,}",
-               config.family, jax.device_count(), start_step, config.training.num_train_steps, workdir)
+  logging.info(
+    "Training %s parameters (%s) on %d devices from step %d to %d in %s.",
+    f"{num_params:,}",
+    config.family,
+    jax.device_count(),
+    start_step,
+    config.training.num_train_steps,
+    workdir,
+  )
 
   training = config.training
   total = training.num_train_steps
   batch_sharding = parallel.data_sharding(mesh)
   batches = input_pipeline.prefetch(
-      input_pipeline.batches(config.data, split="train", global_batch_size=training.batch_size,
-                             seed=config.seed, start_step=start_step, num_steps=total - start_step),
-      lambda b: parallel.global_batch(b, batch_sharding))
+    input_pipeline.batches(
+      config.data,
+      split="train",
+      global_batch_size=training.batch_size,
+      seed=config.seed,
+      start_step=start_step,
+      num_steps=total - start_step,
+    ),
+    lambda b: parallel.global_batch(b, batch_sharding),
+  )
   writer = MetricWriter(workdir, total, is_writer)
   preemption = checkpoint.PreemptionFlag()
   sample_grids = bool(config.sampling.num_samples) and family.make_sampler is not None
   if sample_grids:
     sample_fn = sample_lib.make_sample_fn(family, config.sampling.num_samples, mesh)
-  held_out_loss = evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
+  held_out_loss = (
+    evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
+  )
 
   def check(step: int, metrics) -> None:
     metrics = jax.device_get(metrics)
     if not metrics["finite"]:
       raise FloatingPointError(
-          f"Non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at step {step}; "
-          f"stopping without saving this state. The newest checkpoint is step {ckpt.manager.latest_step()}.")
+        f"Non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at step "
+        f"{step}; "
+        "stopping without saving this state. The newest checkpoint is step "
+        f"{ckpt.manager.latest_step()}."
+      )
     writer.add({k: v for k, v in metrics.items() if k != "finite"})
 
   step, pending = start_step, None
@@ -171,10 +236,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.info("step %d  held-out loss (EMA, %s) %.5f", step, config.data.eval_split, loss)
         writer.write_scalars("eval", {"loss": loss}, step)
       if sample_grids and (step % training.sample_every_steps == 0 or step == total):
-        write_sample_grid(sample_fn(state.ema_params, jax.random.fold_in(rngs["sample"], step), None), workdir,
-                          step, writer)
+        write_sample_grid(
+          sample_fn(state.ema_params, jax.random.fold_in(rngs["sample"], step), None),
+          workdir,
+          step,
+          writer,
+        )
       if preempted:
-        logging.warning("Stopped for preemption at step %d; rerun the same command to resume.", step)
+        logging.warning(
+          "Stopped for preemption at step %d; rerun the same command to resume.", step
+        )
         break
   finally:
     ckpt.close()

@@ -1,4 +1,5 @@
 """The one train state of every family, its initialisation and its placement on the device mesh."""
+
 from __future__ import annotations
 
 import functools
@@ -14,11 +15,13 @@ from ddpm_jax import families, optim, parallel
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array        # int32 scalar: optimizer updates done
+  step: jax.Array  # int32 scalar: optimizer updates done
   params: Any
   ema_params: Any
   opt_state: Any
-  family_state: Any = None  # what the family carries across steps (the loss history of importance-sampled t)
+  family_state: Any = (
+    None  # what the family carries across steps (the loss history of importance-sampled t)
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict, family: families.Family | None = None):
@@ -31,16 +34,23 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
   """Fresh parameters (EMA starts equal to them), optimizer state and the family's own state."""
   family = families.get_family(config)
   params = family.init_params(rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=make_optimizer(config, family).init(params), family_state=family.init_state())
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    ema_params=params,
+    opt_state=make_optimizer(config, family).init(params),
+    family_state=family.init_state(),
+  )
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, mesh):
-  """Shapes, dtypes and shardings of the train state, without allocating it (the target of a restore)."""
+  """Shapes, dtypes and shardings of the train state, without allocating it (the target of a
+  restore)."""
   abstract = jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0))
   shardings = parallel.state_shardings(abstract, mesh, config.training.fsdp)
-  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                                shardings)
+  return jax.tree_util.tree_map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
 
 
 def state_sharding(config: ml_collections.ConfigDict, mesh):
@@ -48,7 +58,10 @@ def state_sharding(config: ml_collections.ConfigDict, mesh):
 
 
 def run_rngs(seed: int) -> dict[str, jax.Array]:
-  """The keys of a run: parameter initialisation, the train steps (folded with the step), EMA samples, and
-  the held-out loss evaluations (the same draws at every evaluation, so that they compare)."""
+  """The keys of a run: parameter initialisation, the train steps (folded with the step), EMA
+  samples, and the held-out loss evaluations (the same draws at every evaluation, so that they
+  compare)."""
   root = jax.random.key(seed)
-  return dict(zip(("init", "train", "sample"), jax.random.split(root, 3)), eval=jax.random.fold_in(root, 1))
+  return dict(
+    zip(("init", "train", "sample"), jax.random.split(root, 3)), eval=jax.random.fold_in(root, 1)
+  )

@@ -1,10 +1,13 @@
 """Shared fixtures: small schedules and float64 reference quantities computed from βs in numpy."""
+
 import os
 import tempfile
 
-# One persistent XLA compilation cache for this test session and the subprocesses it starts: the many small
-# training runs compile the same tiny programs. Set before JAX is imported.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ddpm_jax_test_xla_cache"))
+# One persistent XLA compilation cache for this test session and the subprocesses it starts: the
+# many small training runs compile the same tiny programs. Set before JAX is imported.
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ddpm_jax_test_xla_cache")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -1,8 +1,10 @@
-"""Tiny training set-ups shared by the tests, and a command line for the multi-device/-process subprocesses:
+"""Tiny training set-ups shared by the tests, and a command line for the multi-device/-process
+subprocesses:
 
-  python tests/helpers.py steps OUT.npz [--fsdp]             # a few train steps, final params to OUT.npz
-  python tests/helpers.py train WORKDIR STEPS [ADDR NPROC PID]  # train_and_evaluate (optionally multi-process)
+  python tests/helpers.py steps OUT.npz [--fsdp]     # a few train steps, final params to OUT.npz
+  python tests/helpers.py train WORKDIR STEPS [ADDR NPROC PID]  # train_and_evaluate (multi-process)
 """
+
 import os
 import sys
 
@@ -14,10 +16,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config(num_train_steps=12, batch_size=16):
   sys.path.insert(0, REPO)
   from configs import default
+
   config = default.get_config()
   config.data.image_size = 8
   config.model.ch = 32
-  config.model.ch_mult = (1,)  # one resolution: half the layers of the default config, half the compile time
+  config.model.ch_mult = (
+    1,
+  )  # one resolution: half the layers of the default config, half the compile time
   config.model.attn_resolutions = ()
   config.diffusion.num_timesteps = 50
   config.optim.warmup_steps = 0
@@ -35,22 +40,37 @@ def tiny_config(num_train_steps=12, batch_size=16):
 
 def flat_params(params):
   import jax
-  return {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+  return {
+    jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+  }
 
 
 def run_steps(config, num_steps):
-  """`num_steps` train steps from a fresh state on the first batches of the pipeline -> final state."""
+  """`num_steps` train steps from a fresh state on the first batches of the pipeline -> final
+  state."""
   import jax
+
   from ddpm_jax import input_pipeline, parallel, train
+
   mesh = parallel.make_mesh()
-  state = jax.jit(lambda rng: train.create_train_state(config, rng),
-                  out_shardings=train.state_sharding(config, mesh))(jax.random.key(0))
+  state = jax.jit(
+    lambda rng: train.create_train_state(config, rng),
+    out_shardings=train.state_sharding(config, mesh),
+  )(jax.random.key(0))
   step_fn = train.make_train_step(config, mesh)
   losses = []
-  for batch in input_pipeline.batches(config.data, split="train", global_batch_size=config.training.batch_size,
-                                      seed=0, num_steps=num_steps):
-    state, metrics = step_fn(state, parallel.global_batch(batch, parallel.data_sharding(mesh)), jax.random.key(1))
+  for batch in input_pipeline.batches(
+    config.data,
+    split="train",
+    global_batch_size=config.training.batch_size,
+    seed=0,
+    num_steps=num_steps,
+  ):
+    state, metrics = step_fn(
+      state, parallel.global_batch(batch, parallel.data_sharding(mesh)), jax.random.key(1)
+    )
     losses.append(float(metrics["loss"]))
   return state, losses
 
@@ -66,10 +86,18 @@ if __name__ == "__main__":
     workdir, steps = sys.argv[2], int(sys.argv[3])
     if len(sys.argv) > 4:
       import jax
+
       jax.distributed.initialize(sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
-    from ddpm_jax import train
     from jax.experimental import multihost_utils
+
+    from ddpm_jax import train
+
     state = train.train_and_evaluate(tiny_config(num_train_steps=steps), workdir)
-    params = multihost_utils.process_allgather(state.params, tiled=True) if len(sys.argv) > 4 else state.params
+    params = (
+      multihost_utils.process_allgather(state.params, tiled=True)
+      if len(sys.argv) > 4
+      else state.params
+    )
     import jax
+
     np.savez(os.path.join(workdir, f"params_{jax.process_index()}.npz"), **flat_params(params))

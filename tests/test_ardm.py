@@ -1,6 +1,7 @@
-"""ARDM: the one-step loss is unbiased for the bound averaged over all orderings (brute force on a tiny problem),
-the exact per-order NLL matches a direct chain-rule computation, the decoding plan is optimal (brute force), and
-sampling visits every variable once, with one network call per step."""
+"""ARDM: the one-step loss is unbiased for the bound averaged over all orderings (brute force on a
+tiny problem), the exact per-order NLL matches a direct chain-rule computation, the decoding plan is
+optimal (brute force), and sampling visits every variable once, with one network call per step."""
+
 import itertools
 import math
 
@@ -13,7 +14,9 @@ from ddpm_jax import ardm
 
 D, K = 3, 3
 _rng = np.random.default_rng(0)
-A = jnp.asarray(_rng.normal(size=(D, K, D, K)), jnp.float32)  # logits of variable k from the known one-hots
+A = jnp.asarray(
+  _rng.normal(size=(D, K, D, K)), jnp.float32
+)  # logits of variable k from the known one-hots
 BIAS = jnp.asarray(_rng.normal(size=(D, K)), jnp.float32)
 T_WEIGHT = jnp.asarray(_rng.normal(size=(D, K)), jnp.float32)
 
@@ -25,11 +28,15 @@ def toy_logits(x, known, t):
 
 
 def chain_rule_nll(x, order):
-  """-log p(x | σ) by the chain rule, one variable at a time (plain numpy over the toy network's outputs)."""
+  """-log p(x | σ) by the chain rule, one variable at a time (plain numpy over the toy network's
+  outputs)."""
   total, known = 0.0, np.zeros(D, bool)
   for t, k in enumerate(order):
-    logits = np.asarray(toy_logits(jnp.asarray(np.where(known, x, 0))[None], jnp.asarray(known)[None],
-                                   jnp.asarray([t])))[0, k]
+    logits = np.asarray(
+      toy_logits(
+        jnp.asarray(np.where(known, x, 0))[None], jnp.asarray(known)[None], jnp.asarray([t])
+      )
+    )[0, k]
     total -= logits[x[k]] - np.log(np.sum(np.exp(logits)))
     known[k] = True
   return total
@@ -39,17 +46,25 @@ def test_loss_is_unbiased_for_the_bound_over_all_orderings():
   x = np.array([2, 0, 1])
   orders = list(itertools.permutations(range(D)))
   bound = np.mean([chain_rule_nll(x, order) for order in orders])  # E_σ -log p(x | σ), D! orders
-  ranks = jnp.asarray([np.argsort(order) for order in orders], jnp.int32)  # rank[k] = position of k in σ
+  ranks = jnp.asarray(
+    [np.argsort(order) for order in orders], jnp.int32
+  )  # rank[k] = position of k in σ
   xs = jnp.asarray(np.tile(x, (len(orders), 1)))
-  expected = np.mean([np.mean(ardm.loss_at(toy_logits, xs, jnp.full((len(orders),), t), ranks)) for t in range(D)])
-  np.testing.assert_allclose(expected, bound, rtol=1e-5)  # E_t E_σ of the one-step estimate, exactly
+  expected = np.mean(
+    [np.mean(ardm.loss_at(toy_logits, xs, jnp.full((len(orders),), t), ranks)) for t in range(D)]
+  )
+  np.testing.assert_allclose(
+    expected, bound, rtol=1e-5
+  )  # E_t E_σ of the one-step estimate, exactly
   exact, per_step = ardm.nll_along_order(toy_logits, xs, ranks)
   np.testing.assert_allclose(exact, [chain_rule_nll(x, order) for order in orders], rtol=1e-5)
   np.testing.assert_allclose(per_step.sum(-1), exact, rtol=1e-6)
   # And a Monte-Carlo average of the training loss (random t and σ) converges to it.
   n = 20000
   xs = jnp.asarray(np.tile(x, (n, 1)))
-  draws = np.asarray(ardm.loss_at(toy_logits, xs, *ardm.random_step(*jax.random.split(jax.random.key(0)), xs.shape)))
+  draws = np.asarray(
+    ardm.loss_at(toy_logits, xs, *ardm.random_step(*jax.random.split(jax.random.key(0)), xs.shape))
+  )
   assert abs(draws.mean() - bound) < 4 * draws.std() / math.sqrt(n)
 
 
@@ -75,11 +90,17 @@ def test_decoding_plan_is_the_cheapest_and_uses_the_whole_budget(budget):
 
 def test_full_budget_sampling_visits_every_variable_exactly_once():
   shape = (16, 2, 3)
-  x, generated_at = ardm.sample(lambda x, known, t: jnp.zeros(x.shape + (5,)), jax.random.key(0), shape)
+  x, generated_at = ardm.sample(
+    lambda x, known, t: jnp.zeros(x.shape + (5,)), jax.random.key(0), shape
+  )
   steps = np.sort(np.asarray(generated_at).reshape(16, 6), axis=-1)
-  np.testing.assert_array_equal(steps, np.tile(np.arange(6), (16, 1)))  # one variable per step, each once
+  np.testing.assert_array_equal(
+    steps, np.tile(np.arange(6), (16, 1))
+  )  # one variable per step, each once
   assert x.min() >= 0 and x.max() < 5
-  assert len({tuple(np.asarray(generated_at[i]).ravel()) for i in range(16)}) > 1  # orders differ per example
+  assert (
+    len({tuple(np.asarray(generated_at[i]).ravel()) for i in range(16)}) > 1
+  )  # orders differ per example
 
 
 def test_parallel_decoding_makes_one_network_call_per_step():
@@ -90,7 +111,9 @@ def test_parallel_decoding_makes_one_network_call_per_step():
     return toy_logits(x, known, t)
 
   plan = ardm.parallel_decoding_plan(np.array([3.0, 2.0, 1.0]), 2)
-  x, generated_at = jax.jit(lambda rng: ardm.sample(counting_logits, rng, (4, D), plan))(jax.random.key(1))
+  x, generated_at = jax.jit(lambda rng: ardm.sample(counting_logits, rng, (4, D), plan))(
+    jax.random.key(1)
+  )
   jax.effects_barrier()
   assert calls == list(plan[:-1])  # k = 2 calls, with plan[j] variables known at call j
   counts = np.stack([(np.asarray(generated_at) == j).sum(-1) for j in range(2)], -1)
@@ -99,6 +122,10 @@ def test_parallel_decoding_makes_one_network_call_per_step():
 
 def test_samples_follow_the_model_conditionals():
   probs = np.array([0.7, 0.2, 0.1])
-  logits_fn = lambda x, known, t: jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), x.shape + (3,))
+  logits_fn = lambda x, known, t: jnp.broadcast_to(
+    jnp.log(jnp.asarray(probs, jnp.float32)), x.shape + (3,)
+  )
   x, _ = ardm.sample(logits_fn, jax.random.key(2), (4000, 2), plan=np.array([0, 2]))
-  np.testing.assert_allclose(np.bincount(np.asarray(x).ravel(), minlength=3) / 8000, probs, atol=0.02)
+  np.testing.assert_allclose(
+    np.bincount(np.asarray(x).ravel(), minlength=3) / 8000, probs, atol=0.02
+  )

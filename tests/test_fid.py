@@ -1,18 +1,20 @@
-"""The Flax FID Inception against a PyTorch reference with the same random weights; Fréchet distance and
-Inception Score against independent formulations."""
+"""The Flax FID Inception against a PyTorch reference with the same random weights; Fréchet distance
+and Inception Score against independent formulations."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from ddpm_jax.evaluation import fid
 
 
 # A PyTorch rendering of pytorch-fid's FID Inception-v3 (torchvision's Inception3 with pytorch-fid's
-# FIDInceptionA/C/E_1/E_2), with the same module names, so that its state dict is the weight file's layout.
+# FIDInceptionA/C/E_1/E_2), with the same module names, so that its state dict is the weight file's
+# layout.
 class BasicConv2d(nn.Module):
   def __init__(self, cin, cout, **kw):
     super().__init__()
@@ -39,9 +41,15 @@ class FIDInceptionA(nn.Module):
     self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
 
   def forward(self, x):
-    return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
-                      self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                      self.branch_pool(_avg(x))], 1)
+    return torch.cat(
+      [
+        self.branch1x1(x),
+        self.branch5x5_2(self.branch5x5_1(x)),
+        self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+        self.branch_pool(_avg(x)),
+      ],
+      1,
+    )
 
 
 class InceptionB(nn.Module):
@@ -53,8 +61,14 @@ class InceptionB(nn.Module):
     self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
 
   def forward(self, x):
-    return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                      F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+    return torch.cat(
+      [
+        self.branch3x3(x),
+        self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+        F.max_pool2d(x, kernel_size=3, stride=2),
+      ],
+      1,
+    )
 
 
 class FIDInceptionC(nn.Module):
@@ -93,7 +107,9 @@ class InceptionD(nn.Module):
     b7 = x
     for i in range(1, 5):
       b7 = getattr(self, f"branch7x7x3_{i}")(b7)
-    return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+    return torch.cat(
+      [self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1
+    )
 
 
 class FIDInceptionE(nn.Module):
@@ -127,7 +143,11 @@ class ReferenceFIDInception(nn.Module):
     self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
     self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
     self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-    self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = FIDInceptionA(192, 32), FIDInceptionA(256, 64), FIDInceptionA(288, 64)
+    self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = (
+      FIDInceptionA(192, 32),
+      FIDInceptionA(256, 64),
+      FIDInceptionA(288, 64),
+    )
     self.Mixed_6a = InceptionB(288)
     self.Mixed_6b, self.Mixed_6c = FIDInceptionC(768, 128), FIDInceptionC(768, 160)
     self.Mixed_6d, self.Mixed_6e = FIDInceptionC(768, 160), FIDInceptionC(768, 192)
@@ -147,8 +167,9 @@ class ReferenceFIDInception(nn.Module):
 
 
 def random_reference_net() -> ReferenceFIDInception:
-  """Random weights with non-trivial batch-norm statistics, scaled so that activations stay O(1) through all
-  the layers (PyTorch's default initialisation lets them fade towards 0, which would hide errors)."""
+  """Random weights with non-trivial batch-norm statistics, scaled so that activations stay O(1)
+  through all the layers (PyTorch's default initialisation lets them fade towards 0, which would
+  hide errors)."""
   torch.manual_seed(0)
   net = ReferenceFIDInception().eval()
   with torch.no_grad():
@@ -188,7 +209,9 @@ def test_weights_load_from_npz_and_pth_paths(reference, tmp_path):
   torch.save(net.state_dict(), pth)
   for source in (npz, pth):
     loaded = fid.load_inception_params(str(source))
-    np.testing.assert_array_equal(loaded["params"]["fc"]["kernel"], params["params"]["fc"]["kernel"])
+    np.testing.assert_array_equal(
+      loaded["params"]["fc"]["kernel"], params["params"]["fc"]["kernel"]
+    )
 
 
 def test_converter_rejects_other_state_dicts(reference):
@@ -202,7 +225,10 @@ def test_converter_rejects_other_state_dicts(reference):
 def test_frechet_distance_against_scipy_sqrtm():
   rng = np.random.default_rng(0)
   for n in (500, 10):  # full-rank and singular (fewer samples than dimensions) covariances
-    a, b = rng.normal(size=(n, 16)), rng.normal(size=(n, 16)) @ rng.normal(size=(16, 16)) * 0.3 + 1.0
+    a, b = (
+      rng.normal(size=(n, 16)),
+      rng.normal(size=(n, 16)) @ rng.normal(size=(16, 16)) * 0.3 + 1.0,
+    )
     (mu1, s1), (mu2, s2) = fid.feature_statistics(a), fid.feature_statistics(b)
     # The direct formula with scipy's general matrix square root of the non-symmetric product Σ1Σ2.
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
@@ -210,7 +236,9 @@ def test_frechet_distance_against_scipy_sqrtm():
     assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6, abs=1e-6)
     assert fid.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6)
   # 1-D closed form: (μ1 - μ2)² + (σ1 - σ2)².
-  assert fid.frechet_distance([0.5], [[4.0]], [-1.0], [[1.0]]) == pytest.approx(1.5**2 + 1.0, rel=1e-12)
+  assert fid.frechet_distance([0.5], [[4.0]], [-1.0], [[1.0]]) == pytest.approx(
+    1.5**2 + 1.0, rel=1e-12
+  )
 
 
 def test_inception_score_extremes():

@@ -1,9 +1,10 @@
 """The input pipeline: deterministic resumable order, per-process shares, sources, clear errors."""
+
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from ddpm_jax import input_pipeline
 from helpers import tiny_config
@@ -14,7 +15,9 @@ def test_resumed_order_equals_uninterrupted_order():
   data.random_flip = True
   kw = dict(split="train", global_batch_size=16, seed=3)
   straight = list(input_pipeline.batches(data, start_step=0, num_steps=120, **kw))
-  resumed = list(input_pipeline.batches(data, start_step=70, num_steps=50, **kw))  # crosses epoch boundaries
+  resumed = list(
+    input_pipeline.batches(data, start_step=70, num_steps=50, **kw)
+  )  # crosses epoch boundaries
   for a, b in zip(straight[70:], resumed):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
@@ -34,7 +37,9 @@ def test_processes_read_disjoint_shares_of_the_global_batch():
 
 
 def test_digits_are_scaled_to_model_range():
-  batch = next(input_pipeline.batches(tiny_config().data, split="train", global_batch_size=8, seed=0))
+  batch = next(
+    input_pipeline.batches(tiny_config().data, split="train", global_batch_size=8, seed=0)
+  )
   assert batch["image"].shape == (8, 8, 8, 1) and batch["image"].dtype == np.float32
   assert batch["image"].min() == -1.0 and batch["image"].max() <= 1.0 and batch["image"].max() > 0.9
   assert batch["label"].dtype == np.int32 and set(batch["label"]) <= set(range(10))
@@ -42,6 +47,7 @@ def test_digits_are_scaled_to_model_range():
 
 def test_tfds_cifar10_through_the_same_code_path():
   import tensorflow_datasets as tfds
+
   data = tiny_config().data
   data.dataset, data.image_size, data.num_channels, data.random_flip = "cifar10", 32, 3, True
   with tfds.testing.mock_data(num_examples=20):
@@ -60,7 +66,9 @@ def test_image_folder_with_class_subdirectories(tmp_path):
   for cls in ("cats", "dogs"):
     os.makedirs(tmp_path / cls)
     for i in range(3):
-      Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+      Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(
+        tmp_path / cls / f"{i}.png"
+      )
   source = input_pipeline.get_source("image_folder", "train", str(tmp_path))
   assert len(source) == 6 and [source[i]["label"] for i in range(6)] == [0, 0, 0, 1, 1, 1]
   image = input_pipeline.to_model_range(source[0]["image"], 8, 3)  # centre-cropped 12×12, resized

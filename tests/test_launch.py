@@ -1,4 +1,6 @@
-"""Launchers and sweeps: the commands they generate for a given environment, without running a cluster."""
+"""Launchers and sweeps: the commands they generate for a given environment, without running a
+cluster."""
+
 import subprocess
 import sys
 import types
@@ -12,13 +14,25 @@ from launch import local, slurm, sweep, tpu_pod  # noqa: E402
 
 
 def test_sweep_product_zip_and_literal_values():
-  sweeps = [sweep.parse_sweep("optim.lr=[1e-4,2e-4]"), sweep.parse_sweep("diffusion.loss_type=[mse,hybrid]")]
-  assert sweeps[0] == ("optim.lr", [1e-4, 2e-4]) and sweeps[1] == ("diffusion.loss_type", ["mse", "hybrid"])
+  sweeps = [
+    sweep.parse_sweep("optim.lr=[1e-4,2e-4]"),
+    sweep.parse_sweep("diffusion.loss_type=[mse,hybrid]"),
+  ]
+  assert sweeps[0] == ("optim.lr", [1e-4, 2e-4]) and sweeps[1] == (
+    "diffusion.loss_type",
+    ["mse", "hybrid"],
+  )
   runs = sweep.expand(sweeps)
-  assert runs == [{"optim.lr": 1e-4, "diffusion.loss_type": "mse"}, {"optim.lr": 1e-4, "diffusion.loss_type": "hybrid"},
-                  {"optim.lr": 2e-4, "diffusion.loss_type": "mse"}, {"optim.lr": 2e-4, "diffusion.loss_type": "hybrid"}]
-  assert sweep.expand(sweeps, zip_values=True) == [{"optim.lr": 1e-4, "diffusion.loss_type": "mse"},
-                                                   {"optim.lr": 2e-4, "diffusion.loss_type": "hybrid"}]
+  assert runs == [
+    {"optim.lr": 1e-4, "diffusion.loss_type": "mse"},
+    {"optim.lr": 1e-4, "diffusion.loss_type": "hybrid"},
+    {"optim.lr": 2e-4, "diffusion.loss_type": "mse"},
+    {"optim.lr": 2e-4, "diffusion.loss_type": "hybrid"},
+  ]
+  assert sweep.expand(sweeps, zip_values=True) == [
+    {"optim.lr": 1e-4, "diffusion.loss_type": "mse"},
+    {"optim.lr": 2e-4, "diffusion.loss_type": "hybrid"},
+  ]
   key, values = sweep.parse_sweep("model.ch_mult=[(1,2),(1,2,2)]")
   assert values == [(1, 2), (1, 2, 2)]
   assert sweep.parse_sweep("sampling.sampler='ddim'") == ("sampling.sampler", ["ddim"])
@@ -34,37 +48,79 @@ def test_sweep_names_and_quoted_commands():
   assert [sweep.run_name(r) for r in runs] == ["lr=0.0001_ch_mult=1,2", "lr=0.0002_ch_mult=1"]
   assert sweep.run_name({"data.data_dir": "/a b/c"}) == "data_dir=-a-b-c"
   cmds = sweep.commands("configs/default.py", "runs/s", runs, ["--mode=eval"], python="python")
-  assert cmds[1] == ["python", "-m", "ddpm_jax.main", "--config=configs/default.py", "--workdir=runs/s/lr=0.0002_ch_mult=1",
-                     "--config.optim.lr=0.0002", "--config.model.ch_mult=(1,)", "--mode=eval"]
+  assert cmds[1] == [
+    "python",
+    "-m",
+    "ddpm_jax.main",
+    "--config=configs/default.py",
+    "--workdir=runs/s/lr=0.0002_ch_mult=1",
+    "--config.optim.lr=0.0002",
+    "--config.model.ch_mult=(1,)",
+    "--mode=eval",
+  ]
   with pytest.raises(ValueError, match="share a workdir"):
     sweep.commands("c.py", "r", [{"a.x": 1}, {"b.x": 1}])
 
 
 def test_sweep_file_and_printed_commands_parse_as_configs(monkeypatch):
   monkeypatch.chdir(REPO)
-  out = subprocess.run([sys.executable, "-m", "launch.sweep", "--config", "configs/default.py", "--sweep_file",
-                        "configs/sweeps/iddpm_ablations.py", "--sweep", "optim.lr=[1e-4,2e-4]"],
-                       cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.sweep",
+      "--config",
+      "configs/default.py",
+      "--sweep_file",
+      "configs/sweeps/iddpm_ablations.py",
+      "--sweep",
+      "optim.lr=[1e-4,2e-4]",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.splitlines()
   assert len(out) == 8 and all("--config.diffusion.beta_schedule=" in line for line in out)
   # The overrides apply as main.py would apply them (ml_collections' flag syntax, shell quoting).
   import shlex
+
   args = shlex.split(out[3])  # linear schedule, hybrid loss, lr 2e-4
   config = tpu_pod.load_config("configs/default.py", args)
-  assert config.diffusion.loss_type == "hybrid" and config.optim.lr == 2e-4 and config.model.out_channels == 2
+  assert (
+    config.diffusion.loss_type == "hybrid"
+    and config.optim.lr == 2e-4
+    and config.model.out_channels == 2
+  )
 
 
-SLURM_ENV = {"SLURM_JOB_NODELIST": "gpu[07-08,12]", "SLURM_NTASKS": "24", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
-             "SLURM_JOB_ID": "123456"}
+SLURM_ENV = {
+  "SLURM_JOB_NODELIST": "gpu[07-08,12]",
+  "SLURM_NTASKS": "24",
+  "SLURM_PROCID": "9",
+  "SLURM_LOCALID": "1",
+  "SLURM_JOB_ID": "123456",
+}
 
 
 def test_slurm_task_command_from_the_environment():
   assert slurm.first_host("gpu[07-08,12]") == "gpu07"
   assert slurm.first_host("node3,node4") == "node3" and slurm.first_host("a[5]") == "a5"
   command, env = slurm.task_command(SLURM_ENV, ["--config=c.py", "--workdir=w"], python="python")
-  assert command == ["python", "-m", "ddpm_jax.main", "--config=c.py", "--workdir=w",
-                     "--coordinator_address=gpu07:15456", "--num_processes=24", "--process_id=9"]
+  assert command == [
+    "python",
+    "-m",
+    "ddpm_jax.main",
+    "--config=c.py",
+    "--workdir=w",
+    "--coordinator_address=gpu07:15456",
+    "--num_processes=24",
+    "--process_id=9",
+  ]
   assert env["CUDA_VISIBLE_DEVICES"] == "1"
-  _, env = slurm.task_command({**SLURM_ENV, "CUDA_VISIBLE_DEVICES": "3"}, [])  # SLURM bound one GPU already
+  _, env = slurm.task_command(
+    {**SLURM_ENV, "CUDA_VISIBLE_DEVICES": "3"}, []
+  )  # SLURM bound one GPU already
   assert env["CUDA_VISIBLE_DEVICES"] == "3"
   with pytest.raises(RuntimeError, match="SLURM_PROCID"):
     slurm.task_command({k: v for k, v in SLURM_ENV.items() if k != "SLURM_PROCID"}, [])
@@ -72,29 +128,54 @@ def test_slurm_task_command_from_the_environment():
 
 def test_tpu_worker_counts_devices_and_commands(monkeypatch):
   monkeypatch.chdir(REPO)
-  assert [tpu_pod.num_workers(a) for a in ("v3-8", "v3-32", "v4-8", "v4-32", "v5p-128", "v5litepod-8",
-                                           "v5litepod-16")] == [1, 4, 1, 4, 16, 1, 4]
+  assert [
+    tpu_pod.num_workers(a)
+    for a in ("v3-8", "v3-32", "v4-8", "v4-32", "v5p-128", "v5litepod-8", "v5litepod-16")
+  ] == [1, 4, 1, 4, 16, 1, 4]
   assert [tpu_pod.num_devices(a) for a in ("v3-8", "v4-32", "v5litepod-16")] == [8, 16, 16]
-  args, extra = tpu_pod.parse_args(["--tpu=pod", "--zone=us-central2-b", "--accelerator=v4-32", "--spot",
-                                    "--config=configs/ddpm_cifar10.py", "--workdir=gs://b/run", "--repo_url=R",
-                                    "--", "--config.training.batch_size=256"])
+  args, extra = tpu_pod.parse_args(
+    [
+      "--tpu=pod",
+      "--zone=us-central2-b",
+      "--accelerator=v4-32",
+      "--spot",
+      "--config=configs/ddpm_cifar10.py",
+      "--workdir=gs://b/run",
+      "--repo_url=R",
+      "--",
+      "--config.training.batch_size=256",
+    ]
+  )
   tpu_pod.check_batch_size(args, extra)
   train = tpu_pod.train_command(args, extra)
   assert train[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone=us-central2-b"]
-  assert train[7] == "--worker=all" and train[8] == ("--command=cd ddpm_jax && python3 -m ddpm_jax.main "
-                                                     "--config=configs/ddpm_cifar10.py --workdir=gs://b/run "
-                                                     "--config.training.batch_size=256")
+  assert train[7] == "--worker=all" and train[8] == (
+    "--command=cd ddpm_jax && python3 -m ddpm_jax.main "
+    "--config=configs/ddpm_cifar10.py --workdir=gs://b/run "
+    "--config.training.batch_size=256"
+  )
   assert tpu_pod.create_command(args)[-1] == "--spot"
   assert f"jax[tpu]=={tpu_pod.jax_version()}" in tpu_pod.setup_command(args)[-1]
   with pytest.raises(ValueError, match="16 devices"):
     tpu_pod.check_batch_size(args, ["--config.training.batch_size=100"])
   with pytest.raises(SystemExit):
-    tpu_pod.parse_args(["--tpu=p", "--zone=z", "--accelerator=v4-8", "--config=c.py", "--workdir=/local/dir"])
+    tpu_pod.parse_args(
+      ["--tpu=p", "--zone=z", "--accelerator=v4-8", "--config=c.py", "--workdir=/local/dir"]
+    )
 
 
 def test_tpu_resume_loop_recreates_a_preempted_pod_and_resumes_until_done():
-  args, extra = tpu_pod.parse_args(["--tpu=pod", "--zone=z", "--accelerator=v4-8", "--config=c.py",
-                                    "--workdir=gs://b/r", "--repo_url=R", "--retry_s=0"])
+  args, extra = tpu_pod.parse_args(
+    [
+      "--tpu=pod",
+      "--zone=z",
+      "--accelerator=v4-8",
+      "--config=c.py",
+      "--workdir=gs://b/r",
+      "--repo_url=R",
+      "--retry_s=0",
+    ]
+  )
   states = iter(["READY", "PREEMPTED", "READY"])
   train_results = iter([1, 0])  # preempted mid-run, then runs to the end
   calls = []
@@ -112,8 +193,14 @@ def test_tpu_resume_loop_recreates_a_preempted_pod_and_resumes_until_done():
 
 
 def test_local_launcher_builds_one_command_per_process():
-  cmds = local.process_commands(3, 4321, ["--config=c.py", "--workdir=w"], devices_per_process=2, python="python",
-                                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --foo"})
+  cmds = local.process_commands(
+    3,
+    4321,
+    ["--config=c.py", "--workdir=w"],
+    devices_per_process=2,
+    python="python",
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --foo"},
+  )
   assert [c[0][-1] for c in cmds] == ["--process_id=0", "--process_id=1", "--process_id=2"]
   assert cmds[0][0][:5] == ["python", "-m", "ddpm_jax.main", "--config=c.py", "--workdir=w"]
   assert cmds[0][0][5:7] == ["--coordinator_address=localhost:4321", "--num_processes=3"]

@@ -1,4 +1,6 @@
-"""U-Net and noisy classifier: shapes for every option combination, pinned paper sizes, and behaviour."""
+"""U-Net and noisy classifier: shapes for every option combination, pinned paper sizes, and
+behaviour."""
+
 import functools
 import importlib
 import itertools
@@ -28,8 +30,9 @@ def _inputs(num_classes=0, context_dim=None):
 
 
 def _random_params(model, *args):
-  """Random parameters of the right shapes, none zero so that no layer is hidden (numpy: compiling the
-  initialisers costs seconds on CPU). Kernels ~ N(0, 1/fan_in), GroupNorm scales ~ 1, biases small."""
+  """Random parameters of the right shapes, none zero so that no layer is hidden (numpy: compiling
+  the initialisers costs seconds on CPU). Kernels ~ N(0, 1/fan_in), GroupNorm scales ~ 1, biases
+  small."""
   rng = np.random.default_rng(0)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
 
@@ -43,14 +46,22 @@ def _random_params(model, *args):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-OPTIONS = dict(resblock_updown=(False, True), scale_shift_norm=(False, True), num_classes=(0, 10),
-               context_dim=(None, 16), num_head_channels=(-1, 16), remat=(False, True), learned_var=(False, True),
-               dtype=(jnp.float32, jnp.bfloat16))
+OPTIONS = dict(
+  resblock_updown=(False, True),
+  scale_shift_norm=(False, True),
+  num_classes=(0, 10),
+  context_dim=(None, 16),
+  num_head_channels=(-1, 16),
+  remat=(False, True),
+  learned_var=(False, True),
+  dtype=(jnp.float32, jnp.bfloat16),
+)
 
 
 def _pairwise_covering_rows():
-  """16 rows over 8 two-level options in which every pair of options takes all 4 value pairs: the first
-  four options run through all 16 combinations, the others are parities of three of them (2^(8-4) design)."""
+  """16 rows over 8 two-level options in which every pair of options takes all 4 value pairs: the
+  first four options run through all 16 combinations, the others are parities of three of them
+  (2^(8-4) design)."""
   for a, b, c, d in itertools.product((0, 1), repeat=4):
     yield (a, b, c, d, a ^ b ^ c, a ^ b ^ d, a ^ c ^ d, b ^ c ^ d)
 
@@ -62,8 +73,10 @@ def test_unet_output_shape_and_dtype_over_option_combinations(levels):
   model = UNet(**TINY, **opts, out_channels=out_channels)
   x, t, y, context = _inputs(opts["num_classes"], opts["context_dim"])
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, y, context))
-  out = jax.eval_shape(lambda v: model.apply(v, x, t, y, context, train=True, rngs={"dropout": jax.random.key(1)}),
-                       variables)
+  out = jax.eval_shape(
+    lambda v: model.apply(v, x, t, y, context, train=True, rngs={"dropout": jax.random.key(1)}),
+    variables,
+  )
   assert out.shape == (B, S, S, out_channels) and out.dtype == jnp.float32
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
 
@@ -84,7 +97,8 @@ def _count(config_module):
 
 
 def test_paper_model_sizes():
-  # DDPM CIFAR-10: 35.7 M in the paper; the same count as diffusers' UNet2DModel of this architecture.
+  # DDPM CIFAR-10: 35.7 M in the paper; the same count as diffusers' UNet2DModel of this
+  # architecture.
   assert _count("ddpm_cifar10") == 35_746_307
   # DDPM CelebA-HQ 256: 114 M in the paper.
   assert _count("ddpm_celebahq256") == 113_673_219
@@ -92,8 +106,8 @@ def test_paper_model_sizes():
   assert _count("adm_imagenet64") == 295_905_222
   # Improved DDPM CIFAR-10 (3 blocks, attention at 16 and 8, AdaGN, learned Σ).
   assert _count("iddpm_cifar10") == 52_546_438
-  # score_sde's DDPM++ and NCSN++ (cont.): the counts of its ncsnpp.py's modules, NCSN++'s less the 128
-  # Fourier frequencies that ncsnpp.py stores as a frozen parameter.
+  # score_sde's DDPM++ and NCSN++ (cont.): the counts of its ncsnpp.py's modules, NCSN++'s less the
+  # 128 Fourier frequencies that ncsnpp.py stores as a frozen parameter.
   assert _count("ddpmpp_cifar10_vp") == 61_804_419
   assert _count("ncsnpp_cifar10_ve") == 61_894_796
 
@@ -116,13 +130,18 @@ def test_fourier_embedding_formula_and_its_frequencies_are_constants():
   np.testing.assert_allclose(emb[:, :32], np.sin(2 * np.pi * log_sigma[:, None] * freqs), atol=1e-3)
   np.testing.assert_allclose(emb[:, 32:], np.cos(2 * np.pi * log_sigma[:, None] * freqs), atol=1e-3)
   assert 8 < np.std(freqs) < 24  # N(0, 16²)
-  # The frequencies are not parameters: NCSN++'s ch frequencies (2·ch features instead of the sinusoidal
-  # embedding's ch) add only ch rows of 4·ch to the first Dense layer.
+  # The frequencies are not parameters: NCSN++'s ch frequencies (2·ch features instead of the
+  # sinusoidal embedding's ch) add only ch rows of 4·ch to the first Dense layer.
   x, t = jnp.zeros((2, 8, 8, C)), jnp.asarray(log_sigma[:2], jnp.float32)
-  count = lambda m: sum(a.size for a in jax.tree_util.tree_leaves(jax.eval_shape(m.init, jax.random.key(0), x, t)))
+  count = lambda m: sum(
+    a.size for a in jax.tree_util.tree_leaves(jax.eval_shape(m.init, jax.random.key(0), x, t))
+  )
   fourier = UNet(**TINY, out_channels=C, embedding_type="fourier")
   assert count(fourier) - count(UNet(**TINY, out_channels=C)) == 32 * 4 * 32
-  assert jax.eval_shape(fourier.apply, jax.eval_shape(fourier.init, jax.random.key(0), x, t), x, t).shape == x.shape
+  assert (
+    jax.eval_shape(fourier.apply, jax.eval_shape(fourier.init, jax.random.key(0), x, t), x, t).shape
+    == x.shape
+  )
   embed = TimeClassEmbedding(32, embedding_type="fourier")
   emb = embed.apply(embed.init(jax.random.key(0), t, None), t, None)
   assert emb.shape == (2, 128) and not np.allclose(emb[0], emb[1])
@@ -130,7 +149,9 @@ def test_fourier_embedding_formula_and_its_frequencies_are_constants():
 
 @pytest.fixture(scope="module")
 def conditional_model():
-  model = UNet(**TINY, out_channels=C, dropout=0.5, num_classes=10, context_dim=16, scale_shift_norm=True)
+  model = UNet(
+    **TINY, out_channels=C, dropout=0.5, num_classes=10, context_dim=16, scale_shift_norm=True
+  )
   x, t, y, context = _inputs(10, 16)
   params = jax.jit(model.init)(jax.random.key(0), x, t, y, context)
   return model, params
@@ -146,8 +167,10 @@ def test_dropout_only_with_train(conditional_model):
   model, _ = conditional_model
   x, t, y, context = _inputs(10, 16)
   params = _random_params(model, x, t, y, context)
-  apply = jax.jit(lambda p, key, train: model.apply(p, x, t, y, context, train=train, rngs={"dropout": key}),
-                  static_argnums=2)
+  apply = jax.jit(
+    lambda p, key, train: model.apply(p, x, t, y, context, train=train, rngs={"dropout": key}),
+    static_argnums=2,
+  )
   eval_a, eval_b = apply(params, jax.random.key(1), False), apply(params, jax.random.key(2), False)
   np.testing.assert_array_equal(eval_a, eval_b)
   train_a, train_b = apply(params, jax.random.key(1), True), apply(params, jax.random.key(2), True)
@@ -173,7 +196,9 @@ def test_class_null_class_and_context_change_the_output(conditional_model):
 
 
 def test_bfloat16_matches_float32():
-  kwargs = dict(**TINY, out_channels=C, num_head_channels=16, scale_shift_norm=True, resblock_updown=True)
+  kwargs = dict(
+    **TINY, out_channels=C, num_head_channels=16, scale_shift_norm=True, resblock_updown=True
+  )
   x, t, _, _ = _inputs()
   params = _random_params(UNet(**kwargs), x, t)
   out32 = jax.jit(UNet(**kwargs).apply)(params, x, t)
@@ -184,33 +209,49 @@ def test_bfloat16_matches_float32():
 
 def test_remat_and_winograd_give_the_same_values_and_gradients():
   x, t, _, _ = _inputs()
-  one_level = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())  # 8×8: Winograd F(2×2, 3×3)
+  one_level = dict(
+    ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=()
+  )  # 8×8: Winograd F(2×2, 3×3)
   params = _random_params(UNet(**one_level, out_channels=C), x, t)
-  loss = lambda **kw: jax.jit(jax.value_and_grad(lambda p: jnp.sum(UNet(**one_level, out_channels=C, **kw).apply(p, x, t) ** 2)))
+  loss = lambda **kw: jax.jit(
+    jax.value_and_grad(
+      lambda p: jnp.sum(UNet(**one_level, out_channels=C, **kw).apply(p, x, t) ** 2)
+    )
+  )
   v0, g0 = loss()(params)
-  # The same sums in different orders: rounding-level differences, on the scale of the largest gradient.
+  # The same sums in different orders: rounding-level differences, on the scale of the largest
+  # gradient.
   atol = 1e-5 * max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g0))
   for option in (dict(remat=True), dict(conv_impl="winograd")):
     v1, g1 = loss(**option)(params)
     np.testing.assert_allclose(v0, v1, rtol=1e-5, err_msg=str(option))
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=str(option)),
-                           g0, g1)
+    jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=str(option)),
+      g0,
+      g1,
+    )
 
 
 def test_noisy_classifier_logits():
-  model = models.NoisyClassifier(**TINY, num_classes=7, num_head_channels=16, scale_shift_norm=True,
-                                 resblock_updown=True)
+  model = models.NoisyClassifier(
+    **TINY, num_classes=7, num_head_channels=16, scale_shift_norm=True, resblock_updown=True
+  )
   x, t, _, _ = _inputs()
   params = _random_params(model, x, t)
   logits = jax.jit(model.apply)(params, x, t)
   assert logits.shape == (B, 7) and logits.dtype == jnp.float32
   # ∇x log p(y | x_t): what classifier guidance uses; finite and input-dependent.
-  grad = jax.jit(jax.grad(lambda x: jnp.sum(jax.nn.log_softmax(model.apply(params, x, t))[:, 3])))(x)
-  assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(jax.nn.log_softmax(model.apply(params, x, t))[:, 3])))(
+    x
+  )
+  assert (
+    grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+  )
 
 
 def test_get_model_rejects_unknown_fields_and_names():
   from configs import default
+
   config = default.get_config()
   assert isinstance(models.get_model(config.model), UNet)
   bad = config.model.to_dict()
@@ -230,21 +271,33 @@ def test_fir_resampling_is_centred_filtering_by_the_normalised_kernel(kernel):
   length = len(k)
 
   def scipy_resample(a, up):
-    # scipy's full convolution of the zero-stuffed (up) signal, cropped so that every output sample is centred
-    # where it belongs: output n of the 2× grid at input coordinate (n + ½)/2 - ½, output i of the ½× grid at 2i + ½.
+    # scipy's full convolution of the zero-stuffed (up) signal, cropped so that every output sample
+    # is centred where it belongs: output n of the 2× grid at input coordinate (n + ½)/2 - ½, output
+    # i of the ½× grid at 2i + ½.
     for axis in (1, 2):
-      full = np.apply_along_axis(lambda v: scipy.signal.upfirdn((2 if up else 1) * k, v, up=2 if up else 1), axis, a)
-      keep = (np.arange(2 * a.shape[axis]) + (length - 2) // 2 if up else
-              2 * np.arange(a.shape[axis] // 2) + length // 2)
+      full = np.apply_along_axis(
+        lambda v: scipy.signal.upfirdn((2 if up else 1) * k, v, up=2 if up else 1), axis, a
+      )
+      keep = (
+        np.arange(2 * a.shape[axis]) + (length - 2) // 2
+        if up
+        else 2 * np.arange(a.shape[axis] // 2) + length // 2
+      )
       a = np.take(full, keep, axis=axis)
     return a
 
   xj = jnp.asarray(x, jnp.float32)
   np.testing.assert_allclose(layers.fir_upsample(xj, kernel), scipy_resample(x, up=True), atol=1e-5)
-  np.testing.assert_allclose(layers.fir_downsample(xj, kernel), scipy_resample(x, up=False), atol=1e-5)
+  np.testing.assert_allclose(
+    layers.fir_downsample(xj, kernel), scipy_resample(x, up=False), atol=1e-5
+  )
   if kernel == (1, 1):  # the box filter is nearest-neighbour upsampling and 2×2 mean pooling
-    np.testing.assert_allclose(layers.fir_upsample(xj, kernel), layers.upsample_nearest(xj), atol=1e-6)
-    np.testing.assert_allclose(layers.fir_downsample(xj, kernel), layers.downsample_avg(xj), atol=1e-6)
+    np.testing.assert_allclose(
+      layers.fir_upsample(xj, kernel), layers.upsample_nearest(xj), atol=1e-6
+    )
+    np.testing.assert_allclose(
+      layers.fir_downsample(xj, kernel), layers.downsample_avg(xj), atol=1e-6
+    )
   # A constant image stays constant away from the border (zeros lie outside it).
   ones = jnp.ones((1, 16, 16, 1))
   np.testing.assert_allclose(layers.fir_upsample(ones, kernel)[0, 4:-4, 4:-4], 1.0, rtol=1e-6)
@@ -254,19 +307,38 @@ def test_fir_resampling_is_centred_filtering_by_the_normalised_kernel(kernel):
 def test_skip_rescale_divides_the_residual_sum_by_sqrt_2():
   h = jax.random.normal(jax.random.key(2), (B, 4, 4, 64))
   emb = jax.random.normal(jax.random.key(3), (B, 128))
-  for block, args in ((layers.ResBlock(64, resample="down", project_resampled_skip=True), (h, emb, False)),
-                      (layers.AttentionBlock(num_head_channels=16), (h,))):
+  for block, args in (
+    (layers.ResBlock(64, resample="down", project_resampled_skip=True), (h, emb, False)),
+    (layers.AttentionBlock(num_head_channels=16), (h,)),
+  ):
     params = _random_params(block, *args)
-    np.testing.assert_allclose(block.clone(skip_rescale=True).apply(params, *args),
-                               block.apply(params, *args) / math.sqrt(2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      block.clone(skip_rescale=True).apply(params, *args),
+      block.apply(params, *args) / math.sqrt(2),
+      rtol=1e-5,
+      atol=1e-5,
+    )
 
 
-NCSNPP = dict(skip_rescale=True, ncsnpp_layout=True, fir_kernel=(1, 3, 3, 1), progressive_input="input_skip",
-              progressive="output_skip", embedding_type="fourier", resblock_updown=True)
+NCSNPP = dict(
+  skip_rescale=True,
+  ncsnpp_layout=True,
+  fir_kernel=(1, 3, 3, 1),
+  progressive_input="input_skip",
+  progressive="output_skip",
+  embedding_type="fourier",
+  resblock_updown=True,
+)
 
 
-@pytest.mark.parametrize("options", [NCSNPP, dict(NCSNPP, resblock_updown=False, conv_resample=False),
-                                     dict(NCSNPP, fir_kernel=(), remat=True, num_classes=10, conv_impl="winograd")])
+@pytest.mark.parametrize(
+  "options",
+  [
+    NCSNPP,
+    dict(NCSNPP, resblock_updown=False, conv_resample=False),
+    dict(NCSNPP, fir_kernel=(), remat=True, num_classes=10, conv_impl="winograd"),
+  ],
+)
 def test_ncsnpp_options_compose(options):
   model = UNet(**TINY, out_channels=C, **options)
   x, t, _, _ = _inputs()
@@ -278,14 +350,21 @@ def test_output_skip_sums_every_up_levels_output_upsampled_to_the_image():
   model = UNet(**TINY, out_channels=C, **NCSNPP)
   x, t, _, _ = _inputs()
   params = _random_params(model, x, t)
-  out, state = model.apply(params, x, t, capture_intermediates=lambda mdl, _: (mdl.name or "").endswith("pyramid_conv"))
+  out, state = model.apply(
+    params, x, t, capture_intermediates=lambda mdl, _: (mdl.name or "").endswith("pyramid_conv")
+  )
   heads = {name: value["__call__"][0] for name, value in state["intermediates"].items()}
-  assert sorted(heads) == ["up_0_pyramid_conv", "up_1_pyramid_conv"] and heads["up_1_pyramid_conv"].shape == (B, 4, 4, C)
-  expected = layers.fir_upsample(heads["up_1_pyramid_conv"], (1, 3, 3, 1)) + heads["up_0_pyramid_conv"]
+  assert sorted(heads) == ["up_0_pyramid_conv", "up_1_pyramid_conv"] and heads[
+    "up_1_pyramid_conv"
+  ].shape == (B, 4, 4, C)
+  expected = (
+    layers.fir_upsample(heads["up_1_pyramid_conv"], (1, 3, 3, 1)) + heads["up_0_pyramid_conv"]
+  )
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
   # The input pyramid: the input, FIR-downsampled, enters the down path through a 1×1 convolution.
   zero_input_skip = jax.tree_util.tree_map_with_path(
-      lambda path, v: v * 0 if "input_skip" in jax.tree_util.keystr(path) else v, params)
+    lambda path, v: v * 0 if "input_skip" in jax.tree_util.keystr(path) else v, params
+  )
   assert float(jnp.abs(model.apply(zero_input_skip, x, t) - out).max()) > 1e-3
   with pytest.raises(ValueError, match="fused"):
     UNet(**TINY, fir_kernel=(1, 3, 3, 1)).init(jax.random.key(0), x, t)
@@ -295,19 +374,28 @@ def test_output_skip_sums_every_up_levels_output_upsampled_to_the_image():
 
 @pytest.mark.parametrize("shape", [(2, 6, 6, 64), (2, 10, 96)])
 def test_group_norm_matches_its_definition_and_flax(shape):
-  x = jnp.asarray(3.0 + 2.0 * np.random.default_rng(0).normal(size=shape), jnp.float32)  # a mean to subtract
+  x = jnp.asarray(
+    3.0 + 2.0 * np.random.default_rng(0).normal(size=shape), jnp.float32
+  )  # a mean to subtract
   params = _random_params(layers.GroupNorm(), x)
   scale, bias = params["params"]["scale"], params["params"]["bias"]
   out = jax.jit(layers.GroupNorm().apply)(params, x)
   # Brute force: each group of C/32 channels standardised over all positions and its channels.
   groups = np.asarray(x, np.float64).reshape(shape[0], -1, 32, shape[-1] // 32)
-  standard = (groups - groups.mean((1, 3), keepdims=True)) / np.sqrt(groups.var((1, 3), keepdims=True) + 1e-5)
+  standard = (groups - groups.mean((1, 3), keepdims=True)) / np.sqrt(
+    groups.var((1, 3), keepdims=True) + 1e-5
+  )
   np.testing.assert_allclose(out, standard.reshape(shape) * scale + bias, rtol=1e-4, atol=1e-4)
   # Gradients, against flax's nn.GroupNorm with the same parameters (a second formulation).
   flax_norm = nn.GroupNorm(num_groups=32, epsilon=1e-5)
-  loss = lambda apply: jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1)))(params, x)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-                         loss(layers.GroupNorm().apply), loss(flax_norm.apply))
+  loss = lambda apply: jax.jit(
+    jax.grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1))
+  )(params, x)
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+    loss(layers.GroupNorm().apply),
+    loss(flax_norm.apply),
+  )
   with pytest.raises(ValueError, match="not divisible into 32 groups"):
     layers.GroupNorm().init(jax.random.key(0), jnp.zeros((1, 4, 4, 48)))
 
@@ -318,13 +406,14 @@ def test_winograd_transforms_compute_a_1d_correlation(tile):
   b_t, g_mat, a_t = layers.WINOGRAD_TRANSFORMS[tile]
   rng = np.random.default_rng(tile)
   d, g = rng.normal(size=tile + 2), rng.normal(size=3)
-  expected = [d[i:i + 3] @ g for i in range(tile)]
+  expected = [d[i : i + 3] @ g for i in range(tile)]
   np.testing.assert_allclose(a_t @ ((g_mat @ g) * (b_t @ d)), expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("size, stride, tile", [(16, 1, 4), (8, 1, 2), (6, 1, None), (16, 2, None)])
 def test_winograd_conv_equals_xla_convolution(size, stride, tile):
-  # Where no Winograd tile fits (odd multiples, small or strided), impl="winograd" runs `conv_im2col`.
+  # Where no Winograd tile fits (odd multiples, small or strided), impl="winograd" runs
+  # `conv_im2col`.
   assert (layers.winograd_tile(size, size, jnp.float32) if stride == 1 else None) == tile
   x = jax.random.normal(jax.random.key(0), (2, size, size, 24))
   params = _random_params(layers.Conv(40, stride=stride), x)
@@ -332,20 +421,29 @@ def test_winograd_conv_equals_xla_convolution(size, stride, tile):
   @functools.partial(jax.jit, static_argnums=2)
   def value_and_grads(params, x, impl):  # of a loss whose gradient differs per output element
     conv = layers.Conv(40, stride=stride, impl=impl)
-    return conv.apply(params, x), jax.grad(lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x))), argnums=(0, 1))(params, x)
+    return conv.apply(params, x), jax.grad(
+      lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x))), argnums=(0, 1)
+    )(params, x)
 
-  (xla, xla_grads), (winograd, winograd_grads) = (value_and_grads(params, x, impl) for impl in ("xla", "winograd"))
+  (xla, xla_grads), (winograd, winograd_grads) = (
+    value_and_grads(params, x, impl) for impl in ("xla", "winograd")
+  )
   assert winograd.shape == (2, size // stride, size // stride, 40)
   np.testing.assert_allclose(winograd, xla, rtol=1e-5, atol=2e-5 * float(jnp.std(xla)))
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.std(b))),
-                         winograd_grads, xla_grads)
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.std(b))),
+    winograd_grads,
+    xla_grads,
+  )
 
 
 def test_winograd_conv_has_forward_mode_derivatives():
   # The probability-flow likelihood (sde.py) takes jax.jvp through the score model.
   x, tangent = (jax.random.normal(jax.random.key(i), (1, 16, 16, 8)) for i in (0, 1))
   params = _random_params(layers.Conv(8), x)
-  jvp = lambda impl: jax.jvp(lambda x: layers.Conv(8, impl=impl).apply(params, x), (x,), (tangent,))[1]
+  jvp = lambda impl: jax.jvp(
+    lambda x: layers.Conv(8, impl=impl).apply(params, x), (x,), (tangent,)
+  )[1]
   np.testing.assert_allclose(jvp("winograd"), jvp("xla"), rtol=1e-4, atol=1e-4)
 
 
@@ -354,26 +452,42 @@ def test_conv_im2col_equals_xla_convolution(k, stride, size):
   x = jax.random.normal(jax.random.key(1), (2, size, size, 5))
   kernel = jax.random.normal(jax.random.key(2), (k, k, 5, 7))
   pad = (k - 1) // 2
-  xla = lambda x, kernel: jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-                                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  xla = lambda x, kernel: jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    (stride, stride),
+    ((pad, pad), (pad, pad)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   im2col = lambda x, kernel: layers.conv_im2col(x, kernel, stride)
   np.testing.assert_allclose(im2col(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
-  grads = lambda conv: jax.grad(lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel))), argnums=(0, 1))(x, kernel)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads(im2col), grads(xla))
+  grads = lambda conv: jax.grad(
+    lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel))), argnums=(0, 1)
+  )(x, kernel)
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads(im2col), grads(xla)
+  )
 
 
 def test_winograd_conv_in_bfloat16_is_as_close_as_xla_in_bfloat16():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 64))
   params = _random_params(layers.Conv(64), x)
   exact = layers.Conv(64).apply(params, x)
-  error = {impl: float(jnp.linalg.norm(layers.Conv(64, impl=impl, dtype=jnp.bfloat16).apply(params, x) - exact)
-                       / jnp.linalg.norm(exact)) for impl in ("xla", "winograd")}
+  error = {
+    impl: float(
+      jnp.linalg.norm(layers.Conv(64, impl=impl, dtype=jnp.bfloat16).apply(params, x) - exact)
+      / jnp.linalg.norm(exact)
+    )
+    for impl in ("xla", "winograd")
+  }
   assert error["winograd"] < 3 * error["xla"] < 0.03, error
 
 
 def test_winograd_tiles_per_resolution_and_dtype():
   assert [layers.winograd_tile(s, s, jnp.float32) for s in (32, 16, 12, 8, 4)] == [4, 4, 2, 2, None]
-  assert layers.winograd_tile(32, 32, jnp.bfloat16) == 2  # F(4×4)'s larger coefficients lose bfloat16 precision
+  assert (
+    layers.winograd_tile(32, 32, jnp.bfloat16) == 2
+  )  # F(4×4)'s larger coefficients lose bfloat16 precision
   assert layers.winograd_tile(32, 10, jnp.float32) == 2
   with pytest.raises(ValueError, match="divisible by 4"):
     layers.conv3x3_winograd(jnp.zeros((1, 8, 6, 2)), jnp.zeros((3, 3, 2, 2)), 4)

@@ -1,4 +1,5 @@
 """Offline sample-quality metrics with the shipped digits feature network."""
+
 import ml_collections
 import numpy as np
 import pytest
@@ -35,13 +36,19 @@ def test_feature_frechet_distance_is_near_zero_between_halves_and_grows_with_noi
   half_a, half_b = test[order[:148]], test[order[148:]]
   features = lambda images: offline_metrics.features_and_logits(params, images)[0]
   reference = features(half_b)
-  spread = np.trace(np.cov(reference, rowvar=False))  # the distance's natural scale: Tr Σ of the features
+  spread = np.trace(
+    np.cov(reference, rowvar=False)
+  )  # the distance's natural scale: Tr Σ of the features
   distances = []
   for noise in (0.0, 80.0, 160.0):
     noisy = np.clip(half_a + rng.normal(0, noise, half_a.shape), 0, 255).round().astype(np.uint8)
     distances.append(offline_metrics.feature_frechet_distance(features(noisy), reference))
-  # Two samples of 148 real digits differ only by sampling error (a few % of Tr Σ); noise moves them apart.
-  assert distances[0] < 0.1 * spread and distances[0] < distances[1] < distances[2], (distances, spread)
+  # Two samples of 148 real digits differ only by sampling error (a few % of Tr Σ); noise moves them
+  # apart.
+  assert distances[0] < 0.1 * spread and distances[0] < distances[1] < distances[2], (
+    distances,
+    spread,
+  )
   assert distances[2] > 5 * distances[0]
 
 
@@ -64,7 +71,11 @@ def test_feature_net_trains_saves_and_loads(tmp_path, shipped):
   feature_net.save(params, str(tmp_path / "net.npz"), dataset="digits", test_accuracy=accuracy)
   loaded, meta = feature_net.load(str(tmp_path / "net.npz"))
   x = np.zeros((2, 8, 8, 1), np.float32)
-  np.testing.assert_allclose(feature_net.apply(loaded, x)[1], feature_net.apply(params, x)[1], rtol=1e-6)
+  np.testing.assert_allclose(
+    feature_net.apply(loaded, x)[1], feature_net.apply(params, x)[1], rtol=1e-6
+  )
   assert meta["test_accuracy"] == accuracy
   with pytest.raises(ValueError, match="image_size=16"):
-    feature_net.train(ml_collections.ConfigDict({"dataset": "digits", "image_size": 16, "data_dir": None}), steps=1)
+    feature_net.train(
+      ml_collections.ConfigDict({"dataset": "digits", "image_size": 16, "data_dir": None}), steps=1
+    )

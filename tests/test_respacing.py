@@ -1,9 +1,10 @@
 """Timestep respacing: the kept grid, and the respaced diffusion keeping ᾱ at the kept steps."""
+
+from conftest import alphas_cumprod64, make
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import alphas_cumprod64, make
 from ddpm_jax import diffusion, sampling, schedules
 
 
@@ -33,19 +34,32 @@ def test_respaced_diffusion_keeps_alpha_bar_and_maps_timesteps(betas, var_type):
   # Respacing a respaced diffusion composes the maps.
   rr = diffusion.respace(r, [0, 5, 9])
   np.testing.assert_array_equal(rr.timestep_map, np.asarray(kept)[[0, 5, 9]])
-  np.testing.assert_allclose(rr.alphas_cumprod, alphas_cumprod64(betas)[np.asarray(kept)[[0, 5, 9]]], rtol=1e-5)
+  np.testing.assert_allclose(
+    rr.alphas_cumprod, alphas_cumprod64(betas)[np.asarray(kept)[[0, 5, 9]]], rtol=1e-5
+  )
 
 
 def test_respacing_all_steps_is_the_identity(betas):
   d = make(betas)
   r = diffusion.respace(d, range(100))
-  for name in ("alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1"):
-    np.testing.assert_allclose(getattr(r, name), getattr(d, name), rtol=1e-5, atol=1e-9, err_msg=name)
+  for name in (
+    "alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+  ):
+    np.testing.assert_allclose(
+      getattr(r, name), getattr(d, name), rtol=1e-5, atol=1e-9, err_msg=name
+    )
 
 
 def test_model_sees_original_timesteps_after_respacing():
-  d = diffusion.respace(make(schedules.get_beta_schedule("linear", 1000)), sampling.space_timesteps(1000, "ddim50"))
+  d = diffusion.respace(
+    make(schedules.get_beta_schedule("linear", 1000)), sampling.space_timesteps(1000, "ddim50")
+  )
   seen = []
   model_fn = lambda x_t, t: (seen.append(np.asarray(t)), jnp.zeros_like(x_t))[1]
-  diffusion.training_losses(d, model_fn, jnp.zeros((3, 2, 2, 1)), jnp.array([0, 1, 49]), jnp.ones((3, 2, 2, 1)))
+  diffusion.training_losses(
+    d, model_fn, jnp.zeros((3, 2, 2, 1)), jnp.array([0, 1, 49]), jnp.ones((3, 2, 2, 1))
+  )
   np.testing.assert_array_equal(seen[0], [0, 20, 980])

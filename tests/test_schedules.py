@@ -1,4 +1,5 @@
 """β schedules against their defining formulas, computed here independently in float64."""
+
 import math
 
 import numpy as np
@@ -8,7 +9,9 @@ from ddpm_jax import schedules
 
 
 def test_linear_is_ddpm_schedule_scaled_by_1000_over_T():
-  np.testing.assert_allclose(schedules.get_beta_schedule("linear", 1000)[[0, -1]], [1e-4, 0.02], rtol=1e-12)
+  np.testing.assert_allclose(
+    schedules.get_beta_schedule("linear", 1000)[[0, -1]], [1e-4, 0.02], rtol=1e-12
+  )
   betas = schedules.get_beta_schedule("linear", 4000)
   np.testing.assert_allclose(betas[[0, -1]], [2.5e-5, 0.005], rtol=1e-12)
   np.testing.assert_allclose(np.diff(betas), np.diff(betas)[0], rtol=1e-9)
@@ -26,12 +29,17 @@ def test_cosine_alpha_bar_matches_cos_squared():
 
 def test_quadratic_sigmoid_constant():
   T = 10
-  np.testing.assert_allclose(np.sqrt(schedules.get_beta_schedule("quadratic", T, beta_start=1e-4, beta_end=0.04)),
-                             np.linspace(0.01, 0.2, T), rtol=1e-12)
+  np.testing.assert_allclose(
+    np.sqrt(schedules.get_beta_schedule("quadratic", T, beta_start=1e-4, beta_end=0.04)),
+    np.linspace(0.01, 0.2, T),
+    rtol=1e-12,
+  )
   sig = schedules.get_beta_schedule("sigmoid", T, beta_start=0.1, beta_end=0.3)
   x = np.linspace(-6, 6, T)
   np.testing.assert_allclose(sig, 0.1 + 0.2 / (1 + np.exp(-x)), rtol=1e-12)
-  np.testing.assert_array_equal(schedules.get_beta_schedule("constant", T, beta_end=0.3), np.full(T, 0.3))
+  np.testing.assert_array_equal(
+    schedules.get_beta_schedule("constant", T, beta_end=0.3), np.full(T, 0.3)
+  )
 
 
 @pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))

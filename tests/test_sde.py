@@ -1,4 +1,5 @@
 """Score SDEs and annealed Langevin dynamics driven by exact scores of Gaussian (mixture) data."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,18 +12,23 @@ SHAPE = (2000, 2, 2, 1)
 
 
 def gaussian_score(s):
-  """∇ log p_t for Gaussian data: p_t = N(m(t) μ, m(t)² s² + std(t)²) with (m μ, std) = marginal_prob(μ, t)."""
+  """∇ log p_t for Gaussian data: p_t = N(m(t) μ, m(t)² s² + std(t)²) with (m μ, std) =
+  marginal_prob(μ, t)."""
+
   def score_fn(x, t):
     mean, std = s.marginal_prob(jnp.full(x.shape, MU), t)
     scale = (mean / MU) if MU else 1.0
     var = (scale * S) ** 2 + losses.expand_to(std, x) ** 2
     return -(x - mean) / var
+
   return score_fn
 
 
 def test_vp_discretisation_is_the_ddpm_schedule():
   s = sde.VPSDE()
-  np.testing.assert_allclose(s.discrete_betas, schedules.get_beta_schedule("linear", 1000), rtol=1e-12)
+  np.testing.assert_allclose(
+    s.discrete_betas, schedules.get_beta_schedule("linear", 1000), rtol=1e-12
+  )
   x = jnp.ones((3, 2))
   t = jnp.array([0.0, 0.5, 1.0])
   f, g = s.discretize(x, t)
@@ -33,8 +39,8 @@ def test_vp_discretisation_is_the_ddpm_schedule():
 
 @pytest.mark.parametrize("s", [sde.VPSDE(), sde.subVPSDE(), sde.VESDE()], ids=["vp", "subvp", "ve"])
 def test_marginals_solve_the_sde_moment_equations(s):
-  # For a linear SDE, d mean/dt = f-coefficient · mean and d var/dt = 2 f-coeff · var + g²: check the closed
-  # forms of marginal_prob against these ODEs by finite differences.
+  # For a linear SDE, d mean/dt = f-coefficient · mean and d var/dt = 2 f-coeff · var + g²: check
+  # the closed forms of marginal_prob against these ODEs by finite differences.
   t = jnp.array([0.1, 0.4, 0.8])
   x0 = jnp.ones((3, 1))
   h = 1e-3
@@ -42,15 +48,27 @@ def test_marginals_solve_the_sde_moment_equations(s):
   var = lambda t: s.marginal_prob(x0, t)[1] ** 2 + 0.0
   drift_coeff = s.sde(x0, t)[0][:, 0]  # f(x, t) = drift_coeff · x at x = 1
   g2 = s.sde(x0, t)[1] ** 2
-  np.testing.assert_allclose((mean(t + h) - mean(t - h)) / (2 * h), drift_coeff * mean(t), rtol=2e-3)
-  np.testing.assert_allclose((var(t + h) - var(t - h)) / (2 * h), 2 * drift_coeff * var(t) + g2, rtol=2e-3)
+  np.testing.assert_allclose(
+    (mean(t + h) - mean(t - h)) / (2 * h), drift_coeff * mean(t), rtol=2e-3
+  )
+  np.testing.assert_allclose(
+    (var(t + h) - var(t - h)) / (2 * h), 2 * drift_coeff * var(t) + g2, rtol=2e-3
+  )
 
 
-@pytest.mark.parametrize("s,predictor", [(sde.VPSDE(), "reverse_diffusion"), (sde.subVPSDE(), "euler_maruyama"),
-                                         (sde.VESDE(), "reverse_diffusion")], ids=["vp", "subvp", "ve"])
+@pytest.mark.parametrize(
+  "s,predictor",
+  [
+    (sde.VPSDE(), "reverse_diffusion"),
+    (sde.subVPSDE(), "euler_maruyama"),
+    (sde.VESDE(), "reverse_diffusion"),
+  ],
+  ids=["vp", "subvp", "ve"],
+)
 def test_pc_sampling_with_exact_score_reproduces_gaussian_data(s, predictor):
-  x = jax.jit(lambda rng: sde.pc_sample(s, gaussian_score(s), rng, SHAPE, predictor=predictor, snr=0.16))(
-      jax.random.key(0))
+  x = jax.jit(
+    lambda rng: sde.pc_sample(s, gaussian_score(s), rng, SHAPE, predictor=predictor, snr=0.16)
+  )(jax.random.key(0))
   x = np.asarray(x, np.float64).ravel()
   assert x.mean() == pytest.approx(MU, abs=5 * S / np.sqrt(x.size) + 0.01)
   assert x.var() == pytest.approx(S**2, rel=5 * np.sqrt(2 / x.size) + 0.03)
@@ -59,23 +77,30 @@ def test_pc_sampling_with_exact_score_reproduces_gaussian_data(s, predictor):
 def test_prior_logp_is_the_prior_density():
   for s, scale in ((sde.VPSDE(), 1.0), (sde.VESDE(), 50.0)):
     z = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 2)) * scale, jnp.float32)
-    expected = np.sum(-0.5 * np.log(2 * np.pi * scale**2) - np.asarray(z, np.float64) ** 2 / (2 * scale**2), axis=(1, 2))
+    expected = np.sum(
+      -0.5 * np.log(2 * np.pi * scale**2) - np.asarray(z, np.float64) ** 2 / (2 * scale**2),
+      axis=(1, 2),
+    )
     np.testing.assert_allclose(s.prior_logp(z), expected, rtol=1e-5)
 
 
 def test_annealed_langevin_recovers_mixture_weights():
-  # 1-D mixture 0.7 N(-2, 0.2²) + 0.3 N(2, 0.2²); the exact score of the data convolved with N(0, σ²).
+  # 1-D mixture 0.7 N(-2, 0.2²) + 0.3 N(2, 0.2²); the exact score of the data convolved with N(0,
+  # σ²).
   weights, means, std = jnp.array([0.7, 0.3]), jnp.array([-2.0, 2.0]), 0.2
 
   def score_fn(x, sigma):
-    var = std**2 + losses.expand_to(sigma, x)[..., None] ** 2                      # [B, 1, 1]
+    var = std**2 + losses.expand_to(sigma, x)[..., None] ** 2  # [B, 1, 1]
     log_r = jnp.log(weights) - 0.5 * (x[..., None] - means) ** 2 / var - 0.5 * jnp.log(var)
     r = jax.nn.softmax(log_r, axis=-1)
     return jnp.sum(r * (-(x[..., None] - means) / var), axis=-1)
 
   sigmas = np.exp(np.linspace(np.log(20.0), np.log(0.05), 30))
-  x = jax.jit(lambda rng: sde.annealed_langevin_sample(sigmas, score_fn, rng, (4000, 1), n_steps_each=100,
-                                                       step_lr=2e-3))(jax.random.key(1))
+  x = jax.jit(
+    lambda rng: sde.annealed_langevin_sample(
+      sigmas, score_fn, rng, (4000, 1), n_steps_each=100, step_lr=2e-3
+    )
+  )(jax.random.key(1))
   x = np.asarray(x).ravel()
   assert np.mean(x > 0) == pytest.approx(0.3, abs=0.04)
   assert np.std(x[x > 0]) == pytest.approx(std, rel=0.15)
@@ -96,39 +121,51 @@ def test_ode_likelihood_of_gaussian_data_matches_the_density(s, tol):
   # p_eps is N(m μ, m² s² + std²) at t = eps = 1e-5: essentially the data density.
   mean, std = s.marginal_prob(jnp.full(x.shape, MU), jnp.full((16,), 1e-5))
   var = (np.asarray(mean)[:, 0, 0, 0] / MU * S) ** 2 + np.asarray(std) ** 2
-  expected = np.sum(-0.5 * np.log(2 * np.pi * var)[:, None] - (np.asarray(x).reshape(16, -1) - np.asarray(mean).reshape(16, -1)) ** 2
-                    / (2 * var[:, None]), axis=1)
+  expected = np.sum(
+    -0.5 * np.log(2 * np.pi * var)[:, None]
+    - (np.asarray(x).reshape(16, -1) - np.asarray(mean).reshape(16, -1)) ** 2 / (2 * var[:, None]),
+    axis=1,
+  )
   exact = sde.ode_log_likelihood(s, gaussian_score(s), x, jax.random.key(4), hutchinson=False)
-  # The prior N(0, I) (VP) / N(0, σ_max² I) (VE) is not exactly p_T (VP keeps e^{-∫β/2} ≈ 0.0067 of the data
-  # scale at T = 1; VE's p_T has mean μ), and the float32 solver over VE's σ from 0.01 to 50, leave ~1e-2 nats.
+  # The prior N(0, I) (VP) / N(0, σ_max² I) (VE) is not exactly p_T (VP keeps e^{-∫β/2} ≈ 0.0067 of
+  # the data scale at T = 1; VE's p_T has mean μ), and the float32 solver over VE's σ from 0.01 to
+  # 50, leave ~1e-2 nats.
   np.testing.assert_allclose(exact, expected, atol=tol)
   # Hutchinson's estimate is unbiased: averaged over probes it agrees too.
-  estimates = np.stack([np.asarray(sde.ode_log_likelihood(s, gaussian_score(s), x, jax.random.key(k)))
-                        for k in range(4)])
+  estimates = np.stack(
+    [
+      np.asarray(sde.ode_log_likelihood(s, gaussian_score(s), x, jax.random.key(k)))
+      for k in range(4)
+    ]
+  )
   assert abs(estimates.mean() - expected.mean()) < 0.05
 
 
 def test_bits_per_dim_bounds_the_discrete_likelihood_of_8_bit_data():
   from scipy import stats
+
   s = sde.VPSDE()
   rng = np.random.default_rng(5)
   y = np.clip(MU + S * rng.normal(size=(32, 2, 1, 1)), -0.99, 0.99)
   images = np.floor((y + 1) / 2 * 256).astype(np.uint8)
-  bpd = np.asarray(sde.bits_per_dim(s, gaussian_score(s), jnp.asarray(images), jax.random.key(6), hutchinson=False))
-  # Brute force: each pixel's bin [k/128 - 1, (k+1)/128 - 1) in model space under the data density N(μ, s²).
+  bpd = np.asarray(
+    sde.bits_per_dim(s, gaussian_score(s), jnp.asarray(images), jax.random.key(6), hutchinson=False)
+  )
+  # Brute force: each pixel's bin [k/128 - 1, (k+1)/128 - 1) in model space under the data density
+  # N(μ, s²).
   lower = images.astype(np.float64) / 128 - 1
   bin_prob = stats.norm.cdf(lower + 1 / 128, MU, S) - stats.norm.cdf(lower, MU, S)
   discrete_bits = -np.log2(bin_prob).reshape(32, -1).mean(axis=1)
-  # Dequantisation gives an upper bound (Jensen), tight for a density that is smooth at the bin scale; one
-  # uniform draw per example makes each estimate noisy, so compare means.
+  # Dequantisation gives an upper bound (Jensen), tight for a density that is smooth at the bin
+  # scale; one uniform draw per example makes each estimate noisy, so compare means.
   assert bpd.mean() >= discrete_bits.mean() - 0.02
   assert bpd.mean() == pytest.approx(discrete_bits.mean(), abs=0.05)
 
 
 @pytest.mark.parametrize("s", [sde.VPSDE(), sde.subVPSDE(), sde.VESDE()], ids=["vp", "subvp", "ve"])
 def test_dsm_loss_of_the_exact_score_has_its_closed_form_minimum(s):
-  # For Gaussian data and the exact score, E‖std·s + z‖² per dimension is m²s²/(m²s² + std²) (m, std of the
-  # marginal at t); any other score does worse.
+  # For Gaussian data and the exact score, E‖std·s + z‖² per dimension is m²s²/(m²s² + std²) (m, std
+  # of the marginal at t); any other score does worse.
   n, t_value = 20_000, 0.3
   x0 = jnp.asarray(MU + S * np.random.default_rng(7).normal(size=(n, 2)), jnp.float32)
   t = jnp.full((n,), t_value)

@@ -1,10 +1,10 @@
 """The training system: the step learns; sharded, FSDP and multi-process runs agree with one device;
-kill -9 and resume is bitwise identical; damaged checkpoints fall back; NaNs stop the run; bad configs fail;
-host memory kept by the allocator is not faulted in again every step."""
+kill -9 and resume is bitwise identical; damaged checkpoints fall back; NaNs stop the run; bad
+configs fail; host memory kept by the allocator is not faulted in again every step."""
+
 import glob
 import importlib.metadata
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +17,16 @@ import numpy as np
 import optax
 import pytest
 
-from ddpm_jax import ardm, checkpoint, config_validation, host_memory, input_pipeline, optim, parallel, train
+from ddpm_jax import (
+  ardm,
+  checkpoint,
+  config_validation,
+  host_memory,
+  input_pipeline,
+  optim,
+  parallel,
+  train,
+)
 from ddpm_jax.families import ardm as ardm_family
 from helpers import REPO, flat_params, run_steps, tiny_config
 
@@ -25,7 +34,9 @@ HELPERS = os.path.join(REPO, "tests", "helpers.py")
 
 
 def _env(num_devices=1):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]), JAX_PLATFORMS="cpu")
+  env = dict(
+    os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]), JAX_PLATFORMS="cpu"
+  )
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
   return env
 
@@ -37,14 +48,18 @@ def _assert_params_close(a, b, **tol):
 
 
 def _assert_same_training(a, b, init):
-  """The same training up to float reduction order: ‖a - b‖ ≤ 1 % of ‖b - init‖, the distance trained.
+  """The same training up to float reduction order: ‖a - b‖ ≤ 1 % of ‖b - init‖, the distance
+  trained.
 
-  Elementwise comparisons are ill-conditioned here: Adam divides by √v, so where a gradient is ~0 any
-  rounding difference becomes an update of the same size as a real one. A wrong batch, noise or key moves
-  every parameter by O(lr) and fails this by far."""
+  Elementwise comparisons are ill-conditioned here: Adam divides by √v, so where a gradient is ~0
+  any rounding difference becomes an update of the same size as a real one. A wrong batch, noise or
+  key moves every parameter by O(lr) and fails this by far."""
   flat = lambda d: np.concatenate([d[k].ravel() for k in sorted(d)])
   a, b, init = flat(a), flat(b), flat(init)
-  assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b - init), (np.linalg.norm(a - b), np.linalg.norm(b - init))
+  assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b - init), (
+    np.linalg.norm(a - b),
+    np.linalg.norm(b - init),
+  )
 
 
 def test_loss_decreases():
@@ -70,7 +85,9 @@ def test_gradient_accumulation_makes_the_same_update():
   one, _ = run_steps(config, 1)
   config.optim.grad_accum_steps = 4
   accumulated, _ = run_steps(config, 1)
-  _assert_same_training(flat_params(accumulated.params), flat_params(one.params), flat_params(init.params))
+  _assert_same_training(
+    flat_params(accumulated.params), flat_params(one.params), flat_params(init.params)
+  )
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +101,12 @@ def single_device_params():
 @pytest.mark.parametrize("fsdp", [False, True])
 def test_sharded_step_on_8_devices_matches_one_device(tmp_path, single_device_params, fsdp):
   out = tmp_path / "params.npz"
-  subprocess.run([sys.executable, HELPERS, "steps", str(out)] + (["--fsdp"] if fsdp else []), env=_env(8),
-                 check=True, capture_output=True)
+  subprocess.run(
+    [sys.executable, HELPERS, "steps", str(out)] + (["--fsdp"] if fsdp else []),
+    env=_env(8),
+    check=True,
+    capture_output=True,
+  )
   _assert_same_training(dict(np.load(out)), *single_device_params)
 
 
@@ -98,12 +119,21 @@ def _free_port():
 def test_two_processes_train_identically_to_one(tmp_path):
   steps = 4
   address = f"localhost:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, HELPERS, "train", str(tmp_path / "multi"), str(steps), address, "2",
-                             str(i)], env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, HELPERS, "train", str(tmp_path / "multi"), str(steps), address, "2", str(i)],
+      env=_env(1),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
   assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
-  p0, p1 = dict(np.load(tmp_path / "multi" / "params_0.npz")), dict(np.load(tmp_path / "multi" / "params_1.npz"))
+  p0, p1 = (
+    dict(np.load(tmp_path / "multi" / "params_0.npz")),
+    dict(np.load(tmp_path / "multi" / "params_1.npz")),
+  )
   _assert_params_close(p0, p1, rtol=0, atol=0)
   config = tiny_config(num_train_steps=steps)
   single = train.train_and_evaluate(config, str(tmp_path / "single"))
@@ -113,11 +143,19 @@ def test_two_processes_train_identically_to_one(tmp_path):
 
 def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
   steps = 24
-  subprocess.run([sys.executable, HELPERS, "train", str(tmp_path / "straight"), str(steps)], env=_env(), check=True,
-                 capture_output=True)
+  subprocess.run(
+    [sys.executable, HELPERS, "train", str(tmp_path / "straight"), str(steps)],
+    env=_env(),
+    check=True,
+    capture_output=True,
+  )
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen([sys.executable, HELPERS, "train", str(workdir), str(steps)], env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [sys.executable, HELPERS, "train", str(workdir), str(steps)],
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 240
   while not os.path.isdir(workdir / "checkpoints" / "8") and time.time() < deadline:
     time.sleep(0.05)
@@ -125,28 +163,44 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
   proc.wait()
   assert os.path.isdir(workdir / "checkpoints" / "8"), "no checkpoint before the kill"
   assert not os.path.exists(workdir / "params_0.npz"), "the run finished before it was killed"
-  subprocess.run([sys.executable, HELPERS, "train", str(workdir), str(steps)], env=_env(), check=True,
-                 capture_output=True)
-  _assert_params_close(dict(np.load(workdir / "params_0.npz")), dict(np.load(tmp_path / "straight" / "params_0.npz")),
-                       rtol=0, atol=0)
+  subprocess.run(
+    [sys.executable, HELPERS, "train", str(workdir), str(steps)],
+    env=_env(),
+    check=True,
+    capture_output=True,
+  )
+  _assert_params_close(
+    dict(np.load(workdir / "params_0.npz")),
+    dict(np.load(tmp_path / "straight" / "params_0.npz")),
+    rtol=0,
+    atol=0,
+  )
 
 
 def test_sigterm_saves_and_stops(tmp_path):
-  proc = subprocess.Popen([sys.executable, HELPERS, "train", str(tmp_path), "100000"], env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  proc = subprocess.Popen(
+    [sys.executable, HELPERS, "train", str(tmp_path), "100000"],
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
   deadline = time.time() + 240
   while not os.path.isdir(tmp_path / "checkpoints" / "4") and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err.decode()[-3000:]
-  steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*")))
-  assert steps[-1] % 4 != 0 or steps[-1] > 4, steps  # a save at the preemption step, not only the periodic ones
+  steps = sorted(
+    int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*"))
+  )
+  assert steps[-1] % 4 != 0 or steps[-1] > 4, (
+    steps
+  )  # a save at the preemption step, not only the periodic ones
   assert b"preemption" in err
 
 
-# Page faults of each of six calls (the first compiles) of a jitted sort, whose temporaries (~85 MB) XLA
-# allocates anew every call, under the host allocator named by argv[1].
+# Page faults of each of six calls (the first compiles) of a jitted sort, whose temporaries (~85 MB)
+# XLA allocates anew every call, under the host allocator named by argv[1].
 _PAGE_FAULTS_PER_CALL = """
 import resource, sys
 from ddpm_jax import host_memory
@@ -165,11 +219,21 @@ print(*faults)
 
 
 def test_host_allocators_that_keep_freed_memory_stop_page_faults_on_every_call():
-  faults = {allocator: [int(n) for n in subprocess.run(
-      [sys.executable, "-c", _PAGE_FAULTS_PER_CALL, allocator], env=_env(), check=True, capture_output=True,
-      text=True).stdout.split()] for allocator in ("default", "retained", "tbbmalloc")}
-  # glibc's default returns the temporaries to the kernel, so each call faults them in again (4 KiB pages);
-  # kept, they are faulted in while the heap grows to its peak and reused after that.
+  faults = {
+    allocator: [
+      int(n)
+      for n in subprocess.run(
+        [sys.executable, "-c", _PAGE_FAULTS_PER_CALL, allocator],
+        env=_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+      ).stdout.split()
+    ]
+    for allocator in ("default", "retained", "tbbmalloc")
+  }
+  # glibc's default returns the temporaries to the kernel, so each call faults them in again (4 KiB
+  # pages); kept, they are faulted in while the heap grows to its peak and reused after that.
   assert min(faults["default"][1:]) > 10_000, faults
   for allocator in ("retained", "tbbmalloc"):
     assert sum(faults[allocator][1:]) < sum(faults["default"][1:]) / 4, faults
@@ -178,14 +242,18 @@ def test_host_allocators_that_keep_freed_memory_stop_page_faults_on_every_call()
 def test_tbbmalloc_restart_neither_loops_nor_goes_on_without_the_wheel(monkeypatch):
   def execve(*args):
     raise AssertionError("restarted")
+
   monkeypatch.setattr(os, "execve", execve)
-  monkeypatch.setenv("LD_PRELOAD", "/lib/libtbbmalloc_proxy.so.2")  # named, yet not loaded in this process
+  monkeypatch.setenv(
+    "LD_PRELOAD", "/lib/libtbbmalloc_proxy.so.2"
+  )  # named, yet not loaded in this process
   with pytest.raises(RuntimeError, match="did not load"):
     host_memory.use_host_allocator("tbbmalloc")
   monkeypatch.delenv("LD_PRELOAD")
 
   def no_tbb(name):
     raise importlib.metadata.PackageNotFoundError(name)
+
   monkeypatch.setattr(importlib.metadata, "files", no_tbb)
   with pytest.raises(RuntimeError, match="needs the `tbb` wheel"):
     host_memory.use_host_allocator("tbbmalloc")
@@ -208,7 +276,8 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
   ckpt.close()
   assert step == 4 and int(state.step) == 4
   assert "step 8" in caplog.text and "cannot be read" in caplog.text
-  # A config whose train state does not fit the checkpoints is refused, not started afresh over them.
+  # A config whose train state does not fit the checkpoints is refused, not started afresh over
+  # them.
   config.model.ch = 64
   with pytest.raises(RuntimeError, match="another config"):
     train.train_and_evaluate(config, str(tmp_path))
@@ -230,17 +299,29 @@ def test_nan_in_the_loss_stops_the_run_and_saves_nothing_after_it(tmp_path, monk
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(
+  "change,message",
+  [
     (lambda c: setattr(c.training, "batch_size", 12), "not divisible by the 8 devices"),
-    (lambda c: setattr(c.optim, "grad_accum_steps", 3), "does not split into optim.grad_accum_steps=3"),
+    (
+      lambda c: setattr(c.optim, "grad_accum_steps", 3),
+      "does not split into optim.grad_accum_steps=3",
+    ),
     (lambda c: setattr(c.data, "dataset", "cifar100000"), "Unknown data.dataset"),
-    (lambda c: setattr(c.model, "attn_resolutions", (3,)), r"attn_resolutions \[3\] are not resolutions"),
-    (lambda c: setattr(c.diffusion, "var_type", "learned_range"), "loss_type='mse' cannot train it"),
+    (
+      lambda c: setattr(c.model, "attn_resolutions", (3,)),
+      r"attn_resolutions \[3\] are not resolutions",
+    ),
+    (
+      lambda c: setattr(c.diffusion, "var_type", "learned_range"),
+      "loss_type='mse' cannot train it",
+    ),
     (lambda c: setattr(c.model, "out_channels", 3), "model.out_channels=3"),
     (lambda c: setattr(c.diffusion, "loss_type", "hybrid"), "needs a learned var_type"),
     (lambda c: setattr(c.model, "ch", 48), "divisible by 32"),
     (lambda c: setattr(c.optim, "ema_decay", 1.0), "ema_decay"),
-])
+  ],
+)
 def test_bad_configs_fail_with_their_message(change, message, monkeypatch):
   monkeypatch.setattr(jax, "device_count", lambda: 8)
   config = tiny_config()
@@ -249,14 +330,19 @@ def test_bad_configs_fail_with_their_message(change, message, monkeypatch):
     config_validation.validate_config(config)
 
 
-@pytest.mark.parametrize("old_selector,family", [
+@pytest.mark.parametrize(
+  "old_selector,family",
+  [
     (lambda c: setattr(c.sde, "name", "ve"), "score_sde"),
     (lambda c: setattr(c.vdm, "schedule", "learned"), "vdm"),
     (lambda c: setattr(c.ardm, "enabled", True), "ardm"),
     (lambda c: setattr(c.model, "name", "classifier"), "classifier"),
     (lambda c: delattr(c, "family"), "gaussian"),
-])
-def test_configs_with_the_old_family_selectors_get_one_line_naming_config_family(old_selector, family):
+  ],
+)
+def test_configs_with_the_old_family_selectors_get_one_line_naming_config_family(
+  old_selector, family
+):
   config = tiny_config()
   old_selector(config)
   with pytest.raises(ValueError) as error:
@@ -267,6 +353,7 @@ def test_configs_with_the_old_family_selectors_get_one_line_naming_config_family
 
 def test_every_shipped_config_is_valid():
   import importlib
+
   for path in glob.glob(os.path.join(REPO, "configs", "*.py")):
     name = os.path.basename(path)[:-3]
     if name != "__init__":
@@ -277,6 +364,7 @@ def test_every_shipped_config_is_valid():
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver"])
 def test_sample_mode_writes_npz_and_png_from_the_newest_checkpoint(tmp_path, sampler):
   from ddpm_jax.evaluation import sample
+
   config = tiny_config(num_train_steps=4)
   train.train_and_evaluate(config, str(tmp_path))
   config.sampling.sampler, config.sampling.num_steps = sampler, 5
@@ -284,7 +372,11 @@ def test_sample_mode_writes_npz_and_png_from_the_newest_checkpoint(tmp_path, sam
   path = sample.sample(config, str(tmp_path))
   assert path.endswith("samples_4.npz")
   data = np.load(path)
-  assert data["images"].shape == (6, 8, 8, 1) and data["images"].dtype == np.uint8 and data["labels"].shape == (6,)
+  assert (
+    data["images"].shape == (6, 8, 8, 1)
+    and data["images"].dtype == np.uint8
+    and data["labels"].shape == (6,)
+  )
   assert os.path.isfile(tmp_path / "samples" / "samples_4.png")
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     sample.sample(config, str(tmp_path / "empty"))
@@ -300,11 +392,14 @@ def test_class_conditional_and_loss_aware_training_paths():
   assert np.all(np.isfinite(losses))
   # Every example of both batches entered the loss history of its t.
   assert int(np.sum(np.asarray(state.family_state.counts))) == 2 * config.training.batch_size
-  assert flat_params(state.params)["['params']['embedding']['class_embedding']['embedding']"].shape == (11, 128)
+  assert flat_params(state.params)[
+    "['params']['embedding']['class_embedding']['embedding']"
+  ].shape == (11, 128)
 
 
 def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
   from ddpm_jax.evaluation import sample
+
   classifier_config = tiny_config(num_train_steps=4)
   classifier_config.family, classifier_config.model.name = "classifier", "classifier"
   classifier_config.model.num_classes = 10
@@ -315,7 +410,10 @@ def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
   config = tiny_config(num_train_steps=4)
   train.train_and_evaluate(config, str(tmp_path / "diffusion"))
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 5
-  config.sampling.classifier_workdir, config.sampling.classifier_scale = str(tmp_path / "classifier"), 1.0
+  config.sampling.classifier_workdir, config.sampling.classifier_scale = (
+    str(tmp_path / "classifier"),
+    1.0,
+  )
   data = np.load(sample.sample(config, str(tmp_path / "diffusion")))
   assert data["images"].shape == (4, 8, 8, 1) and set(data["labels"]) <= set(range(10))
   config.sampling.classifier_workdir = str(tmp_path / "diffusion")
@@ -325,43 +423,71 @@ def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
 
 def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   from test_fid import random_reference_net
+
   from ddpm_jax.evaluation import evaluate
-  weights = tmp_path / "inception.npz"  # a state dict in pytorch-fid's layout (random weights, offline)
+
+  weights = (
+    tmp_path / "inception.npz"
+  )  # a state dict in pytorch-fid's layout (random weights, offline)
   np.savez(weights, **{k: v.numpy() for k, v in random_reference_net().state_dict().items()})
   config = tiny_config(num_train_steps=4)
   train.train_and_evaluate(config, str(tmp_path))
   config.sampling.num_steps, config.sampling.batch_size = 5, 8
-  config.eval.inception_path, config.eval.num_fid_samples, config.eval.num_reference_images = str(weights), 8, 16
+  config.eval.inception_path, config.eval.num_fid_samples, config.eval.num_reference_images = (
+    str(weights),
+    8,
+    16,
+  )
   results = evaluate.evaluate(config, str(tmp_path))
-  # The digits have a shipped feature network: the offline metrics come with FID (unconditional: no accuracy).
-  assert set(results) == {"fid", "inception_score", "inception_score_std", "bpd", "feature_fd",
-                          "feature_class_score", "memorized_fraction"}
+  # The digits have a shipped feature network: the offline metrics come with FID (unconditional: no
+  # accuracy).
+  assert set(results) == {
+    "fid",
+    "inception_score",
+    "inception_score_std",
+    "bpd",
+    "feature_fd",
+    "feature_class_score",
+    "memorized_fraction",
+  }
   assert results["feature_fd"] > 1.0 and 0 <= results["memorized_fraction"] <= 1
   # Samples of a 4-step model are far from the digits: the distance must be clearly positive.
   assert np.isfinite(results["fid"]) and results["fid"] > 1.0 and results["inception_score"] >= 1.0
   assert 0 < results["bpd"] < 20
-  assert os.path.isfile(tmp_path / "fid_stats_digits_8.npz") and os.path.isfile(tmp_path / "eval_4.json")
+  assert os.path.isfile(tmp_path / "fid_stats_digits_8.npz") and os.path.isfile(
+    tmp_path / "eval_4.json"
+  )
   # The cached reference statistics are reused, not recomputed.
-  monkeypatch.setattr(evaluate.input_pipeline, "batches", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+  monkeypatch.setattr(
+    evaluate.input_pipeline, "batches", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
+  )
   config.eval.bpd_num_batches = 0
   assert evaluate.evaluate(config, str(tmp_path))["fid"] == pytest.approx(results["fid"])
 
 
 def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
-  # VE conditioned on log σ with Fourier features, NCSN++'s network: the set-up furthest from the discrete diffusion.
+  # VE conditioned on log σ with Fourier features, NCSN++'s network: the set-up furthest from the
+  # discrete diffusion.
   from ddpm_jax.evaluation import evaluate, sample
+
   config = tiny_config(num_train_steps=4)
   config.family, config.sde.type, config.sde.num_scales = "score_sde", "ve", 25
   config.sde.conditioning, config.model.embedding_type = "sigma", "fourier"
-  config.model.update(resblock_updown=True, skip_rescale=True, ncsnpp_layout=True, fir_kernel=(1, 3, 3, 1),
-                      progressive_input="input_skip", progressive="output_skip")
+  config.model.update(
+    resblock_updown=True,
+    skip_rescale=True,
+    ncsnpp_layout=True,
+    fir_kernel=(1, 3, 3, 1),
+    progressive_input="input_skip",
+    progressive="output_skip",
+  )
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 4
   config.sampling.num_samples, config.sampling.batch_size = 4, 4
   data = np.load(sample.sample(config, str(tmp_path)))
   assert data["images"].shape == (4, 8, 8, 1)
-  # --mode=eval as for DDPM: sample metrics of PC samples (the offline feature network's; FID takes the same
-  # samples through the same path, tested above) and bits/dim by the probability-flow ODE.
+  # --mode=eval as for DDPM: sample metrics of PC samples (the offline feature network's; FID takes
+  # the same samples through the same path, tested above) and bits/dim by the probability-flow ODE.
   config.eval.num_fid_samples, config.training.batch_size = 4, 4
   results = evaluate.evaluate(config, str(tmp_path))
   assert np.isfinite(results["feature_fd"]) and results["feature_fd"] > 1.0
@@ -379,6 +505,7 @@ def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
 
 def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   from ddpm_jax.evaluation import evaluate, sample
+
   config = tiny_config(num_train_steps=4)
   config.family, config.vdm.n_features, config.model.fourier_features = "vdm", 16, (6, 7)
   config.optim.weight_decay = 0.01  # AdamW, as the paper
@@ -388,8 +515,12 @@ def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   images = np.load(sample.sample(config, str(tmp_path)))["images"]
   assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
   config.training.batch_size, config.eval.num_fid_samples = 8, 4
-  results = evaluate.evaluate(config, str(tmp_path))  # the VLB, on the same 8-bit footing as calc_bpd_loop
-  assert 0 < results["bpd"] < 20 and results["feature_fd"] > 0  # and the offline metrics of its samples
+  results = evaluate.evaluate(
+    config, str(tmp_path)
+  )  # the VLB, on the same 8-bit footing as calc_bpd_loop
+  assert (
+    0 < results["bpd"] < 20 and results["feature_fd"] > 0
+  )  # and the offline metrics of its samples
   config.vdm.gamma_min = 6.0
   with pytest.raises(ValueError, match="vdm.gamma_min=6.0 must be below"):
     config_validation.validate_config(config)
@@ -397,6 +528,7 @@ def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
 
 def test_ardm_trains_evaluates_and_decodes_in_parallel_with_the_same_loop(tmp_path):
   from ddpm_jax.evaluation import evaluate, sample
+
   config = tiny_config(num_train_steps=4)
   config.family, config.model.out_channels = "ardm", 256
   train.train_and_evaluate(config, str(tmp_path))

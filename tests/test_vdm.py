@@ -1,12 +1,12 @@
-"""VDM: the continuous loss is the limit of the discrete VLB (checked against GaussianDiffusion's KL terms), the
-learned schedule is monotone and its shape gets the variance gradient, low-discrepancy t lowers the variance,
-and ancestral sampling with the exact ε of Gaussian data reproduces it."""
+"""VDM: the continuous loss is the limit of the discrete VLB (checked against GaussianDiffusion's KL
+terms), the learned schedule is monotone and its shape gets the variance gradient, low-discrepancy t
+lowers the variance, and ancestral sampling with the exact ε of Gaussian data reproduces it."""
+
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from ddpm_jax import diffusion, losses, vdm
 
@@ -19,7 +19,9 @@ def exact_eps(z, gamma_t):
   return sigma / (alpha**2 * S**2 + sigma**2) * (z - alpha * MU)
 
 
-def biased_eps(z, gamma_t):  # an imperfect denoiser, so that the losses are not all at their minimum
+def biased_eps(
+  z, gamma_t
+):  # an imperfect denoiser, so that the losses are not all at their minimum
   return 1.1 * exact_eps(z, gamma_t) + 0.05 * jnp.tanh(z)
 
 
@@ -31,8 +33,9 @@ def _diffusion_loss_at(t, x, noise, num_steps=0):
 
 
 def test_t_step_loss_is_the_sum_of_gaussian_diffusion_kl_terms():
-  """VDM's T-step loss at t = i/T equals T · KL(q(z_s | z_t, x) ‖ p(z_s | z_t)) of a GaussianDiffusion on the
-  same grid (ᾱ_k = α²(k/T), k = 0..T, fixed_small variance): a second, independent formulation."""
+  """VDM's T-step loss at t = i/T equals T · KL(q(z_s | z_t, x) ‖ p(z_s | z_t)) of a
+  GaussianDiffusion on the same grid (ᾱ_k = α²(k/T), k = 0..T, fixed_small variance): a second,
+  independent formulation."""
   T = 10
   alphas_cumprod = 1.0 / (1.0 + np.exp(-13.3 + 18.3 * np.arange(T + 1) / T))  # sigmoid(-γ), float64
   betas = 1.0 - alphas_cumprod / np.concatenate([[1.0], alphas_cumprod[:-1]])
@@ -58,19 +61,28 @@ def test_continuous_loss_is_the_limit_of_the_t_step_loss():
   x = jnp.asarray(rng.normal(MU, S, (3, 2)), jnp.float32)
   noise = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
 
-  def expectation(ts, num_steps=0):  # the mean of the per-example loss over the times ts, all at once
-    per_t = jax.vmap(lambda t: _diffusion_loss_at(jnp.full((3,), t), x, noise, num_steps))(jnp.asarray(ts))
+  def expectation(
+    ts, num_steps=0
+  ):  # the mean of the per-example loss over the times ts, all at once
+    per_t = jax.vmap(lambda t: _diffusion_loss_at(jnp.full((3,), t), x, noise, num_steps))(
+      jnp.asarray(ts)
+    )
     return np.asarray(per_t).mean(axis=0)
 
-  continuous = expectation((np.arange(4000) + 0.5) / 4000)  # midpoint rule: the integrand is smooth in t
-  errors = [np.max(np.abs(expectation((np.arange(T) + 0.5) / T, T) - continuous) / continuous)
-            for T in (10, 100, 1000)]  # E over i ∈ {1..T} exactly
+  continuous = expectation(
+    (np.arange(4000) + 0.5) / 4000
+  )  # midpoint rule: the integrand is smooth in t
+  errors = [
+    np.max(np.abs(expectation((np.arange(T) + 0.5) / T, T) - continuous) / continuous)
+    for T in (10, 100, 1000)
+  ]  # E over i ∈ {1..T} exactly
   # L_T - L_∞ = O(1/T): the gap shrinks about tenfold per tenfold T.
   assert errors[0] / errors[1] > 5 and errors[1] / errors[2] > 5 and errors[2] < 0.02, errors
 
 
 def _train_schedule_steps(num_steps=20):
   import optax
+
   params = vdm.init_schedule(jax.random.key(0), "learned", n_features=64)
   optimizer = optax.adam(0.05)
   opt_state = optimizer.init(params)
@@ -79,8 +91,16 @@ def _train_schedule_steps(num_steps=20):
   def step(params, opt_state, rng):
     k1, k2, k3 = jax.random.split(rng, 3)
     x = MU + S * jax.random.normal(k1, (64, 2))
-    loss = lambda p: jnp.mean(vdm.vlb_terms(p, biased_eps, x, vdm.time_samples(k2, 64), jax.random.normal(k3, x.shape),
-                                            jax.random.normal(k3, x.shape))["total"])
+    loss = lambda p: jnp.mean(
+      vdm.vlb_terms(
+        p,
+        biased_eps,
+        x,
+        vdm.time_samples(k2, 64),
+        jax.random.normal(k3, x.shape),
+        jax.random.normal(k3, x.shape),
+      )["total"]
+    )
     grads = jax.grad(loss)(params)
     updates, opt_state = optimizer.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state
@@ -105,7 +125,9 @@ def test_schedule_shape_gets_the_gradient_of_the_second_moment():
   x = jnp.asarray(rng.normal(MU, S, (8, 2)), jnp.float32)
   noise = jnp.asarray(rng.normal(size=(8, 2)), jnp.float32)
   t = vdm.time_samples(jax.random.key(0), 8)
-  terms = lambda p, variance: vdm.vlb_terms(p, biased_eps, x, t, noise, noise, minimize_schedule_variance=variance)
+  terms = lambda p, variance: vdm.vlb_terms(
+    p, biased_eps, x, t, noise, noise, minimize_schedule_variance=variance
+  )
   ours = jax.grad(lambda p: jnp.mean(terms(p, True)["diffusion"]))(params)
   second_moment = jax.grad(lambda p: jnp.mean(terms(p, False)["diffusion"] ** 2))(params)
   first_moment = jax.grad(lambda p: jnp.mean(terms(p, False)["diffusion"]))(params)
@@ -134,11 +156,14 @@ def test_low_discrepancy_times_lower_the_variance_of_the_batch_loss():
 def test_ancestral_sampling_with_the_exact_eps_reproduces_gaussian_data():
   x = vdm.sample(FIXED, exact_eps, jax.random.key(0), (20000, 1), num_steps=1000)
   assert x.min() >= -1 and x.max() <= 1
-  # The target is the data on the 8-bit grid: N(0.2, 0.3²) rounded to the grid and clipped to [-1, 1] has
-  # std 0.2989 (its upper tail is cut at 2.7σ). Monte-Carlo error of the std: 0.3/√40000 = 0.0015.
+  # The target is the data on the 8-bit grid: N(0.2, 0.3²) rounded to the grid and clipped to [-1,
+  # 1] has std 0.2989 (its upper tail is cut at 2.7σ). Monte-Carlo error of the std: 0.3/√40000 =
+  # 0.0015.
   np.testing.assert_allclose(np.asarray(x).mean(), MU, atol=0.008)
   np.testing.assert_allclose(np.asarray(x).std(), 0.2989, atol=0.005)
-  np.testing.assert_allclose(np.asarray(x) * 127.5, np.round(np.asarray(x) * 127.5 + 127.5) - 127.5, atol=1e-3)
+  np.testing.assert_allclose(
+    np.asarray(x) * 127.5, np.round(np.asarray(x) * 127.5 + 127.5) - 127.5, atol=1e-3
+  )
 
 
 def test_prior_and_reconstruction_terms():
@@ -147,9 +172,11 @@ def test_prior_and_reconstruction_terms():
   a2, s2 = jax.nn.sigmoid(-5.0), jax.nn.sigmoid(5.0)
   expected = 0.5 * np.sum(s2 + a2 * np.asarray(x) ** 2 - np.log(s2) - 1)
   np.testing.assert_allclose(vdm.prior_loss(g1, x), [expected], rtol=1e-5)
-  # With SNR_0 = e^13.3, σ_0/α_0 is a third of half a bin: nearly all mass on the right bin (12 pixels < 0.05 nats);
-  # at SNR_0 = e^-13 the decoder is uniform over the 256 values.
+  # With SNR_0 = e^13.3, σ_0/α_0 is a third of half a bin: nearly all mass on the right bin (12
+  # pixels < 0.05 nats); at SNR_0 = e^-13 the decoder is uniform over the 256 values.
   x = (jnp.arange(0, 256, 23) / 127.5 - 1.0)[None]  # 12 pixel values on the 8-bit grid
   noise = jax.random.normal(jax.random.key(0), x.shape)
   assert float(vdm.reconstruction_loss(jnp.asarray(-13.3), x, noise)[0]) < 0.05
-  np.testing.assert_allclose(vdm.reconstruction_loss(jnp.asarray(13.0), x, noise), [12 * np.log(256)], rtol=1e-3)
+  np.testing.assert_allclose(
+    vdm.reconstruction_loss(jnp.asarray(13.0), x, noise), [12 * np.log(256)], rtol=1e-3
+  )

@@ -1,21 +1,25 @@
-"""`--mode=eval`: FID and Inception Score of samples, and bits/dim on the held-out split (data.eval_split), for
-the newest checkpoint.
+"""`--mode=eval`: FID and Inception Score of samples, and bits/dim on the held-out split
+(data.eval_split), for the newest checkpoint.
 
 config.eval:
-  inception_path        pytorch-fid's pt_inception-2015-12-05-*.pth (or its converted .npz); FID/IS are
-                        skipped, with a warning, when unset
+  inception_path        pytorch-fid's pt_inception-2015-12-05-*.pth (or its converted .npz); FID/IS
+                        are skipped, with a warning, when unset
   num_fid_samples       samples generated with config.sampling for FID, IS and the offline metrics
-  feature_net_path      the dataset's own feature network (evaluation/feature_net.py; default: the shipped
-                        weights for the dataset and size, e.g. digits 8×8): offline metrics feature_fd,
-                        feature_class_score, class_accuracy (class-conditional samples), memorized_fraction
-  reference_stats_path  cache of the dataset's Inception statistics (default: workdir/fid_stats_<data>.npz),
-                        computed once from `num_reference_images` training images
-  bpd_num_batches       held-out batches of `training.batch_size` for bits/dim: the VLB (calc_bpd_loop; VDM's; an
-                        ARDM's exact NLL along a random order) or a score SDE's probability-flow ODE
-                        likelihood (sde.bits_per_dim); 0 skips
+  feature_net_path      the dataset's own feature network (evaluation/feature_net.py; default: the
+                        shipped weights for the dataset and size, e.g. digits 8×8): offline metrics
+                        feature_fd, feature_class_score, class_accuracy (class-conditional samples),
+                        memorized_fraction
+  reference_stats_path  cache of the dataset's Inception statistics (default:
+                        workdir/fid_stats_<data>.npz), computed once from `num_reference_images`
+                        training images
+  num_loss_batches      held-out batches for the family's loss without dropout ("loss"); 0 skips
+  bpd_num_batches       held-out batches of `training.batch_size` for the family's bits/dim: the VLB
+                        (calc_bpd_loop; VDM's; an ARDM's exact NLL along a random order) or a score
+                        SDE's probability-flow ODE likelihood (sde.bits_per_dim); 0 skips
 
 Results go to workdir/eval_<step>.json and TensorBoard (eval/…).
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,28 +40,48 @@ from ddpm_jax.evaluation import sample as sample_lib
 from ddpm_jax.train_state import run_rngs
 
 
-def inception_statistics(inception_params, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+def inception_statistics(
+  inception_params, images: np.ndarray, batch_size: int
+) -> dict[str, np.ndarray]:
   """Images NHWC in [-1, 1] -> {"mu", "sigma"} of pool3 features and the "logits" [N, 1008]."""
   pools, logits = [], []
   for start in range(0, len(images), batch_size):
-    pool, logit = fid.inception_features(inception_params, images[start:start + batch_size])
+    pool, logit = fid.inception_features(inception_params, images[start : start + batch_size])
     pools.append(np.asarray(pool))
     logits.append(np.asarray(logit))
   mu, sigma = fid.feature_statistics(np.concatenate(pools))
   return {"mu": mu, "sigma": sigma, "logits": np.concatenate(logits)}
 
 
-def reference_statistics(config: ml_collections.ConfigDict, inception_params, path: str) -> dict[str, np.ndarray]:
+def reference_statistics(
+  config: ml_collections.ConfigDict, inception_params, path: str
+) -> dict[str, np.ndarray]:
   """The dataset's Inception statistics, read from `path` or computed once and cached there."""
   if epath.Path(path).exists():
     cached = files.load_npz(path)
     return {"mu": cached["mu"], "sigma": cached["sigma"]}
   n, batch = config.eval.num_reference_images, config.sampling.batch_size
-  logging.info("Computing Inception statistics of %d %s training images (cached to %s).", n, config.data.dataset,
-               path)
-  local = np.concatenate([b["image"] for b in input_pipeline.batches(
-      config.data, split="train", global_batch_size=batch, seed=config.seed, num_steps=-(-n // batch))])
-  images = parallel.to_host(local)[:n]  # every process reads its share; all compute the same statistics
+  logging.info(
+    "Computing Inception statistics of %d %s training images (cached to %s).",
+    n,
+    config.data.dataset,
+    path,
+  )
+  local = np.concatenate(
+    [
+      b["image"]
+      for b in input_pipeline.batches(
+        config.data,
+        split="train",
+        global_batch_size=batch,
+        seed=config.seed,
+        num_steps=-(-n // batch),
+      )
+    ]
+  )
+  images = parallel.to_host(local)[
+    :n
+  ]  # every process reads its share; all compute the same statistics
   stats = inception_statistics(inception_params, images, batch)
   if jax.process_index() == 0:
     files.save_npz(path, mu=stats["mu"], sigma=stats["sigma"])
@@ -66,8 +90,9 @@ def reference_statistics(config: ml_collections.ConfigDict, inception_params, pa
 
 def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Family, mesh):
   """-> (params) -> the family's mean loss, without dropout and with t uniform, on the first
-  `eval.num_loss_batches` batches of `data.eval_split`; the same draws at every call, so that the values
-  of one run compare."""
+  `eval.num_loss_batches` batches of `data.eval_split`; the same draws at every call, so that the
+  values of one run compare."""
+
   def mean_loss(params, batch, rng):
     draws = family.draw(families.step_keys(rng), batch, None)
     return jnp.mean(family.loss(params, batch, draws, None) * draws["weight"])
@@ -77,34 +102,54 @@ def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Famil
   key = run_rngs(config.seed)["eval"]
 
   def held_out_loss(params) -> float:
-    batches = input_pipeline.batches(config.data, split=config.data.eval_split,
-                                     global_batch_size=config.training.batch_size, seed=config.seed,
-                                     num_steps=config.eval.num_loss_batches)
-    losses = [loss_fn(params, parallel.global_batch(batch, sharding), jax.random.fold_in(key, i))
-              for i, batch in enumerate(batches)]
+    batches = input_pipeline.batches(
+      config.data,
+      split=config.data.eval_split,
+      global_batch_size=config.training.batch_size,
+      seed=config.seed,
+      num_steps=config.eval.num_loss_batches,
+    )
+    losses = [
+      loss_fn(params, parallel.global_batch(batch, sharding), jax.random.fold_in(key, i))
+      for i, batch in enumerate(batches)
+    ]
     return float(np.mean(jax.device_get(losses)))
+
   return held_out_loss
 
 
-def held_out_bits_per_dim(config: ml_collections.ConfigDict, ema_params, mesh, workdir: str) -> float:
-  """Mean negative log-likelihood (bound) in bits/dim of the 8-bit held-out data over `eval.bpd_num_batches`
-  batches, by the family's likelihood: the discrete VLB with all T terms (`calc_bpd_loop`), a VDM's VLB (one
-  low-discrepancy t per example: unbiased), a score SDE's probability-flow likelihood of the dequantised
-  data, or an ARDM's exact -log p(x | σ) along one random order per example (its per-step losses are saved
-  for the sampler's parallel decoding plan)."""
+def held_out_bits_per_dim(
+  config: ml_collections.ConfigDict, ema_params, mesh, workdir: str
+) -> float:
+  """Mean negative log-likelihood (bound) in bits/dim of the 8-bit held-out data over
+  `eval.bpd_num_batches` batches, by the family's likelihood: the discrete VLB with all T terms
+  (`calc_bpd_loop`), a VDM's VLB (one low-discrepancy t per example: unbiased), a score SDE's
+  probability-flow likelihood of the dequantised data, or an ARDM's exact -log p(x | σ) along one
+  random order per example (its per-step losses are saved for the sampler's parallel decoding
+  plan)."""
   family = families.get_family(config)
   if family.bits_per_dim is None:
-    raise ValueError(f"config.family={config.family!r} has no likelihood: set eval.bpd_num_batches=0.")
+    raise ValueError(
+      f"config.family={config.family!r} has no likelihood: set eval.bpd_num_batches=0."
+    )
   bpd_fn = jax.jit(family.bits_per_dim)
   sharding = parallel.data_sharding(mesh)
   outputs = []
-  batches = input_pipeline.batches(config.data, split=config.data.eval_split,
-                                   global_batch_size=config.training.batch_size, seed=config.seed,
-                                   num_steps=config.eval.bpd_num_batches)
+  batches = input_pipeline.batches(
+    config.data,
+    split=config.data.eval_split,
+    global_batch_size=config.training.batch_size,
+    seed=config.seed,
+    num_steps=config.eval.bpd_num_batches,
+  )
   for i, batch in enumerate(batches):
     x0 = parallel.global_batch(batch, sharding)["image"]
-    outputs.append({k: parallel.to_host(v) for k, v in bpd_fn(ema_params, x0, jax.random.key(i)).items()})
-    logging.info("bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, outputs[-1]["bpd"].mean())
+    outputs.append(
+      {k: parallel.to_host(v) for k, v in bpd_fn(ema_params, x0, jax.random.key(i)).items()}
+    )
+    logging.info(
+      "bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, outputs[-1]["bpd"].mean()
+    )
   terms = {k: np.concatenate([out[k] for out in outputs]) for k in outputs[0]}
   if family.save_likelihood_terms is not None and jax.process_index() == 0:
     family.save_likelihood_terms(workdir, terms)
@@ -124,35 +169,55 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   @functools.cache
   def generate():  # the same samples for FID and the offline metrics
     return sample_lib.generate(config, ema_params, step, eval_config.num_fid_samples, mesh, workdir)
+
   if family.make_sampler is None:
     logging.info("config.family=%r generates no images: no sample metrics.", config.family)
   elif eval_config.inception_path:
     inception_params = fid.load_inception_params(eval_config.inception_path)
     size = config.data.image_size
     stats_path = eval_config.reference_stats_path or os.path.join(
-        workdir, f"fid_stats_{config.data.dataset.replace('/', '_')}_{size}.npz")
+      workdir, f"fid_stats_{config.data.dataset.replace('/', '_')}_{size}.npz"
+    )
     reference = reference_statistics(config, inception_params, stats_path)
     images, labels = generate()
-    generated = inception_statistics(inception_params, pixels.from_uint8(images),
-                                     config.sampling.batch_size)
-    results["fid"] = fid.frechet_distance(generated["mu"], generated["sigma"], reference["mu"], reference["sigma"])
-    results["inception_score"], results["inception_score_std"] = fid.inception_score(generated["logits"])
+    generated = inception_statistics(
+      inception_params, pixels.from_uint8(images), config.sampling.batch_size
+    )
+    results["fid"] = fid.frechet_distance(
+      generated["mu"], generated["sigma"], reference["mu"], reference["sigma"]
+    )
+    results["inception_score"], results["inception_score_std"] = fid.inception_score(
+      generated["logits"]
+    )
   else:
     logging.warning("config.eval.inception_path is not set: skipping FID and Inception Score.")
-  net_path = eval_config.feature_net_path or feature_net.default_path(config.data.dataset, config.data.image_size)
+  net_path = eval_config.feature_net_path or feature_net.default_path(
+    config.data.dataset, config.data.image_size
+  )
   if net_path and eval_config.num_fid_samples and family.make_sampler is not None:
     images, labels = generate()
-    conditional = bool(config.model.get("num_classes")) or bool(config.sampling.classifier_workdir and
-                                                          config.sampling.classifier_scale)
+    conditional = bool(config.model.get("num_classes")) or bool(
+      config.sampling.classifier_workdir and config.sampling.classifier_scale
+    )
     train_images, _ = input_pipeline.load_split(config.data, "train")
     test_images, _ = input_pipeline.load_split(config.data, config.data.eval_split)
-    results.update(offline_metrics.evaluate_samples(feature_net.load(net_path)[0], images,
-                                                    labels if conditional else None, train_images, test_images))
+    results.update(
+      offline_metrics.evaluate_samples(
+        feature_net.load(net_path)[0],
+        images,
+        labels if conditional else None,
+        train_images,
+        test_images,
+      )
+    )
   if eval_config.bpd_num_batches:
     results["bpd"] = held_out_bits_per_dim(config, ema_params, mesh, workdir)
   if jax.process_index() == 0:
-    (epath.Path(workdir) / f"eval_{step}.json").write_text(json.dumps({"step": step, **results}, indent=2))
+    (epath.Path(workdir) / f"eval_{step}.json").write_text(
+      json.dumps({"step": step, **results}, indent=2)
+    )
     from tensorboardX import SummaryWriter
+
     with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
       for k, v in results.items():
         writer.add_scalar(f"eval/{k}", v, step)

@@ -1,13 +1,15 @@
-"""A small CNN classifier of an offline dataset: the feature network of the offline sample-quality metrics
-(`offline_metrics.py`), where pretrained Inception weights cannot be fetched.
+r"""A small CNN classifier of an offline dataset: the feature network of the offline sample-quality
+metrics (`offline_metrics.py`), where pretrained Inception weights cannot be fetched.
 
-  python -m ddpm_jax.evaluation.feature_net --dataset=digits --image_size=8 --out=runs/digits_feature_net.npz
+  python -m ddpm_jax.evaluation.feature_net --dataset=digits --image_size=8 \
+      --out=runs/digits_feature_net.npz
 
-The weights for scikit-learn's digits at 8×8 ship with the package (`assets/digits_8_feature_net.npz`, 61 k
-parameters, 240 kB), trained by the command above with its defaults; their test accuracy is stored with them and
-printed by the command. `--mode=eval` finds them by dataset and size (`default_path`), or takes
-`config.eval.feature_net_path`.
+The weights for scikit-learn's digits at 8×8 ship with the package
+(`assets/digits_8_feature_net.npz`, 61 k parameters, 240 kB), trained by the command above with its
+defaults; their test accuracy is stored with them and printed by the command. `--mode=eval` finds
+them by dataset and size (`default_path`), or takes `config.eval.feature_net_path`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import files, input_pipeline
-from ddpm_jax import pixels
+from ddpm_jax import files, input_pipeline, pixels
 
 Array = jax.Array
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
@@ -34,6 +35,7 @@ ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 class FeatureNet(nn.Module):
   """conv32 → conv64 → avg-pool 2 → conv64 → global mean → dense `features` (ReLU) → dense logits.
   images [B, H, W, C] in [-1, 1] -> (features [B, F], logits [B, K])."""
+
   num_classes: int = 10
   features: int = 64
 
@@ -52,13 +54,21 @@ def _split_arrays(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
   return pixels.from_uint8(images), labels
 
 
-def train(data_config, num_classes: int = 10, steps: int = 2000, batch_size: int = 128, seed: int = 0,
-          features: int = 64) -> tuple[dict, float]:
+def train(
+  data_config,
+  num_classes: int = 10,
+  steps: int = 2000,
+  batch_size: int = 128,
+  seed: int = 0,
+  features: int = 64,
+) -> tuple[dict, float]:
   """Adam on the train split with random ±1-pixel shifts -> (params, test accuracy)."""
   images, labels = _split_arrays(data_config, "train")
   if images.shape[1] != data_config.image_size:
-    raise ValueError(f"{data_config.dataset} images are {images.shape[1]}×{images.shape[2]}, not "
-                     f"image_size={data_config.image_size}: the feature network sees the data as stored.")
+    raise ValueError(
+      f"{data_config.dataset} images are {images.shape[1]}×{images.shape[2]}, not "
+      f"image_size={data_config.image_size}: the feature network sees the data as stored."
+    )
   net = FeatureNet(num_classes, features)
   params = net.init(jax.random.key(seed), images[:1])
   optimizer = optax.adam(1e-3)
@@ -71,7 +81,8 @@ def train(data_config, num_classes: int = 10, steps: int = 2000, batch_size: int
     shift = jax.random.randint(shift_rng, (2,), -1, 2)
     x = jnp.roll(jnp.asarray(images)[index], shift, axis=(1, 2))
     loss_fn = lambda p: optax.losses.softmax_cross_entropy_with_integer_labels(
-        net.apply(p, x)[1], jnp.asarray(labels)[index]).mean()
+      net.apply(p, x)[1], jnp.asarray(labels)[index]
+    ).mean()
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = optimizer.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -90,8 +101,14 @@ def apply(params, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray
   dense = params["params"]
   net = FeatureNet(dense["Dense_1"]["kernel"].shape[1], dense["Dense_0"]["kernel"].shape[1])
   fn = jax.jit(net.apply)
-  outs = [fn(params, jnp.asarray(images[i:i + batch_size], jnp.float32)) for i in range(0, len(images), batch_size)]
-  return (np.concatenate([np.asarray(f) for f, _ in outs]), np.concatenate([np.asarray(l) for _, l in outs]))
+  outs = [
+    fn(params, jnp.asarray(images[i : i + batch_size], jnp.float32))
+    for i in range(0, len(images), batch_size)
+  ]
+  return (
+    np.concatenate([np.asarray(f) for f, _ in outs]),
+    np.concatenate([np.asarray(logit) for _, logit in outs]),
+  )
 
 
 def save(params, path: str, **meta) -> None:
@@ -113,7 +130,9 @@ def default_path(dataset: str, image_size: int) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--dataset", default="digits")
   parser.add_argument("--image_size", type=int, default=8)
   parser.add_argument("--data_dir", default=None)
@@ -122,11 +141,19 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", required=True, help="the .npz to write (local or gs://)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   logging.set_verbosity(logging.INFO)
-  data_config = ml_collections.ConfigDict({"dataset": args.dataset, "image_size": args.image_size,
-                                           "data_dir": args.data_dir})
+  data_config = ml_collections.ConfigDict(
+    {"dataset": args.dataset, "image_size": args.image_size, "data_dir": args.data_dir}
+  )
   params, accuracy = train(data_config, args.num_classes, args.steps)
-  save(params, args.out, dataset=args.dataset, image_size=args.image_size, num_classes=args.num_classes,
-       steps=args.steps, test_accuracy=accuracy)
+  save(
+    params,
+    args.out,
+    dataset=args.dataset,
+    image_size=args.image_size,
+    num_classes=args.num_classes,
+    steps=args.steps,
+    test_accuracy=accuracy,
+  )
   print(f"Test accuracy {accuracy:.4f}; wrote {args.out}.")
 
 

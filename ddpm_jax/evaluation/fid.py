@@ -1,19 +1,21 @@
 """FID and Inception Score with a Flax port of the FID Inception-v3.
 
-The network is the one pytorch-fid and the TensorFlow FID code use (Inception-v3 of 2015-12-05 with the
-FID-specific pooling of its Mixed blocks, 1008 logits), with parameter names that mirror pytorch-fid's state
-dict, so that its published weight file `pt_inception-2015-12-05-6726825d.pth` converts 1:1:
+The network is the one pytorch-fid and the TensorFlow FID code use (Inception-v3 of 2015-12-05 with
+the FID-specific pooling of its Mixed blocks, 1008 logits), with parameter names that mirror
+pytorch-fid's state dict, so that its published weight file `pt_inception-2015-12-05-6726825d.pth`
+converts 1:1:
 
   params = fid.load_inception_params("pt_inception-2015-12-05-6726825d.pth")   # or a converted .npz
   pool, logits = fid.inception_features(params, images)    # images NHWC in [-1, 1], any size
   fid.frechet_distance(mu1, sigma1, mu2, sigma2); fid.inception_score(logits)
 
-Nothing is downloaded: the weight file comes from a path the user has (local or a bucket, through etils.epath). Reading a .pth needs PyTorch (the
-`bench` or `test` extra); `python -m ddpm_jax.evaluation.fid --convert IN.pth OUT.npz` converts it once.
+Nothing is downloaded: the weight file comes from a path the user has (local or a bucket, through
+etils.epath). Reading a .pth needs PyTorch (the `bench` or `test` extra); `python -m
+ddpm_jax.evaluation.fid --convert IN.pth OUT.npz` converts it once.
 """
+
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
@@ -30,6 +32,7 @@ BN_EPS = 1e-3  # torchvision's BasicConv2d
 
 class BasicConv(nn.Module):
   """conv (no bias) -> BatchNorm (inference statistics) -> ReLU, as torchvision's BasicConv2d."""
+
   features: int
   kernel: Sequence[int]
   stride: int = 1
@@ -38,15 +41,29 @@ class BasicConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     pad = tuple((p, p) for p in self.padding)
-    x = nn.Conv(self.features, tuple(self.kernel), (self.stride, self.stride), pad, use_bias=False, name="conv")(x)
-    bn = {k: self.param(k, nn.initializers.zeros if k in ("bias", "mean") else nn.initializers.ones,
-                        (self.features,)) for k in ("scale", "bias", "mean", "var")}
+    x = nn.Conv(
+      self.features,
+      tuple(self.kernel),
+      (self.stride, self.stride),
+      pad,
+      use_bias=False,
+      name="conv",
+    )(x)
+    bn = {
+      k: self.param(
+        k,
+        nn.initializers.zeros if k in ("bias", "mean") else nn.initializers.ones,
+        (self.features,),
+      )
+      for k in ("scale", "bias", "mean", "var")
+    }
     x = (x - bn["mean"]) * (bn["scale"] * jax.lax.rsqrt(bn["var"] + BN_EPS)) + bn["bias"]
     return nn.relu(x)
 
 
 def _avg_pool_exclude_padding(x: Array) -> Array:
-  """3×3 stride-1 average pooling with padding 1 that averages only real pixels (count_include_pad=False)."""
+  """3×3 stride-1 average pooling with padding 1 that averages only real pixels
+  (count_include_pad=False)."""
   window = lambda a: jax.lax.reduce_window(a, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
   return window(x) / window(jnp.ones(x.shape[:3] + (1,), x.dtype))
 
@@ -61,7 +78,9 @@ class InceptionA(nn.Module):
   @nn.compact
   def __call__(self, x):
     b1 = BasicConv(64, (1, 1), name="branch1x1")(x)
-    b5 = BasicConv(64, (5, 5), padding=(2, 2), name="branch5x5_2")(BasicConv(48, (1, 1), name="branch5x5_1")(x))
+    b5 = BasicConv(64, (5, 5), padding=(2, 2), name="branch5x5_2")(
+      BasicConv(48, (1, 1), name="branch5x5_1")(x)
+    )
     b3 = BasicConv(64, (1, 1), name="branch3x3dbl_1")(x)
     b3 = BasicConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(b3)
     b3 = BasicConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_3")(b3)
@@ -101,7 +120,9 @@ class InceptionC(nn.Module):
 class InceptionD(nn.Module):
   @nn.compact
   def __call__(self, x):
-    b3 = BasicConv(320, (3, 3), stride=2, name="branch3x3_2")(BasicConv(192, (1, 1), name="branch3x3_1")(x))
+    b3 = BasicConv(320, (3, 3), stride=2, name="branch3x3_2")(
+      BasicConv(192, (1, 1), name="branch3x3_1")(x)
+    )
     b7 = BasicConv(192, (1, 1), name="branch7x7x3_1")(x)
     b7 = BasicConv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
     b7 = BasicConv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
@@ -110,19 +131,31 @@ class InceptionD(nn.Module):
 
 
 class InceptionE(nn.Module):
-  """FID's Mixed_7b pools by averaging without padding; Mixed_7c by max pooling (`max_pool=True`)."""
+  """FID's Mixed_7b pools by averaging without padding; Mixed_7c by max pooling
+  (`max_pool=True`)."""
+
   max_pool: bool = False
 
   @nn.compact
   def __call__(self, x):
     b1 = BasicConv(320, (1, 1), name="branch1x1")(x)
     b3 = BasicConv(384, (1, 1), name="branch3x3_1")(x)
-    b3 = jnp.concatenate([BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
-                          BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3)], axis=-1)
+    b3 = jnp.concatenate(
+      [
+        BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
+        BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3),
+      ],
+      axis=-1,
+    )
     bd = BasicConv(448, (1, 1), name="branch3x3dbl_1")(x)
     bd = BasicConv(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
-                          BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)], axis=-1)
+    bd = jnp.concatenate(
+      [
+        BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
+        BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd),
+      ],
+      axis=-1,
+    )
     pooled = _max_pool(x, 1, "SAME") if self.max_pool else _avg_pool_exclude_padding(x)
     bp = BasicConv(192, (1, 1), name="branch_pool")(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
@@ -155,26 +188,29 @@ class FIDInceptionV3(nn.Module):
 
 def resize_bilinear(images: Array, size: int = 299) -> Array:
   """Bilinear resize with half-pixel centres and no anti-aliasing: PyTorch's
-  `F.interpolate(mode="bilinear", align_corners=False)`, which pytorch-fid applies before the network."""
+  `F.interpolate(mode="bilinear", align_corners=False)`, which pytorch-fid applies before the
+  network."""
   b, _, _, c = images.shape
   return jax.image.resize(images, (b, size, size, c), method="bilinear", antialias=False)
 
 
 @jax.jit
 def inception_features(params, images: Array) -> tuple[Array, Array]:
-  """images NHWC in [-1, 1], any size (grey images are repeated to RGB) -> (pool3 [B, 2048], logits [B, 1008])."""
+  """images NHWC in [-1, 1], any size (grey images are repeated to RGB) -> (pool3 [B, 2048], logits
+  [B, 1008])."""
   images = jnp.asarray(images, jnp.float32)
   if images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)
   return FIDInceptionV3().apply(params, resize_bilinear(images))
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Weights: pytorch-fid's state dict -> Flax parameters.
 
 
 def convert_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
-  """pytorch-fid state dict (numpy arrays) -> {"params": …} of `FIDInceptionV3`; every entry must be used."""
+  """pytorch-fid state dict (numpy arrays) -> {"params": …} of `FIDInceptionV3`; every entry must be
+  used."""
   params: dict = {}
   bn_names = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
   for key, value in state_dict.items():
@@ -182,7 +218,9 @@ def convert_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
       continue
     parts = key.split(".")
     value = np.asarray(value, np.float32)
-    if len(parts) == 2 and parts[0] == "fc" and parts[1] in ("weight", "bias"):  # Linear [out, in] -> [in, out]
+    if (
+      len(parts) == 2 and parts[0] == "fc" and parts[1] in ("weight", "bias")
+    ):  # Linear [out, in] -> [in, out]
       path, leaf = ["fc"], {"weight": "kernel", "bias": "bias"}[parts[1]]
       value = value.T if parts[1] == "weight" else value
     elif len(parts) >= 3 and parts[-2:] == ["conv", "weight"]:  # OIHW -> HWIO
@@ -195,39 +233,46 @@ def convert_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
     for part in path:
       node = node.setdefault(part, {})
     node[leaf] = value
-  expected = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))["params"]
+  expected = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))[
+    "params"
+  ]
   got = jax.tree_util.tree_map(np.shape, params)
   want = jax.tree_util.tree_map(lambda a: a.shape, expected)
   if got != want:
-    raise ValueError("The state dict does not have the FID Inception-v3's parameters (pytorch-fid's "
-                     "pt_inception-2015-12-05 file is expected).")
+    raise ValueError(
+      "The state dict does not have the FID Inception-v3's parameters (pytorch-fid's "
+      "pt_inception-2015-12-05 file is expected)."
+    )
   return {"params": jax.tree_util.tree_map(jnp.asarray, params)}
 
 
 def load_inception_params(path: str) -> dict:
-  """Parameters from pytorch-fid's `pt_inception-2015-12-05-*.pth` (needs PyTorch) or a converted `.npz`, at a
-  local or bucket path (gs://…, read through etils.epath)."""
+  """Parameters from pytorch-fid's `pt_inception-2015-12-05-*.pth` (needs PyTorch) or a converted
+  `.npz`, at a local or bucket path (gs://…, read through etils.epath)."""
   with epath.Path(path).open("rb") as f:
     if path.endswith(".npz"):
       with np.load(f) as data:
         return convert_state_dict(dict(data))
     import torch  # only to read the .pth container
+
     state_dict = torch.load(f, map_location="cpu", weights_only=True)
   return convert_state_dict({k: v.numpy() for k, v in state_dict.items()})
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Statistics.
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """-> (mean [D], covariance [D, D]) in float64, the covariance with the unbiased 1/(N-1) as pytorch-fid."""
+  """-> (mean [D], covariance [D, D]) in float64, the covariance with the unbiased 1/(N-1) as
+  pytorch-fid."""
   features = np.asarray(features, np.float64)
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-  """Symmetric square root of a positive semi-definite matrix (round-off negative eigenvalues clipped)."""
+  """Symmetric square root of a positive semi-definite matrix (round-off negative eigenvalues
+  clipped)."""
   eigenvalues, eigenvectors = np.linalg.eigh(sigma)
   return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
 
@@ -235,14 +280,19 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """‖μ1 - μ2‖² + Tr(Σ1) + Tr(Σ2) - 2 Tr((Σ1 Σ2)^½) in float64 (Heusel et al. 2017, eq. 6).
 
-  Tr((Σ1 Σ2)^½) = Σ_i √λ_i of the symmetric PSD matrix Σ1^½ Σ2 Σ1^½, which has the eigenvalues of Σ1Σ2: two
-  symmetric eigendecompositions, stable for singular covariances (fewer samples than 2048 dimensions) and
-  several times faster than `scipy.linalg.sqrtm` of the non-symmetric product.
+  Tr((Σ1 Σ2)^½) = Σ_i √λ_i of the symmetric PSD matrix Σ1^½ Σ2 Σ1^½, which has the eigenvalues of
+  Σ1Σ2: two symmetric eigendecompositions, stable for singular covariances (fewer samples than 2048
+  dimensions) and several times faster than `scipy.linalg.sqrtm` of the non-symmetric product.
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-  sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+  sigma1, sigma2 = (
+    np.atleast_2d(np.asarray(sigma1, np.float64)),
+    np.atleast_2d(np.asarray(sigma2, np.float64)),
+  )
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-    raise ValueError(f"Mismatched statistics: {mu1.shape} vs {mu2.shape}, {sigma1.shape} vs {sigma2.shape}.")
+    raise ValueError(
+      f"Mismatched statistics: {mu1.shape} vs {mu2.shape}, {sigma1.shape} vs {sigma2.shape}."
+    )
   root1 = _psd_sqrt(sigma1)
   trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ sigma2 @ root1), 0.0, None)))
   diff = mu1 - mu2
@@ -250,8 +300,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def inception_score(logits, num_splits: int = 10) -> tuple[float, float]:
-  """exp(E_x KL(p(y|x) ‖ p(y))) over `num_splits` splits -> (mean, std) (Salimans et al. 2016), with the
-  softmax over all 1008 logits as the original Inception Score code."""
+  """exp(E_x KL(p(y|x) ‖ p(y))) over `num_splits` splits -> (mean, std) (Salimans et al. 2016), with
+  the softmax over all 1008 logits as the original Inception Score code."""
   logits = np.asarray(logits, np.float64)
   num_splits = min(num_splits, len(logits))  # no empty splits for small sample counts
   log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
@@ -265,11 +315,18 @@ def inception_score(logits, num_splits: int = 10) -> tuple[float, float]:
 
 def main(argv: list[str]) -> None:
   if len(argv) != 4 or argv[1] != "--convert":
-    raise SystemExit("usage: python -m ddpm_jax.evaluation.fid --convert pt_inception-2015-12-05-6726825d.pth out.npz")
+    raise SystemExit(
+      "usage: python -m ddpm_jax.evaluation.fid --convert pt_inception-2015-12-05-6726825d.pth "
+      "out.npz"
+    )
   import torch
+
   state_dict = torch.load(argv[2], map_location="cpu", weights_only=True)
   convert_state_dict({k: v.numpy() for k, v in state_dict.items()})  # validates
-  np.savez(argv[3], **{k: v.numpy() for k, v in state_dict.items() if not k.endswith("num_batches_tracked")})
+  np.savez(
+    argv[3],
+    **{k: v.numpy() for k, v in state_dict.items() if not k.endswith("num_batches_tracked")},
+  )
   print(f"Wrote {argv[3]}.")
 
 

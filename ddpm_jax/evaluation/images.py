@@ -1,4 +1,5 @@
 """Image grids of samples, as uint8 arrays and PNG files."""
+
 from __future__ import annotations
 
 import io
@@ -12,7 +13,8 @@ from ddpm_jax.pixels import to_uint8
 
 
 def grid_uint8(images: np.ndarray, padding: int = 1, min_size: int = 32) -> np.ndarray:
-  """[N, H, W, C] in [-1, 1] -> one [rows·(H+p)+p, cols·(W+p)+p, 3] uint8 image, as square as possible.
+  """[N, H, W, C] in [-1, 1] -> one [rows·(H+p)+p, cols·(W+p)+p, 3] uint8 image, as square as
+  possible.
 
   Images smaller than `min_size` are enlarged by pixel repetition so that they can be seen.
   """
@@ -28,7 +30,7 @@ def grid_uint8(images: np.ndarray, padding: int = 1, min_size: int = 32) -> np.n
   for i, image in enumerate(images):
     r, col = divmod(i, cols)
     top, left = padding + r * (h + padding), padding + col * (w + padding)
-    grid[top:top + h, left:left + w] = image
+    grid[top : top + h, left : left + w] = image
   return grid
 
 

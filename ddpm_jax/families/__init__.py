@@ -1,5 +1,7 @@
 """Model families, chosen once by `config.family`: each is one module with `validate(config)` and
-`build(config) -> Family` (base.py has the interface). Adding one is a module and a line in FAMILIES."""
+`build(config) -> Family` (base.py has the interface). Adding one is a module and a line in
+FAMILIES."""
+
 from __future__ import annotations
 
 import importlib
@@ -11,11 +13,11 @@ from ddpm_jax.families.base import Family, StepKeys, step_keys
 
 # config.family -> its module under ddpm_jax/families/.
 FAMILIES = {
-    "gaussian": "gaussian",      # DDPM, Improved DDPM, ADM
-    "classifier": "classifier",  # ADM's noisy classifier, for classifier guidance
-    "score_sde": "score_sde",    # VP / subVP / VE score SDEs, NCSN++
-    "vdm": "vdm",                # Variational Diffusion Models
-    "ardm": "ardm",              # order-agnostic Autoregressive Diffusion Models
+  "gaussian": "gaussian",  # DDPM, Improved DDPM, ADM
+  "classifier": "classifier",  # ADM's noisy classifier, for classifier guidance
+  "score_sde": "score_sde",  # VP / subVP / VE score SDEs, NCSN++
+  "vdm": "vdm",  # Variational Diffusion Models
+  "ardm": "ardm",  # order-agnostic Autoregressive Diffusion Models
 }
 
 

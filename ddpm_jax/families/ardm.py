@@ -1,7 +1,8 @@
-"""Order-agnostic Autoregressive Diffusion Models (Hoogeboom et al. 2021) on the 8-bit (or binarised) pixel
-values: the U-Net sees the known values and their mask and predicts K logits per unknown sub-pixel; trained
-on the unbiased one-step estimate of -log p(x), sampled in a random order in D or fewer parallel steps,
-evaluated by the exact -log p(x | σ) along one random order."""
+"""Order-agnostic Autoregressive Diffusion Models (Hoogeboom et al. 2021) on the 8-bit (or
+binarised) pixel values: the U-Net sees the known values and their mask and predicts K logits per
+unknown sub-pixel; trained on the unbiased one-step estimate of -log p(x), sampled in a random order
+in D or fewer parallel steps, evaluated by the exact -log p(x | σ) along one random order."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,11 @@ from ddpm_jax.families import base
 
 
 def values(num_classes: int, images: jax.Array) -> jax.Array:
-  """Images in [-1, 1] -> ARDM's integers in {0, …, K-1} (K = 256: the 8-bit values; K = 2: binarised)."""
-  return jnp.clip(jnp.round((images + 1.0) * 0.5 * (num_classes - 1)), 0, num_classes - 1).astype(jnp.int32)
+  """Images in [-1, 1] -> ARDM's integers in {0, …, K-1} (K = 256: the 8-bit values; K = 2:
+  binarised)."""
+  return jnp.clip(jnp.round((images + 1.0) * 0.5 * (num_classes - 1)), 0, num_classes - 1).astype(
+    jnp.int32
+  )
 
 
 def images(num_classes: int, values_: jax.Array) -> jax.Array:
@@ -34,7 +38,8 @@ def loss_components_path(workdir: str) -> str:
 
 def decoding_plan(config: ml_collections.ConfigDict, workdir: str | None) -> np.ndarray | None:
   """For sampling.num_steps = S below D: the step boundaries by dynamic programming over the loss
-  components that --mode=eval saved in workdir (or, without them, S steps of equal size). None: D steps."""
+  components that --mode=eval saved in workdir (or, without them, S steps of equal size). None: D
+  steps."""
   num_dims = config.data.image_size**2 * config.data.num_channels
   budget = config.sampling.num_steps or num_dims
   if budget >= num_dims:
@@ -42,8 +47,11 @@ def decoding_plan(config: ml_collections.ConfigDict, workdir: str | None) -> np.
   path = loss_components_path(workdir) if workdir else None
   if path and epath.Path(path).exists():
     return ardm.parallel_decoding_plan(files.load_npz(path)["loss_components"], budget)
-  logging.warning("No ARDM loss components at %s (run --mode=eval first): decoding in %d equal steps.", path,
-                  budget)
+  logging.warning(
+    "No ARDM loss components at %s (run --mode=eval first): decoding in %d equal steps.",
+    path,
+    budget,
+  )
   return np.linspace(0, num_dims, budget + 1).round().astype(np.int32)
 
 
@@ -51,8 +59,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   num_classes, problems = config.ardm.num_classes, []
   if not 2 <= num_classes <= 256:
     problems.append(f"ardm.num_classes={num_classes} must be in [2, 256] (values of 8-bit images).")
-  problems += base.unet_problems(config, config.data.num_channels * num_classes,
-                                 f"{config.data.num_channels} data channels with ardm.num_classes={num_classes}")
+  problems += base.unet_problems(
+    config,
+    config.data.num_channels * num_classes,
+    f"{config.data.num_channels} data channels with ardm.num_classes={num_classes}",
+  )
   return problems + base.no_guidance_problems(config)
 
 
@@ -61,28 +72,44 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   model = models.get_model(config.model)
 
   def logits_fn(params, **apply_kwargs) -> ardm.LogitsFn:
-    """The U-Net as ARDM's network: input [the known values in [-1, 1] (0 where unknown), the known mask]
-    (2·C channels), conditioned on t, the number known; output C·K channels -> logits [B, H, W, C, K]."""
+    """The U-Net as ARDM's network: input [the known values in [-1, 1] (0 where unknown), the known
+    mask] (2·C channels), conditioned on t, the number known; output C·K channels -> logits [B, H,
+    W, C, K]."""
+
     def logits(x, known, t):
-      inputs = jnp.concatenate([jnp.where(known, images(num_classes, x), 0.0), known.astype(jnp.float32)],
-                               axis=-1)
+      inputs = jnp.concatenate(
+        [jnp.where(known, images(num_classes, x), 0.0), known.astype(jnp.float32)], axis=-1
+      )
       return model.apply(params, inputs, t, **apply_kwargs).reshape(x.shape + (num_classes,))
+
     return logits
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
     x0 = batch["image"]
     t, rank = ardm.random_step(keys.t, keys.noise, x0.shape)  # t known variables, in a random order
-    return {"t": t, "rank": rank, "weight": base.unweighted(x0.shape[0]),
-            "t_fraction": t / math.prod(x0.shape[1:])}
+    return {
+      "t": t,
+      "rank": rank,
+      "weight": base.unweighted(x0.shape[0]),
+      "t_fraction": t / math.prod(x0.shape[1:]),
+    }
 
-  def loss(params, batch, draws, dropout_rng):  # the unbiased one-step estimate of -log p(x), bits/dim
+  def loss(
+    params, batch, draws, dropout_rng
+  ):  # the unbiased one-step estimate of -log p(x), bits/dim
     x0 = batch["image"]
-    nats = ardm.loss_at(logits_fn(params, **base.apply_kwargs(dropout_rng)), values(num_classes, x0),
-                        draws["t"], draws["rank"])
+    nats = ardm.loss_at(
+      logits_fn(params, **base.apply_kwargs(dropout_rng)),
+      values(num_classes, x0),
+      draws["t"],
+      draws["rank"],
+    )
     return losses.bits_per_dim(nats, x0)
 
-  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None) -> base.SampleFn:
+  def make_sampler(
+    batch_size: int, progress: bool = False, guide=None, workdir=None
+  ) -> base.SampleFn:
     del progress, guide
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     plan = decoding_plan(config, workdir)
@@ -91,11 +118,13 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       del labels, guide_params
       sampled, _ = ardm.sample(logits_fn(params), rng, shape, plan)
       return images(num_classes, sampled)
+
     return sample
 
   def bits_per_dim(params, x0, rng):  # exact -log p(x | σ) along one random order: D network calls
-    nats, per_step = ardm.nll_along_order(logits_fn(params), values(num_classes, x0),
-                                          ardm.random_order(rng, x0.shape))
+    nats, per_step = ardm.nll_along_order(
+      logits_fn(params), values(num_classes, x0), ardm.random_order(rng, x0.shape)
+    )
     return {"bpd": losses.bits_per_dim(nats, x0), "loss_components": per_step}
 
   def save_likelihood_terms(workdir: str, terms) -> None:
@@ -104,7 +133,14 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     logging.info("Wrote the ARDM loss components (nats per step) to %s.", path)
 
   return base.Family(
-      name="ardm", model=model,
-      init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data, 2 * config.data.num_channels)),
-      draw=draw, loss=loss, make_sampler=make_sampler, bits_per_dim=bits_per_dim,
-      save_likelihood_terms=save_likelihood_terms)
+    name="ardm",
+    model=model,
+    init_params=lambda rng: model.init(
+      rng, *base.dummy_inputs(config.data, 2 * config.data.num_channels)
+    ),
+    draw=draw,
+    loss=loss,
+    make_sampler=make_sampler,
+    bits_per_dim=bits_per_dim,
+    save_likelihood_terms=save_likelihood_terms,
+  )

@@ -7,6 +7,7 @@ A family module (gaussian.py, classifier.py, score_sde.py, vdm.py, ardm.py) has 
 
 and nothing else is looked up by family name.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,13 +19,18 @@ import ml_collections
 
 Array = jax.Array
 Params = Any
-Batch = dict[str, Array]   # {"image": [B, H, W, C] in [-1, 1], "label": [B] int}
-Draws = dict[str, Any]     # per-example random draws, every leaf [B, ...]; "weight" and "t_fraction" [B]
-SampleFn = Callable[..., Array]  # (params, rng, labels [B] | None, guide_params=None) -> x [B, H, W, C]
+Batch = dict[str, Array]  # {"image": [B, H, W, C] in [-1, 1], "label": [B] int}
+Draws = dict[
+  str, Any
+]  # per-example random draws, every leaf [B, ...]; "weight" and "t_fraction" [B]
+SampleFn = Callable[
+  ..., Array
+]  # (params, rng, labels [B] | None, guide_params=None) -> x [B, H, W, C]
 
 
 class StepKeys(NamedTuple):
   """The random streams of one train step, from `step_keys`."""
+
   t: Array
   noise: Array
   dropout: Array
@@ -32,8 +38,8 @@ class StepKeys(NamedTuple):
 
 
 def step_keys(rng: Array) -> StepKeys:
-  """The step's key (already folded with the step) split into its four streams, in this fixed order so
-  that a run's draws stay the same across code versions."""
+  """The step's key (already folded with the step) split into its four streams, in this fixed order
+  so that a run's draws stay the same across code versions."""
   return StepKeys(*jax.random.split(rng, 4))
 
 
@@ -47,22 +53,26 @@ class Family:
   """One kind of model, behind the calls the train step, the sampler and the evaluation need.
 
   init_params(rng) -> params
-  draw(keys, batch, family_state) -> draws: all random draws of the loss at the global batch shape, so
+  draw(keys, batch, family_state) -> draws: all random draws of the loss at the global batch shape,
+  so
       that results do not depend on the device count or on gradient accumulation (which splits draws
-      along their first axis); "weight" [B] multiplies the per-example loss, "t_fraction" [B] in [0, 1]
-      is the draw's noise level for the per-quartile loss logs.
+      along their first axis); "weight" [B] multiplies the per-example loss, "t_fraction" [B] in [0,
+      1] is the draw's noise level for the per-quartile loss logs.
   loss(params, batch, draws, dropout_rng) -> [B]: the per-example loss; dropout_rng None evaluates
       without dropout.
-  make_sampler(batch_size, progress=False, guide=None, workdir=None) -> SampleFn, not jitted; None: the
+  make_sampler(batch_size, progress=False, guide=None, workdir=None) -> SampleFn, not jitted; None:
+  the
       family does not generate images.
   bits_per_dim(params, x0, rng) -> {"bpd": [B], …}: the family's likelihood (bound) of 8-bit data in
       bits/dim and any per-example terms it keeps; None: none.
-  save_likelihood_terms(workdir, terms): stores what bits_per_dim returned besides "bpd" (concatenated
+  save_likelihood_terms(workdir, terms): stores what bits_per_dim returned besides "bpd"
+  (concatenated
       over the batches), for the family's sampler.
   init_state() / update_state(family_state, draws, per_example_loss): what the family carries across
       steps besides the parameters (the loss history of importance-sampled t), None where nothing.
   clip_mask(params) -> bools: which gradients the clipping norm sees; None: all.
   """
+
   name: str
   model: Any
   init_params: Callable[[Array], Params]
@@ -72,12 +82,15 @@ class Family:
   bits_per_dim: Callable[[Params, Array, Array], dict[str, Array]] | None = None
   save_likelihood_terms: Callable[[str, dict[str, Any]], None] | None = None
   init_state: Callable[[], Any] = lambda: None
-  update_state: Callable[[Any, Draws, Array], Any] = lambda family_state, draws, per_example: family_state
+  update_state: Callable[[Any, Draws, Array], Any] = lambda family_state, draws, per_example: (
+    family_state
+  )
   clip_mask: Callable[[Params], Any] | None = None
 
 
 def apply_kwargs(dropout_rng: Array | None) -> dict[str, Any]:
-  """model.apply's keywords: training with dropout from `dropout_rng`, or deterministic when None."""
+  """model.apply's keywords: training with dropout from `dropout_rng`, or deterministic when
+  None."""
   if dropout_rng is None:
     return {"train": False}
   return {"train": True, "rngs": {"dropout": dropout_rng}}
@@ -86,13 +99,17 @@ def apply_kwargs(dropout_rng: Array | None) -> dict[str, Any]:
 def dummy_inputs(data_config: ml_collections.ConfigDict, channels: int | None = None):
   """(x [1, H, W, C], t [1]) for `model.init`; `channels` defaults to the data's."""
   size = data_config.image_size
-  return jnp.zeros((1, size, size, channels or data_config.num_channels)), jnp.zeros((1,), jnp.int32)
+  return jnp.zeros((1, size, size, channels or data_config.num_channels)), jnp.zeros(
+    (1,), jnp.int32
+  )
 
 
-def conditioning_labels(key: Array, batch: Batch, model_config: ml_collections.ConfigDict,
-                        label_dropout: float) -> Array | None:
+def conditioning_labels(
+  key: Array, batch: Batch, model_config: ml_collections.ConfigDict, label_dropout: float
+) -> Array | None:
   """The class labels a conditional model trains on: the batch's, replaced by the null label ∅ =
-  num_classes on a random `label_dropout` fraction (classifier-free guidance); None if unconditional."""
+  num_classes on a random `label_dropout` fraction (classifier-free guidance); None if
+  unconditional."""
   num_classes = model_config.get("num_classes")
   if not num_classes:
     return None
@@ -101,19 +118,26 @@ def conditioning_labels(key: Array, batch: Batch, model_config: ml_collections.C
 
 
 def unet_problems(config: ml_collections.ConfigDict, out_channels: int, why: str) -> list[str]:
-  """The checks of a family that trains the U-Net with `out_channels` outputs (`why` says what needs them)."""
+  """The checks of a family that trains the U-Net with `out_channels` outputs (`why` says what needs
+  them)."""
   problems = []
   if config.model.get("name", "unet") != "unet":
-    problems.append(f"config.family={config.family!r} trains the U-Net (model.name='unet'), not "
-                    f"model.name={config.model.name!r}.")
+    problems.append(
+      f"config.family={config.family!r} trains the U-Net (model.name='unet'), not "
+      f"model.name={config.model.name!r}."
+    )
   elif config.model.out_channels != out_channels:
-    problems.append(f"model.out_channels={config.model.out_channels} but {why} need {out_channels}.")
+    problems.append(
+      f"model.out_channels={config.model.out_channels} but {why} need {out_channels}."
+    )
   return problems
 
 
 def no_guidance_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Classifier guidance is a Gaussian-diffusion sampler's; other families refuse a classifier."""
   if config.sampling.classifier_workdir and config.sampling.classifier_scale:
-    return [f"sampling.classifier_workdir guides the 'gaussian' family's samplers, not "
-            f"config.family={config.family!r}."]
+    return [
+      f"sampling.classifier_workdir guides the 'gaussian' family's samplers, not "
+      f"config.family={config.family!r}."
+    ]
   return []

@@ -1,6 +1,7 @@
-"""ADM's noisy classifier (Dhariwal & Nichol 2021, §4): cross-entropy of p(y | x_t) at uniform t on the
-Gaussian diffusion of config.diffusion; the Gaussian family's samplers use it for classifier guidance.
-It generates no images and has no likelihood."""
+"""ADM's noisy classifier (Dhariwal & Nichol 2021, §4): cross-entropy of p(y | x_t) at uniform t on
+the Gaussian diffusion of config.diffusion; the Gaussian family's samplers use it for classifier
+guidance. It generates no images and has no likelihood."""
+
 from __future__ import annotations
 
 import jax
@@ -14,12 +15,17 @@ from ddpm_jax.families import base, gaussian
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   problems = gaussian.diffusion_problems(config.diffusion)
   if config.model.get("name") != "classifier":
-    problems.append("config.family='classifier' trains the noisy classifier: set model.name='classifier'.")
+    problems.append(
+      "config.family='classifier' trains the noisy classifier: set model.name='classifier'."
+    )
   if not config.model.get("num_classes"):
-    problems.append("config.family='classifier' needs model.num_classes > 0 (the labels it predicts).")
+    problems.append(
+      "config.family='classifier' needs model.num_classes > 0 (the labels it predicts)."
+    )
   if config.diffusion.timestep_sampler != "uniform":
-    problems.append("config.family='classifier' draws t uniformly: diffusion.timestep_sampler must be "
-                    "'uniform'.")
+    problems.append(
+      "config.family='classifier' draws t uniformly: diffusion.timestep_sampler must be 'uniform'."
+    )
   return problems
 
 
@@ -31,14 +37,24 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     del family_state
     x0 = batch["image"]
     t, weight = diffusion.sample_timesteps(keys.t, x0.shape[0], noise_process.num_timesteps)
-    return {"t": t, "weight": weight, "t_fraction": t / noise_process.num_timesteps,
-            "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype)}
+    return {
+      "t": t,
+      "weight": weight,
+      "t_fraction": t / noise_process.num_timesteps,
+      "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype),
+    }
 
   def loss(params, batch, draws, dropout_rng):
     x_t = diffusion.q_sample(noise_process, batch["image"], draws["t"], draws["eps"])
-    logits = model.apply(params, x_t, noise_process.timestep_map[draws["t"]], **base.apply_kwargs(dropout_rng))
+    logits = model.apply(
+      params, x_t, noise_process.timestep_map[draws["t"]], **base.apply_kwargs(dropout_rng)
+    )
     return optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
 
-  return base.Family(name="classifier", model=model,
-                     init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
-                     draw=draw, loss=loss)
+  return base.Family(
+    name="classifier",
+    model=model,
+    init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
+    draw=draw,
+    loss=loss,
+  )

@@ -1,10 +1,11 @@
-"""Gaussian diffusion on a discrete β schedule: DDPM, Improved DDPM, ADM (ε / x0 / v models, fixed or learned
-variance, the mse / hybrid / kl losses, importance-sampled t), sampled ancestrally, by DDIM or DPM-Solver++
-with classifier-free or classifier guidance; likelihood by the full VLB (calc_bpd_loop)."""
+"""Gaussian diffusion on a discrete β schedule: DDPM, Improved DDPM, ADM (ε / x0 / v models, fixed
+or learned variance, the mse / hybrid / kl losses, importance-sampled t), sampled ancestrally, by
+DDIM or DPM-Solver++ with classifier-free or classifier guidance; likelihood by the full VLB
+(calc_bpd_loop)."""
+
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax import diffusion, models, sampling, schedules
@@ -14,52 +15,79 @@ TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
 
 def ddpm(diffusion_model, model_fn, rng, shape, sampling_config, **kw):
-  return sampling.ddpm_sample(diffusion_model, model_fn, rng, shape, num_steps=sampling_config.num_steps, **kw)
+  return sampling.ddpm_sample(
+    diffusion_model, model_fn, rng, shape, num_steps=sampling_config.num_steps, **kw
+  )
 
 
 def ddim(diffusion_model, model_fn, rng, shape, sampling_config, **kw):
-  return sampling.ddim_sample(diffusion_model, model_fn, rng, shape, num_steps=sampling_config.num_steps or 50,
-                              eta=sampling_config.eta, **kw)
+  return sampling.ddim_sample(
+    diffusion_model,
+    model_fn,
+    rng,
+    shape,
+    num_steps=sampling_config.num_steps or 50,
+    eta=sampling_config.eta,
+    **kw,
+  )
 
 
 def dpm_solver(diffusion_model, model_fn, rng, shape, sampling_config, **kw):
-  return sampling.dpm_solver_sample(diffusion_model, model_fn, rng, shape,
-                                    num_steps=sampling_config.num_steps or 20, **kw)
+  return sampling.dpm_solver_sample(
+    diffusion_model, model_fn, rng, shape, num_steps=sampling_config.num_steps or 20, **kw
+  )
 
 
-# config.sampling.sampler -> the sampling loop; num_steps None: all T (ddpm), 50 (ddim), 20 (dpm_solver).
+# config.sampling.sampler -> the sampling loop; num_steps None: all T (ddpm), 50 (ddim), 20
+# (dpm_solver).
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver": dpm_solver}
 
 
 def make_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffusion:
   """The diffusion of `config.diffusion` (also the noise process of the noisy classifier)."""
   diffusion_config = config.diffusion
-  betas = schedules.get_beta_schedule(diffusion_config.beta_schedule, diffusion_config.num_timesteps)
-  return diffusion.GaussianDiffusion.from_betas(betas, diffusion_config.mean_type, diffusion_config.var_type,
-                                                diffusion_config.loss_type)
+  betas = schedules.get_beta_schedule(
+    diffusion_config.beta_schedule, diffusion_config.num_timesteps
+  )
+  return diffusion.GaussianDiffusion.from_betas(
+    betas, diffusion_config.mean_type, diffusion_config.var_type, diffusion_config.loss_type
+  )
 
 
 def diffusion_problems(diffusion_config: ml_collections.ConfigDict) -> list[str]:
   """Unknown choices of config.diffusion, and a loss that cannot train the variance."""
   problems = []
-  for field, choices in [("beta_schedule", tuple(schedules.SCHEDULES)), ("mean_type", diffusion.MEAN_TYPES),
-                         ("var_type", diffusion.VAR_TYPES), ("loss_type", diffusion.LOSS_TYPES),
-                         ("timestep_sampler", TIMESTEP_SAMPLERS)]:
+  for field, choices in [
+    ("beta_schedule", tuple(schedules.SCHEDULES)),
+    ("mean_type", diffusion.MEAN_TYPES),
+    ("var_type", diffusion.VAR_TYPES),
+    ("loss_type", diffusion.LOSS_TYPES),
+    ("timestep_sampler", TIMESTEP_SAMPLERS),
+  ]:
     if diffusion_config[field] not in choices:
-      problems.append(f"Unknown diffusion.{field} {diffusion_config[field]!r}; valid: {', '.join(choices)}.")
+      problems.append(
+        f"Unknown diffusion.{field} {diffusion_config[field]!r}; valid: {', '.join(choices)}."
+      )
   if not problems:
-    problems += diffusion.loss_variance_problems(diffusion_config.var_type, diffusion_config.loss_type)
+    problems += diffusion.loss_variance_problems(
+      diffusion_config.var_type, diffusion_config.loss_type
+    )
   return problems
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   problems = diffusion_problems(config.diffusion)
   if config.sampling.sampler not in SAMPLERS:
-    problems.append(f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}.")
+    problems.append(
+      f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}."
+    )
   learned = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
   channels = config.data.num_channels * (2 if learned else 1)
-  problems += base.unet_problems(config, channels, f"{config.data.num_channels} data channels with "
-                                                   f"var_type={config.diffusion.var_type!r}")
+  problems += base.unet_problems(
+    config,
+    channels,
+    f"{config.data.num_channels} data channels with var_type={config.diffusion.var_type!r}",
+  )
   return problems
 
 
@@ -72,16 +100,26 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   def draw(keys: base.StepKeys, batch: base.Batch, loss_history) -> base.Draws:
     x0 = batch["image"]
     t, weight = diffusion.sample_timesteps(keys.t, x0.shape[0], num_timesteps, loss_history)
-    return {"t": t, "weight": weight, "t_fraction": t / num_timesteps,
-            "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype),
-            "labels": base.conditioning_labels(keys.labels, batch, config.model, config.training.label_dropout)}
+    return {
+      "t": t,
+      "weight": weight,
+      "t_fraction": t / num_timesteps,
+      "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype),
+      "labels": base.conditioning_labels(
+        keys.labels, batch, config.model, config.training.label_dropout
+      ),
+    }
 
   def loss(params, batch, draws, dropout_rng):
     kwargs = base.apply_kwargs(dropout_rng)
     model_fn = lambda x_t, t: model.apply(params, x_t, t, draws["labels"], **kwargs)
-    return diffusion.training_losses(gaussian, model_fn, batch["image"], draws["t"], draws["eps"])["loss"]
+    return diffusion.training_losses(gaussian, model_fn, batch["image"], draws["t"], draws["eps"])[
+      "loss"
+    ]
 
-  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None) -> base.SampleFn:
+  def make_sampler(
+    batch_size: int, progress: bool = False, guide=None, workdir=None
+  ) -> base.SampleFn:
     del workdir
     sampling_config = config.sampling
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
@@ -91,16 +129,29 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       cond_fn = None
       if guide is not None:  # classifier guidance by a noisy classifier (ADM §4)
         log_prob_fn = lambda x_t, t: jax.nn.log_softmax(guide.apply(guide_params, x_t, t))
-        cond_fn = sampling.classifier_guidance(log_prob_fn, labels, sampling_config.classifier_scale)
-        labels = labels if model.num_classes else None  # an unconditional diffusion model ignores them
+        cond_fn = sampling.classifier_guidance(
+          log_prob_fn, labels, sampling_config.classifier_scale
+        )
+        labels = (
+          labels if model.num_classes else None
+        )  # an unconditional diffusion model ignores them
       conditional = lambda x_t, t: model.apply(params, x_t, t, labels)
       model_fn = conditional
       if labels is not None and sampling_config.guidance_scale:
         unconditional = lambda x_t, t: model.apply(params, x_t, t, None)  # the null label ∅
-        model_fn = sampling.classifier_free_guidance(conditional, unconditional, sampling_config.guidance_scale,
-                                                     config.data.num_channels)
-      return loop(gaussian, model_fn, rng, shape, sampling_config, clip_denoised=sampling_config.clip_denoised,
-                  cond_fn=cond_fn, progress=progress)
+        model_fn = sampling.classifier_free_guidance(
+          conditional, unconditional, sampling_config.guidance_scale, config.data.num_channels
+        )
+      return loop(
+        gaussian,
+        model_fn,
+        rng,
+        shape,
+        sampling_config,
+        clip_denoised=sampling_config.clip_denoised,
+        cond_fn=cond_fn,
+        progress=progress,
+      )
 
     return sample
 
@@ -114,8 +165,13 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return diffusion.update_loss_history(loss_history, draws["t"], per_example)
 
   return base.Family(
-      name="gaussian", model=model,
-      init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
-      draw=draw, loss=loss, make_sampler=make_sampler, bits_per_dim=bits_per_dim,
-      init_state=lambda: diffusion.init_loss_history(num_timesteps) if loss_aware else None,
-      update_state=update_state)
+    name="gaussian",
+    model=model,
+    init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
+    draw=draw,
+    loss=loss,
+    make_sampler=make_sampler,
+    bits_per_dim=bits_per_dim,
+    init_state=lambda: diffusion.init_loss_history(num_timesteps) if loss_aware else None,
+    update_state=update_state,
+  )

@@ -1,5 +1,7 @@
-"""Score SDEs (Song et al. 2021): VP, subVP and VE SDEs trained by continuous-time denoising score matching
-with an ε-predicting U-Net, sampled by predictor-corrector; likelihood by the probability-flow ODE."""
+"""Score SDEs (Song et al. 2021): VP, subVP and VE SDEs trained by continuous-time denoising score
+matching with an ε-predicting U-Net, sampled by predictor-corrector; likelihood by the
+probability-flow ODE."""
+
 from __future__ import annotations
 
 import jax
@@ -25,18 +27,27 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   if sde_config.type not in SDE_TYPES:
     problems.append(f"Unknown sde.type {sde_config.type!r}; valid: {', '.join(SDE_TYPES)}.")
   if sde_config.conditioning not in sde.NOISE_CONDITIONINGS:
-    problems.append(f"Unknown sde.conditioning {sde_config.conditioning!r}; valid: "
-                    f"{', '.join(sde.NOISE_CONDITIONINGS)}.")
+    problems.append(
+      f"Unknown sde.conditioning {sde_config.conditioning!r}; valid: "
+      f"{', '.join(sde.NOISE_CONDITIONINGS)}."
+    )
   if sde_config.type in ("vp", "subvp") and sde_config.num_scales <= sde_config.beta_max:
-    problems.append(f"sde.num_scales={sde_config.num_scales} must exceed sde.beta_max={sde_config.beta_max}: "
-                    "the discrete βs β(t)/N must stay below 1.")
+    problems.append(
+      f"sde.num_scales={sde_config.num_scales} must exceed sde.beta_max={sde_config.beta_max}: "
+      "the discrete βs β(t)/N must stay below 1."
+    )
   if config.model.get("num_classes"):
-    problems.append("config.family='score_sde' trains an unconditional ε-model: model.num_classes must be 0.")
+    problems.append(
+      "config.family='score_sde' trains an unconditional ε-model: model.num_classes must be 0."
+    )
   if sde_config.conditioning == "sigma" and config.model.embedding_type != "fourier":
-    problems.append("sde.conditioning='sigma' feeds the network log σ ∈ [log σ_min, log σ_max], a range the "
-                    "sinusoidal embedding barely resolves: set model.embedding_type='fourier' (NCSN++).")
-  problems += base.unet_problems(config, config.data.num_channels,
-                                 f"{config.data.num_channels} data channels predicted as ε")
+    problems.append(
+      "sde.conditioning='sigma' feeds the network log σ ∈ [log σ_min, log σ_max], a range the "
+      "sinusoidal embedding barely resolves: set model.embedding_type='fourier' (NCSN++)."
+    )
+  problems += base.unet_problems(
+    config, config.data.num_channels, f"{config.data.num_channels} data channels predicted as ε"
+  )
   return problems + base.no_guidance_problems(config)
 
 
@@ -49,31 +60,52 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     del family_state
     x0 = batch["image"]
     t = jax.random.uniform(keys.t, (x0.shape[0],), minval=config.sde.eps, maxval=score_sde.T)
-    return {"t": t, "weight": base.unweighted(x0.shape[0]), "t_fraction": t / score_sde.T,
-            "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype)}
+    return {
+      "t": t,
+      "weight": base.unweighted(x0.shape[0]),
+      "t_fraction": t / score_sde.T,
+      "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype),
+    }
 
   def score_fn(params, **apply_kwargs):
-    return sde.model_score_fn(score_sde, lambda x_t, t: model.apply(params, x_t, t, **apply_kwargs),
-                              conditioning)
+    return sde.model_score_fn(
+      score_sde, lambda x_t, t: model.apply(params, x_t, t, **apply_kwargs), conditioning
+    )
 
   def loss(params, batch, draws, dropout_rng):
-    return sde.dsm_loss(score_sde, score_fn(params, **base.apply_kwargs(dropout_rng)), batch["image"],
-                        draws["t"], draws["eps"], config.sde.likelihood_weighting)
+    return sde.dsm_loss(
+      score_sde,
+      score_fn(params, **base.apply_kwargs(dropout_rng)),
+      batch["image"],
+      draws["t"],
+      draws["eps"],
+      config.sde.likelihood_weighting,
+    )
 
-  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None) -> base.SampleFn:
+  def make_sampler(
+    batch_size: int, progress: bool = False, guide=None, workdir=None
+  ) -> base.SampleFn:
     del progress, guide, workdir
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
 
     def sample(params, rng, labels, guide_params=None):
       del labels, guide_params
       return sde.pc_sample(score_sde, score_fn(params), rng, shape, snr=config.sampling.snr)
+
     return sample
 
   def bits_per_dim(params, x0, rng):
-    # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace estimate).
+    # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace
+    # estimate).
     images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
     return {"bpd": sde.bits_per_dim(score_sde, score_fn(params), images, rng)}
 
-  return base.Family(name="score_sde", model=model,
-                     init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
-                     draw=draw, loss=loss, make_sampler=make_sampler, bits_per_dim=bits_per_dim)
+  return base.Family(
+    name="score_sde",
+    model=model,
+    init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
+    draw=draw,
+    loss=loss,
+    make_sampler=make_sampler,
+    bits_per_dim=bits_per_dim,
+  )

@@ -1,5 +1,6 @@
-"""Variational Diffusion Models (Kingma et al. 2021): a U-Net ε̂(z_t; γ_t) and a fixed or learned noise
-schedule γ trained jointly on the VLB in bits/dim, sampled ancestrally on equal steps of t."""
+"""Variational Diffusion Models (Kingma et al. 2021): a U-Net ε̂(z_t; γ_t) and a fixed or learned
+noise schedule γ trained jointly on the VLB in bits/dim, sampled ancestrally on equal steps of t."""
+
 from __future__ import annotations
 
 import jax
@@ -12,12 +13,19 @@ from ddpm_jax.families import base
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   vdm_config, problems = config.vdm, []
   if vdm_config.noise_schedule not in vdm.SCHEDULES:
-    problems.append(f"Unknown vdm.noise_schedule {vdm_config.noise_schedule!r}; valid: "
-                    f"{', '.join(vdm.SCHEDULES)}.")
+    problems.append(
+      f"Unknown vdm.noise_schedule {vdm_config.noise_schedule!r}; valid: "
+      f"{', '.join(vdm.SCHEDULES)}."
+    )
   if not vdm_config.gamma_min < vdm_config.gamma_max:
-    problems.append(f"vdm.gamma_min={vdm_config.gamma_min} must be below vdm.gamma_max={vdm_config.gamma_max}.")
-  problems += base.unet_problems(config, config.data.num_channels,
-                                 f"config.family='vdm' (ε-prediction) with {config.data.num_channels} channels")
+    problems.append(
+      f"vdm.gamma_min={vdm_config.gamma_min} must be below vdm.gamma_max={vdm_config.gamma_max}."
+    )
+  problems += base.unet_problems(
+    config,
+    config.data.num_channels,
+    f"config.family='vdm' (ε-prediction) with {config.data.num_channels} channels",
+  )
   return problems + base.no_guidance_problems(config)
 
 
@@ -26,54 +34,107 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   model = models.get_model(config.model)
 
   def eps_fn(unet_params, labels=None, **apply_kwargs) -> vdm.EpsFn:
-    """The U-Net as VDM's denoiser, conditioned on 1000·(γ_t - γ_min)/(γ_max - γ_min) as the paper."""
+    """The U-Net as VDM's denoiser, conditioned on 1000·(γ_t - γ_min)/(γ_max - γ_min) as the
+    paper."""
     gamma_min, gamma_max = vdm_config.gamma_min, vdm_config.gamma_max
-    return lambda z, gamma_t: model.apply(unet_params, z, 1000.0 * (gamma_t - gamma_min) / (gamma_max - gamma_min),
-                                          labels, **apply_kwargs)
+    return lambda z, gamma_t: model.apply(
+      unet_params,
+      z,
+      1000.0 * (gamma_t - gamma_min) / (gamma_max - gamma_min),
+      labels,
+      **apply_kwargs,
+    )
 
   def init_params(rng):  # {"unet": …, "schedule": γ_0, γ_1 and the learned shape's network}
-    schedule = vdm.init_schedule(jax.random.fold_in(rng, 1), vdm_config.noise_schedule, vdm_config.gamma_min,
-                                 vdm_config.gamma_max, vdm_config.n_features)
+    schedule = vdm.init_schedule(
+      jax.random.fold_in(rng, 1),
+      vdm_config.noise_schedule,
+      vdm_config.gamma_min,
+      vdm_config.gamma_max,
+      vdm_config.n_features,
+    )
     return {"unet": model.init(rng, *base.dummy_inputs(config.data)), "schedule": schedule}
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
     x0 = batch["image"]
-    t = vdm.time_samples(keys.t, x0.shape[0], vdm_config.antithetic_time)  # t ∈ [0, 1), low-discrepancy
-    eps, eps_0 = (jax.random.normal(jax.random.fold_in(keys.noise, i), x0.shape, x0.dtype) for i in range(2))
-    return {"t": t, "weight": base.unweighted(x0.shape[0]), "t_fraction": t, "eps": eps,
-            "recon_eps": eps_0,
-            "labels": base.conditioning_labels(keys.labels, batch, config.model, config.training.label_dropout)}
+    t = vdm.time_samples(
+      keys.t, x0.shape[0], vdm_config.antithetic_time
+    )  # t ∈ [0, 1), low-discrepancy
+    eps, eps_0 = (
+      jax.random.normal(jax.random.fold_in(keys.noise, i), x0.shape, x0.dtype) for i in range(2)
+    )
+    return {
+      "t": t,
+      "weight": base.unweighted(x0.shape[0]),
+      "t_fraction": t,
+      "eps": eps,
+      "recon_eps": eps_0,
+      "labels": base.conditioning_labels(
+        keys.labels, batch, config.model, config.training.label_dropout
+      ),
+    }
 
   def loss(params, batch, draws, dropout_rng):  # the VLB in bits/dim (VDM eq. 11)
     denoiser = eps_fn(params["unet"], draws["labels"], **base.apply_kwargs(dropout_rng))
-    terms = vdm.vlb_terms(params["schedule"], denoiser, batch["image"], draws["t"], draws["eps"],
-                          draws["recon_eps"], vdm_config.num_steps, vdm_config.minimize_schedule_variance)
+    terms = vdm.vlb_terms(
+      params["schedule"],
+      denoiser,
+      batch["image"],
+      draws["t"],
+      draws["eps"],
+      draws["recon_eps"],
+      vdm_config.num_steps,
+      vdm_config.minimize_schedule_variance,
+    )
     return losses.bits_per_dim(terms["total"], batch["image"])
 
-  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None) -> base.SampleFn:
+  def make_sampler(
+    batch_size: int, progress: bool = False, guide=None, workdir=None
+  ) -> base.SampleFn:
     del progress, guide, workdir
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
 
     def sample(params, rng, labels, guide_params=None):  # ancestral, on num_steps equal steps of t
       del guide_params
-      return vdm.sample(params["schedule"], eps_fn(params["unet"], labels), rng, shape,
-                        num_steps=config.sampling.num_steps or 1000)
+      return vdm.sample(
+        params["schedule"],
+        eps_fn(params["unet"], labels),
+        rng,
+        shape,
+        num_steps=config.sampling.num_steps or 1000,
+      )
+
     return sample
 
   def bits_per_dim(params, x0, rng):  # one low-discrepancy t per example: unbiased
     t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)
-    terms = vdm.vlb_terms(params["schedule"], eps_fn(params["unet"]), x0, vdm.time_samples(t_rng, x0.shape[0]),
-                          jax.random.normal(noise_rng, x0.shape), jax.random.normal(recon_rng, x0.shape),
-                          vdm_config.num_steps)
+    terms = vdm.vlb_terms(
+      params["schedule"],
+      eps_fn(params["unet"]),
+      x0,
+      vdm.time_samples(t_rng, x0.shape[0]),
+      jax.random.normal(noise_rng, x0.shape),
+      jax.random.normal(recon_rng, x0.shape),
+      vdm_config.num_steps,
+    )
     return {"bpd": losses.bits_per_dim(terms["total"], x0)}
 
   def clip_mask(params):
-    """A learned schedule's shape follows the gradient of its own objective and scale (∇E[L²]): kept out of
-    the clipping norm, which it would otherwise dominate and so scale the network's gradient down."""
+    """A learned schedule's shape follows the gradient of its own objective and scale (∇E[L²]): kept
+    out of the clipping norm, which it would otherwise dominate and so scale the network's gradient
+    down."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: jax.tree_util.keystr(path[:2]) != "['schedule']['net']", params)
+      lambda path, _: jax.tree_util.keystr(path[:2]) != "['schedule']['net']", params
+    )
 
-  return base.Family(name="vdm", model=model, init_params=init_params, draw=draw, loss=loss,
-                     make_sampler=make_sampler, bits_per_dim=bits_per_dim,
-                     clip_mask=clip_mask if vdm_config.noise_schedule == "learned" else None)
+  return base.Family(
+    name="vdm",
+    model=model,
+    init_params=init_params,
+    draw=draw,
+    loss=loss,
+    make_sampler=make_sampler,
+    bits_per_dim=bits_per_dim,
+    clip_mask=clip_mask if vdm_config.noise_schedule == "learned" else None,
+  )

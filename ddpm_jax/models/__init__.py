@@ -1,4 +1,5 @@
 """Flax models. `get_model(config.model)` builds the module named by `config.model.name`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,10 @@ def get_model(model_config):
   valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   unknown = sorted(set(kwargs) - valid)
   if unknown:
-    raise ValueError(f"config.model has fields {unknown} that {cls.__name__} does not take; valid: {sorted(valid)}.")
+    raise ValueError(
+      f"config.model has fields {unknown} that {cls.__name__} does not take; valid: "
+      f"{sorted(valid)}."
+    )
   if "dtype" in kwargs:
     if kwargs["dtype"] not in DTYPES:
       raise ValueError(f"Unknown model dtype {kwargs['dtype']!r}; known: {', '.join(DTYPES)}.")

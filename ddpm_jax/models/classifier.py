@@ -1,5 +1,6 @@
 """The noisy classifier of ADM (Dhariwal & Nichol 2021, §4): the U-Net's encoder half with attention
 pooling, trained on x_t at random t; its ∇ log p(y | x_t) guides sampling."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -13,8 +14,9 @@ Array = jax.Array
 
 
 class AttentionPool(nn.Module):
-  """CLIP/ADM attention pooling: the spatial mean token attends over itself and all positions, with a
-  learned positional embedding: [B, H, W, C] -> [B, num_outputs]."""
+  """CLIP/ADM attention pooling: the spatial mean token attends over itself and all positions, with
+  a learned positional embedding: [B, H, W, C] -> [B, num_outputs]."""
+
   num_outputs: int
   num_heads: int = 1
   num_head_channels: int = -1
@@ -24,17 +26,24 @@ class AttentionPool(nn.Module):
   def __call__(self, x: Array) -> Array:
     b, hgt, wid, c = x.shape
     tokens = x.reshape(b, hgt * wid, c)
-    tokens = jnp.concatenate([jnp.mean(tokens, axis=1, keepdims=True), tokens], axis=1)  # [B, 1 + HW, C]
-    positions = self.param("positional_embedding", nn.initializers.normal(c ** -0.5), (1 + hgt * wid, c))
+    tokens = jnp.concatenate(
+      [jnp.mean(tokens, axis=1, keepdims=True), tokens], axis=1
+    )  # [B, 1 + HW, C]
+    positions = self.param(
+      "positional_embedding", nn.initializers.normal(c**-0.5), (1 + hgt * wid, c)
+    )
     tokens = (tokens + positions).astype(self.dtype)
     q, k, v = jnp.split(nn.Dense(3 * c, dtype=self.dtype, name="qkv")(tokens), 3, axis=-1)
     heads = layers.num_attention_heads(c, self.num_heads, self.num_head_channels)
-    pooled = layers.multihead_attention(q[:, :1], k, v, heads)[:, 0]  # only the mean token's output is used
+    pooled = layers.multihead_attention(q[:, :1], k, v, heads)[
+      :, 0
+    ]  # only the mean token's output is used
     return nn.Dense(self.num_outputs, dtype=self.dtype, name="out")(pooled).astype(jnp.float32)
 
 
 class NoisyClassifier(UNetBackbone):
   """(x_t [B, H, W, C], t [B]) -> logits [B, num_classes]."""
+
   num_classes: int = 1000
 
   @nn.compact
@@ -42,4 +51,6 @@ class NoisyClassifier(UNetBackbone):
     emb = TimeClassEmbedding(self.ch, embedding_type=self.embedding_type, dtype=self.dtype)(t, None)
     h, _ = self.encode(x, emb, None, train)
     h = nn.swish(layers.GroupNorm()(h))
-    return AttentionPool(self.num_classes, self.num_heads, self.num_head_channels, dtype=self.dtype)(h)
+    return AttentionPool(
+      self.num_classes, self.num_heads, self.num_head_channels, dtype=self.dtype
+    )(h)

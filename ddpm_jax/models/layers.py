@@ -1,8 +1,10 @@
-"""Building blocks of the DDPM and ADM U-Nets (Flax linen), each taking only its own hyperparameters.
+"""Building blocks of the DDPM and ADM U-Nets (Flax linen), each taking only its own
+hyperparameters.
 
-Compute runs in `dtype` (e.g. bfloat16) with float32 parameters; GroupNorm runs in float32 as ADM does, for
-stability at low precision.
+Compute runs in `dtype` (e.g. bfloat16) with float32 parameters; GroupNorm runs in float32 as ADM
+does, for stability at low precision.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +22,8 @@ NUM_GROUPS = 32
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Array:
-  """Sinusoidal embedding of (possibly fractional) timesteps: [B] -> [B, dim] (DDPM's `get_timestep_embedding`).
+  """Sinusoidal embedding of (possibly fractional) timesteps: [B] -> [B, dim] (DDPM's
+  `get_timestep_embedding`).
 
   emb[:, i] = sin(t · ω_i) and emb[:, half + i] = cos(t · ω_i), ω_i = max_period^(-i / (half - 1)),
   i < half = dim // 2; a zero column is appended when dim is odd.
@@ -35,10 +38,12 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Arra
 
 
 def fourier_embedding(x: Array, dim: int, scale: float = 16.0) -> Array:
-  """Gaussian Fourier features of a noise level (NCSN++, Song et al. 2021; Tancik et al. 2020): [B] -> [B, dim].
+  """Gaussian Fourier features of a noise level (NCSN++, Song et al. 2021; Tancik et al. 2020): [B]
+  -> [B, dim].
 
-  emb = [sin(2π x w), cos(2π x w)] with dim // 2 frequencies w ~ N(0, scale²), drawn once from a fixed key:
-  constants, not parameters (score_sde stops their gradient); a zero column is appended when dim is odd."""
+  emb = [sin(2π x w), cos(2π x w)] with dim // 2 frequencies w ~ N(0, scale²), drawn once from a
+  fixed key: constants, not parameters (score_sde stops their gradient); a zero column is appended
+  when dim is odd."""
   freqs = scale * jax.random.normal(jax.random.key(0), (dim // 2,), jnp.float32)
   args = 2.0 * math.pi * jnp.asarray(x, jnp.float32)[:, None] * freqs[None, :]
   emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
@@ -46,8 +51,10 @@ def fourier_embedding(x: Array, dim: int, scale: float = 16.0) -> Array:
 
 
 def base2_fourier_features(x: Array, exponents: Sequence[int]) -> Array:
-  """VDM's input features [sin(2^n·2π x), cos(2^n·2π x)] for each channel and n: [..., C] -> [..., 2·C·len(n)].
-  High frequencies make the fine detail of nearly clean inputs (the last bits of each pixel) easy to read."""
+  """VDM's input features [sin(2^n·2π x), cos(2^n·2π x)] for each channel and n: [..., C] -> [...,
+  2·C·len(n)].
+  High frequencies make the fine detail of nearly clean inputs (the last bits of each pixel) easy to
+  read."""
   freqs = 2.0 * math.pi * 2.0 ** jnp.asarray(exponents, jnp.float32)
   args = (x[..., None] * freqs).reshape(x.shape[:-1] + (-1,))
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
@@ -58,13 +65,13 @@ EMBEDDINGS = {"positional": timestep_embedding, "fourier": fourier_embedding}
 
 
 def group_norm_statistics(x: Array, num_groups: int, epsilon: float) -> tuple[Array, Array]:
-  """Mean and 1/√(var + ε) of each group of channels over all non-batch axes (Wu & He 2018), broadcast back
-  to the channels: x [B, ..., C] -> two [B, 1, ..., 1, C].
+  """Mean and 1/√(var + ε) of each group of channels over all non-batch axes (Wu & He 2018),
+  broadcast back to the channels: x [B, ..., C] -> two [B, 1, ..., 1, C].
 
-  Per-channel means over the spatial axes first, then over each group's channels: the same numbers as
-  flax's nn.GroupNorm (var = E[x²] - E[x]², clipped at 0), but XLA:CPU reduces over the spatial axes with
-  the channels contiguous 2-10× faster than over flax's [..., groups, C / groups] view, whose innermost
-  axis is only 4 to 16 long."""
+  Per-channel means over the spatial axes first, then over each group's channels: the same numbers
+  as flax's nn.GroupNorm (var = E[x²] - E[x]², clipped at 0), but XLA:CPU reduces over the spatial
+  axes with the channels contiguous 2-10× faster than over flax's [..., groups, C / groups] view,
+  whose innermost axis is only 4 to 16 long."""
   b, c = x.shape[0], x.shape[-1]
   if c % num_groups:
     raise ValueError(f"GroupNorm: {c} channels are not divisible into {num_groups} groups.")
@@ -72,13 +79,16 @@ def group_norm_statistics(x: Array, num_groups: int, epsilon: float) -> tuple[Ar
   group_mean = lambda m: m.reshape(b, num_groups, c // num_groups).mean(-1)  # [B, C] -> [B, G]
   mean = group_mean(jnp.mean(x, spatial))
   var = jnp.maximum(group_mean(jnp.mean(x * x, spatial)) - mean * mean, 0.0)
-  to_channels = lambda g: jnp.repeat(g, c // num_groups, axis=-1).reshape((b,) + (1,) * len(spatial) + (c,))
+  to_channels = lambda g: jnp.repeat(g, c // num_groups, axis=-1).reshape(
+    (b,) + (1,) * len(spatial) + (c,)
+  )
   return to_channels(mean), to_channels(jax.lax.rsqrt(var + epsilon))
 
 
 class GroupNorm(nn.Module):
-  """GroupNorm in float32 with a learned per-channel scale and bias: nn.GroupNorm's parameters and results,
-  computed by `group_norm_statistics`."""
+  """GroupNorm in float32 with a learned per-channel scale and bias: nn.GroupNorm's parameters and
+  results, computed by `group_norm_statistics`."""
+
   num_groups: int = NUM_GROUPS
   epsilon: float = 1e-5
 
@@ -94,22 +104,49 @@ class GroupNorm(nn.Module):
 CONV_IMPLS = ("xla", "winograd")
 
 # Winograd's minimal filtering F(m×m, 3×3), nested to 2-D (Lavin & Gray 2016): per m×m output tile,
-# Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A with d the (m+2)×(m+2) input tile. As matrices (Bᵀ, G, Aᵀ), for m = 2 and 4.
+# Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A with d the (m+2)×(m+2) input tile. As matrices (Bᵀ, G, Aᵀ), for m = 2
+# and 4.
 WINOGRAD_TRANSFORMS = {
-    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32),
-        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32),
-        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)),
-    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float32),
-        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32),
-        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float32)),
+  2: (
+    np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32),
+    np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32),
+    np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32),
+  ),
+  4: (
+    np.array(
+      [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+      ],
+      np.float32,
+    ),
+    np.array(
+      [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+      ],
+      np.float32,
+    ),
+    np.array(
+      [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+      np.float32,
+    ),
+  ),
 }
 
 
 def _linear_combinations(matrix: np.ndarray, terms: Sequence[Array]) -> list[Array]:
-  """[Σ_j matrix[i, j] · terms[j] for each row i], written term by term with the zeros skipped: XLA fuses
-  these into elementwise loops, whereas as a dot with a contraction of 3 to 6 XLA:CPU runs them slowly."""
+  """[Σ_j matrix[i, j] · terms[j] for each row i], written term by term with the zeros skipped: XLA
+  fuses these into elementwise loops, whereas as a dot with a contraction of 3 to 6 XLA:CPU runs
+  them slowly."""
   rows = []
   for coefficients in matrix:
     row = None
@@ -122,94 +159,131 @@ def _linear_combinations(matrix: np.ndarray, terms: Sequence[Array]) -> list[Arr
 
 
 def winograd_tile(height: int, width: int, dtype: Dtype) -> int | None:
-  """Output tile m of `conv3x3_winograd` for an input size, or None where `conv_im2col` is used instead.
+  """Output tile m of `conv3x3_winograd` for an input size, or None where `conv_im2col` is used
+  instead.
 
-  m = 4 does 4× fewer multiplications than a direct 3×3 convolution, m = 2 2.25× fewer; larger tiles cost more
-  transform work per tile and are less exact (the F(4×4) transforms' coefficients reach 8). m = 4 from 16×16 up
-  and m = 2 at 8×8 were the fastest per layer (forward + backward) on a 2-core XLA:CPU; below 8×8 a direct
-  convolution (`conv_im2col`) is. Low-precision dtypes get m = 2 only."""
+  m = 4 does 4× fewer multiplications than a direct 3×3 convolution, m = 2 2.25× fewer; larger tiles
+  cost more transform work per tile and are less exact (the F(4×4) transforms' coefficients reach
+  8). m = 4 from 16×16 up and m = 2 at 8×8 were the fastest per layer (forward + backward) on a
+  2-core XLA:CPU; below 8×8 a direct convolution (`conv_im2col`) is. Low-precision dtypes get m = 2
+  only."""
   if height % 2 or width % 2 or min(height, width) < 8:
     return None
-  if jnp.dtype(dtype) == jnp.float32 and height % 4 == 0 and width % 4 == 0 and min(height, width) >= 16:
+  if (
+    jnp.dtype(dtype) == jnp.float32
+    and height % 4 == 0
+    and width % 4 == 0
+    and min(height, width) >= 16
+  ):
     return 4
   return 2
 
 
 def winograd_kernel_transform(kernel: Array, tile: int) -> Array:
-  """G g Gᵀ of each input/output channel pair, indexed like the input tiles' transform: [3, 3, C, O] ->
-  [(m+2)² (column-major), C, O].
+  """G g Gᵀ of each input/output channel pair, indexed like the input tiles' transform: [3, 3, C, O]
+  -> [(m+2)² (column-major), C, O].
 
   One matmul with G ⊗ G, [(m+2)², 9] @ [9, C·O]: a single pass over the kernel, and its gradient
-  (G ⊗ G)ᵀ @ dU is one too. At batch 8 the kernels are as large as the activations, and the two-stage
-  G (g Gᵀ) as elementwise passes (`_linear_combinations`) took ~10 % of a CIFAR-10 training step on XLA:CPU,
-  its gradient 5× longer than this matmul's."""
+  (G ⊗ G)ᵀ @ dU is one too. At batch 8 the kernels are as large as the activations, and the
+  two-stage G (g Gᵀ) as elementwise passes (`_linear_combinations`) took ~10 % of a CIFAR-10
+  training step on XLA:CPU, its gradient 5× longer than this matmul's."""
   g = WINOGRAD_TRANSFORMS[tile][1]
   size, (c, out) = tile + 2, kernel.shape[2:]
-  g_kron_g = np.einsum("pi,qj->qpij", g, g).reshape(size * size, 9)  # row (q, p): column q, row p of the tile
-  return (jnp.asarray(g_kron_g, kernel.dtype) @ kernel.reshape(9, c * out)).reshape(size * size, c, out)
+  g_kron_g = np.einsum("pi,qj->qpij", g, g).reshape(
+    size * size, 9
+  )  # row (q, p): column q, row p of the tile
+  return (jnp.asarray(g_kron_g, kernel.dtype) @ kernel.reshape(9, c * out)).reshape(
+    size * size, c, out
+  )
 
 
 def conv3x3_winograd(x: Array, kernel: Array, tile: int) -> Array:
-  """3×3 convolution, padding 1, by Winograd's F(m×m, 3×3), m = `tile`: [B, H, W, C] ⊛ [3, 3, C, O] -> [B, H, W, O].
+  """3×3 convolution, padding 1, by Winograd's F(m×m, 3×3), m = `tile`: [B, H, W, C] ⊛ [3, 3, C, O]
+  -> [B, H, W, O].
 
-  The same result as `lax.conv_general_dilated` up to float rounding, with the multiplications of all tiles
-  gathered into (m+2)² matmuls [B·H·W/m², C] @ [C, O]; autodiff through it gives the input and kernel gradients
-  as matmuls of the same size. H and W must be multiples of m."""
+  The same result as `lax.conv_general_dilated` up to float rounding, with the multiplications of
+  all tiles gathered into (m+2)² matmuls [B·H·W/m², C] @ [C, O]; autodiff through it gives the input
+  and kernel gradients as matmuls of the same size. H and W must be multiples of m."""
   b_t = WINOGRAD_TRANSFORMS[tile][0]
   size = tile + 2  # side of an input tile
   b, h, w, c = x.shape
   out = kernel.shape[-1]
   tiles_h, tiles_w = h // tile, w // tile
   if tiles_h * tile != h or tiles_w * tile != w:
-    raise ValueError(f"Winograd F({tile}×{tile}, 3×3) needs H and W divisible by {tile}; got {h}×{w}.")
+    raise ValueError(
+      f"Winograd F({tile}×{tile}, 3×3) needs H and W divisible by {tile}; got {h}×{w}."
+    )
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   # Bᵀ d B: rows of the tiles first, then columns.  [size(row), B, tiles_h, W+2, C]
-  rows = jnp.stack(_linear_combinations(b_t, [xp[:, r:r + tile * (tiles_h - 1) + 1:tile] for r in range(size)]))
-  v = jnp.stack(_linear_combinations(b_t, [rows[:, :, :, s:s + tile * (tiles_w - 1) + 1:tile] for s in range(size)]))
+  rows = jnp.stack(
+    _linear_combinations(b_t, [xp[:, r : r + tile * (tiles_h - 1) + 1 : tile] for r in range(size)])
+  )
+  v = jnp.stack(
+    _linear_combinations(
+      b_t, [rows[:, :, :, s : s + tile * (tiles_w - 1) + 1 : tile] for s in range(size)]
+    )
+  )
   u = winograd_kernel_transform(kernel, tile)
   m = jnp.einsum("tnc,tco->tno", v.reshape(size * size, -1, c), u)
   return winograd_output_transform(m, tile, (b, h, w, out))
 
 
 def winograd_output_transform(m: Array, tile: int, shape: tuple[int, int, int, int]) -> Array:
-  """Aᵀ M A of each tile: [(m+2)² (column-major), B·th·tw, O] -> the output image [B, H, W, O] = `shape`."""
+  """Aᵀ M A of each tile: [(m+2)² (column-major), B·th·tw, O] -> the output image [B, H, W, O] =
+  `shape`."""
   a_t = WINOGRAD_TRANSFORMS[tile][2]
   b, h, w, out = shape
   m = m.reshape(tile + 2, tile + 2, b, h // tile, w // tile, out)
   # Columns, then rows; y[q, b, p, i, j] is output pixel (i·m + p, j·m + q).
-  y_cols = jnp.stack(_linear_combinations(a_t, _unstack(m))).swapaxes(0, 1)  # [size(row), tile(col), B, th, tw, O]
-  y = jnp.stack(_linear_combinations(a_t, _unstack(y_cols)), axis=2)  # [tile(col), B, tile(row), th, tw, O]
+  y_cols = jnp.stack(_linear_combinations(a_t, _unstack(m))).swapaxes(
+    0, 1
+  )  # [size(row), tile(col), B, th, tw, O]
+  y = jnp.stack(
+    _linear_combinations(a_t, _unstack(y_cols)), axis=2
+  )  # [tile(col), B, tile(row), th, tw, O]
   return y.transpose(1, 3, 2, 4, 0, 5).reshape(shape)
 
 
 def _unstack(x: Array) -> list[Array]:
-  """[x[0], x[1], …] by `jnp.split`, whose gradient is one concatenation; the gradient of indexing pads each
-  slice back to full size and adds them, which made the output transform's gradient 3-4× slower on XLA:CPU."""
+  """[x[0], x[1], …] by `jnp.split`, whose gradient is one concatenation; the gradient of indexing
+  pads each slice back to full size and adds them, which made the output transform's gradient 3-4×
+  slower on XLA:CPU."""
   return [part[0] for part in jnp.split(x, x.shape[0])]
 
 
 def conv_im2col(x: Array, kernel: Array, stride: int) -> Array:
-  """k×k convolution, padding (k-1)/2, as one matmul of the k² shifted (strided) views of the input side by
-  side: [B, H, W, C] ⊛ [k, k, C, O] -> [B, H', W', O], [B·H'·W', k²·C] @ [k²·C, O].
+  """k×k convolution, padding (k-1)/2, as one matmul of the k² shifted (strided) views of the input
+  side by side: [B, H, W, C] ⊛ [k, k, C, O] -> [B, H', W', O], [B·H'·W', k²·C] @ [k²·C, O].
 
-  For the convolutions Winograd does not cover (below 8×8 and strided); on XLA:CPU its own convolution
-  spends longer there transposing the kernels than multiplying."""
+  For the convolutions Winograd does not cover (below 8×8 and strided); on XLA:CPU its own
+  convolution spends longer there transposing the kernels than multiplying."""
   k = kernel.shape[0]
   pad = (k - 1) // 2
   b, h, w, c = x.shape
   out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  patches = jnp.concatenate([xp[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-                             for i in range(k) for j in range(k)], axis=-1)  # [B, H', W', k²·C], (i, j, c)
-  return (patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, -1)).reshape(b, out_h, out_w, -1)
+  patches = jnp.concatenate(
+    [
+      xp[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
+      for i in range(k)
+      for j in range(k)
+    ],
+    axis=-1,
+  )  # [B, H', W', k²·C], (i, j, c)
+  return (patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, -1)).reshape(
+    b, out_h, out_w, -1
+  )
 
 
 class Conv(nn.Module):
-  """k×k convolution, padding (k-1)/2 on each side as the PyTorch code of DDPM/ADM (so weights port 1:1).
+  """k×k convolution, padding (k-1)/2 on each side as the PyTorch code of DDPM/ADM (so weights port
+  1:1).
 
-  impl: "xla" (lax.conv) or "winograd": matmuls, `conv3x3_winograd` for the stride-1 3×3 convolutions at
-  the sizes `winograd_tile` picks and `conv_im2col` for the rest; both have the same parameters and results.
+  impl: "xla" (lax.conv) or "winograd": matmuls, `conv3x3_winograd` for the stride-1 3×3
+  convolutions at the sizes `winograd_tile` picks and `conv_im2col` for the rest; both have the same
+  parameters and results.
   """
+
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -223,8 +297,12 @@ class Conv(nn.Module):
       raise ValueError(f"Unknown conv impl {self.impl!r}; valid: {', '.join(CONV_IMPLS)}.")
     k, c = self.kernel_size, x.shape[-1]
     kernel_init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
-    kernel = self.param("kernel", kernel_init, (k, k, c, self.features), jnp.float32).astype(self.dtype)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+    kernel = self.param("kernel", kernel_init, (k, k, c, self.features), jnp.float32).astype(
+      self.dtype
+    )
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
+      self.dtype
+    )
     x = x.astype(self.dtype)
     tile = winograd_tile(x.shape[1], x.shape[2], self.dtype) if self.impl == "winograd" else None
     if tile and k == 3 and self.stride == 1:
@@ -233,13 +311,19 @@ class Conv(nn.Module):
       y = conv_im2col(x, kernel, self.stride)
     else:
       pad = (k - 1) // 2
-      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), ((pad, pad), (pad, pad)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (self.stride, self.stride),
+        ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
     return y + bias
 
 
 def upsample_nearest(x: Array) -> Array:
-  """2× nearest-neighbour upsampling as a broadcast, whose gradient is a plain sum (not a scatter)."""
+  """2× nearest-neighbour upsampling as a broadcast, whose gradient is a plain sum (not a
+  scatter)."""
   b, h, w, c = x.shape
   return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
 
@@ -248,24 +332,28 @@ def downsample_avg(x: Array) -> Array:
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
-def _upfirdn_1d(x: Array, taps: np.ndarray, axis: int, up: int, down: int, pad: tuple[int, int]) -> Array:
-  """StyleGAN2's upfirdn along one axis: up - 1 zeros after each sample, `pad` zeros before and after, a
-  (true) convolution with `taps`, every `down`-th sample kept."""
+def _upfirdn_1d(
+  x: Array, taps: np.ndarray, axis: int, up: int, down: int, pad: tuple[int, int]
+) -> Array:
+  """StyleGAN2's upfirdn along one axis: up - 1 zeros after each sample, `pad` zeros before and
+  after, a (true) convolution with `taps`, every `down`-th sample kept."""
   if up > 1:
     x = jnp.stack([x] + [jnp.zeros_like(x)] * (up - 1), axis=axis + 1)
-    x = x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2:])
+    x = x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
   widths = [(0, 0)] * x.ndim
   widths[axis] = pad
   x = jnp.pad(x, widths)
   size = (x.shape[axis] - len(taps)) // down + 1
-  return sum(float(tap) * jax.lax.slice_in_dim(x, j, j + (size - 1) * down + 1, down, axis)
-             for j, tap in enumerate(taps[::-1]))
+  return sum(
+    float(tap) * jax.lax.slice_in_dim(x, j, j + (size - 1) * down + 1, down, axis)
+    for j, tap in enumerate(taps[::-1])
+  )
 
 
 def fir_upsample(x: Array, kernel: Sequence[int]) -> Array:
-  """2× upsampling with the separable FIR filter `kernel` ⊗ `kernel`, zero outside the image (StyleGAN2's
-  `upsample_2d`, NCSN++'s resampling with (1, 3, 3, 1)): [B, H, W, C] -> [B, 2H, 2W, C]. The taps sum to 2 per
-  axis, so that a constant image stays constant away from the border."""
+  """2× upsampling with the separable FIR filter `kernel` ⊗ `kernel`, zero outside the image
+  (StyleGAN2's `upsample_2d`, NCSN++'s resampling with (1, 3, 3, 1)): [B, H, W, C] -> [B, 2H, 2W,
+  C]. The taps sum to 2 per axis, so that a constant image stays constant away from the border."""
   taps = 2.0 * np.asarray(kernel, np.float64) / np.sum(kernel)
   p = len(taps) - 2
   for axis in (1, 2):
@@ -274,8 +362,8 @@ def fir_upsample(x: Array, kernel: Sequence[int]) -> Array:
 
 
 def fir_downsample(x: Array, kernel: Sequence[int]) -> Array:
-  """2× downsampling with the separable FIR filter `kernel` ⊗ `kernel` (taps summing to 1), zero outside the
-  image (StyleGAN2's `downsample_2d`): [B, H, W, C] -> [B, H/2, W/2, C]."""
+  """2× downsampling with the separable FIR filter `kernel` ⊗ `kernel` (taps summing to 1), zero
+  outside the image (StyleGAN2's `downsample_2d`): [B, H, W, C] -> [B, H/2, W/2, C]."""
   taps = np.asarray(kernel, np.float64) / np.sum(kernel)
   p = len(taps) - 2
   for axis in (1, 2):
@@ -284,19 +372,23 @@ def fir_downsample(x: Array, kernel: Sequence[int]) -> Array:
 
 
 def resample(x: Array, direction: str, fir_kernel: Sequence[int] = ()) -> Array:
-  """2× "up" or "down": nearest neighbour / 2×2 mean, or the FIR filter `fir_kernel` when one is given."""
+  """2× "up" or "down": nearest neighbour / 2×2 mean, or the FIR filter `fir_kernel` when one is
+  given."""
   if direction == "up":
     return fir_upsample(x, fir_kernel) if fir_kernel else upsample_nearest(x)
   return fir_downsample(x, fir_kernel) if fir_kernel else downsample_avg(x)
 
 
-FIR_WITH_CONV_ERROR = ("FIR resampling with a convolution (StyleGAN2's fused up/down-sampling convolution) is not "
-                       "implemented: with fir_kernel, use resblock_updown=True (DDPM++/NCSN++) or conv_resample=False.")
+FIR_WITH_CONV_ERROR = (
+  "FIR resampling with a convolution (StyleGAN2's fused up/down-sampling convolution) is not "
+  "implemented: with fir_kernel, use resblock_updown=True (DDPM++/NCSN++) or conv_resample=False."
+)
 
 
 class Downsample(nn.Module):
-  """Halves the resolution: 3×3 stride-2 convolution, or without one 2×2 average pooling (or the FIR filter
-  `fir_kernel`)."""
+  """Halves the resolution: 3×3 stride-2 convolution, or without one 2×2 average pooling (or the FIR
+  filter `fir_kernel`)."""
+
   with_conv: bool = True
   conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
@@ -312,8 +404,9 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-  """Doubles the resolution: nearest neighbour (or the FIR filter `fir_kernel`), then a 3×3 convolution if
-  `with_conv`."""
+  """Doubles the resolution: nearest neighbour (or the FIR filter `fir_kernel`), then a 3×3
+  convolution if `with_conv`."""
+
   with_conv: bool = True
   conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
@@ -328,22 +421,23 @@ class Upsample(nn.Module):
 
 
 def residual_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
-  """x + h, or (x + h)/√2 with `skip_rescale` (DDPM++/NCSN++), which keeps the variance of a sum of two
-  independent unit-variance terms at 1."""
+  """x + h, or (x + h)/√2 with `skip_rescale` (DDPM++/NCSN++), which keeps the variance of a sum of
+  two independent unit-variance terms at 1."""
   return (x + h) * (1 / math.sqrt(2)) if skip_rescale else x + h
 
 
 class ResBlock(nn.Module):
   """Wide residual block conditioned on an embedding (DDPM's `resnet_block`, ADM's `ResBlock`).
 
-  scale_shift_norm: AdaGN, GroupNorm(h)·(1 + s) + b with (s, b) from the embedding (ADM §3), instead of
-  adding the projected embedding before the second norm (DDPM).
-  resample: "up" | "down" resamples inside the block as in BigGAN (ADM's resblock_updown), by nearest
-  neighbour / mean or by the FIR filter `fir_kernel` (NCSN++).
-  project_resampled_skip: a 1×1 projection of the skip path in resampling blocks also when the channels stay
-  (score_sde's BigGAN blocks; ADM keeps the identity there).
+  scale_shift_norm: AdaGN, GroupNorm(h)·(1 + s) + b with (s, b) from the embedding (ADM §3), instead
+  of adding the projected embedding before the second norm (DDPM).
+  resample: "up" | "down" resamples inside the block as in BigGAN (ADM's resblock_updown), by
+  nearest neighbour / mean or by the FIR filter `fir_kernel` (NCSN++).
+  project_resampled_skip: a 1×1 projection of the skip path in resampling blocks also when the
+  channels stay (score_sde's BigGAN blocks; ADM keeps the identity there).
   skip_rescale: returns (x + h)/√2 (DDPM++/NCSN++), keeping the sum's variance that of its terms.
   """
+
   out_channels: int
   dropout: float = 0.0
   scale_shift_norm: bool = False
@@ -358,9 +452,14 @@ class ResBlock(nn.Module):
   def __call__(self, x: Array, emb: Array, train: bool) -> Array:
     h = nn.swish(GroupNorm()(x)).astype(self.dtype)
     if self.resample is not None:
-      h, x = resample(h, self.resample, self.fir_kernel), resample(x, self.resample, self.fir_kernel)
+      h, x = (
+        resample(h, self.resample, self.fir_kernel),
+        resample(x, self.resample, self.fir_kernel),
+      )
     h = Conv(self.out_channels, impl=self.conv_impl, dtype=self.dtype)(h)
-    emb_out = nn.Dense(self.out_channels * (2 if self.scale_shift_norm else 1), dtype=self.dtype)(nn.swish(emb))
+    emb_out = nn.Dense(self.out_channels * (2 if self.scale_shift_norm else 1), dtype=self.dtype)(
+      nn.swish(emb)
+    )
     emb_out = emb_out[:, None, None, :]
     if self.scale_shift_norm:
       scale, shift = jnp.split(emb_out, 2, axis=-1)
@@ -370,14 +469,18 @@ class ResBlock(nn.Module):
     h = nn.Dropout(self.dropout)(nn.swish(h).astype(self.dtype), deterministic=not train)
     h = Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype)(h)
     if x.shape[-1] != self.out_channels or (self.resample and self.project_resampled_skip):
-      x = nn.Dense(self.out_channels, dtype=self.dtype, name="skip")(x)  # 1×1 projection (DDPM's NIN shortcut)
+      x = nn.Dense(self.out_channels, dtype=self.dtype, name="skip")(
+        x
+      )  # 1×1 projection (DDPM's NIN shortcut)
     return residual_sum(x, h, self.skip_rescale)
 
 
 def num_attention_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
   if num_head_channels > 0:
     if channels % num_head_channels:
-      raise ValueError(f"{channels} channels are not divisible by num_head_channels={num_head_channels}.")
+      raise ValueError(
+        f"{channels} channels are not divisible by num_head_channels={num_head_channels}."
+      )
     return channels // num_head_channels
   if channels % num_heads:
     raise ValueError(f"{channels} channels are not divisible by num_heads={num_heads}.")
@@ -396,6 +499,7 @@ class AttentionBlock(nn.Module):
   """Self-attention over the H·W positions with a residual connection (DDPM's `attn_block`, ADM's
   multi-head `AttentionBlock`); with `context_dim`, a cross-attention to a context sequence follows.
   skip_rescale: each residual sum is divided by √2 (DDPM++/NCSN++)."""
+
   num_heads: int = 1
   num_head_channels: int = -1
   context_dim: int | None = None
@@ -408,15 +512,23 @@ class AttentionBlock(nn.Module):
     heads = num_attention_heads(c, self.num_heads, self.num_head_channels)
     h = GroupNorm()(x).astype(self.dtype).reshape(b, hgt * wid, c)
     q, k, v = jnp.split(nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h), 3, axis=-1)
-    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(multihead_attention(q, k, v, heads))
+    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(
+      multihead_attention(q, k, v, heads)
+    )
     x = residual_sum(x, h.reshape(x.shape), self.skip_rescale)
     if self.context_dim is None:
       return x
     if context is None or context.shape[-1] != self.context_dim:
       got = None if context is None else context.shape
-      raise ValueError(f"This model cross-attends to a context [B, L, {self.context_dim}]; got {got}.")
+      raise ValueError(
+        f"This model cross-attends to a context [B, L, {self.context_dim}]; got {got}."
+      )
     h = GroupNorm(name="cross_norm")(x).astype(self.dtype).reshape(b, hgt * wid, c)
     q = nn.Dense(c, dtype=self.dtype, name="cross_q")(h)
-    k, v = jnp.split(nn.Dense(2 * c, dtype=self.dtype, name="cross_kv")(context.astype(self.dtype)), 2, axis=-1)
-    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="cross_out")(multihead_attention(q, k, v, heads))
+    k, v = jnp.split(
+      nn.Dense(2 * c, dtype=self.dtype, name="cross_kv")(context.astype(self.dtype)), 2, axis=-1
+    )
+    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="cross_out")(
+      multihead_attention(q, k, v, heads)
+    )
     return residual_sum(x, h.reshape(x.shape), self.skip_rescale)

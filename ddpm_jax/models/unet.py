@@ -1,14 +1,16 @@
 """The U-Net of DDPM (Ho et al. 2020, App. B) with the options of ADM (Dhariwal & Nichol 2021, §3).
 
 DDPM: `UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)`.
-ADM adds: more residual blocks, BigGAN up/down-sampling (`resblock_updown`), multi-head attention at several
-resolutions (`num_heads` or `num_head_channels`), AdaGN (`scale_shift_norm`), class conditioning with an
-extra null class for classifier-free guidance (`num_classes`), and learned variances (`out_channels` = 2·C).
-score_sde's DDPM++ / NCSN++ (Song et al. 2021, App. H; its ncsnpp.py) add: residual sums rescaled by 1/√2
-(`skip_rescale`), FIR resampling with (1, 3, 3, 1) (`fir_kernel`), the input image fed to every down level
-(`progressive_input="input_skip"`) and the output summed from every up level (`progressive="output_skip"`),
-and ncsnpp.py's block layout (`ncsnpp_layout`).
+ADM adds: more residual blocks, BigGAN up/down-sampling (`resblock_updown`), multi-head attention at
+several resolutions (`num_heads` or `num_head_channels`), AdaGN (`scale_shift_norm`), class
+conditioning with an extra null class for classifier-free guidance (`num_classes`), and learned
+variances (`out_channels` = 2·C). score_sde's DDPM++ / NCSN++ (Song et al. 2021, App. H; its
+ncsnpp.py) add: residual sums rescaled by 1/√2 (`skip_rescale`), FIR resampling with (1, 3, 3, 1)
+(`fir_kernel`), the input image fed to every down level (`progressive_input="input_skip"`) and the
+output summed from every up level (`progressive="output_skip"`), and ncsnpp.py's block layout
+(`ncsnpp_layout`).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -26,12 +28,14 @@ PROGRESSIVE_OUTPUTS = ("none", "output_skip")
 
 
 class TimeClassEmbedding(nn.Module):
-  """t (and y) -> [B, 4·ch]: sinusoidal embedding of width ch (or NCSN++'s Gaussian Fourier features, ch
-  frequencies, width 2·ch), Dense, swish, Dense; plus a learned class embedding.
+  """t (and y) -> [B, 4·ch]: sinusoidal embedding of width ch (or NCSN++'s Gaussian Fourier
+  features, ch frequencies, width 2·ch), Dense, swish, Dense; plus a learned class embedding.
 
-  The class table has `num_classes + 1` rows: row `num_classes` is the null label ∅ used for unconditional
-  predictions in classifier-free guidance, and what `y=None` means for a class-conditional model.
+  The class table has `num_classes + 1` rows: row `num_classes` is the null label ∅ used for
+  unconditional predictions in classifier-free guidance, and what `y=None` means for a
+  class-conditional model.
   """
+
   ch: int
   num_classes: int = 0
   embedding_type: str = "positional"
@@ -46,13 +50,16 @@ class TimeClassEmbedding(nn.Module):
     if self.num_classes:
       if y is None:
         y = jnp.full(t.shape, self.num_classes, jnp.int32)
-      emb = emb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="class_embedding")(y)
+      emb = emb + nn.Embed(
+        self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="class_embedding"
+      )(y)
     return emb
 
 
 class UNetBackbone(nn.Module):
-  """Fields and the encoder half shared by `UNet` and the noisy classifier: the input convolution, the
-  down-sampling path and the middle block."""
+  """Fields and the encoder half shared by `UNet` and the noisy classifier: the input convolution,
+  the down-sampling path and the middle block."""
+
   ch: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
   num_res_blocks: int = 2
@@ -64,43 +71,76 @@ class UNetBackbone(nn.Module):
   scale_shift_norm: bool = False
   conv_resample: bool = True
   context_dim: int | None = None
-  embedding_type: str = "positional"  # of t: "positional" (sinusoidal) | "fourier" (NCSN++'s, for log σ)
-  fourier_features: Sequence[int] = ()  # VDM: append sin/cos(2^n·2π x_t) for these n to the input channels
-  conv_impl: str = "xla"        # "winograd": 3×3 convolutions by Winograd F(4×4|2×2, 3×3), faster on XLA:CPU
+  embedding_type: str = (
+    "positional"  # of t: "positional" (sinusoidal) | "fourier" (NCSN++'s, for log σ)
+  )
+  fourier_features: Sequence[
+    int
+  ] = ()  # VDM: append sin/cos(2^n·2π x_t) for these n to the input channels
+  conv_impl: str = (
+    "xla"  # "winograd": 3×3 convolutions by Winograd F(4×4|2×2, 3×3), faster on XLA:CPU
+  )
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
-  skip_rescale: bool = False    # residual sums (x + h)/√2 (DDPM++, NCSN++)
-  fir_kernel: Sequence[int] = ()  # FIR resampling filter, (1, 3, 3, 1) in NCSN++; () = nearest / 2×2 mean
-  progressive_input: str = "none"  # "input_skip": the input, downsampled, added by 1×1 conv after each down level
-  # score_sde's layout: one attention block per up level after its residual blocks (not one after each), and
-  # 1×1 projections of the skip path in every resampling residual block.
+  skip_rescale: bool = False  # residual sums (x + h)/√2 (DDPM++, NCSN++)
+  fir_kernel: Sequence[
+    int
+  ] = ()  # FIR resampling filter, (1, 3, 3, 1) in NCSN++; () = nearest / 2×2 mean
+  progressive_input: str = (
+    "none"  # "input_skip": the input, downsampled, added by 1×1 conv after each down level
+  )
+  # score_sde's layout: one attention block per up level after its residual blocks (not one after
+  # each), and 1×1 projections of the skip path in every resampling residual block.
   ncsnpp_layout: bool = False
 
   # Blocks are named by their place in the U-Net ("down_1_0", "mid_attn", "up_0_2", …), so that
   # parameters are the same with and without remat.
   @nn.nowrap
   def res_block(self, channels: int, name: str, resample: str | None = None) -> nn.Module:
-    # `train` is argument 3 of ResBlock.__call__ counting self: it selects dropout, so it stays static.
+    # `train` is argument 3 of ResBlock.__call__ counting self: it selects dropout, so it stays
+    # static.
     cls = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
-    return cls(channels, self.dropout, self.scale_shift_norm, resample, self.conv_impl, dtype=self.dtype,
-               fir_kernel=self.fir_kernel, project_resampled_skip=self.ncsnpp_layout,
-               skip_rescale=self.skip_rescale, name=name)
+    return cls(
+      channels,
+      self.dropout,
+      self.scale_shift_norm,
+      resample,
+      self.conv_impl,
+      dtype=self.dtype,
+      fir_kernel=self.fir_kernel,
+      project_resampled_skip=self.ncsnpp_layout,
+      skip_rescale=self.skip_rescale,
+      name=name,
+    )
 
   @nn.nowrap
   def attention(self, name: str) -> nn.Module:
-    return layers.AttentionBlock(self.num_heads, self.num_head_channels, self.context_dim, dtype=self.dtype,
-                                 skip_rescale=self.skip_rescale, name=name)
+    return layers.AttentionBlock(
+      self.num_heads,
+      self.num_head_channels,
+      self.context_dim,
+      dtype=self.dtype,
+      skip_rescale=self.skip_rescale,
+      name=name,
+    )
 
   @nn.nowrap
   def resample_layer(self, direction: str, name: str) -> nn.Module:
     layer = layers.Upsample if direction == "up" else layers.Downsample
-    return layer(self.conv_resample, self.conv_impl, dtype=self.dtype, fir_kernel=self.fir_kernel, name=name)
+    return layer(
+      self.conv_resample, self.conv_impl, dtype=self.dtype, fir_kernel=self.fir_kernel, name=name
+    )
 
   @nn.nowrap
-  def encode(self, x: Array, emb: Array, context: Array | None, train: bool) -> tuple[Array, list[Array]]:
+  def encode(
+    self, x: Array, emb: Array, context: Array | None, train: bool
+  ) -> tuple[Array, list[Array]]:
     """-> (middle-block output, skip activations of the down path in order)."""
     if self.progressive_input not in PROGRESSIVE_INPUTS:
-      raise ValueError(f"Unknown progressive_input {self.progressive_input!r}; valid: {', '.join(PROGRESSIVE_INPUTS)}.")
+      raise ValueError(
+        f"Unknown progressive_input {self.progressive_input!r}; valid: "
+        f"{', '.join(PROGRESSIVE_INPUTS)}."
+      )
     input_pyramid = x
     if self.fourier_features:
       x = jnp.concatenate([x, layers.base2_fourier_features(x, self.fourier_features)], axis=-1)
@@ -120,7 +160,9 @@ class UNetBackbone(nn.Module):
           h = self.resample_layer("down", name)(h)
         if self.progressive_input == "input_skip":  # NCSN++'s Combine(method="sum")
           input_pyramid = layers.resample(input_pyramid, "down", self.fir_kernel)
-          h = h + nn.Dense(h.shape[-1], dtype=self.dtype, name=f"down_{level}_input_skip")(input_pyramid)
+          h = h + nn.Dense(h.shape[-1], dtype=self.dtype, name=f"down_{level}_input_skip")(
+            input_pyramid
+          )
         skips.append(h)
     h = self.res_block(h.shape[-1], "mid_0")(h, emb, train)
     h = self.attention("mid_attn")(h, context)
@@ -129,27 +171,40 @@ class UNetBackbone(nn.Module):
 
 
 class UNet(UNetBackbone):
-  """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None) -> [B, H, W, out].
+  """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None) ->
+  [B, H, W, out].
 
-  progressive="output_skip" (NCSN++): each up level ends in GroupNorm, swish and a 3×3 convolution to the
-  output channels, added to the upsampled sum of the levels below; that sum is the output.
+  progressive="output_skip" (NCSN++): each up level ends in GroupNorm, swish and a 3×3 convolution
+  to the output channels, added to the upsampled sum of the levels below; that sum is the output.
   """
+
   out_channels: int = 3
   num_classes: int = 0
   progressive: str = "none"
 
   @nn.compact
-  def __call__(self, x: Array, t: Array, y: Array | None = None, context: Array | None = None,
-               train: bool = False) -> Array:
-    emb = TimeClassEmbedding(self.ch, self.num_classes, self.embedding_type, dtype=self.dtype,
-                             name="embedding")(t, y)
+  def __call__(
+    self,
+    x: Array,
+    t: Array,
+    y: Array | None = None,
+    context: Array | None = None,
+    train: bool = False,
+  ) -> Array:
+    emb = TimeClassEmbedding(
+      self.ch, self.num_classes, self.embedding_type, dtype=self.dtype, name="embedding"
+    )(t, y)
     if self.progressive not in PROGRESSIVE_OUTPUTS:
-      raise ValueError(f"Unknown progressive {self.progressive!r}; valid: {', '.join(PROGRESSIVE_OUTPUTS)}.")
+      raise ValueError(
+        f"Unknown progressive {self.progressive!r}; valid: {', '.join(PROGRESSIVE_OUTPUTS)}."
+      )
     h, skips = self.encode(x, emb, context, train)
     pyramid = None
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
-        h = self.res_block(self.ch * mult, f"up_{level}_{i}")(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
+        h = self.res_block(self.ch * mult, f"up_{level}_{i}")(
+          jnp.concatenate([h, skips.pop()], axis=-1), emb, train
+        )
         if h.shape[1] in self.attn_resolutions and not self.ncsnpp_layout:
           h = self.attention(f"up_{level}_{i}_attn")(h, context)
       if h.shape[1] in self.attn_resolutions and self.ncsnpp_layout:
@@ -163,11 +218,15 @@ class UNet(UNetBackbone):
           h = self.res_block(h.shape[-1], name, "up")(h, emb, train)
         else:
           h = self.resample_layer("up", name)(h)
-    h = pyramid if self.progressive == "output_skip" else self.output_head(h, "norm_out", "conv_out")
+    h = (
+      pyramid if self.progressive == "output_skip" else self.output_head(h, "norm_out", "conv_out")
+    )
     return h.astype(jnp.float32)
 
   @nn.nowrap
   def output_head(self, h: Array, norm_name: str, conv_name: str) -> Array:
     """GroupNorm, swish, zero-initialised 3×3 convolution to `out_channels`."""
     h = nn.swish(layers.GroupNorm(name=norm_name)(h)).astype(self.dtype)
-    return layers.Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype, name=conv_name)(h)
+    return layers.Conv(
+      self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype, name=conv_name
+    )(h)
