@@ -3,9 +3,8 @@ requirements.txt."""
 
 from setuptools import find_packages, setup
 
-TBB = (
-  'tbb; sys_platform == "linux" and platform_machine == "x86_64"'  # wheels with libtbbmalloc_proxy
-)
+# wheels with libtbbmalloc_proxy
+TBB = 'tbb; sys_platform == "linux" and platform_machine == "x86_64"'
 
 setup(
   name="ddpm_jax",

@@ -34,9 +34,8 @@ def mixture_eps_fn(d: diffusion.GaussianDiffusion):
     a = d.alphas_cumprod[t][:, None]
     var = a * STD**2 + 1 - a  # [B, 1]
     diff = x[:, None, :] - jnp.sqrt(a)[:, None] * means[None]  # [B, K, 2]
-    log_r = (
-      log_weights - 0.5 * jnp.sum(diff**2, -1) / var - jnp.log(var)
-    )  # [B, K], up to a constant
+    # [B, K], up to a constant
+    log_r = log_weights - 0.5 * jnp.sum(diff**2, -1) / var - jnp.log(var)
     r = jax.nn.softmax(log_r, axis=-1)
     eps = jnp.sqrt(1 - a) * jnp.sum(r[..., None] * diff, axis=1) / var
     return eps.reshape(x_t.shape)

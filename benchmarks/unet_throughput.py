@@ -70,9 +70,8 @@ def jax_unet_steps(batch: int, dtype: str, conv_impl: str):
   x0 = jax.random.uniform(jax.random.key(0), (batch, 32, 32, 3), minval=-1, maxval=1)
   t = jnp.arange(batch, dtype=jnp.int32) * 100
   params = jax.jit(model.init)(jax.random.key(1), x0, t)
-  optimizer = optim.make_optimizer(
-    config.optim
-  )  # global-norm clipping and Adam, as PyTorch's step below
+  # global-norm clipping and Adam, as PyTorch's step below
+  optimizer = optim.make_optimizer(config.optim)
   opt_state = optimizer.init(params)
 
   forward = jax.jit(lambda params, x, t: model.apply(params, x, t))

@@ -38,12 +38,10 @@ def get_config():
   model.resblock_updown = False  # BigGAN-style residual up/down-sampling (ADM)
   model.scale_shift_norm = False  # AdaGN (ADM)
   model.num_classes = 0  # > 0: class-conditional, with an extra null class
-  model.context_dim = config_dict.placeholder(
-    int
-  )  # cross-attention to a [B, L, context_dim] context
-  model.embedding_type = (
-    "positional"  # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
-  )
+  # cross-attention to a [B, L, context_dim] context
+  model.context_dim = config_dict.placeholder(int)
+  # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
+  model.embedding_type = "positional"
   model.fourier_features = ()  # exponents n of sin/cos(2^n·2π x) input features (VDM: (6, 7))
   model.conv_impl = "xla"  # "winograd": Winograd 3×3 convolutions, faster on XLA:CPU
   model.dtype = "float32"
@@ -105,17 +103,14 @@ def get_config():
   training.sample_every_steps = 1000  # EMA sample grid to workdir/samples and TensorBoard
   training.keep_checkpoints = 3
   training.fsdp = False  # shard params and optimizer state over the data axis
-  training.label_dropout = (
-    0.1  # class-conditional models: null-label rate (classifier-free guidance)
-  )
+  # class-conditional models: null-label rate (classifier-free guidance)
+  training.label_dropout = 0.1
 
-  config.sampling = sampling = (
-    ml_collections.ConfigDict()
-  )  # sample grids in training and --mode=sample
+  # sample grids in training and --mode=sample
+  config.sampling = sampling = ml_collections.ConfigDict()
   sampling.sampler = "ddim"  # family "gaussian": "ddpm" (ancestral) | "ddim" | "dpm_solver"
-  sampling.num_steps = config_dict.placeholder(
-    int
-  )  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver)
+  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver)
+  sampling.num_steps = config_dict.placeholder(int)
   sampling.eta = 0.0  # DDIM: 0 deterministic, 1 ancestral-like
   sampling.guidance_scale = 0.0  # classifier-free guidance w (class-conditional models)
   sampling.classifier_workdir = config_dict.placeholder(str)  # a run of family "classifier" …
@@ -125,21 +120,17 @@ def get_config():
   sampling.clip_denoised = True
   sampling.snr = 0.16  # score SDEs: Langevin corrector signal-to-noise ratio
 
-  config.eval = eval_config = (
-    ml_collections.ConfigDict()
-  )  # --mode=eval, and the held-out loss in training
+  # --mode=eval, and the held-out loss in training
+  config.eval = eval_config = ml_collections.ConfigDict()
   eval_config.num_loss_batches = 4  # held-out batches of training.batch_size; 0: none
-  eval_config.inception_path = config_dict.placeholder(
-    str
-  )  # pytorch-fid's pt_inception-2015-12-05-*.pth
+  # pytorch-fid's pt_inception-2015-12-05-*.pth
+  eval_config.inception_path = config_dict.placeholder(str)
   eval_config.num_fid_samples = 1000
   eval_config.num_reference_images = 1500  # the digits' whole train split
-  eval_config.reference_stats_path = config_dict.placeholder(
-    str
-  )  # default: workdir/fid_stats_<data>.npz
+  # default: workdir/fid_stats_<data>.npz
+  eval_config.reference_stats_path = config_dict.placeholder(str)
   eval_config.bpd_num_batches = 1
-  eval_config.feature_net_path = config_dict.placeholder(
-    str
-  )  # offline metrics; default: the shipped weights
+  # offline metrics; default: the shipped weights
+  eval_config.feature_net_path = config_dict.placeholder(str)
   # for the dataset and size, if any (evaluation/feature_net.py)
   return config

@@ -102,9 +102,8 @@ class PreemptionFlag:
   def __init__(self, check_every: int = 10):
     self.event = threading.Event()
     self.check_every = check_every
-    if (
-      threading.current_thread() is threading.main_thread()
-    ):  # signal handlers live in the main thread
+    # signal handlers live in the main thread
+    if threading.current_thread() is threading.main_thread():
       signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):

@@ -279,9 +279,8 @@ def _model_variance(
       d.posterior_log_variance_clipped, t, x_t.ndim
     )
     return jnp.exp(log_variance), log_variance
-  if (
-    d.var_type == "fixed_small"
-  ):  # σ² = β̃_t; the variance itself is 0 at t = 0, its log is clipped.
+  # σ² = β̃_t; the variance itself is 0 at t = 0, its log is clipped.
+  if d.var_type == "fixed_small":
     variance, log_variance = d.posterior_variance, d.posterior_log_variance_clipped
   # fixed_large: σ² = β_t, with β̃ at t = 1 for the first step so that the decoder stays sharp.
   else:

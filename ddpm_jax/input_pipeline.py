@@ -189,9 +189,8 @@ def load_batch(
   images = np.stack(
     [to_model_range(np.asarray(ex["image"]), image_size, num_channels) for ex in examples]
   )
-  if (
-    random_flip
-  ):  # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
+  # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
+  if random_flip:
     flip = np.array([np.random.default_rng([seed, int(p), 1]).random() < 0.5 for p in positions])
     images[flip] = images[flip, :, ::-1]
   labels = np.array([int(ex.get("label", 0)) for ex in examples], dtype=np.int32)

@@ -40,9 +40,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  host_memory.use_host_allocator(
-    FLAGS.host_allocator
-  )  # may restart the process: before anything else
+  # may restart the process: before anything else
+  host_memory.use_host_allocator(FLAGS.host_allocator)
   # Imported here so that `--help` stays instant (and the restart above cheap).
   from ddpm_jax import parallel, train
   from ddpm_jax.evaluation import evaluate, sample

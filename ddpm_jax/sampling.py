@@ -56,9 +56,8 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
       raise ValueError(f"Cannot take {count} steps from a section of {size} steps.")
     stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
     position = 0.0
-    for _ in range(
-      count
-    ):  # accumulated, as the reference code does, so rounding ties agree with it
+    # accumulated, as the reference code does, so rounding ties agree with it
+    for _ in range(count):
       steps.add(start + round(position))
       position += stride
     start += size
@@ -318,9 +317,8 @@ def dpm_solver_sample(
   d = diffusion.respace(d, log_snr_uniform_timesteps(d, num_steps))
   x = _initial_noise(rng, shape, x_T)
   batch, n = x.shape[0], d.num_timesteps
-  log_snr = 0.5 * (
-    jnp.log(d.alphas_cumprod) - d.log_one_minus_alphas_cumprod
-  )  # λ at each grid point
+  # λ at each grid point
+  log_snr = 0.5 * (jnp.log(d.alphas_cumprod) - d.log_one_minus_alphas_cumprod)
 
   def step(carry, i):
     x, x0_prev, h_prev = carry

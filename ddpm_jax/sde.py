@@ -306,9 +306,8 @@ def annealed_langevin_sample(
   √α_i z. `score_fn(x, sigma)` takes σ [B]. With `denoise`, a final Tweedie step x + σ_L² ∇ log
   p_σL(x)."""
   sigmas = jnp.asarray(sigmas, jnp.float32)
-  x = jax.random.uniform(
-    jax.random.fold_in(rng, 2**31 - 1), shape
-  )  # NCSN starts from U[0, 1]; other keys fold i
+  # NCSN starts from U[0, 1]; other keys fold i
+  x = jax.random.uniform(jax.random.fold_in(rng, 2**31 - 1), shape)
   levels = jnp.repeat(jnp.arange(sigmas.shape[0]), n_steps_each)
 
   def step(x, i_and_level):

@@ -19,15 +19,8 @@ class TrainState:
   params: Any
   ema_params: Any
   opt_state: Any
-  family_state: Any = (
-    None  # what the family carries across steps (the loss history of importance-sampled t)
-  )
-
-
-def make_optimizer(config: ml_collections.ConfigDict, family: families.Family | None = None):
-  """The optimizer of `config.optim`, with the family's clipping mask."""
-  family = family or families.get_family(config)
-  return optim.make_optimizer(config.optim, family.clip_mask)
+  # what the family carries across steps (the loss history of importance-sampled t)
+  family_state: Any = None
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
@@ -38,7 +31,7 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
     step=jnp.zeros((), jnp.int32),
     params=params,
     ema_params=params,
-    opt_state=make_optimizer(config, family).init(params),
+    opt_state=optim.make_optimizer(config.optim, family.clip_mask).init(params),
     family_state=family.init_state(),
   )
 

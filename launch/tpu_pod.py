@@ -157,9 +157,8 @@ def resume_loop(args, extra: list[str], run=subprocess.run, sleep=time.sleep) ->
   for attempt in range(args.max_restarts + 1):
     state = tpu_state(args, run)
     if state != "READY":
-      if (
-        state is not None
-      ):  # PREEMPTED / TERMINATED: a spot TPU cannot be restarted, only recreated
+      # PREEMPTED / TERMINATED: a spot TPU cannot be restarted, only recreated
+      if state is not None:
         run(
           [
             "gcloud",

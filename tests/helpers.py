@@ -20,9 +20,8 @@ def tiny_config(num_train_steps=12, batch_size=16):
   config = default.get_config()
   config.data.image_size = 8
   config.model.ch = 32
-  config.model.ch_mult = (
-    1,
-  )  # one resolution: half the layers of the default config, half the compile time
+  # one resolution: half the layers of the default config, half the compile time
+  config.model.ch_mult = (1,)
   config.model.attn_resolutions = ()
   config.diffusion.num_timesteps = 50
   config.optim.warmup_steps = 0

@@ -14,9 +14,8 @@ from ddpm_jax import ardm
 
 D, K = 3, 3
 _rng = np.random.default_rng(0)
-A = jnp.asarray(
-  _rng.normal(size=(D, K, D, K)), jnp.float32
-)  # logits of variable k from the known one-hots
+# logits of variable k from the known one-hots
+A = jnp.asarray(_rng.normal(size=(D, K, D, K)), jnp.float32)
 BIAS = jnp.asarray(_rng.normal(size=(D, K)), jnp.float32)
 T_WEIGHT = jnp.asarray(_rng.normal(size=(D, K)), jnp.float32)
 
@@ -46,16 +45,14 @@ def test_loss_is_unbiased_for_the_bound_over_all_orderings():
   x = np.array([2, 0, 1])
   orders = list(itertools.permutations(range(D)))
   bound = np.mean([chain_rule_nll(x, order) for order in orders])  # E_σ -log p(x | σ), D! orders
-  ranks = jnp.asarray(
-    [np.argsort(order) for order in orders], jnp.int32
-  )  # rank[k] = position of k in σ
+  # rank[k] = position of k in σ
+  ranks = jnp.asarray([np.argsort(order) for order in orders], jnp.int32)
   xs = jnp.asarray(np.tile(x, (len(orders), 1)))
   expected = np.mean(
     [np.mean(ardm.loss_at(toy_logits, xs, jnp.full((len(orders),), t), ranks)) for t in range(D)]
   )
-  np.testing.assert_allclose(
-    expected, bound, rtol=1e-5
-  )  # E_t E_σ of the one-step estimate, exactly
+  # E_t E_σ of the one-step estimate, exactly
+  np.testing.assert_allclose(expected, bound, rtol=1e-5)
   exact, per_step = ardm.nll_along_order(toy_logits, xs, ranks)
   np.testing.assert_allclose(exact, [chain_rule_nll(x, order) for order in orders], rtol=1e-5)
   np.testing.assert_allclose(per_step.sum(-1), exact, rtol=1e-6)
@@ -94,13 +91,11 @@ def test_full_budget_sampling_visits_every_variable_exactly_once():
     lambda x, known, t: jnp.zeros(x.shape + (5,)), jax.random.key(0), shape
   )
   steps = np.sort(np.asarray(generated_at).reshape(16, 6), axis=-1)
-  np.testing.assert_array_equal(
-    steps, np.tile(np.arange(6), (16, 1))
-  )  # one variable per step, each once
+  # one variable per step, each once
+  np.testing.assert_array_equal(steps, np.tile(np.arange(6), (16, 1)))
   assert x.min() >= 0 and x.max() < 5
-  assert (
-    len({tuple(np.asarray(generated_at[i]).ravel()) for i in range(16)}) > 1
-  )  # orders differ per example
+  # orders differ per example
+  assert len({tuple(np.asarray(generated_at[i]).ravel()) for i in range(16)}) > 1
 
 
 def test_parallel_decoding_makes_one_network_call_per_step():

@@ -150,9 +150,8 @@ def _oracle_model_fn(d, x0):
 
 def test_vlb_terms_of_an_oracle_model(betas, rng):
   d = make(betas)
-  x0 = jnp.asarray(
-    np.round((rng.uniform(-1, 1, SHAPE) + 1) * 127.5) / 127.5 - 1, jnp.float32
-  )  # 8-bit data
+  # 8-bit data
+  x0 = jnp.asarray(np.round((rng.uniform(-1, 1, SHAPE) + 1) * 127.5) / 127.5 - 1, jnp.float32)
   _, noise = _data(rng)
   t = jnp.array([0, 1, 40, 99])
   x_t = diffusion.q_sample(d, x0, t, noise)

@@ -15,9 +15,8 @@ def test_resumed_order_equals_uninterrupted_order():
   data.random_flip = True
   kw = dict(split="train", global_batch_size=16, seed=3)
   straight = list(input_pipeline.batches(data, start_step=0, num_steps=120, **kw))
-  resumed = list(
-    input_pipeline.batches(data, start_step=70, num_steps=50, **kw)
-  )  # crosses epoch boundaries
+  # crosses epoch boundaries
+  resumed = list(input_pipeline.batches(data, start_step=70, num_steps=50, **kw))
   for a, b in zip(straight[70:], resumed):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])

@@ -118,9 +118,8 @@ def test_slurm_task_command_from_the_environment():
     "--process_id=9",
   ]
   assert env["CUDA_VISIBLE_DEVICES"] == "1"
-  _, env = slurm.task_command(
-    {**SLURM_ENV, "CUDA_VISIBLE_DEVICES": "3"}, []
-  )  # SLURM bound one GPU already
+  # SLURM bound one GPU already
+  _, env = slurm.task_command({**SLURM_ENV, "CUDA_VISIBLE_DEVICES": "3"}, [])
   assert env["CUDA_VISIBLE_DEVICES"] == "3"
   with pytest.raises(RuntimeError, match="SLURM_PROCID"):
     slurm.task_command({k: v for k, v in SLURM_ENV.items() if k != "SLURM_PROCID"}, [])

@@ -209,9 +209,8 @@ def test_bfloat16_matches_float32():
 
 def test_remat_and_winograd_give_the_same_values_and_gradients():
   x, t, _, _ = _inputs()
-  one_level = dict(
-    ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=()
-  )  # 8×8: Winograd F(2×2, 3×3)
+  # 8×8: Winograd F(2×2, 3×3)
+  one_level = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
   params = _random_params(UNet(**one_level, out_channels=C), x, t)
   loss = lambda **kw: jax.jit(
     jax.value_and_grad(
@@ -374,9 +373,8 @@ def test_output_skip_sums_every_up_levels_output_upsampled_to_the_image():
 
 @pytest.mark.parametrize("shape", [(2, 6, 6, 64), (2, 10, 96)])
 def test_group_norm_matches_its_definition_and_flax(shape):
-  x = jnp.asarray(
-    3.0 + 2.0 * np.random.default_rng(0).normal(size=shape), jnp.float32
-  )  # a mean to subtract
+  # a mean to subtract
+  x = jnp.asarray(3.0 + 2.0 * np.random.default_rng(0).normal(size=shape), jnp.float32)
   params = _random_params(layers.GroupNorm(), x)
   scale, bias = params["params"]["scale"], params["params"]["bias"]
   out = jax.jit(layers.GroupNorm().apply)(params, x)
@@ -485,9 +483,8 @@ def test_winograd_conv_in_bfloat16_is_as_close_as_xla_in_bfloat16():
 
 def test_winograd_tiles_per_resolution_and_dtype():
   assert [layers.winograd_tile(s, s, jnp.float32) for s in (32, 16, 12, 8, 4)] == [4, 4, 2, 2, None]
-  assert (
-    layers.winograd_tile(32, 32, jnp.bfloat16) == 2
-  )  # F(4×4)'s larger coefficients lose bfloat16 precision
+  # F(4×4)'s larger coefficients lose bfloat16 precision
+  assert layers.winograd_tile(32, 32, jnp.bfloat16) == 2
   assert layers.winograd_tile(32, 10, jnp.float32) == 2
   with pytest.raises(ValueError, match="divisible by 4"):
     layers.conv3x3_winograd(jnp.zeros((1, 8, 6, 2)), jnp.zeros((3, 3, 2, 2)), 4)

@@ -36,9 +36,8 @@ def test_feature_frechet_distance_is_near_zero_between_halves_and_grows_with_noi
   half_a, half_b = test[order[:148]], test[order[148:]]
   features = lambda images: offline_metrics.features_and_logits(params, images)[0]
   reference = features(half_b)
-  spread = np.trace(
-    np.cov(reference, rowvar=False)
-  )  # the distance's natural scale: Tr Σ of the features
+  # the distance's natural scale: Tr Σ of the features
+  spread = np.trace(np.cov(reference, rowvar=False))
   distances = []
   for noise in (0.0, 80.0, 160.0):
     noisy = np.clip(half_a + rng.normal(0, noise, half_a.shape), 0, 255).round().astype(np.uint8)

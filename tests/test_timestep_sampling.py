@@ -41,9 +41,8 @@ def test_probabilities_uniform_until_warm_then_proportional_to_rms(rng):
   h = diffusion.init_loss_history(T, size)
   t_warm = np.repeat(np.arange(T - 1), size)
   h = diffusion.update_loss_history(h, jnp.asarray(t_warm), jnp.ones(t_warm.size))
-  np.testing.assert_allclose(
-    diffusion.timestep_probs(h), np.full(T, 0.25)
-  )  # step 3 has no history yet
+  # step 3 has no history yet
+  np.testing.assert_allclose(diffusion.timestep_probs(h), np.full(T, 0.25))
   losses = rng.uniform(0, 3, (T, size))
   h = diffusion.LossHistory(
     losses=jnp.asarray(losses, jnp.float32), counts=jnp.full(T, size, jnp.int32)

@@ -193,9 +193,8 @@ def test_sigterm_saves_and_stops(tmp_path):
   steps = sorted(
     int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*"))
   )
-  assert steps[-1] % 4 != 0 or steps[-1] > 4, (
-    steps
-  )  # a save at the preemption step, not only the periodic ones
+  # a save at the preemption step, not only the periodic ones
+  assert steps[-1] % 4 != 0 or steps[-1] > 4, steps
   assert b"preemption" in err
 
 
@@ -244,9 +243,8 @@ def test_tbbmalloc_restart_neither_loops_nor_goes_on_without_the_wheel(monkeypat
     raise AssertionError("restarted")
 
   monkeypatch.setattr(os, "execve", execve)
-  monkeypatch.setenv(
-    "LD_PRELOAD", "/lib/libtbbmalloc_proxy.so.2"
-  )  # named, yet not loaded in this process
+  # named, yet not loaded in this process
+  monkeypatch.setenv("LD_PRELOAD", "/lib/libtbbmalloc_proxy.so.2")
   with pytest.raises(RuntimeError, match="did not load"):
     host_memory.use_host_allocator("tbbmalloc")
   monkeypatch.delenv("LD_PRELOAD")
@@ -426,9 +424,8 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
 
   from ddpm_jax.evaluation import evaluate
 
-  weights = (
-    tmp_path / "inception.npz"
-  )  # a state dict in pytorch-fid's layout (random weights, offline)
+  # a state dict in pytorch-fid's layout (random weights, offline)
+  weights = tmp_path / "inception.npz"
   np.savez(weights, **{k: v.numpy() for k, v in random_reference_net().state_dict().items()})
   config = tiny_config(num_train_steps=4)
   train.train_and_evaluate(config, str(tmp_path))
@@ -515,12 +512,10 @@ def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   images = np.load(sample.sample(config, str(tmp_path)))["images"]
   assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
   config.training.batch_size, config.eval.num_fid_samples = 8, 4
-  results = evaluate.evaluate(
-    config, str(tmp_path)
-  )  # the VLB, on the same 8-bit footing as calc_bpd_loop
-  assert (
-    0 < results["bpd"] < 20 and results["feature_fd"] > 0
-  )  # and the offline metrics of its samples
+  # the VLB, on the same 8-bit footing as calc_bpd_loop
+  results = evaluate.evaluate(config, str(tmp_path))
+  # and the offline metrics of its samples
+  assert 0 < results["bpd"] < 20 and results["feature_fd"] > 0
   config.vdm.gamma_min = 6.0
   with pytest.raises(ValueError, match="vdm.gamma_min=6.0 must be below"):
     config_validation.validate_config(config)

@@ -19,9 +19,8 @@ def exact_eps(z, gamma_t):
   return sigma / (alpha**2 * S**2 + sigma**2) * (z - alpha * MU)
 
 
-def biased_eps(
-  z, gamma_t
-):  # an imperfect denoiser, so that the losses are not all at their minimum
+# an imperfect denoiser, so that the losses are not all at their minimum
+def biased_eps(z, gamma_t):
   return 1.1 * exact_eps(z, gamma_t) + 0.05 * jnp.tanh(z)
 
 
@@ -61,17 +60,15 @@ def test_continuous_loss_is_the_limit_of_the_t_step_loss():
   x = jnp.asarray(rng.normal(MU, S, (3, 2)), jnp.float32)
   noise = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
 
-  def expectation(
-    ts, num_steps=0
-  ):  # the mean of the per-example loss over the times ts, all at once
+  # the mean of the per-example loss over the times ts, all at once
+  def expectation(ts, num_steps=0):
     per_t = jax.vmap(lambda t: _diffusion_loss_at(jnp.full((3,), t), x, noise, num_steps))(
       jnp.asarray(ts)
     )
     return np.asarray(per_t).mean(axis=0)
 
-  continuous = expectation(
-    (np.arange(4000) + 0.5) / 4000
-  )  # midpoint rule: the integrand is smooth in t
+  # midpoint rule: the integrand is smooth in t
+  continuous = expectation((np.arange(4000) + 0.5) / 4000)
   errors = [
     np.max(np.abs(expectation((np.arange(T) + 0.5) / T, T) - continuous) / continuous)
     for T in (10, 100, 1000)

@@ -79,9 +79,8 @@ def reference_statistics(
       )
     ]
   )
-  images = parallel.to_host(local)[
-    :n
-  ]  # every process reads its share; all compute the same statistics
+  # every process reads its share; all compute the same statistics
+  images = parallel.to_host(local)[:n]
   stats = inception_statistics(inception_params, images, batch)
   if jax.process_index() == 0:
     files.save_npz(path, mu=stats["mu"], sigma=stats["sigma"])

@@ -218,9 +218,8 @@ def convert_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
       continue
     parts = key.split(".")
     value = np.asarray(value, np.float32)
-    if (
-      len(parts) == 2 and parts[0] == "fc" and parts[1] in ("weight", "bias")
-    ):  # Linear [out, in] -> [in, out]
+    # Linear [out, in] -> [in, out]
+    if len(parts) == 2 and parts[0] == "fc" and parts[1] in ("weight", "bias"):
       path, leaf = ["fc"], {"weight": "kernel", "bias": "bias"}[parts[1]]
       value = value.T if parts[1] == "weight" else value
     elif len(parts) >= 3 and parts[-2:] == ["conv", "weight"]:  # OIHW -> HWIO

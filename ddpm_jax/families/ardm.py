@@ -95,9 +95,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       "t_fraction": t / math.prod(x0.shape[1:]),
     }
 
-  def loss(
-    params, batch, draws, dropout_rng
-  ):  # the unbiased one-step estimate of -log p(x), bits/dim
+  # the unbiased one-step estimate of -log p(x), bits/dim
+  def loss(params, batch, draws, dropout_rng):
     x0 = batch["image"]
     nats = ardm.loss_at(
       logits_fn(params, **base.apply_kwargs(dropout_rng)),

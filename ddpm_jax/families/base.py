@@ -20,12 +20,10 @@ import ml_collections
 Array = jax.Array
 Params = Any
 Batch = dict[str, Array]  # {"image": [B, H, W, C] in [-1, 1], "label": [B] int}
-Draws = dict[
-  str, Any
-]  # per-example random draws, every leaf [B, ...]; "weight" and "t_fraction" [B]
-SampleFn = Callable[
-  ..., Array
-]  # (params, rng, labels [B] | None, guide_params=None) -> x [B, H, W, C]
+# per-example random draws, every leaf [B, ...]; "weight" and "t_fraction" [B]
+Draws = dict[str, Any]
+# (params, rng, labels [B] | None, guide_params=None) -> x [B, H, W, C]
+SampleFn = Callable[..., Array]
 
 
 class StepKeys(NamedTuple):

@@ -132,9 +132,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
         cond_fn = sampling.classifier_guidance(
           log_prob_fn, labels, sampling_config.classifier_scale
         )
-        labels = (
-          labels if model.num_classes else None
-        )  # an unconditional diffusion model ignores them
+        # an unconditional diffusion model ignores them
+        labels = labels if model.num_classes else None
       conditional = lambda x_t, t: model.apply(params, x_t, t, labels)
       model_fn = conditional
       if labels is not None and sampling_config.guidance_scale:

@@ -58,9 +58,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
     x0 = batch["image"]
-    t = vdm.time_samples(
-      keys.t, x0.shape[0], vdm_config.antithetic_time
-    )  # t ∈ [0, 1), low-discrepancy
+    # t ∈ [0, 1), low-discrepancy
+    t = vdm.time_samples(keys.t, x0.shape[0], vdm_config.antithetic_time)
     eps, eps_0 = (
       jax.random.normal(jax.random.fold_in(keys.noise, i), x0.shape, x0.dtype) for i in range(2)
     )

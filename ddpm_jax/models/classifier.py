@@ -26,18 +26,16 @@ class AttentionPool(nn.Module):
   def __call__(self, x: Array) -> Array:
     b, hgt, wid, c = x.shape
     tokens = x.reshape(b, hgt * wid, c)
-    tokens = jnp.concatenate(
-      [jnp.mean(tokens, axis=1, keepdims=True), tokens], axis=1
-    )  # [B, 1 + HW, C]
+    # [B, 1 + HW, C]
+    tokens = jnp.concatenate([jnp.mean(tokens, axis=1, keepdims=True), tokens], axis=1)
     positions = self.param(
       "positional_embedding", nn.initializers.normal(c**-0.5), (1 + hgt * wid, c)
     )
     tokens = (tokens + positions).astype(self.dtype)
     q, k, v = jnp.split(nn.Dense(3 * c, dtype=self.dtype, name="qkv")(tokens), 3, axis=-1)
     heads = layers.num_attention_heads(c, self.num_heads, self.num_head_channels)
-    pooled = layers.multihead_attention(q[:, :1], k, v, heads)[
-      :, 0
-    ]  # only the mean token's output is used
+    # only the mean token's output is used
+    pooled = layers.multihead_attention(q[:, :1], k, v, heads)[:, 0]
     return nn.Dense(self.num_outputs, dtype=self.dtype, name="out")(pooled).astype(jnp.float32)
 
 

@@ -189,9 +189,8 @@ def winograd_kernel_transform(kernel: Array, tile: int) -> Array:
   training step on XLA:CPU, its gradient 5× longer than this matmul's."""
   g = WINOGRAD_TRANSFORMS[tile][1]
   size, (c, out) = tile + 2, kernel.shape[2:]
-  g_kron_g = np.einsum("pi,qj->qpij", g, g).reshape(
-    size * size, 9
-  )  # row (q, p): column q, row p of the tile
+  # row (q, p): column q, row p of the tile
+  g_kron_g = np.einsum("pi,qj->qpij", g, g).reshape(size * size, 9)
   return (jnp.asarray(g_kron_g, kernel.dtype) @ kernel.reshape(9, c * out)).reshape(
     size * size, c, out
   )
@@ -235,12 +234,10 @@ def winograd_output_transform(m: Array, tile: int, shape: tuple[int, int, int, i
   b, h, w, out = shape
   m = m.reshape(tile + 2, tile + 2, b, h // tile, w // tile, out)
   # Columns, then rows; y[q, b, p, i, j] is output pixel (i·m + p, j·m + q).
-  y_cols = jnp.stack(_linear_combinations(a_t, _unstack(m))).swapaxes(
-    0, 1
-  )  # [size(row), tile(col), B, th, tw, O]
-  y = jnp.stack(
-    _linear_combinations(a_t, _unstack(y_cols)), axis=2
-  )  # [tile(col), B, tile(row), th, tw, O]
+  # [size(row), tile(col), B, th, tw, O]
+  y_cols = jnp.stack(_linear_combinations(a_t, _unstack(m))).swapaxes(0, 1)
+  # [tile(col), B, tile(row), th, tw, O]
+  y = jnp.stack(_linear_combinations(a_t, _unstack(y_cols)), axis=2)
   return y.transpose(1, 3, 2, 4, 0, 5).reshape(shape)
 
 
@@ -469,9 +466,8 @@ class ResBlock(nn.Module):
     h = nn.Dropout(self.dropout)(nn.swish(h).astype(self.dtype), deterministic=not train)
     h = Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype)(h)
     if x.shape[-1] != self.out_channels or (self.resample and self.project_resampled_skip):
-      x = nn.Dense(self.out_channels, dtype=self.dtype, name="skip")(
-        x
-      )  # 1×1 projection (DDPM's NIN shortcut)
+      # 1×1 projection (DDPM's NIN shortcut)
+      x = nn.Dense(self.out_channels, dtype=self.dtype, name="skip")(x)
     return residual_sum(x, h, self.skip_rescale)
 
 

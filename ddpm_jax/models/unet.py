@@ -71,24 +71,21 @@ class UNetBackbone(nn.Module):
   scale_shift_norm: bool = False
   conv_resample: bool = True
   context_dim: int | None = None
-  embedding_type: str = (
-    "positional"  # of t: "positional" (sinusoidal) | "fourier" (NCSN++'s, for log σ)
-  )
+  # of t: "positional" (sinusoidal) | "fourier" (NCSN++'s, for log σ)
+  embedding_type: str = "positional"
   fourier_features: Sequence[
     int
   ] = ()  # VDM: append sin/cos(2^n·2π x_t) for these n to the input channels
-  conv_impl: str = (
-    "xla"  # "winograd": 3×3 convolutions by Winograd F(4×4|2×2, 3×3), faster on XLA:CPU
-  )
+  # "winograd": 3×3 convolutions by Winograd F(4×4|2×2, 3×3), faster on XLA:CPU
+  conv_impl: str = "xla"
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
   skip_rescale: bool = False  # residual sums (x + h)/√2 (DDPM++, NCSN++)
   fir_kernel: Sequence[
     int
   ] = ()  # FIR resampling filter, (1, 3, 3, 1) in NCSN++; () = nearest / 2×2 mean
-  progressive_input: str = (
-    "none"  # "input_skip": the input, downsampled, added by 1×1 conv after each down level
-  )
+  # "input_skip": the input, downsampled, added by 1×1 conv after each down level
+  progressive_input: str = "none"
   # score_sde's layout: one attention block per up level after its residual blocks (not one after
   # each), and 1×1 projections of the skip path in every resampling residual block.
   ncsnpp_layout: bool = False
