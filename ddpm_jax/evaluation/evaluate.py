@@ -87,6 +87,17 @@ def reference_statistics(
   return stats
 
 
+def held_out_batches(config: ml_collections.ConfigDict, num_batches: int):
+  """This process's share of the first `num_batches` batches of `data.eval_split`, every time."""
+  return input_pipeline.batches(
+    config.data,
+    split=config.data.eval_split,
+    global_batch_size=config.training.batch_size,
+    seed=config.seed,
+    num_steps=num_batches,
+  )
+
+
 def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Family, mesh):
   """-> (params) -> the family's mean loss, without dropout and with t uniform, on the first
   `eval.num_loss_batches` batches of `data.eval_split`; the same draws at every call, so that the
@@ -101,16 +112,9 @@ def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Famil
   key = run_rngs(config.seed)["eval"]
 
   def held_out_loss(params) -> float:
-    batches = input_pipeline.batches(
-      config.data,
-      split=config.data.eval_split,
-      global_batch_size=config.training.batch_size,
-      seed=config.seed,
-      num_steps=config.eval.num_loss_batches,
-    )
     losses = [
       loss_fn(params, parallel.global_batch(batch, sharding), jax.random.fold_in(key, i))
-      for i, batch in enumerate(batches)
+      for i, batch in enumerate(held_out_batches(config, config.eval.num_loss_batches))
     ]
     return float(np.mean(jax.device_get(losses)))
 
@@ -134,14 +138,7 @@ def held_out_bits_per_dim(
   bpd_fn = jax.jit(family.bits_per_dim)
   sharding = parallel.data_sharding(mesh)
   outputs = []
-  batches = input_pipeline.batches(
-    config.data,
-    split=config.data.eval_split,
-    global_batch_size=config.training.batch_size,
-    seed=config.seed,
-    num_steps=config.eval.bpd_num_batches,
-  )
-  for i, batch in enumerate(batches):
+  for i, batch in enumerate(held_out_batches(config, config.eval.bpd_num_batches)):
     x0 = parallel.global_batch(batch, sharding)["image"]
     outputs.append(
       {k: parallel.to_host(v) for k, v in bpd_fn(ema_params, x0, jax.random.key(i)).items()}
