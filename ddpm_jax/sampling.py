@@ -75,6 +75,8 @@ def _progress_reporter(name: str, total: int) -> Callable[[Array], None]:
 
   def report(done):
     done = int(done)
+    if done == 1:  # a new run of the compiled loop: report its progress again
+      reported.clear()
     if done not in reported and (done % every == 0 or done == total):
       reported.add(done)
       logging.info("%s: step %d / %d", name, done, total)

@@ -162,9 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state, start_step = ckpt.restore_latest(abstract_state)
   rngs = run_rngs(config.seed)
   if state is None:
-    state = jax.jit(functools.partial(create_train_state, config), out_shardings=shardings)(
-      rngs["init"]
-    )
+    state = create_train_state(config, rngs["init"], mesh)
     start_step = 0
     if is_writer:
       (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))

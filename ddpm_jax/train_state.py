@@ -23,8 +23,9 @@ class TrainState:
   family_state: Any = None
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
-  """Fresh parameters (EMA starts equal to them), optimizer state and the family's own state."""
+def init_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+  """Fresh parameters (EMA starts equal to them), optimizer state and the family's own state, as a
+  traceable function (`jax.eval_shape` of it is the restore target)."""
   family = families.get_family(config)
   params = family.init_params(rng)
   return TrainState(
@@ -36,10 +37,21 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
   )
 
 
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh=None) -> TrainState:
+  """`init_train_state` compiled and placed on `mesh` (default: all devices) with the shardings of
+  `train.make_train_step`, each leaf its own buffer (params and EMA are not shared): it goes into
+  the step as it is, and the step compiles once."""
+  mesh = mesh or parallel.make_mesh()
+  init = jax.jit(
+    functools.partial(init_train_state, config), out_shardings=state_sharding(config, mesh)
+  )
+  return init(rng)
+
+
 def abstract_train_state(config: ml_collections.ConfigDict, mesh):
   """Shapes, dtypes and shardings of the train state, without allocating it (the target of a
   restore)."""
-  abstract = jax.eval_shape(functools.partial(create_train_state, config), jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(init_train_state, config), jax.random.key(0))
   shardings = parallel.state_shardings(abstract, mesh, config.training.fsdp)
   return jax.tree_util.tree_map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings

@@ -54,10 +54,7 @@ def run_steps(config, num_steps):
   from ddpm_jax import input_pipeline, parallel, train
 
   mesh = parallel.make_mesh()
-  state = jax.jit(
-    lambda rng: train.create_train_state(config, rng),
-    out_shardings=train.state_sharding(config, mesh),
-  )(jax.random.key(0))
+  state = train.create_train_state(config, jax.random.key(0), mesh)
   step_fn = train.make_train_step(config, mesh)
   losses = []
   for batch in input_pipeline.batches(

@@ -69,6 +69,21 @@ def test_loss_decreases():
   assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
 
 
+def test_the_documented_train_api_works_verbatim_and_the_step_compiles_once():
+  # README / DESIGN: state = create_train_state(config, rng); step_fn = make_train_step(config);
+  # step_fn(state, batch, rng) with the input pipeline's host batches.
+  config = tiny_config()
+  state = train.create_train_state(config, jax.random.key(0))
+  step_fn = train.make_train_step(config)
+  batches = input_pipeline.batches(
+    config.data, split="train", global_batch_size=config.training.batch_size, seed=0, num_steps=3
+  )
+  for batch in batches:
+    state, metrics = step_fn(state, batch, jax.random.key(1))
+  assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
+  assert step_fn._cache_size() == 1  # one executable for the run
+
+
 @pytest.mark.parametrize("max_norm", [0.5, 10.0])  # ‖g‖ = √22 ≈ 4.7: clipped, and left alone
 def test_clip_by_global_norm_equals_optax(max_norm):
   grads = {"a": jnp.full((3, 4), 0.5), "b": {"c": jnp.arange(-3.0, 3.0)}}

@@ -113,8 +113,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     plan = decoding_plan(config, workdir)
 
-    def sample(params, rng, labels, guide_params=None):
-      del labels, guide_params
+    def sample(params, rng, labels, guide_params=None, controls=None):
+      del labels, guide_params, controls
       sampled, _ = ardm.sample(logits_fn(params), rng, shape, plan)
       return images(num_classes, sampled)
 

@@ -22,7 +22,8 @@ Params = Any
 Batch = dict[str, Array]  # {"image": [B, H, W, C] in [-1, 1], "label": [B] int}
 # per-example random draws, every leaf [B, ...]; "weight" and "t_fraction" [B]
 Draws = dict[str, Any]
-# (params, rng, labels [B] | None, guide_params=None) -> x [B, H, W, C]
+# (params, rng, labels [B] | None, guide_params=None, controls=None) -> x [B, H, W, C]; controls: a
+# dict of the family's traced sampling values (the Gaussian family's guidance scales, DDIM's η).
 SampleFn = Callable[..., Array]
 
 

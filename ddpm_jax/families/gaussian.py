@@ -14,33 +14,28 @@ from ddpm_jax.families import base
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
 
-def ddpm(diffusion_model, model_fn, rng, shape, sampling_config, **kw):
-  return sampling.ddpm_sample(
-    diffusion_model, model_fn, rng, shape, num_steps=sampling_config.num_steps, **kw
-  )
+def ddpm(gaussian, model_fn, rng, shape, num_steps, controls, **kw):
+  del controls
+  return sampling.ddpm_sample(gaussian, model_fn, rng, shape, num_steps=num_steps, **kw)
 
 
-def ddim(diffusion_model, model_fn, rng, shape, sampling_config, **kw):
+def ddim(gaussian, model_fn, rng, shape, num_steps, controls, **kw):
   return sampling.ddim_sample(
-    diffusion_model,
-    model_fn,
-    rng,
-    shape,
-    num_steps=sampling_config.num_steps or 50,
-    eta=sampling_config.eta,
-    **kw,
+    gaussian, model_fn, rng, shape, num_steps=num_steps or 50, eta=controls["eta"], **kw
   )
 
 
-def dpm_solver(diffusion_model, model_fn, rng, shape, sampling_config, **kw):
-  return sampling.dpm_solver_sample(
-    diffusion_model, model_fn, rng, shape, num_steps=sampling_config.num_steps or 20, **kw
-  )
+def dpm_solver(gaussian, model_fn, rng, shape, num_steps, controls, **kw):
+  del controls
+  return sampling.dpm_solver_sample(gaussian, model_fn, rng, shape, num_steps=num_steps or 20, **kw)
 
 
 # config.sampling.sampler -> the sampling loop; num_steps None: all T (ddpm), 50 (ddim), 20
 # (dpm_solver).
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver": dpm_solver}
+# The sampling values a compiled sampler takes as arguments (`controls`), so that changing them does
+# not compile it again; config.sampling gives their defaults.
+CONTROLS = ("guidance_scale", "classifier_scale", "eta")
 
 
 def make_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffusion:
@@ -125,28 +120,28 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     loop = SAMPLERS[sampling_config.sampler]
 
-    def sample(params, rng, labels, guide_params=None):
+    def sample(params, rng, labels, guide_params=None, controls=None):
+      controls = {**{name: sampling_config[name] for name in CONTROLS}, **(controls or {})}
       cond_fn = None
       if guide is not None:  # classifier guidance by a noisy classifier (ADM §4)
         log_prob_fn = lambda x_t, t: jax.nn.log_softmax(guide.apply(guide_params, x_t, t))
-        cond_fn = sampling.classifier_guidance(
-          log_prob_fn, labels, sampling_config.classifier_scale
-        )
+        cond_fn = sampling.classifier_guidance(log_prob_fn, labels, controls["classifier_scale"])
         # an unconditional diffusion model ignores them
         labels = labels if model.num_classes else None
       conditional = lambda x_t, t: model.apply(params, x_t, t, labels)
       model_fn = conditional
-      if labels is not None and sampling_config.guidance_scale:
+      if labels is not None and sampling_config.guidance_scale:  # on for any value passed later
         unconditional = lambda x_t, t: model.apply(params, x_t, t, None)  # the null label ∅
         model_fn = sampling.classifier_free_guidance(
-          conditional, unconditional, sampling_config.guidance_scale, config.data.num_channels
+          conditional, unconditional, controls["guidance_scale"], config.data.num_channels
         )
       return loop(
         gaussian,
         model_fn,
         rng,
         shape,
-        sampling_config,
+        sampling_config.num_steps,
+        controls,
         clip_denoised=sampling_config.clip_denoised,
         cond_fn=cond_fn,
         progress=progress,

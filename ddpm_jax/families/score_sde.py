@@ -88,8 +88,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     del progress, guide, workdir
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
 
-    def sample(params, rng, labels, guide_params=None):
-      del labels, guide_params
+    def sample(params, rng, labels, guide_params=None, controls=None):
+      del labels, guide_params, controls
       return sde.pc_sample(score_sde, score_fn(params), rng, shape, snr=config.sampling.snr)
 
     return sample

@@ -94,8 +94,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     del progress, guide, workdir
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
 
-    def sample(params, rng, labels, guide_params=None):  # ancestral, on num_steps equal steps of t
-      del guide_params
+    def sample(params, rng, labels, guide_params=None, controls=None):  # ancestral, equal steps
+      del guide_params, controls
       return vdm.sample(
         params["schedule"],
         eps_fn(params["unet"], labels),

@@ -1,0 +1,117 @@
+"""A trained (or converted) workdir as a two-line pipeline for notebooks and scripts:
+
+  pipe = ddpm_jax.load("runs/default")
+  images = pipe.sample(16, sampler="ddim", num_steps=50)      # uint8 [16, H, W, C]
+  bpd = pipe.bits_per_dim(images)                             # [16]
+
+Each sampler is compiled once per (batch size, sampler, number of steps, guidance on/off): the seed,
+the labels, the guidance scales and DDIM's η are arguments of the compiled loop.
+"""
+
+from __future__ import annotations
+
+import json
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ddpm_jax import families, parallel, pixels
+from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax.families import gaussian
+
+
+class Pipeline:
+  """The EMA parameters of a workdir's newest checkpoint with its config's family."""
+
+  def __init__(self, config: ml_collections.ConfigDict, ema_params, step: int, mesh=None):
+    self.config, self.params, self.step = config, ema_params, step
+    self.mesh = mesh or parallel.make_mesh()
+    self.family = families.get_family(config)
+    self._samplers: dict[tuple, object] = {}
+    self._bits_per_dim = jax.jit(self.family.bits_per_dim) if self.family.bits_per_dim else None
+
+  def _sampler(self, batch_size: int, sampler: str | None, num_steps: int | None, guided: bool):
+    key = (batch_size, sampler, num_steps, guided)
+    if key not in self._samplers:
+      config = self.config.copy_and_resolve_references()
+      if sampler is not None:
+        config.sampling.sampler = sampler
+      config.sampling.num_steps = num_steps
+      # Any non-zero value switches classifier-free guidance on; the scale itself is an argument.
+      config.sampling.guidance_scale = 1.0 if guided else 0.0
+      self._samplers[key] = sample_lib.make_sample_fn(
+        families.get_family(config), batch_size, self.mesh
+      )
+    return self._samplers[key]
+
+  def sample(
+    self,
+    num_images: int,
+    *,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    labels=None,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
+    seed: int = 0,
+    uint8: bool = True,
+  ) -> np.ndarray:
+    """-> uint8 images [num_images, H, W, C]. `sampler` and `num_steps` default to the config's;
+    `labels` [num_images] (class-conditional models; None: the null label), `guidance_scale`
+    (classifier-free guidance w; None: none), `eta` (DDIM's η; None: the config's); `uint8=False`
+    returns the float samples in [-1, 1]."""
+    if sampler is not None and self.family.name == "gaussian" and sampler not in gaussian.SAMPLERS:
+      raise ValueError(f"Unknown sampler {sampler!r}; valid: {', '.join(gaussian.SAMPLERS)}.")
+    if guidance_scale is not None and labels is None:
+      raise ValueError("guidance_scale needs labels: the classes to guide towards.")
+    if labels is not None:
+      labels = np.asarray(labels, np.int32)
+      num_classes = self.config.model.get("num_classes") or 0
+      if labels.shape != (num_images,) or not num_classes:
+        raise ValueError(
+          f"labels must have shape ({num_images},) for a class-conditional model; this one has "
+          f"model.num_classes={num_classes} and labels of shape {labels.shape}."
+        )
+      if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+          f"labels must be in [0, {num_classes}); got {labels.min()}..{labels.max()}."
+        )
+    sample_fn = self._sampler(num_images, sampler, num_steps, guidance_scale is not None)
+    controls = {}
+    if self.family.name == "gaussian":
+      sampling_config = self.config.sampling
+      controls = {
+        "guidance_scale": jnp.float32(guidance_scale or 0.0),
+        "classifier_scale": jnp.float32(sampling_config.classifier_scale),
+        "eta": jnp.float32(sampling_config.eta if eta is None else eta),
+      }
+    labels = None if labels is None else jnp.asarray(labels)
+    images = sample_fn(self.params, jax.random.key(seed), labels, None, controls)
+    images = parallel.to_host(images)
+    return pixels.to_uint8(images) if uint8 else images
+
+  def bits_per_dim(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The family's likelihood (bound) of uint8 images [N, H, W, C] in bits/dim -> [N]."""
+    if self._bits_per_dim is None:
+      raise ValueError(f"config.family={self.family.name!r} has no likelihood.")
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+      raise ValueError(f"images must be uint8 [N, H, W, C]; got {images.dtype} {images.shape}.")
+    x0 = jnp.asarray(pixels.from_uint8(images))
+    return np.asarray(self._bits_per_dim(self.params, x0, jax.random.key(seed))["bpd"])
+
+
+def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Pipeline:
+  """The pipeline of `workdir`: its config (workdir/config.json, written by training and by
+  checkpoint conversion, unless `config` is given) and its newest checkpoint's EMA parameters."""
+  if config is None:
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+      raise FileNotFoundError(f"No config.json in {workdir}: is it a training workdir?")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  mesh = parallel.make_mesh()
+  ema_params, step = sample_lib.restore_ema_params(config, workdir, mesh)
+  return Pipeline(config, ema_params, step, mesh)
