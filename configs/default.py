@@ -43,7 +43,8 @@ def get_config():
   # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
   model.embedding_type = "positional"
   model.fourier_features = ()  # exponents n of sin/cos(2^n·2π x) input features (VDM: (6, 7))
-  model.conv_impl = "xla"  # "winograd": Winograd 3×3 convolutions, faster on XLA:CPU
+  # "auto": Winograd 3×3 convolutions where they are faster (CPU, 16×16 and up), else XLA's
+  model.conv_impl = "auto"
   model.dtype = "float32"
   model.remat = False
   # score_sde's DDPM++ / NCSN++ (configs/ddpmpp_cifar10_vp.py, ncsnpp_cifar10_ve.py):

@@ -34,6 +34,12 @@ flags.DEFINE_enum(
   "CPU hosts: the malloc behind XLA:CPU's per-step temporaries (ddpm_jax/host_memory.py); "
   "'tbbmalloc' (extra `cpu`), the fastest of the three, restarts the process with it preloaded.",
 )
+flags.DEFINE_string(
+  "compilation_cache_dir",
+  None,
+  "JAX's persistent compilation cache (local or gs://), so that a restart does not compile again; "
+  "default: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/ddpm_jax/jax_cache; '' disables it.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -46,6 +52,7 @@ def main(argv):
   from ddpm_jax import parallel, train
   from ddpm_jax.evaluation import evaluate, sample
 
+  parallel.use_compilation_cache(FLAGS.compilation_cache_dir)
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   jobs = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate}
   jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)

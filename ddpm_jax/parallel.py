@@ -18,6 +18,24 @@ import numpy as np
 DATA_AXIS = "data"
 
 
+DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ddpm_jax", "jax_cache")
+
+
+def use_compilation_cache(directory: str | None) -> str | None:
+  """Turns on JAX's persistent compilation cache in `directory` (None: $JAX_COMPILATION_CACHE_DIR,
+  else DEFAULT_COMPILATION_CACHE; "": off), for every program that takes a second or more to compile.
+  -> the directory used, or None."""
+  if directory is None:
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_COMPILATION_CACHE
+  if not directory:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  jax.config.update("jax_compilation_cache_dir", directory)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return directory
+
+
 def initialize_distributed(
   coordinator_address: str | None = None,
   num_processes: int | None = None,

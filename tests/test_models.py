@@ -502,3 +502,12 @@ def test_base2_fourier_features_of_the_input():
   model = UNet(**TINY, out_channels=C, fourier_features=(6, 7))
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, C)), jnp.zeros((1,)))
   assert params["params"]["conv_in"]["kernel"].shape[2] == C * 5  # x and its 4·C features
+
+
+def test_conv_impl_auto_takes_winograd_where_its_4x4_tiles_fit_on_cpu():
+  assert jax.default_backend() == "cpu"
+  for size, same_as in ((16, "winograd"), (8, "xla")):
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 32))
+    params = layers.Conv(32).init(jax.random.key(1), x)
+    auto = layers.Conv(32, impl="auto").apply(params, x)
+    np.testing.assert_array_equal(auto, layers.Conv(32, impl=same_as).apply(params, x))

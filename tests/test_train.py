@@ -213,6 +213,32 @@ def test_sigterm_saves_and_stops(tmp_path):
   assert b"preemption" in err
 
 
+_COMPILE_ONE_PROGRAM = """
+import sys, jax, jax.numpy as jnp
+from ddpm_jax import parallel
+print(parallel.use_compilation_cache(sys.argv[1] if len(sys.argv) > 1 else None))
+jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()
+"""
+
+
+def test_main_runs_use_a_persistent_compilation_cache_that_a_flag_moves_or_disables(tmp_path):
+  env = dict(_env(), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", HOME=str(tmp_path / "home"))
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  run = lambda *args: subprocess.run(
+    [sys.executable, "-c", _COMPILE_ONE_PROGRAM, *args],
+    env=env,
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout.strip()
+  default = tmp_path / "home" / ".cache" / "ddpm_jax" / "jax_cache"
+  assert run() == str(default) and any(default.iterdir())  # on by default
+  assert run(str(tmp_path / "moved")) == str(tmp_path / "moved") and any(
+    (tmp_path / "moved").iterdir()
+  )
+  assert run("") == "None"
+
+
 # Page faults of each of six calls (the first compiles) of a jitted sort, whose temporaries (~85 MB)
 # XLA allocates anew every call, under the host allocator named by argv[1].
 _PAGE_FAULTS_PER_CALL = """

@@ -101,7 +101,7 @@ class GroupNorm(nn.Module):
     return (x - mean) * (inv_std * scale) + bias
 
 
-CONV_IMPLS = ("xla", "winograd")
+CONV_IMPLS = ("auto", "xla", "winograd")
 
 # Winograd's minimal filtering F(m×m, 3×3), nested to 2-D (Lavin & Gray 2016): per m×m output tile,
 # Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A with d the (m+2)×(m+2) input tile. As matrices (Bᵀ, G, Aᵀ), for m = 2
@@ -278,7 +278,9 @@ class Conv(nn.Module):
 
   impl: "xla" (lax.conv) or "winograd": matmuls, `conv3x3_winograd` for the stride-1 3×3
   convolutions at the sizes `winograd_tile` picks and `conv_im2col` for the rest; both have the same
-  parameters and results.
+  parameters and results. "auto": on CPU Winograd F(4×4, 3×3) where it fits (stride 1, 16×16 and
+  up, float32) and XLA's convolution elsewhere; on GPU/TPU XLA's (cuDNN and the TPU compiler choose
+  their own algorithms).
   """
 
   features: int
@@ -301,10 +303,14 @@ class Conv(nn.Module):
       self.dtype
     )
     x = x.astype(self.dtype)
-    tile = winograd_tile(x.shape[1], x.shape[2], self.dtype) if self.impl == "winograd" else None
+    impl = self.impl
+    if impl == "auto":
+      fits = k == 3 and self.stride == 1 and winograd_tile(x.shape[1], x.shape[2], self.dtype) == 4
+      impl = "winograd" if fits and jax.default_backend() == "cpu" else "xla"
+    tile = winograd_tile(x.shape[1], x.shape[2], self.dtype) if impl == "winograd" else None
     if tile and k == 3 and self.stride == 1:
       y = conv3x3_winograd(x, kernel, tile)
-    elif self.impl == "winograd":
+    elif impl == "winograd":
       y = conv_im2col(x, kernel, self.stride)
     else:
       pad = (k - 1) // 2
