@@ -23,8 +23,8 @@ DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ddp
 
 def use_compilation_cache(directory: str | None) -> str | None:
   """Turns on JAX's persistent compilation cache in `directory` (None: $JAX_COMPILATION_CACHE_DIR,
-  else DEFAULT_COMPILATION_CACHE; "": off), for every program that takes a second or more to compile.
-  -> the directory used, or None."""
+  else DEFAULT_COMPILATION_CACHE; "": off), for every program that takes a second or more to
+  compile. -> the directory used, or None."""
   if directory is None:
     directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_COMPILATION_CACHE
   if not directory:
