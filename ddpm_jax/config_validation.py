@@ -67,6 +67,11 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
     )
   if model.get("name", "unet") not in models.MODELS:
     problems.append(f"Unknown model.name {model.name!r}; known: {', '.join(models.MODELS)}.")
+  if model.get("dtype") == "float16":
+    problems.append(
+      "model.dtype='float16' would need loss scaling, which this project does not do (its range "
+      "underflows small gradients); use 'bfloat16' (float32's range) or 'float32'."
+    )
   if model.embedding_type not in models.EMBEDDING_TYPES:
     problems.append(
       f"Unknown model.embedding_type {model.embedding_type!r}; valid: "
