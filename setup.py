@@ -40,5 +40,7 @@ setup(
     # Benchmarks compare against PyTorch; torch==2.13.0 resolves to the CPU wheel on the dev
     # machines.
     "bench": ["torch==2.13.0", "diffusers", TBB],
+    # Workdirs on gs:// buckets (etils.epath's filesystem backend), as the TPU launcher installs.
+    "gcs": ["etils[epath-gcs]"],
   },
 )

@@ -84,9 +84,10 @@ def create_command(args) -> list[str]:
 
 
 def setup_command(args) -> list[str]:
+  # The workdir is a gs:// path (checked in parse_args): etils.epath needs gcsfs to write it.
   install = (
     f"(git clone {shlex.quote(args.repo_url)} ddpm_jax || git -C ddpm_jax pull) && cd ddpm_jax && "
-    f"pip install -r requirements.txt -e . 'jax[tpu]=={jax_version()}'"
+    f"pip install -r requirements.txt -e '.[gcs]' 'jax[tpu]=={jax_version()}'"
   )
   return gcloud_ssh(args.tpu, args.zone, install)
 

@@ -154,7 +154,9 @@ def test_tpu_worker_counts_devices_and_commands(monkeypatch):
     "--config.training.batch_size=256"
   )
   assert tpu_pod.create_command(args)[-1] == "--spot"
-  assert f"jax[tpu]=={tpu_pod.jax_version()}" in tpu_pod.setup_command(args)[-1]
+  setup = tpu_pod.setup_command(args)[-1]
+  # JAX for TPUs, and the gs:// backend the bucket workdir needs (setup.py's `gcs` extra).
+  assert f"jax[tpu]=={tpu_pod.jax_version()}" in setup and "-e '.[gcs]'" in setup
   with pytest.raises(ValueError, match="16 devices"):
     tpu_pod.check_batch_size(args, ["--config.training.batch_size=100"])
   with pytest.raises(SystemExit):
