@@ -45,6 +45,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.timing import machine_description  # noqa: E402
 from configs import default  # noqa: E402
 from ddpm_jax import diffusion, input_pipeline, models, parallel, pixels, train  # noqa: E402
 from ddpm_jax.evaluation import feature_net, offline_metrics  # noqa: E402
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
   if args.quick:
     args.steps, args.num_samples = 20, 50
   logging.set_verbosity(logging.WARNING)
+  print(f"machine: {machine_description()}", flush=True)
   configs = model_configs(args.steps)
   for name, config in configs.items():
     workdir = os.path.join(args.workdir, name)

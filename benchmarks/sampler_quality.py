@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import machine_description
 from ddpm_jax import diffusion, sampling, schedules
 
 MEANS = np.array([[-1.2, -0.6], [0.0, 0.9], [1.1, -0.5]], np.float32)
@@ -58,6 +59,7 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_projections: int = 256)
 
 
 def main():
+  print(f"machine: {machine_description()}", flush=True)
   d = diffusion.GaussianDiffusion.from_betas(schedules.get_beta_schedule("linear", 1000))
   model_fn = mixture_eps_fn(d)
   reference = mixture_draws(np.random.default_rng(1), NUM_SAMPLES)

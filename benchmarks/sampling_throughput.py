@@ -15,7 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import torch_reference
-from benchmarks.timing import interleaved_seconds, setup_host_memory, speedup_summary
+from benchmarks.timing import (
+  interleaved_seconds,
+  machine_description,
+  setup_host_memory,
+  speedup_summary,
+)
 from configs import ddpm_cifar10
 from ddpm_jax import diffusion, models, sampling, schedules
 
@@ -72,6 +77,7 @@ def torch_sampler(batch: int, steps: int):
 def main(argv):
   del argv
   setup_host_memory()
+  print(f"machine: {machine_description()}", flush=True)
   print(f"devices: {jax.devices()}  batch {FLAGS.batch}  {FLAGS.steps} steps", flush=True)
   seconds = interleaved_seconds(
     {

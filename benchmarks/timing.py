@@ -3,6 +3,8 @@ alike."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from typing import Callable
 
@@ -16,17 +18,27 @@ flags.DEFINE_enum(
   "tbbmalloc",
   host_memory.HOST_ALLOCATORS,
   "The malloc of the benchmark process, for both libraries (ddpm_jax/host_memory.py): with glibc's "
-  "default, "
-  "XLA:CPU faults its ~1 GB of per-step temporaries in anew each step, and that costs far more "
-  "right after the "
-  "other library's step has churned memory (a JAX train step 2.1 – 2.7 s after a PyTorch step "
-  "instead of "
-  "1.4 – 1.6 s). 'tbbmalloc' restarts the benchmark with it preloaded.",
+  "default, XLA:CPU faults its ~1 GB of per-step temporaries in anew each step, and that costs far "
+  "more right after the other library's step has churned memory (a JAX train step 2.1 – 2.7 s "
+  "after a PyTorch step instead of 1.4 – 1.6 s). 'tbbmalloc' restarts the benchmark with it "
+  "preloaded.",
 )
 
 # OpenMP (PyTorch) and XLA worker threads busy-wait for a while after their work; were the next
 # library timed at once, it would share the two cores with them.
 IDLE_SECONDS = 1.0
+
+
+def machine_description() -> str:
+  """The CPU model, its core count and JAX's devices: every benchmark prints it with its figures."""
+  import jax
+
+  model = platform.processor() or platform.machine()
+  if os.path.exists("/proc/cpuinfo"):
+    names = [line for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    model = names[0].split(":", 1)[1].strip() if names else model
+  devices = jax.devices()
+  return f"{model}, {os.cpu_count()} cores; JAX {jax.__version__} on {len(devices)} × {devices[0]}"
 
 
 def setup_host_memory() -> None:

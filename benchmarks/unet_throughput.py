@@ -23,7 +23,12 @@ import numpy as np
 import optax
 
 from benchmarks import torch_reference
-from benchmarks.timing import interleaved_seconds, setup_host_memory, speedup_summary
+from benchmarks.timing import (
+  interleaved_seconds,
+  machine_description,
+  setup_host_memory,
+  speedup_summary,
+)
 from configs import ddpm_cifar10
 from ddpm_jax import diffusion, models, optim, schedules
 
@@ -182,6 +187,7 @@ def torch_unet(batch: int, dtype: str, repeats: int) -> dict:
 def main(argv):
   del argv
   setup_host_memory()
+  print(f"machine: {machine_description()}", flush=True)
   batch, repeats = FLAGS.batch, FLAGS.repeats
   print(
     f"devices: {jax.devices()}  batch {batch}  repeats {repeats}  JAX dtype {FLAGS.dtype}, conv "

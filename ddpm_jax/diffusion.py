@@ -397,14 +397,12 @@ def loss_variance_problems(var_type: str, loss_type: str) -> list[str]:
   if loss_type == "mse" and learned:
     return [
       f"var_type={var_type!r} is learned but loss_type='mse' cannot train it; use 'hybrid', 'kl' "
-      "or "
-      "'rescaled_kl'."
+      "or 'rescaled_kl'."
     ]
   if loss_type == "hybrid" and not learned:
     return [
       "loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range'), got "
-      f"{var_type!r}: "
-      "with a fixed variance its VLB term has no gradient; use loss_type='mse'."
+      f"{var_type!r}: with a fixed variance its VLB term has no gradient; use loss_type='mse'."
     ]
   return []
 

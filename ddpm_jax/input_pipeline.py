@@ -122,8 +122,7 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
       f"Prepare it once on a machine with network access:\n"
       f"  tfds build {dataset} --file_format=array_record --data_dir=<dir>\n"
       "then set --config.data.data_dir=<dir> (celeb_a_hq also needs its manual download, see the "
-      "tfds catalog). "
-      f"Cause: {type(e).__name__}: {e}"
+      f"tfds catalog). Cause: {type(e).__name__}: {e}"
     ) from e
 
 

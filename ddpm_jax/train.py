@@ -205,8 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if not metrics["finite"]:
       raise FloatingPointError(
         f"Non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at step "
-        f"{step}; "
-        "stopping without saving this state. The newest checkpoint is step "
+        f"{step}; stopping without saving this state. The newest checkpoint is step "
         f"{ckpt.manager.latest_step()}."
       )
     writer.add({k: v for k, v in metrics.items() if k != "finite"})
