@@ -6,22 +6,17 @@ budgets.
   python -m benchmarks.reproduce_small --quick   # minutes: a smoke run of every row, meaningless
 
 Trains four models of configs/default.py (same U-Net, steps, batch, seed), then measures:
-  1. linear vs cosine β schedule (L_simple): test bits/dim            Improved DDPM §3.2: cosine
-                                                                      is better
+  1. linear vs cosine β schedule (L_simple): test bits/dim
+       Improved DDPM §3.2: cosine is better
   2. L_simple vs L_hybrid with learned_range Σ (cosine): bits/dim and sample feature-FD at full and
-  50 steps
-                                                                      Improved DDPM §3.1/§4: hybrid
-                                                                      improves likelihood, similar
-                                                                      samples, fewer steps
+     50 steps
+       Improved DDPM §3.1/§4: hybrid improves likelihood, similar samples, fewer steps
   3. ancestral vs DDIM (η = 0) at 10, 20, 50, 100 and all 1000 steps: feature-FD
-                                                                      DDIM Table 1: DDIM far better
-                                                                      at few steps
+       DDIM Table 1: DDIM far better at few steps
   4. classifier-free guidance w ∈ {0, 1, 2, 4} (DDIM 50): class accuracy vs feature-FD
-                                                                      Ho & Salimans: accuracy
-                                                                      (fidelity) rises, diversity
-                                                                      falls (FD grows at large w)
-  5. DPM-Solver++(2M) at 10 and 20 evaluations next to (3)           DPM-Solver++: ≈ DDIM-100
-                                                                      quality in 10–20
+       Ho & Salimans: accuracy (fidelity) rises, diversity falls (FD grows at large w)
+  5. DPM-Solver++(2M) at 10 and 20 evaluations next to (3)
+       DPM-Solver++: ≈ DDIM-100 quality in 10–20
 Sample quality is the offline feature Fréchet distance to the test split
 (evaluation/offline_metrics.py). Bits/dim: the full discrete VLB (calc_bpd_loop) over the whole test
 split; L_simple models are evaluated with the fixed β̃ (fixed_small) variance, the better of DDPM's

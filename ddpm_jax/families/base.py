@@ -52,23 +52,21 @@ class Family:
   """One kind of model, behind the calls the train step, the sampler and the evaluation need.
 
   init_params(rng) -> params
-  draw(keys, batch, family_state) -> draws: all random draws of the loss at the global batch shape,
-  so
-      that results do not depend on the device count or on gradient accumulation (which splits draws
-      along their first axis); "weight" [B] multiplies the per-example loss, "t_fraction" [B] in [0,
-      1] is the draw's noise level for the per-quartile loss logs.
+  draw(keys, batch, family_state) -> draws: all random draws of the loss at the global batch
+      shape, so that results do not depend on the device count or on gradient accumulation (which
+      splits draws along their first axis); "weight" [B] multiplies the per-example loss,
+      "t_fraction" [B] in [0, 1] is the draw's noise level for the per-quartile loss logs.
   loss(params, batch, draws, dropout_rng) -> [B]: the per-example loss; dropout_rng None evaluates
       without dropout.
-  make_sampler(batch_size, progress=False, guide=None, workdir=None) -> SampleFn, not jitted; None:
-  the
-      family does not generate images.
-  bits_per_dim(params, x0, rng) -> {"bpd": [B], …}: the family's likelihood (bound) of 8-bit data in
-      bits/dim and any per-example terms it keeps; None: none.
+  make_sampler(batch_size, progress=False, guide=None, workdir=None) -> SampleFn, not jitted;
+      None: the family does not generate images.
+  bits_per_dim(params, x0, rng) -> {"bpd": [B], …}: the family's likelihood (bound) of 8-bit data
+      in bits/dim and any per-example terms it keeps; None: none.
   save_likelihood_terms(workdir, terms): stores what bits_per_dim returned besides "bpd"
-  (concatenated
-      over the batches), for the family's sampler.
-  init_state() / update_state(family_state, draws, per_example_loss): what the family carries across
-      steps besides the parameters (the loss history of importance-sampled t), None where nothing.
+      (concatenated over the batches), for the family's sampler.
+  init_state() / update_state(family_state, draws, per_example_loss): what the family carries
+      across steps besides the parameters (the loss history of importance-sampled t), None where
+      nothing.
   clip_mask(params) -> bools: which gradients the clipping norm sees; None: all.
   """
 
