@@ -11,7 +11,9 @@ setup(
   version="0.1.0",
   description="Denoising diffusion models (DDPM, Improved DDPM, DDIM, ADM, score SDEs, VDM, ARDM) "
   "in JAX/Flax.",
-  packages=find_packages(include=["ddpm_jax", "ddpm_jax.*"]),
+  # configs/ installs too, so that `--config=NAME` and `from configs import NAME` work without a
+  # checkout.
+  packages=find_packages(include=["ddpm_jax", "ddpm_jax.*", "configs", "configs.*"]),
   package_data={"ddpm_jax.evaluation": ["assets/*.npz"]},  # the shipped digits feature network
   python_requires=">=3.10",
   install_requires=[

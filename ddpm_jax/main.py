@@ -2,9 +2,14 @@ r"""Command line entry point: parses flags, sets up the (multi-host) platform an
 to the job.
 
 python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default [--mode=train]
+python -m ddpm_jax.main --config=ddpm_cifar10 --workdir=...   # a shipped config by name
 python -m ddpm_jax.main --config=configs/ddpm_cifar10.py --workdir=gs://bucket/run \
     --config.training.batch_size=256
 """
+
+import importlib.util
+import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -58,5 +63,21 @@ def main(argv):
   jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)
 
 
+def shipped_config_paths(argv: list[str]) -> list[str]:
+  """argv with `--config=NAME[:…]` (a shipped config, e.g. `ddpm_cifar10`, no such file here)
+  replaced by the installed file configs/NAME.py, so that a package installed without a checkout
+  runs its configs by name."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config=") and "." not in arg.split(":", 1)[0].rsplit("/", 1)[-1]:
+      name, _, rest = arg[len("--config=") :].partition(":")
+      spec = None if os.path.exists(name) else importlib.util.find_spec(f"configs.{name}")
+      if spec is not None and spec.origin:
+        arg = f"--config={spec.origin}" + (f":{rest}" if rest else "")
+    out.append(arg)
+  return out
+
+
 if __name__ == "__main__":
+  sys.argv = shipped_config_paths(sys.argv)
   app.run(main)

@@ -1,6 +1,7 @@
 """Launchers and sweeps: the commands they generate for a given environment, without running a
 cluster."""
 
+import os
 import subprocess
 import sys
 import types
@@ -206,3 +207,40 @@ def test_local_launcher_builds_one_command_per_process():
   assert cmds[0][0][:5] == ["python", "-m", "ddpm_jax.main", "--config=c.py", "--workdir=w"]
   assert cmds[0][0][5:7] == ["--coordinator_address=localhost:4321", "--num_processes=3"]
   assert cmds[0][1]["XLA_FLAGS"] == "--foo --xla_force_host_platform_device_count=2"
+
+
+def test_shipped_configs_run_by_name_and_install_with_the_package(tmp_path):
+  from ddpm_jax import main
+
+  argv = main.shipped_config_paths(["main", "--config=ddpm_cifar10", "--workdir=w", "--mode=eval"])
+  assert argv[1] == f"--config={os.path.join(REPO, 'configs', 'ddpm_cifar10.py')}" and argv[2:] == [
+    "--workdir=w",
+    "--mode=eval",
+  ]
+  assert main.shipped_config_paths(["main", "--config=configs/default.py"])[1] == (
+    "--config=configs/default.py"
+  )
+  assert (
+    main.shipped_config_paths(["main", "--config=no_such_config"])[1] == "--config=no_such_config"
+  )
+  # A wheel (what `pip install git+…` builds) carries the configs.
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "wheel",
+      "--no-deps",
+      "-q",
+      "-w",
+      str(tmp_path),
+      REPO,
+    ],
+    check=True,
+    capture_output=True,
+  )
+  import zipfile
+
+  (wheel,) = tmp_path.glob("ddpm_jax-*.whl")
+  names = zipfile.ZipFile(wheel).namelist()
+  assert "configs/ddpm_cifar10.py" in names and "configs/default.py" in names
