@@ -48,9 +48,21 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh=N
   return init(rng)
 
 
+# (the config as JSON, mesh) -> its abstract train state: tracing a large model's initialisation
+# takes seconds, and create_train_state, make_train_step and the restore each need the same one.
+_ABSTRACT_STATES: dict[tuple[str, Any], Any] = {}
+
+
 def abstract_train_state(config: ml_collections.ConfigDict, mesh):
   """Shapes, dtypes and shardings of the train state, without allocating it (the target of a
   restore)."""
+  key = (config.to_json_best_effort(sort_keys=True), mesh)
+  if key not in _ABSTRACT_STATES:
+    _ABSTRACT_STATES[key] = _trace_abstract_train_state(config, mesh)
+  return _ABSTRACT_STATES[key]
+
+
+def _trace_abstract_train_state(config: ml_collections.ConfigDict, mesh):
   abstract = jax.eval_shape(functools.partial(init_train_state, config), jax.random.key(0))
   shardings = parallel.state_shardings(abstract, mesh, config.training.fsdp)
   return jax.tree_util.tree_map(
