@@ -31,7 +31,7 @@ flags.DEFINE_integer(
   "repeats", 5, "Timed sampling runs of each, JAX and PyTorch in turns; medians are reported."
 )
 flags.DEFINE_string(
-  "conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd)."
+  "conv_impl", "auto", "Convolution implementation of the JAX model (auto | xla | winograd)."
 )
 
 

@@ -8,7 +8,8 @@ a fraction of the dense-matmul FLOP/s measured in the same run, and the JAX/PyTo
 
   pip install -r requirements.txt -e ".[bench]"
   python -m benchmarks.unet_throughput [--batch=8] [--repeats=7] [--torch=false] \
-      [--dtype=bfloat16] \ [--conv_impl=winograd] [--host_allocator=tbbmalloc|retained|default]
+      [--dtype=bfloat16] [--conv_impl=auto|xla|winograd] \
+      [--host_allocator=tbbmalloc|retained|default]
 
 The host's malloc matters on CPU (README, Benchmarks): by default the benchmark restarts itself with
 oneTBB's malloc preloaded (the `tbb` wheel of the bench extra), which both libraries then use.
@@ -51,7 +52,7 @@ flags.DEFINE_enum(
   "PyTorch under autocast) and of the peak-measuring matmul.",
 )
 flags.DEFINE_string(
-  "conv_impl", "xla", "Convolution implementation of the JAX model (xla | winograd)."
+  "conv_impl", "auto", "Convolution implementation of the JAX model (auto | xla | winograd)."
 )
 
 
