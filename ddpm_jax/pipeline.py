@@ -20,7 +20,6 @@ import numpy as np
 
 from ddpm_jax import families, parallel, pixels
 from ddpm_jax.evaluation import sample as sample_lib
-from ddpm_jax.families import gaussian
 
 
 class Pipeline:
@@ -42,6 +41,9 @@ class Pipeline:
       config.sampling.num_steps = num_steps
       # Any non-zero value switches classifier-free guidance on; the scale itself is an argument.
       config.sampling.guidance_scale = 1.0 if guided else 0.0
+      problems = families.family_module(config.family).validate(config)
+      if problems:
+        raise ValueError(" ".join(problems))
       self._samplers[key] = sample_lib.make_sample_fn(
         families.get_family(config), batch_size, self.mesh
       )
@@ -63,8 +65,6 @@ class Pipeline:
     `labels` [num_images] (class-conditional models; None: the null label), `guidance_scale`
     (classifier-free guidance w; None: none), `eta` (DDIM's η; None: the config's); `uint8=False`
     returns the float samples in [-1, 1]."""
-    if sampler is not None and self.family.name == "gaussian" and sampler not in gaussian.SAMPLERS:
-      raise ValueError(f"Unknown sampler {sampler!r}; valid: {', '.join(gaussian.SAMPLERS)}.")
     if guidance_scale is not None and labels is None:
       raise ValueError("guidance_scale needs labels: the classes to guide towards.")
     if labels is not None:
@@ -80,14 +80,11 @@ class Pipeline:
           f"labels must be in [0, {num_classes}); got {labels.min()}..{labels.max()}."
         )
     sample_fn = self._sampler(num_images, sampler, num_steps, guidance_scale is not None)
-    controls = {}
-    if self.family.name == "gaussian":
-      sampling_config = self.config.sampling
-      controls = {
-        "guidance_scale": jnp.float32(guidance_scale or 0.0),
-        "classifier_scale": jnp.float32(sampling_config.classifier_scale),
-        "eta": jnp.float32(sampling_config.eta if eta is None else eta),
-      }
+    given = {"guidance_scale": guidance_scale or 0.0, "eta": eta}
+    controls = {  # every control, so that the compiled sampler sees the same arguments each call
+      name: jnp.float32(self.config.sampling[name] if given.get(name) is None else given[name])
+      for name in self.family.sample_controls
+    }
     labels = None if labels is None else jnp.asarray(labels)
     images = sample_fn(self.params, jax.random.key(seed), labels, None, controls)
     images = parallel.to_host(images)

@@ -77,7 +77,7 @@ def test_bits_per_dim_of_images_and_clear_errors(conditional_workdir):
     pipe.sample(4, labels=[0, 1, 2, 10])
   with pytest.raises(ValueError, match="needs labels"):
     pipe.sample(4, guidance_scale=1.0)
-  with pytest.raises(ValueError, match="Unknown sampler"):
+  with pytest.raises(ValueError, match="Unknown sampling.sampler 'euler'"):
     pipe.sample(4, sampler="euler")
   with pytest.raises(FileNotFoundError, match="config.json"):
     ddpm_jax.load(conditional_workdir + "/nothing")

@@ -60,6 +60,8 @@ class Family:
       without dropout.
   make_sampler(batch_size, progress=False, guide=None, workdir=None) -> SampleFn, not jitted;
       None: the family does not generate images.
+  sample_controls: the config.sampling fields its SampleFn also takes traced in `controls` (their
+      defaults the config's), so that changing them does not compile the sampler again.
   bits_per_dim(params, x0, rng) -> {"bpd": [B], …}: the family's likelihood (bound) of 8-bit data
       in bits/dim and any per-example terms it keeps; None: none.
   save_likelihood_terms(workdir, terms): stores what bits_per_dim returned besides "bpd"
@@ -76,6 +78,7 @@ class Family:
   draw: Callable[[StepKeys, Batch, Any], Draws]
   loss: Callable[[Params, Batch, Draws, Array | None], Array]
   make_sampler: Callable[..., SampleFn] | None = None
+  sample_controls: tuple[str, ...] = ()
   bits_per_dim: Callable[[Params, Array, Array], dict[str, Array]] | None = None
   save_likelihood_terms: Callable[[str, dict[str, Any]], None] | None = None
   init_state: Callable[[], Any] = lambda: None

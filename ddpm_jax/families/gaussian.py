@@ -165,6 +165,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,
+    sample_controls=CONTROLS,
     bits_per_dim=bits_per_dim,
     init_state=lambda: diffusion.init_loss_history(num_timesteps) if loss_aware else None,
     update_state=update_state,
