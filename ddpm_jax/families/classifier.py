@@ -4,7 +4,6 @@ guidance. It generates no images and has no likelihood."""
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 import optax
 
@@ -35,14 +34,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
-    x0 = batch["image"]
-    t, weight = diffusion.sample_timesteps(keys.t, x0.shape[0], noise_process.num_timesteps)
-    return {
-      "t": t,
-      "weight": weight,
-      "t_fraction": t / noise_process.num_timesteps,
-      "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype),
-    }
+    return gaussian.timestep_draws(keys, batch["image"], noise_process.num_timesteps)
 
   def loss(params, batch, draws, dropout_rng):
     x_t = diffusion.q_sample(noise_process, batch["image"], draws["t"], draws["eps"])

@@ -49,6 +49,18 @@ def make_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffu
   )
 
 
+def timestep_draws(keys: base.StepKeys, x0, num_timesteps: int, loss_history=None) -> base.Draws:
+  """t (uniform, or importance-sampled by `loss_history`) with its weight, and ε, for the examples
+  x0 [B, H, W, C]: the draws of every loss on the discrete diffusion."""
+  t, weight = diffusion.sample_timesteps(keys.t, x0.shape[0], num_timesteps, loss_history)
+  return {
+    "t": t,
+    "weight": weight,
+    "t_fraction": t / num_timesteps,
+    "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype),
+  }
+
+
 def diffusion_problems(diffusion_config: ml_collections.ConfigDict) -> list[str]:
   """Unknown choices of config.diffusion, and a loss that cannot train the variance."""
   problems = []
@@ -93,17 +105,10 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   loss_aware = config.diffusion.timestep_sampler == "loss_aware"
 
   def draw(keys: base.StepKeys, batch: base.Batch, loss_history) -> base.Draws:
-    x0 = batch["image"]
-    t, weight = diffusion.sample_timesteps(keys.t, x0.shape[0], num_timesteps, loss_history)
-    return {
-      "t": t,
-      "weight": weight,
-      "t_fraction": t / num_timesteps,
-      "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype),
-      "labels": base.conditioning_labels(
-        keys.labels, batch, config.model, config.training.label_dropout
-      ),
-    }
+    labels = base.conditioning_labels(
+      keys.labels, batch, config.model, config.training.label_dropout
+    )
+    return {**timestep_draws(keys, batch["image"], num_timesteps, loss_history), "labels": labels}
 
   def loss(params, batch, draws, dropout_rng):
     kwargs = base.apply_kwargs(dropout_rng)
