@@ -122,9 +122,9 @@ def train_step(
   return new_state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh=None, shardings=None):
+def make_train_step(config: ml_collections.ConfigDict, mesh=None):
   """The train step jitted over `mesh` (default: all devices): batch sharded along "data", state
-  replicated (or FSDP-sharded; `shardings` when the caller has them), the old state donated.
+  replicated (or FSDP-sharded, as `state_sharding` says), the old state donated.
   -> (state, batch, rng) -> (state, metrics)."""
   mesh = mesh or parallel.make_mesh()
   family = families.get_family(config)
@@ -136,7 +136,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh=None, shardings=None
     ema_decay=config.optim.ema_decay,
     grad_accum_steps=config.optim.grad_accum_steps,
   )
-  shardings = shardings or state_sharding(config, mesh)
+  shardings = state_sharding(config, mesh)
   return jax.jit(
     step,
     in_shardings=(shardings, parallel.data_sharding(mesh), parallel.replicated(mesh)),
@@ -155,8 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mesh = parallel.make_mesh()
   family = families.get_family(config)
   abstract_state = abstract_train_state(config, mesh)
-  shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
-  train_step_fn = make_train_step(config, mesh, shardings)
+  train_step_fn = make_train_step(config, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir, config.training.keep_checkpoints)
   state, start_step = ckpt.restore_latest(abstract_state)
