@@ -94,7 +94,7 @@ class Evaluator:
     config.sampling.batch_size = self.num_samples
     params, step = sample_lib.restore_ema_params(config, workdir, self.mesh)
     t0 = time.time()
-    images, labels = sample_lib.generate(config, params, step, self.num_samples, self.mesh)
+    images, labels = sample_lib.generate(config, params, self.num_samples, self.mesh)
     labels = labels if config.model.num_classes else None
     out = offline_metrics.evaluate_samples(
       self.net, images, labels, self.train_images, self.test_images

@@ -1,6 +1,13 @@
 """ADM on class-conditional ImageNet 64×64 (Dhariwal & Nichol 2021, Table 14 / guided-diffusion's
 flags): ch 192, ch_mult (1, 2, 3, 4), 3 residual blocks, attention at 32, 16, 8 with 64 channels per
 head, BigGAN up/down-sampling, AdaGN, learned (range) variance, cosine schedule, hybrid loss.
+The paper reports FID 2.07, sFID 4.29, precision 0.74 and recall 0.63 (ADM with dropout, Table 4;
+250 ancestral steps, 50,000 samples against its ImageNet reference batch).
+
+Data: the labelled full-resolution `imagenet2012` (1000 classes; tfds needs its manual download),
+resized as guided-diffusion's training script does (`data.resize="adm"`: BOX halvings while the
+short side is at least 128, BICUBIC to a short side of 64, centre crop; its image_datasets.py). The
+unlabelled `downsampled_imagenet/64x64` cannot train a class-conditional model.
 
   python -m ddpm_jax.main --config=configs/adm_imagenet64.py --workdir=gs://bucket/adm_imagenet64
 """
@@ -10,7 +17,9 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.data.dataset = "downsampled_imagenet/64x64"
+  config.data.dataset = "imagenet2012"
+  config.data.eval_split = "validation"
+  config.data.resize = "adm"
   config.data.image_size = 64
   config.data.num_channels = 3
   config.data.random_flip = True
@@ -42,4 +51,9 @@ def get_config():
   config.training.checkpoint_every_steps = 10_000
   config.training.eval_every_steps = 50_000
   config.training.sample_every_steps = 50_000
+  config.sampling.num_steps = 250
+  config.sampling.sampler = "ddpm"
+  config.eval.num_fid_samples = 50_000
+  config.eval.allow_fewer_fid_samples = False
+  config.eval.num_reference_images = 50_000
   return config

@@ -1,4 +1,7 @@
 """DDPM on CelebA-HQ 256×256 (Ho et al. 2020, App. B): ch_mult (1, 1, 2, 2, 4, 4), 114 M parameters.
+The paper reports no CelebA-HQ FID (samples only, Fig. 1; its LSUN runs of this model are
+ddpm_lsun_church256.py and ddpm_lsun_bedroom256.py). celeb_a_hq has one split: training reads its
+first 95 %, evaluations the last 5 %.
 
 python -m ddpm_jax.main --config=configs/ddpm_celebahq256.py --workdir=gs://bucket/ddpm_celebahq256
 """
@@ -31,4 +34,8 @@ def get_config():
   config.training.checkpoint_every_steps = 10_000
   config.training.eval_every_steps = 50_000
   config.training.sample_every_steps = 50_000
+  config.data.train_split = "train[:95%]"
+  config.data.eval_split = "train[95%:]"
+  config.eval.num_fid_samples = 50_000
+  config.eval.allow_fewer_fid_samples = False
   return config

@@ -1,4 +1,6 @@
-"""DDPM on CIFAR-10 (Ho et al. 2020, Table 1 and App. B): the 35.7 M-parameter U-Net.
+"""DDPM on CIFAR-10 (Ho et al. 2020, Table 1 and App. B): the 35.7 M-parameter U-Net. The paper
+reports FID 3.17 and Inception Score 9.46 (50,000 samples against the training set) and 3.75
+bits/dim (test, Table 2).
 
 python -m ddpm_jax.main --config=configs/ddpm_cifar10.py --workdir=gs://bucket/ddpm_cifar10
 """
@@ -32,7 +34,8 @@ def get_config():
   config.training.eval_every_steps = 50_000
   config.training.sample_every_steps = 50_000
 
-  config.eval.num_fid_samples = 50_000
   config.eval.num_reference_images = 50_000
   config.eval.bpd_num_batches = 79  # the 10,000 test images at batch 128
+  config.eval.num_fid_samples = 50_000
+  config.eval.allow_fewer_fid_samples = False
   return config

@@ -1,6 +1,7 @@
 """Improved DDPM on CIFAR-10 (Nichol & Dhariwal 2021, §3 and App. A; improved-diffusion's flags):
 cosine schedule with T = 4000, learned_range variance trained by the hybrid loss, 3 residual blocks,
-attention at 16 and 8 with 4 heads, AdaGN, dropout 0.3, lr 1e-4.
+attention at 16 and 8 with 4 heads, AdaGN, dropout 0.3, lr 1e-4. The paper reports FID 2.90 with
+this hybrid objective and 2.94 bits/dim with L_vlb on CIFAR-10.
 
   python -m ddpm_jax.main --config=configs/iddpm_cifar10.py --workdir=gs://bucket/iddpm_cifar10
 """
@@ -24,4 +25,6 @@ def get_config():
 
   config.optim.lr = 1e-4
   config.training.num_train_steps = 500_000
+  config.eval.num_fid_samples = 50_000
+  config.eval.allow_fewer_fid_samples = False
   return config

@@ -29,4 +29,6 @@ def get_config():
   config.training.batch_size = 128
   config.training.num_train_steps = 10_000_000
   config.sampling.num_steps = 1000
+  config.eval.num_fid_samples = 50_000
+  config.eval.allow_fewer_fid_samples = False
   return config

@@ -7,21 +7,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from ddpm_jax import families, models
-
-KNOWN_DATASETS = (
-  "digits",
-  "image_folder",
-  "cifar10",
-  "celeb_a_hq",
-  "lsun",
-  "downsampled_imagenet",
-  "mnist",
-  "fashion_mnist",
-  "celeb_a",
-  "imagenet2012",
-  "oxford_flowers102",
-)
+from ddpm_jax import families, input_pipeline, models
 
 
 def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
@@ -47,6 +33,40 @@ def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
   return found
 
 
+def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[str]:
+  spec = input_pipeline.dataset_spec(data.dataset)
+  if spec is None:
+    return [
+      f"Unknown data.dataset {data.dataset!r}; known: {', '.join(input_pipeline.DATASETS)} (tfds "
+      "names may carry a /config, e.g. celeb_a_hq/256)."
+    ]
+  problems = []
+  for field in ("train_split", "eval_split"):
+    split = data.get(field, "train")
+    if input_pipeline.split_name(split) not in spec.splits:
+      problems.append(
+        f"data.{field}={split!r}: {data.dataset} has the splits {', '.join(spec.splits)} "
+        f"(its held-out split: {spec.eval_split!r})."
+      )
+  if num_classes and not spec.num_classes:
+    problems.append(
+      f"model.num_classes={num_classes} trains class-conditionally, but data.dataset="
+      f"{data.dataset!r} has no labels; set model.num_classes=0 or use a labelled dataset."
+    )
+  if spec.num_classes > 0 and num_classes and num_classes != spec.num_classes:
+    problems.append(
+      f"model.num_classes={num_classes}, but data.dataset={data.dataset!r} has "
+      f"{spec.num_classes} classes."
+    )
+  if data.get("resize", "bilinear") not in input_pipeline.RESIZE_METHODS:
+    problems.append(
+      f"Unknown data.resize {data.resize!r}; known: {', '.join(input_pipeline.RESIZE_METHODS)}."
+    )
+  if data.get("num_workers", 0) < 0:
+    problems.append(f"data.num_workers={data.num_workers} must be 0 or more.")
+  return problems
+
+
 def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
   data, model, optim, training = config.data, config.model, config.optim, config.training
   problems = []
@@ -60,11 +80,7 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"training.batch_size={training.batch_size} does not split into optim.grad_accum_steps="
       f"{optim.grad_accum_steps} micro-batches over {devices} devices."
     )
-  if data.dataset.split("/")[0] not in KNOWN_DATASETS:
-    problems.append(
-      f"Unknown data.dataset {data.dataset!r}; known: {', '.join(KNOWN_DATASETS)} (tfds names "
-      "may carry a /config, e.g. celeb_a_hq/256)."
-    )
+  problems += _data_problems(data, model.get("num_classes") or 0)
   if model.get("name", "unet") not in models.MODELS:
     problems.append(f"Unknown model.name {model.name!r}; known: {', '.join(models.MODELS)}.")
   if model.get("dtype") == "float16":

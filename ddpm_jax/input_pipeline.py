@@ -1,22 +1,28 @@
 """Input pipeline: random-access sources, a deterministic resumable order, per-process shards,
-prefetch.
+parallel decoding, prefetch.
 
-Every dataset is a random-access source of `{"image": uint8 [H, W, C], "label": int}`:
+Every dataset is a random-access source of `{"image": uint8 [H, W, C], "label": int}` with its
+`num_classes` (0: no labels), described before it is opened by `DATASETS` (splits, classes, the
+held-out split):
   - tfds datasets through `tfds.data_source` (ArrayRecord files; no TensorFlow needed to read them):
-    cifar10, celeb_a_hq/256, lsun/<category>, downsampled_imagenet/64x64, mnist, fashion_mnist, …
+    cifar10, celeb_a_hq/256, lsun/<category>, imagenet2012, imagenet_resized/64x64, mnist, …
   - "digits": the 8×8 handwritten digits that ship inside scikit-learn (offline; used by
-  configs/default.py);
+    configs/default.py);
   - "image_folder": every image file under `data.data_dir` (labels from sub-directory names).
 
 The order is a pure function of (seed, step): the example stream is a concatenation of per-epoch
 permutations, global batch s takes stream positions [s·B, (s+1)·B), and process p reads rows
 [p·B/P, (p+1)·B/P) of it. Restarting at step s therefore continues exactly where an uninterrupted
 run would be, with no iterator state to checkpoint. Random flips are keyed by the stream position
-too.
+too, and `data.num_workers` threads decode and resize a batch's examples in that same order.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+from contextlib import nullcontext
+import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -31,7 +37,48 @@ from ddpm_jax import pixels
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What a dataset has, known without reading it: its splits, its classes (0: no labels), and the
+  held-out split evaluations use (a held-out slice of "train" where that is its only split)."""
+
+  splits: tuple[str, ...]
+  num_classes: int
+  eval_split: str
+  train_split: str = "train"
+
+
+DATASETS = {
+  "digits": DatasetSpec(("train", "test"), 10, "test"),
+  "image_folder": DatasetSpec(("train", "test", "validation"), -1, "test"),  # -1: its sub-folders
+  "cifar10": DatasetSpec(("train", "test"), 10, "test"),
+  "mnist": DatasetSpec(("train", "test"), 10, "test"),
+  "fashion_mnist": DatasetSpec(("train", "test"), 10, "test"),
+  "celeb_a": DatasetSpec(("train", "validation", "test"), 0, "validation"),
+  # 30,000 images in one split: the last 5 % are held out (DDPM's FID is against all 30,000)
+  "celeb_a_hq": DatasetSpec(("train",), 0, "train[95%:]", "train[:95%]"),
+  "lsun": DatasetSpec(("train", "validation"), 0, "validation"),
+  "downsampled_imagenet": DatasetSpec(("train", "validation"), 0, "validation"),
+  "imagenet_resized": DatasetSpec(("train", "validation"), 1000, "validation"),
+  "imagenet2012": DatasetSpec(("train", "validation"), 1000, "validation"),
+  "oxford_flowers102": DatasetSpec(("train", "validation", "test"), 102, "test"),
+}
+RESIZE_METHODS = ("bilinear", "adm")
+
+
+def dataset_spec(dataset: str) -> DatasetSpec | None:
+  """The spec of `dataset` (a tfds name may carry a /config: lsun/church_outdoor)."""
+  return DATASETS.get(dataset.split("/")[0])
+
+
+def split_name(split: str) -> str:
+  """ "train[:95%]" -> "train"."""
+  return split.split("[")[0]
+
+
 class Source(Protocol):
+  num_classes: int  # 0: no labels
+
   def __len__(self) -> int: ...
   def __getitem__(self, index: int) -> dict: ...
 
@@ -41,6 +88,7 @@ class DigitsSource:
   split."""
 
   NUM_TRAIN = 1500
+  num_classes = 10
 
   def __init__(self, split: str):
     from sklearn.datasets import load_digits
@@ -59,7 +107,7 @@ class DigitsSource:
 
 class ImageFolderSource:
   """All images under `root` (sorted paths); the label is the index of the first-level
-  sub-directory."""
+  sub-directory, and a folder without sub-directories has no labels."""
 
   def __init__(self, root: str):
     self.paths = sorted(
@@ -70,14 +118,10 @@ class ImageFolderSource:
     )
     if not self.paths:
       raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}.")
-    classes = sorted(
-      {
-        os.path.relpath(p, root).split(os.sep)[0]
-        for p in self.paths
-        if os.sep in os.path.relpath(p, root)
-      }
-    )
+    tops = [os.path.relpath(p, root).split(os.sep) for p in self.paths]
+    classes = sorted({parts[0] for parts in tops if len(parts) > 1})
     self.class_index = {c: i for i, c in enumerate(classes)}
+    self.num_classes = len(classes)
     self.root = root
 
   def __len__(self) -> int:
@@ -89,6 +133,22 @@ class ImageFolderSource:
       image = np.asarray(img.convert("RGB"))
     top = os.path.relpath(path, self.root).split(os.sep)[0]
     return {"image": image, "label": self.class_index.get(top, 0)}
+
+
+class TfdsSource:
+  """A tfds random-access source as {"image", "label"} (label 0 where the dataset has none)."""
+
+  def __init__(self, data_source):
+    self.data_source = data_source
+    features = data_source.dataset_info.features
+    self.num_classes = features["label"].num_classes if "label" in features else 0
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+  def __getitem__(self, index: int) -> dict:
+    example = self.data_source[index]
+    return {"image": example["image"], "label": int(example["label"]) if self.num_classes else 0}
 
 
 def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -108,35 +168,57 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
       raise ValueError(
         "dataset='image_folder' needs config.data.data_dir, the directory of images."
       )
-    return ImageFolderSource(
-      os.path.join(data_dir, split) if os.path.isdir(os.path.join(data_dir, split)) else data_dir
-    )
+    split_dir = os.path.join(data_dir, split)
+    return ImageFolderSource(split_dir if os.path.isdir(split_dir) else data_dir)
   import tensorflow_datasets as tfds
 
   try:
-    return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
-  except Exception as e:  # tfds raises several types for "not prepared here"
+    return TfdsSource(tfds.data_source(dataset, split=split, data_dir=data_dir, download=False))
+  except tfds.core.registered.DatasetNotFoundError:
+    raise
+  except Exception as e:
+    if tfds.builder(dataset, data_dir=data_dir).is_prepared():
+      raise  # prepared, and failing for another reason: that reason, as it is
     raise FileNotFoundError(
       f"tfds dataset {dataset!r} (split {split!r}) is not prepared in "
       f"{data_dir or tfds.core.constants.DATA_DIR}. "
       f"Prepare it once on a machine with network access:\n"
       f"  tfds build {dataset} --file_format=array_record --data_dir=<dir>\n"
-      "then set --config.data.data_dir=<dir> (celeb_a_hq also needs its manual download, see the "
-      f"tfds catalog). Cause: {type(e).__name__}: {e}"
+      "then set --config.data.data_dir=<dir> (celeb_a_hq and imagenet2012 also need their manual "
+      "downloads, see the tfds catalog)."
     ) from e
 
 
-def to_model_range(image: np.ndarray, image_size: int, num_channels: int) -> np.ndarray:
-  """uint8 [H, W, C] -> float32 [S, S, num_channels] in [-1, 1]: centre crop to a square, bilinear
-  resize."""
+def _centre_crop(image: np.ndarray) -> np.ndarray:
+  h, w = image.shape[:2]
+  side = min(h, w)
+  return image[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+
+
+def adm_centre_crop(image: np.ndarray, image_size: int) -> np.ndarray:
+  """guided-diffusion's `center_crop_arr`: BOX halvings while the short side is at least twice
+  `image_size`, BICUBIC to a short side of `image_size`, then the centre square."""
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  while min(pil.size) >= 2 * image_size:
+    pil = pil.resize(tuple(x // 2 for x in pil.size), resample=Image.BOX)
+  scale = image_size / min(pil.size)
+  pil = pil.resize(tuple(round(x * scale) for x in pil.size), resample=Image.BICUBIC)
+  array = np.asarray(pil).reshape(pil.size[1], pil.size[0], -1)
+  top, left = (array.shape[0] - image_size) // 2, (array.shape[1] - image_size) // 2
+  return array[top : top + image_size, left : left + image_size]
+
+
+def to_model_range(
+  image: np.ndarray, image_size: int, num_channels: int, resize: str = "bilinear"
+) -> np.ndarray:
+  """uint8 [H, W, C] -> float32 [S, S, num_channels] in [-1, 1]: "bilinear" centre-crops to a
+  square and resizes bilinearly; "adm" resizes as guided-diffusion (`adm_centre_crop`)."""
   if image.ndim == 2:
     image = image[..., None]
-  h, w = image.shape[:2]
-  if h != w:
-    side = min(h, w)
-    image = image[
-      (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side
-    ]
+  if resize == "adm":
+    image = adm_centre_crop(image, image_size)
+  else:
+    image = _centre_crop(image)
   if image.shape[0] != image_size:
     mode = "L" if image.shape[-1] == 1 else "RGB"
     pil = Image.fromarray(image[..., 0] if mode == "L" else image, mode)
@@ -182,18 +264,41 @@ def load_batch(
   image_size: int,
   num_channels: int,
   random_flip: bool,
+  resize: str = "bilinear",
+  pool: concurrent.futures.Executor | None = None,
 ) -> dict[str, np.ndarray]:
+  """The examples at stream `positions`, decoded and resized by `pool`'s workers (in order)."""
   indices = stream_indices(len(source), seed, positions)
-  examples = [source[int(i)] for i in indices]
-  images = np.stack(
-    [to_model_range(np.asarray(ex["image"]), image_size, num_channels) for ex in examples]
-  )
+
+  def load(index: int) -> tuple[np.ndarray, int]:
+    example = source[int(index)]
+    return to_model_range(np.asarray(example["image"]), image_size, num_channels, resize), int(
+      example["label"]
+    )
+
+  loaded = list(pool.map(load, indices) if pool is not None else map(load, indices))
+  images = np.stack([image for image, _ in loaded])
   # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
   if random_flip:
     flip = np.array([np.random.default_rng([seed, int(p), 1]).random() < 0.5 for p in positions])
     images[flip] = images[flip, :, ::-1]
-  labels = np.array([int(ex.get("label", 0)) for ex in examples], dtype=np.int32)
-  return {"image": images, "label": labels}
+  return {"image": images, "label": np.array([label for _, label in loaded], dtype=np.int32)}
+
+
+def check_labels(source: Source, num_classes: int, dataset: str) -> None:
+  """A class-conditional model (`num_classes` > 0) needs a dataset whose labels it can embed."""
+  if not num_classes:
+    return
+  if not source.num_classes:
+    raise ValueError(
+      f"model.num_classes={num_classes} trains class-conditionally, but data.dataset={dataset!r} "
+      "has no labels (an image_folder needs one sub-folder per class)."
+    )
+  if source.num_classes > num_classes:
+    raise ValueError(
+      f"data.dataset={dataset!r} has {source.num_classes} classes, more than "
+      f"model.num_classes={num_classes}."
+    )
 
 
 def batches(
@@ -204,27 +309,43 @@ def batches(
   seed: int,
   start_step: int = 0,
   num_steps: int | None = None,
+  num_classes: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of global batches start_step, start_step + 1, … (forever unless
-  `num_steps`)."""
+  `num_steps`), decoded by `data.num_workers` threads. The source is opened and checked now (labels
+  for a model of `num_classes` > 0, at least one global batch of examples), the batches read as
+  they are consumed."""
   process_index, process_count = jax.process_index(), jax.process_count()
   if global_batch_size % process_count:
     raise ValueError(
       f"Batch size {global_batch_size} is not divisible by {process_count} processes."
     )
   source = get_source(data_config.dataset, split, data_config.get("data_dir"))
-  step = start_step
-  while num_steps is None or step < start_step + num_steps:
-    positions = local_positions(step, global_batch_size, process_index, process_count)
-    yield load_batch(
-      source,
-      positions,
-      seed=seed,
-      image_size=data_config.image_size,
-      num_channels=data_config.num_channels,
-      random_flip=data_config.random_flip and split == "train",
+  check_labels(source, num_classes, data_config.dataset)
+  if len(source) < global_batch_size:
+    raise ValueError(
+      f"data.dataset={data_config.dataset!r} split {split!r} has {len(source)} examples, fewer "
+      f"than one global batch of {global_batch_size}."
     )
-    step += 1
+  load = functools.partial(
+    load_batch,
+    seed=seed,
+    image_size=data_config.image_size,
+    num_channels=data_config.num_channels,
+    random_flip=data_config.random_flip and split_name(split) == "train",
+    resize=data_config.get("resize", "bilinear"),
+  )
+
+  def generate():
+    workers = data_config.get("num_workers", 0)
+    with concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+      step = start_step
+      while num_steps is None or step < start_step + num_steps:
+        positions = local_positions(step, global_batch_size, process_index, process_count)
+        yield load(source, positions, pool=pool)
+        step += 1
+
+  return generate()
 
 
 def prefetch(iterator: Iterator, transfer, size: int = 2) -> Iterator:

@@ -16,6 +16,7 @@ from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from ddpm_jax import checkpoint, families, input_pipeline, optim, parallel
@@ -160,9 +161,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   ckpt = checkpoint.Checkpointer(workdir, config.training.keep_checkpoints)
   state, start_step = ckpt.restore_latest(abstract_state)
   rngs = run_rngs(config.seed)
+  start_step = start_step if state is not None else 0
+  training = config.training
+  total = training.num_train_steps
+  batch_sharding = parallel.data_sharding(mesh)
+  batches = input_pipeline.prefetch(
+    input_pipeline.batches(
+      config.data,
+      split=config.data.train_split,
+      global_batch_size=training.batch_size,
+      seed=config.seed,
+      start_step=start_step,
+      num_steps=total - start_step,
+      num_classes=config.model.num_classes,
+    ),
+    lambda b: parallel.global_batch(b, batch_sharding),
+  )
   if state is None:
     state = create_train_state(config, rngs["init"], mesh)
-    start_step = 0
     if is_writer:
       (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
   num_params = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params))
@@ -176,25 +192,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir,
   )
 
-  training = config.training
-  total = training.num_train_steps
-  batch_sharding = parallel.data_sharding(mesh)
-  batches = input_pipeline.prefetch(
-    input_pipeline.batches(
-      config.data,
-      split="train",
-      global_batch_size=training.batch_size,
-      seed=config.seed,
-      start_step=start_step,
-      num_steps=total - start_step,
-    ),
-    lambda b: parallel.global_batch(b, batch_sharding),
-  )
   writer = MetricWriter(workdir, total, is_writer)
   preemption = checkpoint.PreemptionFlag()
   sample_grids = bool(config.sampling.num_samples) and family.make_sampler is not None
-  if sample_grids:
-    sample_fn = sample_lib.make_sample_fn(family, config.sampling.num_samples, mesh)
+  if sample_grids:  # the same noise at every step; one row per class for a conditional model
+    grid_labels = sample_lib.display_labels(config, config.sampling.num_samples)
+    grid_columns = None if grid_labels is None else sample_lib.row_length(grid_labels)
+    grid_batch = -(-config.sampling.num_samples // mesh.size) * mesh.size
+    sample_fn = sample_lib.make_sample_fn(family, grid_batch, mesh)
+    if grid_labels is not None:
+      grid_labels = jnp.asarray(np.pad(grid_labels, (0, grid_batch - len(grid_labels))))
   held_out_loss = (
     evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
   )
@@ -232,12 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.info("step %d  held-out loss (EMA, %s) %.5f", step, config.data.eval_split, loss)
         writer.write_scalars("eval", {"loss": loss}, step)
       if sample_grids and (step % training.sample_every_steps == 0 or step == total):
-        write_sample_grid(
-          sample_fn(state.ema_params, jax.random.fold_in(rngs["sample"], step), None),
-          workdir,
-          step,
-          writer,
-        )
+        samples = sample_fn(state.ema_params, rngs["sample"], grid_labels)
+        write_sample_grid(samples, config.sampling.num_samples, workdir, step, writer, grid_columns)
       if preempted:
         logging.warning(
           "Stopped for preemption at step %d; rerun the same command to resume.", step
@@ -249,12 +252,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   return state
 
 
-def write_sample_grid(samples: jax.Array, workdir: str, step: int, writer: MetricWriter) -> None:
-  """EMA samples as a PNG grid in workdir/samples and in TensorBoard (written by process 0)."""
-  samples = parallel.to_host(samples)  # a collective: every process takes part
+def write_sample_grid(
+  samples: jax.Array,
+  num_samples: int,
+  workdir: str,
+  step: int,
+  writer: MetricWriter,
+  columns: int | None = None,
+) -> None:
+  """The first `num_samples` EMA samples as a PNG grid in workdir/samples and in TensorBoard
+  (written by process 0), one row per class where they are in class rows."""
+  samples = parallel.to_host(samples)[:num_samples]  # a collective: every process takes part
   if jax.process_index() != 0:
     return
-  grid = image_utils.grid_uint8(samples)
+  grid = image_utils.grid_uint8(samples, columns=columns)
   path = image_utils.save_png(grid, os.path.join(workdir, "samples", f"ema_step_{step:08d}.png"))
   writer.write_image("samples/ema", grid, step)
   logging.info("Wrote %s.", path)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 
 from absl import logging
 from etils import epath
@@ -38,6 +39,8 @@ from ddpm_jax.config_validation import validate_config
 from ddpm_jax.evaluation import feature_net, fid, offline_metrics
 from ddpm_jax.evaluation import sample as sample_lib
 from ddpm_jax.train_state import run_rngs
+
+FID_PROTOCOL_SAMPLES = 50_000
 
 
 def inception_statistics(
@@ -67,12 +70,14 @@ def reference_statistics(
     config.data.dataset,
     path,
   )
+  data = config.data.copy_and_resolve_references()
+  data.random_flip = False  # the reference set is the data as it is, never augmented
   local = np.concatenate(
     [
       b["image"]
       for b in input_pipeline.batches(
-        config.data,
-        split="train",
+        data,
+        split=data.train_split,
         global_batch_size=batch,
         seed=config.seed,
         num_steps=-(-n // batch),
@@ -85,6 +90,27 @@ def reference_statistics(
   if jax.process_index() == 0:
     files.save_npz(path, mu=stats["mu"], sigma=stats["sigma"])
   return stats
+
+
+def reference_cache_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the reference statistics are cached: one file per dataset, split and resolution."""
+  key = f"{config.data.dataset}_{config.data.train_split}_{config.data.image_size}"
+  return os.path.join(workdir, "fid_stats_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".npz")
+
+
+def check_fid_sample_count(eval_config: ml_collections.ConfigDict) -> str:
+  """The FID protocol's 50,000 samples unless `eval.allow_fewer_fid_samples`; -> the note printed
+  beside a metric of fewer samples ("" for the protocol's count)."""
+  n = eval_config.num_fid_samples
+  if n >= FID_PROTOCOL_SAMPLES:
+    return ""
+  if not eval_config.get("allow_fewer_fid_samples", False):
+    raise ValueError(
+      f"eval.num_fid_samples={n} is fewer than the FID protocol's {FID_PROTOCOL_SAMPLES:,}: its "
+      "FID is biased upwards and not comparable with published numbers. Set "
+      "eval.allow_fewer_fid_samples=True to measure it anyway."
+    )
+  return f"from {n} samples, not the protocol's {FID_PROTOCOL_SAMPLES:,}"
 
 
 def held_out_batches(config: ml_collections.ConfigDict, num_batches: int):
@@ -159,21 +185,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   eval_config = config.eval
   family = families.get_family(config)
   results: dict[str, float] = {}
+  fewer_samples = check_fid_sample_count(eval_config) if eval_config.num_fid_samples else ""
   if eval_config.num_loss_batches:
     results["loss"] = make_held_out_loss(config, family, mesh)(ema_params)
 
   @functools.cache
   def generate():  # the same samples for FID and the offline metrics
-    return sample_lib.generate(config, ema_params, step, eval_config.num_fid_samples, mesh, workdir)
+    return sample_lib.generate(config, ema_params, eval_config.num_fid_samples, mesh, workdir)
 
   if family.make_sampler is None:
     logging.info("config.family=%r generates no images: no sample metrics.", config.family)
   elif eval_config.inception_path:
     inception_params = fid.load_inception_params(eval_config.inception_path)
-    size = config.data.image_size
-    stats_path = eval_config.reference_stats_path or os.path.join(
-      workdir, f"fid_stats_{config.data.dataset.replace('/', '_')}_{size}.npz"
-    )
+    stats_path = eval_config.reference_stats_path or reference_cache_path(config, workdir)
     reference = reference_statistics(config, inception_params, stats_path)
     images, labels = generate()
     generated = inception_statistics(
@@ -210,12 +234,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     results["bpd"] = held_out_bits_per_dim(config, ema_params, mesh, workdir)
   if jax.process_index() == 0:
     (epath.Path(workdir) / f"eval_{step}.json").write_text(
-      json.dumps({"step": step, **results}, indent=2)
+      json.dumps(
+        {"step": step, **results, "num_fid_samples": eval_config.num_fid_samples}, indent=2
+      )
     )
     from tensorboardX import SummaryWriter
 
     with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
       for k, v in results.items():
         writer.add_scalar(f"eval/{k}", v, step)
-    logging.info("Evaluation at step %d: %s", step, results)
+    logging.info(
+      "Evaluation at step %d: %s%s",
+      step,
+      results,
+      f" (sample metrics {fewer_samples})" if fewer_samples else "",
+    )
   return results

@@ -12,9 +12,11 @@ from PIL import Image
 from ddpm_jax.pixels import to_uint8
 
 
-def grid_uint8(images: np.ndarray, padding: int = 1, min_size: int = 32) -> np.ndarray:
-  """[N, H, W, C] in [-1, 1] -> one [rows·(H+p)+p, cols·(W+p)+p, 3] uint8 image, as square as
-  possible.
+def grid_uint8(
+  images: np.ndarray, padding: int = 1, min_size: int = 32, columns: int | None = None
+) -> np.ndarray:
+  """[N, H, W, C] in [-1, 1] -> one [rows·(H+p)+p, cols·(W+p)+p, 3] uint8 image of `columns`
+  columns (None: as square as possible).
 
   Images smaller than `min_size` are enlarged by pixel repetition so that they can be seen.
   """
@@ -24,7 +26,7 @@ def grid_uint8(images: np.ndarray, padding: int = 1, min_size: int = 32) -> np.n
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
   n, h, w, c = images.shape
-  cols = math.ceil(math.sqrt(n))
+  cols = columns or math.ceil(math.sqrt(n))
   rows = math.ceil(n / cols)
   grid = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.uint8)
   for i, image in enumerate(images):

@@ -12,12 +12,15 @@ ancestrally on num_steps (default 1000) equal steps of t, ARDMs in a random orde
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import time
 
 from absl import logging
 from etils import epath
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -27,17 +30,56 @@ from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.train_state import abstract_train_state, run_rngs
 
 
+def sample_keys(rng: jax.Array, first_index, batch_size: int) -> jax.Array:
+  """The keys of samples first_index, …, first_index + batch_size - 1: key i = fold_in(rng, i)."""
+  indices = first_index + jnp.arange(batch_size, dtype=jnp.int32)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
+
+
 def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_options):
-  """The family's sampler jitted over `mesh`: (params, rng, labels [B] | None, guide_params=None) ->
-  samples [B, H, W, C] sharded along "data". x_T is drawn at the global shape inside the jit, so
-  sharding the output shards the whole loop by batch."""
+  """The family's sampler jitted over `mesh`: (params, rng, labels [B] | None, guide_params=None,
+  controls=None, first_index=0) -> samples [B, H, W, C] sharded along "data".
+
+  Sample b is the family's sampler run on its own key fold_in(rng, first_index + b) alone (vmapped
+  over the batch), so that sample i of a run depends on (rng, i) only: not on the batch size, the
+  device count or which batch it fell in."""
   if family.make_sampler is None:
     raise ValueError(f"config.family={family.name!r} does not generate images.")
   if batch_size % mesh.size:
-    raise ValueError(f"A sample batch of {batch_size} is not divisible by the {mesh.size} devices.")
-  return jax.jit(
-    family.make_sampler(batch_size, **sampler_options), out_shardings=parallel.data_sharding(mesh)
-  )
+    raise ValueError(
+      f"A sample batch of {batch_size} is not divisible by the {mesh.size} devices: set "
+      f"sampling.batch_size to a multiple of {mesh.size}."
+    )
+  single = family.make_sampler(1, **sampler_options)
+  sharding = parallel.data_sharding(mesh)
+
+  def sample(params, rng, labels, guide_params=None, controls=None, first_index=0):
+    keys = jax.lax.with_sharding_constraint(sample_keys(rng, first_index, batch_size), sharding)
+
+    def one(key, label):
+      label = None if label is None else label[None]
+      return single(params, key, label, guide_params, controls)[0]
+
+    return jax.vmap(one)(keys, labels)
+
+  return jax.jit(sample, out_shardings=sharding)
+
+
+def class_rows(num_samples: int, classes) -> np.ndarray:
+  """Labels [num_samples] for a grid of one row per class: `classes` in turn, each repeated for a
+  row of num_samples // len(classes) (at least 1) samples."""
+  classes = np.asarray(classes, np.int32)
+  per_row = max(1, num_samples // len(classes))
+  return classes[(np.arange(num_samples) // per_row) % len(classes)]
+
+
+def display_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
+  """The labels of sample grids and --mode=sample: class by class (`sampling.labels`, default every
+  class) for a class-conditional model, None for an unconditional one."""
+  num_classes = config.model.get("num_classes") or 0
+  if not num_classes:
+    return None
+  return class_rows(num_samples, config.sampling.get("labels") or range(num_classes))
 
 
 def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
@@ -66,19 +108,33 @@ def load_classifier(workdir: str, mesh):
   return families.get_family(classifier_config).model, params
 
 
+def random_labels(rng: jax.Array, num_samples: int, num_classes: int) -> np.ndarray:
+  """Label i uniform in [0, num_classes), drawn from sample i's key alone (as its noise)."""
+  keys = sample_keys(rng, 0, num_samples)
+  draw = lambda key: jax.random.randint(jax.random.fold_in(key, _LABEL_STREAM), (), 0, num_classes)
+  return np.asarray(jax.vmap(draw)(keys), np.int32)
+
+
+# fold_in index of a sample's label draw inside its key, apart from the sampler's own streams
+_LABEL_STREAM = 2**31 - 2
+
+
 def generate(
   config: ml_collections.ConfigDict,
   ema_params,
-  step: int,
   num_samples: int,
   mesh,
   workdir: str | None = None,
+  labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """`num_samples` samples of the run `config` at `step` in batches of `sampling.batch_size`, with
-  progress logs -> (uint8 images [N, H, W, C], labels [N]; zeros for an unconditional, unguided
-  model).
-  `workdir` holds what the family's sampler reads there (an ARDM's loss components for parallel
-  decoding)."""
+  """`num_samples` samples of the run `config` in batches of `sampling.batch_size` spread over
+  every device of every host, with progress and ETA -> (uint8 images [N, H, W, C], labels [N];
+  zeros for an unconditional, unguided model).
+
+  Sample i comes from key i of `config.seed` alone (`make_sample_fn`), and so does its label where
+  `labels` is not given (uniform over the classes of a class-conditional or classifier-guided
+  model): the samples do not depend on the device count or the batch size. `workdir` holds what the
+  family's sampler reads there (an ARDM's loss components for parallel decoding)."""
   sampling_config = config.sampling
   batch = sampling_config.batch_size
   guide, guide_params = None, None
@@ -87,39 +143,54 @@ def generate(
   sample_fn = make_sample_fn(
     families.get_family(config), batch, mesh, progress=True, guide=guide, workdir=workdir
   )
-  rng = jax.random.fold_in(run_rngs(config.seed)["sample"], step)
+  rng = run_rngs(config.seed)["sample"]
   num_classes = guide.num_classes if guide is not None else config.model.get("num_classes")
-  all_images, all_labels = [], []
-  for i in range(-(-num_samples // batch)):
-    batch_rng = jax.random.fold_in(rng, i)
-    labels = None
-    if num_classes:
-      labels = jax.random.randint(jax.random.fold_in(batch_rng, 1), (batch,), 0, num_classes)
-      all_labels.append(np.asarray(labels))
-    x = sample_fn(ema_params, batch_rng, labels, guide_params)
+  if labels is None and num_classes:
+    labels = random_labels(rng, num_samples, num_classes)
+  all_images, start_time = [], time.perf_counter()
+  for first in range(0, num_samples, batch):
+    batch_labels = None
+    if labels is not None:  # the last batch is padded with label 0 and cut after sampling
+      chunk = labels[first : first + batch]
+      batch_labels = jnp.asarray(np.pad(chunk, (0, batch - len(chunk))))
+    x = sample_fn(ema_params, rng, batch_labels, guide_params, None, first)
     all_images.append(pixels.to_uint8(parallel.to_host(x)))
-    logging.info("Sampled %d / %d.", min((i + 1) * batch, num_samples), num_samples)
+    done, elapsed = min(first + batch, num_samples), time.perf_counter() - start_time
+    logging.info(
+      "Sampled %d / %d (%.1f images/s, ETA %s).",
+      done,
+      num_samples,
+      done / elapsed,
+      datetime.timedelta(seconds=round(elapsed / done * (num_samples - done))),
+    )
   images = np.concatenate(all_images)[:num_samples]
-  labels = (
-    np.concatenate(all_labels)[:num_samples] if all_labels else np.zeros(len(images), np.int32)
-  )
-  return images, labels
+  return images, (labels if labels is not None else np.zeros(len(images), np.int32))
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a
-  PNG grid of the first 64; returns the npz path."""
+  PNG grid of the first 64 (a class-conditional model's: one row per class, `display_labels`, with
+  the config's guidance scale); returns the npz path."""
   validate_config(config)
   mesh = parallel.make_mesh()
   ema_params, step = restore_ema_params(config, workdir, mesh)
-  images, labels = generate(config, ema_params, step, config.sampling.num_samples, mesh, workdir)
+  num_samples = config.sampling.num_samples
+  images, labels = generate(
+    config, ema_params, num_samples, mesh, workdir, display_labels(config, num_samples)
+  )
   out_dir = os.path.join(workdir, "samples")
   path = os.path.join(out_dir, f"samples_{step}.npz")
   if jax.process_index() == 0:
     files.save_npz(path, images=images, labels=labels)
     image_utils.save_png(
-      image_utils.grid_uint8(pixels.from_uint8(images[:64])),
+      image_utils.grid_uint8(pixels.from_uint8(images[:64]), columns=row_length(labels[:64])),
       os.path.join(out_dir, f"samples_{step}.png"),
     )
     logging.info("Wrote %d samples to %s.", len(images), path)
   return path
+
+
+def row_length(labels: np.ndarray) -> int | None:
+  """The grid columns of labels in rows of one class (`class_rows`); None: as square as can be."""
+  changes = np.flatnonzero(np.diff(labels))
+  return int(changes[0]) + 1 if len(changes) else None
