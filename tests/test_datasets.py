@@ -1,0 +1,159 @@
+"""The shipped paper configs against their real datasets' structure (tfds.testing.mock_data of each
+very builder: its features, labels and splits), and the data checks that keep them honest."""
+
+import glob
+import importlib
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ddpm_jax import config_validation, input_pipeline, train
+from ddpm_jax.evaluation import evaluate
+from ddpm_jax.evaluation import sample as sample_lib
+from helpers import REPO, tiny_config
+
+
+def load_config(name):
+  sys.path.insert(0, REPO)
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+SHIPPED = sorted(
+  os.path.basename(path)[:-3]
+  for path in glob.glob(os.path.join(REPO, "configs", "*.py"))
+  if not path.endswith("__init__.py")
+)
+TFDS_CONFIGS = [name for name in SHIPPED if load_config(name).data.dataset != "digits"]
+
+
+def shrunk(name):
+  """The config with its data, splits, resize and conditioning as shipped, the model tiny."""
+  config = load_config(name)
+  config.data.image_size = 8
+  model = config.model
+  model.ch, model.ch_mult, model.num_res_blocks, model.attn_resolutions = 32, (1,), 1, ()
+  model.num_head_channels, model.dtype, model.conv_impl = -1, "float32", "xla"
+  config.vdm.n_features = 16
+  config.diffusion.num_timesteps, config.sde.num_scales = 30, 25
+  config.training.batch_size, config.training.num_train_steps = 4, 2
+  config.training.checkpoint_every_steps = config.training.log_every_steps = 2
+  config.training.eval_every_steps = config.training.sample_every_steps = 1000
+  config.optim.warmup_steps = 0
+  config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 2
+  config.eval.num_loss_batches = config.eval.bpd_num_batches = 1
+  return config
+
+
+def test_every_paper_config_measures_fid_by_the_protocol_and_states_its_paper_number():
+  for name in TFDS_CONFIGS:
+    config = load_config(name)
+    assert config.eval.num_fid_samples >= 50_000 and not config.eval.allow_fewer_fid_samples, name
+    doc = importlib.import_module(f"configs.{name}").__doc__
+    assert "paper" in doc and "reports" in doc, name
+  assert {"ddpm_lsun_church256", "ddpm_lsun_bedroom256", "adm_imagenet64"} <= set(TFDS_CONFIGS)
+
+
+@pytest.mark.parametrize("name", TFDS_CONFIGS)
+def test_paper_config_trains_samples_and_evaluates_on_its_mock_dataset(name, tmp_path):
+  config = shrunk(name)
+  config_validation.validate_config(config)
+  with tfds.testing.mock_data(num_examples=16):
+    num_classes = config.model.num_classes
+    if num_classes:  # the labels it sees are the dataset's, varied, within its classes
+      batch = next(
+        input_pipeline.batches(
+          config.data,
+          split=config.data.train_split,
+          global_batch_size=16,
+          seed=0,
+          num_classes=num_classes,
+        )
+      )
+      assert len(set(batch["label"])) > 1 and batch["label"].max() < num_classes
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 2
+    images = np.load(sample_lib.sample(config, str(tmp_path)))["images"]
+    assert images.shape == (4, 8, 8, 3) and images.dtype == np.uint8
+    results = evaluate.evaluate(config, str(tmp_path))
+  # an untrained model's bound: finite (a learned variance's can be far above 8 bits/dim)
+  assert np.isfinite(results["loss"]) and 0 < results["bpd"] < np.inf, results
+
+
+def test_a_conditional_model_on_a_dataset_without_labels_is_refused_before_compiling(tmp_path):
+  config = shrunk("adm_imagenet64")
+  config.data.dataset, config.data.resize = "downsampled_imagenet/64x64", "bilinear"
+  with pytest.raises(ValueError, match="has no labels"):
+    config_validation.validate_config(config)
+  # an image folder without class sub-folders: refused when the source is opened
+  config = tiny_config()
+  config.data.dataset, config.data.data_dir, config.model.num_classes = "image_folder", "", 10
+  from PIL import Image
+
+  for i in range(4):
+    Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+  config.data.data_dir = str(tmp_path)
+  with pytest.raises(ValueError, match="has no labels"):
+    input_pipeline.batches(config.data, split="train", global_batch_size=4, seed=0, num_classes=10)
+
+
+def test_eval_split_is_validated_against_the_dataset():
+  config = load_config("ddpm_lsun_church256")
+  config.data.eval_split = "test"
+  with pytest.raises(ValueError, match="lsun/church_outdoor has the splits train, validation"):
+    config_validation.validate_config(config)
+  assert input_pipeline.DATASETS["celeb_a_hq"].eval_split == "train[95%:]"
+  assert load_config("ddpm_celebahq256").data.eval_split == "train[95%:]"
+
+
+def test_tfds_errors_other_than_not_prepared_are_re_raised_as_they_are(monkeypatch, tmp_path):
+  def broken(*args, **kwargs):
+    raise PermissionError("disk says no")
+
+  monkeypatch.setattr(tfds, "data_source", broken)
+  with pytest.raises(FileNotFoundError, match="tfds build cifar10"):  # not prepared: the hint
+    input_pipeline.get_source("cifar10", "train", str(tmp_path))
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+  with pytest.raises(PermissionError, match="disk says no"):
+    input_pipeline.get_source("cifar10", "train", str(tmp_path))
+
+
+def test_adm_resize_is_guided_diffusions_centre_crop():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+  out = input_pipeline.adm_centre_crop(image, 64)
+  # by hand: BOX halvings to 250×150 and 125×75 (75 < 128), BICUBIC to 107×64, centre 64 columns
+  from PIL import Image
+
+  pil = Image.fromarray(image).resize((250, 150), Image.BOX).resize((125, 75), Image.BOX)
+  pil = pil.resize((107, 64), Image.BICUBIC)
+  np.testing.assert_array_equal(out, np.asarray(pil)[:, 21:85])
+
+
+def test_fewer_fid_samples_than_the_protocol_need_an_explicit_opt_in():
+  config = load_config("ddpm_cifar10")
+  assert evaluate.check_fid_sample_count(config.eval) == ""
+  config.eval.num_fid_samples = 1000
+  with pytest.raises(ValueError, match="allow_fewer_fid_samples"):
+    evaluate.check_fid_sample_count(config.eval)
+  config.eval.allow_fewer_fid_samples = True
+  assert "from 1000 samples" in evaluate.check_fid_sample_count(config.eval)
+
+
+def test_samples_do_not_depend_on_the_batch_size(tmp_path):
+  config = tiny_config(num_train_steps=2)
+  config.model.num_classes, config.sampling.guidance_scale = 10, 1.0
+  state = train.train_and_evaluate(config, str(tmp_path))
+  from ddpm_jax import parallel
+
+  mesh = parallel.make_mesh()
+  runs = []
+  for batch in (3, 8):
+    config.sampling.batch_size = batch
+    runs.append(sample_lib.generate(config, state.ema_params, 8, mesh))
+  np.testing.assert_array_equal(runs[0][1], runs[1][1])  # labels: from sample i's key
+  assert len(set(runs[0][1])) > 1
+  np.testing.assert_allclose(runs[0][0].astype(int), runs[1][0].astype(int), atol=1)
+  assert np.mean(runs[0][0] == runs[1][0]) > 0.99
