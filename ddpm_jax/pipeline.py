@@ -90,15 +90,17 @@ class Pipeline:
     images = parallel.to_host(images)
     return pixels.to_uint8(images) if uint8 else images
 
-  def bits_per_dim(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The family's likelihood (bound) of uint8 images [N, H, W, C] in bits/dim -> [N]."""
+  def bits_per_dim(self, images: np.ndarray, seed: int = 0, labels=None) -> np.ndarray:
+    """The family's likelihood (bound) of uint8 images [N, H, W, C] in bits/dim -> [N]; a
+    class-conditional model's given the images' `labels` [N] (None: the null label)."""
     if self._bits_per_dim is None:
       raise ValueError(f"config.family={self.family.name!r} has no likelihood.")
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
       raise ValueError(f"images must be uint8 [N, H, W, C]; got {images.dtype} {images.shape}.")
     x0 = jnp.asarray(pixels.from_uint8(images))
-    return np.asarray(self._bits_per_dim(self.params, x0, jax.random.key(seed))["bpd"])
+    labels = None if labels is None else jnp.asarray(labels, jnp.int32)
+    return np.asarray(self._bits_per_dim(self.params, x0, jax.random.key(seed), labels)["bpd"])
 
 
 def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Pipeline:

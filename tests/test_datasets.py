@@ -157,3 +157,54 @@ def test_samples_do_not_depend_on_the_batch_size(tmp_path):
   assert len(set(runs[0][1])) > 1
   np.testing.assert_allclose(runs[0][0].astype(int), runs[1][0].astype(int), atol=1)
   assert np.mean(runs[0][0] == runs[1][0]) > 0.99
+
+
+def test_conditional_bits_per_dim_uses_the_true_labels(tmp_path):
+  import jax
+
+  from ddpm_jax import families, parallel
+
+  config = tiny_config(num_train_steps=2)
+  config.model.num_classes, config.eval.bpd_num_batches = 10, 1
+  state = train.train_and_evaluate(config, str(tmp_path))
+  bpd = evaluate.held_out_bits_per_dim(config, state.ema_params, parallel.make_mesh(), "")
+  batch = next(evaluate.held_out_batches(config, 1))
+  family = families.get_family(config)
+  per_label = {
+    name: float(
+      family.bits_per_dim(state.ema_params, batch["image"], jax.random.key(0), labels)["bpd"].mean()
+    )
+    for name, labels in (("true", batch["label"]), ("null", None))
+  }
+  assert bpd == pytest.approx(per_label["true"], rel=1e-5)
+  assert per_label["true"] != per_label["null"]
+
+
+SAMPLE_SCRIPT = """
+import sys
+sys.path[:0] = [{tests!r}, {repo!r}]
+import jax, numpy as np
+from helpers import tiny_config
+from ddpm_jax import families, parallel
+from ddpm_jax.evaluation import sample as sample_lib
+config = tiny_config()
+config.model.num_classes, config.sampling.batch_size = 10, 8
+params = families.get_family(config).init_params(jax.random.key(0))
+images, labels = sample_lib.generate(config, params, 8, parallel.make_mesh())
+np.savez({out!r}, images=images, labels=labels, devices=jax.device_count())
+"""
+
+
+def test_samples_do_not_depend_on_the_device_count(tmp_path):
+  import subprocess
+
+  runs = []
+  for devices in (1, 8):
+    out = str(tmp_path / f"{devices}.npz")
+    script = SAMPLE_SCRIPT.format(tests=os.path.join(REPO, "tests"), repo=REPO, out=out)
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    runs.append(np.load(out))
+  assert [int(run["devices"]) for run in runs] == [1, 8]
+  np.testing.assert_array_equal(runs[0]["labels"], runs[1]["labels"])
+  np.testing.assert_array_equal(runs[0]["images"], runs[1]["images"])

@@ -503,7 +503,7 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   # Samples of a 4-step model are far from the digits: the distance must be clearly positive.
   assert np.isfinite(results["fid"]) and results["fid"] > 1.0 and results["inception_score"] >= 1.0
   assert 0 < results["bpd"] < 20
-  assert os.path.isfile(tmp_path / "fid_stats_digits_8.npz") and os.path.isfile(
+  assert os.path.isfile(tmp_path / "fid_stats_digits_train_8.npz") and os.path.isfile(
     tmp_path / "eval_4.json"
   )
   # The cached reference statistics are reused, not recomputed.

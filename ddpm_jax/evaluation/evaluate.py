@@ -151,7 +151,8 @@ def held_out_bits_per_dim(
   config: ml_collections.ConfigDict, ema_params, mesh, workdir: str
 ) -> float:
   """Mean negative log-likelihood (bound) in bits/dim of the 8-bit held-out data over
-  `eval.bpd_num_batches` batches, by the family's likelihood: the discrete VLB with all T terms
+  `eval.bpd_num_batches` batches (a class-conditional model's given the true labels), by the
+  family's likelihood: the discrete VLB with all T terms
   (`calc_bpd_loop`), a VDM's VLB (one low-discrepancy t per example: unbiased), a score SDE's
   probability-flow likelihood of the dequantised data, or an ARDM's exact -log p(x | σ) along one
   random order per example (its per-step losses are saved for the sampler's parallel decoding
@@ -165,9 +166,13 @@ def held_out_bits_per_dim(
   sharding = parallel.data_sharding(mesh)
   outputs = []
   for i, batch in enumerate(held_out_batches(config, config.eval.bpd_num_batches)):
-    x0 = parallel.global_batch(batch, sharding)["image"]
+    batch = parallel.global_batch(batch, sharding)
+    labels = batch["label"] if config.model.get("num_classes") else None  # the true ones
     outputs.append(
-      {k: parallel.to_host(v) for k, v in bpd_fn(ema_params, x0, jax.random.key(i)).items()}
+      {
+        k: parallel.to_host(v)
+        for k, v in bpd_fn(ema_params, batch["image"], jax.random.key(i), labels).items()
+      }
     )
     logging.info(
       "bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, outputs[-1]["bpd"].mean()

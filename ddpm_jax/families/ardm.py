@@ -120,7 +120,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return sample
 
-  def bits_per_dim(params, x0, rng):  # exact -log p(x | σ) along one random order: D network calls
+  # exact -log p(x | σ) along one random order: D network calls
+  def bits_per_dim(params, x0, rng, labels=None):
+    del labels  # the ARDM's network takes no labels
     nats, per_step = ardm.nll_along_order(
       logits_fn(params), values(num_classes, x0), ardm.random_order(rng, x0.shape)
     )

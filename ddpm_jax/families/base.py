@@ -62,8 +62,9 @@ class Family:
       None: the family does not generate images.
   sample_controls: the config.sampling fields its SampleFn also takes traced in `controls` (their
       defaults the config's), so that changing them does not compile the sampler again.
-  bits_per_dim(params, x0, rng) -> {"bpd": [B], …}: the family's likelihood (bound) of 8-bit data
-      in bits/dim and any per-example terms it keeps; None: none.
+  bits_per_dim(params, x0, rng, labels=None) -> {"bpd": [B], …}: the family's likelihood (bound)
+      of 8-bit data in bits/dim (given its true labels, for a class-conditional model) and any
+      per-example terms it keeps; None: none.
   save_likelihood_terms(workdir, terms): stores what bits_per_dim returned besides "bpd"
       (concatenated over the batches), for the family's sampler.
   init_state() / update_state(family_state, draws, per_example_loss): what the family carries
@@ -79,7 +80,7 @@ class Family:
   loss: Callable[[Params, Batch, Draws, Array | None], Array]
   make_sampler: Callable[..., SampleFn] | None = None
   sample_controls: tuple[str, ...] = ()
-  bits_per_dim: Callable[[Params, Array, Array], dict[str, Array]] | None = None
+  bits_per_dim: Callable[..., dict[str, Array]] | None = None
   save_likelihood_terms: Callable[[str, dict[str, Any]], None] | None = None
   init_state: Callable[[], Any] = lambda: None
   update_state: Callable[[Any, Draws, Array], Any] = lambda family_state, draws, per_example: (

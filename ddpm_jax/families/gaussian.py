@@ -154,8 +154,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return sample
 
-  def bits_per_dim(params, x0, rng):
-    model_fn = lambda x_t, t: model.apply(params, x_t, t)
+  def bits_per_dim(params, x0, rng, labels=None):
+    model_fn = lambda x_t, t: model.apply(params, x_t, t, labels)
     return {"bpd": diffusion.calc_bpd_loop(gaussian, model_fn, x0, rng)["total_bpd"]}
 
   def update_state(loss_history, draws, per_example):

@@ -94,7 +94,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return sample
 
-  def bits_per_dim(params, x0, rng):
+  def bits_per_dim(params, x0, rng, labels=None):
+    del labels  # unconditional (validate refuses model.num_classes)
     # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace
     # estimate).
     images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)

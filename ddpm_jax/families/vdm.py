@@ -106,11 +106,11 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return sample
 
-  def bits_per_dim(params, x0, rng):  # one low-discrepancy t per example: unbiased
+  def bits_per_dim(params, x0, rng, labels=None):  # one low-discrepancy t per example: unbiased
     t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)
     terms = vdm.vlb_terms(
       params["schedule"],
-      eps_fn(params["unet"]),
+      eps_fn(params["unet"], labels),
       x0,
       vdm.time_samples(t_rng, x0.shape[0]),
       jax.random.normal(noise_rng, x0.shape),
