@@ -8,14 +8,12 @@ centre-cropped.
       --workdir=gs://bucket/ddpm_lsun_bedroom256
 """
 
-from configs import ddpm_celebahq256
+from configs import ddpm_lsun_church256
 
 
 def get_config():
-  config = ddpm_celebahq256.get_config()
+  config = ddpm_lsun_church256.get_config()
   config.data.dataset = "lsun/bedroom"
-  config.data.train_split, config.data.eval_split = "train", "validation"
   config.data.random_flip = False
   config.training.num_train_steps = 2_400_000
-  config.sampling.sampler = "ddpm"
   return config
