@@ -248,3 +248,23 @@ def test_inception_score_extremes():
   confident[np.arange(100), np.arange(100) % 10] = 0.0  # one-hot, 10 classes equally often
   mean, std = fid.inception_score(confident, num_splits=5)
   assert mean == pytest.approx(10.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
+
+
+def test_precision_recall_equals_brute_force_k_nearest_neighbour_balls():
+  rng = np.random.default_rng(0)
+  real, fake = rng.normal(size=(40, 5)), rng.normal(0.7, 1.3, size=(30, 5))
+
+  def brute(points, centres, k):
+    inside = 0
+    for p in points:
+      for c in centres:
+        radius = sorted(np.linalg.norm(c - o) for o in centres)[k]  # [0] is c itself
+        if np.linalg.norm(p - c) <= radius:
+          inside += 1
+          break
+    return inside / len(points)
+
+  precision, recall = fid.precision_recall(real, fake, k=3)
+  assert precision == brute(fake, real, 3) and recall == brute(real, fake, 3)
+  assert 0 < precision < 1 and 0 < recall < 1
+  assert fid.precision_recall(real, real, k=3) == (1.0, 1.0)
