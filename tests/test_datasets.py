@@ -30,12 +30,14 @@ TFDS_CONFIGS = [name for name in SHIPPED if load_config(name).data.dataset != "d
 
 
 def shrunk(name):
-  """The config with its data, splits, resize and conditioning as shipped, the model tiny."""
+  """The config with its data, splits, resize, family and conditioning as shipped, and the offline
+  default's tiny U-Net (so that configs of one family share their compiled programs)."""
   config = load_config(name)
   config.data.image_size = 8
+  kept = ("num_classes", "out_channels", "embedding_type", "fourier_features")
+  config.model.update({k: v for k, v in load_config("default").model.items() if k not in kept})
   model = config.model
-  model.ch, model.ch_mult, model.num_res_blocks, model.attn_resolutions = 32, (1,), 1, ()
-  model.num_head_channels, model.dtype, model.conv_impl = -1, "float32", "xla"
+  model.ch_mult, model.attn_resolutions, model.conv_impl = (1,), (), "xla"
   config.vdm.n_features = 16
   config.diffusion.num_timesteps, config.sde.num_scales = 30, 25
   config.training.batch_size, config.training.num_train_steps = 4, 2
