@@ -48,12 +48,9 @@ def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[st
         f"data.{field}={split!r}: {data.dataset} has the splits {', '.join(spec.splits)} "
         f"(its held-out split: {spec.eval_split!r})."
       )
-  if num_classes and not spec.num_classes:
-    problems.append(
-      f"model.num_classes={num_classes} trains class-conditionally, but data.dataset="
-      f"{data.dataset!r} has no labels; set model.num_classes=0 or use a labelled dataset."
-    )
-  if spec.num_classes > 0 and num_classes and num_classes != spec.num_classes:
+  if spec.num_classes >= 0:  # an image_folder's classes are known once it is opened
+    problems += input_pipeline.label_problems(data.dataset, spec.num_classes, num_classes)
+  if 0 < spec.num_classes < num_classes:
     problems.append(
       f"model.num_classes={num_classes}, but data.dataset={data.dataset!r} has "
       f"{spec.num_classes} classes."

@@ -285,20 +285,22 @@ def load_batch(
   return {"image": images, "label": np.array([label for _, label in loaded], dtype=np.int32)}
 
 
-def check_labels(source: Source, num_classes: int, dataset: str) -> None:
+def label_problems(dataset: str, dataset_classes: int, num_classes: int) -> list[str]:
   """A class-conditional model (`num_classes` > 0) needs a dataset whose labels it can embed."""
   if not num_classes:
-    return
-  if not source.num_classes:
-    raise ValueError(
+    return []
+  if not dataset_classes:
+    return [
       f"model.num_classes={num_classes} trains class-conditionally, but data.dataset={dataset!r} "
-      "has no labels (an image_folder needs one sub-folder per class)."
-    )
-  if source.num_classes > num_classes:
-    raise ValueError(
-      f"data.dataset={dataset!r} has {source.num_classes} classes, more than "
+      "has no labels (an image_folder needs one sub-folder per class); set model.num_classes=0 or "
+      "use a labelled dataset."
+    ]
+  if dataset_classes > num_classes:
+    return [
+      f"data.dataset={dataset!r} has {dataset_classes} classes, more than "
       f"model.num_classes={num_classes}."
-    )
+    ]
+  return []
 
 
 def batches(
@@ -321,7 +323,9 @@ def batches(
       f"Batch size {global_batch_size} is not divisible by {process_count} processes."
     )
   source = get_source(data_config.dataset, split, data_config.get("data_dir"))
-  check_labels(source, num_classes, data_config.dataset)
+  problems = label_problems(data_config.dataset, source.num_classes, num_classes)
+  if problems:
+    raise ValueError(" ".join(problems))
   if len(source) < global_batch_size:
     raise ValueError(
       f"data.dataset={data_config.dataset!r} split {split!r} has {len(source)} examples, fewer "

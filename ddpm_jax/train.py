@@ -16,7 +16,6 @@ from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from ddpm_jax import checkpoint, families, input_pipeline, optim, parallel
@@ -201,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     grid_batch = -(-config.sampling.num_samples // mesh.size) * mesh.size
     sample_fn = sample_lib.make_sample_fn(family, grid_batch, mesh)
     if grid_labels is not None:
-      grid_labels = jnp.asarray(np.pad(grid_labels, (0, grid_batch - len(grid_labels))))
+      grid_labels = sample_lib.pad_labels(grid_labels, grid_batch)
   held_out_loss = (
     evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
   )

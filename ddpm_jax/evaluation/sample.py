@@ -73,6 +73,11 @@ def class_rows(num_samples: int, classes) -> np.ndarray:
   return classes[(np.arange(num_samples) // per_row) % len(classes)]
 
 
+def pad_labels(labels: np.ndarray, batch_size: int) -> jax.Array:
+  """Labels [n ≤ batch_size] padded with label 0 to a whole batch (the padded samples are cut)."""
+  return jnp.asarray(np.pad(labels, (0, batch_size - len(labels))))
+
+
 def display_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
   """The labels of sample grids and --mode=sample: class by class (`sampling.labels`, default every
   class) for a class-conditional model, None for an unconditional one."""
@@ -150,9 +155,8 @@ def generate(
   all_images, start_time = [], time.perf_counter()
   for first in range(0, num_samples, batch):
     batch_labels = None
-    if labels is not None:  # the last batch is padded with label 0 and cut after sampling
-      chunk = labels[first : first + batch]
-      batch_labels = jnp.asarray(np.pad(chunk, (0, batch - len(chunk))))
+    if labels is not None:
+      batch_labels = pad_labels(labels[first : first + batch], batch)
     x = sample_fn(ema_params, rng, batch_labels, guide_params, None, first)
     all_images.append(pixels.to_uint8(parallel.to_host(x)))
     done, elapsed = min(first + batch, num_samples), time.perf_counter() - start_time
