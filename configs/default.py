@@ -27,6 +27,9 @@ def get_config():
   data.eval_split = "test"  # the held-out split of evaluations (input_pipeline.DATASETS)
   data.resize = "bilinear"  # centre crop, bilinear; "adm": guided-diffusion's BOX + BICUBIC
   data.num_workers = 8  # threads decoding and resizing each batch (in a fixed order)
+  # each example's context [L, D] for model.context_dim: a tfds feature, or an image_folder's
+  # sidecar arrays <image stem>.<context_key>.npy
+  data.context_key = ""
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"  # or "classifier", the noisy classifier of family "classifier"
@@ -41,7 +44,7 @@ def get_config():
   model.resblock_updown = False  # BigGAN-style residual up/down-sampling (ADM)
   model.scale_shift_norm = False  # AdaGN (ADM)
   model.num_classes = 0  # > 0: class-conditional, with an extra null class
-  # cross-attention to a [B, L, context_dim] context
+  # cross-attention to a [B, L, context_dim] context (data.context_key), the zero context as ∅
   model.context_dim = config_dict.placeholder(int)
   # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
   model.embedding_type = "positional"
@@ -107,7 +110,8 @@ def get_config():
   training.sample_every_steps = 1000  # EMA sample grid to workdir/samples and TensorBoard
   training.keep_checkpoints = 3
   training.fsdp = False  # shard params and optimizer state over the data axis
-  # class-conditional models: null-label rate (classifier-free guidance)
+  # class- and context-conditional models: rate of the null label / zero context (classifier-free
+  # guidance)
   training.label_dropout = 0.1
 
   # sample grids in training and --mode=sample
@@ -121,6 +125,9 @@ def get_config():
   sampling.classifier_scale = 0.0  # … and its guidance scale s (ADM §4)
   sampling.num_samples = 64
   sampling.labels = ()  # class-conditional grids and --mode=sample: these classes (): all, by row
+  # contexts [N, L, D] (.npy, or .npz with "context") of a context-conditional model's samples, in
+  # turn; unset: those of data.eval_split's examples in order
+  sampling.context_file = config_dict.placeholder(str)
   sampling.batch_size = 64
   sampling.clip_denoised = True
   sampling.snr = 0.16  # score SDEs: Langevin corrector signal-to-noise ratio
@@ -135,8 +142,11 @@ def get_config():
   eval_config.num_fid_samples = 1000
   eval_config.allow_fewer_fid_samples = True
   eval_config.num_reference_images = 1500  # the digits' whole train split
-  # default: workdir/fid_stats_<data>.npz
+  # default: workdir/fid_stats_<data>_<split>_<size>.npz; or an npz with mu/sigma (pytorch-fid's
+  # --save-stats), or ADM's reference batch (arr_0, mu, sigma, mu_s, sigma_s)
   eval_config.reference_stats_path = config_dict.placeholder(str)
+  # improved precision/recall (k = 3) between the first this many reference and sample features
+  eval_config.precision_recall_images = 10_000
   eval_config.bpd_num_batches = 1
   # offline metrics; default: the shipped weights
   eval_config.feature_net_path = config_dict.placeholder(str)

@@ -78,6 +78,12 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"{optim.grad_accum_steps} micro-batches over {devices} devices."
     )
   problems += _data_problems(data, model.get("num_classes") or 0)
+  context_key, context_dim = data.get("context_key", ""), model.get("context_dim")
+  if bool(context_key) != bool(context_dim):
+    problems.append(
+      f"data.context_key={context_key!r} and model.context_dim={context_dim} go together: a "
+      "context-conditional model needs both, an unconditional one neither."
+    )
   if model.get("name", "unet") not in models.MODELS:
     problems.append(f"Unknown model.name {model.name!r}; known: {', '.join(models.MODELS)}.")
   if model.get("dtype") == "float16":

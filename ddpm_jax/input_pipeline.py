@@ -2,13 +2,14 @@
 parallel decoding, prefetch.
 
 Every dataset is a random-access source of `{"image": uint8 [H, W, C], "label": int}` with its
-`num_classes` (0: no labels), described before it is opened by `DATASETS` (splits, classes, the
-held-out split):
+`num_classes` (0: no labels), and `"context": float32 [L, D]` where `data.context_key` names one,
+described before it is opened by `DATASETS` (splits, classes, the held-out split):
   - tfds datasets through `tfds.data_source` (ArrayRecord files; no TensorFlow needed to read them):
     cifar10, celeb_a_hq/256, lsun/<category>, imagenet2012, imagenet_resized/64x64, mnist, …
   - "digits": the 8×8 handwritten digits that ship inside scikit-learn (offline; used by
     configs/default.py);
-  - "image_folder": every image file under `data.data_dir` (labels from sub-directory names).
+  - "image_folder": every image file under `data.data_dir` (labels from sub-directory names; the
+    context of `a/b.png` is the sidecar array `a/b.<context_key>.npy`).
 
 The order is a pure function of (seed, step): the example stream is a concatenation of per-epoch
 permutations, global batch s takes stream positions [s·B, (s+1)·B), and process p reads rows
@@ -78,6 +79,7 @@ def split_name(split: str) -> str:
 
 class Source(Protocol):
   num_classes: int  # 0: no labels
+  context_key: str  # "": no "context" entry
 
   def __len__(self) -> int: ...
   def __getitem__(self, index: int) -> dict: ...
@@ -89,6 +91,7 @@ class DigitsSource:
 
   NUM_TRAIN = 1500
   num_classes = 10
+  context_key = ""
 
   def __init__(self, split: str):
     from sklearn.datasets import load_digits
@@ -107,9 +110,10 @@ class DigitsSource:
 
 class ImageFolderSource:
   """All images under `root` (sorted paths); the label is the index of the first-level
-  sub-directory, and a folder without sub-directories has no labels."""
+  sub-directory, and a folder without sub-directories has no labels. With `context_key`, the
+  context of image `stem.png` is the array in `stem.<context_key>.npy` beside it."""
 
-  def __init__(self, root: str):
+  def __init__(self, root: str, context_key: str = ""):
     self.paths = sorted(
       os.path.join(d, f)
       for d, _, files in os.walk(root)
@@ -122,7 +126,17 @@ class ImageFolderSource:
     classes = sorted({parts[0] for parts in tops if len(parts) > 1})
     self.class_index = {c: i for i, c in enumerate(classes)}
     self.num_classes = len(classes)
-    self.root = root
+    self.root, self.context_key = root, context_key
+    if context_key:
+      missing = [p for p in self.paths if not os.path.exists(self.context_path(p))]
+      if missing:
+        raise FileNotFoundError(
+          f"data.context_key={context_key!r}: {len(missing)} of {len(self.paths)} images have no "
+          f"context array beside them, e.g. {self.context_path(missing[0])!r}."
+        )
+
+  def context_path(self, image_path: str) -> str:
+    return f"{os.path.splitext(image_path)[0]}.{self.context_key}.npy"
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -132,36 +146,60 @@ class ImageFolderSource:
     with Image.open(path) as img:
       image = np.asarray(img.convert("RGB"))
     top = os.path.relpath(path, self.root).split(os.sep)[0]
-    return {"image": image, "label": self.class_index.get(top, 0)}
+    example = {"image": image, "label": self.class_index.get(top, 0)}
+    if self.context_key:
+      example["context"] = np.load(self.context_path(path), allow_pickle=False)
+    return example
 
 
 class TfdsSource:
-  """A tfds random-access source as {"image", "label"} (label 0 where the dataset has none)."""
+  """A tfds random-access source as {"image", "label"} (label 0 where the dataset has none), and
+  "context" the feature `context_key` names."""
 
-  def __init__(self, data_source):
-    self.data_source = data_source
+  def __init__(self, data_source, context_key: str = ""):
+    self.data_source, self.context_key = data_source, context_key
     features = data_source.dataset_info.features
     self.num_classes = features["label"].num_classes if "label" in features else 0
+    if context_key and context_key not in features:
+      raise ValueError(
+        f"data.context_key={context_key!r} is not a feature of this dataset; its features: "
+        f"{', '.join(features)}."
+      )
 
   def __len__(self) -> int:
     return len(self.data_source)
 
   def __getitem__(self, index: int) -> dict:
     example = self.data_source[index]
-    return {"image": example["image"], "label": int(example["label"]) if self.num_classes else 0}
+    out = {"image": example["image"], "label": int(example["label"]) if self.num_classes else 0}
+    if self.context_key:
+      out["context"] = example[self.context_key]
+    return out
 
 
 def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
   """A whole split in memory as (uint8 images [N, H, W, C], labels [N]), for small datasets
   (evaluation)."""
-  source = get_source(data_config.dataset, split, data_config.get("data_dir"))
+  source = open_source(data_config, split)
   examples = [source[i] for i in range(len(source))]
   return np.stack([e["image"] for e in examples]), np.asarray([e["label"] for e in examples])
 
 
-def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
-  """The random-access source of `dataset`'s `split`, or one error that says how to prepare it."""
+def open_source(data_config, split: str) -> Source:
+  """`get_source` of `data_config`'s dataset, data_dir and context_key."""
+  return get_source(
+    data_config.dataset, split, data_config.get("data_dir"), data_config.get("context_key", "")
+  )
+
+
+def get_source(
+  dataset: str, split: str, data_dir: str | None = None, context_key: str = ""
+) -> Source:
+  """The random-access source of `dataset`'s `split` (with the contexts `context_key` names), or
+  one error that says how to prepare it."""
   if dataset == "digits":
+    if context_key:
+      raise ValueError("data.dataset='digits' has no contexts; set data.context_key=''.")
     return DigitsSource(split)
   if dataset == "image_folder":
     if not data_dir:
@@ -169,11 +207,11 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
         "dataset='image_folder' needs config.data.data_dir, the directory of images."
       )
     split_dir = os.path.join(data_dir, split)
-    return ImageFolderSource(split_dir if os.path.isdir(split_dir) else data_dir)
+    return ImageFolderSource(split_dir if os.path.isdir(split_dir) else data_dir, context_key)
   import tensorflow_datasets as tfds
 
   try:
-    return TfdsSource(tfds.data_source(dataset, split=split, data_dir=data_dir, download=False))
+    source = tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
     raise
   except Exception as e:
@@ -187,6 +225,7 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
       "then set --config.data.data_dir=<dir> (celeb_a_hq and imagenet2012 also need their manual "
       "downloads, see the tfds catalog)."
     ) from e
+  return TfdsSource(source, context_key)
 
 
 def _centre_crop(image: np.ndarray) -> np.ndarray:
@@ -270,19 +309,46 @@ def load_batch(
   """The examples at stream `positions`, decoded and resized by `pool`'s workers (in order)."""
   indices = stream_indices(len(source), seed, positions)
 
-  def load(index: int) -> tuple[np.ndarray, int]:
+  def load(index: int) -> dict:
     example = source[int(index)]
-    return to_model_range(np.asarray(example["image"]), image_size, num_channels, resize), int(
-      example["label"]
-    )
+    image = to_model_range(np.asarray(example["image"]), image_size, num_channels, resize)
+    loaded = {"image": image, "label": int(example["label"])}
+    if "context" in example:
+      loaded["context"] = as_context(example["context"])
+    return loaded
 
   loaded = list(pool.map(load, indices) if pool is not None else map(load, indices))
-  images = np.stack([image for image, _ in loaded])
+  batch = {key: np.stack([example[key] for example in loaded]) for key in loaded[0]}
+  batch["label"] = batch["label"].astype(np.int32)
   # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
   if random_flip:
     flip = np.array([np.random.default_rng([seed, int(p), 1]).random() < 0.5 for p in positions])
-    images[flip] = images[flip, :, ::-1]
-  return {"image": images, "label": np.array([label for _, label in loaded], dtype=np.int32)}
+    batch["image"][flip] = batch["image"][flip, :, ::-1]
+  return batch
+
+
+def as_context(array) -> np.ndarray:
+  """A context as float32 [L, D] (a vector [D] is one token)."""
+  array = np.asarray(array, np.float32)
+  if array.ndim not in (1, 2):
+    raise ValueError(f"A context is [L, D] or [D]; got shape {array.shape}.")
+  return array.reshape(-1, array.shape[-1])
+
+
+def context_problems(source: Source, context_dim: int | None) -> list[str]:
+  """A model that cross-attends to contexts of `context_dim` needs a source that has them, of that
+  width (checked on its first example)."""
+  if not context_dim:
+    return []
+  if not source.context_key:
+    return [f"model.context_dim={context_dim} needs contexts: set data.context_key."]
+  width = as_context(source[0]["context"]).shape[-1]
+  if width != context_dim:
+    return [
+      f"data.context_key={source.context_key!r} gives contexts of width {width}, but "
+      f"model.context_dim={context_dim}."
+    ]
+  return []
 
 
 def label_problems(dataset: str, dataset_classes: int, num_classes: int) -> list[str]:
@@ -312,18 +378,20 @@ def batches(
   start_step: int = 0,
   num_steps: int | None = None,
   num_classes: int = 0,
+  context_dim: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of global batches start_step, start_step + 1, … (forever unless
   `num_steps`), decoded by `data.num_workers` threads. The source is opened and checked now (labels
-  for a model of `num_classes` > 0, at least one global batch of examples), the batches read as
-  they are consumed."""
+  for a model of `num_classes` > 0, contexts of `context_dim`, at least one global batch of
+  examples), the batches read as they are consumed."""
   process_index, process_count = jax.process_index(), jax.process_count()
   if global_batch_size % process_count:
     raise ValueError(
       f"Batch size {global_batch_size} is not divisible by {process_count} processes."
     )
-  source = get_source(data_config.dataset, split, data_config.get("data_dir"))
+  source = open_source(data_config, split)
   problems = label_problems(data_config.dataset, source.num_classes, num_classes)
+  problems += context_problems(source, context_dim)
   if problems:
     raise ValueError(" ".join(problems))
   if len(source) < global_batch_size:

@@ -56,17 +56,29 @@ class Pipeline:
     sampler: str | None = None,
     num_steps: int | None = None,
     labels=None,
+    contexts=None,
     guidance_scale: float | None = None,
     eta: float | None = None,
     seed: int = 0,
     uint8: bool = True,
   ) -> np.ndarray:
     """-> uint8 images [num_images, H, W, C]. `sampler` and `num_steps` default to the config's;
-    `labels` [num_images] (class-conditional models; None: the null label), `guidance_scale`
+    `labels` [num_images] (class-conditional models; None: the null label), `contexts`
+    [num_images, L, D] (context-conditional models; None: the null context), `guidance_scale`
     (classifier-free guidance w; None: none), `eta` (DDIM's η; None: the config's); `uint8=False`
     returns the float samples in [-1, 1]."""
-    if guidance_scale is not None and labels is None:
-      raise ValueError("guidance_scale needs labels: the classes to guide towards.")
+    if guidance_scale is not None and labels is None and contexts is None:
+      raise ValueError("guidance_scale needs labels or contexts: what to guide towards.")
+    context_dim = self.config.model.get("context_dim")
+    if contexts is not None:
+      contexts = np.asarray(contexts, np.float32)
+      if not context_dim or contexts.ndim != 3 or contexts.shape[::2] != (num_images, context_dim):
+        raise ValueError(
+          f"contexts must be [{num_images}, L, model.context_dim] for a context-conditional "
+          f"model; this one has model.context_dim={context_dim} and contexts {contexts.shape}."
+        )
+    elif context_dim:
+      contexts = np.zeros((num_images, 1, context_dim), np.float32)  # ∅
     if labels is not None:
       labels = np.asarray(labels, np.int32)
       num_classes = self.config.model.get("num_classes") or 0
@@ -86,13 +98,16 @@ class Pipeline:
       for name in self.family.sample_controls
     }
     labels = None if labels is None else jnp.asarray(labels)
-    images = sample_fn(self.params, jax.random.key(seed), labels, None, controls)
+    contexts = None if contexts is None else jnp.asarray(contexts)
+    images = sample_fn(self.params, jax.random.key(seed), labels, None, controls, 0, contexts)
     images = parallel.to_host(images)
     return pixels.to_uint8(images) if uint8 else images
 
-  def bits_per_dim(self, images: np.ndarray, seed: int = 0, labels=None) -> np.ndarray:
+  def bits_per_dim(
+    self, images: np.ndarray, seed: int = 0, labels=None, contexts=None
+  ) -> np.ndarray:
     """The family's likelihood (bound) of uint8 images [N, H, W, C] in bits/dim -> [N]; a
-    class-conditional model's given the images' `labels` [N] (None: the null label)."""
+    conditional model's given the images' `labels` [N] and `contexts` [N, L, D] (None: ∅)."""
     if self._bits_per_dim is None:
       raise ValueError(f"config.family={self.family.name!r} has no likelihood.")
     images = np.asarray(images)
@@ -100,7 +115,12 @@ class Pipeline:
       raise ValueError(f"images must be uint8 [N, H, W, C]; got {images.dtype} {images.shape}.")
     x0 = jnp.asarray(pixels.from_uint8(images))
     labels = None if labels is None else jnp.asarray(labels, jnp.int32)
-    return np.asarray(self._bits_per_dim(self.params, x0, jax.random.key(seed), labels)["bpd"])
+    kwargs = {}
+    if self.config.model.get("context_dim"):
+      dim = self.config.model.context_dim
+      kwargs["contexts"] = jnp.zeros((len(x0), 1, dim)) if contexts is None else contexts
+    terms = self._bits_per_dim(self.params, x0, jax.random.key(seed), labels, **kwargs)
+    return np.asarray(terms["bpd"])
 
 
 def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Pipeline:

@@ -173,6 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       start_step=start_step,
       num_steps=total - start_step,
       num_classes=config.model.num_classes,
+      context_dim=config.model.get("context_dim"),
     ),
     lambda b: parallel.global_batch(b, batch_sharding),
   )
@@ -194,13 +195,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = MetricWriter(workdir, total, is_writer)
   preemption = checkpoint.PreemptionFlag()
   sample_grids = bool(config.sampling.num_samples) and family.make_sampler is not None
-  if sample_grids:  # the same noise at every step; one row per class for a conditional model
+  # the same noise at every step; one row per class for a class-conditional model
+  if sample_grids:
     grid_labels = sample_lib.display_labels(config, config.sampling.num_samples)
     grid_columns = None if grid_labels is None else sample_lib.row_length(grid_labels)
     grid_batch = -(-config.sampling.num_samples // mesh.size) * mesh.size
     sample_fn = sample_lib.make_sample_fn(family, grid_batch, mesh)
     if grid_labels is not None:
       grid_labels = sample_lib.pad_labels(grid_labels, grid_batch)
+    grid_contexts = sample_lib.generation_contexts(config, config.sampling.num_samples)
+    if grid_contexts is not None:
+      grid_contexts = sample_lib.pad_labels(grid_contexts, grid_batch)
   held_out_loss = (
     evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
   )
@@ -238,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.info("step %d  held-out loss (EMA, %s) %.5f", step, config.data.eval_split, loss)
         writer.write_scalars("eval", {"loss": loss}, step)
       if sample_grids and (step % training.sample_every_steps == 0 or step == total):
-        samples = sample_fn(state.ema_params, rngs["sample"], grid_labels)
+        samples = sample_fn(state.ema_params, rngs["sample"], grid_labels, contexts=grid_contexts)
         write_sample_grid(samples, config.sampling.num_samples, workdir, step, writer, grid_columns)
       if preempted:
         logging.warning(

@@ -161,9 +161,11 @@ class ReferenceFIDInception(nn.Module):
     x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, kernel_size=3, stride=2)))
     x = F.max_pool2d(x, kernel_size=3, stride=2)
     for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+      if name == "6d":  # sFID: TF's "mixed_6/conv" (Mixed_6d's 1×1 branch), channels 0..6, NHWC
+        spatial = self.Mixed_6d.branch1x1(x)[:, :7].permute(0, 2, 3, 1).flatten(1)
       x = getattr(self, f"Mixed_{name}")(x)
     pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
-    return pool, self.fc(pool)
+    return pool, self.fc(pool), spatial
 
 
 def random_reference_net() -> ReferenceFIDInception:
@@ -195,10 +197,12 @@ def test_flax_inception_matches_pytorch_reference(reference, size):
   net, params = reference
   images = np.random.default_rng(size).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
   with torch.no_grad():
-    ref_pool, ref_logits = (t.numpy() for t in net(torch.from_numpy(images.transpose(0, 3, 1, 2))))
-  pool, logits = fid.inception_features(params, jnp.asarray(images))
-  assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
-  for got, want in ((pool, ref_pool), (logits, ref_logits)):
+    ref_pool, ref_logits, ref_spatial = (
+      t.numpy() for t in net(torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    )
+  pool, logits, spatial = fid.inception_features(params, jnp.asarray(images))
+  assert pool.shape == (2, 2048) and logits.shape == (2, 1008) and spatial.shape == (2, 17 * 17 * 7)
+  for got, want in ((pool, ref_pool), (logits, ref_logits), (spatial, ref_spatial)):
     assert np.max(np.abs(np.asarray(got) - want)) <= 1e-4 * np.max(np.abs(want))
 
 
@@ -266,5 +270,39 @@ def test_precision_recall_equals_brute_force_k_nearest_neighbour_balls():
 
   precision, recall = fid.precision_recall(real, fake, k=3)
   assert precision == brute(fake, real, 3) and recall == brute(real, fake, 3)
+  # by row blocks of the distance matrix, as for 50,000 features: the same
+  assert fid.precision_recall(real, fake, k=3, block_size=7) == (precision, recall)
   assert 0 < precision < 1 and 0 < recall < 1
   assert fid.precision_recall(real, real, k=3) == (1.0, 1.0)
+
+
+def test_reference_statistics_read_adm_reference_batches_and_pytorch_fid_stats(reference, tmp_path):
+  from ddpm_jax import pixels
+  from ddpm_jax.evaluation import evaluate
+  from helpers import tiny_config
+
+  _, params = reference
+  config = tiny_config()
+  # batches of 2: the Inception program of the test above, compiled once
+  config.sampling.batch_size, config.eval.precision_recall_images = 2, 10
+  images = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+  computed = evaluate.inception_statistics(params, pixels.from_uint8(images), 2, 10)
+  # one of ADM's reference batches: its images and the pool statistics
+  adm = tmp_path / "VIRTUAL_adm_reference.npz"
+  np.savez(adm, arr_0=images, mu=computed["mu"], sigma=computed["sigma"])
+  stats = evaluate.reference_statistics(config, params, str(adm))
+  for key in evaluate.REFERENCE_KEYS:
+    np.testing.assert_allclose(stats[key], computed[key], rtol=1e-6, atol=1e-8)
+  assert stats["pool"].shape == (10, 2048) and stats["mu_s"].shape == (17 * 17 * 7,)
+  metrics = evaluate.inception_metrics(computed, stats)
+  assert set(metrics) == {"fid", "sfid", "precision", "recall"}
+  # the same statistics: 0 up to √ of the round-off eigenvalues (~1e-14) of singular covariances
+  for name, sigma in (("fid", computed["sigma"]), ("sfid", computed["sigma_s"])):
+    assert metrics[name] == pytest.approx(0.0, abs=1e-5 * np.trace(sigma))
+  assert (metrics["precision"], metrics["recall"]) == (1.0, 1.0)
+  # pytorch-fid's --save-stats: only mu and sigma, so FID alone (inception_metrics skips the rest)
+  stats_file = tmp_path / "pytorch_fid_stats.npz"
+  np.savez(stats_file, mu=computed["mu"], sigma=computed["sigma"])
+  assert set(evaluate.reference_statistics(config, params, str(stats_file))) == {"mu", "sigma"}
+  small = {"mu": np.zeros(3), "sigma": np.eye(3), "pool": np.eye(5, 3)}
+  assert set(evaluate.inception_metrics(small, {"mu": np.ones(3), "sigma": np.eye(3)})) == {"fid"}

@@ -492,6 +492,9 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   # accuracy).
   assert set(results) == {
     "fid",
+    "sfid",
+    "precision",
+    "recall",
     "inception_score",
     "inception_score_std",
     "bpd",
@@ -502,6 +505,7 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   assert results["feature_fd"] > 1.0 and 0 <= results["memorized_fraction"] <= 1
   # Samples of a 4-step model are far from the digits: the distance must be clearly positive.
   assert np.isfinite(results["fid"]) and results["fid"] > 1.0 and results["inception_score"] >= 1.0
+  assert results["sfid"] > 1.0 and 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1
   assert 0 < results["bpd"] < 20
   assert os.path.isfile(tmp_path / "fid_stats_digits_train_8.npz") and os.path.isfile(
     tmp_path / "eval_4.json"

@@ -1,5 +1,5 @@
-"""`--mode=eval`: FID and Inception Score of samples, and bits/dim on the held-out split
-(data.eval_split), for the newest checkpoint.
+"""`--mode=eval`: FID, sFID, improved precision/recall and Inception Score of samples, and bits/dim
+on the held-out split (data.eval_split), for the newest checkpoint.
 
 config.eval:
   inception_path        pytorch-fid's pt_inception-2015-12-05-*.pth (or its converted .npz); FID/IS
@@ -10,8 +10,12 @@ config.eval:
                         feature_fd, feature_class_score, class_accuracy (class-conditional samples),
                         memorized_fraction
   reference_stats_path  cache of the dataset's Inception statistics (default:
-                        workdir/fid_stats_<data>.npz), computed once from `num_reference_images`
-                        training images
+                        workdir/fid_stats_<data>_<split>_<size>.npz), computed once from
+                        `num_reference_images` training images; or pytorch-fid's --save-stats npz
+                        (mu, sigma), or one of ADM's reference batches (arr_0, mu, sigma, mu_s,
+                        sigma_s)
+  precision_recall_images  the first this many reference and sample pool3 features give improved
+                        precision/recall (k = 3); 0: none
   num_loss_batches      held-out batches for the family's loss without dropout ("loss"); 0 skips
   bpd_num_batches       held-out batches of `training.batch_size` for the family's bits/dim: the VLB
                         (calc_bpd_loop; VDM's; an ARDM's exact NLL along a random order) or a score
@@ -44,26 +48,57 @@ FID_PROTOCOL_SAMPLES = 50_000
 
 
 def inception_statistics(
-  inception_params, images: np.ndarray, batch_size: int
+  inception_params, images: np.ndarray, batch_size: int, num_pool_features: int = 0
 ) -> dict[str, np.ndarray]:
-  """Images NHWC in [-1, 1] -> {"mu", "sigma"} of pool3 features and the "logits" [N, 1008]."""
-  pools, logits = [], []
+  """Images NHWC in [-1, 1] -> the Fréchet statistics "mu", "sigma" of the pool3 features and
+  "mu_s", "sigma_s" of sFID's spatial ones (the names of ADM's reference batches), the first
+  `num_pool_features` pool3 features "pool" (precision/recall) and the "logits" [N, 1008]."""
+  pools, logits, spatials = [], [], []
   for start in range(0, len(images), batch_size):
-    pool, logit = fid.inception_features(inception_params, images[start : start + batch_size])
+    pool, logit, spatial = fid.inception_features(
+      inception_params, images[start : start + batch_size]
+    )
     pools.append(np.asarray(pool))
     logits.append(np.asarray(logit))
-  mu, sigma = fid.feature_statistics(np.concatenate(pools))
-  return {"mu": mu, "sigma": sigma, "logits": np.concatenate(logits)}
+    spatials.append(np.asarray(spatial))
+  pool = np.concatenate(pools)
+  mu, sigma = fid.feature_statistics(pool)
+  mu_s, sigma_s = fid.feature_statistics(np.concatenate(spatials))
+  return {
+    "mu": mu,
+    "sigma": sigma,
+    "mu_s": mu_s,
+    "sigma_s": sigma_s,
+    "pool": pool[:num_pool_features],
+    "logits": np.concatenate(logits),
+  }
+
+
+REFERENCE_KEYS = ("mu", "sigma", "mu_s", "sigma_s", "pool")
 
 
 def reference_statistics(
   config: ml_collections.ConfigDict, inception_params, path: str
 ) -> dict[str, np.ndarray]:
-  """The dataset's Inception statistics, read from `path` or computed once and cached there."""
+  """The dataset's Inception statistics (`REFERENCE_KEYS`), read from `path` or computed once from
+  the unflipped training split and cached there. A given npz may hold only "mu"/"sigma"
+  (pytorch-fid's --save-stats: no sFID, no precision/recall) or be one of ADM's reference batches
+  (its images "arr_0" give the pool features, and the spatial statistics where it lacks them)."""
+  num_pool = config.eval.get("precision_recall_images", 0)
+  batch = config.sampling.batch_size
   if epath.Path(path).exists():
     cached = files.load_npz(path)
-    return {"mu": cached["mu"], "sigma": cached["sigma"]}
-  n, batch = config.eval.num_reference_images, config.sampling.batch_size
+    stats = {key: cached[key] for key in REFERENCE_KEYS if key in cached}
+    if "arr_0" in cached and not {"mu_s", "pool"} <= set(stats):
+      logging.info(
+        "Inception features of the %d reference images in %s.", len(cached["arr_0"]), path
+      )
+      computed = inception_statistics(
+        inception_params, pixels.from_uint8(cached["arr_0"]), batch, num_pool
+      )
+      stats = {**computed, **stats}
+    return stats
+  n = config.eval.num_reference_images
   logging.info(
     "Computing Inception statistics of %d %s training images (cached to %s).",
     n,
@@ -86,10 +121,34 @@ def reference_statistics(
   )
   # every process reads its share; all compute the same statistics
   images = parallel.to_host(local)[:n]
-  stats = inception_statistics(inception_params, images, batch)
+  stats = inception_statistics(inception_params, images, batch, num_pool)
+  stats = {key: stats[key] for key in REFERENCE_KEYS}
   if jax.process_index() == 0:
-    files.save_npz(path, mu=stats["mu"], sigma=stats["sigma"])
+    files.save_npz(path, **stats)
   return stats
+
+
+def inception_metrics(generated: dict, reference: dict, k: int = 3) -> dict[str, float]:
+  """FID, and where the reference has what they need sFID and precision/recall (k-NN) of the
+  generated statistics (`inception_statistics`) against the reference ones."""
+  results = {
+    "fid": fid.frechet_distance(
+      generated["mu"], generated["sigma"], reference["mu"], reference["sigma"]
+    )
+  }
+  if "mu_s" in reference:
+    results["sfid"] = fid.frechet_distance(
+      generated["mu_s"], generated["sigma_s"], reference["mu_s"], reference["sigma_s"]
+    )
+  else:
+    logging.warning("The reference statistics have no spatial features (mu_s/sigma_s): no sFID.")
+  if len(reference.get("pool", ())) > k and len(generated["pool"]) > k:
+    results["precision"], results["recall"] = fid.precision_recall(
+      reference["pool"], generated["pool"], k
+    )
+  elif len(generated["pool"]):
+    logging.warning("The reference statistics have no pool3 features: no precision/recall.")
+  return results
 
 
 def reference_cache_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -168,12 +227,10 @@ def held_out_bits_per_dim(
   for i, batch in enumerate(held_out_batches(config, config.eval.bpd_num_batches)):
     batch = parallel.global_batch(batch, sharding)
     labels = batch["label"] if config.model.get("num_classes") else None  # the true ones
-    outputs.append(
-      {
-        k: parallel.to_host(v)
-        for k, v in bpd_fn(ema_params, batch["image"], jax.random.key(i), labels).items()
-      }
-    )
+    # a context-conditional model's given the examples' contexts
+    contexts = {"contexts": batch["context"]} if "context" in batch else {}
+    terms_i = bpd_fn(ema_params, batch["image"], jax.random.key(i), labels, **contexts)
+    outputs.append({k: parallel.to_host(v) for k, v in terms_i.items()})
     logging.info(
       "bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, outputs[-1]["bpd"].mean()
     )
@@ -206,11 +263,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     reference = reference_statistics(config, inception_params, stats_path)
     images, labels = generate()
     generated = inception_statistics(
-      inception_params, pixels.from_uint8(images), config.sampling.batch_size
+      inception_params,
+      pixels.from_uint8(images),
+      config.sampling.batch_size,
+      eval_config.get("precision_recall_images", 0),
     )
-    results["fid"] = fid.frechet_distance(
-      generated["mu"], generated["sigma"], reference["mu"], reference["sigma"]
-    )
+    results.update(inception_metrics(generated, reference))
     results["inception_score"], results["inception_score_std"] = fid.inception_score(
       generated["logits"]
     )

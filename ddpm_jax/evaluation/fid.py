@@ -6,8 +6,11 @@ pytorch-fid's state dict, so that its published weight file `pt_inception-2015-1
 converts 1:1:
 
   params = fid.load_inception_params("pt_inception-2015-12-05-6726825d.pth")   # or a converted .npz
-  pool, logits = fid.inception_features(params, images)    # images NHWC in [-1, 1], any size
+  pool, logits, spatial = fid.inception_features(params, images)  # images NHWC in [-1, 1]
   fid.frechet_distance(mu1, sigma1, mu2, sigma2); fid.inception_score(logits)
+  fid.precision_recall(real_pool, fake_pool, k=3)
+
+sFID is the Fréchet distance of the spatial features (ADM's evaluator, after Nash et al. 2021).
 
 Nothing is downloaded: the weight file comes from a path the user has (local or a bucket, through
 etils.epath). Reading a .pth needs PyTorch (the `bench` or `test` extra); `python -m
@@ -161,8 +164,14 @@ class InceptionE(nn.Module):
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
+# sFID's spatial features (Nash et al. 2021, ADM's evaluator): the first 7 channels of the TF
+# graph's "mixed_6/conv", the 1×1 branch of Mixed_6d, at 17×17
+SPATIAL_CHANNELS = 7
+
+
 class FIDInceptionV3(nn.Module):
-  """[B, 299, 299, 3] in [-1, 1] -> (pool3 features [B, 2048], logits [B, 1008])."""
+  """[B, 299, 299, 3] in [-1, 1] -> (pool3 features [B, 2048], logits [B, 1008], spatial features
+  [B, 17·17·7] in NHWC order)."""
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
@@ -179,11 +188,13 @@ class FIDInceptionV3(nn.Module):
     x = InceptionB(name="Mixed_6a")(x)
     for name, c in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
       x = InceptionC(c, name=name)(x)
+      if name == "Mixed_6d":  # its output's first channels are those of its branch1x1
+        spatial = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
     x = InceptionD(name="Mixed_7a")(x)
     x = InceptionE(name="Mixed_7b")(x)
     x = InceptionE(max_pool=True, name="Mixed_7c")(x)
     pool = jnp.mean(x, axis=(1, 2))
-    return pool, nn.Dense(1008, name="fc")(pool)
+    return pool, nn.Dense(1008, name="fc")(pool), spatial
 
 
 def resize_bilinear(images: Array, size: int = 299) -> Array:
@@ -195,9 +206,9 @@ def resize_bilinear(images: Array, size: int = 299) -> Array:
 
 
 @jax.jit
-def inception_features(params, images: Array) -> tuple[Array, Array]:
+def inception_features(params, images: Array) -> tuple[Array, Array, Array]:
   """images NHWC in [-1, 1], any size (grey images are repeated to RGB) -> (pool3 [B, 2048], logits
-  [B, 1008])."""
+  [B, 1008], sFID's spatial features [B, 2023])."""
   images = jnp.asarray(images, jnp.float32)
   if images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)
@@ -312,32 +323,42 @@ def inception_score(logits, num_splits: int = 10) -> tuple[float, float]:
   return float(np.mean(scores)), float(np.std(scores))
 
 
-def _pairwise_distances(a: np.ndarray, b: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-  """Euclidean distances [len(a), len(b)] in float64, in row blocks."""
+def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Euclidean distances [len(a), len(b)] in float64."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  b_sq = np.sum(b**2, axis=1)
-  rows = []
-  for start in range(0, len(a), batch_size):
-    part = a[start : start + batch_size]
-    sq = np.sum(part**2, axis=1)[:, None] - 2.0 * part @ b.T + b_sq[None, :]
-    rows.append(np.sqrt(np.maximum(sq, 0.0)))
-  return np.concatenate(rows)
+  sq = np.sum(a**2, axis=1)[:, None] - 2.0 * a @ b.T + np.sum(b**2, axis=1)[None, :]
+  return np.sqrt(np.maximum(sq, 0.0))
 
 
-def _knn_radii(features: np.ndarray, k: int) -> np.ndarray:
-  """Distance of each point to its k-th nearest other point of the same set: [N]."""
-  distances = _pairwise_distances(features, features)
-  return np.partition(distances, k, axis=1)[:, k]  # column 0 is the point itself
+def _row_blocks(n: int, block_size: int):
+  return (slice(start, start + block_size) for start in range(0, n, block_size))
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+def _knn_radii(features: np.ndarray, k: int, block_size: int) -> np.ndarray:
+  """Distance of each point to its k-th nearest other point of the same set: [N], by row blocks of
+  the distance matrix (memory N·block_size, not N²)."""
+  return np.concatenate(
+    [
+      np.partition(_pairwise_distances(features[rows], features), k, axis=1)[:, k]  # [:, 0]: itself
+      for rows in _row_blocks(len(features), block_size)
+    ]
+  )
+
+
+def precision_recall(
+  real: np.ndarray, fake: np.ndarray, k: int = 3, block_size: int = 1024
+) -> tuple[float, float]:
   """Improved precision and recall (Kynkäänniemi et al. 2019, as ADM's evaluator): precision is the
   fraction of `fake` features inside some real feature's k-NN ball (radius: its distance to its
   k-th nearest real neighbour), recall the fraction of `real` ones inside some fake ball."""
 
   def coverage(points: np.ndarray, centres: np.ndarray) -> float:
-    radii = _knn_radii(centres, k)
-    return float(np.mean(np.any(_pairwise_distances(points, centres) <= radii[None, :], axis=1)))
+    radii = _knn_radii(centres, k, block_size)
+    inside = [
+      np.any(_pairwise_distances(points[rows], centres) <= radii[None, :], axis=1)
+      for rows in _row_blocks(len(points), block_size)
+    ]
+    return float(np.mean(np.concatenate(inside)))
 
   return coverage(fake, real), coverage(real, fake)
 

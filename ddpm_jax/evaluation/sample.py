@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import checkpoint, families, files, parallel, pixels
+from ddpm_jax import checkpoint, families, files, input_pipeline, parallel, pixels
 from ddpm_jax.config_validation import validate_config
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.train_state import abstract_train_state, run_rngs
@@ -38,7 +38,8 @@ def sample_keys(rng: jax.Array, first_index, batch_size: int) -> jax.Array:
 
 def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_options):
   """The family's sampler jitted over `mesh`: (params, rng, labels [B] | None, guide_params=None,
-  controls=None, first_index=0) -> samples [B, H, W, C] sharded along "data".
+  controls=None, first_index=0, contexts [B, L, D] | None = None) -> samples [B, H, W, C] sharded
+  along "data".
 
   Sample b is the family's sampler run on its own key fold_in(rng, first_index + b) alone (vmapped
   over the batch), so that sample i of a run depends on (rng, i) only: not on the batch size, the
@@ -53,14 +54,16 @@ def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_opt
   single = family.make_sampler(1, **sampler_options)
   sharding = parallel.data_sharding(mesh)
 
-  def sample(params, rng, labels, guide_params=None, controls=None, first_index=0):
+  def sample(params, rng, labels, guide_params=None, controls=None, first_index=0, contexts=None):
     keys = jax.lax.with_sharding_constraint(sample_keys(rng, first_index, batch_size), sharding)
 
-    def one(key, label):
+    def one(key, label, context):
       label = None if label is None else label[None]
-      return single(params, key, label, guide_params, controls)[0]
+      if context is None:  # the samplers of families without contexts do not take them
+        return single(params, key, label, guide_params, controls)[0]
+      return single(params, key, label, guide_params, controls, context[None])[0]
 
-    return jax.vmap(one)(keys, labels)
+    return jax.vmap(one)(keys, labels, contexts)
 
   return jax.jit(sample, out_shardings=sharding)
 
@@ -74,8 +77,34 @@ def class_rows(num_samples: int, classes) -> np.ndarray:
 
 
 def pad_labels(labels: np.ndarray, batch_size: int) -> jax.Array:
-  """Labels [n ≤ batch_size] padded with label 0 to a whole batch (the padded samples are cut)."""
-  return jnp.asarray(np.pad(labels, (0, batch_size - len(labels))))
+  """Labels [n ≤ batch_size] (or contexts [n, L, D]) padded with zeros to a whole batch (the padded
+  samples are cut)."""
+  padding = [(0, batch_size - len(labels))] + [(0, 0)] * (np.ndim(labels) - 1)
+  return jnp.asarray(np.pad(labels, padding))
+
+
+def generation_contexts(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
+  """The contexts [num_samples, L, D] of a context-conditional model's samples: those of
+  `sampling.context_file` (.npy, or .npz with "context") or else of `data.eval_split`'s examples,
+  in turn; None for a model without contexts."""
+  if not config.model.get("context_dim"):
+    return None
+  path = config.sampling.get("context_file")
+  if path:
+    loaded = files.load_npz(path)["context"] if path.endswith(".npz") else np.load(path)
+    contexts = np.asarray(loaded, np.float32)
+    if contexts.ndim == 2:  # one vector per sample
+      contexts = contexts[:, None]
+  else:
+    source = input_pipeline.open_source(config.data, config.data.eval_split)
+    count = min(num_samples, len(source))
+    contexts = np.stack([input_pipeline.as_context(source[i]["context"]) for i in range(count)])
+  if contexts.ndim != 3 or contexts.shape[-1] != config.model.context_dim:
+    raise ValueError(
+      f"Contexts must be [N, L, model.context_dim={config.model.context_dim}]; got "
+      f"{contexts.shape} from {path or config.data.eval_split}."
+    )
+  return contexts[np.arange(num_samples) % len(contexts)]
 
 
 def display_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
@@ -131,6 +160,7 @@ def generate(
   mesh,
   workdir: str | None = None,
   labels: np.ndarray | None = None,
+  contexts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """`num_samples` samples of the run `config` in batches of `sampling.batch_size` spread over
   every device of every host, with progress and ETA -> (uint8 images [N, H, W, C], labels [N];
@@ -138,7 +168,8 @@ def generate(
 
   Sample i comes from key i of `config.seed` alone (`make_sample_fn`), and so does its label where
   `labels` is not given (uniform over the classes of a class-conditional or classifier-guided
-  model): the samples do not depend on the device count or the batch size. `workdir` holds what the
+  model): the samples do not depend on the device count or the batch size. A context-conditional
+  model's contexts are `contexts` [N, L, D] or else `generation_contexts`. `workdir` holds what the
   family's sampler reads there (an ARDM's loss components for parallel decoding)."""
   sampling_config = config.sampling
   batch = sampling_config.batch_size
@@ -152,12 +183,16 @@ def generate(
   num_classes = guide.num_classes if guide is not None else config.model.get("num_classes")
   if labels is None and num_classes:
     labels = random_labels(rng, num_samples, num_classes)
+  if contexts is None:
+    contexts = generation_contexts(config, num_samples)
+  in_batch = lambda rows, first: (
+    None if rows is None else pad_labels(rows[first : first + batch], batch)
+  )
   all_images, start_time = [], time.perf_counter()
   for first in range(0, num_samples, batch):
-    batch_labels = None
-    if labels is not None:
-      batch_labels = pad_labels(labels[first : first + batch], batch)
-    x = sample_fn(ema_params, rng, batch_labels, guide_params, None, first)
+    x = sample_fn(
+      ema_params, rng, in_batch(labels, first), guide_params, None, first, in_batch(contexts, first)
+    )
     all_images.append(pixels.to_uint8(parallel.to_host(x)))
     done, elapsed = min(first + batch, num_samples), time.perf_counter() - start_time
     logging.info(
@@ -172,20 +207,23 @@ def generate(
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N]) and a
-  PNG grid of the first 64 (a class-conditional model's: one row per class, `display_labels`, with
-  the config's guidance scale); returns the npz path."""
+  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N], and a
+  context-conditional model's "contexts" [N, L, D]) and a PNG grid of the first 64 (a
+  class-conditional model's: one row per class, `display_labels`, with the config's guidance
+  scale); returns the npz path."""
   validate_config(config)
   mesh = parallel.make_mesh()
   ema_params, step = restore_ema_params(config, workdir, mesh)
   num_samples = config.sampling.num_samples
+  contexts = generation_contexts(config, num_samples)
   images, labels = generate(
-    config, ema_params, num_samples, mesh, workdir, display_labels(config, num_samples)
+    config, ema_params, num_samples, mesh, workdir, display_labels(config, num_samples), contexts
   )
   out_dir = os.path.join(workdir, "samples")
   path = os.path.join(out_dir, f"samples_{step}.npz")
   if jax.process_index() == 0:
-    files.save_npz(path, images=images, labels=labels)
+    extra = {} if contexts is None else {"contexts": contexts}
+    files.save_npz(path, images=images, labels=labels, **extra)
     image_utils.save_png(
       image_utils.grid_uint8(pixels.from_uint8(images[:64]), columns=row_length(labels[:64])),
       os.path.join(out_dir, f"samples_{step}.png"),

@@ -64,7 +64,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     config.data.num_channels * num_classes,
     f"{config.data.num_channels} data channels with ardm.num_classes={num_classes}",
   )
-  return problems + base.no_guidance_problems(config)
+  return problems + base.no_guidance_problems(config) + base.no_context_problems(config)
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:

@@ -19,11 +19,13 @@ import ml_collections
 
 Array = jax.Array
 Params = Any
-Batch = dict[str, Array]  # {"image": [B, H, W, C] in [-1, 1], "label": [B] int}
+# {"image": [B, H, W, C] in [-1, 1], "label": [B] int, and "context": [B, L, D] where the data has}
+Batch = dict[str, Array]
 # per-example random draws, every leaf [B, ...]; "weight" and "t_fraction" [B]
 Draws = dict[str, Any]
-# (params, rng, labels [B] | None, guide_params=None, controls=None) -> x [B, H, W, C]; controls: a
-# dict of the family's traced sampling values (the Gaussian family's guidance scales, DDIM's η).
+# (params, rng, labels [B] | None, guide_params=None, controls=None[, contexts [B, L, D]]) -> x
+# [B, H, W, C]; controls: a dict of the family's traced sampling values (the Gaussian family's
+# guidance scales, DDIM's η); contexts only for a family that trains on them (the Gaussian one).
 SampleFn = Callable[..., Array]
 
 
@@ -62,9 +64,9 @@ class Family:
       None: the family does not generate images.
   sample_controls: the config.sampling fields its SampleFn also takes traced in `controls` (their
       defaults the config's), so that changing them does not compile the sampler again.
-  bits_per_dim(params, x0, rng, labels=None) -> {"bpd": [B], …}: the family's likelihood (bound)
-      of 8-bit data in bits/dim (given its true labels, for a class-conditional model) and any
-      per-example terms it keeps; None: none.
+  bits_per_dim(params, x0, rng, labels=None[, contexts]) -> {"bpd": [B], …}: the family's
+      likelihood (bound) of 8-bit data in bits/dim (given its true labels and contexts, for a
+      conditional model) and any per-example terms it keeps; None: none.
   save_likelihood_terms(workdir, terms): stores what bits_per_dim returned besides "bpd"
       (concatenated over the batches), for the family's sampler.
   init_state() / update_state(family_state, draws, per_example_loss): what the family carries
@@ -105,6 +107,12 @@ def dummy_inputs(data_config: ml_collections.ConfigDict, channels: int | None = 
   )
 
 
+def dummy_context(model_config: ml_collections.ConfigDict) -> Array | None:
+  """A context [1, 1, context_dim] for `model.init` (the parameters do not depend on L)."""
+  context_dim = model_config.get("context_dim")
+  return jnp.zeros((1, 1, context_dim)) if context_dim else None
+
+
 def conditioning_labels(
   key: Array, batch: Batch, model_config: ml_collections.ConfigDict, label_dropout: float
 ) -> Array | None:
@@ -116,6 +124,32 @@ def conditioning_labels(
     return None
   drop = jax.random.bernoulli(key, label_dropout, batch["label"].shape)
   return jnp.where(drop, num_classes, batch["label"])
+
+
+def conditioning_context(key: Array, batch: Batch, label_dropout: float) -> Array | None:
+  """The contexts a context-conditional model trains on: the batch's, replaced by the null context
+  ∅ = 0 on a random `label_dropout` fraction (classifier-free guidance); None without contexts."""
+  if "context" not in batch:
+    return None
+  # the key and shape of `conditioning_labels`' draw: label and context are dropped together, so
+  # that the unconditional model (∅, ∅) trains at the full rate
+  drop = jax.random.bernoulli(key, label_dropout, batch["context"].shape[:1])
+  return jnp.where(drop[:, None, None], 0.0, batch["context"])
+
+
+def null_context(context: Array | None) -> Array | None:
+  """∅ = the zero context (a real context is an embedding, never exactly 0 in every entry)."""
+  return None if context is None else jnp.zeros_like(context)
+
+
+def no_context_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Contexts condition the 'gaussian' family's U-Net; other families refuse model.context_dim."""
+  if config.model.get("context_dim"):
+    return [
+      f"model.context_dim (cross-attention to contexts) trains with config.family='gaussian', not "
+      f"config.family={config.family!r}."
+    ]
+  return []
 
 
 def unet_problems(config: ml_collections.ConfigDict, out_channels: int, why: str) -> list[str]:

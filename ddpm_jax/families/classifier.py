@@ -25,7 +25,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(
       "config.family='classifier' draws t uniformly: diffusion.timestep_sampler must be 'uniform'."
     )
-  return problems
+  return problems + base.no_context_problems(config)
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:

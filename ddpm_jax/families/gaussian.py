@@ -105,14 +105,18 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   loss_aware = config.diffusion.timestep_sampler == "loss_aware"
 
   def draw(keys: base.StepKeys, batch: base.Batch, loss_history) -> base.Draws:
-    labels = base.conditioning_labels(
-      keys.labels, batch, config.model, config.training.label_dropout
-    )
-    return {**timestep_draws(keys, batch["image"], num_timesteps, loss_history), "labels": labels}
+    label_dropout = config.training.label_dropout
+    return {
+      **timestep_draws(keys, batch["image"], num_timesteps, loss_history),
+      "labels": base.conditioning_labels(keys.labels, batch, config.model, label_dropout),
+      "context": base.conditioning_context(keys.labels, batch, label_dropout),
+    }
 
   def loss(params, batch, draws, dropout_rng):
     kwargs = base.apply_kwargs(dropout_rng)
-    model_fn = lambda x_t, t: model.apply(params, x_t, t, draws["labels"], **kwargs)
+    model_fn = lambda x_t, t: model.apply(
+      params, x_t, t, draws["labels"], draws["context"], **kwargs
+    )
     return diffusion.training_losses(gaussian, model_fn, batch["image"], draws["t"], draws["eps"])[
       "loss"
     ]
@@ -125,7 +129,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     loop = SAMPLERS[sampling_config.sampler]
 
-    def sample(params, rng, labels, guide_params=None, controls=None):
+    def sample(params, rng, labels, guide_params=None, controls=None, contexts=None):
       controls = {**{name: sampling_config[name] for name in CONTROLS}, **(controls or {})}
       cond_fn = None
       if guide is not None:  # classifier guidance by a noisy classifier (ADM §4)
@@ -133,10 +137,14 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
         cond_fn = sampling.classifier_guidance(log_prob_fn, labels, controls["classifier_scale"])
         # an unconditional diffusion model ignores them
         labels = labels if model.num_classes else None
-      conditional = lambda x_t, t: model.apply(params, x_t, t, labels)
+      conditional = lambda x_t, t: model.apply(params, x_t, t, labels, contexts)
       model_fn = conditional
-      if labels is not None and sampling_config.guidance_scale:  # on for any value passed later
-        unconditional = lambda x_t, t: model.apply(params, x_t, t, None)  # the null label ∅
+      conditioned = labels is not None or contexts is not None
+      if conditioned and sampling_config.guidance_scale:  # on for any value passed later
+        # the null label and context ∅
+        unconditional = lambda x_t, t: model.apply(
+          params, x_t, t, None, base.null_context(contexts)
+        )
         model_fn = sampling.classifier_free_guidance(
           conditional, unconditional, controls["guidance_scale"], config.data.num_channels
         )
@@ -154,8 +162,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return sample
 
-  def bits_per_dim(params, x0, rng, labels=None):
-    model_fn = lambda x_t, t: model.apply(params, x_t, t, labels)
+  def bits_per_dim(params, x0, rng, labels=None, contexts=None):
+    model_fn = lambda x_t, t: model.apply(params, x_t, t, labels, contexts)
     return {"bpd": diffusion.calc_bpd_loop(gaussian, model_fn, x0, rng)["total_bpd"]}
 
   def update_state(loss_history, draws, per_example):
@@ -166,7 +174,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   return base.Family(
     name="gaussian",
     model=model,
-    init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
+    init_params=lambda rng: model.init(
+      rng, *base.dummy_inputs(config.data), None, base.dummy_context(config.model)
+    ),
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,

@@ -48,7 +48,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   problems += base.unet_problems(
     config, config.data.num_channels, f"{config.data.num_channels} data channels predicted as ε"
   )
-  return problems + base.no_guidance_problems(config)
+  return problems + base.no_guidance_problems(config) + base.no_context_problems(config)
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:

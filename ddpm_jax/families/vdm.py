@@ -26,7 +26,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     config.data.num_channels,
     f"config.family='vdm' (ε-prediction) with {config.data.num_channels} channels",
   )
-  return problems + base.no_guidance_problems(config)
+  return problems + base.no_guidance_problems(config) + base.no_context_problems(config)
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
