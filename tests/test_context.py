@@ -107,3 +107,28 @@ def test_guided_samples_follow_their_context_better_than_unguided(tmp_path):
   assert agreement["conditional"] > agreement["unconditional"] + 0.2, agreement
   assert agreement["guided"] > agreement["conditional"], agreement
   assert agreement["guided"] > 0.5, agreement
+
+
+def test_sampling_contexts_come_from_a_file_or_the_eval_split(tmp_path):
+  write_folder(tmp_path / "data", num_images=4)
+  config = context_config(str(tmp_path / "data"))
+  source = input_pipeline.open_source(config.data, config.data.eval_split)
+  from_split = sample_lib.generation_contexts(config, 6)  # the split's 4 contexts, in turn
+  assert from_split.shape == (6, 1, CONTEXT_DIM)
+  for i in range(6):
+    np.testing.assert_array_equal(from_split[i], source[i % 4]["context"])
+  vectors = np.random.default_rng(1).normal(size=(3, CONTEXT_DIM)).astype(np.float32)
+  np.save(tmp_path / "contexts.npy", vectors)  # one vector per sample: L = 1
+  config.sampling.context_file = str(tmp_path / "contexts.npy")
+  np.testing.assert_array_equal(sample_lib.generation_contexts(config, 3)[:, 0], vectors)
+  config.model.context_dim = 4
+  with pytest.raises(ValueError, match=r"\[N, L, model.context_dim=4\]; got \(3, 1, 8\)"):
+    sample_lib.generation_contexts(config, 3)
+
+
+def test_a_tfds_context_key_must_be_a_feature_of_the_dataset():
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=4):
+    with pytest.raises(ValueError, match="'caption' is not a feature of this dataset.*image"):
+      input_pipeline.get_source("cifar10", "train", context_key="caption")
