@@ -9,7 +9,8 @@ described before it is opened by `DATASETS` (splits, classes, the held-out split
   - "digits": the 8×8 handwritten digits that ship inside scikit-learn (offline; used by
     configs/default.py);
   - "image_folder": every image file under `data.data_dir` (labels from sub-directory names; the
-    context of `a/b.png` is the sidecar array `a/b.<context_key>.npy`).
+    context of `a/b.png` is the sidecar array `a/b.<context_key>.npy`);
+  - "array_record": an image folder packed into ArrayRecord shards by `ddpm_jax.dataset_tool`.
 
 The order is a pure function of (seed, step): the example stream is a concatenation of per-epoch
 permutations, global batch s takes stream positions [s·B, (s+1)·B), and process p reads rows
@@ -24,6 +25,8 @@ import concurrent.futures
 from contextlib import nullcontext
 import dataclasses
 import functools
+import io
+import json
 import os
 import queue
 import threading
@@ -52,6 +55,8 @@ class DatasetSpec:
 DATASETS = {
   "digits": DatasetSpec(("train", "test"), 10, "test"),
   "image_folder": DatasetSpec(("train", "test", "validation"), -1, "test"),  # -1: its sub-folders
+  # an image folder packed by ddpm_jax.dataset_tool
+  "array_record": DatasetSpec(("train", "test", "validation"), -1, "test"),
   "cifar10": DatasetSpec(("train", "test"), 10, "test"),
   "mnist": DatasetSpec(("train", "test"), 10, "test"),
   "fashion_mnist": DatasetSpec(("train", "test"), 10, "test"),
@@ -141,14 +146,66 @@ class ImageFolderSource:
   def __len__(self) -> int:
     return len(self.paths)
 
+  def label(self, index: int) -> int:
+    top = os.path.relpath(self.paths[index], self.root).split(os.sep)[0]
+    return self.class_index.get(top, 0)
+
   def __getitem__(self, index: int) -> dict:
     path = self.paths[index]
     with Image.open(path) as img:
-      image = np.asarray(img.convert("RGB"))
-    top = os.path.relpath(path, self.root).split(os.sep)[0]
-    example = {"image": image, "label": self.class_index.get(top, 0)}
+      example = {"image": decode(img), "label": self.label(index)}
     if self.context_key:
       example["context"] = np.load(self.context_path(path), allow_pickle=False)
+    return example
+
+
+def decode(img: Image.Image) -> np.ndarray:
+  """An opened image file as uint8 [H, W, 3]."""
+  return np.asarray(img.convert("RGB"))
+
+
+class ArrayRecordSource:
+  """A split packed by `ddpm_jax.dataset_tool` (ArrayRecord shards of encoded images, labels.npy,
+  contexts.npy, manifest.json) as {"image", "label"[, "context"]}: the image folder it was packed
+  from, read by random access from a few large files."""
+
+  def __init__(self, split_dir: str, context_key: str = ""):
+    from array_record.python import array_record_data_source
+
+    manifest_path = os.path.join(split_dir, "manifest.json")
+    if not os.path.exists(manifest_path):
+      raise FileNotFoundError(
+        f"No {manifest_path}: pack an image folder first (python -m ddpm_jax.dataset_tool)."
+      )
+    with open(manifest_path) as f:
+      self.manifest = json.load(f)
+    self.records = array_record_data_source.ArrayRecordDataSource(
+      [os.path.join(split_dir, name) for name in self.manifest["shards"]]
+    )
+    self.labels = np.load(os.path.join(split_dir, "labels.npy"))
+    self.num_classes = len(self.manifest["classes"])
+    self.context_key = context_key
+    if context_key:
+      if context_key != self.manifest["context_key"]:
+        raise ValueError(
+          f"data.context_key={context_key!r}, but {split_dir} was packed with the contexts "
+          f"{self.manifest['context_key']!r} ('' : none)."
+        )
+      self.contexts = np.load(os.path.join(split_dir, "contexts.npy"), mmap_mode="r")
+    if not len(self.records) == len(self.labels) == self.manifest["num_examples"]:
+      raise ValueError(
+        f"{split_dir}: {len(self.records)} records and {len(self.labels)} labels, but the manifest "
+        f"says {self.manifest['num_examples']} examples."
+      )
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> dict:
+    with Image.open(io.BytesIO(self.records[index])) as img:
+      example = {"image": decode(img), "label": int(self.labels[index])}
+    if self.context_key:
+      example["context"] = np.asarray(self.contexts[index])
     return example
 
 
@@ -201,13 +258,14 @@ def get_source(
     if context_key:
       raise ValueError("data.dataset='digits' has no contexts; set data.context_key=''.")
     return DigitsSource(split)
-  if dataset == "image_folder":
+  if dataset in ("image_folder", "array_record"):
     if not data_dir:
-      raise ValueError(
-        "dataset='image_folder' needs config.data.data_dir, the directory of images."
-      )
+      raise ValueError(f"dataset={dataset!r} needs config.data.data_dir, the directory of images.")
     split_dir = os.path.join(data_dir, split)
-    return ImageFolderSource(split_dir if os.path.isdir(split_dir) else data_dir, context_key)
+    split_dir = split_dir if os.path.isdir(split_dir) else data_dir
+    if dataset == "array_record":
+      return ArrayRecordSource(split_dir, context_key)
+    return ImageFolderSource(split_dir, context_key)
   import tensorflow_datasets as tfds
 
   try:
