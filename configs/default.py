@@ -26,7 +26,8 @@ def get_config():
   data.train_split = "train"  # tfds slices work: "train[:95%]"
   data.eval_split = "test"  # the held-out split of evaluations (input_pipeline.DATASETS)
   data.resize = "bilinear"  # centre crop, bilinear; "adm": guided-diffusion's BOX + BICUBIC
-  data.num_workers = 8  # threads decoding and resizing each batch (in a fixed order)
+  # processes decoding and resizing each batch, in a fixed order (not for the in-memory digits)
+  data.num_workers = 8
   # each example's context [L, D] for model.context_dim: a tfds feature, or an image_folder's
   # sidecar arrays <image stem>.<context_key>.npy
   data.context_key = ""

@@ -16,7 +16,7 @@ The order is a pure function of (seed, step): the example stream is a concatenat
 permutations, global batch s takes stream positions [s·B, (s+1)·B), and process p reads rows
 [p·B/P, (p+1)·B/P) of it. Restarting at step s therefore continues exactly where an uninterrupted
 run would be, with no iterator state to checkpoint. Random flips are keyed by the stream position
-too, and `data.num_workers` threads decode and resize a batch's examples in that same order.
+too, and `data.num_workers` processes decode and resize a batch's examples in that same order.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import dataclasses
 import functools
 import io
 import json
+import multiprocessing
+from multiprocessing import shared_memory
 import os
 import queue
 import threading
 from typing import Iterator, Protocol
 
-import jax
 import numpy as np
 from PIL import Image
 
@@ -85,6 +86,7 @@ def split_name(split: str) -> str:
 class Source(Protocol):
   num_classes: int  # 0: no labels
   context_key: str  # "": no "context" entry
+  decodes: bool  # whether reading an example decodes a file (worth data.num_workers processes)
 
   def __len__(self) -> int: ...
   def __getitem__(self, index: int) -> dict: ...
@@ -97,6 +99,7 @@ class DigitsSource:
   NUM_TRAIN = 1500
   num_classes = 10
   context_key = ""
+  decodes = False
 
   def __init__(self, split: str):
     from sklearn.datasets import load_digits
@@ -117,6 +120,8 @@ class ImageFolderSource:
   """All images under `root` (sorted paths); the label is the index of the first-level
   sub-directory, and a folder without sub-directories has no labels. With `context_key`, the
   context of image `stem.png` is the array in `stem.<context_key>.npy` beside it."""
+
+  decodes = True
 
   def __init__(self, root: str, context_key: str = ""):
     self.paths = sorted(
@@ -169,6 +174,8 @@ class ArrayRecordSource:
   contexts.npy, manifest.json) as {"image", "label"[, "context"]}: the image folder it was packed
   from, read by random access from a few large files."""
 
+  decodes = True
+
   def __init__(self, split_dir: str, context_key: str = ""):
     from array_record.python import array_record_data_source
 
@@ -212,6 +219,8 @@ class ArrayRecordSource:
 class TfdsSource:
   """A tfds random-access source as {"image", "label"} (label 0 where the dataset has none), and
   "context" the feature `context_key` names."""
+
+  decodes = True
 
   def __init__(self, data_source, context_key: str = ""):
     self.data_source, self.context_key = data_source, context_key
@@ -308,8 +317,15 @@ def adm_centre_crop(image: np.ndarray, image_size: int) -> np.ndarray:
 def to_model_range(
   image: np.ndarray, image_size: int, num_channels: int, resize: str = "bilinear"
 ) -> np.ndarray:
-  """uint8 [H, W, C] -> float32 [S, S, num_channels] in [-1, 1]: "bilinear" centre-crops to a
-  square and resizes bilinearly; "adm" resizes as guided-diffusion (`adm_centre_crop`)."""
+  """uint8 [H, W, C] -> float32 [S, S, num_channels] in [-1, 1] (`resize_uint8`)."""
+  return pixels.from_uint8(resize_uint8(image, image_size, num_channels, resize))
+
+
+def resize_uint8(
+  image: np.ndarray, image_size: int, num_channels: int, resize: str = "bilinear"
+) -> np.ndarray:
+  """uint8 [H, W, C] -> uint8 [S, S, num_channels]: "bilinear" centre-crops to a square and
+  resizes bilinearly; "adm" resizes as guided-diffusion (`adm_centre_crop`)."""
   if image.ndim == 2:
     image = image[..., None]
   if resize == "adm":
@@ -326,10 +342,9 @@ def to_model_range(
     if image.shape[-1] == 1:
       image = np.repeat(image, num_channels, axis=-1)
     elif num_channels == 1:
-      image = np.round(image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[
-        ..., None
-      ]
-  return pixels.from_uint8(image)
+      grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+      image = np.round(grey).astype(np.uint8)[..., None]
+  return image
 
 
 def stream_indices(num_examples: int, seed: int, positions: np.ndarray) -> np.ndarray:
@@ -353,6 +368,111 @@ def local_positions(
   return np.arange(start, start + local, dtype=np.int64)
 
 
+def load_examples(
+  source: Source,
+  indices: np.ndarray,
+  image_size: int,
+  num_channels: int,
+  resize: str,
+  images: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+  """The examples at `indices`, decoded and resized into `images` (uint8 [n, S, S, C], new if
+  None): -> {"image" (unless given), "label" [n] and where the source has them "context" [n, L,
+  D]}."""
+  out = (
+    images
+    if images is not None
+    else np.empty((len(indices), image_size, image_size, num_channels), np.uint8)
+  )
+  labels, contexts = [], []
+  for row, index in enumerate(indices):
+    example = source[int(index)]
+    out[row] = resize_uint8(np.asarray(example["image"]), image_size, num_channels, resize)
+    labels.append(int(example["label"]))
+    if "context" in example:
+      contexts.append(as_context(example["context"]))
+  batch = {"label": np.asarray(labels, np.int32)}
+  if contexts:
+    batch["context"] = np.stack(contexts)
+  if images is None:
+    batch["image"] = out
+  return batch
+
+
+# A worker process's source, opened by its first task (so that a failure to open it is that task's
+# error, not a broken pool), by the arguments of `get_source`.
+_worker_sources: dict[tuple, Source] = {}
+
+
+def _load_in_worker(source_args: tuple, indices, rows: slice, memory_name: str, shape, resize):
+  """Decodes `indices` into rows `rows` of the batch in shared memory `memory_name`: the images do
+  not travel through a pipe (as long to pickle as to decode, for small images)."""
+  if source_args not in _worker_sources:
+    _worker_sources[source_args] = get_source(*source_args)
+  # a spawned worker shares its parent's resource tracker: the block stays the parent's to unlink
+  memory = shared_memory.SharedMemory(memory_name)
+  images = np.ndarray(shape, np.uint8, memory.buf)[rows]
+  try:
+    return load_examples(_worker_sources[source_args], indices, shape[1], shape[3], resize, images)
+  finally:
+    del images  # the view must go before the block can close
+    memory.close()
+
+
+@dataclasses.dataclass
+class WorkerPool:
+  """`num_workers` spawned processes (not forked: the parent runs JAX's threads) that decode and
+  resize batches of the source `get_source(*source_args)`, each opening its own copy (decoding
+  holds Python's GIL, so threads would not run it in parallel)."""
+
+  source_args: tuple
+  num_workers: int
+
+  def __enter__(self):
+    self.executor = concurrent.futures.ProcessPoolExecutor(
+      self.num_workers, mp_context=multiprocessing.get_context("spawn")
+    )
+    return self
+
+  def __exit__(self, *exc):
+    self.executor.shutdown(cancel_futures=True)
+
+
+def worker_pool(data_config, split: str, num_workers: int) -> WorkerPool:
+  return WorkerPool(
+    (
+      data_config.dataset,
+      split,
+      data_config.get("data_dir"),
+      data_config.get("context_key", ""),
+    ),
+    num_workers,
+  )
+
+
+def _load_by_workers(
+  pool: WorkerPool, indices, image_size: int, num_channels: int, resize: str
+) -> dict:
+  shape = (len(indices), image_size, image_size, num_channels)
+  memory = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape))))
+  try:
+    bounds = np.linspace(0, len(indices), pool.num_workers + 1).astype(int)
+    chunks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    futures = [
+      pool.executor.submit(
+        _load_in_worker, pool.source_args, indices[rows], rows, memory.name, shape, resize
+      )
+      for rows in chunks
+    ]
+    parts = [future.result() for future in futures]
+    batch = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    batch["image"] = np.array(np.ndarray(shape, np.uint8, memory.buf))
+    return batch
+  finally:
+    memory.close()
+    memory.unlink()
+
+
 def load_batch(
   source: Source,
   positions: np.ndarray,
@@ -362,26 +482,23 @@ def load_batch(
   num_channels: int,
   random_flip: bool,
   resize: str = "bilinear",
-  pool: concurrent.futures.Executor | None = None,
+  pool: WorkerPool | None = None,
+  uint8: bool = False,
 ) -> dict[str, np.ndarray]:
-  """The examples at stream `positions`, decoded and resized by `pool`'s workers (in order)."""
+  """The examples at stream `positions` in [-1, 1] (`uint8`: as uint8, for the accelerator to
+  scale), decoded and resized here or by the processes of `pool` (a `worker_pool` of the same
+  source), one contiguous chunk each, in order."""
   indices = stream_indices(len(source), seed, positions)
-
-  def load(index: int) -> dict:
-    example = source[int(index)]
-    image = to_model_range(np.asarray(example["image"]), image_size, num_channels, resize)
-    loaded = {"image": image, "label": int(example["label"])}
-    if "context" in example:
-      loaded["context"] = as_context(example["context"])
-    return loaded
-
-  loaded = list(pool.map(load, indices) if pool is not None else map(load, indices))
-  batch = {key: np.stack([example[key] for example in loaded]) for key in loaded[0]}
-  batch["label"] = batch["label"].astype(np.int32)
+  if pool is None:
+    batch = load_examples(source, indices, image_size, num_channels, resize)
+  else:
+    batch = _load_by_workers(pool, indices, image_size, num_channels, resize)
   # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
   if random_flip:
     flip = np.array([np.random.default_rng([seed, int(p), 1]).random() < 0.5 for p in positions])
     batch["image"][flip] = batch["image"][flip, :, ::-1]
+  if not uint8:
+    batch["image"] = pixels.from_uint8(batch["image"])
   return batch
 
 
@@ -437,11 +554,14 @@ def batches(
   num_steps: int | None = None,
   num_classes: int = 0,
   context_dim: int | None = None,
+  uint8: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of global batches start_step, start_step + 1, … (forever unless
-  `num_steps`), decoded by `data.num_workers` threads. The source is opened and checked now (labels
-  for a model of `num_classes` > 0, contexts of `context_dim`, at least one global batch of
-  examples), the batches read as they are consumed."""
+  `num_steps`), decoded by `data.num_workers` processes (0: in this one). The source is opened
+  and checked now (labels for a model of `num_classes` > 0, contexts of `context_dim`, at least
+  one global batch of examples), the batches read as they are consumed."""
+  import jax  # here, not above: worker processes import this module without JAX
+
   process_index, process_count = jax.process_index(), jax.process_count()
   if global_batch_size % process_count:
     raise ValueError(
@@ -464,11 +584,12 @@ def batches(
     num_channels=data_config.num_channels,
     random_flip=data_config.random_flip and split_name(split) == "train",
     resize=data_config.get("resize", "bilinear"),
+    uint8=uint8,
   )
 
   def generate():
-    workers = data_config.get("num_workers", 0)
-    with concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+    workers = data_config.get("num_workers", 0) if source.decodes else 0
+    with worker_pool(data_config, split, workers) if workers else nullcontext() as pool:
       step = start_step
       while num_steps is None or step < start_step + num_steps:
         positions = local_positions(step, global_batch_size, process_index, process_count)

@@ -19,6 +19,9 @@ def tiny_config(num_train_steps=12, batch_size=16):
 
   config = default.get_config()
   config.data.image_size = 8
+  # decoding in this process: tests that switch to a file-backed dataset under tfds mock data
+  # (which spawned workers do not see) or want the workers set it
+  config.data.num_workers = 0
   config.model.ch = 32
   # one resolution: half the layers of the default config, half the compile time
   config.model.ch_mult = (1,)

@@ -34,6 +34,8 @@ def shrunk(name):
   default's tiny U-Net (so that configs of one family share their compiled programs)."""
   config = load_config(name)
   config.data.image_size = 8
+  # tfds.testing.mock_data patches this process only, not the spawned decoding workers
+  config.data.num_workers = 0
   kept = ("num_classes", "out_channels", "embedding_type", "fourier_features")
   config.model.update({k: v for k, v in load_config("default").model.items() if k not in kept})
   model = config.model

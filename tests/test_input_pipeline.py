@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ddpm_jax import input_pipeline
+from ddpm_jax import input_pipeline, pixels
 from helpers import tiny_config
 
 
@@ -74,3 +74,31 @@ def test_image_folder_with_class_subdirectories(tmp_path):
   assert image.shape == (8, 8, 3)
   with pytest.raises(FileNotFoundError, match="No images"):
     input_pipeline.get_source("image_folder", "train", str(tmp_path / "cats" / "missing"))
+
+
+def test_worker_processes_give_the_batches_of_the_main_process(tmp_path):
+  import ml_collections
+
+  rng = np.random.default_rng(0)
+  for i in range(10):
+    Image.fromarray(rng.integers(0, 256, (12, 9, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+  runs = {}
+  for workers in (0, 3):
+    data = ml_collections.ConfigDict(
+      dict(
+        dataset="image_folder",
+        data_dir=str(tmp_path),
+        image_size=8,
+        num_channels=3,
+        random_flip=True,
+        num_workers=workers,
+      )
+    )
+    kw = dict(split="train", global_batch_size=4, seed=1, num_steps=4)
+    runs[workers] = list(input_pipeline.batches(data, **kw))
+    uint8 = list(input_pipeline.batches(data, uint8=True, **kw))
+    for floats, raw in zip(runs[workers], uint8):  # uint8: the same, unscaled
+      np.testing.assert_array_equal(floats["image"], pixels.from_uint8(raw["image"]))
+  for a, b in zip(runs[0], runs[3]):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])

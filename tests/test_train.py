@@ -334,15 +334,19 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
 
 
 def test_nan_in_the_loss_stops_the_run_and_saves_nothing_after_it(tmp_path, monkeypatch):
-  load_batch = input_pipeline.load_batch
+  import itertools
 
-  def poisoned(source, positions, **kw):
-    batch = load_batch(source, positions, **kw)
-    if positions[0] >= 6 * 16:  # global batch 6 onwards
-      batch["image"][0, 0, 0, 0] = np.nan
+  import jax.numpy as jnp
+
+  scale_images, batch_index = train.scale_images, itertools.count()
+
+  def poisoned(batch):  # the batches in order, as scaled on the device
+    batch = scale_images(batch)
+    if next(batch_index) >= 6:  # global batch 6 onwards
+      batch["image"] = batch["image"].at[0, 0, 0, 0].set(jnp.nan)
     return batch
 
-  monkeypatch.setattr(input_pipeline, "load_batch", poisoned)
+  monkeypatch.setattr(train, "scale_images", poisoned)
   with pytest.raises(FloatingPointError, match="at step 7"):
     train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
