@@ -38,7 +38,19 @@ setup(
     "cpu": [TBB],
     # The FID Inception parity test runs a PyTorch reference (torch==2.13.0 resolves to the CPU
     # wheel here), the notebook's test matplotlib; .ci/run checks formatting and lint with ruff.
-    "test": ["pytest", "pytest-xdist", "torch==2.13.0", "matplotlib", "ruff", TBB],
+    # openai's guided_diffusion (UNetModel, EncoderUNetModel, SuperResModel) for the checkpoint
+    # import's parity tests (tests/test_convert.py).
+    "test": [
+      "pytest",
+      "pytest-xdist",
+      "torch==2.13.0",
+      "matplotlib",
+      "ruff",
+      "guided-diffusion-sdk",
+      TBB,
+    ],
+    # Reading released .pt checkpoints (ddpm_jax.convert); safetensors / numpy inputs need nothing.
+    "torch": ["torch==2.13.0"],
     # Benchmarks compare against PyTorch; torch==2.13.0 resolves to the CPU wheel on the dev
     # machines.
     "bench": ["torch==2.13.0", "diffusers", TBB],

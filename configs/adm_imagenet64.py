@@ -34,12 +34,17 @@ def get_config():
   config.model.resblock_updown = True
   config.model.scale_shift_norm = True
   config.model.num_classes = 1000
+  # ADM's own model: no null label (it guides with a classifier), its sinusoid embedding; the
+  # architecture of the released checkpoint (python -m ddpm_jax.convert --preset=adm_imagenet64)
+  config.model.null_class = False
+  config.model.embedding_type = "adm_positional"
   config.model.dtype = "bfloat16"
 
   config.diffusion.beta_schedule = "cosine"
   config.diffusion.var_type = "learned_range"
   config.diffusion.loss_type = "hybrid"
 
+  config.training.label_dropout = 0.0
   config.optim.lr = 3e-4
   config.optim.warmup_steps = 0
   config.optim.grad_clip = 1.0

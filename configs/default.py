@@ -42,12 +42,15 @@ def get_config():
   model.dropout = 0.0
   model.num_heads = 1
   model.num_head_channels = -1  # > 0 overrides num_heads (ADM)
+  model.num_heads_upsample = -1  # heads of the up path's attention; -1: num_heads (ADM)
   model.resblock_updown = False  # BigGAN-style residual up/down-sampling (ADM)
   model.scale_shift_norm = False  # AdaGN (ADM)
-  model.num_classes = 0  # > 0: class-conditional, with an extra null class
+  model.num_classes = 0  # > 0: class-conditional, with an extra null class …
+  model.null_class = True  # … unless False (ADM's models: no classifier-free guidance)
   # cross-attention to a [B, L, context_dim] context (data.context_key), the zero context as ∅
   model.context_dim = config_dict.placeholder(int)
-  # of t (or of the SDE's log σ): "positional" (sinusoidal) | "fourier"
+  # of t (or of the SDE's log σ): "positional" (DDPM's sinusoids) | "adm_positional"
+  # (guided-diffusion's) | "fourier"
   model.embedding_type = "positional"
   model.fourier_features = ()  # exponents n of sin/cos(2^n·2π x) input features (VDM: (6, 7))
   # "auto": Winograd 3×3 convolutions where they are faster (CPU, 16×16 and up), else XLA's

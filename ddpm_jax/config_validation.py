@@ -78,6 +78,15 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"{optim.grad_accum_steps} micro-batches over {devices} devices."
     )
   problems += _data_problems(data, model.get("num_classes") or 0)
+  if model.get("num_classes") and not model.get("null_class", True):
+    for field, value in (
+      ("training.label_dropout", training.label_dropout),
+      ("sampling.guidance_scale", config.sampling.guidance_scale),
+    ):
+      if value:
+        problems.append(
+          f"{field}={value} needs the null label: this model has model.null_class=False."
+        )
   context_key, context_dim = data.get("context_key", ""), model.get("context_dim")
   if bool(context_key) != bool(context_dim):
     problems.append(

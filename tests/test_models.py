@@ -102,8 +102,8 @@ def test_paper_model_sizes():
   assert _count("ddpm_cifar10") == 35_746_307
   # DDPM CelebA-HQ 256: 114 M in the paper.
   assert _count("ddpm_celebahq256") == 113_673_219
-  # ADM ImageNet 64: 296 M in the paper; 768 of ours are the extra null-class embedding row.
-  assert _count("adm_imagenet64") == 295_905_222
+  # ADM ImageNet 64: 296 M in the paper; guided-diffusion's create_model counts 295,904,454.
+  assert _count("adm_imagenet64") == 295_904_454
   # Improved DDPM CIFAR-10 (3 blocks, attention at 16 and 8, AdaGN, learned Σ).
   assert _count("iddpm_cifar10") == 52_546_438
   # score_sde's DDPM++ and NCSN++ (cont.): the counts of its ncsnpp.py's modules, NCSN++'s less the

@@ -37,6 +37,16 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Arra
   return emb
 
 
+def adm_timestep_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Array:
+  """guided-diffusion's sinusoidal embedding: [B] -> [B, dim], emb[:, i] = cos(t · ω_i) and
+  emb[:, half + i] = sin(t · ω_i), ω_i = max_period^(-i / half) (cos first, and ω over half, not
+  half - 1, unlike DDPM's); a zero column is appended when dim is odd."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+  return jnp.pad(jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1), ((0, 0), (0, dim % 2)))
+
+
 def fourier_embedding(x: Array, dim: int, scale: float = 16.0) -> Array:
   """Gaussian Fourier features of a noise level (NCSN++, Song et al. 2021; Tancik et al. 2020): [B]
   -> [B, dim].
@@ -61,7 +71,11 @@ def base2_fourier_features(x: Array, exponents: Sequence[int]) -> Array:
 
 
 # How a U-Net embeds its noise-level input t (a timestep, t·(N-1), or log σ).
-EMBEDDINGS = {"positional": timestep_embedding, "fourier": fourier_embedding}
+EMBEDDINGS = {
+  "positional": timestep_embedding,
+  "adm_positional": adm_timestep_embedding,  # guided-diffusion's (its released checkpoints)
+  "fourier": fourier_embedding,
+}
 
 
 def group_norm_statistics(x: Array, num_groups: int, epsilon: float) -> tuple[Array, Array]:

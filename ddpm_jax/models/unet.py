@@ -33,13 +33,15 @@ class TimeClassEmbedding(nn.Module):
 
   The class table has `num_classes + 1` rows: row `num_classes` is the null label ∅ used for
   unconditional predictions in classifier-free guidance, and what `y=None` means for a
-  class-conditional model.
+  class-conditional model; without `null_class` (ADM's own models) it has `num_classes` rows and
+  the model needs labels.
   """
 
   ch: int
   num_classes: int = 0
   embedding_type: str = "positional"
   dtype: layers.Dtype = jnp.float32
+  null_class: bool = True
 
   @nn.compact
   def __call__(self, t: Array, y: Array | None) -> Array:
@@ -48,11 +50,16 @@ class TimeClassEmbedding(nn.Module):
     emb = nn.Dense(4 * self.ch, dtype=self.dtype)(emb)
     emb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.swish(emb))
     if self.num_classes:
-      if y is None:
+      if y is None and not self.null_class:
+        if not self.is_initializing():  # (initialising needs no labels)
+          raise ValueError(
+            "This class-conditional model has no null label (null_class=False): pass labels y."
+          )
+        y = jnp.zeros(t.shape, jnp.int32)
+      elif y is None:
         y = jnp.full(t.shape, self.num_classes, jnp.int32)
-      emb = emb + nn.Embed(
-        self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="class_embedding"
-      )(y)
+      rows = self.num_classes + (1 if self.null_class else 0)
+      emb = emb + nn.Embed(rows, 4 * self.ch, dtype=self.dtype, name="class_embedding")(y)
     return emb
 
 
@@ -67,6 +74,7 @@ class UNetBackbone(nn.Module):
   dropout: float = 0.0
   num_heads: int = 1
   num_head_channels: int = -1
+  num_heads_upsample: int = -1  # heads of the up path's attention (ADM); -1: num_heads
   resblock_updown: bool = False
   scale_shift_norm: bool = False
   conv_resample: bool = True
@@ -111,9 +119,13 @@ class UNetBackbone(nn.Module):
     )
 
   @nn.nowrap
-  def attention(self, name: str) -> nn.Module:
+  def attention(self, name: str, upsampling: bool = False) -> nn.Module:
+    """The attention block; on the up path with `num_heads_upsample` heads where that is set."""
+    heads = (
+      self.num_heads_upsample if upsampling and self.num_heads_upsample > 0 else self.num_heads
+    )
     return layers.AttentionBlock(
-      self.num_heads,
+      heads,
       self.num_head_channels,
       self.context_dim,
       dtype=self.dtype,
@@ -145,7 +157,7 @@ class UNetBackbone(nn.Module):
     skips = [h]
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
-        h = self.res_block(self.ch * mult, f"down_{level}_{i}")(h, emb, train)
+        h = self.res_block(int(self.ch * mult), f"down_{level}_{i}")(h, emb, train)
         if h.shape[1] in self.attn_resolutions:
           h = self.attention(f"down_{level}_{i}_attn")(h, context)
         skips.append(h)
@@ -177,6 +189,7 @@ class UNet(UNetBackbone):
 
   out_channels: int = 3
   num_classes: int = 0
+  null_class: bool = True  # a null label ∅ for classifier-free guidance (ADM's models: none)
   progressive: str = "none"
 
   @nn.compact
@@ -189,7 +202,12 @@ class UNet(UNetBackbone):
     train: bool = False,
   ) -> Array:
     emb = TimeClassEmbedding(
-      self.ch, self.num_classes, self.embedding_type, dtype=self.dtype, name="embedding"
+      self.ch,
+      self.num_classes,
+      self.embedding_type,
+      dtype=self.dtype,
+      null_class=self.null_class,
+      name="embedding",
     )(t, y)
     if self.progressive not in PROGRESSIVE_OUTPUTS:
       raise ValueError(
@@ -199,13 +217,13 @@ class UNet(UNetBackbone):
     pyramid = None
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
-        h = self.res_block(self.ch * mult, f"up_{level}_{i}")(
+        h = self.res_block(int(self.ch * mult), f"up_{level}_{i}")(
           jnp.concatenate([h, skips.pop()], axis=-1), emb, train
         )
         if h.shape[1] in self.attn_resolutions and not self.ncsnpp_layout:
-          h = self.attention(f"up_{level}_{i}_attn")(h, context)
+          h = self.attention(f"up_{level}_{i}_attn", upsampling=True)(h, context)
       if h.shape[1] in self.attn_resolutions and self.ncsnpp_layout:
-        h = self.attention(f"up_{level}_attn")(h, context)
+        h = self.attention(f"up_{level}_attn", upsampling=True)(h, context)
       if self.progressive == "output_skip":
         out = self.output_head(h, f"up_{level}_pyramid_norm", f"up_{level}_pyramid_conv")
         pyramid = out if pyramid is None else layers.resample(pyramid, "up", self.fir_kernel) + out

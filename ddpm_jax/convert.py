@@ -1,0 +1,302 @@
+"""Released checkpoints -> (model_config, params) of this project's models, 1:1:
+
+  model_config, params = convert.from_guided_diffusion(state_dict_or_path, **create_model_kwargs)
+  out = models.get_model(model_config).apply(params, x_nhwc, t, y)   # = the reference's, NHWC
+
+`create_model_kwargs` are guided-diffusion's `script_util.create_model` arguments (the flags its
+README gives for each released model). A `.pt` path is read with `torch.load(weights_only=True)`,
+so that a checkpoint never runs code; fp16-trained checkpoints are read as float32.
+
+Layouts: PyTorch convolutions [O, I, kh, kw] become HWIO kernels, linear layers and 1×1 (1-D)
+convolutions [O, I] become [I, O] Dense kernels; ADM's attention keeps q, k, v as one [3C]
+projection ordered (head, q|k|v, channel) in its legacy order and (q|k|v, head, channel) in the new
+one, which is this project's (`layers.AttentionBlock`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+Params = dict[str, Any]
+
+# guided_diffusion.script_util.create_model's defaults
+GUIDED_DIFFUSION_DEFAULTS = dict(
+  channel_mult="",
+  learn_sigma=False,
+  class_cond=False,
+  use_checkpoint=False,
+  attention_resolutions="16",
+  num_heads=1,
+  num_head_channels=-1,
+  num_heads_upsample=-1,
+  use_scale_shift_norm=False,
+  dropout=0.0,
+  resblock_updown=False,
+  use_fp16=False,
+  use_new_attention_order=False,
+)
+# create_model's channel_mult for channel_mult=""
+DEFAULT_CHANNEL_MULT = {
+  512: (0.5, 1, 1, 2, 2, 4, 4),
+  256: (1, 1, 2, 2, 4, 4),
+  128: (1, 1, 2, 3, 4),
+  64: (1, 2, 3, 4),
+}
+NUM_CLASSES = 1000  # guided_diffusion.script_util.NUM_CLASSES
+
+
+def load_state_dict(state_dict_or_path) -> dict[str, np.ndarray]:
+  """A state dict as float32 numpy arrays: a dict (of torch tensors or arrays) or a `.pt` path,
+  read without unpickling code (`torch.load(weights_only=True)`)."""
+  if isinstance(state_dict_or_path, dict):
+    state_dict = state_dict_or_path
+  else:
+    import pickle
+
+    import torch  # only to read the .pt container: the `torch` extra
+
+    try:
+      state_dict = torch.load(state_dict_or_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+      raise ValueError(
+        f"{state_dict_or_path} needs pickled Python objects beyond tensors, which could run code "
+        "when loaded; refusing it (only plain state dicts of tensors are read). Re-save its "
+        f"state_dict() on a trusted machine. ({e})"
+      ) from None
+  out = {}
+  for key, value in state_dict.items():
+    array = value.detach().cpu().float().numpy() if hasattr(value, "detach") else np.asarray(value)
+    out[key] = array.astype(np.float32)
+  return out
+
+
+def _parse_ints(value) -> tuple:
+  if isinstance(value, str):
+    return tuple(float(v) if "." in v else int(v) for v in value.split(",") if v)
+  return tuple(value)
+
+
+def guided_diffusion_model_config(**kwargs) -> ml_collections.ConfigDict:
+  """create_model's arguments -> this project's `config.model` of the same UNetModel."""
+  options = {**GUIDED_DIFFUSION_DEFAULTS, **kwargs}
+  unknown = sorted(
+    set(options) - set(GUIDED_DIFFUSION_DEFAULTS) - {"image_size", "num_channels", "num_res_blocks"}
+  )
+  if unknown:
+    raise ValueError(f"Unknown create_model arguments {unknown}.")
+  size = options["image_size"]
+  mult = _parse_ints(options["channel_mult"]) or DEFAULT_CHANNEL_MULT.get(size)
+  if mult is None:
+    raise ValueError(f"No default channel_mult for image_size={size}: give channel_mult.")
+  # create_model's resolutions (it stores them as downsampling rates image_size // r)
+  attention = tuple(int(r) for r in _parse_ints(options["attention_resolutions"]))
+  return ml_collections.ConfigDict(
+    dict(
+      name="unet",
+      ch=options["num_channels"],
+      out_channels=6 if options["learn_sigma"] else 3,
+      ch_mult=mult,
+      num_res_blocks=options["num_res_blocks"],
+      attn_resolutions=attention,
+      dropout=float(options["dropout"]),
+      num_heads=options["num_heads"],
+      num_head_channels=options["num_head_channels"],
+      num_heads_upsample=options["num_heads_upsample"],
+      resblock_updown=options["resblock_updown"],
+      scale_shift_norm=options["use_scale_shift_norm"],
+      num_classes=NUM_CLASSES if options["class_cond"] else 0,
+      null_class=False,
+      embedding_type="adm_positional",
+      # the fp16 checkpoints' weights are read as float32; compute in bfloat16 by choice
+      dtype="float32",
+    )
+  )
+
+
+def _conv(w: np.ndarray) -> np.ndarray:
+  return w.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
+
+
+def _dense(w: np.ndarray) -> np.ndarray:
+  return w.reshape(w.shape[0], w.shape[1]).T  # [O, I] or [O, I, 1] (1-D conv) -> [I, O]
+
+
+def _legacy_qkv(w: np.ndarray, heads: int) -> np.ndarray:
+  """QKVAttentionLegacy's (head, q|k|v, channel) rows -> QKVAttention's (q|k|v, head, channel)."""
+  rest = w.shape[1:]
+  return w.reshape(heads, 3, -1, *rest).swapaxes(0, 1).reshape(w.shape)
+
+
+class _Reader:
+  """Takes entries of a state dict by name, so that what is left over can be reported."""
+
+  def __init__(self, state_dict: dict[str, np.ndarray]):
+    self.state_dict, self.used = state_dict, set()
+    self.missing: list[str] = []
+
+  def take(self, key: str) -> np.ndarray | None:
+    if key not in self.state_dict:
+      self.missing.append(key)
+      return None
+    self.used.add(key)
+    return self.state_dict[key]
+
+  def layer(self, prefix: str, weight_name: str, layout=lambda w: w) -> Params | None:
+    """{weight_name: layout(prefix.weight), "bias": prefix.bias}; None where either is missing."""
+    weight, bias = self.take(f"{prefix}.weight"), self.take(f"{prefix}.bias")
+    return None if weight is None or bias is None else {weight_name: layout(weight), "bias": bias}
+
+  def conv(self, prefix: str) -> Params | None:
+    return self.layer(prefix, "kernel", _conv)
+
+  def dense(self, prefix: str) -> Params | None:
+    return self.layer(prefix, "kernel", _dense)
+
+  def norm(self, prefix: str) -> Params | None:
+    return self.layer(prefix, "scale")
+
+  def res_block(self, prefix: str) -> Params:
+    block = {
+      "GroupNorm_0": self.norm(f"{prefix}.in_layers.0"),
+      "Conv_0": self.conv(f"{prefix}.in_layers.2"),
+      "Dense_0": self.dense(f"{prefix}.emb_layers.1"),
+      "GroupNorm_1": self.norm(f"{prefix}.out_layers.0"),
+      "Conv_1": self.conv(f"{prefix}.out_layers.3"),
+    }
+    if f"{prefix}.skip_connection.weight" in self.state_dict:
+      block["skip"] = self.dense(f"{prefix}.skip_connection")
+    return block
+
+  def attention(self, prefix: str, heads: int, legacy: bool) -> Params:
+    qkv = self.dense(f"{prefix}.qkv")
+    if legacy and qkv is not None:  # columns of the [I, 3C] kernel, entries of the bias
+      qkv = {
+        "kernel": _legacy_qkv(qkv["kernel"].T, heads).T,
+        "bias": _legacy_qkv(qkv["bias"], heads),
+      }
+    return {
+      "GroupNorm_0": self.norm(f"{prefix}.norm"),
+      "qkv": qkv,
+      "proj_out": self.dense(f"{prefix}.proj_out"),
+    }
+
+
+def _heads(model_config, channels: int, upsampling: bool) -> int:
+  from ddpm_jax.models import layers
+
+  heads = model_config.num_heads
+  if upsampling and model_config.num_heads_upsample > 0:
+    heads = model_config.num_heads_upsample
+  return layers.num_attention_heads(channels, heads, model_config.num_head_channels)
+
+
+def _unet_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str, int]]:
+  """guided-diffusion's UNetModel in construction order: (torch prefix, our module name, kind,
+  channels) with kind "res" | "attn" | "attn_up" | "down" | "up" | "res_down" | "res_up"."""
+  ch, mult = model_config.ch, model_config.ch_mult
+  attn, blocks = model_config.attn_resolutions, model_config.num_res_blocks
+  index, size = 1, image_size
+  for level, m in enumerate(mult):
+    for i in range(blocks):
+      yield f"input_blocks.{index}.0", f"down_{level}_{i}", "res", int(ch * m)
+      if size in attn:
+        yield f"input_blocks.{index}.1", f"down_{level}_{i}_attn", "attn", int(ch * m)
+      index += 1
+    if level != len(mult) - 1:
+      kind = "res_down" if model_config.resblock_updown else "down"
+      yield f"input_blocks.{index}.0", f"down_{level}_resample", kind, int(ch * m)
+      index, size = index + 1, size // 2
+  top = int(ch * mult[-1])
+  yield "middle_block.0", "mid_0", "res", top
+  yield "middle_block.1", "mid_attn", "attn", top
+  yield "middle_block.2", "mid_1", "res", top
+  index = 0
+  for level, m in reversed(list(enumerate(mult))):
+    for i in range(blocks + 1):
+      yield f"output_blocks.{index}.0", f"up_{level}_{i}", "res", int(ch * m)
+      part = 1
+      if size in attn:
+        yield f"output_blocks.{index}.1", f"up_{level}_{i}_attn", "attn_up", int(ch * m)
+        part = 2
+      if level and i == blocks:
+        kind = "res_up" if model_config.resblock_updown else "up"
+        yield f"output_blocks.{index}.{part}", f"up_{level}_resample", kind, int(ch * m)
+        size *= 2
+      index += 1
+
+
+def _unet_params(reader: _Reader, model_config, image_size: int, legacy: bool) -> Params:
+  params = {
+    "conv_in": reader.conv("input_blocks.0.0"),
+    "embedding": {
+      "Dense_0": reader.dense("time_embed.0"),
+      "Dense_1": reader.dense("time_embed.2"),
+    },
+    "norm_out": reader.norm("out.0"),
+    "conv_out": reader.conv("out.2"),
+  }
+  if model_config.num_classes:
+    params["embedding"]["class_embedding"] = {"embedding": reader.take("label_emb.weight")}
+  for prefix, name, kind, channels in _unet_blocks(model_config, image_size):
+    if kind in ("res", "res_down", "res_up"):
+      params[name] = reader.res_block(prefix)
+    elif kind in ("attn", "attn_up"):
+      heads = _heads(model_config, channels, kind == "attn_up")
+      params[name] = reader.attention(prefix, heads, legacy)
+    elif kind == "down":
+      params[name] = {"Conv_0": reader.conv(f"{prefix}.op")}
+    else:
+      params[name] = {"Conv_0": reader.conv(f"{prefix}.conv")}
+  return params
+
+
+def _check_fits(reader: _Reader, params: Params, model, inputs, what: str) -> Params:
+  """One error naming the missing and unexpected keys and the shapes that differ, or the params."""
+  unexpected = sorted(set(reader.state_dict) - reader.used)
+  expected = jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
+  mismatched = []
+  if not reader.missing:
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
+      key = jax.tree_util.keystr(path)
+      got = flat.get(key)
+      if got is None or got.shape != leaf.shape:
+        mismatched.append(
+          f"{key}: checkpoint {None if got is None else got.shape}, model {leaf.shape}"
+        )
+  if reader.missing or unexpected or mismatched:
+    lines = [f"The state dict does not fit {what}:"]
+    if reader.missing:
+      lines.append(f"  missing keys ({len(reader.missing)}): {', '.join(reader.missing[:20])}")
+    if unexpected:
+      lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
+    if mismatched:
+      lines.append(f"  shapes that differ ({len(mismatched)}): " + "; ".join(mismatched[:20]))
+    lines.append("Check the model flags (or --preset) against the checkpoint's.")
+    raise ValueError("\n".join(lines))
+  return {"params": params}
+
+
+def from_guided_diffusion(state_dict_or_path, **create_model_kwargs):
+  """openai/guided-diffusion's UNetModel weights -> (model_config, params).
+
+  `create_model_kwargs`: `script_util.create_model`'s (image_size, num_channels, num_res_blocks,
+  channel_mult, learn_sigma, class_cond, attention_resolutions, num_heads, num_head_channels,
+  num_heads_upsample, use_scale_shift_norm, dropout, resblock_updown, use_fp16,
+  use_new_attention_order, use_checkpoint)."""
+  from ddpm_jax import models
+
+  model_config = guided_diffusion_model_config(**create_model_kwargs)
+  reader = _Reader(load_state_dict(state_dict_or_path))
+  image_size = create_model_kwargs["image_size"]
+  legacy = not create_model_kwargs.get("use_new_attention_order", False)
+  params = _unet_params(reader, model_config, image_size, legacy)
+  model = models.get_model(model_config)
+  inputs = (np.zeros((1, image_size, image_size, 3), np.float32), np.zeros((1,), np.int32))
+  return model_config, _check_fits(
+    reader, params, model, inputs, f"UNetModel({create_model_kwargs})"
+  )

@@ -1,0 +1,164 @@
+"""Checkpoint import: openai's guided_diffusion UNetModel (the guided-diffusion-sdk package) with
+random weights, converted, gives the reference's output for every architecture option."""
+
+import os
+import pickle
+
+from guided_diffusion import script_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from ddpm_jax import convert, models
+
+SMALL = dict(
+  image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16,8"
+)
+OPTIONS = {
+  "ddpm_like": {},
+  "adm": dict(
+    num_head_channels=16,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+    learn_sigma=True,
+    class_cond=True,
+  ),
+  "heads_upsample": dict(num_heads=2, num_heads_upsample=4),
+  "new_attention_order": dict(num_heads=2, use_new_attention_order=True),
+  "three_levels_dropout": dict(
+    channel_mult="1,1,2",
+    num_res_blocks=2,
+    dropout=0.1,
+    attention_resolutions="4",
+    use_scale_shift_norm=True,
+  ),
+}
+
+
+def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+  """Random weights everywhere, the zero-initialised output layers included (they would hide
+  errors), scaled so that activations stay O(1)."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in module.named_parameters():
+      if p.ndim > 1:
+        p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p[0].numel()) ** 0.5)
+      elif "norm" in name or name.endswith("in_layers.0.weight") or ".0.weight" in name:
+        p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+      else:
+        p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+  return module.eval()
+
+
+def reference_and_converted(options):
+  kwargs = {**SMALL, **options}
+  reference = randomized(script_util.create_model(**kwargs))
+  model_config, params = convert.from_guided_diffusion(reference.state_dict(), **kwargs)
+  return reference, models.get_model(model_config), params
+
+
+def outputs(reference, model, params, class_cond: bool, batch: int = 3):
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(batch, 16, 16, 3)).astype(np.float32)
+  t = np.array([0, 417, 999][:batch])
+  y = rng.integers(0, 1000, batch) if class_cond else None
+  with torch.no_grad():
+    want = reference(
+      torch.from_numpy(x.transpose(0, 3, 1, 2)),
+      torch.from_numpy(t),
+      None if y is None else torch.from_numpy(y),
+    ).numpy()
+  got = model.apply(params, jnp.asarray(x), jnp.asarray(t), None if y is None else jnp.asarray(y))
+  return np.asarray(got).transpose(0, 3, 1, 2), want
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_converted_unet_gives_guided_diffusions_output(name):
+  options = OPTIONS[name]
+  reference, model, params = reference_and_converted(options)
+  got, want = outputs(reference, model, params, options.get("class_cond", False))
+  assert got.shape == want.shape
+  assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want)), name
+
+
+def test_a_checkpoint_trained_in_fp16_converts_to_float32():
+  options = dict(num_head_channels=16, use_scale_shift_norm=True)
+  reference = randomized(script_util.create_model(**SMALL, **options))
+  # saved in half precision; the reference runs (in float32, on the CPU) on the same rounded values
+  half = {k: v.half() for k, v in reference.state_dict().items()}
+  reference.load_state_dict({k: v.float() for k, v in half.items()})
+  model_config, params = convert.from_guided_diffusion(half, **SMALL, **options, use_fp16=True)
+  assert model_config.dtype == "float32"
+  got, want = outputs(reference, models.get_model(model_config), params, False)
+  assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+
+
+def test_flags_that_do_not_fit_the_checkpoint_name_the_keys_and_shapes():
+  state_dict = script_util.create_model(**SMALL, learn_sigma=True).state_dict()
+  with pytest.raises(ValueError, match=r"shapes that differ.*conv_out.*\(3, 3, 32, 6\)"):
+    convert.from_guided_diffusion(state_dict, **SMALL)  # learn_sigma forgotten: 3 outputs
+  with pytest.raises(ValueError, match=r"missing keys \(1\): label_emb.weight"):
+    convert.from_guided_diffusion(state_dict, **SMALL, learn_sigma=True, class_cond=True)
+  with pytest.raises(ValueError, match=r"unexpected keys \(\d+\): input_blocks.1.1.norm.bias"):
+    convert.from_guided_diffusion(
+      state_dict, **{**SMALL, "attention_resolutions": "8"}, learn_sigma=True
+    )
+
+
+class _RunsCode:
+  def __reduce__(self):
+    return (os.system, ("touch ran_code_from_checkpoint",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  path = tmp_path / "evil.pt"
+  with open(path, "wb") as f:
+    pickle.dump({"conv.weight": _RunsCode()}, f)
+  with pytest.raises(ValueError, match="could run code"):
+    convert.from_guided_diffusion(str(path), **SMALL)
+  assert not (tmp_path / "ran_code_from_checkpoint").exists()
+
+
+def test_a_pt_file_of_plain_tensors_loads(tmp_path):
+  reference = randomized(script_util.create_model(**SMALL))
+  torch.save(reference.state_dict(), tmp_path / "model.pt")
+  model_config, params = convert.from_guided_diffusion(str(tmp_path / "model.pt"), **SMALL)
+  got, want = outputs(reference, models.get_model(model_config), params, False, batch=1)
+  assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+
+
+def test_adm_imagenet64_preset_has_create_models_parameter_count():
+  import importlib
+
+  import jax
+
+  config = importlib.import_module("configs.adm_imagenet64").get_config()
+  flags = dict(
+    image_size=64,
+    num_channels=192,
+    num_res_blocks=3,
+    attention_resolutions="32,16,8",
+    num_head_channels=64,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+    learn_sigma=True,
+    class_cond=True,
+    dropout=0.1,
+  )
+  reference = sum(p.numel() for p in script_util.create_model(**flags).parameters())
+  assert reference == 295_904_454
+  shapes = jax.eval_shape(
+    models.get_model(config.model).init,
+    jax.random.key(0),
+    jnp.zeros((1, 64, 64, 3)),
+    jnp.zeros((1,), jnp.int32),
+  )
+  assert sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes)) == reference
+  converted = convert.guided_diffusion_model_config(**flags)
+  for field in converted:
+    if field != "dtype":
+      assert tuple(np.atleast_1d(converted[field])) == tuple(np.atleast_1d(config.model[field])), (
+        field
+      )
