@@ -300,3 +300,177 @@ def from_guided_diffusion(state_dict_or_path, **create_model_kwargs):
   return model_config, _check_fits(
     reader, params, model, inputs, f"UNetModel({create_model_kwargs})"
   )
+
+
+# The released models' flags, from the references' READMEs (so that nobody retypes them):
+# name -> (source, MODEL_FLAGS, config.data.dataset).
+_ADM_256 = (
+  "--attention_resolutions 32,16,8 --diffusion_steps 1000 --image_size 256 --learn_sigma True "
+  "--noise_schedule linear --num_channels 256 --num_head_channels 64 --num_res_blocks 2 "
+  "--resblock_updown True --use_fp16 True --use_scale_shift_norm True"
+)
+PRESETS = {
+  "adm_imagenet64": (
+    "guided_diffusion",
+    "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --dropout 0.1 "
+    "--image_size 64 --learn_sigma True --noise_schedule cosine --num_channels 192 "
+    "--num_head_channels 64 --num_res_blocks 3 --resblock_updown True "
+    "--use_new_attention_order True --use_fp16 True --use_scale_shift_norm True",
+    "imagenet2012",
+  ),
+  "adm_imagenet128": (
+    "guided_diffusion",
+    "--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --image_size 128 "
+    "--learn_sigma True --noise_schedule linear --num_channels 256 --num_heads 4 "
+    "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True",
+    "imagenet2012",
+  ),
+  "adm_imagenet256": ("guided_diffusion", _ADM_256 + " --class_cond True", "imagenet2012"),
+  "adm_imagenet256_uncond": ("guided_diffusion", _ADM_256 + " --class_cond False", "imagenet2012"),
+  "adm_imagenet512": (
+    "guided_diffusion",
+    _ADM_256.replace("--image_size 256", "--image_size 512").replace(
+      "True --use_scale", "False --use_scale"
+    )
+    + " --class_cond True",
+    "imagenet2012",
+  ),
+  "adm_lsun_bedroom": ("guided_diffusion", _ADM_256 + " --dropout 0.1", "lsun/bedroom"),
+  "adm_lsun_cat": ("guided_diffusion", _ADM_256 + " --dropout 0.1", "lsun/cat"),
+  "adm_lsun_horse": ("guided_diffusion", _ADM_256 + " --dropout 0.1", "lsun/horse"),
+  "adm_lsun_horse_nodropout": ("guided_diffusion", _ADM_256 + " --dropout 0.0", "lsun/horse"),
+}
+# guided-diffusion's diffusion flags (the rest are create_model's)
+_DIFFUSION_FLAGS = (
+  "diffusion_steps",
+  "noise_schedule",
+  "timestep_respacing",
+  "use_kl",
+  "predict_xstart",
+  "rescale_timesteps",
+  "rescale_learned_sigmas",
+)
+
+
+def parse_model_flags(text: str) -> dict[str, Any]:
+  """guided-diffusion's MODEL_FLAGS ("--image_size 64 --class_cond True …") -> a dict of values."""
+  words, flags = text.split(), {}
+  if len(words) % 2 or not all(w.startswith("--") for w in words[::2]):
+    raise ValueError(f"MODEL_FLAGS must be '--name value' pairs; got {text!r}.")
+  for name, value in zip(words[::2], words[1::2]):
+    if value in ("True", "False"):
+      flags[name[2:]] = value == "True"
+    else:
+      try:
+        flags[name[2:]] = int(value)
+      except ValueError:
+        flags[name[2:]] = float(value) if value.replace(".", "", 1).isdigit() else value
+  return flags
+
+
+def guided_diffusion_config(flags: dict[str, Any], dataset: str = "image_folder"):
+  """A run config (configs/default.py's) for guided-diffusion's flags: its U-Net, its diffusion
+  (schedule, T, ε-prediction, learned range or fixed large variance, hybrid loss), ancestral
+  sampling on 250 respaced steps as its README samples."""
+  from configs import default
+
+  flags = dict(flags)
+  diffusion_flags = {k: flags.pop(k) for k in _DIFFUSION_FLAGS if k in flags}
+  if diffusion_flags.get("predict_xstart") or diffusion_flags.get("use_kl"):
+    raise ValueError("predict_xstart / use_kl checkpoints are not supported by the presets yet.")
+  config = default.get_config()
+  config.family = "gaussian"
+  config.model.update(guided_diffusion_model_config(**flags))
+  config.data.dataset, config.data.image_size, config.data.num_channels = (
+    dataset,
+    flags["image_size"],
+    3,
+  )
+  config.data.resize = "adm"
+  learned = flags.get("learn_sigma", False)
+  config.diffusion.update(
+    beta_schedule=diffusion_flags.get("noise_schedule", "linear"),
+    num_timesteps=diffusion_flags.get("diffusion_steps", 1000),
+    mean_type="eps",
+    var_type="learned_range" if learned else "fixed_large",
+    loss_type="hybrid" if learned else "mse",
+  )
+  config.training.label_dropout = 0.0
+  config.sampling.sampler, config.sampling.num_steps = "ddpm", 250
+  return config
+
+
+def write_workdir(config, params: Params, workdir: str, source: str, checkpoint: str) -> None:
+  """A workdir that --mode=sample / --mode=eval and `ddpm_jax.load` run on: config.json and a
+  step-0 checkpoint whose params and EMA params are both the checkpoint's weights (the released
+  checkpoints are the EMA ones)."""
+  from etils import epath
+
+  from ddpm_jax import checkpoint as checkpoint_lib
+  from ddpm_jax import parallel
+  from ddpm_jax.config_validation import validate_config
+  from ddpm_jax.train_state import create_train_state
+
+  config.convert = ml_collections.ConfigDict(
+    dict(
+      source=source,
+      checkpoint=checkpoint,
+      weights="params and ema_params are both the checkpoint's weights (its EMA parameters)",
+    )
+  )
+  validate_config(config)
+  mesh = parallel.make_mesh()
+  state = create_train_state(config, jax.random.key(0), mesh)
+  place = lambda tree: jax.tree_util.tree_map(
+    lambda a, ref: jax.device_put(np.asarray(a, ref.dtype), ref.sharding), tree, state.params
+  )
+  state = state.replace(params=place(params), ema_params=place(params))
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+  ckpt = checkpoint_lib.Checkpointer(workdir)
+  ckpt.save(0, state, config)
+  ckpt.close()
+
+
+def main(argv) -> None:
+  from absl import logging
+
+  del argv
+  if FLAGS.preset:
+    if FLAGS.preset not in PRESETS:
+      raise ValueError(f"Unknown --preset {FLAGS.preset!r}; known: {', '.join(PRESETS)}.")
+    source, model_flags, dataset = PRESETS[FLAGS.preset]
+    if source != FLAGS.source:
+      raise ValueError(f"--preset={FLAGS.preset} is a {source} model, not --source={FLAGS.source}.")
+  elif FLAGS.model_flags:
+    model_flags, dataset = FLAGS.model_flags, FLAGS.dataset or "image_folder"
+  else:
+    raise ValueError("Give --preset (one of: " + ", ".join(PRESETS) + ") or --model_flags.")
+  if FLAGS.source != "guided_diffusion":
+    raise ValueError(f"--source={FLAGS.source!r} is not supported yet; guided_diffusion is.")
+  flags = parse_model_flags(model_flags)
+  config = guided_diffusion_config(flags, FLAGS.dataset or dataset)
+  create_kwargs = {k: v for k, v in flags.items() if k not in _DIFFUSION_FLAGS}
+  _, params = from_guided_diffusion(FLAGS.checkpoint, **create_kwargs)
+  write_workdir(config, params, FLAGS.workdir, FLAGS.source, FLAGS.checkpoint)
+  logging.info(
+    "Wrote %s: its params and EMA params are the checkpoint's weights. Sample with: python -m "
+    "ddpm_jax.main --mode=sample --config=workdir:%s --workdir=%s",
+    FLAGS.workdir,
+    FLAGS.workdir,
+    FLAGS.workdir,
+  )
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  FLAGS = flags.FLAGS
+  flags.DEFINE_enum("source", "guided_diffusion", ["guided_diffusion", "diffusers"], "Its code.")
+  flags.DEFINE_string("checkpoint", None, "The .pt file (weights_only).")
+  flags.DEFINE_string("preset", None, f"A released model's flags: {', '.join(PRESETS)}.")
+  flags.DEFINE_string("model_flags", None, "Or its MODEL_FLAGS, as the reference's README.")
+  flags.DEFINE_string("dataset", None, "config.data.dataset of the workdir (default: preset's).")
+  flags.DEFINE_string("workdir", None, "Where the workdir goes.")
+  flags.mark_flags_as_required(["checkpoint", "workdir"])
+  app.run(main)

@@ -162,3 +162,60 @@ def test_adm_imagenet64_preset_has_create_models_parameter_count():
       assert tuple(np.atleast_1d(converted[field])) == tuple(np.atleast_1d(config.model[field])), (
         field
       )
+
+
+def test_the_command_writes_a_workdir_that_loads_samples_and_evaluates(tmp_path):
+  import subprocess
+  import sys
+
+  import jax
+
+  from configs import workdir as workdir_config
+  import ddpm_jax
+  from ddpm_jax import main as main_lib
+  from ddpm_jax.evaluation import sample as sample_lib
+  from helpers import REPO
+
+  options = dict(
+    num_head_channels=16,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+    learn_sigma=True,
+    class_cond=True,
+    use_new_attention_order=True,
+  )
+  reference = randomized(script_util.create_model(**SMALL, **options))
+  torch.save(reference.state_dict(), tmp_path / "model.pt")
+  flags = " ".join(f"--{k} {v}" for k, v in {**SMALL, **options}.items())
+  workdir = tmp_path / "converted"
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "ddpm_jax.convert",
+      "--source=guided_diffusion",
+      f"--checkpoint={tmp_path / 'model.pt'}",
+      f"--workdir={workdir}",
+      f"--model_flags={flags} --diffusion_steps 40 --noise_schedule cosine",
+    ],
+    cwd=REPO,
+    check=True,
+    capture_output=True,
+  )
+  pipe = ddpm_jax.load(str(workdir))
+  assert (
+    pipe.config.diffusion.num_timesteps == 40 and pipe.config.diffusion.beta_schedule == "cosine"
+  )
+  assert pipe.config.diffusion.var_type == "learned_range" and pipe.config.model.num_classes == 1000
+  assert "EMA" in pipe.config.convert.weights
+  got, want = outputs(reference, pipe.family.model, pipe.params, True)
+  assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+  images = pipe.sample(2, num_steps=4, labels=[3, 999])
+  assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+  # the command line's --config=workdir:DIR reads the same config.json
+  argv = main_lib.shipped_config_paths([f"--config=workdir:{workdir}"])
+  assert argv[0].endswith(f"configs/workdir.py:{workdir}")
+  config = workdir_config.get_config(str(workdir))
+  config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 2, 2, 4
+  assert np.load(sample_lib.sample(config, str(workdir)))["images"].shape == (2, 16, 16, 3)
+  del jax

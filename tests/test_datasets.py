@@ -24,7 +24,8 @@ def load_config(name):
 SHIPPED = sorted(
   os.path.basename(path)[:-3]
   for path in glob.glob(os.path.join(REPO, "configs", "*.py"))
-  if not path.endswith("__init__.py")
+  # workdir.py reads a workdir's config.json
+  if not path.endswith(("__init__.py", "workdir.py"))
 )
 TFDS_CONFIGS = [name for name in SHIPPED if load_config(name).data.dataset != "digits"]
 
