@@ -410,7 +410,7 @@ def test_every_shipped_config_is_valid():
 
   for path in glob.glob(os.path.join(REPO, "configs", "*.py")):
     name = os.path.basename(path)[:-3]
-    if name != "__init__":
+    if name not in ("__init__", "workdir"):  # workdir.py reads a workdir's config.json
       config = importlib.import_module(f"configs.{name}").get_config()
       config_validation.validate_config(config)
 
