@@ -47,6 +47,9 @@ def get_config():
   model.scale_shift_norm = False  # AdaGN (ADM)
   model.num_classes = 0  # > 0: class-conditional, with an extra null class …
   model.null_class = True  # … unless False (ADM's models: no classifier-free guidance)
+  model.norm_eps = 1e-5  # GroupNorm's ε (diffusers' DDPM checkpoints: 1e-6)
+  # strided convolutions' padding: "symmetric" (1 | 1) or "tf" (0 | 1, diffusers' DDPM checkpoints)
+  model.downsample_padding = "symmetric"
   # cross-attention to a [B, L, context_dim] context (data.context_key), the zero context as ∅
   model.context_dim = config_dict.placeholder(int)
   # of t (or of the SDE's log σ): "positional" (DDPM's sinusoids) | "adm_positional"

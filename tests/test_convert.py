@@ -219,3 +219,58 @@ def test_the_command_writes_a_workdir_that_loads_samples_and_evaluates(tmp_path)
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 2, 2, 4
   assert np.load(sample_lib.sample(config, str(workdir)))["images"].shape == (2, 16, 16, 3)
   del jax
+
+
+DIFFUSERS_OPTIONS = {
+  # google/ddpm-cifar10-32's conventions at a small size
+  "ddpm": dict(downsample_padding=0, norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1),
+  "multi_head_cos_first": dict(
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    dropout=0.1,
+    attention_head_dim=16,
+    layers_per_block=2,
+  ),
+}
+
+
+@pytest.mark.parametrize("name", DIFFUSERS_OPTIONS)
+def test_converted_diffusers_unet_gives_its_output(name, tmp_path):
+  from diffusers import UNet2DModel
+
+  options = {"layers_per_block": 1, "attention_head_dim": None, **DIFFUSERS_OPTIONS[name]}
+  reference = randomized(
+    UNet2DModel(
+      sample_size=16,
+      in_channels=3,
+      out_channels=3,
+      block_out_channels=(32, 64, 64),
+      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+      up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+      **options,
+    )
+  )
+  reference.save_pretrained(tmp_path / "unet")  # config.json + safetensors
+  model_config, params = convert.from_diffusers(str(tmp_path / "unet"))
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
+  t = np.array([3, 871])
+  with torch.no_grad():
+    want = reference(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t)).sample.numpy()
+  got = np.asarray(models.get_model(model_config).apply(params, jnp.asarray(x), jnp.asarray(t)))
+  got = got.transpose(0, 3, 1, 2)
+  assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want)), name
+
+
+def test_diffusers_options_the_converter_lacks_are_named():
+  config = dict(
+    sample_size=16,
+    out_channels=3,
+    block_out_channels=(32, 64),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D"),
+    layers_per_block=1,
+    time_embedding_type="fourier",
+  )
+  with pytest.raises(ValueError, match="block types.*time_embedding_type='fourier'"):
+    convert.diffusers_model_config(config)

@@ -303,11 +303,16 @@ class Conv(nn.Module):
   zero_init: bool = False
   impl: str = "xla"
   dtype: Dtype = jnp.float32
+  # "tf": (0, k - 1 - …) zero padding after each axis only, as TensorFlow's "SAME" for stride 2
+  # (diffusers' downsample_padding=0, the DDPM checkpoints'); XLA's convolution computes it
+  padding: str = "symmetric"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if self.impl not in CONV_IMPLS:
       raise ValueError(f"Unknown conv impl {self.impl!r}; valid: {', '.join(CONV_IMPLS)}.")
+    if self.padding not in ("symmetric", "tf"):
+      raise ValueError(f"Unknown conv padding {self.padding!r}; valid: symmetric, tf.")
     k, c = self.kernel_size, x.shape[-1]
     kernel_init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
     kernel = self.param("kernel", kernel_init, (k, k, c, self.features), jnp.float32).astype(
@@ -317,7 +322,7 @@ class Conv(nn.Module):
       self.dtype
     )
     x = x.astype(self.dtype)
-    impl = self.impl
+    impl = self.impl if self.padding == "symmetric" else "xla"
     if impl == "auto":
       fits = k == 3 and self.stride == 1 and winograd_tile(x.shape[1], x.shape[2], self.dtype) == 4
       impl = "winograd" if fits and jax.default_backend() == "cpu" else "xla"
@@ -328,11 +333,12 @@ class Conv(nn.Module):
       y = conv_im2col(x, kernel, self.stride)
     else:
       pad = (k - 1) // 2
+      pads = ((pad, pad),) * 2 if self.padding == "symmetric" else ((0, k - self.stride),) * 2
       y = jax.lax.conv_general_dilated(
         x,
         kernel,
         (self.stride, self.stride),
-        ((pad, pad), (pad, pad)),
+        pads,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
       )
     return y + bias
@@ -410,13 +416,17 @@ class Downsample(nn.Module):
   conv_impl: str = "xla"
   dtype: Dtype = jnp.float32
   fir_kernel: Sequence[int] = ()
+  padding: str = "symmetric"  # of the convolution: "symmetric" (1 | 1) or "tf" (0 | 1)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if self.with_conv and self.fir_kernel:
       raise ValueError(FIR_WITH_CONV_ERROR)
     if self.with_conv:
-      return Conv(x.shape[-1], stride=2, impl=self.conv_impl, dtype=self.dtype)(x)
+      conv = Conv(
+        x.shape[-1], stride=2, impl=self.conv_impl, dtype=self.dtype, padding=self.padding
+      )
+      return conv(x)
     return resample(x, "down", self.fir_kernel)
 
 
@@ -464,10 +474,11 @@ class ResBlock(nn.Module):
   fir_kernel: Sequence[int] = ()
   project_resampled_skip: bool = False
   skip_rescale: bool = False
+  norm_eps: float = 1e-5  # GroupNorm's ε (diffusers' DDPM checkpoints: 1e-6)
 
   @nn.compact
   def __call__(self, x: Array, emb: Array, train: bool) -> Array:
-    h = nn.swish(GroupNorm()(x)).astype(self.dtype)
+    h = nn.swish(GroupNorm(epsilon=self.norm_eps)(x)).astype(self.dtype)
     if self.resample is not None:
       h, x = (
         resample(h, self.resample, self.fir_kernel),
@@ -480,9 +491,9 @@ class ResBlock(nn.Module):
     emb_out = emb_out[:, None, None, :]
     if self.scale_shift_norm:
       scale, shift = jnp.split(emb_out, 2, axis=-1)
-      h = GroupNorm()(h) * (1 + scale) + shift
+      h = GroupNorm(epsilon=self.norm_eps)(h) * (1 + scale) + shift
     else:
-      h = GroupNorm()(h + emb_out)
+      h = GroupNorm(epsilon=self.norm_eps)(h + emb_out)
     h = nn.Dropout(self.dropout)(nn.swish(h).astype(self.dtype), deterministic=not train)
     h = Conv(self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype)(h)
     if x.shape[-1] != self.out_channels or (self.resample and self.project_resampled_skip):
@@ -521,12 +532,13 @@ class AttentionBlock(nn.Module):
   context_dim: int | None = None
   dtype: Dtype = jnp.float32
   skip_rescale: bool = False
+  norm_eps: float = 1e-5
 
   @nn.compact
   def __call__(self, x: Array, context: Array | None = None) -> Array:
     b, hgt, wid, c = x.shape
     heads = num_attention_heads(c, self.num_heads, self.num_head_channels)
-    h = GroupNorm()(x).astype(self.dtype).reshape(b, hgt * wid, c)
+    h = GroupNorm(epsilon=self.norm_eps)(x).astype(self.dtype).reshape(b, hgt * wid, c)
     q, k, v = jnp.split(nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h), 3, axis=-1)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(
       multihead_attention(q, k, v, heads)
@@ -539,7 +551,8 @@ class AttentionBlock(nn.Module):
       raise ValueError(
         f"This model cross-attends to a context [B, L, {self.context_dim}]; got {got}."
       )
-    h = GroupNorm(name="cross_norm")(x).astype(self.dtype).reshape(b, hgt * wid, c)
+    h = GroupNorm(epsilon=self.norm_eps, name="cross_norm")(x).astype(self.dtype)
+    h = h.reshape(b, hgt * wid, c)
     q = nn.Dense(c, dtype=self.dtype, name="cross_q")(h)
     k, v = jnp.split(
       nn.Dense(2 * c, dtype=self.dtype, name="cross_kv")(context.astype(self.dtype)), 2, axis=-1

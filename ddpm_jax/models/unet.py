@@ -75,6 +75,10 @@ class UNetBackbone(nn.Module):
   num_heads: int = 1
   num_head_channels: int = -1
   num_heads_upsample: int = -1  # heads of the up path's attention (ADM); -1: num_heads
+  norm_eps: float = 1e-5  # every GroupNorm's ε (diffusers' DDPM checkpoints: 1e-6)
+  # of the strided convolutions: "symmetric" (PyTorch's 1 | 1) or "tf" (0 | 1, diffusers'
+  # downsample_padding=0 of the DDPM checkpoints converted from TensorFlow)
+  downsample_padding: str = "symmetric"
   resblock_updown: bool = False
   scale_shift_norm: bool = False
   conv_resample: bool = True
@@ -115,6 +119,7 @@ class UNetBackbone(nn.Module):
       fir_kernel=self.fir_kernel,
       project_resampled_skip=self.ncsnpp_layout,
       skip_rescale=self.skip_rescale,
+      norm_eps=self.norm_eps,
       name=name,
     )
 
@@ -130,14 +135,23 @@ class UNetBackbone(nn.Module):
       self.context_dim,
       dtype=self.dtype,
       skip_rescale=self.skip_rescale,
+      norm_eps=self.norm_eps,
       name=name,
     )
 
   @nn.nowrap
   def resample_layer(self, direction: str, name: str) -> nn.Module:
-    layer = layers.Upsample if direction == "up" else layers.Downsample
-    return layer(
-      self.conv_resample, self.conv_impl, dtype=self.dtype, fir_kernel=self.fir_kernel, name=name
+    if direction == "up":
+      return layers.Upsample(
+        self.conv_resample, self.conv_impl, dtype=self.dtype, fir_kernel=self.fir_kernel, name=name
+      )
+    return layers.Downsample(
+      self.conv_resample,
+      self.conv_impl,
+      dtype=self.dtype,
+      fir_kernel=self.fir_kernel,
+      padding=self.downsample_padding,
+      name=name,
     )
 
   @nn.nowrap
@@ -241,7 +255,7 @@ class UNet(UNetBackbone):
   @nn.nowrap
   def output_head(self, h: Array, norm_name: str, conv_name: str) -> Array:
     """GroupNorm, swish, zero-initialised 3×3 convolution to `out_channels`."""
-    h = nn.swish(layers.GroupNorm(name=norm_name)(h)).astype(self.dtype)
+    h = nn.swish(layers.GroupNorm(epsilon=self.norm_eps, name=norm_name)(h)).astype(self.dtype)
     return layers.Conv(
       self.out_channels, zero_init=True, impl=self.conv_impl, dtype=self.dtype, name=conv_name
     )(h)
