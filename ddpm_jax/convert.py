@@ -540,11 +540,8 @@ def guided_diffusion_config(flags: dict[str, Any], dataset: str = "image_folder"
   config = default.get_config()
   config.family = "gaussian"
   config.model.update(guided_diffusion_model_config(**flags))
-  config.data.dataset, config.data.image_size, config.data.num_channels = (
-    dataset,
-    flags["image_size"],
-    3,
-  )
+  set_dataset(config, dataset)
+  config.data.image_size, config.data.num_channels = flags["image_size"], 3
   config.data.resize = "adm"
   learned = flags.get("learn_sigma", False)
   config.diffusion.update(
@@ -557,6 +554,16 @@ def guided_diffusion_config(flags: dict[str, Any], dataset: str = "image_folder"
   config.training.label_dropout = 0.0
   config.sampling.sampler, config.sampling.num_steps = "ddpm", 250
   return config
+
+
+def set_dataset(config, dataset: str) -> None:
+  """config.data.dataset with the splits `input_pipeline.DATASETS` gives it (CelebA-HQ: slices)."""
+  from ddpm_jax import input_pipeline
+
+  config.data.dataset = dataset
+  spec = input_pipeline.dataset_spec(dataset)
+  if spec is not None:
+    config.data.train_split, config.data.eval_split = spec.train_split, spec.eval_split
 
 
 def write_workdir(config, params: Params, workdir: str, source: str, checkpoint: str) -> None:
@@ -591,26 +598,106 @@ def write_workdir(config, params: Params, workdir: str, source: str, checkpoint:
   ckpt.close()
 
 
+# diffusers' DDPMScheduler config -> config.diffusion
+_DIFFUSERS_SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
+_DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+_DIFFUSERS_VARIANCES = {
+  "fixed_small": "fixed_small",
+  "fixed_large": "fixed_large",
+  "learned_range": "learned_range",
+}
+
+
+def diffusers_config(model_dir: str, dataset: str = "image_folder"):
+  """(run config, params) of a diffusers model directory: a UNet2DModel's (config.json + weights),
+  or a DDPMPipeline's (unet/ and scheduler/scheduler_config.json, whose schedule, T, prediction
+  and variance type the config takes; ancestral sampling as DDPMPipeline's)."""
+  import json
+  import os
+
+  from configs import default
+
+  unet_dir = os.path.join(model_dir, "unet")
+  unet_dir = unet_dir if os.path.isdir(unet_dir) else model_dir
+  model_config, params = from_diffusers(unet_dir)
+  config = default.get_config()
+  config.family = "gaussian"
+  config.model.update(model_config)
+  with open(os.path.join(unet_dir, "config.json")) as f:
+    unet_config = json.load(f)
+  set_dataset(config, dataset)
+  config.data.image_size = unet_config["sample_size"]
+  config.data.num_channels = unet_config["in_channels"]
+  scheduler_path = os.path.join(model_dir, "scheduler", "scheduler_config.json")
+  scheduler = {}
+  if os.path.exists(scheduler_path):
+    with open(scheduler_path) as f:
+      scheduler = json.load(f)
+  schedule = scheduler.get("beta_schedule", "linear")
+  problems = []
+  if schedule not in _DIFFUSERS_SCHEDULES:
+    problems.append(f"beta_schedule={schedule!r}")
+  if schedule == "linear" and (
+    scheduler.get("beta_start", 1e-4),
+    scheduler.get("beta_end", 0.02),
+  ) != (
+    1e-4,
+    0.02,
+  ):
+    problems.append(f"a linear schedule from {scheduler['beta_start']} to {scheduler['beta_end']}")
+  for field, table, default_value in (
+    ("prediction_type", _DIFFUSERS_PREDICTIONS, "epsilon"),
+    ("variance_type", _DIFFUSERS_VARIANCES, "fixed_small"),
+  ):
+    if scheduler.get(field, default_value) not in table:
+      problems.append(f"{field}={scheduler[field]!r}")
+  if problems:
+    raise ValueError(f"{scheduler_path}: not supported: {'; '.join(problems)}.")
+  var_type = _DIFFUSERS_VARIANCES[scheduler.get("variance_type", "fixed_small")]
+  config.diffusion.update(
+    beta_schedule=_DIFFUSERS_SCHEDULES[schedule],
+    num_timesteps=scheduler.get("num_train_timesteps", 1000),
+    mean_type=_DIFFUSERS_PREDICTIONS[scheduler.get("prediction_type", "epsilon")],
+    var_type=var_type,
+    loss_type="hybrid" if var_type == "learned_range" else "mse",
+  )
+  config.sampling.sampler, config.sampling.num_steps = "ddpm", None
+  config.sampling.clip_denoised = bool(scheduler.get("clip_sample", True))
+  return config, params
+
+
+# diffusers' released DDPM pipelines -> config.data.dataset (the model flags are in config.json)
+DIFFUSERS_PRESETS = {
+  "ddpm_cifar10": "cifar10",  # google/ddpm-cifar10-32
+  "ddpm_celebahq256": "celeb_a_hq/256",  # google/ddpm-celebahq-256
+  "ddpm_lsun_church256": "lsun/church_outdoor",  # google/ddpm-church-256
+  "ddpm_lsun_bedroom256": "lsun/bedroom",  # google/ddpm-bedroom-256
+}
+
+
 def main(argv) -> None:
   from absl import logging
 
   del argv
-  if FLAGS.preset:
-    if FLAGS.preset not in PRESETS:
-      raise ValueError(f"Unknown --preset {FLAGS.preset!r}; known: {', '.join(PRESETS)}.")
-    source, model_flags, dataset = PRESETS[FLAGS.preset]
-    if source != FLAGS.source:
-      raise ValueError(f"--preset={FLAGS.preset} is a {source} model, not --source={FLAGS.source}.")
-  elif FLAGS.model_flags:
-    model_flags, dataset = FLAGS.model_flags, FLAGS.dataset or "image_folder"
+  presets = PRESETS if FLAGS.source == "guided_diffusion" else DIFFUSERS_PRESETS
+  if FLAGS.preset and FLAGS.preset not in presets:
+    raise ValueError(
+      f"Unknown --preset {FLAGS.preset!r} for --source={FLAGS.source}; known: {', '.join(presets)}."
+    )
+  if FLAGS.source == "diffusers":
+    dataset = FLAGS.dataset or DIFFUSERS_PRESETS.get(FLAGS.preset, "image_folder")
+    config, params = diffusers_config(FLAGS.checkpoint, dataset)
   else:
-    raise ValueError("Give --preset (one of: " + ", ".join(PRESETS) + ") or --model_flags.")
-  if FLAGS.source != "guided_diffusion":
-    raise ValueError(f"--source={FLAGS.source!r} is not supported yet; guided_diffusion is.")
-  flags = parse_model_flags(model_flags)
-  config = guided_diffusion_config(flags, FLAGS.dataset or dataset)
-  create_kwargs = {k: v for k, v in flags.items() if k not in _DIFFUSION_FLAGS}
-  _, params = from_guided_diffusion(FLAGS.checkpoint, **create_kwargs)
+    if FLAGS.preset:
+      _, model_flags, dataset = PRESETS[FLAGS.preset]
+    elif FLAGS.model_flags:
+      model_flags, dataset = FLAGS.model_flags, "image_folder"
+    else:
+      raise ValueError("Give --preset (one of: " + ", ".join(PRESETS) + ") or --model_flags.")
+    flags = parse_model_flags(model_flags)
+    config = guided_diffusion_config(flags, FLAGS.dataset or dataset)
+    create_kwargs = {k: v for k, v in flags.items() if k not in _DIFFUSION_FLAGS}
+    _, params = from_guided_diffusion(FLAGS.checkpoint, **create_kwargs)
   write_workdir(config, params, FLAGS.workdir, FLAGS.source, FLAGS.checkpoint)
   logging.info(
     "Wrote %s: its params and EMA params are the checkpoint's weights. Sample with: python -m "
@@ -626,8 +713,14 @@ if __name__ == "__main__":
 
   FLAGS = flags.FLAGS
   flags.DEFINE_enum("source", "guided_diffusion", ["guided_diffusion", "diffusers"], "Its code.")
-  flags.DEFINE_string("checkpoint", None, "The .pt file (weights_only).")
-  flags.DEFINE_string("preset", None, f"A released model's flags: {', '.join(PRESETS)}.")
+  flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "guided_diffusion: the .pt file; diffusers: the model or pipeline directory.",
+  )
+  flags.DEFINE_string(
+    "preset", None, f"A released model: {', '.join([*PRESETS, *DIFFUSERS_PRESETS])}."
+  )
   flags.DEFINE_string("model_flags", None, "Or its MODEL_FLAGS, as the reference's README.")
   flags.DEFINE_string("dataset", None, "config.data.dataset of the workdir (default: preset's).")
   flags.DEFINE_string("workdir", None, "Where the workdir goes.")

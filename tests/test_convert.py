@@ -274,3 +274,38 @@ def test_diffusers_options_the_converter_lacks_are_named():
   )
   with pytest.raises(ValueError, match="block types.*time_embedding_type='fourier'"):
     convert.diffusers_model_config(config)
+
+
+def test_a_diffusers_ddpm_pipeline_directory_becomes_a_workdir(tmp_path):
+  from diffusers import DDPMScheduler, UNet2DModel
+
+  import ddpm_jax
+
+  reference = randomized(
+    UNet2DModel(
+      sample_size=16,
+      in_channels=3,
+      out_channels=3,
+      block_out_channels=(32, 64),
+      down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+      up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+      layers_per_block=1,
+      attention_head_dim=None,
+      **DIFFUSERS_OPTIONS["ddpm"],
+    )
+  )
+  reference.save_pretrained(tmp_path / "pipeline" / "unet")
+  DDPMScheduler(
+    num_train_timesteps=50, beta_schedule="squaredcos_cap_v2", variance_type="fixed_large"
+  ).save_config(tmp_path / "pipeline" / "scheduler")
+  config, params = convert.diffusers_config(str(tmp_path / "pipeline"), "celeb_a_hq/256")
+  assert (config.diffusion.num_timesteps, config.diffusion.beta_schedule) == (50, "cosine")
+  assert config.diffusion.var_type == "fixed_large" and config.data.eval_split == "train[95%:]"
+  convert.write_workdir(config, params, str(tmp_path / "workdir"), "diffusers", "pipeline")
+  pipe = ddpm_jax.load(str(tmp_path / "workdir"))
+  x = np.random.default_rng(3).normal(size=(1, 16, 16, 3)).astype(np.float32)
+  with torch.no_grad():
+    want = reference(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.tensor([7])).sample.numpy()
+  got = np.asarray(pipe.family.model.apply(pipe.params, jnp.asarray(x), jnp.array([7])))
+  assert np.max(np.abs(got.transpose(0, 3, 1, 2) - want)) <= 1e-4 * np.max(np.abs(want))
+  assert pipe.sample(1, num_steps=3).shape == (1, 16, 16, 3)
