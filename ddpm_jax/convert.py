@@ -194,9 +194,9 @@ def _heads(model_config, channels: int, upsampling: bool) -> int:
   return layers.num_attention_heads(channels, heads, model_config.num_head_channels)
 
 
-def _unet_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str, int]]:
-  """guided-diffusion's UNetModel in construction order: (torch prefix, our module name, kind,
-  channels) with kind "res" | "attn" | "attn_up" | "down" | "up" | "res_down" | "res_up"."""
+def _encoder_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str, int]]:
+  """guided-diffusion's input and middle blocks in construction order: (torch prefix, our module
+  name, kind, channels) with kind "res" | "attn" | "down" | "res_down"."""
   ch, mult = model_config.ch, model_config.ch_mult
   attn, blocks = model_config.attn_resolutions, model_config.num_res_blocks
   index, size = 1, image_size
@@ -214,7 +214,13 @@ def _unet_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str,
   yield "middle_block.0", "mid_0", "res", top
   yield "middle_block.1", "mid_attn", "attn", top
   yield "middle_block.2", "mid_1", "res", top
-  index = 0
+
+
+def _decoder_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str, int]]:
+  """UNetModel's output blocks: kinds "res" | "attn_up" | "up" | "res_up"."""
+  ch, mult = model_config.ch, model_config.ch_mult
+  attn, blocks = model_config.attn_resolutions, model_config.num_res_blocks
+  index, size = 0, image_size // 2 ** (len(mult) - 1)
   for level, m in reversed(list(enumerate(mult))):
     for i in range(blocks + 1):
       yield f"output_blocks.{index}.0", f"up_{level}_{i}", "res", int(ch * m)
@@ -229,6 +235,21 @@ def _unet_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str,
       index += 1
 
 
+def _block_params(reader: _Reader, model_config, blocks, legacy: bool) -> Params:
+  params = {}
+  for prefix, name, kind, channels in blocks:
+    if kind in ("res", "res_down", "res_up"):
+      params[name] = reader.res_block(prefix)
+    elif kind in ("attn", "attn_up"):
+      heads = _heads(model_config, channels, kind == "attn_up")
+      params[name] = reader.attention(prefix, heads, legacy)
+    elif kind == "down":
+      params[name] = {"Conv_0": reader.conv(f"{prefix}.op")}
+    else:
+      params[name] = {"Conv_0": reader.conv(f"{prefix}.conv")}
+  return params
+
+
 def _unet_params(reader: _Reader, model_config, image_size: int, legacy: bool) -> Params:
   params = {
     "conv_in": reader.conv("input_blocks.0.0"),
@@ -241,17 +262,8 @@ def _unet_params(reader: _Reader, model_config, image_size: int, legacy: bool) -
   }
   if model_config.num_classes:
     params["embedding"]["class_embedding"] = {"embedding": reader.take("label_emb.weight")}
-  for prefix, name, kind, channels in _unet_blocks(model_config, image_size):
-    if kind in ("res", "res_down", "res_up"):
-      params[name] = reader.res_block(prefix)
-    elif kind in ("attn", "attn_up"):
-      heads = _heads(model_config, channels, kind == "attn_up")
-      params[name] = reader.attention(prefix, heads, legacy)
-    elif kind == "down":
-      params[name] = {"Conv_0": reader.conv(f"{prefix}.op")}
-    else:
-      params[name] = {"Conv_0": reader.conv(f"{prefix}.conv")}
-  return params
+  blocks = [*_encoder_blocks(model_config, image_size), *_decoder_blocks(model_config, image_size)]
+  return {**params, **_block_params(reader, model_config, blocks, legacy)}
 
 
 def _check_fits(reader: _Reader, params: Params, model, inputs, what: str) -> Params:
@@ -299,6 +311,74 @@ def from_guided_diffusion(state_dict_or_path, **create_model_kwargs):
   inputs = (np.zeros((1, image_size, image_size, 3), np.float32), np.zeros((1,), np.int32))
   return model_config, _check_fits(
     reader, params, model, inputs, f"UNetModel({create_model_kwargs})"
+  )
+
+
+def guided_diffusion_classifier_config(
+  image_size: int,
+  classifier_width: int = 128,
+  classifier_depth: int = 2,
+  classifier_attention_resolutions: str = "32,16,8",
+  classifier_use_scale_shift_norm: bool = True,
+  classifier_resblock_updown: bool = True,
+  classifier_pool: str = "attention",
+  classifier_use_fp16: bool = False,
+) -> ml_collections.ConfigDict:
+  """create_classifier's arguments (its defaults) -> `config.model` of the same EncoderUNetModel."""
+  del classifier_use_fp16  # the weights are read as float32
+  if classifier_pool != "attention":
+    raise ValueError(f"classifier_pool={classifier_pool!r}: only 'attention' is supported.")
+  if image_size not in DEFAULT_CHANNEL_MULT:
+    raise ValueError(f"create_classifier has no channel_mult for image_size={image_size}.")
+  return ml_collections.ConfigDict(
+    dict(
+      name="classifier",
+      ch=classifier_width,
+      ch_mult=DEFAULT_CHANNEL_MULT[image_size],
+      num_res_blocks=classifier_depth,
+      attn_resolutions=tuple(int(r) for r in _parse_ints(classifier_attention_resolutions)),
+      num_heads=1,
+      num_head_channels=64,
+      scale_shift_norm=classifier_use_scale_shift_norm,
+      resblock_updown=classifier_resblock_updown,
+      num_classes=NUM_CLASSES,
+      embedding_type="adm_positional",
+      dtype="float32",
+    )
+  )
+
+
+def from_guided_diffusion_classifier(state_dict_or_path, **create_classifier_kwargs):
+  """guided-diffusion's noisy classifier (EncoderUNetModel with attention pooling) -> (model_config,
+  params) of `models.NoisyClassifier`: `apply(params, x_t, t)` = its logits. Kwargs:
+  `script_util.create_classifier`'s (image_size, classifier_width, classifier_depth,
+  classifier_attention_resolutions, classifier_use_scale_shift_norm, classifier_resblock_updown,
+  classifier_pool, classifier_use_fp16)."""
+  from ddpm_jax import models
+
+  image_size = create_classifier_kwargs["image_size"]
+  model_config = guided_diffusion_classifier_config(**create_classifier_kwargs)
+  reader = _Reader(load_state_dict(state_dict_or_path))
+  positions = reader.take("out.2.positional_embedding")
+  params = {
+    "conv_in": reader.conv("input_blocks.0.0"),
+    "TimeClassEmbedding_0": {
+      "Dense_0": reader.dense("time_embed.0"),
+      "Dense_1": reader.dense("time_embed.2"),
+    },
+    "GroupNorm_0": reader.norm("out.0"),
+    "AttentionPool_0": {  # CLIP's pooling: q, k, v in QKVAttention's (new) order
+      "positional_embedding": None if positions is None else positions.T,
+      "qkv": reader.dense("out.2.qkv_proj"),
+      "out": reader.dense("out.2.c_proj"),
+    },
+    # its AttentionBlocks keep the legacy order (create_classifier does not pass the flag)
+    **_block_params(reader, model_config, _encoder_blocks(model_config, image_size), True),
+  }
+  model = models.get_model(model_config)
+  inputs = (np.zeros((1, image_size, image_size, 3), np.float32), np.zeros((1,), np.int32))
+  return model_config, _check_fits(
+    reader, params, model, inputs, f"EncoderUNetModel({create_classifier_kwargs})"
   )
 
 

@@ -309,3 +309,48 @@ def test_a_diffusers_ddpm_pipeline_directory_becomes_a_workdir(tmp_path):
   got = np.asarray(pipe.family.model.apply(pipe.params, jnp.asarray(x), jnp.array([7])))
   assert np.max(np.abs(got.transpose(0, 3, 1, 2) - want)) <= 1e-4 * np.max(np.abs(want))
   assert pipe.sample(1, num_steps=3).shape == (1, 16, 16, 3)
+
+
+def test_converted_noisy_classifier_gives_guided_diffusions_logits():
+  kwargs = dict(
+    image_size=64,
+    classifier_width=64,
+    classifier_depth=1,
+    classifier_attention_resolutions="16,8",
+    classifier_use_scale_shift_norm=True,
+    classifier_resblock_updown=True,
+    classifier_pool="attention",
+    classifier_use_fp16=False,
+  )
+  reference = randomized(script_util.create_classifier(**kwargs))
+  model_config, params = convert.from_guided_diffusion_classifier(reference.state_dict(), **kwargs)
+  x = np.random.default_rng(4).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  t = np.array([5, 640])
+  with torch.no_grad():
+    want = reference(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t)).numpy()
+  got = np.asarray(models.get_model(model_config).apply(params, jnp.asarray(x), jnp.asarray(t)))
+  assert got.shape == want.shape == (2, 1000)
+  assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+
+
+def test_the_64x64_classifier_has_create_classifiers_parameter_count():
+  import jax
+
+  # guided-diffusion's README: the 64×64 classifier (depth 4, the other flags its defaults)
+  kwargs = dict(
+    image_size=64,
+    classifier_width=128,
+    classifier_depth=4,
+    classifier_attention_resolutions="32,16,8",
+    classifier_use_scale_shift_norm=True,
+    classifier_resblock_updown=True,
+    classifier_pool="attention",
+    classifier_use_fp16=False,
+  )
+  reference = sum(p.numel() for p in script_util.create_classifier(**kwargs).parameters())
+  assert reference == 65_438_568
+  model = models.get_model(convert.guided_diffusion_classifier_config(**kwargs))
+  shapes = jax.eval_shape(
+    model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32)
+  )
+  assert sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes)) == reference
