@@ -746,6 +746,39 @@ def diffusers_config(model_dir: str, dataset: str = "image_folder"):
   return config, params
 
 
+# guided-diffusion's released noisy classifiers: name -> (CLASSIFIER_FLAGS, the diffusion's
+# noise_schedule); the rest are create_classifier's defaults, as its README's commands
+CLASSIFIER_PRESETS = {
+  "adm_imagenet64_classifier": ("--image_size 64 --classifier_depth 4", "cosine"),
+  "adm_imagenet128_classifier": ("--image_size 128", "linear"),
+  "adm_imagenet256_classifier": ("--image_size 256", "linear"),
+  "adm_imagenet512_classifier": ("--image_size 512", "linear"),
+}
+
+
+def guided_diffusion_classifier_run_config(flags: dict[str, Any], noise_schedule: str):
+  """A run config of config.family="classifier" for create_classifier's flags, on the noise
+  process of the diffusion model it guides (T = 1000, `noise_schedule`), so that
+  sampling.classifier_workdir can point at its workdir."""
+  from configs import default
+
+  flags = dict(flags)
+  schedule = flags.pop("noise_schedule", noise_schedule)
+  steps = flags.pop("diffusion_steps", 1000)
+  config = default.get_config()
+  config.family = "classifier"
+  config.model = guided_diffusion_classifier_config(**flags)
+  set_dataset(config, "imagenet2012")
+  config.data.image_size, config.data.num_channels, config.data.resize = (
+    flags["image_size"],
+    3,
+    "adm",
+  )
+  config.diffusion.update(beta_schedule=schedule, num_timesteps=steps)
+  config.sampling.num_samples, config.eval.bpd_num_batches = 0, 0
+  return config
+
+
 # diffusers' released DDPM pipelines -> config.data.dataset (the model flags are in config.json)
 DIFFUSERS_PRESETS = {
   "ddpm_cifar10": "cifar10",  # google/ddpm-cifar10-32
@@ -759,7 +792,11 @@ def main(argv) -> None:
   from absl import logging
 
   del argv
-  presets = PRESETS if FLAGS.source == "guided_diffusion" else DIFFUSERS_PRESETS
+  presets = {
+    "guided_diffusion": PRESETS,
+    "guided_diffusion_classifier": CLASSIFIER_PRESETS,
+    "diffusers": DIFFUSERS_PRESETS,
+  }[FLAGS.source]
   if FLAGS.preset and FLAGS.preset not in presets:
     raise ValueError(
       f"Unknown --preset {FLAGS.preset!r} for --source={FLAGS.source}; known: {', '.join(presets)}."
@@ -767,6 +804,16 @@ def main(argv) -> None:
   if FLAGS.source == "diffusers":
     dataset = FLAGS.dataset or DIFFUSERS_PRESETS.get(FLAGS.preset, "image_folder")
     config, params = diffusers_config(FLAGS.checkpoint, dataset)
+  elif FLAGS.source == "guided_diffusion_classifier":
+    if not (FLAGS.preset or FLAGS.model_flags):
+      raise ValueError("Give --preset (one of: " + ", ".join(presets) + ") or --model_flags.")
+    model_flags, schedule = CLASSIFIER_PRESETS.get(FLAGS.preset, (FLAGS.model_flags, "linear"))
+    flags = parse_model_flags(model_flags)
+    config = guided_diffusion_classifier_run_config(flags, schedule)
+    create_kwargs = {
+      k: v for k, v in flags.items() if k.startswith("classifier_") or k == "image_size"
+    }
+    _, params = from_guided_diffusion_classifier(FLAGS.checkpoint, **create_kwargs)
   else:
     if FLAGS.preset:
       _, model_flags, dataset = PRESETS[FLAGS.preset]
@@ -792,14 +839,21 @@ if __name__ == "__main__":
   from absl import app, flags
 
   FLAGS = flags.FLAGS
-  flags.DEFINE_enum("source", "guided_diffusion", ["guided_diffusion", "diffusers"], "Its code.")
+  flags.DEFINE_enum(
+    "source",
+    "guided_diffusion",
+    ["guided_diffusion", "guided_diffusion_classifier", "diffusers"],
+    "Its code: a guided-diffusion UNetModel, one of its noisy classifiers, or a diffusers UNet.",
+  )
   flags.DEFINE_string(
     "checkpoint",
     None,
     "guided_diffusion: the .pt file; diffusers: the model or pipeline directory.",
   )
   flags.DEFINE_string(
-    "preset", None, f"A released model: {', '.join([*PRESETS, *DIFFUSERS_PRESETS])}."
+    "preset",
+    None,
+    f"A released model: {', '.join([*PRESETS, *CLASSIFIER_PRESETS, *DIFFUSERS_PRESETS])}.",
   )
   flags.DEFINE_string("model_flags", None, "Or its MODEL_FLAGS, as the reference's README.")
   flags.DEFINE_string("dataset", None, "config.data.dataset of the workdir (default: preset's).")
