@@ -131,6 +131,18 @@ def _legacy_qkv(w: np.ndarray, heads: int) -> np.ndarray:
   return w.reshape(heads, 3, -1, *rest).swapaxes(0, 1).reshape(w.shape)
 
 
+# a residual block's layers: in norm, in conv, embedding projection, out norm, out conv, skip
+GUIDED_RES_BLOCK_NAMES = (
+  "in_layers.0",
+  "in_layers.2",
+  "emb_layers.1",
+  "out_layers.0",
+  "out_layers.3",
+  "skip_connection",
+)
+DIFFUSERS_RES_BLOCK_NAMES = ("norm1", "conv1", "time_emb_proj", "norm2", "conv2", "conv_shortcut")
+
+
 class _Reader:
   """Takes entries of a state dict by name, so that what is left over can be reported."""
 
@@ -159,16 +171,19 @@ class _Reader:
   def norm(self, prefix: str) -> Params | None:
     return self.layer(prefix, "scale")
 
-  def res_block(self, prefix: str) -> Params:
+  def res_block(self, prefix: str, names: tuple[str, ...] | None = None) -> Params:
+    """A `layers.ResBlock` from the torch block's (in norm, in conv, embedding projection, out
+    norm, out conv, skip projection) names, guided-diffusion's by default."""
+    in_norm, in_conv, emb, out_norm, out_conv, skip = names or GUIDED_RES_BLOCK_NAMES
     block = {
-      "GroupNorm_0": self.norm(f"{prefix}.in_layers.0"),
-      "Conv_0": self.conv(f"{prefix}.in_layers.2"),
-      "Dense_0": self.dense(f"{prefix}.emb_layers.1"),
-      "GroupNorm_1": self.norm(f"{prefix}.out_layers.0"),
-      "Conv_1": self.conv(f"{prefix}.out_layers.3"),
+      "GroupNorm_0": self.norm(f"{prefix}.{in_norm}"),
+      "Conv_0": self.conv(f"{prefix}.{in_conv}"),
+      "Dense_0": self.dense(f"{prefix}.{emb}"),
+      "GroupNorm_1": self.norm(f"{prefix}.{out_norm}"),
+      "Conv_1": self.conv(f"{prefix}.{out_conv}"),
     }
-    if f"{prefix}.skip_connection.weight" in self.state_dict:
-      block["skip"] = self.dense(f"{prefix}.skip_connection")
+    if f"{prefix}.{skip}.weight" in self.state_dict:
+      block["skip"] = self.dense(f"{prefix}.{skip}")
     return block
 
   def attention(self, prefix: str, heads: int, legacy: bool) -> Params:
@@ -445,16 +460,7 @@ def diffusers_model_config(unet_config: dict) -> ml_collections.ConfigDict:
 
 def _diffusers_params(reader: _Reader, model_config, num_levels: int) -> Params:
   def res_block(prefix: str) -> Params:
-    block = {
-      "GroupNorm_0": reader.norm(f"{prefix}.norm1"),
-      "Conv_0": reader.conv(f"{prefix}.conv1"),
-      "Dense_0": reader.dense(f"{prefix}.time_emb_proj"),
-      "GroupNorm_1": reader.norm(f"{prefix}.norm2"),
-      "Conv_1": reader.conv(f"{prefix}.conv2"),
-    }
-    if f"{prefix}.conv_shortcut.weight" in reader.state_dict:
-      block["skip"] = reader.dense(f"{prefix}.conv_shortcut")
-    return block
+    return reader.res_block(prefix, DIFFUSERS_RES_BLOCK_NAMES)
 
   def attention(prefix: str) -> Params:
     q, k, v = (reader.dense(f"{prefix}.to_{name}") for name in "qkv")

@@ -311,16 +311,23 @@ def test_a_diffusers_ddpm_pipeline_directory_becomes_a_workdir(tmp_path):
   assert pipe.sample(1, num_steps=3).shape == (1, 16, 16, 3)
 
 
+# guided-diffusion's README: the 64×64 classifier (depth 4, the other flags create_classifier's
+# defaults)
+CLASSIFIER_64 = dict(
+  image_size=64,
+  classifier_width=128,
+  classifier_depth=4,
+  classifier_attention_resolutions="32,16,8",
+  classifier_use_scale_shift_norm=True,
+  classifier_resblock_updown=True,
+  classifier_pool="attention",
+  classifier_use_fp16=False,
+)
+
+
 def test_converted_noisy_classifier_gives_guided_diffusions_logits():
   kwargs = dict(
-    image_size=64,
-    classifier_width=64,
-    classifier_depth=1,
-    classifier_attention_resolutions="16,8",
-    classifier_use_scale_shift_norm=True,
-    classifier_resblock_updown=True,
-    classifier_pool="attention",
-    classifier_use_fp16=False,
+    CLASSIFIER_64, classifier_width=64, classifier_depth=1, classifier_attention_resolutions="16,8"
   )
   reference = randomized(script_util.create_classifier(**kwargs))
   model_config, params = convert.from_guided_diffusion_classifier(reference.state_dict(), **kwargs)
@@ -336,17 +343,7 @@ def test_converted_noisy_classifier_gives_guided_diffusions_logits():
 def test_the_64x64_classifier_has_create_classifiers_parameter_count():
   import jax
 
-  # guided-diffusion's README: the 64×64 classifier (depth 4, the other flags its defaults)
-  kwargs = dict(
-    image_size=64,
-    classifier_width=128,
-    classifier_depth=4,
-    classifier_attention_resolutions="32,16,8",
-    classifier_use_scale_shift_norm=True,
-    classifier_resblock_updown=True,
-    classifier_pool="attention",
-    classifier_use_fp16=False,
-  )
+  kwargs = CLASSIFIER_64
   reference = sum(p.numel() for p in script_util.create_classifier(**kwargs).parameters())
   assert reference == 65_438_568
   model = models.get_model(convert.guided_diffusion_classifier_config(**kwargs))
