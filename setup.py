@@ -38,8 +38,8 @@ setup(
     "cpu": [TBB],
     # The FID Inception parity test runs a PyTorch reference (torch==2.13.0 resolves to the CPU
     # wheel here), the notebook's test matplotlib; .ci/run checks formatting and lint with ruff.
-    # openai's guided_diffusion (UNetModel, EncoderUNetModel, SuperResModel) for the checkpoint
-    # import's parity tests (tests/test_convert.py).
+    # openai's guided_diffusion (UNetModel, EncoderUNetModel, SuperResModel) and diffusers'
+    # UNet2DModel for the checkpoint import's parity tests (tests/test_convert.py).
     "test": [
       "pytest",
       "pytest-xdist",
@@ -47,6 +47,7 @@ setup(
       "matplotlib",
       "ruff",
       "guided-diffusion-sdk",
+      "diffusers",
       TBB,
     ],
     # Reading released .pt checkpoints (ddpm_jax.convert); safetensors / numpy inputs need nothing.
