@@ -14,7 +14,7 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   # What is trained: "gaussian" (DDPM / Improved DDPM / ADM), "classifier" (ADM's noisy classifier),
-  # "score_sde", "vdm" or "ardm" (ddpm_jax/families/); each reads its own block below.
+  # "score_sde", "vdm", "ardm" or "super_res" (ddpm_jax/families/); each reads its block below.
   config.family = "gaussian"
 
   config.data = data = ml_collections.ConfigDict()
@@ -98,6 +98,14 @@ def get_config():
   config.ardm = ardm = ml_collections.ConfigDict()  # family "ardm" (Hoogeboom et al. 2021)
   # model.out_channels must be num_channels · num_classes
   ardm.num_classes = 256  # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0)
+
+  config.super_res = super_res = ml_collections.ConfigDict()  # family "super_res" (ADM-U)
+  super_res.low_res_size = 0  # s: the model upsamples s×s images to data.image_size
+  # what --mode=sample / eval upsample: the samples of a base model's workdir, generated first (a
+  # cascade), or an npz of uint8 "images" [+ "labels"] (guided-diffusion's "arr_0" [+ "arr_1"]);
+  # neither: data.eval_split's images, downsampled
+  super_res.low_res_workdir = config_dict.placeholder(str)
+  super_res.low_res_file = config_dict.placeholder(str)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3

@@ -10,9 +10,6 @@ the labels, the guidance scales and DDIM's η are arguments of the compiled loop
 
 from __future__ import annotations
 
-import json
-
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -57,6 +54,7 @@ class Pipeline:
     num_steps: int | None = None,
     labels=None,
     contexts=None,
+    low_res=None,
     guidance_scale: float | None = None,
     eta: float | None = None,
     seed: int = 0,
@@ -64,13 +62,26 @@ class Pipeline:
   ) -> np.ndarray:
     """-> uint8 images [num_images, H, W, C]. `sampler` and `num_steps` default to the config's;
     `labels` [num_images] (class-conditional models; None: the null label), `contexts`
-    [num_images, L, D] (context-conditional models; None: the null context), `guidance_scale`
+    [num_images, L, D] (context-conditional models; None: the null context), `low_res` uint8
+    [num_images, s, s, C] (what a super-resolution model upsamples), `guidance_scale`
     (classifier-free guidance w; None: none), `eta` (DDIM's η; None: the config's); `uint8=False`
     returns the float samples in [-1, 1]."""
-    if guidance_scale is not None and labels is None and contexts is None:
+    if guidance_scale is not None and labels is None and (contexts is None or low_res is not None):
       raise ValueError("guidance_scale needs labels or contexts: what to guide towards.")
     context_dim = self.config.model.get("context_dim")
-    if contexts is not None:
+    size = self.family.low_res_size
+    if (low_res is None) != (not size):
+      raise ValueError(
+        "low_res (uint8 [N, s, s, C]) is what a super-resolution model upsamples: give it for "
+        f"one and only for one; this model's low-res size is {size or 'none'}."
+      )
+    if size:
+      low_res = np.asarray(low_res)
+      expected = (num_images, size, size, self.config.data.num_channels)
+      if low_res.dtype != np.uint8 or low_res.shape != expected:
+        raise ValueError(f"low_res must be uint8 {expected}; got {low_res.dtype} {low_res.shape}.")
+      contexts = pixels.from_uint8(low_res)
+    elif contexts is not None:
       contexts = np.asarray(contexts, np.float32)
       if not context_dim or contexts.ndim != 3 or contexts.shape[::2] != (num_images, context_dim):
         raise ValueError(
@@ -107,7 +118,8 @@ class Pipeline:
     self, images: np.ndarray, seed: int = 0, labels=None, contexts=None
   ) -> np.ndarray:
     """The family's likelihood (bound) of uint8 images [N, H, W, C] in bits/dim -> [N]; a
-    conditional model's given the images' `labels` [N] and `contexts` [N, L, D] (None: ∅)."""
+    conditional model's given the images' `labels` [N] and `contexts` [N, L, D] (None: ∅); a
+    super-resolution model's given each image's own downsampled image."""
     if self._bits_per_dim is None:
       raise ValueError(f"config.family={self.family.name!r} has no likelihood.")
     images = np.asarray(images)
@@ -127,10 +139,7 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Pipel
   """The pipeline of `workdir`: its config (workdir/config.json, written by training and by
   checkpoint conversion, unless `config` is given) and its newest checkpoint's EMA parameters."""
   if config is None:
-    path = epath.Path(workdir) / "config.json"
-    if not path.exists():
-      raise FileNotFoundError(f"No config.json in {workdir}: is it a training workdir?")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = sample_lib.workdir_config(workdir)
   mesh = parallel.make_mesh()
   ema_params, step = sample_lib.restore_ema_params(config, workdir, mesh)
   return Pipeline(config, ema_params, step, mesh)

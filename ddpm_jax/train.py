@@ -205,13 +205,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   sample_grids = bool(config.sampling.num_samples) and family.make_sampler is not None
   # the same noise at every step; one row per class for a class-conditional model
   if sample_grids:
-    grid_labels = sample_lib.display_labels(config, config.sampling.num_samples)
+    # (a super-resolution model's grid upsamples held-out images, not a base model's samples)
+    grid_contexts, grid_labels = sample_lib.conditioning_inputs(
+      config, family, config.sampling.num_samples, mesh, cascade=False
+    )
+    if grid_labels is None:
+      grid_labels = sample_lib.display_labels(config, config.sampling.num_samples)
     grid_columns = None if grid_labels is None else sample_lib.row_length(grid_labels)
     grid_batch = -(-config.sampling.num_samples // mesh.size) * mesh.size
     sample_fn = sample_lib.make_sample_fn(family, grid_batch, mesh)
     if grid_labels is not None:
       grid_labels = sample_lib.pad_labels(grid_labels, grid_batch)
-    grid_contexts = sample_lib.generation_contexts(config, config.sampling.num_samples)
     if grid_contexts is not None:
       grid_contexts = sample_lib.pad_labels(grid_contexts, grid_batch)
   held_out_loss = (

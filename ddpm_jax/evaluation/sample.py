@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import checkpoint, families, files, input_pipeline, parallel, pixels
+from ddpm_jax import checkpoint, families, files, input_pipeline, parallel, pixels, super_res
 from ddpm_jax.config_validation import validate_config
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.train_state import abstract_train_state, run_rngs
@@ -107,6 +107,72 @@ def generation_contexts(config: ml_collections.ConfigDict, num_samples: int) -> 
   return contexts[np.arange(num_samples) % len(contexts)]
 
 
+def low_res_inputs(
+  config: ml_collections.ConfigDict, size: int, num_samples: int, mesh=None, cascade: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """The low-resolution images [num_samples, s, s, C] in [-1, 1] that a super-resolution model
+  upsamples, in turn, with their labels (None for an unconditional model): the samples of the run
+  in `super_res.low_res_workdir` (a cascade: that model samples first, on `mesh`, and its labels
+  go on), the images of `super_res.low_res_file` (an npz of uint8 "images" [+ "labels"], as
+  --mode=sample writes, or guided-diffusion's "arr_0" [+ "arr_1"]), or else data.eval_split's
+  first images downsampled, with their labels; `cascade=False` skips the workdir's."""
+  options, conditional = config.super_res, bool(config.model.get("num_classes"))
+  if cascade and options.get("low_res_workdir"):
+    where = options.low_res_workdir
+    base_config = workdir_config(where)
+    if conditional and not base_config.model.get("num_classes"):
+      raise ValueError(
+        f"A class-conditional super-resolution model needs the labels of its inputs: the model "
+        f"in super_res.low_res_workdir={where} is unconditional."
+      )
+    base_params, _ = restore_ema_params(base_config, where, mesh)
+    uint8_images, labels = generate(base_config, base_params, num_samples, mesh, where)
+    images = pixels.from_uint8(uint8_images)
+  elif options.get("low_res_file"):
+    where = options.low_res_file
+    arrays = files.load_npz(where)
+    images = pixels.from_uint8(arrays["images"] if "images" in arrays else arrays["arr_0"])
+    labels = arrays.get("labels", arrays.get("arr_1"))
+  else:
+    where = config.data.eval_split
+    source = input_pipeline.open_source(config.data, where)
+    data = config.data
+    examples = input_pipeline.load_examples(
+      source,
+      np.arange(min(num_samples, len(source))),
+      data.image_size,
+      data.num_channels,
+      data.resize,
+    )
+    images = np.asarray(super_res.downsample(pixels.from_uint8(examples["image"]), size))
+    labels = examples["label"]
+  expected = (size, size, config.data.num_channels)
+  if images.ndim != 4 or images.shape[1:] != expected:
+    raise ValueError(
+      f"The low-resolution inputs must be [N, {', '.join(map(str, expected))}] "
+      f"(super_res.low_res_size, data.num_channels); got {images.shape} from {where}."
+    )
+  if conditional and labels is None:
+    raise ValueError(f"A class-conditional super-resolution model needs labels with {where}.")
+  rows = np.arange(num_samples) % len(images)
+  return images[rows], (np.asarray(labels, np.int32)[rows] if conditional else None)
+
+
+def conditioning_inputs(
+  config: ml_collections.ConfigDict,
+  family: families.Family,
+  num_samples: int,
+  mesh=None,
+  cascade: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """-> (the per-sample inputs the family's sampler takes as `contexts`, the labels they come
+  with): a super-resolution model's low-resolution images with theirs (`low_res_inputs`), or a
+  context-conditional model's contexts (`generation_contexts`) and None."""
+  if family.low_res_size:
+    return low_res_inputs(config, family.low_res_size, num_samples, mesh, cascade)
+  return generation_contexts(config, num_samples), None
+
+
 def display_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
   """The labels of sample grids and --mode=sample: class by class (`sampling.labels`, default every
   class) for a class-conditional model, None for an unconditional one."""
@@ -127,12 +193,18 @@ def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
   return state.ema_params, step
 
 
+def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was written with (its config.json: training's, or the converter's)."""
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"No config.json in {workdir}: is it a training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
 def load_classifier(workdir: str, mesh):
   """The noisy classifier trained in `workdir` (its config.json and newest checkpoint) -> (module,
   params)."""
-  classifier_config = ml_collections.ConfigDict(
-    json.loads((epath.Path(workdir) / "config.json").read_text())
-  )
+  classifier_config = workdir_config(workdir)
   if classifier_config.get("family") != "classifier":
     raise ValueError(
       f"{workdir} trained config.family={classifier_config.get('family')!r}, not a noisy "
@@ -169,22 +241,24 @@ def generate(
   Sample i comes from key i of `config.seed` alone (`make_sample_fn`), and so does its label where
   `labels` is not given (uniform over the classes of a class-conditional or classifier-guided
   model): the samples do not depend on the device count or the batch size. A context-conditional
-  model's contexts are `contexts` [N, L, D] or else `generation_contexts`. `workdir` holds what the
-  family's sampler reads there (an ARDM's loss components for parallel decoding)."""
+  model's contexts are `contexts` [N, L, D] or else `generation_contexts`, a super-resolution
+  model's inputs `contexts` [N, s, s, C] or else `low_res_inputs` (with their labels). `workdir`
+  holds what the family's sampler reads there (an ARDM's loss components for parallel
+  decoding)."""
   sampling_config = config.sampling
   batch = sampling_config.batch_size
   guide, guide_params = None, None
   if sampling_config.classifier_workdir and sampling_config.classifier_scale:
     guide, guide_params = load_classifier(sampling_config.classifier_workdir, mesh)
-  sample_fn = make_sample_fn(
-    families.get_family(config), batch, mesh, progress=True, guide=guide, workdir=workdir
-  )
+  family = families.get_family(config)
+  sample_fn = make_sample_fn(family, batch, mesh, progress=True, guide=guide, workdir=workdir)
   rng = run_rngs(config.seed)["sample"]
+  if contexts is None:
+    contexts, input_labels = conditioning_inputs(config, family, num_samples, mesh)
+    labels = input_labels if labels is None else labels
   num_classes = guide.num_classes if guide is not None else config.model.get("num_classes")
   if labels is None and num_classes:
     labels = random_labels(rng, num_samples, num_classes)
-  if contexts is None:
-    contexts = generation_contexts(config, num_samples)
   in_batch = lambda rows, first: (
     None if rows is None else pad_labels(rows[first : first + batch], batch)
   )
@@ -207,25 +281,34 @@ def generate(
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N], and a
-  context-conditional model's "contexts" [N, L, D]) and a PNG grid of the first 64 (a
-  class-conditional model's: one row per class, `display_labels`, with the config's guidance
-  scale); returns the npz path."""
+  """Writes workdir/samples/samples_<step>.npz (uint8 "images" [N, H, W, C], int "labels" [N], a
+  context-conditional model's "contexts" [N, L, D], a super-resolution model's uint8 "low_res"
+  inputs [N, s, s, C]) and a PNG grid of the first 64 (a class-conditional model's: one row per
+  class, `display_labels`, with the config's guidance scale; a super-resolution model's: each
+  input, enlarged, beside its sample); returns the npz path."""
   validate_config(config)
   mesh = parallel.make_mesh()
   ema_params, step = restore_ema_params(config, workdir, mesh)
   num_samples = config.sampling.num_samples
-  contexts = generation_contexts(config, num_samples)
-  images, labels = generate(
-    config, ema_params, num_samples, mesh, workdir, display_labels(config, num_samples), contexts
-  )
+  family = families.get_family(config)
+  contexts, labels = conditioning_inputs(config, family, num_samples, mesh)
+  if labels is None:
+    labels = display_labels(config, num_samples)
+  images, labels = generate(config, ema_params, num_samples, mesh, workdir, labels, contexts)
   out_dir = os.path.join(workdir, "samples")
   path = os.path.join(out_dir, f"samples_{step}.npz")
   if jax.process_index() == 0:
-    extra = {} if contexts is None else {"contexts": contexts}
+    shown, columns = pixels.from_uint8(images[:64]), row_length(labels[:64])
+    if family.low_res_size:
+      extra = {"low_res": pixels.to_uint8(contexts)}
+      factor = config.data.image_size // family.low_res_size
+      enlarged = np.repeat(np.repeat(contexts[:32], factor, axis=1), factor, axis=2)
+      shown, columns = np.stack([enlarged, shown[:32]], axis=1).reshape(-1, *shown.shape[1:]), 8
+    else:
+      extra = {} if contexts is None else {"contexts": contexts}
     files.save_npz(path, images=images, labels=labels, **extra)
     image_utils.save_png(
-      image_utils.grid_uint8(pixels.from_uint8(images[:64]), columns=row_length(labels[:64])),
+      image_utils.grid_uint8(shown, columns=columns),
       os.path.join(out_dir, f"samples_{step}.png"),
     )
     logging.info("Wrote %d samples to %s.", len(images), path)

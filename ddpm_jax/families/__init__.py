@@ -18,6 +18,7 @@ FAMILIES = {
   "score_sde": "score_sde",  # VP / subVP / VE score SDEs, NCSN++
   "vdm": "vdm",  # Variational Diffusion Models
   "ardm": "ardm",  # order-agnostic Autoregressive Diffusion Models
+  "super_res": "super_res",  # ADM-U: Gaussian diffusion given a low-resolution image
 }
 
 

@@ -73,6 +73,8 @@ class Family:
       across steps besides the parameters (the loss history of importance-sampled t), None where
       nothing.
   clip_mask(params) -> bools: which gradients the clipping norm sees; None: all.
+  low_res_size: a super-resolution family's input size s: its SampleFn's `contexts` are the
+      low-resolution images [B, s, s, C] in [-1, 1]; 0: none.
   """
 
   name: str
@@ -89,6 +91,7 @@ class Family:
     family_state
   )
   clip_mask: Callable[[Params], Any] | None = None
+  low_res_size: int = 0
 
 
 def apply_kwargs(dropout_rng: Array | None) -> dict[str, Any]:

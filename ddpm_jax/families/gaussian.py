@@ -5,6 +5,8 @@ DDIM or DPM-Solver++ with classifier-free or classifier guidance; likelihood by 
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import jax
 import ml_collections
 
@@ -98,25 +100,62 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def build(config: ml_collections.ConfigDict) -> base.Family:
+class Conditioning(NamedTuple):
+  """A per-example input c of the U-Net besides (x_t, t, label): what the sampler takes as
+  `contexts` (the Gaussian family's cross-attention contexts [B, L, D]; the super-resolution
+  family's low-resolution images)."""
+
+  # (keys, batch) -> the c training sees (None: none)
+  of_batch: Callable[[base.StepKeys, base.Batch], base.Array | None]
+  # x0 -> the c of data when none is given (bits/dim); None: none
+  of_images: Callable[[base.Array], base.Array | None]
+  # (x_t, c) -> the U-Net's (x, context)
+  unet_inputs: Callable[[base.Array, base.Array | None], tuple]
+  # c -> the unconditional model's (classifier-free guidance)
+  null: Callable[[base.Array | None], base.Array | None]
+  # -> the (x, context) of `model.init`
+  dummy_inputs: Callable[[], tuple]
+
+
+def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
+  """Contexts [B, L, D] the U-Net cross-attends to (data.context_key; none without it), dropped
+  to the zero context ∅ with the null label."""
+  return Conditioning(
+    of_batch=lambda keys, batch: base.conditioning_context(
+      keys.labels, batch, config.training.label_dropout
+    ),
+    of_images=lambda x0: None,
+    unet_inputs=lambda x_t, context: (x_t, context),
+    null=base.null_context,
+    dummy_inputs=lambda: (base.dummy_inputs(config.data)[0], base.dummy_context(config.model)),
+  )
+
+
+def build(
+  config: ml_collections.ConfigDict, conditioning: Conditioning | None = None
+) -> base.Family:
+  """The family; `conditioning` (default `cross_attention`) is what else the U-Net sees."""
+  conditioning = conditioning or cross_attention(config)
   gaussian = make_diffusion(config)
   model = models.get_model(config.model)
   num_timesteps = gaussian.num_timesteps
   loss_aware = config.diffusion.timestep_sampler == "loss_aware"
+
+  def apply(params, x_t, t, labels, condition, **kwargs):
+    x, context = conditioning.unet_inputs(x_t, condition)
+    return model.apply(params, x, t, labels, context, **kwargs)
 
   def draw(keys: base.StepKeys, batch: base.Batch, loss_history) -> base.Draws:
     label_dropout = config.training.label_dropout
     return {
       **timestep_draws(keys, batch["image"], num_timesteps, loss_history),
       "labels": base.conditioning_labels(keys.labels, batch, config.model, label_dropout),
-      "context": base.conditioning_context(keys.labels, batch, label_dropout),
+      "context": conditioning.of_batch(keys, batch),
     }
 
   def loss(params, batch, draws, dropout_rng):
     kwargs = base.apply_kwargs(dropout_rng)
-    model_fn = lambda x_t, t: model.apply(
-      params, x_t, t, draws["labels"], draws["context"], **kwargs
-    )
+    model_fn = lambda x_t, t: apply(params, x_t, t, draws["labels"], draws["context"], **kwargs)
     return diffusion.training_losses(gaussian, model_fn, batch["image"], draws["t"], draws["eps"])[
       "loss"
     ]
@@ -137,14 +176,12 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
         cond_fn = sampling.classifier_guidance(log_prob_fn, labels, controls["classifier_scale"])
         # an unconditional diffusion model ignores them
         labels = labels if model.num_classes else None
-      conditional = lambda x_t, t: model.apply(params, x_t, t, labels, contexts)
+      conditional = lambda x_t, t: apply(params, x_t, t, labels, contexts)
       model_fn = conditional
       conditioned = labels is not None or contexts is not None
       if conditioned and sampling_config.guidance_scale:  # on for any value passed later
         # the null label and context ∅
-        unconditional = lambda x_t, t: model.apply(
-          params, x_t, t, None, base.null_context(contexts)
-        )
+        unconditional = lambda x_t, t: apply(params, x_t, t, None, conditioning.null(contexts))
         model_fn = sampling.classifier_free_guidance(
           conditional, unconditional, controls["guidance_scale"], config.data.num_channels
         )
@@ -163,8 +200,13 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return sample
 
   def bits_per_dim(params, x0, rng, labels=None, contexts=None):
-    model_fn = lambda x_t, t: model.apply(params, x_t, t, labels, contexts)
+    contexts = conditioning.of_images(x0) if contexts is None else contexts
+    model_fn = lambda x_t, t: apply(params, x_t, t, labels, contexts)
     return {"bpd": diffusion.calc_bpd_loop(gaussian, model_fn, x0, rng)["total_bpd"]}
+
+  def init_params(rng):
+    x, context = conditioning.dummy_inputs()
+    return model.init(rng, x, base.dummy_inputs(config.data)[1], None, context)
 
   def update_state(loss_history, draws, per_example):
     if loss_history is None:
@@ -172,11 +214,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return diffusion.update_loss_history(loss_history, draws["t"], per_example)
 
   return base.Family(
-    name="gaussian",
+    name=config.family,
     model=model,
-    init_params=lambda rng: model.init(
-      rng, *base.dummy_inputs(config.data), None, base.dummy_context(config.model)
-    ),
+    init_params=init_params,
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,

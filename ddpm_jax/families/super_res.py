@@ -1,0 +1,58 @@
+"""ADM-U super-resolution (Dhariwal & Nichol 2021, §D; guided-diffusion's SuperResModel): the
+Gaussian family's diffusion, losses and samplers on the high-resolution image, with the U-Net given
+the low-resolution image bilinearly upsampled beside x_t. Training downsamples each batch
+(`super_res.downsample`, area averaging as guided-diffusion's super_res_train); samples take the
+low-resolution images as the sampler's `contexts` [B, s, s, C] (evaluation/sample.py: a base
+model's samples, a file, or the held-out split's images downsampled); bits/dim is the VLB of the
+data given its own downsampled image.
+
+config.super_res.low_res_size is s; the rest is config.diffusion / config.sampling as for the
+Gaussian family (classifier-free guidance over class labels, the low-res image kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from ddpm_jax import super_res
+from ddpm_jax.families import base, gaussian
+
+
+def validate(config: ml_collections.ConfigDict) -> list[str]:
+  problems = gaussian.validate(config) + base.no_context_problems(config)
+  size, low_res_size = config.data.image_size, config.super_res.low_res_size
+  if low_res_size <= 0 or low_res_size >= size or size % low_res_size:
+    problems.append(
+      f"super_res.low_res_size={low_res_size} must divide data.image_size={size} and be smaller."
+    )
+  if config.sampling.guidance_scale and not config.model.get("num_classes"):
+    problems.append(
+      "sampling.guidance_scale guides a super-resolution model towards class labels: this one "
+      "has model.num_classes=0."
+    )
+  return problems
+
+
+def low_res_conditioning(config: ml_collections.ConfigDict) -> gaussian.Conditioning:
+  """The low-resolution image [B, s, s, C] beside x_t (SuperResModel's input)."""
+  low_res_size = config.super_res.low_res_size
+  of_images = lambda x0: super_res.downsample(x0, low_res_size)
+
+  def dummy_inputs():
+    x, _ = base.dummy_inputs(config.data, 2 * config.data.num_channels)
+    return x, None
+
+  return gaussian.Conditioning(
+    of_batch=lambda keys, batch: of_images(batch["image"]),
+    of_images=of_images,
+    unet_inputs=lambda x_t, low_res: (super_res.model_input(x_t, low_res), None),
+    null=lambda low_res: low_res,
+    dummy_inputs=dummy_inputs,
+  )
+
+
+def build(config: ml_collections.ConfigDict) -> base.Family:
+  family = gaussian.build(config, low_res_conditioning(config))
+  return dataclasses.replace(family, low_res_size=config.super_res.low_res_size)
