@@ -131,9 +131,21 @@ def get_config():
 
   # sample grids in training and --mode=sample
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.sampler = "ddim"  # family "gaussian": "ddpm" (ancestral) | "ddim" | "dpm_solver"
-  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver)
+  # family "gaussian": "ddpm" (ancestral) | "ddim" | "dpm_solver", or a σ-space solver on EDM's
+  # grid: "euler" | "heun" | "dpmpp_2m" | "euler_ancestral" | "dpmpp_2m_sde" (also family "edm")
+  sampling.sampler = "ddim"
+  # None: all T (ddpm), 50 (ddim), 20 (dpm_solver), 18 (heun: 35 network calls), 35 (other σ
+  # solvers)
   sampling.num_steps = config_dict.placeholder(int)
+  # σ-space solvers: EDM's grid between sigma_min and sigma_max (None: the model's range) with
+  # ρ, and EDM's stochastic churn (euler, heun)
+  sampling.sigma_min = config_dict.placeholder(float)
+  sampling.sigma_max = config_dict.placeholder(float)
+  sampling.rho = 7.0
+  sampling.s_churn = 0.0
+  sampling.s_tmin = 0.0
+  sampling.s_tmax = float("inf")
+  sampling.s_noise = 1.0
   sampling.eta = 0.0  # DDIM: 0 deterministic, 1 ancestral-like
   sampling.guidance_scale = 0.0  # classifier-free guidance w (class-conditional models)
   sampling.classifier_workdir = config_dict.placeholder(str)  # a run of family "classifier" …

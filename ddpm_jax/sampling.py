@@ -65,7 +65,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
 
 
 # fold_in index of x_T's noise: outside the range of step indices, which key the per-step noise.
-_PRIOR_NOISE = 2**31 - 1
+PRIOR_NOISE = 2**31 - 1
 
 
 def _progress_reporter(name: str, total: int) -> Callable[[Array], None]:
@@ -103,7 +103,7 @@ def _initial_noise(rng: Array, shape, x_T: Array | None) -> Array:
   if x_T is None:
     if shape is None:
       raise ValueError("Give either `shape` or `x_T`.")
-    return jax.random.normal(jax.random.fold_in(rng, _PRIOR_NOISE), shape)
+    return jax.random.normal(jax.random.fold_in(rng, PRIOR_NOISE), shape)
   return x_T
 
 
@@ -343,3 +343,171 @@ def dpm_solver_sample(
     step, (x, jnp.zeros_like(x), jnp.ones(())), n, "DPM-Solver++ sampling" if progress else None
   )
   return x
+
+
+# σ-space sampling (Karras et al. 2022, "EDM"; k-diffusion's conventions): every model as a
+# denoiser D(x; σ) of x = y + σ n, sampled along a decreasing grid of σ ending at 0.
+SIGMA_SOLVERS = ("euler", "heun", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde")
+DenoiseFn = Callable[[Array, Array], Array]  # (x [B, ...], σ [B]) -> D(x; σ)
+
+
+def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Array:
+  """σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ for i < n, and σ_n = 0 (EDM eq. 5),
+  computed in float64: [num_steps + 1]."""
+  if num_steps < 1 or not 0 < sigma_min < sigma_max:
+    raise ValueError(
+      f"karras_sigmas needs num_steps >= 1 and 0 < sigma_min < sigma_max; got {num_steps}, "
+      f"{sigma_min}, {sigma_max}."
+    )
+  ramp = np.linspace(0.0, 1.0, num_steps)
+  inv_max, inv_min = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+  sigmas = (inv_max + ramp * (inv_min - inv_max)) ** rho
+  return jnp.asarray(np.append(sigmas, 0.0), jnp.float32)
+
+
+def _ancestral_step(sigma: Array, sigma_next: Array) -> tuple[Array, Array]:
+  """(σ_down, σ_up) of an ancestral step σ -> σ_next (η = 1): σ_up² = σ_next² (σ² - σ_next²)/σ²,
+  σ_down² = σ_next² - σ_up²."""
+  sigma_up = jnp.minimum(
+    sigma_next, jnp.sqrt(jnp.maximum(sigma_next**2 * (sigma**2 - sigma_next**2), 0.0)) / sigma
+  )
+  return jnp.sqrt(jnp.maximum(sigma_next**2 - sigma_up**2, 0.0)), sigma_up
+
+
+def sigma_sample(
+  denoise_fn: DenoiseFn,
+  x: Array,
+  sigmas: Array,
+  solver: str,
+  rng: Array | None = None,
+  s_churn: float = 0.0,
+  s_tmin: float = 0.0,
+  s_tmax: float = float("inf"),
+  s_noise: float = 1.0,
+  progress: bool = False,
+) -> Array:
+  """x ~ p(x; σ_0) (the caller's σ_0 · z) -> x at σ_n (0: a sample), one `lax.scan` over the grid
+  `sigmas` [n + 1] (decreasing; a traced array, so that any grid of one length compiles once):
+
+    euler, heun      dx/dσ = (x - D(x; σ))/σ, Euler or Heun's 2nd order (EDM Algorithms 1 and 2;
+                     Heun's last step, to σ = 0, is Euler's), with EDM's stochastic churn: x̂ = x +
+                     √(σ̂² - σ²) s_noise z, σ̂ = σ (1 + γ), γ = min(s_churn / n, √2 - 1) where
+                     s_tmin ≤ σ ≤ s_tmax
+    dpmpp_2m         DPM-Solver++(2M) in t = -log σ (Lu et al. 2022)
+    euler_ancestral  an Euler step to σ_down, then noise σ_up z
+    dpmpp_2m_sde     DPM-Solver++(2M) SDE, midpoint correction, η = 1
+
+  `rng` draws step i's noise z from fold_in(rng, i): needed by the stochastic solvers and churn.
+  Network calls: n (euler, dpmpp_*, euler_ancestral), 2n - 1 (heun to σ_n = 0)."""
+  if solver not in SIGMA_SOLVERS:
+    raise ValueError(f"Unknown σ-space solver {solver!r}; valid: {', '.join(SIGMA_SOLVERS)}.")
+  stochastic = solver in ("euler_ancestral", "dpmpp_2m_sde") or s_churn > 0
+  if stochastic and rng is None:
+    raise ValueError(f"solver={solver!r} with s_churn={s_churn} draws noise: pass rng.")
+  if s_churn > 0 and solver not in ("euler", "heun"):
+    raise ValueError(f"s_churn is for the 'euler' and 'heun' solvers, not {solver!r}.")
+  sigmas = jnp.asarray(sigmas, jnp.float32)
+  if sigmas.ndim != 1 or sigmas.shape[0] < 2:
+    raise ValueError(f"sigmas must be a grid [n + 1] with n >= 1; got shape {sigmas.shape}.")
+  num_steps, batch = sigmas.shape[0] - 1, x.shape[0]
+  gamma_max = min(s_churn / num_steps, 2**0.5 - 1)
+  denoise = lambda x, sigma: denoise_fn(x, jnp.full((batch,), sigma, x.dtype))
+  noise = lambda i: jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+  derivative = lambda x, sigma, denoised: (x - denoised) / sigma
+
+  def step(carry, i):
+    x, denoised_prev, h_prev = carry
+    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    if solver in ("euler", "heun"):
+      if s_churn > 0:
+        gamma = jnp.where((s_tmin <= sigma) & (sigma <= s_tmax), gamma_max, 0.0)
+        # √(σ̂² - σ²) as σ √(γ (2 + γ)): exactly 0 at γ = 0 (XLA's fused multiply-add can make
+        # σ̂² - σ² a negative round-off there)
+        x = x + sigma * jnp.sqrt(gamma * (2 + gamma)) * s_noise * noise(i)
+        sigma = sigma * (1 + gamma)
+      denoised = denoise(x, sigma)
+      d = derivative(x, sigma, denoised)
+      dt = sigma_next - sigma
+      x_euler = x + d * dt
+      if solver == "heun":  # the 2nd evaluation, except on a last step to σ = 0
+
+        def corrected(_):
+          d_next = derivative(x_euler, sigma_next, denoise(x_euler, sigma_next))
+          return x + 0.5 * (d + d_next) * dt
+
+        x_euler = jax.lax.cond(sigma_next > 0, corrected, lambda _: x_euler, None)
+      return (x_euler, denoised, h_prev), None
+    denoised = denoise(x, sigma)
+    if solver == "euler_ancestral":
+      sigma_down, sigma_up = _ancestral_step(sigma, sigma_next)
+      x = x + derivative(x, sigma, denoised) * (sigma_down - sigma)
+      x = x + jnp.where(sigma_next > 0, sigma_up * s_noise, 0.0) * noise(i)
+      return (x, denoised, h_prev), None
+    # DPM-Solver++ in t = -log σ; h = t_next - t (∞ on a last step to σ = 0, where x = D)
+    last = sigma_next <= 0
+    h = jnp.where(last, 1.0, jnp.log(sigma / jnp.where(last, 1.0, sigma_next)))
+    # the 2nd-order correction from the previous denoised value, r = h_prev / h
+    correction = jnp.where((i > 0) & ~last, 1.0 / (2.0 * h_prev / h), 0.0) * (
+      denoised - denoised_prev
+    )
+    if solver == "dpmpp_2m":
+      x_next = (sigma_next / sigma) * x - jnp.expm1(-h) * (denoised + correction)
+    else:  # dpmpp_2m_sde (η = 1): e^{-2h} decay, midpoint correction, noise σ_next √(1 - e^{-2h})
+      x_next = (
+        (sigma_next / sigma) * jnp.exp(-h) * x
+        - jnp.expm1(-2 * h) * denoised
+        - jnp.expm1(-2 * h) * correction
+        + sigma_next * jnp.sqrt(-jnp.expm1(-2 * h)) * s_noise * noise(i)
+      )
+    return (jnp.where(last, denoised, x_next), denoised, h), None
+
+  step_fn = step
+  if progress:
+    report = _progress_reporter(f"{solver} sampling", num_steps)
+
+    def step_fn(carry, i):
+      carry, out = step(carry, i)
+      jax.debug.callback(report, i + 1)
+      return carry, out
+
+  carry = (x, jnp.zeros_like(x), jnp.ones((), x.dtype))
+  return jax.lax.scan(step_fn, carry, jnp.arange(num_steps))[0][0]
+
+
+def sigma_to_t(log_sigmas: Array, sigma: Array) -> Array:
+  """The fractional timestep of σ [B] on a discrete model's increasing log σ_t grid [T]: linear in
+  log σ between the neighbouring integer steps, clamped to [0, T - 1] (k-diffusion's
+  DiscreteSchedule.sigma_to_t)."""
+  log_sigma = jnp.log(sigma)
+  low = jnp.clip(jnp.searchsorted(log_sigmas, log_sigma, side="right") - 1, 0, len(log_sigmas) - 2)
+  w = jnp.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0.0, 1.0)
+  return (1.0 - w) * low + w * (low + 1)
+
+
+def discrete_sigmas(d: diffusion.GaussianDiffusion) -> Array:
+  """σ_t = √((1 - ᾱ_t)/ᾱ_t) of each step [T]: x_t/√ᾱ_t = x0 + σ_t ε."""
+  return d.sqrt_recipm1_alphas_cumprod
+
+
+def discrete_denoiser(
+  d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, clip_denoised: bool = False
+) -> DenoiseFn:
+  """D(x; σ) of a model trained on the discrete diffusion `d` (not respaced): x = x_t/√ᾱ_t, so the
+  model sees x/√(1 + σ²) at t = sigma_to_t(σ) (fractional), and its ε / x0 / v prediction
+  (d.mean_type; extra variance channels ignored) gives x̂0 (k-diffusion's DiscreteEpsDDPMDenoiser
+  and its v variant); `clip_denoised` clips x̂0 to [-1, 1]."""
+  log_sigmas = jnp.log(discrete_sigmas(d))
+
+  def denoise(x, sigma):
+    c = (1.0 / jnp.sqrt(sigma**2 + 1.0)).reshape((-1,) + (1,) * (x.ndim - 1))  # √ᾱ
+    s = sigma.reshape(c.shape)
+    out = model_fn(x * c, sigma_to_t(log_sigmas, sigma))[..., : x.shape[-1]]
+    if d.mean_type == "eps":  # x0 = (x_t - √(1-ᾱ) ε)/√ᾱ = x - σ ε
+      x0 = x - s * out
+    elif d.mean_type == "x0":
+      x0 = out
+    else:  # v = √ᾱ ε - √(1-ᾱ) x0: x0 = √ᾱ x_t - √(1-ᾱ) v
+      x0 = c**2 * x - s * c * out
+    return jnp.clip(x0, -1.0, 1.0) if clip_denoised else x0
+
+  return denoise

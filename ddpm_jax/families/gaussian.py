@@ -9,6 +9,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 
 from ddpm_jax import diffusion, models, sampling, schedules
 from ddpm_jax.families import base
@@ -16,25 +17,80 @@ from ddpm_jax.families import base
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
 
-def ddpm(gaussian, model_fn, rng, shape, num_steps, controls, **kw):
-  del controls
+def ddpm(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+  del controls, sampling_config
   return sampling.ddpm_sample(gaussian, model_fn, rng, shape, num_steps=num_steps, **kw)
 
 
-def ddim(gaussian, model_fn, rng, shape, num_steps, controls, **kw):
+def ddim(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+  del sampling_config
   return sampling.ddim_sample(
     gaussian, model_fn, rng, shape, num_steps=num_steps or 50, eta=controls["eta"], **kw
   )
 
 
-def dpm_solver(gaussian, model_fn, rng, shape, num_steps, controls, **kw):
-  del controls
+def dpm_solver(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+  del controls, sampling_config
   return sampling.dpm_solver_sample(gaussian, model_fn, rng, shape, num_steps=num_steps or 20, **kw)
 
 
+def sigma_grid(sampling_config, num_steps: int, sigma_min: float, sigma_max: float):
+  """EDM's grid (sampling.rho) between sampling.sigma_min/max, or else the model's own range."""
+  return sampling.karras_sigmas(
+    num_steps,
+    sampling_config.get("sigma_min") or sigma_min,
+    sampling_config.get("sigma_max") or sigma_max,
+    sampling_config.get("rho", 7.0),
+  )
+
+
+def churn_options(sampling_config) -> dict:
+  """EDM's stochastic churn of the σ-space solvers (config.sampling)."""
+  return {
+    name: sampling_config.get(name, default)
+    for name, default in (
+      ("s_churn", 0.0),
+      ("s_tmin", 0.0),
+      ("s_tmax", float("inf")),
+      ("s_noise", 1.0),
+    )
+  }
+
+
+def sigma_solver(solver: str):
+  """A σ-space solver (sampling.sigma_sample) on the discrete model's denoiser
+  (sampling.discrete_denoiser), from x = σ_max z; num_steps None: 18 (heun, EDM's 35 network calls)
+  or 35."""
+
+  def run(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+    del controls
+    if kw["cond_fn"] is not None:
+      raise ValueError("Classifier guidance runs on the 'ddpm' / 'ddim' / 'dpm_solver' samplers.")
+    sigmas_t = np.asarray(sampling.discrete_sigmas(gaussian))  # concrete: closed over
+    sigmas = sigma_grid(
+      sampling_config,
+      num_steps or (18 if solver == "heun" else 35),
+      float(sigmas_t[0]),
+      float(sigmas_t[-1]),
+    )
+    churn = churn_options(sampling_config) if solver in ("euler", "heun") else {}
+    x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
+    denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, kw["clip_denoised"])
+    return sampling.sigma_sample(
+      denoise_fn, x, sigmas, solver, rng, progress=kw["progress"], **churn
+    )
+
+  return run
+
+
 # config.sampling.sampler -> the sampling loop; num_steps None: all T (ddpm), 50 (ddim), 20
-# (dpm_solver).
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver": dpm_solver}
+# (dpm_solver); the σ-space solvers on EDM's grid.
+SAMPLERS = {
+  "ddpm": ddpm,
+  "ddim": ddim,
+  "dpm_solver": dpm_solver,
+  **{solver: sigma_solver(solver) for solver in sampling.SIGMA_SOLVERS},
+}
 # The sampling values a compiled sampler takes as arguments (`controls`), so that changing them does
 # not compile it again; config.sampling gives their defaults.
 CONTROLS = ("guidance_scale", "classifier_scale", "eta")
@@ -92,6 +148,13 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     )
   learned = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
   channels = config.data.num_channels * (2 if learned else 1)
+  if config.sampling.sampler in sampling.SIGMA_SOLVERS and (
+    config.sampling.classifier_workdir and config.sampling.classifier_scale
+  ):
+    problems.append(
+      f"Classifier guidance (sampling.classifier_workdir) runs on the 'ddpm', 'ddim' and "
+      f"'dpm_solver' samplers, not sampling.sampler={config.sampling.sampler!r}."
+    )
   problems += base.unet_problems(
     config,
     channels,
@@ -192,6 +255,7 @@ def build(
         shape,
         sampling_config.num_steps,
         controls,
+        sampling_config,
         clip_denoised=sampling_config.clip_denoised,
         cond_fn=cond_fn,
         progress=progress,
