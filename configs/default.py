@@ -14,7 +14,8 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   # What is trained: "gaussian" (DDPM / Improved DDPM / ADM), "classifier" (ADM's noisy classifier),
-  # "score_sde", "vdm", "ardm" or "super_res" (ddpm_jax/families/); each reads its block below.
+  # "score_sde", "vdm", "ardm", "super_res" or "edm" (ddpm_jax/families/); each reads its block
+  # below.
   config.family = "gaussian"
 
   config.data = data = ml_collections.ConfigDict()
@@ -98,6 +99,11 @@ def get_config():
   config.ardm = ardm = ml_collections.ConfigDict()  # family "ardm" (Hoogeboom et al. 2021)
   # model.out_channels must be num_channels · num_classes
   ardm.num_classes = 256  # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0)
+
+  config.edm = edm = ml_collections.ConfigDict()  # family "edm" (Karras et al. 2022)
+  edm.sigma_data = 0.5  # the data's standard deviation, for the preconditioning
+  edm.p_mean, edm.p_std = -1.2, 1.2  # training: ln σ ~ N(p_mean, p_std²)
+  edm.sigma_min, edm.sigma_max = 0.002, 80.0  # the sampling grid's ends
 
   config.super_res = super_res = ml_collections.ConfigDict()  # family "super_res" (ADM-U)
   super_res.low_res_size = 0  # s: the model upsamples s×s images to data.image_size

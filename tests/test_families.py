@@ -62,7 +62,7 @@ def assert_golden(name, key, value):
 
 
 # Families added after the refactor (no golden values from before it; their own tests have oracles)
-NEW_FAMILY_CONFIGS = ["super_res_default"]
+NEW_FAMILY_CONFIGS = ["super_res_default", "edm_default"]
 
 
 def test_every_family_has_a_shipped_offline_config():
@@ -174,7 +174,18 @@ LAYERS = {  # a module may import its own layer and those below (utilities: any 
   "top": 3,
   "main": 4,
 }
-MATH = {"schedules", "losses", "diffusion", "sde", "vdm", "ardm", "super_res", "sampling", "pixels"}
+MATH = {
+  "schedules",
+  "losses",
+  "diffusion",
+  "sde",
+  "vdm",
+  "ardm",
+  "super_res",
+  "edm",
+  "sampling",
+  "pixels",
+}
 UTILITIES = {
   "files",
   "parallel",

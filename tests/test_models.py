@@ -109,6 +109,8 @@ def test_paper_model_sizes():
   # score_sde's DDPM++ and NCSN++ (cont.): the counts of its ncsnpp.py's modules, NCSN++'s less the
   # 128 Fourier frequencies that ncsnpp.py stores as a frozen parameter.
   assert _count("ddpmpp_cifar10_vp") == 61_804_419
+  # EDM's CIFAR-10 DDPM++ (its train.py --arch=ddpmpp): the count of NVlabs/edm's SongUNet.
+  assert _count("edm_cifar10_ddpmpp") == 55_732_739
   assert _count("ncsnpp_cifar10_ve") == 61_894_796
 
 

@@ -19,6 +19,7 @@ FAMILIES = {
   "vdm": "vdm",  # Variational Diffusion Models
   "ardm": "ardm",  # order-agnostic Autoregressive Diffusion Models
   "super_res": "super_res",  # ADM-U: Gaussian diffusion given a low-resolution image
+  "edm": "edm",  # EDM: the preconditioned denoiser D(x; σ), σ-space samplers
 }
 
 

@@ -1,0 +1,15 @@
+"""EDM (Karras et al. 2022) on the offline digits: the default U-Net as EDM's preconditioned
+denoiser, log-normal σ and EDM's loss weighting, sampled by EDM's Heun solver (18 steps, 35 network
+calls) on its σ grid.
+
+  python -m ddpm_jax.main --config=configs/edm_default.py --workdir=runs/edm_default
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.family = "edm"
+  config.sampling.sampler = "heun"
+  return config

@@ -1,0 +1,107 @@
+"""EDM (Karras et al. 2022): the U-Net as the network F of the preconditioned denoiser D(x; σ)
+(ddpm_jax/edm.py), trained at log-normal σ with EDM's loss weighting, sampled by the σ-space solvers
+(sampling.sigma_sample; EDM's Heun with 18 steps by default) on EDM's grid between edm.sigma_min and
+edm.sigma_max, with classifier-free guidance for class-conditional models. No likelihood.
+
+config.edm: sigma_data, p_mean, p_std, sigma_min, sigma_max (the grid; sampling.sigma_min/max
+override them), and config.sampling's sampler (a σ-space solver), num_steps, rho and churn.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from ddpm_jax import edm, models, sampling
+from ddpm_jax.families import base, gaussian
+
+
+def validate(config: ml_collections.ConfigDict) -> list[str]:
+  edm_config, problems = config.edm, []
+  if config.sampling.sampler not in sampling.SIGMA_SOLVERS:
+    problems.append(
+      f"config.family='edm' samples with a σ-space solver: sampling.sampler must be one of "
+      f"{', '.join(sampling.SIGMA_SOLVERS)}, not {config.sampling.sampler!r}."
+    )
+  if not 0 < edm_config.sigma_min < edm_config.sigma_max:
+    problems.append(
+      f"edm.sigma_min={edm_config.sigma_min} and edm.sigma_max={edm_config.sigma_max} must satisfy "
+      "0 < sigma_min < sigma_max."
+    )
+  for field in ("sigma_data", "p_std"):
+    if edm_config[field] <= 0:
+      problems.append(f"edm.{field}={edm_config[field]} must be positive.")
+  why = f"EDM's denoiser of {config.data.num_channels} data channels"
+  return (
+    problems
+    + base.unet_problems(config, config.data.num_channels, why)
+    + base.no_context_problems(config)
+    + base.no_guidance_problems(config)
+  )
+
+
+def build(config: ml_collections.ConfigDict) -> base.Family:
+  model, edm_config = models.get_model(config.model), config.edm
+  sigma_data = edm_config.sigma_data
+
+  def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
+    del family_state
+    x0 = batch["image"]
+    sigma = edm.sample_sigma(keys.t, x0.shape[0], edm_config.p_mean, edm_config.p_std)
+    return {
+      "sigma": sigma,
+      "noise": jax.random.normal(keys.noise, x0.shape, x0.dtype),
+      "weight": base.unweighted(x0.shape[0]),
+      # the quantile of ln σ: uniform in [0, 1], for the per-quartile loss logs
+      "t_fraction": jax.scipy.stats.norm.cdf(
+        (jax.numpy.log(sigma) - edm_config.p_mean) / edm_config.p_std
+      ),
+      "labels": base.conditioning_labels(
+        keys.labels, batch, config.model, config.training.label_dropout
+      ),
+    }
+
+  def loss(params, batch, draws, dropout_rng):
+    kwargs = base.apply_kwargs(dropout_rng)
+    network_fn = lambda x, c_noise: model.apply(params, x, c_noise, draws["labels"], **kwargs)
+    return edm.loss(network_fn, batch["image"], draws["sigma"], draws["noise"], sigma_data)
+
+  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
+    del guide, workdir
+    sampling_config = config.sampling
+    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    solver = sampling_config.sampler
+    num_steps = sampling_config.num_steps or (18 if solver == "heun" else 35)
+    sigmas = gaussian.sigma_grid(
+      sampling_config, num_steps, edm_config.sigma_min, edm_config.sigma_max
+    )
+    churn = gaussian.churn_options(sampling_config) if solver in ("euler", "heun") else {}
+
+    def sample(params, rng, labels, guide_params=None, controls=None):
+      del guide_params
+      controls = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
+      denoise_with = lambda y: (
+        lambda x, sigma: edm.denoise(
+          lambda x_in, c_noise: model.apply(params, x_in, c_noise, y), x, sigma, sigma_data
+        )
+      )
+      denoise_fn = denoise_with(labels)
+      if labels is not None and sampling_config.guidance_scale:  # on for any value passed later
+        denoise_fn = sampling.classifier_free_guidance(
+          denoise_fn, denoise_with(None), controls["guidance_scale"], config.data.num_channels
+        )
+      x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
+      x = sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng, progress=progress, **churn)
+      return jax.numpy.clip(x, -1.0, 1.0)
+
+    return sample
+
+  return base.Family(
+    name="edm",
+    model=model,
+    init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
+    draw=draw,
+    loss=loss,
+    make_sampler=make_sampler,
+    sample_controls=("guidance_scale",),
+  )

@@ -1,0 +1,83 @@
+"""EDM: the preconditioning's unit variances and the loss's optimum on data of std σ_data (Monte
+Carlo), and the family through the train loop, --mode=sample and --mode=eval."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import edm, families, train
+from ddpm_jax.config_validation import validate_config
+from ddpm_jax.evaluation import evaluate
+from ddpm_jax.evaluation import sample as sample_lib
+from helpers import tiny_config
+
+SIGMA_DATA = 0.5
+SIGMAS = np.array([0.002, 0.1, 0.5, 2.0, 80.0])
+
+
+def gaussian_data(n=200_000):
+  keys = jax.random.split(jax.random.key(0), 2)
+  y = SIGMA_DATA * jax.random.normal(keys[0], (len(SIGMAS), n))
+  return y, jax.random.normal(keys[1], y.shape)
+
+
+def test_network_inputs_and_targets_have_unit_variance():
+  # EDM §5 / Appendix B.6: c_in gives F inputs of variance 1, c_skip and c_out a training target
+  # (y - c_skip x)/c_out of variance 1, for data of std σ_data at every σ
+  y, n = gaussian_data()
+  sigma = jnp.asarray(SIGMAS)[:, None]
+  c_skip, c_out, c_in, c_noise = edm.preconditioning(sigma, SIGMA_DATA)
+  x = y + sigma * n
+  np.testing.assert_allclose(np.var(c_in * x, axis=1), 1.0, rtol=1e-2)
+  np.testing.assert_allclose(np.var((y - c_skip * x) / c_out, axis=1), 1.0, rtol=1e-2)
+  np.testing.assert_allclose(edm.loss_weight(sigma, SIGMA_DATA) * c_out**2, 1.0, rtol=1e-6)
+  np.testing.assert_allclose(c_noise[:, 0], np.log(SIGMAS) / 4, rtol=1e-6)
+
+
+def test_loss_is_one_at_its_optimum_for_gaussian_data():
+  # For y ~ N(0, σ_d²) the optimal denoiser is c_skip x (F = 0), whose error is the posterior
+  # variance σ² σ_d²/(σ² + σ_d²) = 1/λ(σ): the weighted loss is 1 at every σ; any other F is worse.
+  y, n = gaussian_data(50_000)
+  images = y.reshape(len(SIGMAS), -1, 10, 10, 1)[:, :500]
+  noise = n.reshape(images.shape[0], -1, 10, 10, 1)[:, :500]
+  for i, sigma in enumerate(SIGMAS):
+    sigmas = jnp.full((images.shape[1],), sigma)
+    optimal = edm.loss(lambda x, c: jnp.zeros_like(x), images[i], sigmas, noise[i], SIGMA_DATA)
+    assert abs(float(optimal.mean()) - 1.0) < 0.02, (sigma, optimal.mean())
+    worse = edm.loss(lambda x, c: 0.3 * x, images[i], sigmas, noise[i], SIGMA_DATA)
+    assert float(worse.mean()) > float(optimal.mean()) + 0.05
+
+
+def test_sigma_is_log_normal():
+  sigma = edm.sample_sigma(jax.random.key(1), 100_000, -1.2, 1.2)
+  log_sigma = np.log(np.asarray(sigma))
+  assert abs(log_sigma.mean() + 1.2) < 0.02 and abs(log_sigma.std() - 1.2) < 0.02
+
+
+@pytest.mark.parametrize("solver", ["heun"])
+def test_edm_trains_samples_and_evaluates_with_the_same_loop(tmp_path, solver):
+  config = tiny_config(num_train_steps=40, batch_size=32)
+  config.family = "edm"
+  config.sampling.sampler, config.sampling.num_steps = solver, 6
+  config.sampling.num_samples = config.sampling.batch_size = 8
+  config.training.sample_every_steps = 40
+  config.eval.num_fid_samples = 16
+  validate_config(config)
+  family = families.get_family(config)
+  assert family.bits_per_dim is None
+  train.train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / "samples" / "ema_step_00000040.png").exists()
+  images = np.load(sample_lib.sample(config, str(tmp_path)))["images"]
+  assert images.shape == (8, 8, 8, 1) and images.std() > 0
+  config.eval.bpd_num_batches, config.eval.num_loss_batches = 0, 1
+  results = evaluate.evaluate(config, str(tmp_path))
+  assert np.isfinite(results["feature_fd"]) and np.isfinite(results["loss"])
+
+
+def test_edm_config_problems_are_named():
+  config = tiny_config()
+  config.family, config.sampling.sampler = "edm", "ddim"
+  config.edm.sigma_min = 100.0
+  with pytest.raises(ValueError, match=r"σ-space solver(.|\n)*sigma_min=100.0"):
+    validate_config(config)
