@@ -1,6 +1,6 @@
 """EDM (Karras et al. 2022) on the offline digits: the default U-Net as EDM's preconditioned
 denoiser, log-normal σ and EDM's loss weighting, sampled by EDM's Heun solver (18 steps, 35 network
-calls) on its σ grid.
+calls) on its σ grid. No likelihood: evaluation measures the loss and FID.
 
   python -m ddpm_jax.main --config=configs/edm_default.py --workdir=runs/edm_default
 """
@@ -12,4 +12,5 @@ def get_config():
   config = default.get_config()
   config.family = "edm"
   config.sampling.sampler = "heun"
+  config.eval.bpd_num_batches = 0  # no likelihood
   return config

@@ -143,6 +143,9 @@ class VESDE:
     return jnp.ones_like(t)
 
 
+SDE = VPSDE | VESDE  # subVPSDE is a VPSDE
+
+
 def euler_maruyama_discretization(s, x, t):
   """f = f(x, t) Δt, G = g(t) √Δt with Δt = T/N."""
   drift, diffusion = s.sde(x, t)
@@ -436,3 +439,39 @@ def bits_per_dim(
   dims = math.prod(images_uint8.shape[1:])
   log_p = ode_log_likelihood(s, score_fn, 2.0 * u - 1.0, ode_rng, hutchinson=hutchinson)
   return -log_p / (dims * math.log(2.0)) + 7.0
+
+
+def mean_coeff(s: SDE, t: Array) -> Array:
+  """m(t) of the marginal x_t = m(t) x0 + std(t) ε (1 for VE)."""
+  return jnp.ones_like(t) if isinstance(s, VESDE) else jnp.exp(s._log_mean_coeff(t))
+
+
+def sigma_of_t(s: SDE, t: Array) -> Array:
+  """σ(t) = std(t)/m(t), the noise level of x_t/m(t) = x0 + σ ε (VP: √(1/m² - 1))."""
+  return s.marginal_prob(jnp.zeros_like(t), t)[1] / mean_coeff(s, t)
+
+
+def t_of_sigma(s: SDE, sigma: Array) -> Array:
+  """The inverse of `sigma_of_t`: VE t = log(σ/σ_min)/log(σ_max/σ_min); VP and subVP, with
+  -log m = ¼ Δβ t² + ½ β_min t, the root t = (√(β_min² + 4 Δβ (-log m)) - β_min)/Δβ of m(σ): VP
+  m = 1/√(1 + σ²), subVP m = 2/(√(σ² + 4) + σ) (of σ m = 1 - m²)."""
+  if isinstance(s, VESDE):
+    return jnp.log(sigma / s.sigma_min) / math.log(s.sigma_max / s.sigma_min)
+  if isinstance(s, subVPSDE):
+    minus_log_m = jnp.log(0.5 * (jnp.sqrt(sigma**2 + 4.0) + sigma))  # without the cancellation
+  else:
+    minus_log_m = 0.5 * jnp.log1p(sigma**2)
+  delta = s.beta_max - s.beta_min
+  return (jnp.sqrt(s.beta_min**2 + 4.0 * delta * minus_log_m) - s.beta_min) / delta
+
+
+def sigma_denoiser(s: SDE, score_fn: ScoreFn):
+  """D(x; σ) [B, ...] -> E[x0 | x] of a score model on x = x0 + σ ε (Tweedie, at x_t = m x):
+  D = (x_t + std² ∇ log p_t(x_t))/m = x + σ² m ∇ log p_t(m x), t = t_of_sigma(σ)."""
+
+  def denoise(x, sigma):
+    t = t_of_sigma(s, sigma)
+    m = losses.expand_to(mean_coeff(s, t), x)
+    return x + losses.expand_to(sigma, x) ** 2 * m * score_fn(m * x, t)
+
+  return denoise

@@ -77,7 +77,9 @@ def test_bits_per_dim_of_images_and_clear_errors(conditional_workdir):
     pipe.sample(4, labels=[0, 1, 2, 10])
   with pytest.raises(ValueError, match="needs labels"):
     pipe.sample(4, guidance_scale=1.0)
-  with pytest.raises(ValueError, match="Unknown sampling.sampler 'euler'"):
-    pipe.sample(4, sampler="euler")
+  heun = pipe.sample(4, sampler="heun", num_steps=3, labels=[0, 1, 2, 3], guidance_scale=1.0)
+  assert heun.shape == images.shape and heun.dtype == np.uint8
+  with pytest.raises(ValueError, match="Unknown sampling.sampler 'lms'"):
+    pipe.sample(4, sampler="lms")
   with pytest.raises(FileNotFoundError, match="config.json"):
     ddpm_jax.load(conditional_workdir + "/nothing")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import losses, schedules, sde
+from ddpm_jax import losses, sampling, schedules, sde
 
 MU, S = 0.3, 0.5  # data x0 ~ N(μ, s²) in every dimension
 SHAPE = (2000, 2, 2, 1)
@@ -202,3 +202,34 @@ def test_model_score_fn_conditions_on_t_or_log_sigma_and_scales_by_std(condition
   np.testing.assert_allclose(score, -2.0 / sigma[:, None] * np.ones((3, 2)), rtol=1e-5)
   with pytest.raises(ValueError, match="conditioning"):
     sde.model_score_fn(s, model_fn, "sigma2")
+
+
+@pytest.mark.parametrize("s", [sde.VPSDE(), sde.subVPSDE(), sde.VESDE()], ids=["vp", "subvp", "ve"])
+def test_sigma_denoiser_of_the_exact_score_is_the_posterior_mean(s):
+  t = jnp.linspace(0.05, 1.0, 7)
+  sigma = sde.sigma_of_t(s, t)
+  np.testing.assert_allclose(sde.t_of_sigma(s, sigma), t, rtol=1e-4)
+  mean, std = s.marginal_prob(jnp.ones_like(t), t)
+  np.testing.assert_allclose(sigma, std / mean, rtol=1e-5)
+  # x = x0 + σ ε with x0 ~ N(μ, s²): E[x0 | x] = μ + s²/(s² + σ²) (x - μ)
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(7, 2, 2, 1)) * 3.0, jnp.float32)
+  expected = MU + S**2 / (S**2 + losses.expand_to(sigma, x) ** 2) * (x - MU)
+  denoised = sde.sigma_denoiser(s, gaussian_score(s))(x, sigma)
+  np.testing.assert_allclose(denoised, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("s", [sde.VPSDE(), sde.VESDE()], ids=["vp", "ve"])
+def test_heun_on_the_sdes_sigma_grid_follows_the_exact_probability_flow(s):
+  # Gaussian data's ODE keeps (x_σ - μ)/√(s² + σ²): x_0 = μ + s (σ_0 z - μ)/√(s² + σ_0²)
+  z = jax.random.normal(jax.random.key(5), SHAPE)
+  errors = []
+  for num_steps in (25, 100):
+    sigmas = sampling.karras_sigmas(
+      num_steps, float(sde.sigma_of_t(s, 1e-3)), float(sde.sigma_of_t(s, 1.0))
+    )
+    x0 = sampling.sigma_sample(
+      sde.sigma_denoiser(s, gaussian_score(s)), sigmas[0] * z, sigmas, "heun"
+    )
+    exact = MU + S * (sigmas[0] * z - MU) / np.sqrt(S**2 + sigmas[0] ** 2)
+    errors.append(np.max(np.abs(np.asarray(x0) - exact)))
+  assert errors[1] < 0.01 * S and errors[1] < errors[0] / 4, errors  # second order

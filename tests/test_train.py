@@ -544,6 +544,11 @@ def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   config.sampling.num_samples, config.sampling.batch_size = 4, 4
   data = np.load(sample.sample(config, str(tmp_path)))
   assert data["images"].shape == (4, 8, 8, 1)
+  pc_sampling = config.sampling.copy_and_resolve_references()
+  config.sampling.sampler, config.sampling.num_steps = "heun", 3  # on the SDE's σ(t) grid
+  heun = np.load(sample.sample(config, str(tmp_path)))["images"]
+  assert heun.shape == (4, 8, 8, 1) and np.any(heun != data["images"])
+  config.sampling = pc_sampling
   # --mode=eval as for DDPM: sample metrics of PC samples (the offline feature network's; FID takes
   # the same samples through the same path, tested above) and bits/dim by the probability-flow ODE.
   config.eval.num_fid_samples, config.training.batch_size = 4, 4

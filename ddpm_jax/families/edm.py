@@ -28,6 +28,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"edm.sigma_min={edm_config.sigma_min} and edm.sigma_max={edm_config.sigma_max} must satisfy "
       "0 < sigma_min < sigma_max."
     )
+  if config.eval.bpd_num_batches:
+    problems.append(
+      f"config.family='edm' has no likelihood: eval.bpd_num_batches={config.eval.bpd_num_batches} "
+      "must be 0."
+    )
   for field in ("sigma_data", "p_std"):
     if edm_config[field] <= 0:
       problems.append(f"edm.{field}={edm_config[field]} must be positive.")
