@@ -4,8 +4,9 @@ For data x0 ~ Σ_k π_k N(m_k, s² I), x_t | k ~ N(√ᾱ m_k, (ᾱ s² + 1 - �
 E[ε | x_t] = Σ_k r_k(x_t) √(1-ᾱ) (x_t - √ᾱ m_k) / (ᾱ s² + 1 - ᾱ) with responsibilities r_k: the
 samplers run with the exact model, and what remains is their own discretisation error. Prints the
 sliced Wasserstein-1 distance between 20,000 samples and 20,000 draws of the mixture for each
-sampler and number of model evaluations (NFE); the last row is two independent draws of the mixture
-(the distance's noise floor).
+sampler (the timestep samplers, then the σ-space solvers on EDM's grid through the discrete
+denoiser) and number of model evaluations (NFE); the last row is two independent draws of the
+mixture (the distance's noise floor).
 
   python -m benchmarks.sampler_quality
 """
@@ -28,11 +29,17 @@ NUM_SAMPLES = 20_000
 
 
 def mixture_eps_fn(d: diffusion.GaussianDiffusion):
+  """The exact ε(x_t, t) [B, 1, 1, 2]; at a fractional t (the σ-space solvers' discrete denoiser)
+  with ᾱ = 1/(1 + σ²), log σ linear between integer steps (as sampling.sigma_to_t)."""
   means, log_weights = jnp.asarray(MEANS), jnp.log(jnp.asarray(WEIGHTS))
+  log_sigmas = jnp.log(sampling.discrete_sigmas(d))
 
   def model_fn(x_t, t):  # x_t [B, 1, 1, 2]
     x = x_t.reshape(-1, 2)
-    a = d.alphas_cumprod[t][:, None]
+    low = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, d.num_timesteps - 2)
+    w = t - low
+    sigma = jnp.exp((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1])
+    a = (1 / (1 + sigma**2))[:, None]
     var = a * STD**2 + 1 - a  # [B, 1]
     diff = x[:, None, :] - jnp.sqrt(a)[:, None] * means[None]  # [B, K, 2]
     # [B, K], up to a constant
@@ -94,6 +101,26 @@ def main():
     )
     for n in (10, 15, 20, 50)
   ]
+  sigmas_t = np.asarray(sampling.discrete_sigmas(d))
+  denoise_fn = sampling.discrete_denoiser(d, model_fn)
+
+  def sigma_run(solver, num_steps):
+    def run(rng):
+      sigmas = sampling.karras_sigmas(num_steps, float(sigmas_t[0]), float(sigmas_t[-1]))
+      x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
+      return sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng)
+
+    return run
+
+  # heun's n steps cost 2n - 1 evaluations (Euler on the last)
+  for solver, steps in [
+    ("euler", (10, 20, 50, 100)),
+    ("heun", (6, 10, 25, 50)),
+    ("dpmpp_2m", (10, 15, 20, 50)),
+    ("euler_ancestral", (10, 20, 50, 100)),
+    ("dpmpp_2m_sde", (10, 20, 50, 100)),
+  ]:
+    runs += [(solver, 2 * n - 1 if solver == "heun" else n, sigma_run(solver, n)) for n in steps]
   print(f"{'sampler':16s} {'NFE':>5s} {'sliced W1':>10s} {'seconds':>8s}", flush=True)
   for name, nfe, fn in runs:
     start = time.perf_counter()

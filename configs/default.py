@@ -75,6 +75,9 @@ def get_config():
   diffusion.var_type = "fixed_large"
   diffusion.loss_type = "mse"
   diffusion.timestep_sampler = "uniform"  # or "loss_aware" (Improved DDPM §3.3, for the kl losses)
+  # β rescaled to zero terminal SNR, ᾱ_T = 0 (Lin et al. 2024): needs mean_type "v" (or "x0"), and
+  # sampling.timestep_spacing "trailing" for DDIM to start at ᾱ_T = 0
+  diffusion.zero_terminal_snr = False
 
   config.sde = sde = ml_collections.ConfigDict()  # family "score_sde" (Song et al. 2021)
   sde.type = "vp"  # "vp" | "subvp" | "ve"
@@ -153,7 +156,11 @@ def get_config():
   sampling.s_tmax = float("inf")
   sampling.s_noise = 1.0
   sampling.eta = 0.0  # DDIM: 0 deterministic, 1 ancestral-like
+  # ddpm / ddim respaced to num_steps: "default" (ddim: 0, s, 2s, …; ddpm: evenly spaced, both
+  # ends) or "trailing" (round(T - iT/n) - 1: ends at T - 1; Lin et al. 2024)
+  sampling.timestep_spacing = "default"
   sampling.guidance_scale = 0.0  # classifier-free guidance w (class-conditional models)
+  sampling.guidance_rescale = 0.0  # φ of Lin et al. 2024 §3.4: the guided std pulled back (0.7)
   sampling.classifier_workdir = config_dict.placeholder(str)  # a run of family "classifier" …
   sampling.classifier_scale = 0.0  # … and its guidance scale s (ADM §4)
   sampling.num_samples = 64

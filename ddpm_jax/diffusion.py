@@ -102,6 +102,8 @@ class GaussianDiffusion:
     # β̃ at t = 0 is 0; its log is clipped to the next entry (with T = 1 there is none: use β).
     first_log_variance = np.log(posterior_variance[1] if num_timesteps > 1 else betas[0])
     posterior_log_variance_clipped = np.append(first_log_variance, np.log(posterior_variance[1:]))
+    with np.errstate(divide="ignore"):  # ᾱ_T = 0 (zero terminal SNR): 1/√ᾱ_T = ∞, never used
+      recip_alphas_cumprod = 1.0 / alphas_cumprod
     arrays = dict(
       betas=betas,
       alphas_cumprod=alphas_cumprod,
@@ -110,8 +112,8 @@ class GaussianDiffusion:
       one_minus_alphas_cumprod=one_minus_alphas_cumprod,
       sqrt_one_minus_alphas_cumprod=np.sqrt(one_minus_alphas_cumprod),
       log_one_minus_alphas_cumprod=np.log(one_minus_alphas_cumprod),
-      sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
-      sqrt_recipm1_alphas_cumprod=np.sqrt(one_minus_alphas_cumprod / alphas_cumprod),
+      sqrt_recip_alphas_cumprod=np.sqrt(recip_alphas_cumprod),
+      sqrt_recipm1_alphas_cumprod=np.sqrt(one_minus_alphas_cumprod * recip_alphas_cumprod),
       posterior_variance=posterior_variance,
       posterior_log_variance_clipped=posterior_log_variance_clipped,
       posterior_mean_coef1=np.sqrt(alphas_cumprod_prev) * betas / one_minus_alphas_cumprod,
@@ -214,9 +216,9 @@ def predict_x0_from_eps(d: GaussianDiffusion, x_t: Array, t: Array, eps: Array) 
 
 
 def predict_eps_from_x0(d: GaussianDiffusion, x_t: Array, t: Array, x0: Array) -> Array:
-  """ε = (x_t/√ᾱ_t - x0) / √(1/ᾱ_t - 1)."""
-  return (extract(d.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0) / extract(
-    d.sqrt_recipm1_alphas_cumprod, t, x_t.ndim
+  """ε = (x_t - √ᾱ_t x0) / √(1 - ᾱ_t)  (finite at ᾱ_t = 0 too)."""
+  return (x_t - extract(d.sqrt_alphas_cumprod, t, x_t.ndim) * x0) / extract(
+    d.sqrt_one_minus_alphas_cumprod, t, x_t.ndim
   )
 
 

@@ -30,12 +30,21 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
 
   section_counts:
     "ddimN"        the DDIM grid 0, s, 2s, … with the integer stride s that gives exactly N steps;
+    "trailingN"    round(T - iT/N) - 1, i < N: N steps ending at T - 1 (Lin et al. 2024, Table 2;
+                   zero terminal SNR needs the sampler to start at ᾱ_T = 0);
     [n1, n2, …]    split [0, T) into equal sections and take n_i evenly spaced steps (ends
                    included) in section i; also accepted as the string "n1,n2,…".
   """
   if num_timesteps <= 0:
     raise ValueError(f"num_timesteps must be positive, got {num_timesteps}.")
   if isinstance(section_counts, str):
+    if section_counts.startswith("trailing"):
+      desired = int(section_counts[len("trailing") :])
+      if not 0 < desired <= num_timesteps:
+        raise ValueError(f"Cannot take {desired} trailing steps out of {num_timesteps}.")
+      return sorted(
+        {round(num_timesteps - i * num_timesteps / desired) - 1 for i in range(desired)}
+      )
     if section_counts.startswith("ddim"):
       desired = int(section_counts[len("ddim") :])
       for stride in range(1, num_timesteps + 1):
@@ -248,18 +257,26 @@ def classifier_free_guidance(
   unconditional_fn: diffusion.ModelFn,
   guidance_scale: float,
   num_channels: int,
+  guidance_rescale: float = 0.0,
 ) -> diffusion.ModelFn:
   """ε̃ = (1 + w) ε(x_t, y) - w ε(x_t, ∅)  (Ho & Salimans 2021, eq. 6); w = 0: the conditional model.
 
   Only the first `num_channels` (the mean parameterisation) are combined; a learned variance is
-  taken from the conditional prediction.
+  taken from the conditional prediction. `guidance_rescale` φ (Lin et al. 2024, §3.4, Algorithm 2)
+  pulls the guided output's per-example std back towards the conditional one's:
+  ε̃ ← ε̃ (φ std(ε(x_t, y))/std(ε̃) + 1 - φ).
   """
 
   def model_fn(x_t, t):
     cond, uncond = conditional_fn(x_t, t), unconditional_fn(x_t, t)
-    guided = (1 + guidance_scale) * cond[..., :num_channels] - guidance_scale * uncond[
-      ..., :num_channels
-    ]
+    cond_mean = cond[..., :num_channels]
+    guided = (1 + guidance_scale) * cond_mean - guidance_scale * uncond[..., :num_channels]
+    if guidance_rescale:
+      axes = tuple(range(1, x_t.ndim))
+      std_ratio = jnp.std(cond_mean, axis=axes, keepdims=True) / jnp.std(
+        guided, axis=axes, keepdims=True
+      )
+      guided = guided * (guidance_rescale * std_ratio + 1.0 - guidance_rescale)
     return jnp.concatenate([guided, cond[..., num_channels:]], axis=-1)
 
   return model_fn

@@ -1,6 +1,7 @@
 """β schedules of the forward process, in numpy float64.
 
-Every schedule returns `betas` of shape [T] with 0 < β_t < 1. They are computed in float64 here and
+Every schedule returns `betas` of shape [T] with 0 < β_t < 1 (β_T = 1 once rescaled to zero
+terminal SNR by `rescale_zero_terminal_snr`). They are computed in float64 here and
 cast to float32 exactly once, when a `diffusion.GaussianDiffusion` is built from them.
 
   linear     β from 1e-4 to 0.02, both scaled by 1000/T so that any T has the same ᾱ_T (DDPM §4;
@@ -85,17 +86,30 @@ SCHEDULES: dict[str, Callable[..., np.ndarray]] = {
 
 
 def check_betas(betas: np.ndarray) -> np.ndarray:
-  """Returns `betas` as float64 [T]; ValueError unless 1-D, non-empty and inside (0, 1)."""
+  """Returns `betas` as float64 [T]; ValueError unless 1-D, non-empty and inside (0, 1), the last
+  also 1 (zero terminal SNR: ᾱ_T = 0)."""
   betas = np.asarray(betas, dtype=np.float64)
   if betas.ndim != 1 or betas.size == 0:
     raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}.")
-  if not (np.all(betas > 0) and np.all(betas < 1)):
-    bad = np.flatnonzero(~((betas > 0) & (betas < 1)))
+  inside = (betas > 0) & (betas < 1)
+  inside[-1] |= betas[-1] == 1.0
+  if not np.all(inside):
+    bad = np.flatnonzero(~inside)
     raise ValueError(
-      f"betas must lie in (0, 1); {bad.size} entries do not, e.g. betas[{bad[0]}] = "
-      f"{betas[bad[0]]}."
+      f"betas must lie in (0, 1) (the last may be 1); {bad.size} entries do not, e.g. "
+      f"betas[{bad[0]}] = {betas[bad[0]]}."
     )
   return betas
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+  """The schedule with zero terminal SNR (Lin et al. 2024, Algorithm 1): √ᾱ shifted to end at 0
+  and scaled to keep √ᾱ_1, √ᾱ'_t = (√ᾱ_t - √ᾱ_T) √ᾱ_1 / (√ᾱ_1 - √ᾱ_T); so ᾱ'_T = 0 and β'_T = 1."""
+  sqrt_alphas_cumprod = np.sqrt(np.cumprod(1.0 - check_betas(betas)))
+  first, last = sqrt_alphas_cumprod[0], sqrt_alphas_cumprod[-1]
+  alphas_cumprod = ((sqrt_alphas_cumprod - last) * first / (first - last)) ** 2
+  alphas = np.append(alphas_cumprod[0], alphas_cumprod[1:] / alphas_cumprod[:-1])
+  return 1.0 - alphas
 
 
 def get_beta_schedule(name: str, num_timesteps: int, **kwargs) -> np.ndarray:

@@ -35,6 +35,10 @@ OPTIONS = {
   ),
 }
 
+# the converted workdirs' U-Nets with XLA's convolutions: "auto" (Winograd on CPU from 16×16) is the
+# faster at run time, but compiles slower than the few calls of a test repay
+FAST_COMPILING = "xla"
+
 
 def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
   """Random weights everywhere, the zero-initialised output layers included (they would hide
@@ -202,7 +206,9 @@ def test_the_command_writes_a_workdir_that_loads_samples_and_evaluates(tmp_path)
     check=True,
     capture_output=True,
   )
-  pipe = ddpm_jax.load(str(workdir))
+  config = workdir_config.get_config(str(workdir))
+  config.model.conv_impl = FAST_COMPILING
+  pipe = ddpm_jax.load(str(workdir), config)
   assert (
     pipe.config.diffusion.num_timesteps == 40 and pipe.config.diffusion.beta_schedule == "cosine"
   )
@@ -215,7 +221,6 @@ def test_the_command_writes_a_workdir_that_loads_samples_and_evaluates(tmp_path)
   # the command line's --config=workdir:DIR reads the same config.json
   argv = main_lib.shipped_config_paths([f"--config=workdir:{workdir}"])
   assert argv[0].endswith(f"configs/workdir.py:{workdir}")
-  config = workdir_config.get_config(str(workdir))
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 2, 2, 4
   assert np.load(sample_lib.sample(config, str(workdir)))["images"].shape == (2, 16, 16, 3)
   del jax
@@ -301,6 +306,7 @@ def test_a_diffusers_ddpm_pipeline_directory_becomes_a_workdir(tmp_path):
   config, params = convert.diffusers_config(str(tmp_path / "pipeline"), "celeb_a_hq/256")
   assert (config.diffusion.num_timesteps, config.diffusion.beta_schedule) == (50, "cosine")
   assert config.diffusion.var_type == "fixed_large" and config.data.eval_split == "train[95%:]"
+  config.model.conv_impl = FAST_COMPILING
   convert.write_workdir(config, params, str(tmp_path / "workdir"), "diffusers", "pipeline")
   pipe = ddpm_jax.load(str(tmp_path / "workdir"))
   x = np.random.default_rng(3).normal(size=(1, 16, 16, 3)).astype(np.float32)
@@ -368,6 +374,7 @@ def test_converted_classifier_guides_a_converted_diffusion_model(tmp_path):
   )
   diffusion_model = randomized(script_util.create_model(**flags))
   config = convert.guided_diffusion_config({**flags, "diffusion_steps": 100})
+  config.model.conv_impl = FAST_COMPILING
   _, params = convert.from_guided_diffusion(diffusion_model.state_dict(), **flags)
   convert.write_workdir(config, params, str(tmp_path / "diffusion"), "guided_diffusion", "m.pt")
   classifier_flags = dict(
@@ -385,6 +392,7 @@ def test_converted_classifier_guides_a_converted_diffusion_model(tmp_path):
   classifier_config = convert.guided_diffusion_classifier_run_config(
     {**classifier_flags, "diffusion_steps": 100}, "linear"
   )
+  classifier_config.model.conv_impl = FAST_COMPILING
   _, classifier_params = convert.from_guided_diffusion_classifier(
     classifier.state_dict(), **classifier_flags
   )

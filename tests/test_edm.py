@@ -61,7 +61,7 @@ def test_edm_trains_samples_and_evaluates_with_the_same_loop(tmp_path, solver):
   config.family = "edm"
   config.sampling.sampler, config.sampling.num_steps = solver, 6
   config.sampling.num_samples = config.sampling.batch_size = 8
-  config.training.sample_every_steps = 40
+  config.training.sample_every_steps = config.training.checkpoint_every_steps = 40
   config.eval.num_fid_samples = 16
   config.eval.bpd_num_batches, config.eval.num_loss_batches = 0, 1
   validate_config(config)

@@ -28,6 +28,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"edm.sigma_min={edm_config.sigma_min} and edm.sigma_max={edm_config.sigma_max} must satisfy "
       "0 < sigma_min < sigma_max."
     )
+  problems += gaussian.guidance_rescale_problems(config.sampling)
   if config.eval.bpd_num_batches:
     problems.append(
       f"config.family='edm' has no likelihood: eval.bpd_num_batches={config.eval.bpd_num_batches} "
@@ -93,7 +94,11 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       denoise_fn = denoise_with(labels)
       if labels is not None and sampling_config.guidance_scale:  # on for any value passed later
         denoise_fn = sampling.classifier_free_guidance(
-          denoise_fn, denoise_with(None), controls["guidance_scale"], config.data.num_channels
+          denoise_fn,
+          denoise_with(None),
+          controls["guidance_scale"],
+          config.data.num_channels,
+          sampling_config.get("guidance_rescale", 0.0),
         )
       x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
       x = sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng, progress=progress, **churn)

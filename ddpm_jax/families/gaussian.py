@@ -15,17 +15,28 @@ from ddpm_jax import diffusion, models, sampling, schedules
 from ddpm_jax.families import base
 
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
+TIMESTEP_SPACINGS = ("default", "trailing")
+
+
+def with_timestep_spacing(gaussian, num_steps: int | None, sampling_config):
+  """(diffusion, num_steps) for a respacing sampler: respaced here to `num_steps` trailing steps
+  (sampling.timestep_spacing="trailing"), else as given, for the sampler's own grid."""
+  if sampling_config.get("timestep_spacing", "default") != "trailing" or num_steps is None:
+    return gaussian, num_steps
+  kept = sampling.space_timesteps(gaussian.num_timesteps, f"trailing{num_steps}")
+  return diffusion.respace(gaussian, kept), None
 
 
 def ddpm(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
-  del controls, sampling_config
+  del controls
+  gaussian, num_steps = with_timestep_spacing(gaussian, num_steps, sampling_config)
   return sampling.ddpm_sample(gaussian, model_fn, rng, shape, num_steps=num_steps, **kw)
 
 
 def ddim(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
-  del sampling_config
+  gaussian, num_steps = with_timestep_spacing(gaussian, num_steps or 50, sampling_config)
   return sampling.ddim_sample(
-    gaussian, model_fn, rng, shape, num_steps=num_steps or 50, eta=controls["eta"], **kw
+    gaussian, model_fn, rng, shape, num_steps=num_steps, eta=controls["eta"], **kw
   )
 
 
@@ -102,6 +113,8 @@ def make_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffu
   betas = schedules.get_beta_schedule(
     diffusion_config.beta_schedule, diffusion_config.num_timesteps
   )
+  if diffusion_config.get("zero_terminal_snr"):
+    betas = schedules.rescale_zero_terminal_snr(betas)
   return diffusion.GaussianDiffusion.from_betas(
     betas, diffusion_config.mean_type, diffusion_config.var_type, diffusion_config.loss_type
   )
@@ -146,6 +159,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(
       f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}."
     )
+  problems += schedule_sampling_problems(config)
   learned = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
   channels = config.data.num_channels * (2 if learned else 1)
   if config.sampling.sampler in sampling.SIGMA_SOLVERS and (
@@ -160,6 +174,38 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     channels,
     f"{config.data.num_channels} data channels with var_type={config.diffusion.var_type!r}",
   )
+  return problems
+
+
+def guidance_rescale_problems(sampling_config: ml_collections.ConfigDict) -> list[str]:
+  rescale = sampling_config.get("guidance_rescale", 0.0)
+  return (
+    [] if 0.0 <= rescale <= 1.0 else [f"sampling.guidance_rescale={rescale} must lie in [0, 1]."]
+  )
+
+
+def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Sampling options out of range, and what cannot run at ᾱ_T = 0: an ε-model (x0 = ∞ · ε at
+  t = T), and the samplers on log SNR or σ grids (λ_T = -∞, σ_T = ∞)."""
+  sampling_config, problems = config.sampling, []
+  spacing = sampling_config.get("timestep_spacing", "default")
+  if spacing not in TIMESTEP_SPACINGS:
+    problems.append(
+      f"Unknown sampling.timestep_spacing {spacing!r}; valid: {', '.join(TIMESTEP_SPACINGS)}."
+    )
+  problems += guidance_rescale_problems(sampling_config)
+  if not config.diffusion.get("zero_terminal_snr"):
+    return problems
+  if config.diffusion.mean_type == "eps":
+    problems.append(
+      "diffusion.zero_terminal_snr=True makes ᾱ_T = 0, where an ε-prediction determines nothing "
+      "(x0 = (x_T - √(1 - ᾱ_T) ε)/√ᾱ_T): set diffusion.mean_type='v' (Lin et al. 2024) or 'x0'."
+    )
+  if sampling_config.sampler not in ("ddpm", "ddim"):
+    problems.append(
+      f"diffusion.zero_terminal_snr=True has σ_T = ∞ (log SNR -∞): sample with 'ddpm' or 'ddim', "
+      f"not sampling.sampler={sampling_config.sampler!r}."
+    )
   return problems
 
 
@@ -246,7 +292,11 @@ def build(
         # the null label and context ∅
         unconditional = lambda x_t, t: apply(params, x_t, t, None, conditioning.null(contexts))
         model_fn = sampling.classifier_free_guidance(
-          conditional, unconditional, controls["guidance_scale"], config.data.num_channels
+          conditional,
+          unconditional,
+          controls["guidance_scale"],
+          config.data.num_channels,
+          sampling_config.get("guidance_rescale", 0.0),
         )
       return loop(
         gaussian,
