@@ -5,6 +5,7 @@ import os
 import pickle
 
 from guided_diffusion import script_util
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -73,7 +74,9 @@ def outputs(reference, model, params, class_cond: bool, batch: int = 3):
       torch.from_numpy(t),
       None if y is None else torch.from_numpy(y),
     ).numpy()
-  got = model.apply(params, jnp.asarray(x), jnp.asarray(t), None if y is None else jnp.asarray(y))
+  got = jax.jit(model.apply)(
+    params, jnp.asarray(x), jnp.asarray(t), None if y is None else jnp.asarray(y)
+  )
   return np.asarray(got).transpose(0, 3, 1, 2), want
 
 

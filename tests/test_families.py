@@ -110,7 +110,8 @@ def test_family_trains_samples_and_measures_bits_per_dim_as_before_the_refactor(
   draws = family.draw(families.step_keys(jax.random.key(2)), batch, None)
   assert draws["weight"].shape == draws["t_fraction"].shape == (8,)
   assert np.all((np.asarray(draws["t_fraction"]) >= 0) & (np.asarray(draws["t_fraction"]) <= 1))
-  first, second = (np.asarray(family.loss(state.params, batch, draws, None)) for _ in range(2))
+  loss_fn = jax.jit(family.loss)  # (eagerly, the U-Net costs seconds of op-by-op dispatch)
+  first, second = (np.asarray(loss_fn(state.params, batch, draws, None)) for _ in range(2))
   np.testing.assert_array_equal(first, second)
   assert first.shape == (8,)
 

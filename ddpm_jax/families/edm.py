@@ -76,12 +76,6 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     del guide, workdir
     sampling_config = config.sampling
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-    solver = sampling_config.sampler
-    num_steps = sampling_config.num_steps or (18 if solver == "heun" else 35)
-    sigmas = gaussian.sigma_grid(
-      sampling_config, num_steps, edm_config.sigma_min, edm_config.sigma_max
-    )
-    churn = gaussian.churn_options(sampling_config) if solver in ("euler", "heun") else {}
 
     def sample(params, rng, labels, guide_params=None, controls=None):
       del guide_params
@@ -100,8 +94,15 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
           config.data.num_channels,
           sampling_config.get("guidance_rescale", 0.0),
         )
-      x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
-      x = sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng, progress=progress, **churn)
+      x = gaussian.sigma_space_sample(
+        denoise_fn,
+        rng,
+        shape,
+        edm_config.sigma_min,
+        edm_config.sigma_max,
+        sampling_config,
+        progress,
+      )
       return jax.numpy.clip(x, -1.0, 1.0)
 
     return sample

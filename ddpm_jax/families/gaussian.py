@@ -68,30 +68,36 @@ def churn_options(sampling_config) -> dict:
   }
 
 
-def sigma_solver(solver: str):
-  """A σ-space solver (sampling.sigma_sample) on the discrete model's denoiser
-  (sampling.discrete_denoiser), from x = σ_max z; num_steps None: 18 (heun, EDM's 35 network calls)
-  or 35."""
+def sigma_space_sample(
+  denoise_fn, rng, shape, sigma_min: float, sigma_max: float, sampling_config, progress=False
+):
+  """x0 [shape] by the σ-space solver `sampling_config.sampler` (sampling.sigma_sample) from
+  x = σ_max z, on EDM's grid of sampling.num_steps (None: 18 for heun, EDM's 35 network calls, else
+  35) between the model's `sigma_min` and `sigma_max`, with EDM's churn for euler and heun."""
+  solver = sampling_config.sampler
+  num_steps = sampling_config.num_steps or (18 if solver == "heun" else 35)
+  sigmas = sigma_grid(sampling_config, num_steps, sigma_min, sigma_max)
+  churn = churn_options(sampling_config) if solver in ("euler", "heun") else {}
+  x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
+  return sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng, progress=progress, **churn)
 
-  def run(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
-    del controls
-    if kw["cond_fn"] is not None:
-      raise ValueError("Classifier guidance runs on the 'ddpm' / 'ddim' / 'dpm_solver' samplers.")
-    sigmas_t = np.asarray(sampling.discrete_sigmas(gaussian))  # concrete: closed over
-    sigmas = sigma_grid(
-      sampling_config,
-      num_steps or (18 if solver == "heun" else 35),
-      float(sigmas_t[0]),
-      float(sigmas_t[-1]),
-    )
-    churn = churn_options(sampling_config) if solver in ("euler", "heun") else {}
-    x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
-    denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, kw["clip_denoised"])
-    return sampling.sigma_sample(
-      denoise_fn, x, sigmas, solver, rng, progress=kw["progress"], **churn
-    )
 
-  return run
+def sigma_solver(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+  """The σ-space solvers on the discrete model's denoiser (sampling.discrete_denoiser)."""
+  del num_steps, controls  # sampling_config's
+  if kw["cond_fn"] is not None:
+    raise ValueError("Classifier guidance runs on the 'ddpm' / 'ddim' / 'dpm_solver' samplers.")
+  sigmas_t = np.asarray(sampling.discrete_sigmas(gaussian))  # concrete: closed over
+  denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, kw["clip_denoised"])
+  return sigma_space_sample(
+    denoise_fn,
+    rng,
+    shape,
+    float(sigmas_t[0]),
+    float(sigmas_t[-1]),
+    sampling_config,
+    kw["progress"],
+  )
 
 
 # config.sampling.sampler -> the sampling loop; num_steps None: all T (ddpm), 50 (ddim), 20
@@ -100,7 +106,7 @@ SAMPLERS = {
   "ddpm": ddpm,
   "ddim": ddim,
   "dpm_solver": dpm_solver,
-  **{solver: sigma_solver(solver) for solver in sampling.SIGMA_SOLVERS},
+  **{solver: sigma_solver for solver in sampling.SIGMA_SOLVERS},
 }
 # The sampling values a compiled sampler takes as arguments (`controls`), so that changing them does
 # not compile it again; config.sampling gives their defaults.

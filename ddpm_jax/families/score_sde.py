@@ -89,23 +89,17 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
 
     sampling_config = config.sampling
-    solver = sampling_config.sampler
-    if solver in sampling.SIGMA_SOLVERS:  # EDM's grid over the SDE's σ(t), t in [eps, 1]
-      sigmas = gaussian.sigma_grid(
-        sampling_config,
-        sampling_config.num_steps or (18 if solver == "heun" else 35),
-        float(sde.sigma_of_t(score_sde, config.sde.eps)),
-        float(sde.sigma_of_t(score_sde, score_sde.T)),
-      )
-      churn = gaussian.churn_options(sampling_config) if solver in ("euler", "heun") else {}
+    # EDM's grid over the SDE's σ(t), t in [eps, 1] (concrete: here, not in the traced sampler)
+    sigma_range = [float(sde.sigma_of_t(score_sde, t)) for t in (config.sde.eps, score_sde.T)]
 
     def sample(params, rng, labels, guide_params=None, controls=None):
       del labels, guide_params, controls
-      if solver not in sampling.SIGMA_SOLVERS:
+      if sampling_config.sampler not in sampling.SIGMA_SOLVERS:
         return sde.pc_sample(score_sde, score_fn(params), rng, shape, snr=sampling_config.snr)
-      x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
       denoise_fn = sde.sigma_denoiser(score_sde, score_fn(params))
-      return sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng, progress=progress, **churn)
+      return gaussian.sigma_space_sample(
+        denoise_fn, rng, shape, *sigma_range, sampling_config, progress
+      )
 
     return sample
 
