@@ -76,7 +76,7 @@ def test_converted_upsampler_gives_super_res_models_output():
     want = reference(
       nchw(x), torch.from_numpy(t), low_res=nchw(low_res), y=torch.from_numpy(y)
     ).numpy()
-  got = models.get_model(model_config).apply(
+  got = jax.jit(models.get_model(model_config).apply)(
     params, super_res.model_input(jnp.asarray(x), jnp.asarray(low_res)), t, y
   )
   got = np.asarray(got).transpose(0, 3, 1, 2)
