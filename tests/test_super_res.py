@@ -140,6 +140,8 @@ def test_super_resolution_trains_samples_a_cascade_and_evaluates(tmp_path):
   pipe = ddpm_jax.load(str(tmp_path / "super_res"))
   upsampled = pipe.sample(8, low_res=base_images, seed=1)
   assert upsampled.shape == (8, 8, 8, 1) and np.all(np.isfinite(pipe.bits_per_dim(upsampled)))
+  heun = pipe.sample(8, low_res=base_images, sampler="heun", num_steps=3)  # the σ-space solvers too
+  assert heun.shape == (8, 8, 8, 1) and heun.dtype == np.uint8
   with pytest.raises(ValueError, match="low_res"):
     pipe.sample(8)
 
