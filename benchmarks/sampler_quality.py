@@ -17,10 +17,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from benchmarks.timing import machine_description
 from ddpm_jax import diffusion, sampling, schedules
+from ddpm_jax.families import gaussian
 
 MEANS = np.array([[-1.2, -0.6], [0.0, 0.9], [1.1, -0.5]], np.float32)
 WEIGHTS = np.array([0.5, 0.3, 0.2], np.float32)
@@ -105,12 +107,11 @@ def main():
   denoise_fn = sampling.discrete_denoiser(d, model_fn)
 
   def sigma_run(solver, num_steps):
-    def run(rng):
-      sigmas = sampling.karras_sigmas(num_steps, float(sigmas_t[0]), float(sigmas_t[-1]))
-      x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
-      return sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng)
-
-    return run
+    # as config.sampling.sampler = solver selects it: EDM's grid over the schedule's σ range
+    sampling_config = ml_collections.ConfigDict({"sampler": solver, "num_steps": num_steps})
+    return lambda rng: gaussian.sigma_space_sample(
+      denoise_fn, rng, shape, float(sigmas_t[0]), float(sigmas_t[-1]), sampling_config
+    )
 
   # heun's n steps cost 2n - 1 evaluations (Euler on the last)
   for solver, steps in [
