@@ -1,6 +1,7 @@
 """Checkpoint import: openai's guided_diffusion UNetModel (the guided-diffusion-sdk package) with
 random weights, converted, gives the reference's output for every architecture option."""
 
+import json
 import os
 import pickle
 
@@ -226,6 +227,23 @@ def test_the_command_writes_a_workdir_that_loads_samples_and_evaluates(tmp_path)
   assert argv[0].endswith(f"configs/workdir.py:{workdir}")
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 2, 2, 4
   assert np.load(sample_lib.sample(config, str(workdir)))["images"].shape == (2, 16, 16, 3)
+  # --mode=eval on the converted workdir: held-out bits/dim of an image folder with class folders
+  from PIL import Image
+
+  from ddpm_jax.evaluation import evaluate
+
+  rng = np.random.default_rng(0)
+  for split, label in [("train", "a"), ("test", "a"), ("test", "b")]:
+    (tmp_path / "images" / split / label).mkdir(parents=True)
+    pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "images" / split / label / "0.png")
+  config.data.data_dir, config.data.num_workers = str(tmp_path / "images"), 0
+  config.training.batch_size, config.eval.bpd_num_batches, config.eval.num_fid_samples = 2, 1, 0
+  results = evaluate.evaluate(config, str(workdir))
+  # the VLB of a random-weight model (learned variances far from the posterior's): finite, > 0
+  assert set(results) == {"loss", "bpd"} and np.isfinite(results["loss"])
+  assert 0 < results["bpd"] < np.inf
+  assert json.loads((workdir / "eval_0.json").read_text())["bpd"] == results["bpd"]
   del jax
 
 
@@ -279,8 +297,11 @@ def test_diffusers_options_the_converter_lacks_are_named():
     up_block_types=("UpBlock2D", "UpBlock2D"),
     layers_per_block=1,
     time_embedding_type="fourier",
+    resnet_time_scale_shift="scale_shift",
   )
-  with pytest.raises(ValueError, match="block types.*time_embedding_type='fourier'"):
+  with pytest.raises(
+    ValueError, match="block types.*time_embedding_type='fourier'.*resnet_time_scale_shift"
+  ):
     convert.diffusers_model_config(config)
 
 
