@@ -22,6 +22,8 @@ from ddpm_jax import diffusion
 
 Array = jax.Array
 CondFn = Callable[[Array, Array], Array]
+# (x at a step, the step (an int, traced), key) -> x at the next step of a sampler's grid
+Step = Callable[[Array, Array, Array], Array]
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
@@ -77,7 +79,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
 PRIOR_NOISE = 2**31 - 1
 
 
-def _progress_reporter(name: str, total: int) -> Callable[[Array], None]:
+def progress_reporter(name: str, total: int) -> Callable[[Array], None]:
   """A host callback that logs every 10 % of `total` steps once (sharded runs call it once per
   device)."""
   every, reported = max(total // 10, 1), set()
@@ -97,7 +99,7 @@ def _reverse_scan(step, carry, num_steps: int, progress: str | None):
   """lax.scan of `step(carry, t)` over t = num_steps-1, …, 0; with `progress` (a name), logs as it
   goes."""
   if progress:
-    report = _progress_reporter(progress, num_steps)
+    report = progress_reporter(progress, num_steps)
 
     def step_with_progress(carry, t):
       carry, out = step(carry, t)
@@ -136,19 +138,30 @@ def ddpm_sample(
   """
   if num_steps is not None:
     d = diffusion.respace(d, space_timesteps(d.num_timesteps, [num_steps]))
+  step = ddpm_step(d, model_fn, clip_denoised, cond_fn)
+  scan_step = lambda x, t: (step(x, t, jax.random.fold_in(rng, t)), None)
   x = _initial_noise(rng, shape, x_T)
-  batch = x.shape[0]
+  return _reverse_scan(scan_step, x, d.num_timesteps, "ancestral sampling" if progress else None)
 
-  def step(x, t):
-    t_b = jnp.full((batch,), t, dtype=jnp.int32)
+
+def ddpm_step(
+  d: diffusion.GaussianDiffusion,
+  model_fn: diffusion.ModelFn,
+  clip_denoised: bool = True,
+  cond_fn: CondFn | None = None,
+) -> Step:
+  """step(x_t, t, key) -> x_{t-1} ~ p_θ(x_{t-1} | x_t), t a step of `d` (no noise at t = 0)."""
+
+  def step(x, t, key):
+    t_b = jnp.full((x.shape[0],), t, dtype=jnp.int32)
     out = diffusion.p_mean_variance(d, model_fn(x, d.timestep_map[t_b]), x, t_b, clip_denoised)
     mean = out["mean"]
     if cond_fn is not None:  # ADM Algorithm 1: μ + s Σ ∇ log p(y | x_t)
       mean = mean + out["variance"] * cond_fn(x, d.timestep_map[t_b])
-    noise = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
-    return mean + jnp.where(t > 0, jnp.exp(0.5 * out["log_variance"]), 0.0) * noise, None
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    return mean + jnp.where(t > 0, jnp.exp(0.5 * out["log_variance"]), 0.0) * noise
 
-  return _reverse_scan(step, x, d.num_timesteps, "ancestral sampling" if progress else None)
+  return step
 
 
 def _ddim_respaced(
@@ -197,11 +210,23 @@ def ddim_sample(
   step ends at ᾱ = 1. `num_steps=None` runs on `d` as given.
   """
   d = _ddim_respaced(d, num_steps)
+  step = ddim_step(d, model_fn, eta, clip_denoised, cond_fn)
+  scan_step = lambda x, t: (step(x, t, jax.random.fold_in(rng, t)), None)
   x = _initial_noise(rng, shape, x_T)
-  batch = x.shape[0]
+  return _reverse_scan(scan_step, x, d.num_timesteps, "DDIM sampling" if progress else None)
 
-  def step(x, t):
-    t_b = jnp.full((batch,), t, dtype=jnp.int32)
+
+def ddim_step(
+  d: diffusion.GaussianDiffusion,
+  model_fn: diffusion.ModelFn,
+  eta: float | Array = 0.0,
+  clip_denoised: bool = True,
+  cond_fn: CondFn | None = None,
+) -> Step:
+  """step(x_t, t, key) -> x_{t-1}, DDIM's eq. 12 on the steps of `d` (`ddim_sample`)."""
+
+  def step(x, t, key):
+    t_b = jnp.full((x.shape[0],), t, dtype=jnp.int32)
     eps, pred_x0 = _eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)
     # σ_t² = η² (1-ᾱ_{t-1})/(1-ᾱ_t) · (1 - ᾱ_t/ᾱ_{t-1}) = η² β̃_t on this grid, precomputed in
     # float64.
@@ -209,14 +234,14 @@ def ddim_sample(
     one_minus_alpha_bar_prev = jnp.where(
       t > 0, d.one_minus_alphas_cumprod[jnp.maximum(t - 1, 0)], 0.0
     )
-    noise = jax.random.normal(jax.random.fold_in(rng, t), x.shape, x.dtype)
+    noise = jax.random.normal(key, x.shape, x.dtype)
     mean = (
       jnp.sqrt(d.alphas_cumprod_prev[t]) * pred_x0
       + jnp.sqrt(jnp.maximum(one_minus_alpha_bar_prev - sigma_sq, 0.0)) * eps
     )
-    return mean + jnp.sqrt(sigma_sq) * noise, None
+    return mean + jnp.sqrt(sigma_sq) * noise
 
-  return _reverse_scan(step, x, d.num_timesteps, "DDIM sampling" if progress else None)
+  return step
 
 
 def ddim_encode(
@@ -365,6 +390,8 @@ def dpm_solver_sample(
 # σ-space sampling (Karras et al. 2022, "EDM"; k-diffusion's conventions): every model as a
 # denoiser D(x; σ) of x = y + σ n, sampled along a decreasing grid of σ ending at 0.
 SIGMA_SOLVERS = ("euler", "heun", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde")
+# the solvers whose step depends on the current σ only (the DPM-Solver++ ones carry the last D)
+ONE_STEP_SIGMA_SOLVERS = ("euler", "heun", "euler_ancestral")
 DenoiseFn = Callable[[Array, Array], Array]  # (x [B, ...], σ [B]) -> D(x; σ)
 
 
@@ -427,39 +454,20 @@ def sigma_sample(
   if sigmas.ndim != 1 or sigmas.shape[0] < 2:
     raise ValueError(f"sigmas must be a grid [n + 1] with n >= 1; got shape {sigmas.shape}.")
   num_steps, batch = sigmas.shape[0] - 1, x.shape[0]
-  gamma_max = min(s_churn / num_steps, 2**0.5 - 1)
+  churn = dict(
+    gamma_max=min(s_churn / num_steps, 2**0.5 - 1), s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise
+  )
   denoise = lambda x, sigma: denoise_fn(x, jnp.full((batch,), sigma, x.dtype))
   noise = lambda i: jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
-  derivative = lambda x, sigma, denoised: (x - denoised) / sigma
 
   def step(carry, i):
     x, denoised_prev, h_prev = carry
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
-    if solver in ("euler", "heun"):
-      if s_churn > 0:
-        gamma = jnp.where((s_tmin <= sigma) & (sigma <= s_tmax), gamma_max, 0.0)
-        # √(σ̂² - σ²) as σ √(γ (2 + γ)): exactly 0 at γ = 0 (XLA's fused multiply-add can make
-        # σ̂² - σ² a negative round-off there)
-        x = x + sigma * jnp.sqrt(gamma * (2 + gamma)) * s_noise * noise(i)
-        sigma = sigma * (1 + gamma)
-      denoised = denoise(x, sigma)
-      d = derivative(x, sigma, denoised)
-      dt = sigma_next - sigma
-      x_euler = x + d * dt
-      if solver == "heun":  # the 2nd evaluation, except on a last step to σ = 0
-
-        def corrected(_):
-          d_next = derivative(x_euler, sigma_next, denoise(x_euler, sigma_next))
-          return x + 0.5 * (d + d_next) * dt
-
-        x_euler = jax.lax.cond(sigma_next > 0, corrected, lambda _: x_euler, None)
-      return (x_euler, denoised, h_prev), None
-    denoised = denoise(x, sigma)
-    if solver == "euler_ancestral":
-      sigma_down, sigma_up = _ancestral_step(sigma, sigma_next)
-      x = x + derivative(x, sigma, denoised) * (sigma_down - sigma)
-      x = x + jnp.where(sigma_next > 0, sigma_up * s_noise, 0.0) * noise(i)
+    if solver in ONE_STEP_SIGMA_SOLVERS:
+      key = None if rng is None else jax.random.fold_in(rng, i)
+      x, denoised = sigma_step(denoise_fn, x, sigma, sigma_next, solver, key, **churn)
       return (x, denoised, h_prev), None
+    denoised = denoise(x, sigma)
     # DPM-Solver++ in t = -log σ; h = t_next - t (∞ on a last step to σ = 0, where x = D)
     last = sigma_next <= 0
     h = jnp.where(last, 1.0, jnp.log(sigma / jnp.where(last, 1.0, sigma_next)))
@@ -480,7 +488,7 @@ def sigma_sample(
 
   step_fn = step
   if progress:
-    report = _progress_reporter(f"{solver} sampling", num_steps)
+    report = progress_reporter(f"{solver} sampling", num_steps)
 
     def step_fn(carry, i):
       carry, out = step(carry, i)
@@ -489,6 +497,49 @@ def sigma_sample(
 
   carry = (x, jnp.zeros_like(x), jnp.ones((), x.dtype))
   return jax.lax.scan(step_fn, carry, jnp.arange(num_steps))[0][0]
+
+
+def sigma_step(
+  denoise_fn: DenoiseFn,
+  x: Array,
+  sigma: Array,
+  sigma_next: Array,
+  solver: str,
+  key: Array | None,
+  gamma_max: float = 0.0,
+  s_tmin: float = 0.0,
+  s_tmax: float = float("inf"),
+  s_noise: float = 1.0,
+) -> tuple[Array, Array]:
+  """One step σ -> σ_next of a solver in `ONE_STEP_SIGMA_SOLVERS` (see `sigma_sample`; γ_max the
+  churn's min(s_churn / n, √2 - 1)): -> (x at σ_next, the step's D(x; σ))."""
+  denoise = lambda x, sigma: denoise_fn(x, jnp.full((x.shape[0],), sigma, x.dtype))
+  derivative = lambda x, sigma, denoised: (x - denoised) / sigma
+  if solver == "euler_ancestral":
+    denoised = denoise(x, sigma)
+    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next)
+    x = x + derivative(x, sigma, denoised) * (sigma_down - sigma)
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    return x + jnp.where(sigma_next > 0, sigma_up * s_noise, 0.0) * noise, denoised
+  if gamma_max > 0:
+    gamma = jnp.where((s_tmin <= sigma) & (sigma <= s_tmax), gamma_max, 0.0)
+    # √(σ̂² - σ²) as σ √(γ (2 + γ)): exactly 0 at γ = 0 (XLA's fused multiply-add can make
+    # σ̂² - σ² a negative round-off there)
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    x = x + sigma * jnp.sqrt(gamma * (2 + gamma)) * s_noise * noise
+    sigma = sigma * (1 + gamma)
+  denoised = denoise(x, sigma)
+  d = derivative(x, sigma, denoised)
+  dt = sigma_next - sigma
+  x_euler = x + d * dt
+  if solver == "heun":  # the 2nd evaluation, except on a last step to σ = 0
+
+    def corrected(_):
+      d_next = derivative(x_euler, sigma_next, denoise(x_euler, sigma_next))
+      return x + 0.5 * (d + d_next) * dt
+
+    x_euler = jax.lax.cond(sigma_next > 0, corrected, lambda _: x_euler, None)
+  return x_euler, denoised
 
 
 def sigma_to_t(log_sigmas: Array, sigma: Array) -> Array:

@@ -247,12 +247,50 @@ def langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
   return x, x_mean
 
 
+def ancestral_sampling_predictor(s, score_fn, x, t, rng):
+  """DDPM's and SMLD's ancestral step on the SDE's own discretisation (Song et al. Appendix F):
+  VP x_{i-1} = (x_i + β_i ∇ log p)/√(1 - β_i) + √β_i z; VE x_{i-1} = x_i + (σ_i² - σ_{i-1}²) ∇ log p
+  + √(σ_{i-1}² (σ_i² - σ_{i-1}²)/σ_i²) z."""
+  if isinstance(s, subVPSDE) or not isinstance(s, (VPSDE, VESDE)):
+    raise ValueError("The ancestral predictor is defined for the VP and VE SDEs, not sub-VP.")
+  index = (t * (s.N - 1) / s.T).astype(jnp.int32)
+  score = score_fn(x, t)
+  noise = jax.random.normal(rng, x.shape)
+  if isinstance(s, VESDE):
+    sigmas = jnp.asarray(s.discrete_sigmas, jnp.float32)
+    sigma = losses.expand_to(sigmas[index], x)
+    adjacent = losses.expand_to(jnp.where(index == 0, 0.0, sigmas[jnp.maximum(index - 1, 0)]), x)
+    x_mean = x + score * (sigma**2 - adjacent**2)
+    return x_mean + jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2) * noise, x_mean
+  beta = losses.expand_to(jnp.asarray(s.discrete_betas, jnp.float32)[index], x)
+  x_mean = (x + beta * score) / jnp.sqrt(1.0 - beta)
+  return x_mean + jnp.sqrt(beta) * noise, x_mean
+
+
+def annealed_langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
+  """NCSN's annealed Langevin step at the level of t: step size 2 α (snr · std(t))², α as in
+  `langevin_corrector` (score_sde's AnnealedLangevinDynamics)."""
+  alpha = losses.expand_to(s.langevin_scale(t), x)
+  std = losses.expand_to(s.marginal_prob(jnp.zeros_like(t), t)[1], x)
+  step_size = (snr * std) ** 2 * 2 * alpha
+  x_mean = x
+  for i in range(n_steps):
+    x_mean = x + step_size * score_fn(x, t)
+    x = x_mean + jnp.sqrt(2 * step_size) * jax.random.normal(jax.random.fold_in(rng, i), x.shape)
+  return x, x_mean
+
+
 PREDICTORS = {
   "reverse_diffusion": reverse_diffusion_predictor,
   "euler_maruyama": euler_maruyama_predictor,
+  "ancestral": ancestral_sampling_predictor,
   "none": None,
 }
-CORRECTORS = ("langevin", "none")
+CORRECTORS = {
+  "langevin": langevin_corrector,
+  "annealed_langevin": annealed_langevin_corrector,
+  "none": None,
+}
 
 
 def pc_sample(
@@ -269,29 +307,49 @@ def pc_sample(
 ) -> Array:
   """Predictor-corrector sampling from the prior at t = T to t = eps over s.N steps, one `lax.scan`;
   with `denoise`, the last predictor step's mean (no noise) is returned."""
+  x = s.prior_sampling(jax.random.fold_in(rng, s.N), shape)
+  timesteps = pc_timesteps(s, eps)
+  step = pc_step(s, score_fn, predictor, corrector, snr, n_corrector)
+
+  def scan_step(carry, i):
+    return step(carry[0], timesteps[i], jax.random.fold_in(rng, i)), None
+
+  (x, x_mean), _ = jax.lax.scan(scan_step, (x, x), jnp.arange(s.N))
+  return x_mean if denoise else x
+
+
+def pc_timesteps(s, eps: float = 1e-3) -> Array:
+  """The predictor-corrector grid t_i, i = 0, …, N - 1, from T to eps: [N]."""
+  return jnp.linspace(s.T, eps, s.N)
+
+
+def pc_step(
+  s,
+  score_fn: ScoreFn,
+  predictor: str = "reverse_diffusion",
+  corrector: str = "langevin",
+  snr: float = 0.16,
+  n_corrector: int = 1,
+) -> Callable[[Array, Array, Array], tuple[Array, Array]]:
+  """step(x, t (a scalar), key) -> (x, x_mean): the corrector then the predictor at t, as
+  `pc_sample` runs them."""
   if predictor not in PREDICTORS:
     raise ValueError(f"Unknown predictor {predictor!r}; valid: {', '.join(PREDICTORS)}.")
   if corrector not in CORRECTORS:
     raise ValueError(f"Unknown corrector {corrector!r}; valid: {', '.join(CORRECTORS)}.")
-  x = s.prior_sampling(jax.random.fold_in(rng, s.N), shape)
-  timesteps = jnp.linspace(s.T, eps, s.N)
 
-  def step(carry, i):
-    x, _ = carry
-    t = jnp.full((shape[0],), timesteps[i])
+  def step(x, t, key):
+    t = jnp.full((x.shape[0],), t)
     x_mean = x
-    if corrector == "langevin":
-      x, x_mean = langevin_corrector(
-        s, score_fn, x, t, jax.random.fold_in(jax.random.fold_in(rng, i), 0), snr, n_corrector
+    if CORRECTORS[corrector] is not None:
+      x, x_mean = CORRECTORS[corrector](
+        s, score_fn, x, t, jax.random.fold_in(key, 0), snr, n_corrector
       )
     if PREDICTORS[predictor] is not None:
-      x, x_mean = PREDICTORS[predictor](
-        s, score_fn, x, t, jax.random.fold_in(jax.random.fold_in(rng, i), 1)
-      )
-    return (x, x_mean), None
+      x, x_mean = PREDICTORS[predictor](s, score_fn, x, t, jax.random.fold_in(key, 1))
+    return x, x_mean
 
-  (x, x_mean), _ = jax.lax.scan(step, (x, x), jnp.arange(s.N))
-  return x_mean if denoise else x
+  return step
 
 
 def annealed_langevin_sample(
