@@ -22,6 +22,12 @@ def get_config():
   config.model.skip_rescale = True
   config.model.ncsnpp_layout = True
   config.training.num_train_steps = 1_300_000
+  # score_sde's sampling for this model: Euler-Maruyama, no corrector
+  config.sampling.sampler, config.sampling.predictor, config.sampling.corrector = (
+    "pc",
+    "euler_maruyama",
+    "none",
+  )
   config.sampling.snr = 0.16
   config.eval.num_fid_samples = 50_000
   config.eval.allow_fewer_fid_samples = False

@@ -170,7 +170,38 @@ def get_config():
   sampling.context_file = config_dict.placeholder(str)
   sampling.batch_size = 64
   sampling.clip_denoised = True
-  sampling.snr = 0.16  # score SDEs: Langevin corrector signal-to-noise ratio
+  # family "score_sde": sampler "pc" (predictor-corrector), "ode" (the probability-flow ODE,
+  # adaptive), "annealed_langevin" (NCSN; VE) or a σ-space solver; num_steps: the SDE's steps for
+  # pc and annealed_langevin (None: sde.num_scales)
+  sampling.predictor = "reverse_diffusion"  # | "euler_maruyama" | "ancestral" | "none"
+  sampling.corrector = "langevin"  # | "annealed_langevin" | "none"
+  sampling.snr = 0.16  # the correctors' signal-to-noise ratio
+  sampling.n_corrector = 1  # corrector steps per predictor step (annealed_langevin: per level)
+  sampling.step_lr = 2e-5  # annealed_langevin: NCSN's step size ε
+  sampling.ode_tolerance = 1e-5  # ode: rtol = atol of the adaptive solver
+
+  # --mode=edit: inpainting, colorization or SDEdit with config.sampling's sampler (ddpm, ddim,
+  # euler, heun, euler_ancestral; a score SDE's pc)
+  config.edit = edit = ml_collections.ConfigDict()
+  edit.task = "inpaint"  # | "colorize" (colour data) | "sdedit"
+  # an npz of uint8 "images" [N, H, W, C] (+ "labels"), a PNG, PNGs "a.png,b.png" or a directory
+  # of PNGs; unset: the first num_images of data.eval_split
+  edit.input_file = config_dict.placeholder(str)
+  edit.num_images = 8
+  # inpainting's known pixels: an npz "mask" [N or 1, H, W, 1 or C] or a PNG (white: known);
+  # unset: edit.mask's region is unknown, "center" (the middle half square), "right" or "bottom"
+  edit.mask_file = config_dict.placeholder(str)
+  edit.mask = "center"
+  edit.resample = 1  # RePaint: each level revisited `resample` times …
+  edit.jump = 1  # … jumping back `jump` levels (RePaint's paper: 10 and 10)
+  edit.strength = 0.5  # SDEdit: t0 / T in (0, 1]
+
+  # --mode=interpolate: two images DDIM-encoded (interpolate.input_file as edit.input_file, two
+  # images; unset: two latents from config.seed), slerp in num_frames, decoded (η = 0)
+  config.interpolate = interpolate = ml_collections.ConfigDict()
+  interpolate.input_file = config_dict.placeholder(str)
+  interpolate.num_frames = 8
+  interpolate.num_steps = config_dict.placeholder(int)  # None: sampling.num_steps, else 50
 
   # --mode=eval, and the held-out loss in training
   config.eval = eval_config = ml_collections.ConfigDict()

@@ -30,6 +30,12 @@ def get_config():
   config.model.progressive = "output_skip"
   config.optim.ema_decay = 0.999
   config.training.num_train_steps = 1_300_000
+  # score_sde's: reverse diffusion with one Langevin corrector step
+  config.sampling.sampler, config.sampling.predictor, config.sampling.corrector = (
+    "pc",
+    "reverse_diffusion",
+    "langevin",
+  )
   config.sampling.snr = 0.16
   config.eval.num_fid_samples = 50_000
   config.eval.allow_fewer_fid_samples = False

@@ -10,4 +10,5 @@ def get_config():
   config = default.get_config()
   config.family = "score_sde"
   config.sde.type = "subvp"
+  config.sampling.sampler = "pc"  # predictor-corrector (config.sampling.predictor, corrector)
   return config

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from ddpm_jax import families, input_pipeline, models
+from ddpm_jax import editing, families, input_pipeline, models
 
 
 def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
@@ -138,13 +138,37 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
+def _mode_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """--mode=edit's and --mode=interpolate's config.edit and config.interpolate (none where a
+  config.json written before them lacks the blocks)."""
+  problems = []
+  edit = config.get("edit")
+  if edit is not None:
+    if edit.task not in editing.TASKS:
+      problems.append(f"Unknown edit.task {edit.task!r}; valid: {', '.join(editing.TASKS)}.")
+    if not edit.get("mask_file") and edit.mask not in editing.MASK_REGIONS:
+      problems.append(f"Unknown edit.mask {edit.mask!r}; valid: {', '.join(editing.MASK_REGIONS)}.")
+    for field in ("resample", "jump", "num_images"):
+      if edit[field] < 1:
+        problems.append(f"edit.{field}={edit[field]} must be at least 1.")
+    if not 0.0 < edit.strength <= 1.0:
+      problems.append(f"edit.strength={edit.strength} must lie in (0, 1].")
+  interpolate = config.get("interpolate")
+  if interpolate is not None:
+    if interpolate.num_frames < 2:
+      problems.append(f"interpolate.num_frames={interpolate.num_frames} must be at least 2.")
+    if interpolate.num_steps is not None and interpolate.num_steps < 1:
+      problems.append(f"interpolate.num_steps={interpolate.num_steps} must be at least 1.")
+  return problems
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError listing every problem of `config` (one line for a config of the old
   selectors)."""
   replaced = replaced_selectors(config)
   if replaced:
     raise ValueError(" ".join(replaced))
-  problems = _shared_problems(config)
+  problems = _shared_problems(config) + _mode_problems(config)
   if config.family in families.FAMILIES:
     problems += families.family_module(config.family).validate(config)
   else:

@@ -30,6 +30,8 @@ from ddpm_jax import diffusion, sampling, sde
 Array = jax.Array
 # (x, the known part's draw at the same level) -> x with its known part replaced
 Observe = Callable[[Array, Array], Array]
+TASKS = ("inpaint", "colorize", "sdedit")
+MASK_REGIONS = ("center", "right", "bottom")  # the unknown region of `region_mask`
 
 
 class Trajectory(NamedTuple):
@@ -181,6 +183,20 @@ def run(
     return x, None
 
   return jax.lax.scan(walk, x, (jnp.arange(len(pairs)), jnp.asarray(pairs)))[0]
+
+
+def region_mask(name: str, size: int) -> np.ndarray:
+  """1 where known [1, S, S, 1], `name`'s region unknown: the middle half square ("center"), the
+  right or the bottom half."""
+  mask = np.ones((1, size, size, 1), np.float32)
+  lo, hi = size // 4, size - size // 4
+  region = {
+    "center": (slice(lo, hi), slice(lo, hi)),
+    "right": (slice(None), slice(size // 2, None)),
+    "bottom": (slice(size // 2, None), slice(None)),
+  }[name]
+  mask[(0, *region, 0)] = 0.0
+  return mask
 
 
 def mask_observation(mask: Array) -> Observe:

@@ -21,8 +21,9 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "eval"],
-  "train; sample or eval (FID, IS, bits/dim) the newest checkpoint.",
+  ["train", "sample", "eval", "edit", "interpolate"],
+  "train; sample, eval (FID, IS, bits/dim), edit (config.edit: inpaint, colorize, sdedit) or "
+  "interpolate (config.interpolate: DDIM latents) with the newest checkpoint.",
 )
 config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
 flags.DEFINE_string(
@@ -55,11 +56,17 @@ def main(argv):
   host_memory.use_host_allocator(FLAGS.host_allocator)
   # Imported here so that `--help` stays instant (and the restart above cheap).
   from ddpm_jax import parallel, train
-  from ddpm_jax.evaluation import evaluate, sample
+  from ddpm_jax.evaluation import edit, evaluate, sample
 
   parallel.use_compilation_cache(FLAGS.compilation_cache_dir)
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  jobs = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate}
+  jobs = {
+    "train": train.train_and_evaluate,
+    "sample": sample.sample,
+    "eval": evaluate.evaluate,
+    "edit": edit.edit,
+    "interpolate": edit.interpolate,
+  }
   jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)
 
 

@@ -50,8 +50,10 @@ def shrunk(name):
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 2
   config.eval.num_loss_batches = 1
   config.eval.bpd_num_batches = min(config.eval.bpd_num_batches, 1)  # 0 where it has no likelihood
-  if config.family == "score_sde":  # its ODE likelihood compiles for a minute: tests/test_train.py
-    config.eval.bpd_num_batches = 0
+  if config.family == "score_sde":
+    # its ODE likelihood compiles for a minute (tests/test_train.py); predictor-corrector sampling
+    # on sde.num_scales steps (a VP SDE's must exceed β_max)
+    config.eval.bpd_num_batches, config.sampling.num_steps = 0, None
   return config
 
 

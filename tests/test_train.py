@@ -530,6 +530,7 @@ def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
 
   config = tiny_config(num_train_steps=4)
   config.family, config.sde.type, config.sde.num_scales = "score_sde", "ve", 25
+  config.sampling.sampler = "pc"
   config.sde.conditioning, config.model.embedding_type = "sigma", "fourier"
   config.model.update(
     resblock_updown=True,

@@ -27,6 +27,9 @@ Draws = dict[str, Any]
 # [B, H, W, C]; controls: a dict of the family's traced sampling values (the Gaussian family's
 # guidance scales, DDIM's η); contexts only for a family that trains on them (the Gaussian one).
 SampleFn = Callable[..., Array]
+# (params, labels [B] | None = None, guide_params=None, controls=None[, contexts]) ->
+# editing.Trajectory: the family's configured sampler as noise levels and steps
+TrajectoryFn = Callable[..., Any]
 
 
 class StepKeys(NamedTuple):
@@ -62,6 +65,12 @@ class Family:
       without dropout.
   make_sampler(batch_size, progress=False, guide=None, workdir=None) -> SampleFn, not jitted;
       None: the family does not generate images.
+  make_trajectory(guide=None) -> TrajectoryFn: the configured sampler as an `editing.Trajectory`
+      for inpainting, colorization and SDEdit (raises ValueError naming the sampler where it has
+      none); None: the family cannot edit.
+  make_latent_codec(num_steps) -> (encode(params, x0, labels=None) -> x_T, decode(params, x_T,
+      labels=None) -> x0): a deterministic map between images and latents (DDIM's ODE) for
+      interpolation; None: none.
   sample_controls: the config.sampling fields its SampleFn also takes traced in `controls` (their
       defaults the config's), so that changing them does not compile the sampler again.
   bits_per_dim(params, x0, rng, labels=None[, contexts]) -> {"bpd": [B], …}: the family's
@@ -83,6 +92,8 @@ class Family:
   draw: Callable[[StepKeys, Batch, Any], Draws]
   loss: Callable[[Params, Batch, Draws, Array | None], Array]
   make_sampler: Callable[..., SampleFn] | None = None
+  make_trajectory: Callable[..., TrajectoryFn] | None = None
+  make_latent_codec: Callable[[int], tuple[Callable, Callable]] | None = None
   sample_controls: tuple[str, ...] = ()
   bits_per_dim: Callable[..., dict[str, Array]] | None = None
   save_likelihood_terms: Callable[[str, dict[str, Any]], None] | None = None

@@ -72,30 +72,34 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     network_fn = lambda x, c_noise: model.apply(params, x, c_noise, draws["labels"], **kwargs)
     return edm.loss(network_fn, batch["image"], draws["sigma"], draws["noise"], sigma_data)
 
+  sampling_config = config.sampling
+
+  def guided_denoiser(params, labels, controls):
+    controls = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
+    denoise_with = lambda y: (
+      lambda x, sigma: edm.denoise(
+        lambda x_in, c_noise: model.apply(params, x_in, c_noise, y), x, sigma, sigma_data
+      )
+    )
+    denoise_fn = denoise_with(labels)
+    if labels is not None and sampling_config.guidance_scale:  # on for any value passed later
+      denoise_fn = sampling.classifier_free_guidance(
+        denoise_fn,
+        denoise_with(None),
+        controls["guidance_scale"],
+        config.data.num_channels,
+        sampling_config.get("guidance_rescale", 0.0),
+      )
+    return denoise_fn
+
   def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
     del guide, workdir
-    sampling_config = config.sampling
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
 
     def sample(params, rng, labels, guide_params=None, controls=None):
       del guide_params
-      controls = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
-      denoise_with = lambda y: (
-        lambda x, sigma: edm.denoise(
-          lambda x_in, c_noise: model.apply(params, x_in, c_noise, y), x, sigma, sigma_data
-        )
-      )
-      denoise_fn = denoise_with(labels)
-      if labels is not None and sampling_config.guidance_scale:  # on for any value passed later
-        denoise_fn = sampling.classifier_free_guidance(
-          denoise_fn,
-          denoise_with(None),
-          controls["guidance_scale"],
-          config.data.num_channels,
-          sampling_config.get("guidance_rescale", 0.0),
-        )
       x = gaussian.sigma_space_sample(
-        denoise_fn,
+        guided_denoiser(params, labels, controls),
         rng,
         shape,
         edm_config.sigma_min,
@@ -107,6 +111,19 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return sample
 
+  def make_trajectory(guide=None) -> base.TrajectoryFn:
+    del guide
+    if sampling_config.sampler not in sampling.ONE_STEP_SIGMA_SOLVERS:
+      raise gaussian.no_trajectory(sampling_config.sampler, sampling.ONE_STEP_SIGMA_SOLVERS)
+
+    def trajectory(params, labels=None, guide_params=None, controls=None):
+      del guide_params
+      denoise_fn = guided_denoiser(params, labels, controls)
+      sigma_range = edm_config.sigma_min, edm_config.sigma_max
+      return gaussian.sigma_space_trajectory(denoise_fn, *sigma_range, sampling_config)
+
+    return trajectory
+
   return base.Family(
     name="edm",
     model=model,
@@ -114,5 +131,6 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,
+    make_trajectory=make_trajectory,
     sample_controls=("guidance_scale",),
   )

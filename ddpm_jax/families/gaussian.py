@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import diffusion, models, sampling, schedules
+from ddpm_jax import diffusion, editing, models, sampling, schedules
 from ddpm_jax.families import base
 
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
@@ -68,35 +68,56 @@ def churn_options(sampling_config) -> dict:
   }
 
 
+def sigma_space_grid(sampling_config, sigma_min: float, sigma_max: float):
+  """(EDM's grid of sampling.num_steps for the σ-space solver `sampling_config.sampler`, None: 18
+  for heun, EDM's 35 network calls, else 35, between the model's `sigma_min` and `sigma_max`;
+  EDM's churn for euler and heun)."""
+  solver = sampling_config.sampler
+  num_steps = sampling_config.num_steps or (18 if solver == "heun" else 35)
+  sigmas = sigma_grid(sampling_config, num_steps, sigma_min, sigma_max)
+  return sigmas, churn_options(sampling_config) if solver in ("euler", "heun") else {}
+
+
 def sigma_space_sample(
   denoise_fn, rng, shape, sigma_min: float, sigma_max: float, sampling_config, progress=False
 ):
   """x0 [shape] by the σ-space solver `sampling_config.sampler` (sampling.sigma_sample) from
-  x = σ_max z, on EDM's grid of sampling.num_steps (None: 18 for heun, EDM's 35 network calls, else
-  35) between the model's `sigma_min` and `sigma_max`, with EDM's churn for euler and heun."""
-  solver = sampling_config.sampler
-  num_steps = sampling_config.num_steps or (18 if solver == "heun" else 35)
-  sigmas = sigma_grid(sampling_config, num_steps, sigma_min, sigma_max)
-  churn = churn_options(sampling_config) if solver in ("euler", "heun") else {}
+  x = σ_max z on `sigma_space_grid`."""
+  sigmas, churn = sigma_space_grid(sampling_config, sigma_min, sigma_max)
   x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
+  solver = sampling_config.sampler
   return sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng, progress=progress, **churn)
+
+
+def sigma_space_trajectory(
+  denoise_fn, sigma_min: float, sigma_max: float, sampling_config
+) -> editing.Trajectory:
+  """The one-step σ-space solver `sampling_config.sampler` on `sigma_space_grid`, for editing."""
+  sigmas, churn = sigma_space_grid(sampling_config, sigma_min, sigma_max)
+  sigmas = np.asarray(sigmas)
+  if churn:
+    churn["gamma_max"] = min(churn.pop("s_churn") / (len(sigmas) - 1), 2**0.5 - 1)
+  return editing.sigma_trajectory(denoise_fn, sigmas, sampling_config.sampler, **churn)
+
+
+def discrete_sigma_range(gaussian) -> tuple[float, float]:
+  """(σ_min, σ_max) of the discrete diffusion's steps, concrete (closed over by the samplers)."""
+  sigmas_t = np.asarray(sampling.discrete_sigmas(gaussian))
+  return float(sigmas_t[0]), float(sigmas_t[-1])
+
+
+def _no_classifier_guidance(cond_fn) -> None:
+  if cond_fn is not None:
+    raise ValueError("Classifier guidance runs on the 'ddpm' / 'ddim' / 'dpm_solver' samplers.")
 
 
 def sigma_solver(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
   """The σ-space solvers on the discrete model's denoiser (sampling.discrete_denoiser)."""
   del num_steps, controls  # sampling_config's
-  if kw["cond_fn"] is not None:
-    raise ValueError("Classifier guidance runs on the 'ddpm' / 'ddim' / 'dpm_solver' samplers.")
-  sigmas_t = np.asarray(sampling.discrete_sigmas(gaussian))  # concrete: closed over
+  _no_classifier_guidance(kw["cond_fn"])
   denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, kw["clip_denoised"])
   return sigma_space_sample(
-    denoise_fn,
-    rng,
-    shape,
-    float(sigmas_t[0]),
-    float(sigmas_t[-1]),
-    sampling_config,
-    kw["progress"],
+    denoise_fn, rng, shape, *discrete_sigma_range(gaussian), sampling_config, kw["progress"]
   )
 
 
@@ -108,6 +129,43 @@ SAMPLERS = {
   "dpm_solver": dpm_solver,
   **{solver: sigma_solver for solver in sampling.SIGMA_SOLVERS},
 }
+
+
+def ddpm_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
+  del controls
+  gaussian, num_steps = with_timestep_spacing(gaussian, num_steps, sampling_config)
+  return editing.gaussian_trajectory(gaussian, model_fn, num_steps, None, **kw)
+
+
+def ddim_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
+  gaussian, num_steps = with_timestep_spacing(gaussian, num_steps or 50, sampling_config)
+  return editing.gaussian_trajectory(gaussian, model_fn, num_steps, controls["eta"], **kw)
+
+
+def sigma_solver_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
+  del num_steps, controls
+  _no_classifier_guidance(kw["cond_fn"])
+  denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, kw["clip_denoised"])
+  return sigma_space_trajectory(denoise_fn, *discrete_sigma_range(gaussian), sampling_config)
+
+
+# config.sampling.sampler -> its `editing.Trajectory` (the samplers whose step depends on the
+# current x only: not the multistep DPM-Solver++ ones)
+TRAJECTORIES = {
+  "ddpm": ddpm_trajectory,
+  "ddim": ddim_trajectory,
+  **{solver: sigma_solver_trajectory for solver in sampling.ONE_STEP_SIGMA_SOLVERS},
+}
+
+
+def no_trajectory(sampler: str, trajectories) -> ValueError:
+  return ValueError(
+    f"Editing and interpolation run on the samplers {', '.join(trajectories)}, not "
+    f"sampling.sampler={sampler!r} (a multistep solver's history does not survive replacing the "
+    "known part): set --config.sampling.sampler."
+  )
+
+
 # The sampling values a compiled sampler takes as arguments (`controls`), so that changing them does
 # not compile it again; config.sampling gives their defaults.
 CONTROLS = ("guidance_scale", "classifier_scale", "eta")
@@ -275,35 +333,44 @@ def build(
       "loss"
     ]
 
+  sampling_config = config.sampling
+
+  def guided_model(params, labels, guide, guide_params, controls, contexts):
+    """-> (model_fn, cond_fn, controls) of the sampler: classifier-free guidance of a conditional
+    model, classifier guidance by `guide`."""
+    controls = {**{name: sampling_config[name] for name in CONTROLS}, **(controls or {})}
+    cond_fn = None
+    if guide is not None:  # classifier guidance by a noisy classifier (ADM §4)
+      log_prob_fn = lambda x_t, t: jax.nn.log_softmax(guide.apply(guide_params, x_t, t))
+      cond_fn = sampling.classifier_guidance(log_prob_fn, labels, controls["classifier_scale"])
+      # an unconditional diffusion model ignores them
+      labels = labels if model.num_classes else None
+    conditional = lambda x_t, t: apply(params, x_t, t, labels, contexts)
+    model_fn = conditional
+    conditioned = labels is not None or contexts is not None
+    if conditioned and sampling_config.guidance_scale:  # on for any value passed later
+      # the null label and context ∅
+      unconditional = lambda x_t, t: apply(params, x_t, t, None, conditioning.null(contexts))
+      model_fn = sampling.classifier_free_guidance(
+        conditional,
+        unconditional,
+        controls["guidance_scale"],
+        config.data.num_channels,
+        sampling_config.get("guidance_rescale", 0.0),
+      )
+    return model_fn, cond_fn, controls
+
   def make_sampler(
     batch_size: int, progress: bool = False, guide=None, workdir=None
   ) -> base.SampleFn:
     del workdir
-    sampling_config = config.sampling
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     loop = SAMPLERS[sampling_config.sampler]
 
     def sample(params, rng, labels, guide_params=None, controls=None, contexts=None):
-      controls = {**{name: sampling_config[name] for name in CONTROLS}, **(controls or {})}
-      cond_fn = None
-      if guide is not None:  # classifier guidance by a noisy classifier (ADM §4)
-        log_prob_fn = lambda x_t, t: jax.nn.log_softmax(guide.apply(guide_params, x_t, t))
-        cond_fn = sampling.classifier_guidance(log_prob_fn, labels, controls["classifier_scale"])
-        # an unconditional diffusion model ignores them
-        labels = labels if model.num_classes else None
-      conditional = lambda x_t, t: apply(params, x_t, t, labels, contexts)
-      model_fn = conditional
-      conditioned = labels is not None or contexts is not None
-      if conditioned and sampling_config.guidance_scale:  # on for any value passed later
-        # the null label and context ∅
-        unconditional = lambda x_t, t: apply(params, x_t, t, None, conditioning.null(contexts))
-        model_fn = sampling.classifier_free_guidance(
-          conditional,
-          unconditional,
-          controls["guidance_scale"],
-          config.data.num_channels,
-          sampling_config.get("guidance_rescale", 0.0),
-        )
+      model_fn, cond_fn, controls = guided_model(
+        params, labels, guide, guide_params, controls, contexts
+      )
       return loop(
         gaussian,
         model_fn,
@@ -318,6 +385,46 @@ def build(
       )
 
     return sample
+
+  def make_trajectory(guide=None) -> base.TrajectoryFn:
+    if sampling_config.sampler not in TRAJECTORIES:
+      raise no_trajectory(sampling_config.sampler, TRAJECTORIES)
+    to_trajectory = TRAJECTORIES[sampling_config.sampler]
+
+    def trajectory(params, labels=None, guide_params=None, controls=None, contexts=None):
+      model_fn, cond_fn, controls = guided_model(
+        params, labels, guide, guide_params, controls, contexts
+      )
+      return to_trajectory(
+        gaussian,
+        model_fn,
+        sampling_config.num_steps,
+        controls,
+        sampling_config,
+        clip_denoised=sampling_config.clip_denoised,
+        cond_fn=cond_fn,
+      )
+
+    return trajectory
+
+  def make_latent_codec(num_steps: int):
+    """DDIM's ODE (η = 0) on `num_steps` steps: (encode(params, x0, labels) -> x_T,
+    decode(params, x_T, labels) -> x0)."""
+    respaced, grid_steps = with_timestep_spacing(gaussian, num_steps, sampling_config)
+
+    def model(params, labels):
+      return guided_model(params, labels, None, None, None, None)[0]
+
+    def encode(params, x0, labels=None):
+      return sampling.ddim_encode(respaced, model(params, labels), x0, grid_steps)
+
+    def decode(params, x_T, labels=None):
+      rng = jax.random.key(0)  # η = 0: no noise is drawn
+      return sampling.ddim_sample(
+        respaced, model(params, labels), rng, x_T=x_T, num_steps=grid_steps, clip_denoised=False
+      )
+
+    return encode, decode
 
   def bits_per_dim(params, x0, rng, labels=None, contexts=None):
     contexts = conditioning.of_images(x0) if contexts is None else contexts
@@ -340,6 +447,8 @@ def build(
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,
+    make_trajectory=make_trajectory,
+    make_latent_codec=make_latent_codec,
     sample_controls=CONTROLS,
     bits_per_dim=bits_per_dim,
     init_state=lambda: diffusion.init_loss_history(num_timesteps) if loss_aware else None,

@@ -1,6 +1,7 @@
 """Score SDEs (Song et al. 2021): VP, subVP and VE SDEs trained by continuous-time denoising score
-matching with an ε-predicting U-Net, sampled by predictor-corrector; likelihood by the
-probability-flow ODE."""
+matching with an ε-predicting U-Net, sampled by predictor-corrector (config.sampling's predictor,
+corrector, snr, n_corrector and num_steps), the probability-flow ODE, NCSN's annealed Langevin
+dynamics or the σ-space solvers; likelihood by the probability-flow ODE."""
 
 from __future__ import annotations
 
@@ -8,10 +9,63 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ddpm_jax import models, sampling, sde
+from ddpm_jax import editing, models, sampling, sde
 from ddpm_jax.families import base, gaussian
 
 SDE_TYPES = ("vp", "subvp", "ve")
+# config.sampling.sampler: predictor-corrector, the probability-flow ODE (adaptive Tsit5), NCSN's
+# annealed Langevin dynamics (VE), or a σ-space solver on the SDE's σ(t)
+SAMPLERS = ("pc", "ode", "annealed_langevin") + sampling.SIGMA_SOLVERS
+TRAJECTORIES = ("pc",) + sampling.ONE_STEP_SIGMA_SOLVERS
+
+
+def sampling_sde(score_sde, sampling_config):
+  """The SDE discretised on sampling.num_steps steps (None: sde.num_scales) for PC and annealed
+  Langevin sampling."""
+  return score_sde.replace(N=sampling_config.num_steps) if sampling_config.num_steps else score_sde
+
+
+def sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
+  sampling_config, problems = config.sampling, []
+  sampler = sampling_config.sampler
+  if sampler not in SAMPLERS:
+    return [
+      f"config.family='score_sde' samples with sampling.sampler in {', '.join(SAMPLERS)}; got "
+      f"{sampler!r}."
+    ]
+  for field, choices in (("predictor", sde.PREDICTORS), ("corrector", sde.CORRECTORS)):
+    if sampling_config[field] not in choices:
+      problems.append(
+        f"Unknown sampling.{field} {sampling_config[field]!r}; valid: {', '.join(choices)}."
+      )
+  if problems:
+    return problems
+  if sampler == "pc" and sampling_config.predictor == sampling_config.corrector == "none":
+    problems.append("sampling.predictor and sampling.corrector are both 'none': nothing samples.")
+  if sampler == "pc" and sampling_config.predictor == "ancestral" and config.sde.type == "subvp":
+    problems.append("sampling.predictor='ancestral' is defined for the VP and VE SDEs, not sub-VP.")
+  if sampler == "annealed_langevin" and config.sde.type != "ve":
+    problems.append(
+      f"sampling.sampler='annealed_langevin' (NCSN) runs on the VE SDE's σs, not "
+      f"sde.type={config.sde.type!r}."
+    )
+  steps = sampling_config.num_steps
+  if (
+    sampler == "pc"
+    and steps
+    and config.sde.type in ("vp", "subvp")
+    and steps <= config.sde.beta_max
+  ):
+    problems.append(
+      f"sampling.num_steps={steps} must exceed sde.beta_max={config.sde.beta_max}: predictor-"
+      "corrector sampling's discrete βs β(t)/N must stay below 1."
+    )
+  for field in ("snr", "step_lr", "ode_tolerance"):
+    if not sampling_config[field] > 0:
+      problems.append(f"sampling.{field}={sampling_config[field]} must be positive.")
+  if sampling_config.n_corrector < 1:
+    problems.append(f"sampling.n_corrector={sampling_config.n_corrector} must be at least 1.")
+  return problems
 
 
 def make_sde(sde_config: ml_collections.ConfigDict):
@@ -48,6 +102,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   problems += base.unet_problems(
     config, config.data.num_channels, f"{config.data.num_channels} data channels predicted as ε"
   )
+  problems += sampling_problems(config)
   return problems + base.no_guidance_problems(config) + base.no_context_problems(config)
 
 
@@ -82,26 +137,60 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       config.sde.likelihood_weighting,
     )
 
+  sampling_config = config.sampling
+  sampler_sde = sampling_sde(score_sde, sampling_config)
+  # EDM's grid over the SDE's σ(t), t in [eps, 1] (concrete: evaluated outside the traced
+  # sampler, by make_sampler / make_trajectory)
+  sigma_range = lambda: [float(sde.sigma_of_t(score_sde, t)) for t in (config.sde.eps, score_sde.T)]
+  pc_options = lambda: dict(
+    predictor=sampling_config.predictor,
+    corrector=sampling_config.corrector,
+    snr=sampling_config.snr,
+    n_corrector=sampling_config.n_corrector,
+  )
+
   def make_sampler(
     batch_size: int, progress: bool = False, guide=None, workdir=None
   ) -> base.SampleFn:
     del guide, workdir
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-
-    sampling_config = config.sampling
-    # EDM's grid over the SDE's σ(t), t in [eps, 1] (concrete: here, not in the traced sampler)
-    sigma_range = [float(sde.sigma_of_t(score_sde, t)) for t in (config.sde.eps, score_sde.T)]
+    sampler, sigma_ends = sampling_config.sampler, sigma_range()
 
     def sample(params, rng, labels, guide_params=None, controls=None):
       del labels, guide_params, controls
-      if sampling_config.sampler not in sampling.SIGMA_SOLVERS:
-        return sde.pc_sample(score_sde, score_fn(params), rng, shape, snr=sampling_config.snr)
-      denoise_fn = sde.sigma_denoiser(score_sde, score_fn(params))
+      score = score_fn(params)
+      if sampler == "pc":
+        return sde.pc_sample(sampler_sde, score, rng, shape, **pc_options())
+      if sampler == "ode":
+        tolerance = sampling_config.ode_tolerance
+        return sde.ode_sample(score_sde, score, rng, shape, rtol=tolerance, atol=tolerance)[0]
+      if sampler == "annealed_langevin":  # NCSN's σ levels, largest first, the score given σ
+        levels = sampler_sde.discrete_sigmas[::-1]
+        score_of_sigma = lambda x, sigma: score(x, sde.t_of_sigma(score_sde, sigma))
+        return sde.annealed_langevin_sample(
+          levels, score_of_sigma, rng, shape, sampling_config.n_corrector, sampling_config.step_lr
+        )
       return gaussian.sigma_space_sample(
-        denoise_fn, rng, shape, *sigma_range, sampling_config, progress
+        sde.sigma_denoiser(score_sde, score), rng, shape, *sigma_ends, sampling_config, progress
       )
 
     return sample
+
+  def make_trajectory(guide=None) -> base.TrajectoryFn:
+    del guide
+    if sampling_config.sampler not in TRAJECTORIES:
+      raise gaussian.no_trajectory(sampling_config.sampler, TRAJECTORIES)
+    sigma_ends = sigma_range()
+
+    def trajectory(params, labels=None, guide_params=None, controls=None):
+      del labels, guide_params, controls
+      score = score_fn(params)
+      if sampling_config.sampler == "pc":
+        return editing.sde_trajectory(sampler_sde, score, **pc_options())
+      denoise_fn = sde.sigma_denoiser(score_sde, score)
+      return gaussian.sigma_space_trajectory(denoise_fn, *sigma_ends, sampling_config)
+
+    return trajectory
 
   def bits_per_dim(params, x0, rng, labels=None):
     del labels  # unconditional (validate refuses model.num_classes)
@@ -117,5 +206,6 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,
+    make_trajectory=make_trajectory,
     bits_per_dim=bits_per_dim,
   )

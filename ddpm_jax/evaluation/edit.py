@@ -1,0 +1,251 @@
+"""`--mode=edit` and `--mode=interpolate` on the newest checkpoint's EMA parameters.
+
+edit (config.edit): inpainting, colorization or SDEdit (`ddpm_jax.editing`) of input images with the
+run's sampler (config.sampling: the Gaussian family's ddpm, ddim, euler, heun, euler_ancestral; a
+score SDE's pc or those σ-space solvers; EDM's), writing workdir/edits/<task>_<step>.npz (uint8
+"inputs", "conditions", "results" [N, H, W, C], "labels" [N]) and a PNG grid of one row per image:
+input | condition | result, the condition being the mask (white: known) for inpaint, the grey image
+for colorize, the input noised to t0 for sdedit.
+
+interpolate (config.interpolate): two images DDIM-encoded (or two latents drawn from config.seed),
+slerp between them (DDIM §5.3), decoded by DDIM's ODE (η = 0), to workdir/edits/interpolate_<step>
+.npz ("frames", "latents", "alphas", and "inputs" where given) and a PNG strip.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from ddpm_jax import editing, families, files, input_pipeline, parallel, pixels, sampling
+from ddpm_jax.config_validation import validate_config
+from ddpm_jax.evaluation import images as image_utils
+from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax.train_state import run_rngs
+
+
+def _image_array(path: str, image_size: int, channels: int, resize: str) -> np.ndarray:
+  with Image.open(epath.Path(path).open("rb")) as image:
+    array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+  return input_pipeline.resize_uint8(array, image_size, channels, resize)
+
+
+def load_images(path: str, data_config) -> tuple[np.ndarray, np.ndarray | None]:
+  """uint8 images [N, S, S, C] at the data's size and channels (centre-cropped and resized as the
+  data are), with their labels where the file has them: an npz of "images" (or guided-diffusion's
+  "arr_0") [+ "labels" / "arr_1"], a PNG, PNGs separated by commas, or a directory of PNGs."""
+  size, channels, resize = data_config.image_size, data_config.num_channels, data_config.resize
+  if path.endswith(".npz"):
+    arrays = files.load_npz(path)
+    if "images" not in arrays and "arr_0" not in arrays:
+      raise ValueError(f"{path} has no 'images' (or 'arr_0') array; it has {sorted(arrays)}.")
+    raw = np.asarray(arrays["images"] if "images" in arrays else arrays["arr_0"])
+    if raw.dtype != np.uint8 or raw.ndim != 4:
+      raise ValueError(f"{path}: images must be uint8 [N, H, W, C]; got {raw.dtype} {raw.shape}.")
+    images = np.stack([input_pipeline.resize_uint8(x, size, channels, resize) for x in raw])
+    labels = arrays.get("labels", arrays.get("arr_1"))
+    return images, None if labels is None else np.asarray(labels, np.int32)
+  if epath.Path(path).is_dir():
+    paths = sorted(str(p) for p in epath.Path(path).iterdir() if p.suffix.lower() == ".png")
+    if not paths:
+      raise FileNotFoundError(f"No .png files in {path}.")
+  else:
+    paths = path.split(",")
+  return np.stack([_image_array(p, size, channels, resize) for p in paths]), None
+
+
+def eval_split_images(config: ml_collections.ConfigDict, count: int):
+  """The first `count` images of data.eval_split, uint8, with their labels."""
+  source = input_pipeline.open_source(config.data, config.data.eval_split)
+  data = config.data
+  examples = input_pipeline.load_examples(
+    source, np.arange(min(count, len(source))), data.image_size, data.num_channels, data.resize
+  )
+  return examples["image"], examples["label"]
+
+
+def load_mask(edit_config, data_config, num_images: int) -> np.ndarray:
+  """The inpainting mask [N or 1, S, S, 1 or C], 1 where known: edit.mask_file (an npz "mask", or
+  a PNG, white = known, ≥ 128) or else the built-in edit.mask."""
+  size = data_config.image_size
+  path = edit_config.get("mask_file")
+  if not path:
+    return editing.region_mask(edit_config.mask, size)
+  if path.endswith(".npz"):
+    mask = np.asarray(files.load_npz(path)["mask"], np.float32)
+    mask = mask[..., None] if mask.ndim == 3 else mask
+  else:
+    mask = (_image_array(path, size, 1, "bilinear") >= 128).astype(np.float32)[None]
+  channels = data_config.num_channels
+  if (
+    mask.ndim != 4
+    or mask.shape[1:3] != (size, size)
+    or mask.shape[0] not in (1, num_images)
+    or mask.shape[-1] not in (1, channels)
+  ):
+    raise ValueError(
+      f"{path}: the mask must be [1 or {num_images}, {size}, {size}, 1 or {channels}]; got "
+      f"{mask.shape}."
+    )
+  return (mask > 0.5).astype(np.float32)
+
+
+def _labels(config, given: np.ndarray | None, count: int, guide) -> np.ndarray | None:
+  """A conditional (or classifier-guided) model's labels: those of the inputs, else
+  sampling.labels in turn (default every class)."""
+  num_classes = guide.num_classes if guide is not None else config.model.get("num_classes")
+  if not num_classes:
+    return None
+  if given is not None:
+    return np.asarray(given, np.int32)[:count]
+  return sample_lib.class_rows(count, config.sampling.get("labels") or range(num_classes))
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str, mode: str):
+  validate_config(config)
+  if config.get(mode) is None:
+    raise ValueError(
+      f"This config has no `{mode}` block (a config.json written before --mode={mode}): run with "
+      "the config file it was trained with."
+    )
+  family = families.get_family(config)
+  if family.low_res_size or config.model.get("context_dim"):
+    raise ValueError(
+      f"--mode={mode} runs on unconditional and class-conditional models; this one also takes "
+      "low-resolution images or contexts."
+    )
+  mesh = parallel.make_mesh()
+  params, step = sample_lib.restore_ema_params(config, workdir, mesh)
+  return family, mesh, params, step
+
+
+def edit(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """--mode=edit: see the module docstring; returns the npz path."""
+  family, mesh, params, step = _setup(config, workdir, "edit")
+  options, data = config.edit, config.data
+  if family.make_trajectory is None:
+    raise ValueError(f"config.family={config.family!r} does not sample from noise: it cannot edit.")
+  if options.task == "colorize" and data.num_channels != 3:
+    raise ValueError(
+      f"edit.task='colorize' needs colour data (data.num_channels=3), not {data.num_channels}."
+    )
+  guide, guide_params = None, None
+  if config.sampling.classifier_workdir and config.sampling.classifier_scale:
+    guide, guide_params = sample_lib.load_classifier(config.sampling.classifier_workdir, mesh)
+  make_trajectory = family.make_trajectory(guide=guide)  # refuses a sampler it has none for
+  if options.get("input_file"):
+    inputs, given_labels = load_images(options.input_file, data)
+  else:
+    inputs, given_labels = eval_split_images(config, options.num_images)
+  count = len(inputs)
+  labels = _labels(config, given_labels, count, guide)
+  mask = load_mask(options, data, count) if options.task == "inpaint" else None
+  x = pixels.from_uint8(inputs)
+
+  def run(params, guide_params, rng, x, mask, labels):
+    trajectory = make_trajectory(params, labels, guide_params)
+    progress = f"{options.task} ({config.sampling.sampler})"
+    if options.task == "inpaint":
+      return editing.inpaint_along(
+        trajectory, rng, x, mask, options.resample, options.jump, progress
+      )
+    if options.task == "colorize":
+      gray = jnp.mean(x, axis=-1, keepdims=True)
+      return editing.colorize_along(
+        trajectory, rng, gray, x.shape[-1], options.resample, options.jump, progress
+      )
+    return editing.sdedit_along(trajectory, rng, x, options.strength, progress)
+
+  sharding = parallel.data_sharding(mesh)
+  batch = -(-count // mesh.size) * mesh.size  # padded to a whole number of rows per device
+  padded = lambda a: (
+    None if a is None else jax.device_put(sample_lib.pad_labels(a, batch), sharding)
+  )
+  rng = run_rngs(config.seed)["sample"]
+  mask_rows = None if mask is None else np.broadcast_to(mask, (count, *mask.shape[1:]))
+  logging.info("Editing %d images (%s) with %s.", count, options.task, config.sampling.sampler)
+  results = jax.jit(run, out_shardings=sharding)(
+    params, guide_params, rng, padded(x), padded(mask_rows), padded(labels)
+  )
+  results = pixels.to_uint8(parallel.to_host(results))[:count]
+  conditions = _conditions(options, x, mask_rows, rng, make_trajectory, params, labels, batch)
+  path = os.path.join(workdir, "edits", f"{options.task}_{step}.npz")
+  if jax.process_index() == 0:
+    label_rows = labels if labels is not None else np.zeros(count, np.int32)
+    files.save_npz(path, inputs=inputs, conditions=conditions, results=results, labels=label_rows)
+    rows = np.stack([inputs, conditions, results], axis=1).reshape(-1, *inputs.shape[1:])
+    image_utils.save_png(
+      image_utils.grid_uint8(pixels.from_uint8(rows), columns=3), path[: -len(".npz")] + ".png"
+    )
+    logging.info("Wrote %d edited images to %s.", count, path)
+  return path
+
+
+def _conditions(options, x, mask, rng, make_trajectory, params, labels, batch) -> np.ndarray:
+  """What each edit saw of its input, uint8: the mask, the grey image, the input noised to t0."""
+  if options.task == "inpaint":
+    return pixels.to_uint8(np.broadcast_to(2.0 * mask - 1.0, x.shape))
+  if options.task == "colorize":
+    return pixels.to_uint8(np.broadcast_to(np.mean(x, axis=-1, keepdims=True), x.shape))
+  trajectory = make_trajectory(params, None if labels is None else jnp.asarray(labels))
+  start = editing.sdedit_start(trajectory.num_steps, options.strength)
+  # the walk's own draw (`editing.run`), on the padded batch it ran on
+  key = jax.random.fold_in(rng, sampling.PRIOR_NOISE)
+  noise = np.asarray(jax.random.normal(key, (batch, *x.shape[1:])))[: len(x)]
+  return pixels.to_uint8(trajectory.scale[start] * x + trajectory.noise_std[start] * noise)
+
+
+def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """--mode=interpolate: see the module docstring; returns the npz path."""
+  family, mesh, params, step = _setup(config, workdir, "interpolate")
+  options = config.interpolate
+  if family.make_latent_codec is None:
+    raise ValueError(
+      f"--mode=interpolate needs DDIM's deterministic latents (config.family='gaussian'), not "
+      f"config.family={config.family!r}."
+    )
+  num_steps = options.num_steps or config.sampling.num_steps or 50
+  encode, decode = family.make_latent_codec(num_steps)
+  shape = (2, config.data.image_size, config.data.image_size, config.data.num_channels)
+  rng = run_rngs(config.seed)["sample"]
+  inputs, given_labels = (
+    load_images(options.input_file, config.data) if options.get("input_file") else (None, None)
+  )
+  if inputs is not None and len(inputs) != 2:
+    raise ValueError(
+      f"interpolate.input_file must hold two images; {options.input_file} has {len(inputs)}."
+    )
+  labels = _labels(config, given_labels, 2, None)
+  label = None if labels is None else labels[:1]
+  alphas = np.linspace(0.0, 1.0, options.num_frames)
+
+  def run(params, rng, x, label):
+    pair_labels = None if label is None else jnp.repeat(label, 2)
+    z = jax.random.normal(rng, shape) if x is None else encode(params, x, pair_labels)
+    weights = jnp.asarray(alphas, jnp.float32).reshape(-1, 1, 1, 1)
+    frames_z = sampling.slerp(z[:1], z[1:], weights)
+    frame_labels = None if label is None else jnp.repeat(label, len(alphas))
+    return z, decode(params, frames_z, frame_labels)
+
+  x = None if inputs is None else jnp.asarray(pixels.from_uint8(inputs))
+  logging.info("Interpolating in %d frames with DDIM on %d steps.", len(alphas), num_steps)
+  latents, frames = jax.jit(run)(params, rng, x, None if label is None else jnp.asarray(label))
+  frames = pixels.to_uint8(np.asarray(frames))
+  path = os.path.join(workdir, "edits", f"interpolate_{step}.npz")
+  if jax.process_index() == 0:
+    extra = {} if inputs is None else {"inputs": inputs}
+    files.save_npz(path, frames=frames, latents=np.asarray(latents), alphas=alphas, **extra)
+    strip = frames if inputs is None else np.concatenate([inputs[:1], frames, inputs[1:]])
+    image_utils.save_png(
+      image_utils.grid_uint8(pixels.from_uint8(strip), columns=len(strip)),
+      path[: -len(".npz")] + ".png",
+    )
+    logging.info("Wrote %d frames to %s.", len(frames), path)
+  return path
