@@ -61,6 +61,11 @@ def gaussian_trajectory(
 ) -> Trajectory:
   """Ancestral sampling (eta None: `ddpm_sample`'s respacing to `num_steps`) or DDIM with η = eta
   (`ddim_sample`'s grid) on `d`: level i is step t = n - 1 - i, a = √ᾱ_t, s = √(1 - ᾱ_t)."""
+  with jax.ensure_compile_time_eval():  # concrete levels, also when built inside a traced function
+    return _gaussian_trajectory(d, model_fn, num_steps, eta, clip_denoised, cond_fn)
+
+
+def _gaussian_trajectory(d, model_fn, num_steps, eta, clip_denoised, cond_fn) -> Trajectory:
   if eta is None:
     if num_steps is not None:
       d = diffusion.respace(d, sampling.space_timesteps(d.num_timesteps, [num_steps]))
@@ -87,7 +92,8 @@ def sigma_trajectory(
       f"Editing runs on the σ-space solvers {', '.join(sampling.ONE_STEP_SIGMA_SOLVERS)}, not "
       f"{solver!r} (a multistep solver's history does not survive the replaced known part)."
     )
-  sigmas = np.asarray(sigmas, np.float64)
+  with jax.ensure_compile_time_eval():
+    sigmas = np.asarray(sigmas, np.float64)
   grid = jnp.asarray(sigmas, jnp.float32)
 
   def step(x, i, key):
@@ -107,8 +113,9 @@ def sde_trajectory(
 ) -> Trajectory:
   """Predictor-corrector sampling (`sde.pc_sample`) on its grid t_i from T to eps: a = m(t_i),
   s = std(t_i); the last step returns the predictor's mean (no noise), as pc_sample does."""
-  timesteps = np.asarray(sde.pc_timesteps(s, eps), np.float64)
-  mean, std = s.marginal_prob(jnp.ones(timesteps.shape), jnp.asarray(timesteps))
+  with jax.ensure_compile_time_eval():
+    timesteps = np.asarray(sde.pc_timesteps(s, eps), np.float64)
+    mean, std = (np.asarray(a) for a in s.marginal_prob(np.ones(timesteps.shape), timesteps))
   pc = sde.pc_step(s, score_fn, predictor, corrector, snr, n_corrector)
   grid = jnp.asarray(timesteps, jnp.float32)
 
@@ -116,7 +123,7 @@ def sde_trajectory(
     x, x_mean = pc(x, grid[i], key)
     return jnp.where(i == len(timesteps) - 1, x_mean, x)
 
-  return Trajectory(*_levels(np.asarray(mean), np.asarray(std)), step)
+  return Trajectory(*_levels(mean, std), step)
 
 
 def repaint_schedule(num_steps: int, resample: int = 1, jump: int = 1, start: int = 0):

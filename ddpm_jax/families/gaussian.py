@@ -93,8 +93,9 @@ def sigma_space_trajectory(
   denoise_fn, sigma_min: float, sigma_max: float, sampling_config
 ) -> editing.Trajectory:
   """The one-step σ-space solver `sampling_config.sampler` on `sigma_space_grid`, for editing."""
-  sigmas, churn = sigma_space_grid(sampling_config, sigma_min, sigma_max)
-  sigmas = np.asarray(sigmas)
+  with jax.ensure_compile_time_eval():  # concrete, also when built inside a traced function
+    sigmas, churn = sigma_space_grid(sampling_config, sigma_min, sigma_max)
+    sigmas = np.asarray(sigmas)
   if churn:
     churn["gamma_max"] = min(churn.pop("s_churn") / (len(sigmas) - 1), 2**0.5 - 1)
   return editing.sigma_trajectory(denoise_fn, sigmas, sampling_config.sampler, **churn)
