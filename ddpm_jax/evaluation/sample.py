@@ -5,7 +5,8 @@ Every family samples with its own sampler (families/*.py), chosen and tuned by c
 the Gaussian family sampler ("ddpm" | "ddim" | "dpm_solver"), num_steps (None: all T for ddpm, 50
 for ddim, 20 for dpm_solver), eta (DDIM), guidance_scale (classifier-free, class-conditional
 models), classifier_workdir and classifier_scale (classifier guidance by a run of
-config.family="classifier"), clip_denoised; score SDEs sample by predictor-corrector (snr), VDMs
+config.family="classifier"), clip_denoised; score SDEs by sampler ("pc" with predictor, corrector,
+snr and n_corrector, "ode", "annealed_langevin", or a σ-space solver), VDMs
 ancestrally on num_steps (default 1000) equal steps of t, ARDMs in a random order in num_steps
 (default D) parallel steps. num_samples and batch_size for all.
 """
