@@ -102,6 +102,9 @@ def get_config():
   config.ardm = ardm = ml_collections.ConfigDict()  # family "ardm" (Hoogeboom et al. 2021)
   # model.out_channels must be num_channels · num_classes
   ardm.num_classes = 256  # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0)
+  # > 0: an upscale ARDM (ARDM §4) of this many bits per stage, most significant first
+  # (model.out_channels = num_channels · 2^upscale_bits)
+  ardm.upscale_bits = 0
 
   config.edm = edm = ml_collections.ConfigDict()  # family "edm" (Karras et al. 2022)
   edm.sigma_data = 0.5  # the data's standard deviation, for the preconditioning

@@ -17,6 +17,16 @@ unbiased.
 Sampling generates the variables in a random order, all of one step in parallel from one network
 call; with a budget of S ≤ D steps the sizes of the steps are chosen by dynamic programming over the
 per-step losses (`parallel_decoding_plan`, ARDM §3.2).
+
+Upscale ARDMs (ARDM §4, bit upscaling): x of `num_bits` bits is generated in S = num_bits / k stages
+of k bits each, most significant first. Stage s (0, …, S-1) is an order-agnostic ARDM over the D
+digits d_s = (x >> (num_bits - k (s+1))) mod 2^k given the coarser x^(s) = x >> (num_bits - k s) of
+every variable, so that
+
+  log p(x) = Σ_s log p(d_s | x^(s)) ≥ Σ_s E_σ Σ_t log p(d_s,σ(t+1) | d_s,σ(≤t), x^(s)),
+
+  logits_fn(d, known, t, coarse, stage) -> logits [B, ..., 2^k]   (coarse = x^(s) [B, ...] int,
+                                                                   stage [B] int)
 """
 
 from __future__ import annotations
@@ -143,3 +153,91 @@ def sample(
   steps = (jnp.arange(len(plan) - 1), jnp.asarray(plan[:-1]), jnp.asarray(plan[1:]))
   (x, generated_at), _ = jax.lax.scan(step, init, steps)
   return x, generated_at
+
+
+# --------------------------------------------------------------------------------------------------
+# Upscale ARDMs (bit upscaling, ARDM §4).
+
+UpscaleLogitsFn = Callable[[Array, Array, Array, Array, Array], Array]
+
+
+def num_stages(num_bits: int, bits_per_stage: int) -> int:
+  if bits_per_stage < 1 or num_bits % bits_per_stage:
+    raise ValueError(
+      f"bits_per_stage={bits_per_stage} must divide the {num_bits} bits of the values."
+    )
+  return num_bits // bits_per_stage
+
+
+def coarse_values(x: Array, stage: Array, bits_per_stage: int, num_bits: int) -> Array:
+  """x^(s) = x >> (num_bits - k s): the first s digits of x [B, ...] at stage s [B] (0: none)."""
+  shift = num_bits - bits_per_stage * losses.expand_to(stage, x)
+  return jnp.where(shift >= num_bits, 0, x >> jnp.minimum(shift, num_bits - 1))
+
+
+def stage_digit(x: Array, stage: Array, bits_per_stage: int, num_bits: int) -> Array:
+  """d_s = x^(s+1) mod 2^k, the digit stage s [B] generates of x [B, ...]."""
+  return coarse_values(x, stage + 1, bits_per_stage, num_bits) & (2**bits_per_stage - 1)
+
+
+def _stage_logits(logits_fn: UpscaleLogitsFn, coarse: Array, stage: Array) -> LogitsFn:
+  return lambda d, known, t: logits_fn(d, known, t, coarse, stage)
+
+
+def upscale_loss_at(
+  logits_fn: UpscaleLogitsFn,
+  x: Array,
+  stage: Array,
+  t: Array,
+  rank: Array,
+  bits_per_stage: int,
+  num_bits: int = 8,
+) -> Array:
+  """S · stage s's one-step estimate in nats [B]: unbiased for Σ_s E_σ -log p(d_s | σ, x^(s)) with
+  s ~ U{0..S-1}."""
+  stages = num_stages(num_bits, bits_per_stage)
+  coarse = coarse_values(x, stage, bits_per_stage, num_bits)
+  digit = stage_digit(x, stage, bits_per_stage, num_bits)
+  return stages * loss_at(_stage_logits(logits_fn, coarse, stage), digit, t, rank)
+
+
+def upscale_nll_along_orders(
+  logits_fn: UpscaleLogitsFn, x: Array, rank: Array, bits_per_stage: int, num_bits: int = 8
+) -> tuple[Array, Array]:
+  """-log p(x | σ_0, …, σ_{S-1}) exactly, S · D network calls (`lax.map` over the stages of
+  `nll_along_order`), rank [S, B, ...] one order per stage -> (nats [B], per-step losses [S, B,
+  D])."""
+  stages = num_stages(num_bits, bits_per_stage)
+
+  def stage_nll(stage_and_rank):
+    stage, stage_rank = stage_and_rank
+    stage_b = jnp.full((x.shape[0],), stage)
+    coarse = coarse_values(x, stage_b, bits_per_stage, num_bits)
+    digit = stage_digit(x, stage_b, bits_per_stage, num_bits)
+    return nll_along_order(_stage_logits(logits_fn, coarse, stage_b), digit, stage_rank)
+
+  nats, per_step = jax.lax.map(stage_nll, (jnp.arange(stages), rank))
+  return jnp.sum(nats, axis=0), per_step
+
+
+def upscale_sample(
+  logits_fn: UpscaleLogitsFn,
+  rng: Array,
+  shape,
+  bits_per_stage: int,
+  num_bits: int = 8,
+  plans: list[np.ndarray | None] | None = None,
+) -> Array:
+  """x [B, ...] in [0, 2^num_bits), stage by stage (`sample` of each stage's digits given the
+  coarser values, in a random order, `plans[s]` its parallel-decoding plan; None: D steps)."""
+  stages = num_stages(num_bits, bits_per_stage)
+  plans = plans or [None] * stages
+  if len(plans) != stages:
+    raise ValueError(f"Give one decoding plan per stage ({stages}); got {len(plans)}.")
+  coarse = jnp.zeros(shape, jnp.int32)
+  for stage, plan in enumerate(plans):
+    stage_b = jnp.full((shape[0],), stage, jnp.int32)
+    fn = _stage_logits(logits_fn, coarse, stage_b)
+    digit, _ = sample(fn, jax.random.fold_in(rng, stage), shape, plan)
+    coarse = (coarse << bits_per_stage) | digit
+  return coarse

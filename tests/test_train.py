@@ -601,10 +601,37 @@ def test_ardm_trains_evaluates_and_decodes_in_parallel_with_the_same_loop(tmp_pa
   assert components.shape == (64,)
   np.testing.assert_allclose(components.sum() / (64 * np.log(2)), bpd, rtol=1e-4)
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 5
-  plan = ardm_family.decoding_plan(config, str(tmp_path))
+  (plan,) = ardm_family.decoding_plans(config, str(tmp_path))
   np.testing.assert_array_equal(plan, ardm.parallel_decoding_plan(components, 5))
   images = np.load(sample.sample(config, str(tmp_path)))["images"]
   assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
   config.model.out_channels = 2
   with pytest.raises(ValueError, match="ardm.num_classes=256 need 256"):
+    config_validation.validate_config(config)
+
+
+def test_upscale_ardm_trains_evaluates_and_decodes_stage_by_stage(tmp_path):
+  from ddpm_jax.evaluation import evaluate, sample
+
+  config = tiny_config(num_train_steps=4)
+  config.family, config.ardm.upscale_bits, config.model.out_channels = "ardm", 2, 4
+  train.train_and_evaluate(config, str(tmp_path))
+  config.training.batch_size, config.eval.num_fid_samples = 8, 0
+  bpd = evaluate.evaluate(config, str(tmp_path))["bpd"]  # 4 stages · 64 network calls
+  assert 0 < bpd <= 8.5
+  components = np.load(ardm_family.loss_components_path(str(tmp_path)))["loss_components"]
+  assert components.shape == (4, 64)  # one row of per-step losses per stage
+  np.testing.assert_allclose(components.sum() / (64 * np.log(2)), bpd, rtol=1e-4)
+  config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 3
+  plans = ardm_family.decoding_plans(config, str(tmp_path), 4)
+  for plan, stage_components in zip(plans, components):
+    np.testing.assert_array_equal(plan, ardm.parallel_decoding_plan(stage_components, 3))
+  images = np.load(sample.sample(config, str(tmp_path)))["images"]
+  assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
+  config.ardm.upscale_bits = 3
+  with pytest.raises(ValueError, match="upscale_bits=3 must divide"):
+    config_validation.validate_config(config)
+  config.ardm.upscale_bits = 2
+  config.model.out_channels = 256
+  with pytest.raises(ValueError, match="ardm.upscale_bits=2 need 4"):
     config_validation.validate_config(config)
