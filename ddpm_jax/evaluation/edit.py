@@ -61,16 +61,6 @@ def load_images(path: str, data_config) -> tuple[np.ndarray, np.ndarray | None]:
   return np.stack([_image_array(p, size, channels, resize) for p in paths]), None
 
 
-def eval_split_images(config: ml_collections.ConfigDict, count: int):
-  """The first `count` images of data.eval_split, uint8, with their labels."""
-  source = input_pipeline.open_source(config.data, config.data.eval_split)
-  data = config.data
-  examples = input_pipeline.load_examples(
-    source, np.arange(min(count, len(source))), data.image_size, data.num_channels, data.resize
-  )
-  return examples["image"], examples["label"]
-
-
 def load_mask(edit_config, data_config, num_images: int) -> np.ndarray:
   """The inpainting mask [N or 1, S, S, 1 or C], 1 where known: edit.mask_file (an npz "mask", or
   a PNG, white = known, ≥ 128) or else the built-in edit.mask."""
@@ -143,7 +133,7 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> str:
   if options.get("input_file"):
     inputs, given_labels = load_images(options.input_file, data)
   else:
-    inputs, given_labels = eval_split_images(config, options.num_images)
+    inputs, given_labels = sample_lib.eval_split_images(config, options.num_images)
   count = len(inputs)
   labels = _labels(config, given_labels, count, guide)
   mask = load_mask(options, data, count) if options.task == "inpaint" else None

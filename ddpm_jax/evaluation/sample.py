@@ -108,6 +108,16 @@ def generation_contexts(config: ml_collections.ConfigDict, num_samples: int) -> 
   return contexts[np.arange(num_samples) % len(contexts)]
 
 
+def eval_split_images(config: ml_collections.ConfigDict, count: int):
+  """The first `count` images of data.eval_split at the data's size (uint8), with their labels."""
+  source = input_pipeline.open_source(config.data, config.data.eval_split)
+  data = config.data
+  examples = input_pipeline.load_examples(
+    source, np.arange(min(count, len(source))), data.image_size, data.num_channels, data.resize
+  )
+  return examples["image"], examples["label"]
+
+
 def low_res_inputs(
   config: ml_collections.ConfigDict, size: int, num_samples: int, mesh=None, cascade: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -136,17 +146,8 @@ def low_res_inputs(
     labels = arrays.get("labels", arrays.get("arr_1"))
   else:
     where = config.data.eval_split
-    source = input_pipeline.open_source(config.data, where)
-    data = config.data
-    examples = input_pipeline.load_examples(
-      source,
-      np.arange(min(num_samples, len(source))),
-      data.image_size,
-      data.num_channels,
-      data.resize,
-    )
-    images = np.asarray(super_res.downsample(pixels.from_uint8(examples["image"]), size))
-    labels = examples["label"]
+    uint8_images, labels = eval_split_images(config, num_samples)
+    images = np.asarray(super_res.downsample(pixels.from_uint8(uint8_images), size))
   expected = (size, size, config.data.num_channels)
   if images.ndim != 4 or images.shape[1:] != expected:
     raise ValueError(
