@@ -2,15 +2,18 @@
 colorization and SDEdit image-to-image, for any sampler that walks down a grid of noise levels.
 
 A sampler is a `Trajectory`: levels x_i = a_i x0 + s_i ε, i = 0 (where sampling starts) … n (the
-data: a_n = 1, s_n = 0), and the step x_i -> x_{i+1}. Gaussian diffusion's ancestral and DDIM
+data: a_n = 1, s_n = 0), and the step x_i -> x_{i+1}, which may carry a `History` (the multistep
+DPM-Solver++ ones: the last data prediction). Gaussian diffusion's ancestral, DDIM and DPM-Solver++
 steps, the σ-space solvers and score-SDE predictor-corrector steps are trajectories
-(`gaussian_trajectory`, `sigma_trajectory`, `sde_trajectory`), so each task runs on each of them:
+(`gaussian_trajectory`, `dpm_solver_trajectory`, `sigma_trajectory`, `sde_trajectory`), so each
+task runs on each of them:
 
   inpainting    after every step the known part P x (P an orthogonal projector: the mask, or the
                 grey component of colour images) is replaced by a fresh draw from
                 q(x_{i+1} | x_known) (Song et al. 2021 Appendix I; Lugmayr et al. 2022, Algorithm
                 1), and every `jump` levels the sample is noised back `jump` levels `resample` - 1
-                times (RePaint)
+                times (RePaint); a multistep solver's last data prediction gets the known part
+                x_known (its exact value at the data level) and is dropped by a noising back
   colorization  inpainting of the grey component x̄ = mean over channels (score_sde's decoupling: an
                 orthogonal change of colour basis whose first axis is grey)
   SDEdit        x_input noised to level i0 = n - round(strength · n), then denoised (Meng et al.
@@ -34,12 +37,24 @@ TASKS = ("inpaint", "colorize", "sdedit")
 MASK_REGIONS = ("center", "right", "bottom")  # the unknown region of `region_mask`
 
 
+class History(NamedTuple):
+  """What a multistep step carries to the next: its data prediction D and its step h in λ (h = 0:
+  none, the next step is first order)."""
+
+  denoised: Array
+  h: Array
+
+
+# (x_i, history, i, key) -> (x_{i+1}, history)
+TrajectoryStep = Callable[[Array, History, Array, Array], tuple[Array, History]]
+
+
 class Trajectory(NamedTuple):
   """A sampler as n steps between the noise levels x_i = a_i x0 + s_i ε."""
 
   scale: np.ndarray  # a_i [n + 1], a_n = 1
   noise_std: np.ndarray  # s_i [n + 1], s_n = 0
-  step: sampling.Step  # (x_i, i, key) -> x_{i+1}
+  step: TrajectoryStep
 
   @property
   def num_steps(self) -> int:
@@ -49,6 +64,31 @@ class Trajectory(NamedTuple):
 def _levels(scale, noise_std) -> tuple[np.ndarray, np.ndarray]:
   """The levels with the data's (a = 1, s = 0) appended, float64."""
   return np.append(np.asarray(scale, np.float64), 1.0), np.append(np.asarray(noise_std), 0.0)
+
+
+def memoryless(step: sampling.Step) -> TrajectoryStep:
+  """A step of the current x only, (x_i, i, key) -> x_{i+1}, as a `TrajectoryStep`."""
+  return lambda x, history, i, key: (step(x, i, key), history)
+
+
+def multistep_trajectory(
+  denoise_at: Callable[[Array, Array], Array], scale, noise_std, stochastic: bool = False
+) -> Trajectory:
+  """DPM-Solver++(2M) (`sampling.dpmpp_2m_update`; its SDE variant if `stochastic`) on the levels
+  (scale, noise_std) [n + 1] (concrete, s_n = 0), `denoise_at(x, i)` the data prediction at
+  level i."""
+  levels = [jnp.asarray(a, jnp.float32) for a in (scale, noise_std)]
+
+  def step(x, history, i, key):
+    denoised = denoise_at(x, i)
+    noise = jax.random.normal(key, x.shape, x.dtype) if stochastic else None
+    a, s = levels
+    x, h = sampling.dpmpp_2m_update(
+      x, denoised, history.denoised, history.h, a[i], s[i], a[i + 1], s[i + 1], noise
+    )
+    return x, History(denoised, h)
+
+  return Trajectory(np.asarray(scale), np.asarray(noise_std), step)
 
 
 def gaussian_trajectory(
@@ -78,28 +118,51 @@ def _gaussian_trajectory(d, model_fn, num_steps, eta, clip_denoised, cond_fn) ->
   n = d.num_timesteps
   return Trajectory(
     *_levels(np.sqrt(alphas_cumprod), np.sqrt(1.0 - alphas_cumprod)),
-    lambda x, i, key: step(x, n - 1 - i, key),
+    memoryless(lambda x, i, key: step(x, n - 1 - i, key)),
   )
+
+
+def dpm_solver_trajectory(
+  d: diffusion.GaussianDiffusion,
+  model_fn: diffusion.ModelFn,
+  num_steps: int = 20,
+  clip_denoised: bool = True,
+  cond_fn: sampling.CondFn | None = None,
+) -> Trajectory:
+  """`sampling.dpm_solver_sample`: DPM-Solver++(2M) on `num_steps` steps of `d` uniform in λ."""
+  with jax.ensure_compile_time_eval():
+    d = diffusion.respace(d, sampling.log_snr_uniform_timesteps(d, num_steps))
+    alphas_cumprod = np.cumprod(1.0 - np.asarray(d.betas, np.float64))[::-1]
+  n = d.num_timesteps
+
+  def denoise_at(x, i):
+    t_b = jnp.full((x.shape[0],), n - 1 - i, jnp.int32)
+    return sampling.eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)[1]
+
+  levels = _levels(np.sqrt(alphas_cumprod), np.sqrt(1.0 - alphas_cumprod))
+  return multistep_trajectory(denoise_at, *levels)
 
 
 def sigma_trajectory(
   denoise_fn: sampling.DenoiseFn, sigmas, solver: str = "euler", **churn
 ) -> Trajectory:
-  """A one-step σ-space solver (`sampling.ONE_STEP_SIGMA_SOLVERS`) on the grid `sigmas` [n + 1]
-  (decreasing to 0, concrete): a = 1, s = σ_i. `churn`: `sampling.sigma_step`'s γ_max, s_tmin, …"""
-  if solver not in sampling.ONE_STEP_SIGMA_SOLVERS:
+  """A σ-space solver (`sampling.SIGMA_SOLVERS`) on the grid `sigmas` [n + 1] (decreasing to 0,
+  concrete): a = 1, s = σ_i. `churn`: `sampling.sigma_step`'s γ_max, s_tmin, … (euler, heun)."""
+  if solver not in sampling.SIGMA_SOLVERS:
     raise ValueError(
-      f"Editing runs on the σ-space solvers {', '.join(sampling.ONE_STEP_SIGMA_SOLVERS)}, not "
-      f"{solver!r} (a multistep solver's history does not survive the replaced known part)."
+      f"Unknown σ-space solver {solver!r}; valid: {', '.join(sampling.SIGMA_SOLVERS)}."
     )
   with jax.ensure_compile_time_eval():
     sigmas = np.asarray(sigmas, np.float64)
   grid = jnp.asarray(sigmas, jnp.float32)
+  denoise_at = lambda x, i: denoise_fn(x, jnp.full((x.shape[0],), grid[i], x.dtype))
+  if solver not in sampling.ONE_STEP_SIGMA_SOLVERS:
+    return multistep_trajectory(denoise_at, np.ones_like(sigmas), sigmas, solver == "dpmpp_2m_sde")
 
   def step(x, i, key):
     return sampling.sigma_step(denoise_fn, x, grid[i], grid[i + 1], solver, key, **churn)[0]
 
-  return Trajectory(np.ones_like(sigmas), sigmas, step)
+  return Trajectory(np.ones_like(sigmas), sigmas, memoryless(step))
 
 
 def sde_trajectory(
@@ -123,7 +186,7 @@ def sde_trajectory(
     x, x_mean = pc(x, grid[i], key)
     return jnp.where(i == len(timesteps) - 1, x_mean, x)
 
-  return Trajectory(*_levels(mean, std), step)
+  return Trajectory(*_levels(mean, std), memoryless(step))
 
 
 def repaint_schedule(num_steps: int, resample: int = 1, jump: int = 1, start: int = 0):
@@ -169,27 +232,30 @@ def run(
   )
   report = sampling.progress_reporter(progress, len(pairs)) if progress else None
 
-  def walk(x, k_and_pair):
+  def walk(carry, k_and_pair):
     k, (i, j) = k_and_pair
     step_key, known_key = jax.random.split(jax.random.fold_in(rng, k))
 
-    def denoise(x):
-      x = trajectory.step(x, i, step_key)
+    def denoise(carry):
+      x, history = trajectory.step(*carry, i, step_key)
       if known is None:
-        return x
-      return observe(x, scale[j] * known + noise_std[j] * noise(known_key))
+        return x, history
+      x = observe(x, scale[j] * known + noise_std[j] * noise(known_key))
+      return x, history._replace(denoised=observe(history.denoised, known))
 
-    def renoise(x):  # q(x_j | x_i), j < i: (a_j/a_i) x_i + √(s_j² - (a_j/a_i)² s_i²) z
-      ratio = scale[j] / scale[i]
+    def renoise(carry):  # q(x_j | x_i), j < i: (a_j/a_i) x_i + √(s_j² - (a_j/a_i)² s_i²) z
+      (x, history), ratio = carry, scale[j] / scale[i]
       std = jnp.sqrt(jnp.maximum(noise_std[j] ** 2 - (ratio * noise_std[i]) ** 2, 0.0))
-      return ratio * x + std * noise(known_key)
+      return ratio * x + std * noise(known_key), history._replace(h=jnp.zeros_like(history.h))
 
-    x = jax.lax.cond(j > i, denoise, renoise, x)
+    carry = jax.lax.cond(j > i, denoise, renoise, carry)
     if report is not None:
       jax.debug.callback(report, k + 1)
-    return x, None
+    return carry, None
 
-  return jax.lax.scan(walk, x, (jnp.arange(len(pairs)), jnp.asarray(pairs)))[0]
+  history = History(jnp.zeros_like(x), jnp.zeros((), x.dtype))  # no previous step
+  steps = (jnp.arange(len(pairs)), jnp.asarray(pairs))
+  return jax.lax.scan(walk, (x, history), steps)[0][0]
 
 
 def region_mask(name: str, size: int) -> np.ndarray:

@@ -174,7 +174,7 @@ def _ddim_respaced(
   )
 
 
-def _eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn):
+def eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn):
   """(ε̂, x̂0) at x_t, ε̂ recomputed from the (clipped) x̂0 as the reference code does; guided if
   cond_fn."""
   out = diffusion.p_mean_variance(d, model_fn(x, d.timestep_map[t_b]), x, t_b, clip_denoised)
@@ -227,7 +227,7 @@ def ddim_step(
 
   def step(x, t, key):
     t_b = jnp.full((x.shape[0],), t, dtype=jnp.int32)
-    eps, pred_x0 = _eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)
+    eps, pred_x0 = eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)
     # σ_t² = η² (1-ᾱ_{t-1})/(1-ᾱ_t) · (1 - ᾱ_t/ᾱ_{t-1}) = η² β̃_t on this grid, precomputed in
     # float64.
     sigma_sq = eta**2 * d.posterior_variance[t]
@@ -258,7 +258,7 @@ def ddim_encode(
 
   def step(x, i):
     source = jnp.full((batch,), jnp.maximum(i - 1, 0), dtype=jnp.int32)
-    eps, pred_x0 = _eps_and_x0(d, model_fn, x, source, False, None)
+    eps, pred_x0 = eps_and_x0(d, model_fn, x, source, False, None)
     return jnp.sqrt(d.alphas_cumprod[i]) * pred_x0 + d.sqrt_one_minus_alphas_cumprod[i] * eps, None
 
   x, _ = jax.lax.scan(step, x0, jnp.arange(d.num_timesteps))
@@ -361,30 +361,53 @@ def dpm_solver_sample(
   d = diffusion.respace(d, log_snr_uniform_timesteps(d, num_steps))
   x = _initial_noise(rng, shape, x_T)
   batch, n = x.shape[0], d.num_timesteps
-  # λ at each grid point
-  log_snr = 0.5 * (jnp.log(d.alphas_cumprod) - d.log_one_minus_alphas_cumprod)
+  # (α, σ) at each grid point, and at the target (α, σ) = (1, 0) after index 0
+  scale = jnp.append(1.0, d.sqrt_alphas_cumprod)
+  std = jnp.append(0.0, d.sqrt_one_minus_alphas_cumprod)
 
   def step(carry, i):
     x, x0_prev, h_prev = carry
     t_b = jnp.full((batch,), i, dtype=jnp.int32)
-    _, x0 = _eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)
-    # Target point: the previous grid point, or ᾱ = 1 (σ = 0, λ = ∞) after index 0.
-    sigma_ratio = (
-      jnp.where(i > 0, d.sqrt_one_minus_alphas_cumprod[jnp.maximum(i - 1, 0)], 0.0)
-      / (d.sqrt_one_minus_alphas_cumprod[i])
-    )
-    alpha_t = jnp.sqrt(d.alphas_cumprod_prev[i])
-    h = jnp.where(i > 0, log_snr[jnp.maximum(i - 1, 0)] - log_snr[i], jnp.inf)
-    second_order = (i < n - 1) & (i > 0)
-    half_inv_r = jnp.where(second_order, h / (2 * jnp.where(second_order, h_prev, 1.0)), 0.0)
-    x0_tilde = (1 + half_inv_r) * x0 - half_inv_r * x0_prev
-    x = sigma_ratio * x - alpha_t * jnp.expm1(-h) * x0_tilde
+    _, x0 = eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)
+    x, h = dpmpp_2m_update(x, x0, x0_prev, h_prev, scale[i + 1], std[i + 1], scale[i], std[i])
     return (x, x0, h), None
 
   x, _, _ = _reverse_scan(
-    step, (x, jnp.zeros_like(x), jnp.ones(())), n, "DPM-Solver++ sampling" if progress else None
+    step, (x, jnp.zeros_like(x), jnp.zeros(())), n, "DPM-Solver++ sampling" if progress else None
   )
   return x
+
+
+def dpmpp_2m_update(
+  x: Array,
+  denoised: Array,
+  denoised_prev: Array,
+  h_prev: Array,
+  scale: Array,
+  std: Array,
+  scale_next: Array,
+  std_next: Array,
+  noise: Array | None = None,
+) -> tuple[Array, Array]:
+  """One DPM-Solver++(2M) step (Lu et al. 2022, Algorithm 2) from x = α x0 + σ ε at (α, σ) =
+  (scale, std) to (scale_next, std_next), in λ = log(α/σ), with the data prediction D = x̂0(x):
+
+    x' = (σ'/σ) x - α' (e^{-h} - 1) D̃,  h = λ' - λ,  D̃ = D + (D - D_prev) h / (2 h_prev)
+  first order (D̃ = D) where h_prev = 0 (no previous step) or h = ∞ (σ' = 0, where x' = α' D).
+  With `noise` z, DPM-Solver++(2M) SDE (η = 1, k-diffusion's midpoint variant):
+    x' = (σ'/σ) e^{-h} x - α' (e^{-2h} - 1) D̃ + σ' √(1 - e^{-2h}) z.
+  -> (x', h), h the next step's h_prev."""
+  h = jnp.log(scale_next * std / (scale * std_next))  # ∞ at σ' = 0
+  second_order = (h_prev > 0) & jnp.isfinite(h)
+  half_inv_r = jnp.where(second_order, h / (2 * jnp.where(second_order, h_prev, 1.0)), 0.0)
+  denoised = denoised + half_inv_r * (denoised - denoised_prev)
+  ratio = std_next / std
+  if noise is None:
+    return ratio * x - scale_next * jnp.expm1(-h) * denoised, h
+  decay = -jnp.expm1(-2 * h)  # 1 - e^{-2h}
+  return ratio * jnp.exp(-h) * x + scale_next * decay * denoised + std_next * jnp.sqrt(
+    decay
+  ) * noise, h
 
 
 # σ-space sampling (Karras et al. 2022, "EDM"; k-diffusion's conventions): every model as a
@@ -467,24 +490,11 @@ def sigma_sample(
       key = None if rng is None else jax.random.fold_in(rng, i)
       x, denoised = sigma_step(denoise_fn, x, sigma, sigma_next, solver, key, **churn)
       return (x, denoised, h_prev), None
-    denoised = denoise(x, sigma)
-    # DPM-Solver++ in t = -log σ; h = t_next - t (∞ on a last step to σ = 0, where x = D)
-    last = sigma_next <= 0
-    h = jnp.where(last, 1.0, jnp.log(sigma / jnp.where(last, 1.0, sigma_next)))
-    # the 2nd-order correction from the previous denoised value, r = h_prev / h
-    correction = jnp.where((i > 0) & ~last, 1.0 / (2.0 * h_prev / h), 0.0) * (
-      denoised - denoised_prev
-    )
-    if solver == "dpmpp_2m":
-      x_next = (sigma_next / sigma) * x - jnp.expm1(-h) * (denoised + correction)
-    else:  # dpmpp_2m_sde (η = 1): e^{-2h} decay, midpoint correction, noise σ_next √(1 - e^{-2h})
-      x_next = (
-        (sigma_next / sigma) * jnp.exp(-h) * x
-        - jnp.expm1(-2 * h) * denoised
-        - jnp.expm1(-2 * h) * correction
-        + sigma_next * jnp.sqrt(-jnp.expm1(-2 * h)) * s_noise * noise(i)
-      )
-    return (jnp.where(last, denoised, x_next), denoised, h), None
+    denoised = denoise(x, sigma)  # DPM-Solver++ with α = 1: λ = -log σ
+    one = jnp.ones((), x.dtype)
+    noise_i = noise(i) * s_noise if solver == "dpmpp_2m_sde" else None
+    x, h = dpmpp_2m_update(x, denoised, denoised_prev, h_prev, one, sigma, one, sigma_next, noise_i)
+    return (x, denoised, h), None
 
   step_fn = step
   if progress:
@@ -495,7 +505,7 @@ def sigma_sample(
       jax.debug.callback(report, i + 1)
       return carry, out
 
-  carry = (x, jnp.zeros_like(x), jnp.ones((), x.dtype))
+  carry = (x, jnp.zeros_like(x), jnp.zeros((), x.dtype))
   return jax.lax.scan(step_fn, carry, jnp.arange(num_steps))[0][0]
 
 

@@ -73,11 +73,9 @@ def test_sdedit_spans_the_input_and_a_sample_and_a_mask_file_is_read(digits_run,
   Image.fromarray(mask).save(tmp_path / "mask.png")
   config.edit.task, config.edit.input_file = "inpaint", str(tmp_path / "inputs.npz")
   config.edit.mask_file = str(tmp_path / "mask.png")
+  config.sampling.sampler = "dpm_solver"  # a multistep sampler
   results = np.load(edit.edit(config, workdir))["results"]
   np.testing.assert_array_equal(results[:, :, :4], images[:, :, :4])
-  config.sampling.sampler = "dpm_solver"
-  with pytest.raises(ValueError, match="multistep"):
-    edit.edit(config, workdir)
   config.sampling.sampler, config.edit.task = "ddim", "colorize"
   with pytest.raises(ValueError, match="colour data"):
     edit.edit(config, workdir)
@@ -176,6 +174,6 @@ def test_every_score_sde_sampler_is_chosen_by_the_config_and_edits(tmp_path):
     bad.sampling.update(change)
     with pytest.raises(ValueError, match=message):
       config_validation.validate_config(bad)
-  config.sampling.sampler = "dpmpp_2m"
-  with pytest.raises(ValueError, match="multistep"):
+  config.sampling.sampler = "ode"
+  with pytest.raises(ValueError, match="without a fixed grid"):
     families.get_family(config).make_trajectory()

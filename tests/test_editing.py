@@ -185,5 +185,38 @@ def test_the_sigma_space_and_score_sde_trajectories_inpaint_and_sample():
     plain_mean_error, _ = inpainting_errors(trajectory, resample=1)
     mean_error, cov_error = inpainting_errors(trajectory, resample=4)
     assert mean_error < 0.5 * plain_mean_error and mean_error < 0.03, (mean_error, plain_mean_error)
-  with pytest.raises(ValueError, match="multistep"):
-    editing.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_2m")
+  with pytest.raises(ValueError, match="Unknown σ-space solver"):
+    editing.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_3m")
+
+
+def test_the_multistep_trajectories_are_their_samplers_and_inpaint():
+  # DPM-Solver++(2M) on the discrete diffusion (λ-uniform grid) and in σ space (EDM's grid), and
+  # its SDE variant: from the prior, the walk is the library's sampler (a second formulation)
+  rng, x_start = jax.random.key(4), jnp.zeros((BATCH, 1, 4, 1))
+  prior = jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), x_start.shape)
+  sigmas = np.asarray(sampling.karras_sigmas(40, 0.002, 80.0))
+  dpm = editing.dpm_solver_trajectory(BASE, exact_eps_fn(), 25, clip_denoised=False)
+  cases = [
+    (
+      dpm,
+      sampling.dpm_solver_sample(
+        BASE, exact_eps_fn(), rng, x_T=prior, num_steps=25, clip_denoised=False
+      ),
+      2e-4,
+    ),
+    (
+      editing.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_2m"),
+      sampling.sigma_sample(exact_denoiser(), sigmas[0] * prior, sigmas, "dpmpp_2m"),
+      1e-5,
+    ),
+  ]
+  for trajectory, want, tolerance in cases:
+    got = jax.jit(lambda rng: editing.sdedit_along(trajectory, rng, x_start, 1.0))(rng)
+    np.testing.assert_allclose(got, want, atol=tolerance)
+  # inpainting: the last data prediction gets the known part; RePaint's resampling helps
+  sde_variant = editing.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_2m_sde")
+  for trajectory, resample in ((dpm, 8), (sde_variant, 4)):
+    plain_mean_error, _ = inpainting_errors(trajectory, resample=1)
+    mean_error, cov_error = inpainting_errors(trajectory, resample)
+    assert mean_error < 0.5 * plain_mean_error and mean_error < 0.03, (mean_error, plain_mean_error)
+    assert cov_error < 0.015, cov_error

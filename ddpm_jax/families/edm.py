@@ -113,8 +113,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide
-    if sampling_config.sampler not in sampling.ONE_STEP_SIGMA_SOLVERS:
-      raise gaussian.no_trajectory(sampling_config.sampler, sampling.ONE_STEP_SIGMA_SOLVERS)
+    if sampling_config.sampler not in sampling.SIGMA_SOLVERS:
+      raise gaussian.no_trajectory(sampling_config.sampler, sampling.SIGMA_SOLVERS)
 
     def trajectory(params, labels=None, guide_params=None, controls=None):
       del guide_params

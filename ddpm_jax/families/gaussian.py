@@ -143,6 +143,11 @@ def ddim_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **
   return editing.gaussian_trajectory(gaussian, model_fn, num_steps, controls["eta"], **kw)
 
 
+def dpm_solver_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
+  del controls, sampling_config
+  return editing.dpm_solver_trajectory(gaussian, model_fn, num_steps or 20, **kw)
+
+
 def sigma_solver_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
   del num_steps, controls
   _no_classifier_guidance(kw["cond_fn"])
@@ -150,20 +155,19 @@ def sigma_solver_trajectory(gaussian, model_fn, num_steps, controls, sampling_co
   return sigma_space_trajectory(denoise_fn, *discrete_sigma_range(gaussian), sampling_config)
 
 
-# config.sampling.sampler -> its `editing.Trajectory` (the samplers whose step depends on the
-# current x only: not the multistep DPM-Solver++ ones)
+# config.sampling.sampler -> its `editing.Trajectory`
 TRAJECTORIES = {
   "ddpm": ddpm_trajectory,
   "ddim": ddim_trajectory,
-  **{solver: sigma_solver_trajectory for solver in sampling.ONE_STEP_SIGMA_SOLVERS},
+  "dpm_solver": dpm_solver_trajectory,
+  **{solver: sigma_solver_trajectory for solver in sampling.SIGMA_SOLVERS},
 }
 
 
 def no_trajectory(sampler: str, trajectories) -> ValueError:
   return ValueError(
-    f"Editing and interpolation run on the samplers {', '.join(trajectories)}, not "
-    f"sampling.sampler={sampler!r} (a multistep solver's history does not survive replacing the "
-    "known part): set --config.sampling.sampler."
+    f"Editing runs on the samplers {', '.join(trajectories)}, not sampling.sampler={sampler!r} "
+    "(a sampler without a fixed grid of noise levels): set --config.sampling.sampler."
   )
 
 

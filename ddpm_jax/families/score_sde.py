@@ -16,7 +16,7 @@ SDE_TYPES = ("vp", "subvp", "ve")
 # config.sampling.sampler: predictor-corrector, the probability-flow ODE (adaptive Tsit5), NCSN's
 # annealed Langevin dynamics (VE), or a σ-space solver on the SDE's σ(t)
 SAMPLERS = ("pc", "ode", "annealed_langevin") + sampling.SIGMA_SOLVERS
-TRAJECTORIES = ("pc",) + sampling.ONE_STEP_SIGMA_SOLVERS
+TRAJECTORIES = ("pc",) + sampling.SIGMA_SOLVERS
 
 
 def sampling_sde(score_sde, sampling_config):
