@@ -4,9 +4,9 @@ colorization and SDEdit image-to-image, for any sampler that walks down a grid o
 A sampler is a `Trajectory`: levels x_i = a_i x0 + s_i ε, i = 0 (where sampling starts) … n (the
 data: a_n = 1, s_n = 0), and the step x_i -> x_{i+1}, which may carry a `History` (the multistep
 DPM-Solver++ ones: the last data prediction). Gaussian diffusion's ancestral, DDIM and DPM-Solver++
-steps, the σ-space solvers and score-SDE predictor-corrector steps are trajectories
-(`gaussian_trajectory`, `dpm_solver_trajectory`, `sigma_trajectory`, `sde_trajectory`), so each
-task runs on each of them:
+steps, the σ-space solvers, score-SDE predictor-corrector steps and VDM's ancestral steps are
+trajectories (`gaussian_trajectory`, `dpm_solver_trajectory`, `sigma_trajectory`, `sde_trajectory`,
+`vdm_trajectory`), so each task runs on each of them:
 
   inpainting    after every step the known part P x (P an orthogonal projector: the mask, or the
                 grey component of colour images) is replaced by a fresh draw from
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import diffusion, sampling, sde
+from ddpm_jax import diffusion, sampling, sde, vdm
 
 Array = jax.Array
 # (x, the known part's draw at the same level) -> x with its known part replaced
@@ -52,8 +52,8 @@ TrajectoryStep = Callable[[Array, History, Array, Array], tuple[Array, History]]
 class Trajectory(NamedTuple):
   """A sampler as n steps between the noise levels x_i = a_i x0 + s_i ε."""
 
-  scale: np.ndarray  # a_i [n + 1], a_n = 1
-  noise_std: np.ndarray  # s_i [n + 1], s_n = 0
+  scale: np.ndarray | Array  # a_i [n + 1], a_n = 1
+  noise_std: np.ndarray | Array  # s_i [n + 1], s_n = 0
   step: TrajectoryStep
 
   @property
@@ -187,6 +187,21 @@ def sde_trajectory(
     return jnp.where(i == len(timesteps) - 1, x_mean, x)
 
   return Trajectory(*_levels(mean, std), memoryless(step))
+
+
+def vdm_trajectory(schedule: dict[str, Array], eps_fn: vdm.EpsFn, num_steps: int) -> Trajectory:
+  """`vdm.sample`: ancestral steps t = k/T -> (k-1)/T from t = 1 (a = α_t, s = σ_t), the last one
+  ending in the mode of p(x | z_0). `schedule` may be traced (a learned γ)."""
+  t = jnp.arange(num_steps, 0, -1) / num_steps
+  alpha, sigma = vdm.alpha_sigma(vdm.gamma(schedule, t))
+
+  def step(z, i, key):
+    t_i = jnp.full((z.shape[0],), (num_steps - i) / num_steps)
+    noise = jax.random.normal(key, z.shape, z.dtype)
+    z = vdm.ancestral_step(schedule, eps_fn, z, t_i, t_i - 1.0 / num_steps, noise)
+    return jax.lax.cond(i == num_steps - 1, lambda z: vdm.decoded_mode(schedule, z), lambda z: z, z)
+
+  return Trajectory(jnp.append(alpha, 1.0), jnp.append(sigma, 0.0), memoryless(step))
 
 
 def repaint_schedule(num_steps: int, resample: int = 1, jump: int = 1, start: int = 0):

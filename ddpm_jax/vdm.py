@@ -218,27 +218,37 @@ def _with_squared_shape_gradient(
 # Sampling.
 
 
+def ancestral_step(
+  params: dict[str, Array], eps_fn: EpsFn, z: Array, t: Array, s: Array, noise: Array
+) -> Array:
+  """z_s ~ q(z_s | z_t, x = x̂(z_t)), s < t [B] (App. A.4):
+  z_s = α_s/α_t (z_t - σ_t c ε̂) + σ_s √c · noise with c = -expm1(γ_s - γ_t)."""
+  gamma_t, gamma_s = gamma(params, t), gamma(params, s)
+  eps_hat = eps_fn(z, gamma_t)
+  c = -jnp.expm1(gamma_s - gamma_t)
+  (alpha_t, sigma_t), (alpha_s, sigma_s) = alpha_sigma(gamma_t), alpha_sigma(gamma_s)
+  mean = losses.expand_to(alpha_s / alpha_t, z) * (z - losses.expand_to(sigma_t * c, z) * eps_hat)
+  return mean + losses.expand_to(sigma_s * jnp.sqrt(c), z) * noise
+
+
+def decoded_mode(params: dict[str, Array], z_0: Array) -> Array:
+  """The mode of p(x | z_0): the 8-bit value nearest z_0/α_0, in [-1, 1]."""
+  gamma_0 = jnp.full((z_0.shape[0],), params["gamma_0"])
+  bins = jnp.argmax(decoder_logits(gamma_0, z_0), axis=-1)
+  return bins.astype(jnp.float32) / 127.5 - 1.0
+
+
 def sample(
   params: dict[str, Array], eps_fn: EpsFn, rng: Array, shape, num_steps: int = 1000
 ) -> Array:
-  """Ancestral sampling of the continuous-time model on T = num_steps equal steps, one `lax.scan`:
-  z_s = α_s/α_t (z_t - σ_t c ε̂) + σ_s √c · z with c = -expm1(γ_s - γ_t), i.e. q(z_s | z_t, x = x̂)
-  (App. A.4); then x = the mode of p(x | z_0) (the 8-bit value nearest z_0/α_0). -> x [B, ...] in
-  [-1, 1]."""
+  """Ancestral sampling of the continuous-time model on T = num_steps equal steps
+  (`ancestral_step`), one `lax.scan`, then x = `decoded_mode`(z_0). -> x [B, ...] in [-1, 1]."""
   z = jax.random.normal(jax.random.fold_in(rng, num_steps), shape)
 
   def step(z, i):  # i = T, …, 1
     t = jnp.full((shape[0],), i / num_steps)
-    gamma_t, gamma_s = gamma(params, t), gamma(params, t - 1.0 / num_steps)
-    eps_hat = eps_fn(z, gamma_t)
-    c = -jnp.expm1(gamma_s - gamma_t)
-    (alpha_t, sigma_t), (alpha_s, sigma_s) = alpha_sigma(gamma_t), alpha_sigma(gamma_s)
-    mean = losses.expand_to(alpha_s / alpha_t, z) * (z - losses.expand_to(sigma_t * c, z) * eps_hat)
-    return mean + losses.expand_to(sigma_s * jnp.sqrt(c), z) * jax.random.normal(
-      jax.random.fold_in(rng, i), shape
-    ), None
+    noise = jax.random.normal(jax.random.fold_in(rng, i), shape)
+    return ancestral_step(params, eps_fn, z, t, t - 1.0 / num_steps, noise), None
 
   z, _ = jax.lax.scan(step, z, jnp.arange(num_steps, 0, -1))
-  gamma_0 = jnp.full((shape[0],), params["gamma_0"])
-  bins = jnp.argmax(decoder_logits(gamma_0, z), axis=-1)
-  return bins.astype(jnp.float32) / 127.5 - 1.0
+  return decoded_mode(params, z)

@@ -1,6 +1,6 @@
 """Inpainting, colorization and SDEdit driven by the exact denoiser of jointly Gaussian data (a
 non-diagonal covariance), against the closed-form conditional Gaussian and the data distribution,
-on Gaussian diffusion, the σ-space solvers and score-SDE predictor-corrector sampling."""
+on Gaussian diffusion, the σ-space solvers, score-SDE predictor-corrector sampling and VDM."""
 
 from conftest import make
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import editing, sampling, schedules, sde
+from ddpm_jax import editing, sampling, schedules, sde, vdm
 
 # x0 ~ N(μ, Σ) over the 4 pixels of a [1, 4, 1] image (a correlated row)
 MU = np.array([0.2, -0.1, 0.0, 0.1])
@@ -220,3 +220,27 @@ def test_the_multistep_trajectories_are_their_samplers_and_inpaint():
     mean_error, cov_error = inpainting_errors(trajectory, resample)
     assert mean_error < 0.5 * plain_mean_error and mean_error < 0.03, (mean_error, plain_mean_error)
     assert cov_error < 0.015, cov_error
+
+
+def test_the_vdm_trajectory_inpaints_and_samples():
+  def eps_fn(z, gamma_t):  # E[ε | z_t] of the correlated Gaussian data
+    alpha, sigma = vdm.alpha_sigma(gamma_t)
+    x0 = posterior_mean(MU, SIGMA, flat(z), alpha, sigma)
+    return ((flat(z) - alpha[:, None] * x0) / sigma[:, None]).reshape(z.shape)
+
+  trajectory = editing.vdm_trajectory(vdm.init_schedule(None, "fixed"), eps_fn, 1000)
+  sample = np.asarray(
+    jax.jit(lambda rng: editing.sdedit_along(trajectory, rng, jnp.zeros((BATCH, 1, 4, 1)), 1.0))(
+      jax.random.key(5)
+    )
+  )[:, 0, :, 0]
+  # the mode of p(x | z_0): on the 8-bit grid
+  np.testing.assert_allclose(sample * 127.5, np.round(sample * 127.5 + 127.5) - 127.5, atol=1e-3)
+  # the data as VDM's decoder sees it: clipped to [-1, 1]
+  data = np.clip(np.random.default_rng(0).multivariate_normal(MU, SIGMA, 100_000), -1, 1)
+  np.testing.assert_allclose(sample.mean(0), data.mean(0), atol=0.04)
+  np.testing.assert_allclose(np.cov(sample.T), np.cov(data.T), atol=0.03)
+  plain_mean_error, _ = inpainting_errors(trajectory, resample=1)
+  mean_error, cov_error = inpainting_errors(trajectory, resample=4)
+  assert mean_error < 0.5 * plain_mean_error and mean_error < 0.03, (mean_error, plain_mean_error)
+  assert cov_error < 0.01, cov_error

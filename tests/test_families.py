@@ -1,6 +1,6 @@
 """Every family through the one interface: a few train steps of its shipped offline config (shrunk),
-a batch of samples and bits/dim, equal to what the code before the family refactor computed; and the
-package's imports point one way, with no cycle."""
+a batch of samples, an inpainting and bits/dim, equal to what the code before the family refactor
+computed; and the package's imports point one way, with no cycle."""
 
 import ast
 import importlib
@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from ddpm_jax import config_validation, families, input_pipeline, parallel
+from ddpm_jax import config_validation, editing, families, input_pipeline, parallel
 from ddpm_jax.evaluation import evaluate
 from ddpm_jax.evaluation import sample as sample_lib
 from helpers import REPO, flat_params, run_steps
@@ -99,6 +99,16 @@ def test_family_trains_samples_and_measures_bits_per_dim_as_before_the_refactor(
         rtol=1e-4,  # the same computation batched differently: round-off only
         atol=1e-5,
       )
+  if family.make_trajectory is not None:  # editing on the configured sampler: known part kept
+    x_known = jax.random.uniform(jax.random.key(3), (2, 8, 8, 1), minval=-1.0, maxval=1.0)
+    mask, trajectory_fn = editing.region_mask("center", 8), family.make_trajectory()
+    inpaint = jax.jit(
+      lambda params: editing.inpaint_along(trajectory_fn(params), jax.random.key(4), x_known, mask)
+    )
+    out = np.asarray(inpaint(state.ema_params))
+    known = np.broadcast_to(mask, out.shape) == 1
+    np.testing.assert_array_equal(out[known], np.asarray(x_known)[known])
+    assert np.all(np.isfinite(out)) and np.any(out[~known] != np.asarray(x_known)[~known])
   if family.bits_per_dim is not None:
     bpd = evaluate.held_out_bits_per_dim(config, state.ema_params, mesh, str(tmp_path))
     assert 0 < bpd < 30, bpd  # untrained, yet a proper bound of 8-bit data

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from ddpm_jax import losses, models, vdm
+from ddpm_jax import editing, losses, models, vdm
 from ddpm_jax.families import base
 
 
@@ -88,6 +88,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     )
     return losses.bits_per_dim(terms["total"], batch["image"])
 
+  num_steps = config.sampling.num_steps or 1000
+
   def make_sampler(
     batch_size: int, progress: bool = False, guide=None, workdir=None
   ) -> base.SampleFn:
@@ -96,15 +98,18 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     def sample(params, rng, labels, guide_params=None, controls=None):  # ancestral, equal steps
       del guide_params, controls
-      return vdm.sample(
-        params["schedule"],
-        eps_fn(params["unet"], labels),
-        rng,
-        shape,
-        num_steps=config.sampling.num_steps or 1000,
-      )
+      return vdm.sample(params["schedule"], eps_fn(params["unet"], labels), rng, shape, num_steps)
 
     return sample
+
+  def make_trajectory(guide=None) -> base.TrajectoryFn:
+    del guide
+
+    def trajectory(params, labels=None, guide_params=None, controls=None):
+      del guide_params, controls
+      return editing.vdm_trajectory(params["schedule"], eps_fn(params["unet"], labels), num_steps)
+
+    return trajectory
 
   def bits_per_dim(params, x0, rng, labels=None):  # one low-discrepancy t per example: unbiased
     t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)
@@ -134,6 +139,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,
+    make_trajectory=make_trajectory,
     bits_per_dim=bits_per_dim,
     clip_mask=clip_mask if vdm_config.noise_schedule == "learned" else None,
   )
