@@ -106,13 +106,10 @@ def gaussian_trajectory(
 
 
 def _gaussian_trajectory(d, model_fn, num_steps, eta, clip_denoised, cond_fn) -> Trajectory:
+  d = sampling.respaced_for(d, "ddpm" if eta is None else "ddim", num_steps)
   if eta is None:
-    if num_steps is not None:
-      d = diffusion.respace(d, sampling.space_timesteps(d.num_timesteps, [num_steps]))
     step = sampling.ddpm_step(d, model_fn, clip_denoised, cond_fn)
   else:
-    if num_steps is not None:
-      d = diffusion.respace(d, sampling.space_timesteps(d.num_timesteps, f"ddim{num_steps}"))
     step = sampling.ddim_step(d, model_fn, eta, clip_denoised, cond_fn)
   alphas_cumprod = np.cumprod(1.0 - np.asarray(d.betas, np.float64))[::-1]
   n = d.num_timesteps
@@ -131,7 +128,7 @@ def dpm_solver_trajectory(
 ) -> Trajectory:
   """`sampling.dpm_solver_sample`: DPM-Solver++(2M) on `num_steps` steps of `d` uniform in λ."""
   with jax.ensure_compile_time_eval():
-    d = diffusion.respace(d, sampling.log_snr_uniform_timesteps(d, num_steps))
+    d = sampling.respaced_for(d, "dpm_solver", num_steps)
     alphas_cumprod = np.cumprod(1.0 - np.asarray(d.betas, np.float64))[::-1]
   n = d.num_timesteps
 

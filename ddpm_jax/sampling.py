@@ -136,8 +136,7 @@ def ddpm_sample(
   (Improved DDPM §4); respacing runs on the host, so `d` must be concrete (closed over, not traced).
   Noise for step t comes from `fold_in(rng, t)`. `progress` logs every 10 % of the steps.
   """
-  if num_steps is not None:
-    d = diffusion.respace(d, space_timesteps(d.num_timesteps, [num_steps]))
+  d = respaced_for(d, "ddpm", num_steps)
   step = ddpm_step(d, model_fn, clip_denoised, cond_fn)
   scan_step = lambda x, t: (step(x, t, jax.random.fold_in(rng, t)), None)
   x = _initial_noise(rng, shape, x_T)
@@ -164,14 +163,20 @@ def ddpm_step(
   return step
 
 
-def _ddim_respaced(
-  d: diffusion.GaussianDiffusion, num_steps: int | None
+def respaced_for(
+  d: diffusion.GaussianDiffusion, sampler: str, num_steps: int | None
 ) -> diffusion.GaussianDiffusion:
-  return (
-    d
-    if num_steps is None
-    else diffusion.respace(d, space_timesteps(d.num_timesteps, f"ddim{num_steps}"))
-  )
+  """`d` on the grid of `num_steps` steps that `sampler`'s sampling function runs on (None: `d` as
+  given): "ddpm" evenly spaced (Improved DDPM §4), "ddim" `space_timesteps`' "ddim" spacing,
+  "dpm_solver" uniform in λ (`log_snr_uniform_timesteps`). Host-side: `d` must be concrete."""
+  if num_steps is None:
+    return d
+  kept = {
+    "ddpm": lambda: space_timesteps(d.num_timesteps, [num_steps]),
+    "ddim": lambda: space_timesteps(d.num_timesteps, f"ddim{num_steps}"),
+    "dpm_solver": lambda: log_snr_uniform_timesteps(d, num_steps),
+  }[sampler]()
+  return diffusion.respace(d, kept)
 
 
 def eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn):
@@ -209,7 +214,7 @@ def ddim_sample(
   η = 0 is the deterministic DDIM ODE; η = 1 is ancestral sampling with the β̃ variance. The last
   step ends at ᾱ = 1. `num_steps=None` runs on `d` as given.
   """
-  d = _ddim_respaced(d, num_steps)
+  d = respaced_for(d, "ddim", num_steps)
   step = ddim_step(d, model_fn, eta, clip_denoised, cond_fn)
   scan_step = lambda x, t: (step(x, t, jax.random.fold_in(rng, t)), None)
   x = _initial_noise(rng, shape, x_T)
@@ -253,7 +258,7 @@ def ddim_encode(
 
   Decode with `ddim_sample(d, model_fn, rng, x_T=…, num_steps=…, eta=0, clip_denoised=False)`.
   """
-  d = _ddim_respaced(d, num_steps)
+  d = respaced_for(d, "ddim", num_steps)
   batch = x0.shape[0]
 
   def step(x, i):
@@ -358,7 +363,7 @@ def dpm_solver_sample(
   Runs on `num_steps` grid points uniform in λ (the spacing the paper recommends; steps of equal h
   keep the extrapolation r ≈ 1); the last step lands at ᾱ = 1 (σ = 0), where x = D̃.
   """
-  d = diffusion.respace(d, log_snr_uniform_timesteps(d, num_steps))
+  d = respaced_for(d, "dpm_solver", num_steps)
   x = _initial_noise(rng, shape, x_T)
   batch, n = x.shape[0], d.num_timesteps
   # (α, σ) at each grid point, and at the target (α, σ) = (1, 0) after index 0
