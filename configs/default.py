@@ -137,6 +137,10 @@ def get_config():
   training.sample_every_steps = 1000  # EMA sample grid to workdir/samples and TensorBoard
   training.keep_checkpoints = 3
   training.fsdp = False  # shard params and optimizer state over the data axis
+  # a step with a non-finite loss or gradient: "stop" the run, or "skip" its update (counted in the
+  # logs), stopping after max_nonfinite_skips such steps in a row
+  training.nonfinite = "stop"
+  training.max_nonfinite_skips = 10
   # class- and context-conditional models: rate of the null label / zero context (classifier-free
   # guidance)
   training.label_dropout = 0.1

@@ -9,6 +9,8 @@ import ml_collections
 
 from ddpm_jax import editing, families, input_pipeline, models
 
+NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite
+
 
 def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
   """The fields that chose the family before `config.family` existed, where an old config still sets
@@ -133,6 +135,12 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
     "eval_every_steps",
     "sample_every_steps",
   )
+  if training.get("nonfinite", "stop") not in NONFINITE_POLICIES:
+    problems.append(
+      f"Unknown training.nonfinite {training.nonfinite!r}; valid: {', '.join(NONFINITE_POLICIES)}."
+    )
+  if training.get("max_nonfinite_skips", 0) < 0:
+    problems.append(f"training.max_nonfinite_skips={training.max_nonfinite_skips} must be >= 0.")
   if min(training[name] for name in intervals) <= 0:
     problems.append(f"training.{', '.join(intervals)} must be positive.")
   return problems

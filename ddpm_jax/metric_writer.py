@@ -25,6 +25,7 @@ class MetricWriter:
       self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
     self.sums: dict[str, float] = {}
     self.count = 0
+    self.skipped, self.total_skipped = 0, 0  # updates skipped for a non-finite loss or gradient
     self.last_time, self.last_step = time.time(), None
 
   def add(self, metrics: dict[str, float]) -> None:
@@ -32,7 +33,21 @@ class MetricWriter:
       self.sums[k] = self.sums.get(k, 0.0) + float(v)
     self.count += 1
 
+  def count_nonfinite_skip(self) -> None:
+    self.skipped += 1
+    self.total_skipped += 1
+
   def write(self, step: int) -> None:
+    if self.skipped:
+      logging.warning(
+        "step %d: %d updates of this interval skipped (non-finite), %d in all.",
+        step,
+        self.skipped,
+        self.total_skipped,
+      )
+    if self.skipped or self.total_skipped:
+      self.write_scalars("train", {"nonfinite_skips": self.skipped}, step)
+    self.skipped = 0
     if not self.count:
       return
     now = time.time()

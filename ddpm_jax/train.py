@@ -65,10 +65,12 @@ def train_step(
   lr_schedule: optax.Schedule,
   ema_decay: float,
   grad_accum_steps: int,
+  skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """The family's draws, loss, gradients, update, EMA — in that order. Batch arrays are global
   (sharded over the mesh); draws of global shape give every example, on every shard, its own
-  noise."""
+  noise. `skip_nonfinite`: a step with a non-finite loss or gradient keeps the old parameters,
+  optimizer and family state (only the step count moves on)."""
   keys = families.step_keys(jax.random.fold_in(rng, state.step))
   draws = family.draw(keys, batch, state.family_state)
   batch_size = batch["image"].shape[0]
@@ -112,11 +114,17 @@ def train_step(
     opt_state=opt_state,
     family_state=family.update_state(state.family_state, draws, per_example),
   )
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if skip_nonfinite:
+    kept = state.replace(step=new_state.step)
+    new_state = jax.tree_util.tree_map(
+      lambda new, old: jnp.where(finite, new, old), new_state, kept
+    )
   metrics = dict(
     loss=loss,
     grad_norm=grad_norm,
     lr=lr_schedule(state.step),
-    finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+    finite=finite,
     **_per_quartile_sums(draws["t_fraction"], per_example),
   )
   return new_state, metrics
@@ -135,6 +143,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh=None):
     lr_schedule=optim.learning_rate_schedule(config.optim),
     ema_decay=config.optim.ema_decay,
     grad_accum_steps=config.optim.grad_accum_steps,
+    skip_nonfinite=config.training.get("nonfinite", "stop") == "skip",
   )
   shardings = state_sharding(config, mesh)
   return jax.jit(
@@ -222,15 +231,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
   )
 
+  skip_nonfinite = training.get("nonfinite", "stop") == "skip"
+  skips_in_a_row = 0
+
   def check(step: int, metrics) -> None:
+    nonlocal skips_in_a_row
     metrics = jax.device_get(metrics)
-    if not metrics["finite"]:
+    if metrics["finite"]:
+      skips_in_a_row = 0
+      writer.add({k: v for k, v in metrics.items() if k != "finite"})
+      return
+    problem = f"Non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']})"
+    newest = f"The newest checkpoint is step {ckpt.manager.latest_step()}."
+    if not skip_nonfinite:
       raise FloatingPointError(
-        f"Non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at step "
-        f"{step}; stopping without saving this state. The newest checkpoint is step "
-        f"{ckpt.manager.latest_step()}."
+        f"{problem} at step {step}; stopping without saving this state. {newest}"
       )
-    writer.add({k: v for k, v in metrics.items() if k != "finite"})
+    skips_in_a_row += 1
+    writer.count_nonfinite_skip()
+    logging.warning(
+      "%s at step %d: its update skipped (%d in a row).", problem, step, skips_in_a_row
+    )
+    if skips_in_a_row > training.get("max_nonfinite_skips", 0):
+      raise FloatingPointError(
+        f"{problem} at {skips_in_a_row} steps in a row, up to step {step}: more than "
+        f"training.max_nonfinite_skips={training.max_nonfinite_skips}; stopping. {newest}"
+      )
 
   step, pending = start_step, None
   try:

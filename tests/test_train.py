@@ -334,22 +334,55 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
 
 
 def test_nan_in_the_loss_stops_the_run_and_saves_nothing_after_it(tmp_path, monkeypatch):
+  poison_batches(monkeypatch, set(range(6, 100)))  # global batch 6 onwards
+  with pytest.raises(FloatingPointError, match="at step 7"):
+    train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+
+def poison_batches(monkeypatch, poisoned_indices):
+  """NaN in one pixel of the global batches whose index (in this run's order) is in the set."""
   import itertools
 
   import jax.numpy as jnp
 
   scale_images, batch_index = train.scale_images, itertools.count()
 
-  def poisoned(batch):  # the batches in order, as scaled on the device
+  def poisoned(batch):
     batch = scale_images(batch)
-    if next(batch_index) >= 6:  # global batch 6 onwards
+    if next(batch_index) in poisoned_indices:
       batch["image"] = batch["image"].at[0, 0, 0, 0].set(jnp.nan)
     return batch
 
   monkeypatch.setattr(train, "scale_images", poisoned)
-  with pytest.raises(FloatingPointError, match="at step 7"):
-    train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+
+def test_nonfinite_skip_keeps_the_state_of_the_skipped_steps_and_stops_after_too_many(
+  tmp_path, monkeypatch, caplog
+):
+  import logging
+
+  caplog.set_level(logging.INFO)
+  config = tiny_config(num_train_steps=4)
+  config.training.nonfinite, config.training.max_nonfinite_skips = "skip", 2
+  clean = train.train_and_evaluate(config, str(tmp_path / "clean"))  # the same compiled step
+  config.training.num_train_steps = 6
+  poison_batches(monkeypatch, {4, 5})  # steps 5 and 6
+  skipped = train.train_and_evaluate(config, str(tmp_path / "skip"))
+  assert int(skipped.step) == 6
+  # the two skipped updates left parameters, EMA and optimizer state as after step 4, bitwise
+  for want, got in zip(
+    jax.tree_util.tree_leaves((clean.params, clean.ema_params, clean.opt_state)),
+    jax.tree_util.tree_leaves((skipped.params, skipped.ema_params, skipped.opt_state)),
+  ):
+    np.testing.assert_array_equal(got, want)
+  assert "its update skipped (2 in a row)" in caplog.text
+  assert "2 updates of this interval skipped (non-finite), 2 in all" in caplog.text
+  # resumed with every batch poisoned: stops at the third skip in a row
+  config.training.num_train_steps = 12
+  poison_batches(monkeypatch, set(range(100)))
+  with pytest.raises(FloatingPointError, match="at 3 steps in a row, up to step 9"):
+    train.train_and_evaluate(config, str(tmp_path / "skip"))
 
 
 @pytest.mark.parametrize(
