@@ -12,6 +12,119 @@ from ddpm_jax import editing, families, input_pipeline, models
 NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite
 
 
+class InvalidConfigError(ValueError):
+  """A config that cannot run, with every problem found (the command line prints it alone)."""
+
+
+# The numeric fields' legal ranges, checked before anything else (the later checks assume them):
+# field -> (lowest, lowest included, highest, highest included); None: unbounded. Fields a config
+# does not have are skipped; None values (placeholders: "the default") too.
+RANGES = {
+  **dict.fromkeys(
+    [
+      "data.image_size",
+      "data.num_channels",
+      "diffusion.num_timesteps",
+      "model.ch",
+      "model.num_heads",
+      "model.num_res_blocks",
+      "model.out_channels",
+      "optim.grad_accum_steps",
+      "sampling.batch_size",
+      "sampling.num_steps",
+      "sde.num_scales",
+      "training.batch_size",
+      "training.keep_checkpoints",
+      "vdm.n_features",
+      "interpolate.num_steps",
+    ],
+    (1, True, None, False),
+  ),
+  **dict.fromkeys(
+    [
+      "data.num_workers",
+      "eval.bpd_num_batches",
+      "eval.num_fid_samples",
+      "eval.num_loss_batches",
+      "eval.num_reference_images",
+      "eval.precision_recall_images",
+      "model.num_classes",
+      "optim.grad_clip",
+      "optim.warmup_steps",
+      "optim.weight_decay",
+      "sampling.classifier_scale",
+      "sampling.eta",
+      "sampling.guidance_scale",
+      "sampling.n_corrector",
+      "sampling.num_samples",
+      "sampling.s_churn",
+      "sampling.s_noise",
+      "sampling.s_tmin",
+      "sampling.s_tmax",
+      "sampling.snr",
+      "sde.beta_min",
+      "training.max_nonfinite_skips",
+      "training.num_train_steps",
+      "vdm.num_steps",
+      "ardm.upscale_bits",
+      "super_res.low_res_size",
+    ],
+    (0, True, None, False),
+  ),
+  **dict.fromkeys(
+    [
+      "edm.p_std",
+      "edm.sigma_data",
+      "edm.sigma_max",
+      "edm.sigma_min",
+      "model.norm_eps",
+      "optim.lr",
+      "sampling.ode_tolerance",
+      "sampling.rho",
+      "sampling.sigma_max",
+      "sampling.sigma_min",
+      "sampling.step_lr",
+      "sde.beta_max",
+      "sde.sigma_max",
+      "sde.sigma_min",
+      "training.checkpoint_every_steps",
+      "training.eval_every_steps",
+      "training.log_every_steps",
+      "training.sample_every_steps",
+    ],
+    (0, False, None, False),
+  ),
+  **dict.fromkeys(["model.dropout", "optim.beta2", "optim.ema_decay"], (0, True, 1, False)),
+  **dict.fromkeys(["training.label_dropout", "sampling.guidance_rescale"], (0, True, 1, True)),
+  "sde.eps": (0, False, 1, False),
+  "ardm.num_classes": (2, True, None, False),
+}
+
+
+def _range(lowest, lowest_included, highest, highest_included) -> str:
+  low = None if lowest is None else f"{'>=' if lowest_included else '>'} {lowest}"
+  high = None if highest is None else f"{'<=' if highest_included else '<'} {highest}"
+  return " and ".join(bound for bound in (low, high) if bound)
+
+
+def range_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """`RANGES` and the numeric fields' types: one problem naming each field out of its range."""
+  problems = []
+  for field, bounds in RANGES.items():
+    block, _, name = field.rpartition(".")
+    if block not in config or name not in config[block] or config[block][name] is None:
+      continue
+    value, (lowest, lowest_included, highest, highest_included) = config[block][name], bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      problems.append(f"{field}={value!r} must be a number.")
+      continue
+    below = lowest is not None and (value < lowest if lowest_included else value <= lowest)
+    above = highest is not None and (value > highest if highest_included else value >= highest)
+    if below or above or value != value:  # NaN is in no range
+      problems.append(f"{field}={value} must be {_range(*bounds)}.")
+  return problems
+
+
 def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
   """The fields that chose the family before `config.family` existed, where an old config still sets
   them."""
@@ -61,8 +174,6 @@ def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[st
     problems.append(
       f"Unknown data.resize {data.resize!r}; known: {', '.join(input_pipeline.RESIZE_METHODS)}."
     )
-  if data.get("num_workers", 0) < 0:
-    problems.append(f"data.num_workers={data.num_workers} must be 0 or more.")
   return problems
 
 
@@ -125,24 +236,10 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"Every width model.ch·ch_mult must be divisible by 32 (GroupNorm(32) groups); got "
       f"{sorted(widths)}."
     )
-  if not 0.0 <= optim.ema_decay < 1.0:
-    problems.append(f"optim.ema_decay={optim.ema_decay} must be in [0, 1).")
-  if optim.lr <= 0:
-    problems.append(f"optim.lr={optim.lr} must be positive.")
-  intervals = (
-    "log_every_steps",
-    "checkpoint_every_steps",
-    "eval_every_steps",
-    "sample_every_steps",
-  )
   if training.get("nonfinite", "stop") not in NONFINITE_POLICIES:
     problems.append(
       f"Unknown training.nonfinite {training.nonfinite!r}; valid: {', '.join(NONFINITE_POLICIES)}."
     )
-  if training.get("max_nonfinite_skips", 0) < 0:
-    problems.append(f"training.max_nonfinite_skips={training.max_nonfinite_skips} must be >= 0.")
-  if min(training[name] for name in intervals) <= 0:
-    problems.append(f"training.{', '.join(intervals)} must be positive.")
   return problems
 
 
@@ -165,17 +262,18 @@ def _mode_problems(config: ml_collections.ConfigDict) -> list[str]:
   if interpolate is not None:
     if interpolate.num_frames < 2:
       problems.append(f"interpolate.num_frames={interpolate.num_frames} must be at least 2.")
-    if interpolate.num_steps is not None and interpolate.num_steps < 1:
-      problems.append(f"interpolate.num_steps={interpolate.num_steps} must be at least 1.")
   return problems
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError listing every problem of `config` (one line for a config of the old
-  selectors)."""
+  """Raises InvalidConfigError (a ValueError) listing every problem of `config`: the numeric
+  ranges first, alone where any is broken (the other checks assume them)."""
   replaced = replaced_selectors(config)
   if replaced:
-    raise ValueError(" ".join(replaced))
+    raise InvalidConfigError(" ".join(replaced))
+  out_of_range = range_problems(config)
+  if out_of_range:
+    raise InvalidConfigError(_listed(out_of_range))
   problems = _shared_problems(config) + _mode_problems(config)
   if config.family in families.FAMILIES:
     problems += families.family_module(config.family).validate(config)
@@ -184,4 +282,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"Unknown config.family {config.family!r}; known: {', '.join(families.FAMILIES)}."
     )
   if problems:
-    raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
+    raise InvalidConfigError(_listed(problems))
+
+
+def _listed(problems: list[str]) -> str:
+  """One line for one problem, a list for several."""
+  if len(problems) == 1:
+    return f"Invalid config: {problems[0]}"
+  return "Invalid config:\n  - " + "\n  - ".join(problems)

@@ -56,6 +56,7 @@ def main(argv):
   host_memory.use_host_allocator(FLAGS.host_allocator)
   # Imported here so that `--help` stays instant (and the restart above cheap).
   from ddpm_jax import parallel, train
+  from ddpm_jax.config_validation import InvalidConfigError
   from ddpm_jax.evaluation import edit, evaluate, sample
 
   parallel.use_compilation_cache(FLAGS.compilation_cache_dir)
@@ -67,7 +68,10 @@ def main(argv):
     "edit": edit.edit,
     "interpolate": edit.interpolate,
   }
-  jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  try:
+    jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  except InvalidConfigError as error:  # the user's to fix: the message alone, no traceback
+    sys.exit(f"{error}")
 
 
 def shipped_config_paths(argv: list[str]) -> list[str]:
