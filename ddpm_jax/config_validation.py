@@ -7,7 +7,8 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from ddpm_jax import editing, families, input_pipeline, models
+from ddpm_jax import diffusion, editing, families, input_pipeline, models, schedules
+from ddpm_jax.models import layers, unet
 
 NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite
 
@@ -35,6 +36,7 @@ RANGES = {
       "sde.num_scales",
       "training.batch_size",
       "training.keep_checkpoints",
+      "model.context_dim",
       "vdm.n_features",
       "interpolate.num_steps",
     ],
@@ -101,6 +103,69 @@ RANGES = {
 }
 
 
+# tuple fields -> (their elements' lowest value, may be empty)
+SEQUENCES = {
+  "model.ch_mult": (1, False),
+  "model.attn_resolutions": (1, True),
+  "model.fourier_features": (None, True),
+  "model.fir_kernel": (None, True),
+  "sampling.labels": (0, True),
+}
+
+
+def _sequence_problems(config: ml_collections.ConfigDict) -> list[str]:
+  problems = []
+  for field, (lowest, may_be_empty) in SEQUENCES.items():
+    block, _, name = field.rpartition(".")
+    if block not in config or name not in config[block]:
+      continue
+    value = config[block][name]
+    numbers = isinstance(value, (tuple, list)) and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )
+    if not numbers or (not value and not may_be_empty):
+      empty = "" if may_be_empty else "non-empty "
+      problems.append(f"{field}={value!r} must be a {empty}tuple of numbers.")
+    elif lowest is not None and any(v < lowest for v in value):
+      problems.append(f"{field}={value!r}: every entry must be >= {lowest}.")
+  return problems
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+  """The enumerated fields that other checks read (so checked first): field -> valid values."""
+  from ddpm_jax.families import gaussian  # (families import this module's users lazily)
+
+  return {
+    "family": tuple(families.FAMILIES),
+    "model.name": tuple(models.MODELS),
+    "model.embedding_type": tuple(models.EMBEDDING_TYPES),
+    "model.dtype": tuple(models.DTYPES),
+    "model.conv_impl": layers.CONV_IMPLS,
+    "model.downsample_padding": layers.CONV_PADDINGS,
+    "model.progressive": unet.PROGRESSIVE_OUTPUTS,
+    "model.progressive_input": unet.PROGRESSIVE_INPUTS,
+    "data.resize": input_pipeline.RESIZE_METHODS,
+    "training.nonfinite": NONFINITE_POLICIES,
+    "diffusion.beta_schedule": tuple(schedules.SCHEDULES),
+    "diffusion.mean_type": diffusion.MEAN_TYPES,
+    "diffusion.var_type": diffusion.VAR_TYPES,
+    "diffusion.loss_type": diffusion.LOSS_TYPES,
+    "diffusion.timestep_sampler": gaussian.TIMESTEP_SAMPLERS,
+  }
+
+
+def _choice_problems(config: ml_collections.ConfigDict) -> list[str]:
+  problems = []
+  for field, valid in choices().items():
+    block, _, name = field.rpartition(".")
+    parent = config[block] if block else config
+    if block and block not in config or name not in parent:
+      continue
+    if parent[name] not in valid:
+      problems.append(f"Unknown {field} {parent[name]!r}; valid: {', '.join(valid)}.")
+  return problems
+
+
 def _range(lowest, lowest_included, highest, highest_included) -> str:
   low = None if lowest is None else f"{'>=' if lowest_included else '>'} {lowest}"
   high = None if highest is None else f"{'<=' if highest_included else '<'} {highest}"
@@ -122,7 +187,7 @@ def range_problems(config: ml_collections.ConfigDict) -> list[str]:
     above = highest is not None and (value > highest if highest_included else value >= highest)
     if below or above or value != value:  # NaN is in no range
       problems.append(f"{field}={value} must be {_range(*bounds)}.")
-  return problems
+  return problems + _sequence_problems(config) + _choice_problems(config)
 
 
 def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
@@ -170,10 +235,6 @@ def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[st
       f"model.num_classes={num_classes}, but data.dataset={data.dataset!r} has "
       f"{spec.num_classes} classes."
     )
-  if data.get("resize", "bilinear") not in input_pipeline.RESIZE_METHODS:
-    problems.append(
-      f"Unknown data.resize {data.resize!r}; known: {', '.join(input_pipeline.RESIZE_METHODS)}."
-    )
   return problems
 
 
@@ -206,17 +267,10 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"data.context_key={context_key!r} and model.context_dim={context_dim} go together: a "
       "context-conditional model needs both, an unconditional one neither."
     )
-  if model.get("name", "unet") not in models.MODELS:
-    problems.append(f"Unknown model.name {model.name!r}; known: {', '.join(models.MODELS)}.")
   if model.get("dtype") == "float16":
     problems.append(
       "model.dtype='float16' would need loss scaling, which this project does not do (its range "
       "underflows small gradients); use 'bfloat16' (float32's range) or 'float32'."
-    )
-  if model.embedding_type not in models.EMBEDDING_TYPES:
-    problems.append(
-      f"Unknown model.embedding_type {model.embedding_type!r}; valid: "
-      f"{', '.join(models.EMBEDDING_TYPES)}."
     )
   levels = len(model.ch_mult)
   if data.image_size % 2 ** (levels - 1):
@@ -235,10 +289,6 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(
       f"Every width model.ch·ch_mult must be divisible by 32 (GroupNorm(32) groups); got "
       f"{sorted(widths)}."
-    )
-  if training.get("nonfinite", "stop") not in NONFINITE_POLICIES:
-    problems.append(
-      f"Unknown training.nonfinite {training.nonfinite!r}; valid: {', '.join(NONFINITE_POLICIES)}."
     )
   return problems
 
@@ -275,12 +325,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if out_of_range:
     raise InvalidConfigError(_listed(out_of_range))
   problems = _shared_problems(config) + _mode_problems(config)
-  if config.family in families.FAMILIES:
-    problems += families.family_module(config.family).validate(config)
-  else:
-    problems.append(
-      f"Unknown config.family {config.family!r}; known: {', '.join(families.FAMILIES)}."
-    )
+  problems += families.family_module(config.family).validate(config)
   if problems:
     raise InvalidConfigError(_listed(problems))
 

@@ -84,7 +84,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   if problems:
     return problems
   bits = config.ardm.get("upscale_bits", 0)
-  why = f"ardm.num_classes={num_classes}" if not bits else f"ardm.upscale_bits={bits}"
+  why = f"ardm.upscale_bits={bits}" + ("" if bits else f" and ardm.num_classes={num_classes}")
   problems += base.unet_problems(
     config,
     config.data.num_channels * (2**bits if bits else num_classes),

@@ -116,6 +116,7 @@ class GroupNorm(nn.Module):
 
 
 CONV_IMPLS = ("auto", "xla", "winograd")
+CONV_PADDINGS = ("symmetric", "tf")
 
 # Winograd's minimal filtering F(m×m, 3×3), nested to 2-D (Lavin & Gray 2016): per m×m output tile,
 # Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A with d the (m+2)×(m+2) input tile. As matrices (Bᵀ, G, Aᵀ), for m = 2
@@ -311,8 +312,8 @@ class Conv(nn.Module):
   def __call__(self, x: Array) -> Array:
     if self.impl not in CONV_IMPLS:
       raise ValueError(f"Unknown conv impl {self.impl!r}; valid: {', '.join(CONV_IMPLS)}.")
-    if self.padding not in ("symmetric", "tf"):
-      raise ValueError(f"Unknown conv padding {self.padding!r}; valid: symmetric, tf.")
+    if self.padding not in CONV_PADDINGS:
+      raise ValueError(f"Unknown conv padding {self.padding!r}; valid: {', '.join(CONV_PADDINGS)}.")
     k, c = self.kernel_size, x.shape[-1]
     kernel_init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
     kernel = self.param("kernel", kernel_init, (k, k, c, self.features), jnp.float32).astype(
