@@ -29,6 +29,8 @@ def get_config():
   data.resize = "bilinear"  # centre crop, bilinear; "adm": guided-diffusion's BOX + BICUBIC
   # processes decoding and resizing each batch, in a fixed order (not for the in-memory digits)
   data.num_workers = 8
+  # an image that cannot be decoded: an error naming it, or (True) the next one in its place, logged
+  data.skip_corrupt = False
   # each example's context [L, D] for model.context_dim: a tfds feature, or an image_folder's
   # sidecar arrays <image stem>.<context_key>.npy
   data.context_key = ""

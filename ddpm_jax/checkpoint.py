@@ -28,6 +28,10 @@ def quiet_orbax_info_logs() -> None:
   )
 
 
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (the previous ones are untouched)."""
+
+
 class Checkpointer:
   """A thin wrapper of `ocp.CheckpointManager` with the fallback restore this project needs."""
 
@@ -42,20 +46,52 @@ class Checkpointer:
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
       item_names=("state", "config"),
     )
+    self.pending_step = None  # the step whose (asynchronous) save may still be running
 
   def save(self, step: int, state, config) -> None:
+    """Starts saving `step`. Raises CheckpointSaveError where this save or the one still pending
+    fails: a run must not train on without its checkpoints."""
+    self.wait_until_saved()
     config_json = (
       json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
     )
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json)
-      ),
-      force=True,
+    try:
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json)
+        ),
+        force=True,
+      )
+    except Exception as error:
+      raise self._save_error(step, error) from error
+    self.pending_step = step
+
+  def wait_until_saved(self) -> None:
+    """Waits for the pending save; CheckpointSaveError where it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as error:
+      raise self._save_error(self.pending_step, error) from error
+    self.pending_step = None
+
+  def _save_error(self, step: int | None, error: Exception) -> CheckpointSaveError:
+    return CheckpointSaveError(
+      f"Saving the checkpoint of step {step} in {self.directory} failed ({type(error).__name__}: "
+      f"{error}); stopping rather than training on without checkpoints. The newest complete "
+      f"checkpoint is step {self.manager.latest_step()}."
     )
 
-  def restore_latest(self, abstract_state):
+  def stored_config(self, step: int) -> dict | None:
+    """The config JSON saved with `step` (None where it cannot be read)."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+        "config"
+      ]
+    except Exception:  # noqa: BLE001  (a damaged step: no config to compare)
+      return None
+
+  def restore_latest(self, abstract_state, config=None):
     """-> (state, step) from the newest readable step, or (None, None) if there are no checkpoints.
 
     `abstract_state` gives shapes, dtypes and shardings (e.g. `jax.eval_shape` output with
@@ -80,16 +116,46 @@ class Checkpointer:
       logging.info("Restored step %d from %s.", step, self.directory)
       return restored["state"], step
     if steps:
+      stored = next(filter(None, map(self.stored_config, steps)), None)
+      differing = [] if stored is None or config is None else differing_fields(stored, config)
+      cause = (
+        f"it was written by another config: {'; '.join(differing)}"
+        if differing
+        else "see the warnings above: was the run made with another config or code version?"
+      )
       raise RuntimeError(
         f"None of the checkpoints {steps} in {self.directory} can be read into this config's train "
-        "state (see the warnings above: was the run made with another config or code version?). "
-        "Nothing was overwritten; use another --workdir to start afresh."
+        f"state ({cause}). Nothing was overwritten; use another --workdir to start afresh."
       )
     return None, None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait_until_saved()
+    finally:
+      self.manager.close()
+
+
+# the blocks that choose how a run goes, not what its train state is
+RUN_BLOCKS = ("training", "sampling", "eval", "edit", "interpolate", "seed")
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def differing_fields(stored: dict, config) -> list[str]:
+  """'field: stored value (the checkpoint's) -> this config's' for each field outside `RUN_BLOCKS`
+  where the stored config JSON and `config` differ."""
+  current, stored = _flat(json.loads(config.to_json_best_effort())), _flat(stored)
+  value = lambda fields, field: repr(fields[field]) if field in fields else "(unset)"
+  return [
+    f"{field} {value(stored, field)} in the checkpoint, {value(current, field)} here"
+    for field in sorted(set(stored) | set(current))
+    if field.split(".")[0] not in RUN_BLOCKS and stored.get(field) != current.get(field)
+  ]
 
 
 class PreemptionFlag:

@@ -8,13 +8,10 @@ import jax
 import ml_collections
 
 from ddpm_jax import diffusion, editing, families, input_pipeline, models, schedules
+from ddpm_jax.errors import InvalidConfigError
 from ddpm_jax.models import layers, unet
 
 NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite
-
-
-class InvalidConfigError(ValueError):
-  """A config that cannot run, with every problem found (the command line prints it alone)."""
 
 
 # The numeric fields' legal ranges, checked before anything else (the later checks assume them):

@@ -34,10 +34,12 @@ import queue
 import threading
 from typing import Iterator, Protocol
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
 from ddpm_jax import pixels
+from ddpm_jax.errors import InvalidConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -151,6 +153,9 @@ class ImageFolderSource:
   def __len__(self) -> int:
     return len(self.paths)
 
+  def describe(self, index: int) -> str:
+    return f"image {index} ({self.paths[index]})"
+
   def label(self, index: int) -> int:
     top = os.path.relpath(self.paths[index], self.root).split(os.sep)[0]
     return self.class_index.get(top, 0)
@@ -186,6 +191,7 @@ class ArrayRecordSource:
       )
     with open(manifest_path) as f:
       self.manifest = json.load(f)
+    self.split_dir = split_dir
     self.records = array_record_data_source.ArrayRecordDataSource(
       [os.path.join(split_dir, name) for name in self.manifest["shards"]]
     )
@@ -207,6 +213,9 @@ class ArrayRecordSource:
 
   def __len__(self) -> int:
     return len(self.records)
+
+  def describe(self, index: int) -> str:
+    return f"record {index} of the ArrayRecord shards in {self.split_dir}"
 
   def __getitem__(self, index: int) -> dict:
     with Image.open(io.BytesIO(self.records[index])) as img:
@@ -368,6 +377,28 @@ def local_positions(
   return np.arange(start, start + local, dtype=np.int64)
 
 
+class CorruptExampleError(ValueError):
+  """An example of the source cannot be decoded (a damaged or truncated file or record)."""
+
+
+def read_example(source: Source, index: int, skip_corrupt: bool, skipped: list[int]) -> dict:
+  """Example `index`, or with `skip_corrupt` where it cannot be decoded the next one that can
+  (index + 1, + 2, … mod N: the same one every time), its index appended to `skipped`."""
+  for offset in range(len(source)):
+    candidate = (index + offset) % len(source)
+    try:
+      return source[candidate]
+    except Exception as error:  # noqa: BLE001  (PIL and the readers raise many kinds)
+      if not skip_corrupt:
+        where = getattr(source, "describe", lambda i: f"example {i}")(candidate)
+        raise CorruptExampleError(
+          f"{where} cannot be decoded ({type(error).__name__}: {error}); fix or remove it, or "
+          "set data.skip_corrupt=True to skip such examples."
+        ) from error
+      skipped.append(candidate)
+  raise CorruptExampleError(f"No example of the {len(source)} can be decoded.")
+
+
 def load_examples(
   source: Source,
   indices: np.ndarray,
@@ -375,23 +406,24 @@ def load_examples(
   num_channels: int,
   resize: str,
   images: np.ndarray | None = None,
+  skip_corrupt: bool = False,
 ) -> dict[str, np.ndarray]:
   """The examples at `indices`, decoded and resized into `images` (uint8 [n, S, S, C], new if
-  None): -> {"image" (unless given), "label" [n] and where the source has them "context" [n, L,
-  D]}."""
+  None): -> {"image" (unless given), "label" [n], "skipped" (the corrupt indices `read_example`
+  skipped) and where the source has them "context" [n, L, D]}."""
   out = (
     images
     if images is not None
     else np.empty((len(indices), image_size, image_size, num_channels), np.uint8)
   )
-  labels, contexts = [], []
+  labels, contexts, skipped = [], [], []
   for row, index in enumerate(indices):
-    example = source[int(index)]
+    example = read_example(source, int(index), skip_corrupt, skipped)
     out[row] = resize_uint8(np.asarray(example["image"]), image_size, num_channels, resize)
     labels.append(int(example["label"]))
     if "context" in example:
       contexts.append(as_context(example["context"]))
-  batch = {"label": np.asarray(labels, np.int32)}
+  batch = {"label": np.asarray(labels, np.int32), "skipped": np.asarray(skipped, np.int64)}
   if contexts:
     batch["context"] = np.stack(contexts)
   if images is None:
@@ -404,7 +436,9 @@ def load_examples(
 _worker_sources: dict[tuple, Source] = {}
 
 
-def _load_in_worker(source_args: tuple, indices, rows: slice, memory_name: str, shape, resize):
+def _load_in_worker(
+  source_args: tuple, indices, rows: slice, memory_name: str, shape, resize, skip_corrupt
+):
   """Decodes `indices` into rows `rows` of the batch in shared memory `memory_name`: the images do
   not travel through a pipe (as long to pickle as to decode, for small images)."""
   if source_args not in _worker_sources:
@@ -413,7 +447,8 @@ def _load_in_worker(source_args: tuple, indices, rows: slice, memory_name: str, 
   memory = shared_memory.SharedMemory(memory_name)
   images = np.ndarray(shape, np.uint8, memory.buf)[rows]
   try:
-    return load_examples(_worker_sources[source_args], indices, shape[1], shape[3], resize, images)
+    source = _worker_sources[source_args]
+    return load_examples(source, indices, shape[1], shape[3], resize, images, skip_corrupt)
   finally:
     del images  # the view must go before the block can close
     memory.close()
@@ -451,7 +486,7 @@ def worker_pool(data_config, split: str, num_workers: int) -> WorkerPool:
 
 
 def _load_by_workers(
-  pool: WorkerPool, indices, image_size: int, num_channels: int, resize: str
+  pool: WorkerPool, indices, image_size: int, num_channels: int, resize: str, skip_corrupt: bool
 ) -> dict:
   shape = (len(indices), image_size, image_size, num_channels)
   memory = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape))))
@@ -460,7 +495,14 @@ def _load_by_workers(
     chunks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     futures = [
       pool.executor.submit(
-        _load_in_worker, pool.source_args, indices[rows], rows, memory.name, shape, resize
+        _load_in_worker,
+        pool.source_args,
+        indices[rows],
+        rows,
+        memory.name,
+        shape,
+        resize,
+        skip_corrupt,
       )
       for rows in chunks
     ]
@@ -484,15 +526,24 @@ def load_batch(
   resize: str = "bilinear",
   pool: WorkerPool | None = None,
   uint8: bool = False,
+  skip_corrupt: bool = False,
 ) -> dict[str, np.ndarray]:
   """The examples at stream `positions` in [-1, 1] (`uint8`: as uint8, for the accelerator to
   scale), decoded and resized here or by the processes of `pool` (a `worker_pool` of the same
   source), one contiguous chunk each, in order."""
   indices = stream_indices(len(source), seed, positions)
   if pool is None:
-    batch = load_examples(source, indices, image_size, num_channels, resize)
+    batch = load_examples(source, indices, image_size, num_channels, resize, None, skip_corrupt)
   else:
-    batch = _load_by_workers(pool, indices, image_size, num_channels, resize)
+    batch = _load_by_workers(pool, indices, image_size, num_channels, resize, skip_corrupt)
+  skipped = batch.pop("skipped")
+  if len(skipped):
+    where = getattr(source, "describe", lambda i: f"example {i}")
+    logging.warning(
+      "Skipped %d corrupt example(s) of this batch (data.skip_corrupt): %s.",
+      len(skipped),
+      "; ".join(where(int(i)) for i in skipped),
+    )
   # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
   if random_flip:
     flip = np.array([np.random.default_rng([seed, int(p), 1]).random() < 0.5 for p in positions])
@@ -571,11 +622,11 @@ def batches(
   problems = label_problems(data_config.dataset, source.num_classes, num_classes)
   problems += context_problems(source, context_dim)
   if problems:
-    raise ValueError(" ".join(problems))
+    raise InvalidConfigError(" ".join(problems))
   if len(source) < global_batch_size:
-    raise ValueError(
+    raise InvalidConfigError(
       f"data.dataset={data_config.dataset!r} split {split!r} has {len(source)} examples, fewer "
-      f"than one global batch of {global_batch_size}."
+      f"than one global batch of {global_batch_size} (training.batch_size / sampling.batch_size)."
     )
   load = functools.partial(
     load_batch,
@@ -585,6 +636,7 @@ def batches(
     random_flip=data_config.random_flip and split_name(split) == "train",
     resize=data_config.get("resize", "bilinear"),
     uint8=uint8,
+    skip_corrupt=data_config.get("skip_corrupt", False),
   )
 
   def generate():

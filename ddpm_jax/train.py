@@ -174,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   train_step_fn = make_train_step(config, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir, config.training.keep_checkpoints)
-  state, start_step = ckpt.restore_latest(abstract_state)
+  state, start_step = ckpt.restore_latest(abstract_state, config)
   rngs = run_rngs(config.seed)
   start_step = start_step if state is not None else 0
   training = config.training

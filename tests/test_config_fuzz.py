@@ -148,3 +148,32 @@ def test_the_legal_values_of_the_offline_default_still_trace_a_train_step():
       if error is not None:
         failures.append(f"{field}={value!r}: {error}")
   assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+  "override,message",
+  [
+    ("--config.training.batch_size=0", "Invalid config: training.batch_size=0 must be >= 1."),
+    # more than the digits' training split: refused when the data are opened, before compiling
+    ("--config.training.batch_size=4096", "fewer than one global batch of 4096"),
+  ],
+)
+def test_the_command_line_prints_a_config_error_alone(tmp_path, override, message):
+  import subprocess
+
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "ddpm_jax.main",
+      "--config=configs/default.py",
+      f"--workdir={tmp_path}",
+      "--config.data.num_workers=0",
+      override,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert run.returncode == 1
+  assert "Traceback" not in run.stderr and message in run.stderr.strip().splitlines()[-1]

@@ -2,6 +2,7 @@
 examples, labels and contexts, in the same (seed, step) order."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ddpm_jax import dataset_tool, input_pipeline
+from ddpm_jax import dataset_tool, input_pipeline, pixels
 from helpers import REPO
 
 
@@ -86,3 +87,37 @@ def test_packing_from_the_command_line_and_a_context_key_it_was_not_packed_with(
     input_pipeline.get_source("array_record", "train", str(tmp_path / "packed"), "clip")
   with pytest.raises(FileNotFoundError, match="pack an image folder first"):
     input_pipeline.get_source("array_record", "train", str(tmp_path / "images"))
+
+
+def test_a_corrupt_image_or_record_is_named_or_skipped_deterministically(tmp_path, caplog):
+  import logging
+
+  caplog.set_level(logging.WARNING)
+  write_folder(tmp_path / "images")
+  truncated = tmp_path / "images" / "dogs" / "2.png"
+  truncated.write_bytes(truncated.read_bytes()[:60])  # a header and half a chunk
+  dataset_tool.pack_image_folder(str(tmp_path / "images"), str(tmp_path / "packed"), num_shards=2)
+  # every example of an epoch: the corrupt one (sorted path 7) among them
+  kw = dict(split="train", global_batch_size=15, seed=0, num_steps=2, num_classes=3)
+  for dataset, root, where in [
+    ("image_folder", tmp_path / "images", f"image 7 ({truncated})"),
+    ("array_record", tmp_path / "packed", "record 7 of the ArrayRecord shards in"),
+  ]:
+    config = data_config(dataset, root)
+    config.context_key, config.num_workers, config.random_flip = "", 0, False
+    with pytest.raises(input_pipeline.CorruptExampleError, match=re.escape(where)):
+      list(input_pipeline.batches(config, **kw))
+    config.skip_corrupt = True
+    first = list(input_pipeline.batches(config, **kw))
+    assert where in caplog.text and "Skipped 1 corrupt example(s)" in caplog.text
+    config.num_workers = 2  # the same batches from worker processes: (seed, step) order kept
+    for want, got in zip(first, input_pipeline.batches(config, **kw)):
+      np.testing.assert_array_equal(got["image"], want["image"])
+      np.testing.assert_array_equal(got["label"], want["label"])
+    # the corrupt example's place is taken by the next one, 8, at the same position
+    indices = input_pipeline.stream_indices(15, 0, np.arange(15))
+    indices[indices == 7] = 8
+    source = input_pipeline.open_source(config, "train")
+    want = input_pipeline.load_examples(source, indices, 8, 3, "bilinear")
+    np.testing.assert_array_equal(first[0]["image"], pixels.from_uint8(want["image"]))
+    caplog.clear()

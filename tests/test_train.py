@@ -328,9 +328,31 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
   # A config whose train state does not fit the checkpoints is refused, not started afresh over
   # them.
   config.model.ch = 64
-  with pytest.raises(RuntimeError, match="another config"):
+  with pytest.raises(RuntimeError, match="another config: model.ch 32 in the checkpoint, 64 here"):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]
+
+
+def test_a_failing_checkpoint_write_stops_the_run_and_keeps_the_previous_one(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+
+  json_save, saves = ocp.JsonCheckpointHandler.async_save, []
+
+  def failing_second_save(self, *args, **kwargs):  # the state is written, then the config fails
+    saves.append(1)
+    if len(saves) == 2:
+      raise OSError(28, "No space left on device (injected)")
+    return json_save(self, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", failing_second_save)
+  with pytest.raises(
+    checkpoint.CheckpointSaveError, match="step 8 .* newest complete checkpoint is step 4"
+  ):
+    train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", json_save)
+  state = train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))  # resumes at 4
+  assert int(state.step) == 12
 
 
 def test_nan_in_the_loss_stops_the_run_and_saves_nothing_after_it(tmp_path, monkeypatch):

@@ -188,7 +188,7 @@ def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
   """-> (EMA parameters, step) of the newest readable checkpoint of the run `config` in
   `workdir`."""
   ckpt = checkpoint.Checkpointer(workdir)
-  state, step = ckpt.restore_latest(abstract_train_state(config, mesh))
+  state, step = ckpt.restore_latest(abstract_train_state(config, mesh), config)
   ckpt.close()
   if state is None:
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first (--mode=train).")
