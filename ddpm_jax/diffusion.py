@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import losses, schedules
+from ddpm_jax.errors import check_batch
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
@@ -158,21 +159,13 @@ def extract(a: Array, t: Array, ndim: int) -> Array:
   return a[t].reshape(t.shape + (1,) * (ndim - 1))
 
 
-def _check_batch(x: Array, t: Array) -> None:
-  """Shapes are static: this raises at trace time, before anything compiles."""
-  if jnp.ndim(t) != 1 or jnp.shape(t)[0] != jnp.shape(x)[0]:
-    raise ValueError(
-      f"t must have shape [B] matching the batch of x {jnp.shape(x)}, got {jnp.shape(t)}."
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # Forward process q.
 
 
 def q_mean_variance(d: GaussianDiffusion, x0: Array, t: Array) -> tuple[Array, Array, Array]:
   """q(x_t | x0) = N(√ᾱ_t x0, (1 - ᾱ_t) I)  (DDPM eq. 4) -> (mean, variance, log_variance)."""
-  _check_batch(x0, t)
+  check_batch(t, x0=x0)
   mean = extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
   variance = jnp.broadcast_to(extract(d.one_minus_alphas_cumprod, t, x0.ndim), x0.shape)
   log_variance = jnp.broadcast_to(extract(d.log_one_minus_alphas_cumprod, t, x0.ndim), x0.shape)
@@ -181,7 +174,7 @@ def q_mean_variance(d: GaussianDiffusion, x0: Array, t: Array) -> tuple[Array, A
 
 def q_sample(d: GaussianDiffusion, x0: Array, t: Array, noise: Array) -> Array:
   """x_t = √ᾱ_t x0 + √(1 - ᾱ_t) ε  (DDPM eq. 4).  x0, noise: [B, H, W, C]; t: [B] int."""
-  _check_batch(x0, t)
+  check_batch(t, x0=x0, noise=noise)
   return (
     extract(d.sqrt_alphas_cumprod, t, x0.ndim) * x0
     + extract(d.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise
@@ -193,7 +186,7 @@ def q_posterior_mean_variance(
 ) -> tuple[Array, Array, Array]:
   """q(x_{t-1} | x_t, x0) = N(μ̃_t, β̃_t I)  (DDPM eqs. 6–7).
   -> (mean, variance, log_variance_clipped)."""
-  _check_batch(x_t, t)
+  check_batch(t, x_t=x_t, x0=x0)
   mean = (
     extract(d.posterior_mean_coef1, t, x_t.ndim) * x0
     + extract(d.posterior_mean_coef2, t, x_t.ndim) * x_t
@@ -310,7 +303,11 @@ def p_mean_variance(
 
   -> dict(mean, variance, log_variance, pred_x0); `clip_denoised` clips x̂0 to [-1, 1] first.
   """
-  _check_batch(x_t, t)
+  check_batch(t, x_t=x_t)
+  if jnp.shape(model_output)[:-1] != jnp.shape(x_t)[:-1]:
+    raise ValueError(
+      f"model_output {jnp.shape(model_output)} must match x_t {jnp.shape(x_t)} but for channels."
+    )
   mean_output, var_output = split_model_output(d, model_output, x_t)
   variance, log_variance = _model_variance(d, var_output, x_t, t)
   pred_x0 = predict_x0(d, mean_output, x_t, t)
@@ -349,7 +346,7 @@ def vb_terms_bpd(
   clip_denoised: bool = False,
 ) -> Array:
   """L_t of the VLB for each example, in bits/dim: KL for t > 0, decoder NLL at t = 0. -> [B]."""
-  _check_batch(x0, t)
+  check_batch(t, x0=x0, x_t=x_t)
   return _vb_terms(d, model_output, x0, x_t, t, clip_denoised)[0]
 
 
@@ -425,7 +422,7 @@ def training_losses(
   hybrid: L_simple + λ·T·L_t, λ = 0.001, the mean stop-gradiented inside L_t (Improved DDPM eq. 16).
   kl: L_t in bits/dim; rescaled_kl: T·L_t.
   """
-  _check_batch(x0, t)
+  check_batch(t, x0=x0, noise=noise)
   _check_loss_variance(d)
   x_t = q_sample(d, x0, t, noise)
   model_output = model_fn(x_t, d.timestep_map[t])

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import diffusion
+from ddpm_jax.errors import check_batch
 
 Array = jax.Array
 CondFn = Callable[[Array, Array], Array]
@@ -114,7 +115,10 @@ def _initial_noise(rng: Array, shape, x_T: Array | None) -> Array:
   if x_T is None:
     if shape is None:
       raise ValueError("Give either `shape` or `x_T`.")
+    if not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape) or len(shape) < 2:
+      raise ValueError(f"shape must be positive sizes (B, ...); got {shape}.")
     return jax.random.normal(jax.random.fold_in(rng, PRIOR_NOISE), shape)
+  check_batch(x_T=x_T)
   return x_T
 
 
@@ -478,6 +482,7 @@ def sigma_sample(
     raise ValueError(f"solver={solver!r} with s_churn={s_churn} draws noise: pass rng.")
   if s_churn > 0 and solver not in ("euler", "heun"):
     raise ValueError(f"s_churn is for the 'euler' and 'heun' solvers, not {solver!r}.")
+  check_batch(x=x)
   sigmas = jnp.asarray(sigmas, jnp.float32)
   if sigmas.ndim != 1 or sigmas.shape[0] < 2:
     raise ValueError(f"sigmas must be a grid [n + 1] with n >= 1; got shape {sigmas.shape}.")

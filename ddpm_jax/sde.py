@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import losses
+from ddpm_jax.errors import check_batch
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -168,6 +169,7 @@ def dsm_loss(
 
   t [B] ~ U(eps, T) and noise z are drawn by the caller (as for `diffusion.training_losses`). ->
   [B]."""
+  check_batch(t, integer_t=False, x0=x0, noise=noise)
   mean, std = s.marginal_prob(x0, t)
   std_b = losses.expand_to(std, x0)
   score = score_fn(mean + std_b * noise, t)

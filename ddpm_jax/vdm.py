@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ddpm_jax import losses
+from ddpm_jax.errors import check_batch
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]
@@ -167,6 +168,7 @@ def vlb_terms(
   depends on the schedule only through γ_0, γ_1, so with `minimize_schedule_variance` the shape ũ of
   a learned schedule gets ∇ E[L_diffusion²] instead: it is trained to minimise the variance of the
   estimator (VDM §5.2, App. I.2)."""
+  check_batch(t, integer_t=False, x=x, noise=noise, recon_noise=recon_noise)
   if num_steps:
     t = (jnp.floor(t * num_steps) + 1.0) / num_steps
   u_t, du_dt = jax.jvp(lambda t_: normalized_shape(params, t_), (t,), (jnp.ones_like(t),))
