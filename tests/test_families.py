@@ -207,6 +207,7 @@ UTILITIES = {
   "input_pipeline",
   "host_memory",
   "metric_writer",
+  "errors",
 }
 
 
