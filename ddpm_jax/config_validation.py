@@ -110,13 +110,22 @@ SEQUENCES = {
 }
 
 
+_ABSENT = object()
+
+
+def _value(config: ml_collections.ConfigDict, field: str):
+  """config's `field` ("block.name" or a top-level name), or _ABSENT where it has none."""
+  block, _, name = field.rpartition(".")
+  parent = config[block] if block else config
+  return parent[name] if (not block or block in config) and name in parent else _ABSENT
+
+
 def _sequence_problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = []
   for field, (lowest, may_be_empty) in SEQUENCES.items():
-    block, _, name = field.rpartition(".")
-    if block not in config or name not in config[block]:
+    value = _value(config, field)
+    if value is _ABSENT:
       continue
-    value = config[block][name]
     numbers = isinstance(value, (tuple, list)) and all(
       isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
     )
@@ -154,12 +163,9 @@ def choices() -> dict[str, tuple[str, ...]]:
 def _choice_problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = []
   for field, valid in choices().items():
-    block, _, name = field.rpartition(".")
-    parent = config[block] if block else config
-    if block and block not in config or name not in parent:
-      continue
-    if parent[name] not in valid:
-      problems.append(f"Unknown {field} {parent[name]!r}; valid: {', '.join(valid)}.")
+    value = _value(config, field)
+    if value is not _ABSENT and value not in valid:
+      problems.append(f"Unknown {field} {value!r}; valid: {', '.join(valid)}.")
   return problems
 
 
@@ -173,10 +179,9 @@ def range_problems(config: ml_collections.ConfigDict) -> list[str]:
   """`RANGES` and the numeric fields' types: one problem naming each field out of its range."""
   problems = []
   for field, bounds in RANGES.items():
-    block, _, name = field.rpartition(".")
-    if block not in config or name not in config[block] or config[block][name] is None:
+    value, (lowest, lowest_included, highest, highest_included) = _value(config, field), bounds
+    if value is _ABSENT or value is None:
       continue
-    value, (lowest, lowest_included, highest, highest_included) = config[block][name], bounds
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       problems.append(f"{field}={value!r} must be a number.")
       continue

@@ -381,6 +381,11 @@ class CorruptExampleError(ValueError):
   """An example of the source cannot be decoded (a damaged or truncated file or record)."""
 
 
+def describe(source: Source, index: int) -> str:
+  """Where example `index` of `source` comes from (its file or record, where the source says)."""
+  return source.describe(index) if hasattr(source, "describe") else f"example {index}"
+
+
 def read_example(source: Source, index: int, skip_corrupt: bool, skipped: list[int]) -> dict:
   """Example `index`, or with `skip_corrupt` where it cannot be decoded the next one that can
   (index + 1, + 2, … mod N: the same one every time), its index appended to `skipped`."""
@@ -390,10 +395,9 @@ def read_example(source: Source, index: int, skip_corrupt: bool, skipped: list[i
       return source[candidate]
     except Exception as error:  # noqa: BLE001  (PIL and the readers raise many kinds)
       if not skip_corrupt:
-        where = getattr(source, "describe", lambda i: f"example {i}")(candidate)
         raise CorruptExampleError(
-          f"{where} cannot be decoded ({type(error).__name__}: {error}); fix or remove it, or "
-          "set data.skip_corrupt=True to skip such examples."
+          f"{describe(source, candidate)} cannot be decoded ({type(error).__name__}: {error}); "
+          "fix or remove it, or set data.skip_corrupt=True to skip such examples."
         ) from error
       skipped.append(candidate)
   raise CorruptExampleError(f"No example of the {len(source)} can be decoded.")
@@ -538,11 +542,10 @@ def load_batch(
     batch = _load_by_workers(pool, indices, image_size, num_channels, resize, skip_corrupt)
   skipped = batch.pop("skipped")
   if len(skipped):
-    where = getattr(source, "describe", lambda i: f"example {i}")
     logging.warning(
       "Skipped %d corrupt example(s) of this batch (data.skip_corrupt): %s.",
       len(skipped),
-      "; ".join(where(int(i)) for i in skipped),
+      "; ".join(describe(source, int(i)) for i in skipped),
     )
   # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
   if random_flip:

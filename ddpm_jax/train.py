@@ -130,6 +130,11 @@ def train_step(
   return new_state, metrics
 
 
+def skips_nonfinite(training_config: ml_collections.ConfigDict) -> bool:
+  """training.nonfinite="skip" (configs written before it: "stop")."""
+  return training_config.get("nonfinite", "stop") == "skip"
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh=None):
   """The train step jitted over `mesh` (default: all devices): batch sharded along "data", state
   replicated (or FSDP-sharded, as `state_sharding` says), the old state donated.
@@ -143,7 +148,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh=None):
     lr_schedule=optim.learning_rate_schedule(config.optim),
     ema_decay=config.optim.ema_decay,
     grad_accum_steps=config.optim.grad_accum_steps,
-    skip_nonfinite=config.training.get("nonfinite", "stop") == "skip",
+    skip_nonfinite=skips_nonfinite(config.training),
   )
   shardings = state_sharding(config, mesh)
   return jax.jit(
@@ -231,8 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
   )
 
-  skip_nonfinite = training.get("nonfinite", "stop") == "skip"
-  skips_in_a_row = 0
+  skip_nonfinite, skips_in_a_row = skips_nonfinite(training), 0
 
   def check(step: int, metrics) -> None:
     nonlocal skips_in_a_row
