@@ -162,6 +162,21 @@ def _finish(procs) -> list[str]:
   return outputs
 
 
+def _assert_same_final_params(workdir, reference_workdir) -> None:
+  """Process 0's final parameters of the two runs, bitwise."""
+  _assert_params_close(
+    dict(np.load(workdir / "params_0.npz")),
+    dict(np.load(reference_workdir / "params_0.npz")),
+    rtol=0,
+    atol=0,
+  )
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+  """The complete checkpoints' steps (not orbax's temporary directories)."""
+  return sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
+
+
 def _wait_for(path, timeout: float = 240) -> None:
   deadline = time.time() + timeout
   while not os.path.isdir(path) and time.time() < deadline:
@@ -201,12 +216,7 @@ def test_one_of_two_processes_killed_then_both_restarted_ends_bitwise_as_without
     p.communicate()
   assert not os.path.exists(workdir / "params_0.npz"), "the run finished before the kill"
   _finish(_two_processes(workdir, steps))
-  _assert_params_close(
-    dict(np.load(workdir / "params_0.npz")),
-    dict(np.load(tmp_path / "straight" / "params_0.npz")),
-    rtol=0,
-    atol=0,
-  )
+  _assert_same_final_params(workdir, tmp_path / "straight")
 
 
 def test_sigterm_to_either_of_two_processes_saves_one_step_and_stops_both(tmp_path):
@@ -215,9 +225,7 @@ def test_sigterm_to_either_of_two_processes_saves_one_step_and_stops_both(tmp_pa
   procs[int(np.random.default_rng().integers(2))].send_signal(signal.SIGTERM)
   outputs = _finish(procs)
   stopped = [re.findall(r"Stopped for preemption at step (\d+)", out) for out in outputs]
-  steps = sorted(
-    int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*"))
-  )
+  steps = _checkpoint_steps(tmp_path)
   # both stop at the step they agreed on, saved together as the newest checkpoint
   assert stopped[0] and stopped[0] == stopped[1] and int(stopped[0][0]) == steps[-1], (
     stopped,
@@ -241,12 +249,9 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
   )
-  deadline = time.time() + 240
-  while not os.path.isdir(workdir / "checkpoints" / "8") and time.time() < deadline:
-    time.sleep(0.05)
+  _wait_for(workdir / "checkpoints" / "8")  # killed only once that checkpoint exists
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert os.path.isdir(workdir / "checkpoints" / "8"), "no checkpoint before the kill"
   assert not os.path.exists(workdir / "params_0.npz"), "the run finished before it was killed"
   subprocess.run(
     [sys.executable, HELPERS, "train", str(workdir), str(steps)],
@@ -254,12 +259,7 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
     check=True,
     capture_output=True,
   )
-  _assert_params_close(
-    dict(np.load(workdir / "params_0.npz")),
-    dict(np.load(tmp_path / "straight" / "params_0.npz")),
-    rtol=0,
-    atol=0,
-  )
+  _assert_same_final_params(workdir, tmp_path / "straight")
 
 
 def test_sigterm_saves_and_stops(tmp_path):
@@ -269,15 +269,11 @@ def test_sigterm_saves_and_stops(tmp_path):
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
   )
-  deadline = time.time() + 240
-  while not os.path.isdir(tmp_path / "checkpoints" / "4") and time.time() < deadline:
-    time.sleep(0.05)
+  _wait_for(tmp_path / "checkpoints" / "4")
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err.decode()[-3000:]
-  steps = sorted(
-    int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*"))
-  )
+  steps = _checkpoint_steps(tmp_path)
   # a save at the preemption step, not only the periodic ones
   assert steps[-1] % 4 != 0 or steps[-1] > 4, steps
   assert b"preemption" in err
@@ -409,7 +405,7 @@ def test_a_failing_checkpoint_write_stops_the_run_and_keeps_the_previous_one(tmp
     checkpoint.CheckpointSaveError, match="step 8 .* newest complete checkpoint is step 4"
   ):
     train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
-  steps = lambda: sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+  steps = lambda: _checkpoint_steps(tmp_path)
   assert steps() == [4]  # step 8 only as orbax's unfinished temporary directory
   monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", json_save)
   state = train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))  # resumes at 4
