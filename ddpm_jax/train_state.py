@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.struct
@@ -41,29 +40,32 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh=N
   """`init_train_state` compiled and placed on `mesh` (default: all devices) with the shardings of
   `train.make_train_step`, each leaf its own buffer (params and EMA are not shared): it goes into
   the step as it is, and the step compiles once."""
-  mesh = mesh or parallel.make_mesh()
-  init = jax.jit(
-    functools.partial(init_train_state, config), out_shardings=state_sharding(config, mesh)
-  )
-  return init(rng)
+  return _jitted_init(config, mesh or parallel.make_mesh())(rng)
 
 
-# (the config as JSON, mesh) -> its abstract train state: tracing a large model's initialisation
-# takes seconds, and create_train_state, make_train_step and the restore each need the same one.
-_ABSTRACT_STATES: dict[tuple[str, Any], Any] = {}
+# (the config as JSON, mesh) -> its jitted initialisation. Tracing a large model's initialisation
+# takes seconds; one trace serves the abstract state (of create_train_state, make_train_step and
+# the restore) and the compilation.
+_INITS: dict[tuple[str, Any], Any] = {}
+
+
+def _jitted_init(config: ml_collections.ConfigDict, mesh):
+  key = (config.to_json_best_effort(sort_keys=True), mesh)
+  if key not in _INITS:
+
+    def init(rng):
+      state = init_train_state(config, rng)
+      shardings = parallel.state_shardings(state, mesh, config.training.fsdp)
+      return jax.lax.with_sharding_constraint(state, shardings)
+
+    _INITS[key] = jax.jit(init)
+  return _INITS[key]
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, mesh):
   """Shapes, dtypes and shardings of the train state, without allocating it (the target of a
   restore)."""
-  key = (config.to_json_best_effort(sort_keys=True), mesh)
-  if key not in _ABSTRACT_STATES:
-    _ABSTRACT_STATES[key] = _trace_abstract_train_state(config, mesh)
-  return _ABSTRACT_STATES[key]
-
-
-def _trace_abstract_train_state(config: ml_collections.ConfigDict, mesh):
-  abstract = jax.eval_shape(functools.partial(init_train_state, config), jax.random.key(0))
+  abstract = _jitted_init(config, mesh).eval_shape(jax.random.key(0))
   shardings = parallel.state_shardings(abstract, mesh, config.training.fsdp)
   return jax.tree_util.tree_map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
