@@ -29,12 +29,13 @@ setup(
     "orbax-checkpoint",
     "pillow",
     "scikit-learn",  # ships the offline digits data set of configs/default.py
+    "safetensors",  # diffusers checkpoints (ddpm_jax.convert)
     "scipy",
     "tensorboardX",
     "tensorflow-datasets",
   ],
   extras_require={
-    # CPU hosts: oneTBB's malloc for --host_allocator=tbbmalloc (ddpm_jax/host_memory.py).
+    # CPU hosts: oneTBB's malloc for --host_allocator=tbbmalloc (ddpm_jax/runtime/host_memory.py).
     "cpu": [TBB],
     # The FID Inception parity test runs a PyTorch reference (torch==2.13.0 resolves to the CPU
     # wheel here), the notebook's test matplotlib; .ci/run checks formatting and lint with ruff.

@@ -5,7 +5,7 @@ with 1 and N worker threads, from an image folder and from its ArrayRecord packi
 
 Each resolution has source images like its datasets': 32×32 PNGs (CIFAR-10, no resize), 80×64
 JPEGs with ADM's resize to 64 (downsampled ImageNet-like), 341×256 JPEGs centre-cropped and resized
-bilinearly to 256 (LSUN-like). Each row reads the same global batches of `input_pipeline.batches`
+bilinearly to 256 (LSUN-like). Each row reads the same global batches of `loader.batches`
 (the (seed, step) order) after one warm-up batch.
 """
 
@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ddpm_jax import dataset_tool, input_pipeline
+from ddpm_jax.data import dataset_tool, loader
 
 # resolution -> (source width, height, file format, data.resize)
 SETUPS = {
@@ -50,7 +50,7 @@ def write_images(root: str, num_images: int, width: int, height: int, fmt: str) 
 
 
 def images_per_second(data, batch_size: int, num_batches: int) -> float:
-  stream = input_pipeline.batches(  # uint8, as training reads them (scaled on the accelerator)
+  stream = loader.batches(  # uint8, as training reads them (scaled on the accelerator)
     data, split="train", global_batch_size=batch_size, seed=0, num_steps=num_batches + 1, uint8=True
   )
   next(stream)  # warm-up: opening the files, starting the threads

@@ -42,10 +42,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.timing import machine_description  # noqa: E402
 from configs import default  # noqa: E402
-from ddpm_jax import diffusion, input_pipeline, models, parallel, pixels, train  # noqa: E402
+from ddpm_jax import diffusion, models, pixels, train  # noqa: E402
+from ddpm_jax.data import sources
 from ddpm_jax.evaluation import feature_net, offline_metrics  # noqa: E402
-from ddpm_jax.evaluation import sample as sample_lib  # noqa: E402
 from ddpm_jax.families import gaussian  # noqa: E402
+from ddpm_jax.jobs import sample as sample_lib  # noqa: E402
+from ddpm_jax.runtime import parallel
 
 START = time.time()
 
@@ -83,8 +85,8 @@ class Evaluator:
     self.num_samples = num_samples
     self.mesh = parallel.make_mesh()
     data = default.get_config().data
-    self.train_images, _ = input_pipeline.load_split(data, "train")
-    self.test_images, _ = input_pipeline.load_split(data, "test")
+    self.train_images, _ = sources.load_split(data, "train")
+    self.test_images, _ = sources.load_split(data, "test")
     self.net = feature_net.load(feature_net.default_path("digits", 8))[0]
 
   def samples(self, config, workdir: str, **sampling) -> dict[str, float]:

@@ -30,15 +30,17 @@ def measure(setup: str, sample_steps: int) -> dict[str, float]:
   import numpy as np
 
   from configs import ddpm_cifar10, default
-  from ddpm_jax import families, input_pipeline, parallel, train
-  from ddpm_jax.evaluation import sample as sample_lib
+  from ddpm_jax import families, train
+  from ddpm_jax.data import loader
+  from ddpm_jax.jobs import sample as sample_lib
+  from ddpm_jax.runtime import parallel
 
   imported = time.perf_counter() - START
   config = (default if setup == "default" else ddpm_cifar10).get_config()
   config.sampling.sampler, config.sampling.num_steps = "ddim", sample_steps
   if setup == "default":
     batch = next(
-      input_pipeline.batches(config.data, split="train", global_batch_size=64, seed=0, num_steps=1)
+      loader.batches(config.data, split="train", global_batch_size=64, seed=0, num_steps=1)
     )
   else:
     config.training.batch_size = 8
@@ -73,7 +75,7 @@ def main() -> None:
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    from ddpm_jax import parallel
+    from ddpm_jax.runtime import parallel
 
     parallel.use_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
     print(json.dumps(measure(args.child, args.sample_steps)))

@@ -11,13 +11,14 @@ from typing import Callable
 from absl import flags
 import numpy as np
 
-from ddpm_jax import host_memory
+from ddpm_jax.runtime import host_memory
 
 flags.DEFINE_enum(
   "host_allocator",
   "tbbmalloc",
   host_memory.HOST_ALLOCATORS,
-  "The malloc of the benchmark process, for both libraries (ddpm_jax/host_memory.py): with glibc's "
+  "The malloc of the benchmark process, for both libraries (ddpm_jax/runtime/host_memory.py): "
+  "with glibc's "
   "default, XLA:CPU faults its ~1 GB of per-step temporaries in anew each step, and that costs far "
   "more right after the other library's step has churned memory (a JAX train step 2.1 – 2.7 s "
   "after a PyTorch step instead of 1.4 – 1.6 s). 'tbbmalloc' restarts the benchmark with it "

@@ -31,7 +31,8 @@ from benchmarks.timing import (
   speedup_summary,
 )
 from configs import ddpm_cifar10
-from ddpm_jax import diffusion, models, optim, schedules
+from ddpm_jax import diffusion, models, schedules
+from ddpm_jax.runtime import optim
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images per step.")

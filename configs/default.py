@@ -25,7 +25,7 @@ def get_config():
   data.random_flip = False
   data.data_dir = config_dict.placeholder(str)
   data.train_split = "train"  # tfds slices work: "train[:95%]"
-  data.eval_split = "test"  # the held-out split of evaluations (input_pipeline.DATASETS)
+  data.eval_split = "test"  # the held-out split of evaluations (ddpm_jax.data.sources.DATASETS)
   data.resize = "bilinear"  # centre crop, bilinear; "adm": guided-diffusion's BOX + BICUBIC
   # processes decoding and resizing each batch, in a fixed order (not for the in-memory digits)
   data.num_workers = 8

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import losses, schedules
-from ddpm_jax.errors import check_batch
+from ddpm_jax.runtime.errors import check_batch
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import host_memory
+from ddpm_jax.runtime import host_memory
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
@@ -37,7 +37,7 @@ flags.DEFINE_enum(
   "host_allocator",
   "default",
   host_memory.HOST_ALLOCATORS,
-  "CPU hosts: the malloc behind XLA:CPU's per-step temporaries (ddpm_jax/host_memory.py); "
+  "CPU hosts: the malloc behind XLA:CPU's per-step temporaries (ddpm_jax/runtime/host_memory.py); "
   "'tbbmalloc' (extra `cpu`), the fastest of the three, restarts the process with it preloaded.",
 )
 flags.DEFINE_string(
@@ -55,9 +55,9 @@ def main(argv):
   # may restart the process: before anything else
   host_memory.use_host_allocator(FLAGS.host_allocator)
   # Imported here so that `--help` stays instant (and the restart above cheap).
-  from ddpm_jax import parallel, train
-  from ddpm_jax.config_validation import InvalidConfigError
-  from ddpm_jax.evaluation import edit, evaluate, sample
+  from ddpm_jax.families.config_validation import InvalidConfigError
+  from ddpm_jax.jobs import edit, evaluate, sample, train
+  from ddpm_jax.runtime import parallel
 
   parallel.use_compilation_cache(FLAGS.compilation_cache_dir)
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

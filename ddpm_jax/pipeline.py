@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import families, parallel, pixels
-from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax import families, pixels
+from ddpm_jax.jobs import sample as sample_lib
+from ddpm_jax.runtime import parallel
 
 
 class Pipeline:

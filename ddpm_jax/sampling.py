@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import diffusion
-from ddpm_jax.errors import check_batch
+from ddpm_jax.runtime.errors import check_batch
 
 Array = jax.Array
 CondFn = Callable[[Array, Array], Array]

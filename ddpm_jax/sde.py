@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import losses
-from ddpm_jax.errors import check_batch
+from ddpm_jax.runtime.errors import check_batch
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ddpm_jax import losses
-from ddpm_jax.errors import check_batch
+from ddpm_jax.runtime.errors import check_batch
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]

@@ -54,13 +54,15 @@ def run_steps(config, num_steps):
   state."""
   import jax
 
-  from ddpm_jax import input_pipeline, parallel, train
+  from ddpm_jax import train
+  from ddpm_jax.data import loader
+  from ddpm_jax.runtime import parallel
 
   mesh = parallel.make_mesh()
   state = train.create_train_state(config, jax.random.key(0), mesh)
   step_fn = train.make_train_step(config, mesh)
   losses = []
-  for batch in input_pipeline.batches(
+  for batch in loader.batches(
     config.data,
     split="train",
     global_batch_size=config.training.batch_size,

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import pytest
 
-from ddpm_jax import config_validation
+from ddpm_jax.families import config_validation
 from helpers import REPO
 
 sys.path.insert(0, REPO)
@@ -106,7 +106,8 @@ def traces_a_train_step(config) -> str | None:
   """None, or the error of tracing (not compiling) the train state and step of `config`."""
   import jax.numpy as jnp
 
-  from ddpm_jax import train, train_state
+  from ddpm_jax import train
+  from ddpm_jax.jobs import train_state
 
   data, batch_size = config.data, config.training.batch_size
   batch = {

@@ -6,8 +6,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ddpm_jax import input_pipeline, parallel, train
-from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax import train
+from ddpm_jax.data import loader, order, sources
+from ddpm_jax.jobs import sample as sample_lib
+from ddpm_jax.runtime import parallel
 from helpers import tiny_config
 
 CONTEXT_DIM = 8
@@ -55,27 +57,25 @@ def test_image_folder_contexts_reach_the_batches(tmp_path):
   write_folder(tmp_path / "data", num_images=8)
   config = context_config(str(tmp_path / "data"))
   batch = next(
-    input_pipeline.batches(
-      config.data, split="train", global_batch_size=4, seed=0, context_dim=CONTEXT_DIM
-    )
+    loader.batches(config.data, split="train", global_batch_size=4, seed=0, context_dim=CONTEXT_DIM)
   )
   assert batch["context"].shape == (4, 1, CONTEXT_DIM) and batch["context"].dtype == np.float32
-  source = input_pipeline.open_source(config.data, "train")
-  indices = input_pipeline.stream_indices(len(source), 0, np.arange(4))
+  source = sources.open_source(config.data, "train")
+  indices = order.stream_indices(len(source), 0, np.arange(4))
   for row, index in enumerate(indices):  # each image's own sidecar, in the stream's order
     np.testing.assert_array_equal(batch["context"][row], source[int(index)]["context"])
   with pytest.raises(ValueError, match="width 8, but model.context_dim=4"):
-    input_pipeline.batches(config.data, split="train", global_batch_size=4, seed=0, context_dim=4)
+    loader.batches(config.data, split="train", global_batch_size=4, seed=0, context_dim=4)
 
 
 def test_a_missing_context_or_a_context_without_model_is_refused(tmp_path):
-  from ddpm_jax.config_validation import validate_config
+  from ddpm_jax.families.config_validation import validate_config
 
   write_folder(tmp_path / "data", num_images=4)
   (tmp_path / "data" / "002.ctx.npy").unlink()
   config = context_config(str(tmp_path / "data"))
   with pytest.raises(FileNotFoundError, match="1 of 4 images have no context.*002.ctx.npy"):
-    input_pipeline.open_source(config.data, "train")
+    sources.open_source(config.data, "train")
   config.model.context_dim = None
   with pytest.raises(ValueError, match="context_key='ctx' and model.context_dim=None go together"):
     validate_config(config)
@@ -112,7 +112,7 @@ def test_guided_samples_follow_their_context_better_than_unguided(tmp_path):
 def test_sampling_contexts_come_from_a_file_or_the_eval_split(tmp_path):
   write_folder(tmp_path / "data", num_images=4)
   config = context_config(str(tmp_path / "data"))
-  source = input_pipeline.open_source(config.data, config.data.eval_split)
+  source = sources.open_source(config.data, config.data.eval_split)
   from_split = sample_lib.generation_contexts(config, 6)  # the split's 4 contexts, in turn
   assert from_split.shape == (6, 1, CONTEXT_DIM)
   for i in range(6):
@@ -131,4 +131,4 @@ def test_a_tfds_context_key_must_be_a_feature_of_the_dataset():
 
   with tfds.testing.mock_data(num_examples=4):
     with pytest.raises(ValueError, match="'caption' is not a feature of this dataset.*image"):
-      input_pipeline.get_source("cifar10", "train", context_key="caption")
+      sources.get_source("cifar10", "train", context_key="caption")

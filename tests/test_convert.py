@@ -181,7 +181,7 @@ def test_the_command_writes_a_workdir_that_loads_samples_and_evaluates(tmp_path)
   from configs import workdir as workdir_config
   import ddpm_jax
   from ddpm_jax import main as main_lib
-  from ddpm_jax.evaluation import sample as sample_lib
+  from ddpm_jax.jobs import sample as sample_lib
   from helpers import REPO
 
   options = dict(
@@ -230,7 +230,7 @@ def test_the_command_writes_a_workdir_that_loads_samples_and_evaluates(tmp_path)
   # --mode=eval on the converted workdir: held-out bits/dim of an image folder with class folders
   from PIL import Image
 
-  from ddpm_jax.evaluation import evaluate
+  from ddpm_jax.jobs import evaluate
 
   rng = np.random.default_rng(0)
   for split, label in [("train", "a"), ("test", "a"), ("test", "b")]:
@@ -384,8 +384,8 @@ def test_the_64x64_classifier_has_create_classifiers_parameter_count():
 
 
 def test_converted_classifier_guides_a_converted_diffusion_model(tmp_path):
-  from ddpm_jax import parallel
-  from ddpm_jax.evaluation import sample as sample_lib
+  from ddpm_jax.jobs import sample as sample_lib
+  from ddpm_jax.runtime import parallel
 
   flags = dict(
     image_size=64,

@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ddpm_jax import dataset_tool, input_pipeline, pixels
+from ddpm_jax import pixels
+from ddpm_jax.data import dataset_tool, loader, order, sources, workers
 from helpers import REPO
 
 
@@ -49,8 +50,8 @@ def test_packed_folder_reads_back_as_the_folder(tmp_path):
   assert sorted(os.listdir(split_dir)) == sorted(
     dataset_tool.shard_names(4) + ["labels.npy", "contexts.npy", "manifest.json"]
   )
-  folder = input_pipeline.open_source(data_config("image_folder", tmp_path / "images"), "train")
-  packed = input_pipeline.open_source(data_config("array_record", tmp_path / "packed"), "train")
+  folder = sources.open_source(data_config("image_folder", tmp_path / "images"), "train")
+  packed = sources.open_source(data_config("array_record", tmp_path / "packed"), "train")
   assert len(packed) == len(folder) == 15 and packed.num_classes == folder.num_classes == 3
   for index in range(len(folder)):
     want, got = folder[index], packed[index]
@@ -59,8 +60,8 @@ def test_packed_folder_reads_back_as_the_folder(tmp_path):
     assert got["label"] == want["label"]
   kw = dict(split="train", global_batch_size=6, seed=3, num_steps=3, num_classes=3, context_dim=4)
   for want, got in zip(
-    input_pipeline.batches(data_config("image_folder", tmp_path / "images"), **kw),
-    input_pipeline.batches(data_config("array_record", tmp_path / "packed"), **kw),
+    loader.batches(data_config("image_folder", tmp_path / "images"), **kw),
+    loader.batches(data_config("array_record", tmp_path / "packed"), **kw),
   ):
     for key in ("image", "label", "context"):
       np.testing.assert_array_equal(got[key], want[key])
@@ -81,12 +82,12 @@ def test_packing_from_the_command_line_and_a_context_key_it_was_not_packed_with(
     check=True,
     capture_output=True,
   )
-  source = input_pipeline.get_source("array_record", "train", str(tmp_path / "packed"))
+  source = sources.get_source("array_record", "train", str(tmp_path / "packed"))
   assert len(source) == 3 and [source[i]["label"] for i in range(3)] == [0, 1, 2]
   with pytest.raises(ValueError, match="packed with the contexts ''"):
-    input_pipeline.get_source("array_record", "train", str(tmp_path / "packed"), "clip")
+    sources.get_source("array_record", "train", str(tmp_path / "packed"), "clip")
   with pytest.raises(FileNotFoundError, match="pack an image folder first"):
-    input_pipeline.get_source("array_record", "train", str(tmp_path / "images"))
+    sources.get_source("array_record", "train", str(tmp_path / "images"))
 
 
 def test_a_corrupt_image_or_record_is_named_or_skipped_deterministically(tmp_path, caplog):
@@ -105,19 +106,19 @@ def test_a_corrupt_image_or_record_is_named_or_skipped_deterministically(tmp_pat
   ]:
     config = data_config(dataset, root)
     config.context_key, config.num_workers, config.random_flip = "", 0, False
-    with pytest.raises(input_pipeline.CorruptExampleError, match=re.escape(where)):
-      list(input_pipeline.batches(config, **kw))
+    with pytest.raises(workers.CorruptExampleError, match=re.escape(where)):
+      list(loader.batches(config, **kw))
     config.skip_corrupt = True
-    first = list(input_pipeline.batches(config, **kw))
+    first = list(loader.batches(config, **kw))
     assert where in caplog.text and "Skipped 1 corrupt example(s)" in caplog.text
     config.num_workers = 2  # the same batches from worker processes: (seed, step) order kept
-    for want, got in zip(first, input_pipeline.batches(config, **kw)):
+    for want, got in zip(first, loader.batches(config, **kw)):
       np.testing.assert_array_equal(got["image"], want["image"])
       np.testing.assert_array_equal(got["label"], want["label"])
     # the corrupt example's place is taken by the next one, 8, at the same position
-    indices = input_pipeline.stream_indices(15, 0, np.arange(15))
+    indices = order.stream_indices(15, 0, np.arange(15))
     indices[indices == 7] = 8
-    source = input_pipeline.open_source(config, "train")
-    want = input_pipeline.load_examples(source, indices, 8, 3, "bilinear")
+    source = sources.open_source(config, "train")
+    want = workers.load_examples(source, indices, 8, 3, "bilinear")
     np.testing.assert_array_equal(first[0]["image"], pixels.from_uint8(want["image"]))
     caplog.clear()

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ddpm_jax import config_validation, input_pipeline, train
-from ddpm_jax.evaluation import evaluate
-from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax import train
+from ddpm_jax.data import loader, sources, transforms
+from ddpm_jax.families import config_validation
+from ddpm_jax.jobs import evaluate
+from ddpm_jax.jobs import sample as sample_lib
 from helpers import REPO, tiny_config
 
 
@@ -74,7 +76,7 @@ def test_paper_config_trains_samples_and_evaluates_on_its_mock_dataset(name, tmp
     num_classes = config.model.num_classes
     if num_classes:  # the labels it sees are the dataset's, varied, within its classes
       batch = next(
-        input_pipeline.batches(
+        loader.batches(
           config.data,
           split=config.data.train_split,
           global_batch_size=16,
@@ -106,7 +108,7 @@ def test_a_conditional_model_on_a_dataset_without_labels_is_refused_before_compi
     Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
   config.data.data_dir = str(tmp_path)
   with pytest.raises(ValueError, match="has no labels"):
-    input_pipeline.batches(config.data, split="train", global_batch_size=4, seed=0, num_classes=10)
+    loader.batches(config.data, split="train", global_batch_size=4, seed=0, num_classes=10)
 
 
 def test_eval_split_is_validated_against_the_dataset():
@@ -114,7 +116,7 @@ def test_eval_split_is_validated_against_the_dataset():
   config.data.eval_split = "test"
   with pytest.raises(ValueError, match="lsun/church_outdoor has the splits train, validation"):
     config_validation.validate_config(config)
-  assert input_pipeline.DATASETS["celeb_a_hq"].eval_split == "train[95%:]"
+  assert sources.DATASETS["celeb_a_hq"].eval_split == "train[95%:]"
   assert load_config("ddpm_celebahq256").data.eval_split == "train[95%:]"
 
 
@@ -124,16 +126,16 @@ def test_tfds_errors_other_than_not_prepared_are_re_raised_as_they_are(monkeypat
 
   monkeypatch.setattr(tfds, "data_source", broken)
   with pytest.raises(FileNotFoundError, match="tfds build cifar10"):  # not prepared: the hint
-    input_pipeline.get_source("cifar10", "train", str(tmp_path))
+    sources.get_source("cifar10", "train", str(tmp_path))
   monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
   with pytest.raises(PermissionError, match="disk says no"):
-    input_pipeline.get_source("cifar10", "train", str(tmp_path))
+    sources.get_source("cifar10", "train", str(tmp_path))
 
 
 def test_adm_resize_is_guided_diffusions_centre_crop():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
-  out = input_pipeline.adm_centre_crop(image, 64)
+  out = transforms.adm_centre_crop(image, 64)
   # by hand: BOX halvings to 250×150 and 125×75 (75 < 128), BICUBIC to 107×64, centre 64 columns
   from PIL import Image
 
@@ -156,7 +158,7 @@ def test_samples_do_not_depend_on_the_batch_size(tmp_path):
   config = tiny_config(num_train_steps=2)
   config.model.num_classes, config.sampling.guidance_scale = 10, 1.0
   state = train.train_and_evaluate(config, str(tmp_path))
-  from ddpm_jax import parallel
+  from ddpm_jax.runtime import parallel
 
   mesh = parallel.make_mesh()
   runs = []
@@ -172,7 +174,8 @@ def test_samples_do_not_depend_on_the_batch_size(tmp_path):
 def test_conditional_bits_per_dim_uses_the_true_labels():
   import jax
 
-  from ddpm_jax import families, parallel
+  from ddpm_jax import families
+  from ddpm_jax.runtime import parallel
 
   config = tiny_config()
   config.model.num_classes, config.eval.bpd_num_batches = 10, 1
@@ -204,8 +207,9 @@ import sys
 sys.path[:0] = [{tests!r}, {repo!r}]
 import jax, numpy as np
 from helpers import tiny_config
-from ddpm_jax import families, parallel
-from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax import families
+from ddpm_jax.runtime import parallel
+from ddpm_jax.jobs import sample as sample_lib
 config = tiny_config()
 config.model.num_classes, config.sampling.batch_size = 10, 8
 params = families.get_family(config).init_params(jax.random.key(0))

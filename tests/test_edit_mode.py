@@ -12,7 +12,7 @@ from PIL import Image
 import pytest
 
 from ddpm_jax import pixels, train
-from ddpm_jax.evaluation import edit
+from ddpm_jax.jobs import edit
 from helpers import REPO, tiny_config
 
 
@@ -82,8 +82,9 @@ def test_sdedit_spans_the_input_and_a_sample_and_a_mask_file_is_read(digits_run,
 
 
 def test_interpolation_decodes_the_encoded_endpoints(digits_run, tmp_path):
-  from ddpm_jax import families, parallel
-  from ddpm_jax.evaluation import sample as sample_lib
+  from ddpm_jax import families
+  from ddpm_jax.jobs import sample as sample_lib
+  from ddpm_jax.runtime import parallel
 
   config, workdir = digits_run
   config = config.copy_and_resolve_references()
@@ -129,7 +130,8 @@ def test_colorization_keeps_the_grey_value_of_colour_images(tmp_path):
 
 
 def test_every_score_sde_sampler_is_chosen_by_the_config_and_edits(tmp_path):
-  from ddpm_jax import config_validation, editing, families, sde
+  from ddpm_jax import editing, families, sde
+  from ddpm_jax.families import config_validation
 
   config = tiny_config()
   config.family, config.sde.type, config.sde.num_scales = "score_sde", "ve", 50

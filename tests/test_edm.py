@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from ddpm_jax import edm, families, train
-from ddpm_jax.config_validation import validate_config
-from ddpm_jax.evaluation import evaluate
-from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax.families.config_validation import validate_config
+from ddpm_jax.jobs import evaluate
+from ddpm_jax.jobs import sample as sample_lib
 from helpers import tiny_config
 
 SIGMA_DATA = 0.5

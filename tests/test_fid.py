@@ -278,7 +278,7 @@ def test_precision_recall_equals_brute_force_k_nearest_neighbour_balls():
 
 def test_reference_statistics_read_adm_reference_batches_and_pytorch_fid_stats(reference, tmp_path):
   from ddpm_jax import pixels
-  from ddpm_jax.evaluation import evaluate
+  from ddpm_jax.jobs import evaluate
   from helpers import tiny_config
 
   _, params = reference

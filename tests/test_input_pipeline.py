@@ -6,7 +6,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ddpm_jax import input_pipeline, pixels
+from ddpm_jax import pixels
+from ddpm_jax.data import loader, order, sources, transforms
 from helpers import tiny_config
 
 
@@ -14,9 +15,9 @@ def test_resumed_order_equals_uninterrupted_order():
   data = tiny_config().data
   data.random_flip = True
   kw = dict(split="train", global_batch_size=16, seed=3)
-  straight = list(input_pipeline.batches(data, start_step=0, num_steps=120, **kw))
+  straight = list(loader.batches(data, start_step=0, num_steps=120, **kw))
   # crosses epoch boundaries
-  resumed = list(input_pipeline.batches(data, start_step=70, num_steps=50, **kw))
+  resumed = list(loader.batches(data, start_step=70, num_steps=50, **kw))
   for a, b in zip(straight[70:], resumed):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
@@ -24,21 +25,19 @@ def test_resumed_order_equals_uninterrupted_order():
 
 def test_every_epoch_visits_every_example_once_and_epochs_differ():
   positions = np.arange(3 * 100)
-  idx = input_pipeline.stream_indices(100, seed=0, positions=positions).reshape(3, 100)
+  idx = order.stream_indices(100, seed=0, positions=positions).reshape(3, 100)
   for epoch in idx:
     assert sorted(epoch) == list(range(100))
   assert not np.array_equal(idx[0], idx[1])
 
 
 def test_processes_read_disjoint_shares_of_the_global_batch():
-  shares = [input_pipeline.local_positions(7, 32, p, 4) for p in range(4)]
+  shares = [order.local_positions(7, 32, p, 4) for p in range(4)]
   np.testing.assert_array_equal(np.concatenate(shares), np.arange(7 * 32, 8 * 32))
 
 
 def test_digits_are_scaled_to_model_range():
-  batch = next(
-    input_pipeline.batches(tiny_config().data, split="train", global_batch_size=8, seed=0)
-  )
+  batch = next(loader.batches(tiny_config().data, split="train", global_batch_size=8, seed=0))
   assert batch["image"].shape == (8, 8, 8, 1) and batch["image"].dtype == np.float32
   assert batch["image"].min() == -1.0 and batch["image"].max() <= 1.0 and batch["image"].max() > 0.9
   assert batch["label"].dtype == np.int32 and set(batch["label"]) <= set(range(10))
@@ -50,14 +49,14 @@ def test_tfds_cifar10_through_the_same_code_path():
   data = tiny_config().data
   data.dataset, data.image_size, data.num_channels, data.random_flip = "cifar10", 32, 3, True
   with tfds.testing.mock_data(num_examples=20):
-    batch = next(input_pipeline.batches(data, split="train", global_batch_size=4, seed=0))
+    batch = next(loader.batches(data, split="train", global_batch_size=4, seed=0))
   assert batch["image"].shape == (4, 32, 32, 3)
   assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
 
 
 def test_missing_tfds_dataset_says_how_to_prepare_it(tmp_path):
   with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record"):
-    input_pipeline.get_source("cifar10", "train", str(tmp_path))
+    sources.get_source("cifar10", "train", str(tmp_path))
 
 
 def test_image_folder_with_class_subdirectories(tmp_path):
@@ -68,12 +67,12 @@ def test_image_folder_with_class_subdirectories(tmp_path):
       Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(
         tmp_path / cls / f"{i}.png"
       )
-  source = input_pipeline.get_source("image_folder", "train", str(tmp_path))
+  source = sources.get_source("image_folder", "train", str(tmp_path))
   assert len(source) == 6 and [source[i]["label"] for i in range(6)] == [0, 0, 0, 1, 1, 1]
-  image = input_pipeline.to_model_range(source[0]["image"], 8, 3)  # centre-cropped 12×12, resized
+  image = transforms.to_model_range(source[0]["image"], 8, 3)  # centre-cropped 12×12, resized
   assert image.shape == (8, 8, 3)
   with pytest.raises(FileNotFoundError, match="No images"):
-    input_pipeline.get_source("image_folder", "train", str(tmp_path / "cats" / "missing"))
+    sources.get_source("image_folder", "train", str(tmp_path / "cats" / "missing"))
 
 
 def test_worker_processes_give_the_batches_of_the_main_process(tmp_path):
@@ -95,8 +94,8 @@ def test_worker_processes_give_the_batches_of_the_main_process(tmp_path):
       )
     )
     kw = dict(split="train", global_batch_size=4, seed=1, num_steps=4)
-    runs[workers] = list(input_pipeline.batches(data, **kw))
-    uint8 = list(input_pipeline.batches(data, uint8=True, **kw))
+    runs[workers] = list(loader.batches(data, **kw))
+    uint8 = list(loader.batches(data, uint8=True, **kw))
     for floats, raw in zip(runs[workers], uint8):  # uint8: the same, unscaled
       np.testing.assert_array_equal(floats["image"], pixels.from_uint8(raw["image"]))
   for a, b in zip(runs[0], runs[3]):

@@ -14,7 +14,7 @@ import pytest
 import scipy.signal
 
 from ddpm_jax import models
-from ddpm_jax.models import layers
+from ddpm_jax.models import cpu_conv, layers
 from ddpm_jax.models.unet import TimeClassEmbedding, UNet
 
 TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
@@ -403,7 +403,7 @@ def test_group_norm_matches_its_definition_and_flax(shape):
 @pytest.mark.parametrize("tile", [2, 4])
 def test_winograd_transforms_compute_a_1d_correlation(tile):
   # F(m, 3): Aᵀ[(G g) ⊙ (Bᵀ d)] = (Σ_k d[i + k] g[k])_i for an input tile d of m + 2 values.
-  b_t, g_mat, a_t = layers.WINOGRAD_TRANSFORMS[tile]
+  b_t, g_mat, a_t = cpu_conv.WINOGRAD_TRANSFORMS[tile]
   rng = np.random.default_rng(tile)
   d, g = rng.normal(size=tile + 2), rng.normal(size=3)
   expected = [d[i : i + 3] @ g for i in range(tile)]
@@ -414,7 +414,7 @@ def test_winograd_transforms_compute_a_1d_correlation(tile):
 def test_winograd_conv_equals_xla_convolution(size, stride, tile):
   # Where no Winograd tile fits (odd multiples, small or strided), impl="winograd" runs
   # `conv_im2col`.
-  assert (layers.winograd_tile(size, size, jnp.float32) if stride == 1 else None) == tile
+  assert (cpu_conv.winograd_tile(size, size, jnp.float32) if stride == 1 else None) == tile
   x = jax.random.normal(jax.random.key(0), (2, size, size, 24))
   params = _random_params(layers.Conv(40, stride=stride), x)
 
@@ -459,7 +459,7 @@ def test_conv_im2col_equals_xla_convolution(k, stride, size):
     ((pad, pad), (pad, pad)),
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
   )
-  im2col = lambda x, kernel: layers.conv_im2col(x, kernel, stride)
+  im2col = lambda x, kernel: cpu_conv.conv_im2col(x, kernel, stride)
   np.testing.assert_allclose(im2col(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
   grads = lambda conv: jax.grad(
     lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel))), argnums=(0, 1)
@@ -484,12 +484,18 @@ def test_winograd_conv_in_bfloat16_is_as_close_as_xla_in_bfloat16():
 
 
 def test_winograd_tiles_per_resolution_and_dtype():
-  assert [layers.winograd_tile(s, s, jnp.float32) for s in (32, 16, 12, 8, 4)] == [4, 4, 2, 2, None]
+  assert [cpu_conv.winograd_tile(s, s, jnp.float32) for s in (32, 16, 12, 8, 4)] == [
+    4,
+    4,
+    2,
+    2,
+    None,
+  ]
   # F(4×4)'s larger coefficients lose bfloat16 precision
-  assert layers.winograd_tile(32, 32, jnp.bfloat16) == 2
-  assert layers.winograd_tile(32, 10, jnp.float32) == 2
+  assert cpu_conv.winograd_tile(32, 32, jnp.bfloat16) == 2
+  assert cpu_conv.winograd_tile(32, 10, jnp.float32) == 2
   with pytest.raises(ValueError, match="divisible by 4"):
-    layers.conv3x3_winograd(jnp.zeros((1, 8, 6, 2)), jnp.zeros((3, 3, 2, 2)), 4)
+    cpu_conv.conv3x3_winograd(jnp.zeros((1, 8, 6, 2)), jnp.zeros((3, 3, 2, 2)), 4)
   with pytest.raises(ValueError, match="Unknown conv impl"):
     layers.Conv(4, impl="fft").init(jax.random.key(0), jnp.zeros((1, 8, 8, 2)))
 

@@ -4,12 +4,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ddpm_jax import input_pipeline
+from ddpm_jax.data import sources
 from ddpm_jax.evaluation import feature_net, offline_metrics
 
 
 def _split(split):
-  return input_pipeline.load_split(ml_collections.ConfigDict({"dataset": "digits"}), split)
+  return sources.load_split(ml_collections.ConfigDict({"dataset": "digits"}), split)
 
 
 @pytest.fixture(scope="module")

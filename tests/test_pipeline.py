@@ -53,7 +53,7 @@ def test_zero_guidance_and_traced_eta_equal_the_plain_sampler(conditional_workdi
   import jax
 
   from ddpm_jax import families
-  from ddpm_jax.evaluation import sample as sample_lib
+  from ddpm_jax.jobs import sample as sample_lib
 
   config = pipe.config.copy_and_resolve_references()
   config.sampling.sampler, config.sampling.num_steps = "ddim", 5

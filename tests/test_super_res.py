@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import ddpm_jax
-from ddpm_jax import convert, families, input_pipeline, models, parallel, pixels, super_res, train
-from ddpm_jax.config_validation import validate_config
-from ddpm_jax.evaluation import evaluate
-from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax import convert, families, models, pixels, super_res, train
+from ddpm_jax.data import sources
+from ddpm_jax.families.config_validation import validate_config
+from ddpm_jax.jobs import evaluate
+from ddpm_jax.jobs import sample as sample_lib
+from ddpm_jax.runtime import parallel
 from helpers import tiny_config
 
 
@@ -151,7 +153,7 @@ def test_super_resolution_trains_samples_a_cascade_and_evaluates(tmp_path):
   results = evaluate.evaluate(config, str(tmp_path / "super_res"))
   assert np.isfinite(results["bpd"]) and results["bpd"] > 0 and "feature_fd" in results, results
   # the bound of the test digits is better given their own low-res images than another's
-  test_digits = jnp.asarray(pixels.from_uint8(input_pipeline.load_split(config.data, "test")[0]))
+  test_digits = jnp.asarray(pixels.from_uint8(sources.load_split(config.data, "test")[0]))
   bits = jax.jit(family.bits_per_dim)
   own = bits(state.ema_params, test_digits[:8], jax.random.key(0))["bpd"]
   other = super_res.downsample(jnp.roll(test_digits[:8], 1, axis=0), 4)

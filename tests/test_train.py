@@ -18,17 +18,12 @@ import numpy as np
 import optax
 import pytest
 
-from ddpm_jax import (
-  ardm,
-  checkpoint,
-  config_validation,
-  host_memory,
-  input_pipeline,
-  optim,
-  parallel,
-  train,
-)
+from ddpm_jax import ardm
+from ddpm_jax.data import loader
 from ddpm_jax.families import ardm as ardm_family
+from ddpm_jax.families import config_validation
+from ddpm_jax.jobs import train
+from ddpm_jax.runtime import checkpoint, host_memory, optim, parallel
 from helpers import REPO, flat_params, run_steps, tiny_config
 
 HELPERS = os.path.join(REPO, "tests", "helpers.py")
@@ -76,7 +71,7 @@ def test_the_documented_train_api_works_verbatim_and_the_step_compiles_once():
   config = tiny_config()
   state = train.create_train_state(config, jax.random.key(0))
   step_fn = train.make_train_step(config)
-  batches = input_pipeline.batches(
+  batches = loader.batches(
     config.data, split="train", global_batch_size=config.training.batch_size, seed=0, num_steps=3
   )
   for batch in batches:
@@ -281,7 +276,7 @@ def test_sigterm_saves_and_stops(tmp_path):
 
 _COMPILE_ONE_PROGRAM = """
 import sys, jax, jax.numpy as jnp
-from ddpm_jax import parallel
+from ddpm_jax.runtime import parallel
 print(parallel.use_compilation_cache(sys.argv[1] if len(sys.argv) > 1 else None))
 jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()
 """
@@ -309,7 +304,7 @@ def test_main_runs_use_a_persistent_compilation_cache_that_a_flag_moves_or_disab
 # XLA allocates anew every call, under the host allocator named by argv[1].
 _PAGE_FAULTS_PER_CALL = """
 import resource, sys
-from ddpm_jax import host_memory
+from ddpm_jax.runtime import host_memory
 host_memory.use_host_allocator(sys.argv[1])
 assert host_memory.tbbmalloc_loaded() == (sys.argv[1] == "tbbmalloc")
 import jax, jax.numpy as jnp
@@ -529,7 +524,7 @@ def test_every_shipped_config_is_valid():
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver"])
 def test_sample_mode_writes_npz_and_png_from_the_newest_checkpoint(tmp_path, sampler):
-  from ddpm_jax.evaluation import sample
+  from ddpm_jax.jobs import sample
 
   config = tiny_config(num_train_steps=4)
   train.train_and_evaluate(config, str(tmp_path))
@@ -564,7 +559,7 @@ def test_class_conditional_and_loss_aware_training_paths():
 
 
 def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
-  from ddpm_jax.evaluation import sample
+  from ddpm_jax.jobs import sample
 
   classifier_config = tiny_config(num_train_steps=4)
   classifier_config.family, classifier_config.model.name = "classifier", "classifier"
@@ -591,7 +586,7 @@ def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
 def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   from test_fid import random_reference_net
 
-  from ddpm_jax.evaluation import evaluate
+  from ddpm_jax.jobs import evaluate
 
   # a state dict in pytorch-fid's layout (random weights, offline)
   weights = tmp_path / "inception.npz"
@@ -629,7 +624,7 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
   )
   # The cached reference statistics are reused, not recomputed.
   monkeypatch.setattr(
-    evaluate.input_pipeline, "batches", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
+    evaluate.loader, "batches", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
   )
   config.eval.bpd_num_batches = 0
   assert evaluate.evaluate(config, str(tmp_path))["fid"] == pytest.approx(results["fid"])
@@ -638,7 +633,7 @@ def test_eval_mode_writes_fid_is_and_bits_per_dim(tmp_path, monkeypatch):
 def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   # VE conditioned on log σ with Fourier features, NCSN++'s network: the set-up furthest from the
   # discrete diffusion.
-  from ddpm_jax.evaluation import evaluate, sample
+  from ddpm_jax.jobs import evaluate, sample
 
   config = tiny_config(num_train_steps=4)
   config.family, config.sde.type, config.sde.num_scales = "score_sde", "ve", 25
@@ -680,7 +675,7 @@ def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
 
 
 def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
-  from ddpm_jax.evaluation import evaluate, sample
+  from ddpm_jax.jobs import evaluate, sample
 
   config = tiny_config(num_train_steps=4)
   config.family, config.vdm.n_features, config.model.fourier_features = "vdm", 16, (6, 7)
@@ -701,7 +696,7 @@ def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
 
 
 def test_ardm_trains_evaluates_and_decodes_in_parallel_with_the_same_loop(tmp_path):
-  from ddpm_jax.evaluation import evaluate, sample
+  from ddpm_jax.jobs import evaluate, sample
 
   config = tiny_config(num_train_steps=4)
   config.family, config.model.out_channels = "ardm", 256
@@ -723,7 +718,7 @@ def test_ardm_trains_evaluates_and_decodes_in_parallel_with_the_same_loop(tmp_pa
 
 
 def test_upscale_ardm_trains_evaluates_and_decodes_stage_by_stage(tmp_path):
-  from ddpm_jax.evaluation import evaluate, sample
+  from ddpm_jax.jobs import evaluate, sample
 
   config = tiny_config(num_train_steps=4)
   config.family, config.ardm.upscale_bits, config.model.out_channels = "ardm", 2, 4

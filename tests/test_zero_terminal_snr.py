@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from ddpm_jax import diffusion, sampling, schedules, train
-from ddpm_jax.config_validation import validate_config
-from ddpm_jax.evaluation import evaluate
-from ddpm_jax.evaluation import sample as sample_lib
+from ddpm_jax.families.config_validation import validate_config
+from ddpm_jax.jobs import evaluate
+from ddpm_jax.jobs import sample as sample_lib
 from helpers import tiny_config
 
 MU, S = 0.3, 0.5  # data x0 ~ N(μ, s²) in every dimension

@@ -26,7 +26,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import files, input_pipeline, pixels
+from ddpm_jax import pixels
+from ddpm_jax.data import sources
+from ddpm_jax.runtime import files
 
 Array = jax.Array
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
@@ -50,7 +52,7 @@ class FeatureNet(nn.Module):
 
 
 def _split_arrays(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  images, labels = input_pipeline.load_split(data_config, split)
+  images, labels = sources.load_split(data_config, split)
   return pixels.from_uint8(images), labels
 
 

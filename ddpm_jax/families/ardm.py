@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import ardm, files, losses, models
+from ddpm_jax import ardm, losses, models
 from ddpm_jax.families import base
+from ddpm_jax.runtime import files
 
 
 def values(num_classes: int, images: jax.Array) -> jax.Array:

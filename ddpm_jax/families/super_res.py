@@ -2,7 +2,7 @@
 Gaussian family's diffusion, losses and samplers on the high-resolution image, with the U-Net given
 the low-resolution image bilinearly upsampled beside x_t. Training downsamples each batch
 (`super_res.downsample`, area averaging as guided-diffusion's super_res_train); samples take the
-low-resolution images as the sampler's `contexts` [B, s, s, C] (evaluation/sample.py: a base
+low-resolution images as the sampler's `contexts` [B, s, s, C] (jobs/sample.py: a base
 model's samples, a file, or the held-out split's images downsampled); bits/dim is the VLB of the
 data given its own downsampled image.
 

@@ -24,17 +24,19 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ddpm_jax import editing, families, files, input_pipeline, parallel, pixels, sampling
-from ddpm_jax.config_validation import validate_config
+from ddpm_jax import editing, families, pixels, sampling
+from ddpm_jax.data import transforms
 from ddpm_jax.evaluation import images as image_utils
-from ddpm_jax.evaluation import sample as sample_lib
-from ddpm_jax.train_state import run_rngs
+from ddpm_jax.families.config_validation import validate_config
+from ddpm_jax.jobs import sample as sample_lib
+from ddpm_jax.jobs.train_state import run_rngs
+from ddpm_jax.runtime import files, parallel
 
 
 def _image_array(path: str, image_size: int, channels: int, resize: str) -> np.ndarray:
   with Image.open(epath.Path(path).open("rb")) as image:
     array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-  return input_pipeline.resize_uint8(array, image_size, channels, resize)
+  return transforms.resize_uint8(array, image_size, channels, resize)
 
 
 def load_images(path: str, data_config) -> tuple[np.ndarray, np.ndarray | None]:
@@ -49,7 +51,7 @@ def load_images(path: str, data_config) -> tuple[np.ndarray, np.ndarray | None]:
     raw = np.asarray(arrays["images"] if "images" in arrays else arrays["arr_0"])
     if raw.dtype != np.uint8 or raw.ndim != 4:
       raise ValueError(f"{path}: images must be uint8 [N, H, W, C]; got {raw.dtype} {raw.shape}.")
-    images = np.stack([input_pipeline.resize_uint8(x, size, channels, resize) for x in raw])
+    images = np.stack([transforms.resize_uint8(x, size, channels, resize) for x in raw])
     labels = arrays.get("labels", arrays.get("arr_1"))
     return images, None if labels is None else np.asarray(labels, np.int32)
   if epath.Path(path).is_dir():

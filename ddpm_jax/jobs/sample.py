@@ -25,10 +25,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import checkpoint, families, files, input_pipeline, parallel, pixels, super_res
-from ddpm_jax.config_validation import validate_config
+from ddpm_jax import families, pixels, super_res
+from ddpm_jax.data import sources, workers
 from ddpm_jax.evaluation import images as image_utils
-from ddpm_jax.train_state import abstract_train_state, run_rngs
+from ddpm_jax.families.config_validation import validate_config
+from ddpm_jax.jobs.train_state import abstract_train_state, run_rngs
+from ddpm_jax.runtime import checkpoint, files, parallel
 
 
 def sample_keys(rng: jax.Array, first_index, batch_size: int) -> jax.Array:
@@ -97,9 +99,9 @@ def generation_contexts(config: ml_collections.ConfigDict, num_samples: int) -> 
     if contexts.ndim == 2:  # one vector per sample
       contexts = contexts[:, None]
   else:
-    source = input_pipeline.open_source(config.data, config.data.eval_split)
+    source = sources.open_source(config.data, config.data.eval_split)
     count = min(num_samples, len(source))
-    contexts = np.stack([input_pipeline.as_context(source[i]["context"]) for i in range(count)])
+    contexts = np.stack([sources.as_context(source[i]["context"]) for i in range(count)])
   if contexts.ndim != 3 or contexts.shape[-1] != config.model.context_dim:
     raise ValueError(
       f"Contexts must be [N, L, model.context_dim={config.model.context_dim}]; got "
@@ -110,9 +112,9 @@ def generation_contexts(config: ml_collections.ConfigDict, num_samples: int) -> 
 
 def eval_split_images(config: ml_collections.ConfigDict, count: int):
   """The first `count` images of data.eval_split at the data's size (uint8), with their labels."""
-  source = input_pipeline.open_source(config.data, config.data.eval_split)
+  source = sources.open_source(config.data, config.data.eval_split)
   data = config.data
-  examples = input_pipeline.load_examples(
+  examples = workers.load_examples(
     source, np.arange(min(count, len(source))), data.image_size, data.num_channels, data.resize
   )
   return examples["image"], examples["label"]

@@ -7,9 +7,10 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from ddpm_jax import diffusion, editing, families, input_pipeline, models, schedules
-from ddpm_jax.errors import InvalidConfigError
+from ddpm_jax import diffusion, editing, families, models, schedules
+from ddpm_jax.data import sources, transforms
 from ddpm_jax.models import layers, unet
+from ddpm_jax.runtime.errors import InvalidConfigError
 
 NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite
 
@@ -150,7 +151,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     "model.downsample_padding": layers.CONV_PADDINGS,
     "model.progressive": unet.PROGRESSIVE_OUTPUTS,
     "model.progressive_input": unet.PROGRESSIVE_INPUTS,
-    "data.resize": input_pipeline.RESIZE_METHODS,
+    "data.resize": transforms.RESIZE_METHODS,
     "training.nonfinite": NONFINITE_POLICIES,
     "diffusion.beta_schedule": tuple(schedules.SCHEDULES),
     "diffusion.mean_type": diffusion.MEAN_TYPES,
@@ -216,22 +217,22 @@ def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[str]:
-  spec = input_pipeline.dataset_spec(data.dataset)
+  spec = sources.dataset_spec(data.dataset)
   if spec is None:
     return [
-      f"Unknown data.dataset {data.dataset!r}; known: {', '.join(input_pipeline.DATASETS)} (tfds "
+      f"Unknown data.dataset {data.dataset!r}; known: {', '.join(sources.DATASETS)} (tfds "
       "names may carry a /config, e.g. celeb_a_hq/256)."
     ]
   problems = []
   for field in ("train_split", "eval_split"):
     split = data.get(field, "train")
-    if input_pipeline.split_name(split) not in spec.splits:
+    if sources.split_name(split) not in spec.splits:
       problems.append(
         f"data.{field}={split!r}: {data.dataset} has the splits {', '.join(spec.splits)} "
         f"(its held-out split: {spec.eval_split!r})."
       )
   if spec.num_classes >= 0:  # an image_folder's classes are known once it is opened
-    problems += input_pipeline.label_problems(data.dataset, spec.num_classes, num_classes)
+    problems += sources.label_problems(data.dataset, spec.num_classes, num_classes)
   if 0 < spec.num_classes < num_classes:
     problems.append(
       f"model.num_classes={num_classes}, but data.dataset={data.dataset!r} has "

@@ -38,11 +38,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import families, files, input_pipeline, parallel, pixels
-from ddpm_jax.config_validation import validate_config
+from ddpm_jax import families, pixels
+from ddpm_jax.data import loader, sources
 from ddpm_jax.evaluation import feature_net, fid, offline_metrics
-from ddpm_jax.evaluation import sample as sample_lib
-from ddpm_jax.train_state import run_rngs
+from ddpm_jax.families.config_validation import validate_config
+from ddpm_jax.jobs import sample as sample_lib
+from ddpm_jax.jobs.train_state import run_rngs
+from ddpm_jax.runtime import files, parallel
 
 FID_PROTOCOL_SAMPLES = 50_000
 
@@ -110,7 +112,7 @@ def reference_statistics(
   local = np.concatenate(
     [
       b["image"]
-      for b in input_pipeline.batches(
+      for b in loader.batches(
         data,
         split=data.train_split,
         global_batch_size=batch,
@@ -174,7 +176,7 @@ def check_fid_sample_count(eval_config: ml_collections.ConfigDict) -> str:
 
 def held_out_batches(config: ml_collections.ConfigDict, num_batches: int):
   """This process's share of the first `num_batches` batches of `data.eval_split`, every time."""
-  return input_pipeline.batches(
+  return loader.batches(
     config.data,
     split=config.data.eval_split,
     global_batch_size=config.training.batch_size,
@@ -282,8 +284,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     conditional = bool(config.model.get("num_classes")) or bool(
       config.sampling.classifier_workdir and config.sampling.classifier_scale
     )
-    train_images, _ = input_pipeline.load_split(config.data, "train")
-    test_images, _ = input_pipeline.load_split(config.data, config.data.eval_split)
+    train_images, _ = sources.load_split(config.data, "train")
+    test_images, _ = sources.load_split(config.data, config.data.eval_split)
     results.update(
       offline_metrics.evaluate_samples(
         feature_net.load(net_path)[0],

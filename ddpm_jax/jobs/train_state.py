@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ddpm_jax import families, optim, parallel
+from ddpm_jax import families
+from ddpm_jax.runtime import optim, parallel
 
 
 @flax.struct.dataclass

@@ -1,0 +1,62 @@
+"""python -m ddpm_jax.convert --source=SOURCE --checkpoint=PATH [--preset=NAME |
+--model_flags="..."] --workdir=DIR: a released or your own checkpoint -> a workdir that
+--mode=sample / --mode=eval and `ddpm_jax.load` run on."""
+
+from absl import app, flags, logging
+
+from ddpm_jax.convert import presets
+
+# --source -> (its presets by name, (checkpoint, preset, model_flags, dataset) -> (config, params))
+SOURCES = {
+  "guided_diffusion": (presets.PRESETS, presets.guided_diffusion_run),
+  "guided_diffusion_classifier": (
+    presets.CLASSIFIER_PRESETS,
+    presets.guided_diffusion_classifier_run,
+  ),
+  "guided_diffusion_super_res": (presets.SUPER_RES_PRESETS, presets.guided_diffusion_super_res_run),
+  "diffusers": (presets.DIFFUSERS_PRESETS, presets.diffusers_run),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum(
+  "source",
+  "guided_diffusion",
+  list(SOURCES),
+  "Its code: a guided-diffusion UNetModel, one of its noisy classifiers or upsamplers "
+  "(SuperResModel), or a diffusers UNet.",
+)
+flags.DEFINE_string(
+  "checkpoint", None, "guided_diffusion: the .pt file; diffusers: the model or pipeline directory."
+)
+flags.DEFINE_string(
+  "preset",
+  None,
+  "A released model: " + ", ".join(p for table, _ in SOURCES.values() for p in table),
+)
+flags.DEFINE_string("model_flags", None, "Or its MODEL_FLAGS, as the reference's README.")
+flags.DEFINE_string("dataset", None, "config.data.dataset of the workdir (default: preset's).")
+flags.DEFINE_string("workdir", None, "Where the workdir goes.")
+
+
+def main(argv) -> None:
+  del argv
+  source_presets, convert = SOURCES[FLAGS.source]
+  if FLAGS.preset and FLAGS.preset not in source_presets:
+    raise ValueError(
+      f"Unknown --preset {FLAGS.preset!r} for --source={FLAGS.source}; known: "
+      f"{', '.join(source_presets)}."
+    )
+  config, params = convert(FLAGS.checkpoint, FLAGS.preset, FLAGS.model_flags, FLAGS.dataset)
+  presets.write_workdir(config, params, FLAGS.workdir, FLAGS.source, FLAGS.checkpoint)
+  logging.info(
+    "Wrote %s: its params and EMA params are the checkpoint's weights. Sample with: python -m "
+    "ddpm_jax.main --mode=sample --config=workdir:%s --workdir=%s",
+    FLAGS.workdir,
+    FLAGS.workdir,
+    FLAGS.workdir,
+  )
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["checkpoint", "workdir"])
+  app.run(main)

@@ -1,0 +1,286 @@
+"""openai/guided-diffusion's (and improved-diffusion's) UNetModel, SuperResModel and noisy
+classifier (EncoderUNetModel) weights -> (model_config, params) of this project's models, 1:1:
+
+  model_config, params = convert.from_guided_diffusion(state_dict_or_path, **create_model_kwargs)
+  out = models.get_model(model_config).apply(params, x_nhwc, t, y)   # = the reference's, NHWC
+
+`create_model_kwargs` are guided-diffusion's `script_util.create_model` arguments (the flags its
+README gives for each released model).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+
+from ddpm_jax import models
+from ddpm_jax.convert.torch_layout import Params, Reader, check_fits, load_state_dict
+from ddpm_jax.models import layers
+
+# guided_diffusion.script_util.create_model's defaults
+GUIDED_DIFFUSION_DEFAULTS = dict(
+  channel_mult="",
+  learn_sigma=False,
+  class_cond=False,
+  use_checkpoint=False,
+  attention_resolutions="16",
+  num_heads=1,
+  num_head_channels=-1,
+  num_heads_upsample=-1,
+  use_scale_shift_norm=False,
+  dropout=0.0,
+  resblock_updown=False,
+  use_fp16=False,
+  use_new_attention_order=False,
+)
+
+
+# create_model's channel_mult for channel_mult=""
+DEFAULT_CHANNEL_MULT = {
+  512: (0.5, 1, 1, 2, 2, 4, 4),
+  256: (1, 1, 2, 2, 4, 4),
+  128: (1, 1, 2, 3, 4),
+  64: (1, 2, 3, 4),
+}
+
+
+NUM_CLASSES = 1000  # guided_diffusion.script_util.NUM_CLASSES
+
+
+def _parse_ints(value) -> tuple:
+  if isinstance(value, str):
+    return tuple(float(v) if "." in v else int(v) for v in value.split(",") if v)
+  return tuple(value)
+
+
+def guided_diffusion_model_config(**kwargs) -> ml_collections.ConfigDict:
+  """create_model's arguments -> this project's `config.model` of the same UNetModel."""
+  options = {**GUIDED_DIFFUSION_DEFAULTS, **kwargs}
+  unknown = sorted(
+    set(options) - set(GUIDED_DIFFUSION_DEFAULTS) - {"image_size", "num_channels", "num_res_blocks"}
+  )
+  if unknown:
+    raise ValueError(f"Unknown create_model arguments {unknown}.")
+  size = options["image_size"]
+  mult = _parse_ints(options["channel_mult"]) or DEFAULT_CHANNEL_MULT.get(size)
+  if mult is None:
+    raise ValueError(f"No default channel_mult for image_size={size}: give channel_mult.")
+  # create_model's resolutions (it stores them as downsampling rates image_size // r)
+  attention = tuple(int(r) for r in _parse_ints(options["attention_resolutions"]))
+  return ml_collections.ConfigDict(
+    dict(
+      name="unet",
+      ch=options["num_channels"],
+      out_channels=6 if options["learn_sigma"] else 3,
+      ch_mult=mult,
+      num_res_blocks=options["num_res_blocks"],
+      attn_resolutions=attention,
+      dropout=float(options["dropout"]),
+      num_heads=options["num_heads"],
+      num_head_channels=options["num_head_channels"],
+      num_heads_upsample=options["num_heads_upsample"],
+      resblock_updown=options["resblock_updown"],
+      scale_shift_norm=options["use_scale_shift_norm"],
+      num_classes=NUM_CLASSES if options["class_cond"] else 0,
+      null_class=False,
+      embedding_type="adm_positional",
+      # the fp16 checkpoints' weights are read as float32; compute in bfloat16 by choice
+      dtype="float32",
+    )
+  )
+
+
+def _heads(model_config, channels: int, upsampling: bool) -> int:
+
+  heads = model_config.num_heads
+  if upsampling and model_config.num_heads_upsample > 0:
+    heads = model_config.num_heads_upsample
+  return layers.num_attention_heads(channels, heads, model_config.num_head_channels)
+
+
+def _encoder_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str, int]]:
+  """guided-diffusion's input and middle blocks in construction order: (torch prefix, our module
+  name, kind, channels) with kind "res" | "attn" | "down" | "res_down"."""
+  ch, mult = model_config.ch, model_config.ch_mult
+  attn, blocks = model_config.attn_resolutions, model_config.num_res_blocks
+  index, size = 1, image_size
+  for level, m in enumerate(mult):
+    for i in range(blocks):
+      yield f"input_blocks.{index}.0", f"down_{level}_{i}", "res", int(ch * m)
+      if size in attn:
+        yield f"input_blocks.{index}.1", f"down_{level}_{i}_attn", "attn", int(ch * m)
+      index += 1
+    if level != len(mult) - 1:
+      kind = "res_down" if model_config.resblock_updown else "down"
+      yield f"input_blocks.{index}.0", f"down_{level}_resample", kind, int(ch * m)
+      index, size = index + 1, size // 2
+  top = int(ch * mult[-1])
+  yield "middle_block.0", "mid_0", "res", top
+  yield "middle_block.1", "mid_attn", "attn", top
+  yield "middle_block.2", "mid_1", "res", top
+
+
+def _decoder_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str, int]]:
+  """UNetModel's output blocks: kinds "res" | "attn_up" | "up" | "res_up"."""
+  ch, mult = model_config.ch, model_config.ch_mult
+  attn, blocks = model_config.attn_resolutions, model_config.num_res_blocks
+  index, size = 0, image_size // 2 ** (len(mult) - 1)
+  for level, m in reversed(list(enumerate(mult))):
+    for i in range(blocks + 1):
+      yield f"output_blocks.{index}.0", f"up_{level}_{i}", "res", int(ch * m)
+      part = 1
+      if size in attn:
+        yield f"output_blocks.{index}.1", f"up_{level}_{i}_attn", "attn_up", int(ch * m)
+        part = 2
+      if level and i == blocks:
+        kind = "res_up" if model_config.resblock_updown else "up"
+        yield f"output_blocks.{index}.{part}", f"up_{level}_resample", kind, int(ch * m)
+        size *= 2
+      index += 1
+
+
+def _block_params(reader: Reader, model_config, blocks, legacy: bool) -> Params:
+  params = {}
+  for prefix, name, kind, channels in blocks:
+    if kind in ("res", "res_down", "res_up"):
+      params[name] = reader.res_block(prefix)
+    elif kind in ("attn", "attn_up"):
+      heads = _heads(model_config, channels, kind == "attn_up")
+      params[name] = reader.attention(prefix, heads, legacy)
+    elif kind == "down":
+      params[name] = {"Conv_0": reader.conv(f"{prefix}.op")}
+    else:
+      params[name] = {"Conv_0": reader.conv(f"{prefix}.conv")}
+  return params
+
+
+def _unet_params(reader: Reader, model_config, image_size: int, legacy: bool) -> Params:
+  params = {
+    "conv_in": reader.conv("input_blocks.0.0"),
+    "embedding": {
+      "Dense_0": reader.dense("time_embed.0"),
+      "Dense_1": reader.dense("time_embed.2"),
+    },
+    "norm_out": reader.norm("out.0"),
+    "conv_out": reader.conv("out.2"),
+  }
+  if model_config.num_classes:
+    params["embedding"]["class_embedding"] = {"embedding": reader.take("label_emb.weight")}
+  blocks = [*_encoder_blocks(model_config, image_size), *_decoder_blocks(model_config, image_size)]
+  return {**params, **_block_params(reader, model_config, blocks, legacy)}
+
+
+def from_guided_diffusion(state_dict_or_path, **create_model_kwargs):
+  """openai/guided-diffusion's UNetModel weights -> (model_config, params).
+
+  `create_model_kwargs`: `script_util.create_model`'s (image_size, num_channels, num_res_blocks,
+  channel_mult, learn_sigma, class_cond, attention_resolutions, num_heads, num_head_channels,
+  num_heads_upsample, use_scale_shift_norm, dropout, resblock_updown, use_fp16,
+  use_new_attention_order, use_checkpoint)."""
+  return _unet_from_guided_diffusion(state_dict_or_path, create_model_kwargs, 3, "UNetModel")
+
+
+# sr_create_model's channel_mult for each large_size
+SUPER_RES_CHANNEL_MULT = {512: "1,1,2,2,4,4", 256: "1,1,2,2,4,4", 64: "1,2,3,4"}
+
+
+def from_guided_diffusion_super_res(state_dict_or_path, **sr_create_model_kwargs):
+  """guided-diffusion's upsamplers (SuperResModel) -> (model_config, params) of the U-Net on
+  `super_res.model_input(x_t, low_res)`, the 2C channels SuperResModel concatenates: the
+  super_res family's model (config.super_res.low_res_size = small_size).
+
+  `sr_create_model_kwargs`: `script_util.sr_create_model`'s (large_size, small_size,
+  num_channels, num_res_blocks, learn_sigma, class_cond, attention_resolutions, num_heads,
+  num_head_channels, num_heads_upsample, use_scale_shift_norm, dropout, resblock_updown,
+  use_fp16, use_checkpoint), and `channel_mult` for a large_size it has none for."""
+  kwargs = dict(sr_create_model_kwargs)
+  large_size = kwargs.pop("large_size")
+  kwargs.pop("small_size", None)
+  kwargs.setdefault("channel_mult", SUPER_RES_CHANNEL_MULT.get(large_size, ""))
+  return _unet_from_guided_diffusion(
+    state_dict_or_path, {"image_size": large_size, **kwargs}, 6, "SuperResModel"
+  )
+
+
+def _unet_from_guided_diffusion(state_dict_or_path, create_model_kwargs, in_channels: int, what):
+
+  model_config = guided_diffusion_model_config(**create_model_kwargs)
+  reader = Reader(load_state_dict(state_dict_or_path))
+  image_size = create_model_kwargs["image_size"]
+  legacy = not create_model_kwargs.get("use_new_attention_order", False)
+  params = _unet_params(reader, model_config, image_size, legacy)
+  model = models.get_model(model_config)
+  inputs = (
+    np.zeros((1, image_size, image_size, in_channels), np.float32),
+    np.zeros((1,), np.int32),
+  )
+  return model_config, check_fits(reader, params, model, inputs, f"{what}({create_model_kwargs})")
+
+
+def guided_diffusion_classifier_config(
+  image_size: int,
+  classifier_width: int = 128,
+  classifier_depth: int = 2,
+  classifier_attention_resolutions: str = "32,16,8",
+  classifier_use_scale_shift_norm: bool = True,
+  classifier_resblock_updown: bool = True,
+  classifier_pool: str = "attention",
+  classifier_use_fp16: bool = False,
+) -> ml_collections.ConfigDict:
+  """create_classifier's arguments (its defaults) -> `config.model` of the same EncoderUNetModel."""
+  del classifier_use_fp16  # the weights are read as float32
+  if classifier_pool != "attention":
+    raise ValueError(f"classifier_pool={classifier_pool!r}: only 'attention' is supported.")
+  if image_size not in DEFAULT_CHANNEL_MULT:
+    raise ValueError(f"create_classifier has no channel_mult for image_size={image_size}.")
+  return ml_collections.ConfigDict(
+    dict(
+      name="classifier",
+      ch=classifier_width,
+      ch_mult=DEFAULT_CHANNEL_MULT[image_size],
+      num_res_blocks=classifier_depth,
+      attn_resolutions=tuple(int(r) for r in _parse_ints(classifier_attention_resolutions)),
+      num_heads=1,
+      num_head_channels=64,
+      scale_shift_norm=classifier_use_scale_shift_norm,
+      resblock_updown=classifier_resblock_updown,
+      num_classes=NUM_CLASSES,
+      embedding_type="adm_positional",
+      dtype="float32",
+    )
+  )
+
+
+def from_guided_diffusion_classifier(state_dict_or_path, **create_classifier_kwargs):
+  """guided-diffusion's noisy classifier (EncoderUNetModel with attention pooling) -> (model_config,
+  params) of `models.NoisyClassifier`: `apply(params, x_t, t)` = its logits. Kwargs:
+  `script_util.create_classifier`'s (image_size, classifier_width, classifier_depth,
+  classifier_attention_resolutions, classifier_use_scale_shift_norm, classifier_resblock_updown,
+  classifier_pool, classifier_use_fp16)."""
+
+  image_size = create_classifier_kwargs["image_size"]
+  model_config = guided_diffusion_classifier_config(**create_classifier_kwargs)
+  reader = Reader(load_state_dict(state_dict_or_path))
+  positions = reader.take("out.2.positional_embedding")
+  params = {
+    "conv_in": reader.conv("input_blocks.0.0"),
+    "TimeClassEmbedding_0": {
+      "Dense_0": reader.dense("time_embed.0"),
+      "Dense_1": reader.dense("time_embed.2"),
+    },
+    "GroupNorm_0": reader.norm("out.0"),
+    "AttentionPool_0": {  # CLIP's pooling: q, k, v in QKVAttention's (new) order
+      "positional_embedding": None if positions is None else positions.T,
+      "qkv": reader.dense("out.2.qkv_proj"),
+      "out": reader.dense("out.2.c_proj"),
+    },
+    # its AttentionBlocks keep the legacy order (create_classifier does not pass the flag)
+    **_block_params(reader, model_config, _encoder_blocks(model_config, image_size), True),
+  }
+  model = models.get_model(model_config)
+  inputs = (np.zeros((1, image_size, image_size, 3), np.float32), np.zeros((1,), np.int32))
+  return model_config, check_fits(
+    reader, params, model, inputs, f"EncoderUNetModel({create_classifier_kwargs})"
+  )

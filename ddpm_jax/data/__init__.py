@@ -1,0 +1,2 @@
+"""The data layer: sources (no JAX), transforms, the order, decoding workers, the batch loader,
+and the dataset tool."""

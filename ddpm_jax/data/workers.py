@@ -1,0 +1,197 @@
+"""Reading a batch's examples: in this process, or decoded and resized by `data.num_workers`
+spawned processes into shared memory, in the order's positions; corrupt examples named or skipped.
+No JAX: the worker processes import this module."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+from multiprocessing import shared_memory
+
+from absl import logging
+import numpy as np
+
+from ddpm_jax import pixels
+from ddpm_jax.data.order import stream_indices
+from ddpm_jax.data.sources import Source, as_context, get_source
+from ddpm_jax.data.transforms import resize_uint8
+
+
+class CorruptExampleError(ValueError):
+  """An example of the source cannot be decoded (a damaged or truncated file or record)."""
+
+
+def describe(source: Source, index: int) -> str:
+  """Where example `index` of `source` comes from (its file or record, where the source says)."""
+  return source.describe(index) if hasattr(source, "describe") else f"example {index}"
+
+
+def read_example(source: Source, index: int, skip_corrupt: bool, skipped: list[int]) -> dict:
+  """Example `index`, or with `skip_corrupt` where it cannot be decoded the next one that can
+  (index + 1, + 2, … mod N: the same one every time), its index appended to `skipped`."""
+  for offset in range(len(source)):
+    candidate = (index + offset) % len(source)
+    try:
+      return source[candidate]
+    except Exception as error:  # noqa: BLE001  (PIL and the readers raise many kinds)
+      if not skip_corrupt:
+        raise CorruptExampleError(
+          f"{describe(source, candidate)} cannot be decoded ({type(error).__name__}: {error}); "
+          "fix or remove it, or set data.skip_corrupt=True to skip such examples."
+        ) from error
+      skipped.append(candidate)
+  raise CorruptExampleError(f"No example of the {len(source)} can be decoded.")
+
+
+def load_examples(
+  source: Source,
+  indices: np.ndarray,
+  image_size: int,
+  num_channels: int,
+  resize: str,
+  images: np.ndarray | None = None,
+  skip_corrupt: bool = False,
+) -> dict[str, np.ndarray]:
+  """The examples at `indices`, decoded and resized into `images` (uint8 [n, S, S, C], new if
+  None): -> {"image" (unless given), "label" [n], "skipped" (the corrupt indices `read_example`
+  skipped) and where the source has them "context" [n, L, D]}."""
+  out = (
+    images
+    if images is not None
+    else np.empty((len(indices), image_size, image_size, num_channels), np.uint8)
+  )
+  labels, contexts, skipped = [], [], []
+  for row, index in enumerate(indices):
+    example = read_example(source, int(index), skip_corrupt, skipped)
+    out[row] = resize_uint8(np.asarray(example["image"]), image_size, num_channels, resize)
+    labels.append(int(example["label"]))
+    if "context" in example:
+      contexts.append(as_context(example["context"]))
+  batch = {"label": np.asarray(labels, np.int32), "skipped": np.asarray(skipped, np.int64)}
+  if contexts:
+    batch["context"] = np.stack(contexts)
+  if images is None:
+    batch["image"] = out
+  return batch
+
+
+# A worker process's source, opened by its first task (so that a failure to open it is that task's
+# error, not a broken pool), by the arguments of `get_source`.
+_worker_sources: dict[tuple, Source] = {}
+
+
+def _load_in_worker(
+  source_args: tuple, indices, rows: slice, memory_name: str, shape, resize, skip_corrupt
+):
+  """Decodes `indices` into rows `rows` of the batch in shared memory `memory_name`: the images do
+  not travel through a pipe (as long to pickle as to decode, for small images)."""
+  if source_args not in _worker_sources:
+    _worker_sources[source_args] = get_source(*source_args)
+  # a spawned worker shares its parent's resource tracker: the block stays the parent's to unlink
+  memory = shared_memory.SharedMemory(memory_name)
+  images = np.ndarray(shape, np.uint8, memory.buf)[rows]
+  try:
+    source = _worker_sources[source_args]
+    return load_examples(source, indices, shape[1], shape[3], resize, images, skip_corrupt)
+  finally:
+    del images  # the view must go before the block can close
+    memory.close()
+
+
+@dataclasses.dataclass
+class WorkerPool:
+  """`num_workers` spawned processes (not forked: the parent runs JAX's threads) that decode and
+  resize batches of the source `get_source(*source_args)`, each opening its own copy (decoding
+  holds Python's GIL, so threads would not run it in parallel)."""
+
+  source_args: tuple
+  num_workers: int
+
+  def __enter__(self):
+    self.executor = concurrent.futures.ProcessPoolExecutor(
+      self.num_workers, mp_context=multiprocessing.get_context("spawn")
+    )
+    return self
+
+  def __exit__(self, *exc):
+    self.executor.shutdown(cancel_futures=True)
+
+
+def worker_pool(data_config, split: str, num_workers: int) -> WorkerPool:
+  return WorkerPool(
+    (
+      data_config.dataset,
+      split,
+      data_config.get("data_dir"),
+      data_config.get("context_key", ""),
+    ),
+    num_workers,
+  )
+
+
+def _load_by_workers(
+  pool: WorkerPool, indices, image_size: int, num_channels: int, resize: str, skip_corrupt: bool
+) -> dict:
+  shape = (len(indices), image_size, image_size, num_channels)
+  memory = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape))))
+  try:
+    bounds = np.linspace(0, len(indices), pool.num_workers + 1).astype(int)
+    chunks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    futures = [
+      pool.executor.submit(
+        _load_in_worker,
+        pool.source_args,
+        indices[rows],
+        rows,
+        memory.name,
+        shape,
+        resize,
+        skip_corrupt,
+      )
+      for rows in chunks
+    ]
+    parts = [future.result() for future in futures]
+    batch = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    batch["image"] = np.array(np.ndarray(shape, np.uint8, memory.buf))
+    return batch
+  finally:
+    memory.close()
+    memory.unlink()
+
+
+def load_batch(
+  source: Source,
+  positions: np.ndarray,
+  *,
+  seed: int,
+  image_size: int,
+  num_channels: int,
+  random_flip: bool,
+  resize: str = "bilinear",
+  pool: WorkerPool | None = None,
+  uint8: bool = False,
+  skip_corrupt: bool = False,
+) -> dict[str, np.ndarray]:
+  """The examples at stream `positions` in [-1, 1] (`uint8`: as uint8, for the accelerator to
+  scale), decoded and resized here or by the processes of `pool` (a `worker_pool` of the same
+  source), one contiguous chunk each, in order."""
+  indices = stream_indices(len(source), seed, positions)
+  if pool is None:
+    batch = load_examples(source, indices, image_size, num_channels, resize, None, skip_corrupt)
+  else:
+    batch = _load_by_workers(pool, indices, image_size, num_channels, resize, skip_corrupt)
+  skipped = batch.pop("skipped")
+  if len(skipped):
+    logging.warning(
+      "Skipped %d corrupt example(s) of this batch (data.skip_corrupt): %s.",
+      len(skipped),
+      "; ".join(describe(source, int(i)) for i in skipped),
+    )
+  # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
+  if random_flip:
+    flip = np.array([np.random.default_rng([seed, int(p), 1]).random() < 0.5 for p in positions])
+    batch["image"][flip] = batch["image"][flip, :, ::-1]
+  if not uint8:
+    batch["image"] = pixels.from_uint8(batch["image"])
+  return batch
