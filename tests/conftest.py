@@ -27,6 +27,32 @@ def rng():
   return np.random.default_rng(0)
 
 
+# The slow tier: training runs, the command line, several processes, the notebook and the docs. The
+# fast tier, `pytest -m "not slow"`, is the math, the samplers, the models and the config checks,
+# in under 2 minutes on 2 cores; single slow tests elsewhere carry `@pytest.mark.slow`.
+SLOW_MODULES = {
+  "test_context",
+  "test_convert",
+  "test_datasets",
+  "test_docs",
+  "test_edit_mode",
+  "test_notebook",
+  "test_pipeline",
+  "test_super_res",
+  "test_train",
+}
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: the slow tier (deselect with -m 'not slow')")
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if item.module.__name__ in SLOW_MODULES:
+      item.add_marker(pytest.mark.slow)
+
+
 def make(betas, **kw):
   return diffusion.GaussianDiffusion.from_betas(betas, **kw)
 

@@ -124,6 +124,7 @@ def traces_a_train_step(config) -> str | None:
   return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_the_legal_values_of_every_field_still_trace_a_train_step(name):
   base = importlib.import_module(f"configs.{name}").get_config()
@@ -164,6 +165,7 @@ def test_the_legal_values_of_every_field_still_trace_a_train_step(name):
     ("--config.training.batch_size=4096", "fewer than one global batch of 4096"),
   ],
 )
+@pytest.mark.slow
 def test_the_command_line_prints_a_config_error_alone(tmp_path, override, message):
   import subprocess
 

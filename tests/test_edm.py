@@ -55,6 +55,7 @@ def test_sigma_is_log_normal():
   assert abs(log_sigma.mean() + 1.2) < 0.02 and abs(log_sigma.std() - 1.2) < 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["heun"])
 def test_edm_trains_samples_and_evaluates_with_the_same_loop(tmp_path, solver):
   config = tiny_config(num_train_steps=40, batch_size=32)

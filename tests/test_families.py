@@ -74,6 +74,7 @@ def test_every_family_has_a_shipped_offline_config():
   assert {shrunk_config(name).family for name in shipped} == set(families.FAMILIES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", OFFLINE_CONFIGS)
 def test_family_trains_samples_and_measures_bits_per_dim_as_before_the_refactor(name, tmp_path):
   config = shrunk_config(name)

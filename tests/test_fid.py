@@ -192,6 +192,7 @@ def reference():
   return net, fid.convert_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [64, 341])  # up- and down-sampling to 299
 def test_flax_inception_matches_pytorch_reference(reference, size):
   net, params = reference
@@ -206,6 +207,7 @@ def test_flax_inception_matches_pytorch_reference(reference, size):
     assert np.max(np.abs(np.asarray(got) - want)) <= 1e-4 * np.max(np.abs(want))
 
 
+@pytest.mark.slow
 def test_weights_load_from_npz_and_pth_paths(reference, tmp_path):
   net, params = reference
   npz, pth = tmp_path / "pt_inception.npz", tmp_path / "pt_inception.pth"
@@ -276,6 +278,7 @@ def test_precision_recall_equals_brute_force_k_nearest_neighbour_balls():
   assert fid.precision_recall(real, real, k=3) == (1.0, 1.0)
 
 
+@pytest.mark.slow
 def test_reference_statistics_read_adm_reference_batches_and_pytorch_fid_stats(reference, tmp_path):
   from ddpm_jax import pixels
   from ddpm_jax.jobs import evaluate

@@ -209,6 +209,7 @@ def test_local_launcher_builds_one_command_per_process():
   assert cmds[0][1]["XLA_FLAGS"] == "--foo --xla_force_host_platform_device_count=2"
 
 
+@pytest.mark.slow
 def test_shipped_configs_run_by_name_and_install_with_the_package(tmp_path):
   from ddpm_jax import main
 

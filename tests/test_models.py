@@ -66,6 +66,7 @@ def _pairwise_covering_rows():
     yield (a, b, c, d, a ^ b ^ c, a ^ b ^ d, a ^ c ^ d, b ^ c ^ d)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("levels", list(_pairwise_covering_rows()))
 def test_unet_output_shape_and_dtype_over_option_combinations(levels):
   opts = {name: values[level] for (name, values), level in zip(OPTIONS.items(), levels)}
@@ -96,6 +97,7 @@ def _count(config_module):
   return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes))
 
 
+@pytest.mark.slow
 def test_paper_model_sizes():
   # DDPM CIFAR-10: 35.7 M in the paper; the same count as diffusers' UNet2DModel of this
   # architecture.
@@ -209,6 +211,7 @@ def test_bfloat16_matches_float32():
   assert rel < 0.03, rel
 
 
+@pytest.mark.slow
 def test_remat_and_winograd_give_the_same_values_and_gradients():
   x, t, _, _ = _inputs()
   # 8×8: Winograd F(2×2, 3×3)
@@ -410,6 +413,7 @@ def test_winograd_transforms_compute_a_1d_correlation(tile):
   np.testing.assert_allclose(a_t @ ((g_mat @ g) * (b_t @ d)), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, stride, tile", [(16, 1, 4), (8, 1, 2), (6, 1, None), (16, 2, None)])
 def test_winograd_conv_equals_xla_convolution(size, stride, tile):
   # Where no Winograd tile fits (odd multiples, small or strided), impl="winograd" runs
@@ -447,6 +451,7 @@ def test_winograd_conv_has_forward_mode_derivatives():
   np.testing.assert_allclose(jvp("winograd"), jvp("xla"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k, stride, size", [(3, 2, 7), (3, 1, 4), (1, 1, 5), (1, 2, 6)])
 def test_conv_im2col_equals_xla_convolution(k, stride, size):
   x = jax.random.normal(jax.random.key(1), (2, size, size, 5))

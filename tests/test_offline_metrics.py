@@ -63,6 +63,7 @@ def test_memorization_flags_copies_of_training_images_and_passes_noise():
   assert result["threshold"] > 0
 
 
+@pytest.mark.slow
 def test_feature_net_trains_saves_and_loads(tmp_path, shipped):
   config = ml_collections.ConfigDict({"dataset": "digits", "image_size": 8, "data_dir": None})
   params, accuracy = feature_net.train(config, steps=30, batch_size=32)

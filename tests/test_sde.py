@@ -115,6 +115,7 @@ def test_ode_sampler_reproduces_gaussian_data():
   assert 10 < int(nfe) < 2000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("s,tol", [(sde.VPSDE(), 1e-2), (sde.VESDE(), 2e-2)], ids=["vp", "ve"])
 def test_ode_likelihood_of_gaussian_data_matches_the_density(s, tol):
   x = jnp.asarray(MU + S * np.random.default_rng(3).normal(size=(16, 2, 1, 1)), jnp.float32)
@@ -141,6 +142,7 @@ def test_ode_likelihood_of_gaussian_data_matches_the_density(s, tol):
   assert abs(estimates.mean() - expected.mean()) < 0.05
 
 
+@pytest.mark.slow
 def test_bits_per_dim_bounds_the_discrete_likelihood_of_8_bit_data():
   from scipy import stats
 

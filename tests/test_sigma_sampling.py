@@ -92,6 +92,7 @@ def k_diffusion_run(k, solver, x, sigmas, noises, s_churn=0.0):
     ("euler", 4.0),
   ],
 )
+@pytest.mark.slow
 def test_solvers_equal_k_diffusions_step_for_step(solver, s_churn):
   num_steps, rng = 6, jax.random.key(3)
   k = load_k_diffusion_sampling()

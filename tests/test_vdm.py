@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ddpm_jax import diffusion, losses, vdm
 
@@ -55,6 +56,7 @@ def test_t_step_loss_is_the_sum_of_gaussian_diffusion_kl_terms():
     np.testing.assert_allclose(vdm_loss, T * kl, rtol=2e-3, err_msg=f"i={i}")
 
 
+@pytest.mark.slow
 def test_continuous_loss_is_the_limit_of_the_t_step_loss():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(MU, S, (3, 2)), jnp.float32)
@@ -116,6 +118,7 @@ def test_learned_schedule_stays_monotone_with_its_endpoints():
   assert not np.allclose(g, np.linspace(g[0], g[-1], 1001), atol=1e-2)  # it did learn a shape
 
 
+@pytest.mark.slow
 def test_schedule_shape_gets_the_gradient_of_the_second_moment():
   params = vdm.init_schedule(jax.random.key(3), "learned", n_features=16)
   rng = np.random.default_rng(2)

@@ -103,6 +103,7 @@ def test_guidance_rescale_is_lins_algorithm_2():
   np.testing.assert_allclose(guided(phi), cfg * factor, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_v_model_trains_samples_and_evaluates_at_zero_terminal_snr(tmp_path):
   config = tiny_config(num_train_steps=8)
   config.diffusion.zero_terminal_snr, config.diffusion.mean_type = True, "v"
