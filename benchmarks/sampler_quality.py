@@ -109,9 +109,9 @@ def main():
   def sigma_run(solver, num_steps):
     # as config.sampling.sampler = solver selects it: EDM's grid over the schedule's σ range
     sampling_config = ml_collections.ConfigDict({"sampler": solver, "num_steps": num_steps})
-    return lambda rng: gaussian.sigma_space_sample(
-      denoise_fn, rng, shape, float(sigmas_t[0]), float(sigmas_t[-1]), sampling_config
-    )
+    sigma_range = float(sigmas_t[0]), float(sigmas_t[-1])
+    trajectory = gaussian.sigma_space_trajectory(denoise_fn, *sigma_range, sampling_config)
+    return lambda rng: sampling.sample(trajectory, rng, shape)
 
   # heun's n steps cost 2n - 1 evaluations (Euler on the last)
   for solver, steps in [

@@ -1,8 +1,12 @@
 """Samplers of the reverse process and the timestep respacing they run on.
 
-Every sampler is a pure function whose whole loop is one `lax.scan`: wrap it in `jax.jit` (closing
-over `d` and the model parameters' apply) and it compiles once per shape. `space_timesteps` picks
-the steps to keep; `diffusion.respace` builds the `GaussianDiffusion` on them.
+Every sampler on a fixed grid of noise levels is one `Trajectory` (its levels and its step), and one
+runner, `run`, walks any of them down to the data in one `lax.scan`: `sample` from the prior,
+`editing` with the known part of an image observed (RePaint's walk). The public samplers
+(`ddpm_sample`, `ddim_sample`, `dpm_solver_sample`, `sigma_sample`) are `sample` of their
+trajectory; wrap them in `jax.jit` (closing over `d` and the model parameters' apply) and they
+compile once per shape. `space_timesteps` picks the steps to keep; `diffusion.respace` builds the
+`GaussianDiffusion` on them.
 
 Guidance: `cond_fn(x_t, t) -> s·∇ log p(y | x_t)` shifts the ancestral mean by Σ·cond_fn (ADM
 Algorithm 1) and DDIM's ε̂ by -√(1-ᾱ)·cond_fn (ADM Algorithm 2); `classifier_free_guidance` combines
@@ -11,7 +15,7 @@ conditional and null-label predictions into one model function (Ho & Salimans 20
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -25,6 +29,7 @@ Array = jax.Array
 CondFn = Callable[[Array, Array], Array]
 # (x at a step, the step (an int, traced), key) -> x at the next step of a sampler's grid
 Step = Callable[[Array, Array, Array], Array]
+DenoiseFn = Callable[[Array, Array], Array]  # (x [B, ...], σ [B]) -> D(x; σ)
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
@@ -96,30 +101,246 @@ def progress_reporter(name: str, total: int) -> Callable[[Array], None]:
   return report
 
 
-def _reverse_scan(step, carry, num_steps: int, progress: str | None):
-  """lax.scan of `step(carry, t)` over t = num_steps-1, …, 0; with `progress` (a name), logs as it
-  goes."""
-  if progress:
-    report = progress_reporter(progress, num_steps)
-
-    def step_with_progress(carry, t):
-      carry, out = step(carry, t)
-      jax.debug.callback(report, num_steps - t)
-      return carry, out
-
-    return jax.lax.scan(step_with_progress, carry, jnp.arange(num_steps - 1, -1, -1))[0]
-  return jax.lax.scan(step, carry, jnp.arange(num_steps - 1, -1, -1))[0]
+# fold_in index of the known part's noise in editing (`run`), apart from the steps' and the prior's.
+KNOWN_NOISE = PRIOR_NOISE - 1
 
 
-def _initial_noise(rng: Array, shape, x_T: Array | None) -> Array:
+class History(NamedTuple):
+  """What a multistep step carries to the next: its data prediction D and its step h in λ (h = 0:
+  none, the next step is first order)."""
+
+  denoised: Array
+  h: Array
+
+
+# (x_i, history, i (traced), key) -> (x_{i+1}, history)
+TrajectoryStep = Callable[[Array, History, Array, Array], tuple[Array, History]]
+# (rng, shape) -> x at the first level, drawn from the sampler's prior
+Prior = Callable[[Array, tuple], Array]
+
+
+def standard_normal_prior(std: float | Array = 1.0) -> Prior:
+  """x_0 = std · z, z ~ N(0, I) from fold_in(rng, PRIOR_NOISE)."""
+
+  def prior(rng, shape):
+    z = jax.random.normal(jax.random.fold_in(rng, PRIOR_NOISE), shape)
+    return z if isinstance(std, float) and std == 1.0 else std * z
+
+  return prior
+
+
+class Trajectory(NamedTuple):
+  """A sampler as n steps down the noise levels x_i = a_i x0 + s_i ε, from i = 0 (where sampling
+  starts) to i = n (the data: a_n = 1, s_n = 0). Step i draws its noise from
+  fold_in(rng, noise_index[i]): each sampler's own keys, so that its samples stay what they
+  were."""
+
+  scale: np.ndarray | Array  # a_i [n + 1]
+  noise_std: np.ndarray | Array  # s_i [n + 1]
+  step: TrajectoryStep
+  noise_index: np.ndarray  # [n] ints
+  prior: Prior = standard_normal_prior()
+  name: str = "sampling"  # for the progress logs
+
+  @property
+  def num_steps(self) -> int:
+    return len(self.scale) - 1
+
+
+def memoryless(step: Step) -> TrajectoryStep:
+  """A step of the current x only, (x_i, i, key) -> x_{i+1}, as a `TrajectoryStep`."""
+  return lambda x, history, i, key: (step(x, i, key), history)
+
+
+def repaint_schedule(num_steps: int, resample: int = 1, jump: int = 1, start: int = 0):
+  """RePaint's walk over the levels start … num_steps (Lugmayr et al. 2022, get_schedule_jump):
+  down one level at a time, and on reaching a level num_steps - 1 - k·jump ≥ jump, back up `jump`
+  levels, `resample` - 1 times each. -> (from, to) levels [K], to > from a step of the sampler,
+  to < from a forward noising. resample = 1: the sampler's own walk, start … num_steps."""
+  if resample < 1 or jump < 1:
+    raise ValueError(f"resample and jump must be >= 1; got {resample} and {jump}.")
+  if not 0 <= start <= num_steps:
+    raise ValueError(f"start level {start} is not in [0, {num_steps}].")
+  jumps = {level: resample - 1 for level in range(num_steps - 1, jump - 1, -jump)}
+  pairs, level = [], start
+  while level < num_steps:
+    pairs.append((level, level + 1))
+    level += 1
+    if jumps.get(level, 0) > 0 and level - jump >= start:
+      jumps[level] -= 1
+      pairs.append((level, level - jump))
+      level -= jump
+  return np.asarray(pairs, np.int32).reshape(-1, 2)
+
+
+# (x, the known part's draw at the same level) -> x with its known part replaced
+Observe = Callable[[Array, Array], Array]
+
+
+def run(
+  trajectory: Trajectory,
+  rng: Array,
+  x: Array,
+  start: int = 0,
+  known: Array | None = None,
+  observe: Observe | None = None,
+  resample: int = 1,
+  jump: int = 1,
+  progress: str | None = None,
+) -> Array:
+  """x at level `start` -> the data along `trajectory`, one `lax.scan` over RePaint's walk
+  (`repaint_schedule`; resample = 1: the sampler's steps). Where `known` is given, `observe(x,
+  a x_known + s z)` follows every step and a multistep solver's last data prediction gets `known`
+  (its exact value at the data level); a step back up draws q(x_j | x_i) and drops that prediction.
+  With resampling, a level's step folds its visit count into its key. `progress` (a name) logs every
+  10 % of the walk."""
+  pairs = repaint_schedule(trajectory.num_steps, resample, jump, start)
+  down = pairs[:, 1] > pairs[:, 0]
+  visits, seen = np.zeros(len(pairs), np.int32), {}
+  for k in np.flatnonzero(down):
+    visits[k] = seen.get(pairs[k, 0], 0)
+    seen[pairs[k, 0]] = visits[k] + 1
+  noise_index = np.asarray(trajectory.noise_index)[pairs[:, 0]]
+  scale, noise_std = (jnp.asarray(a, jnp.float32) for a in (trajectory.scale, trajectory.noise_std))
+  noise = lambda key: jax.random.normal(key, x.shape, x.dtype)
+  known_rng = jax.random.fold_in(rng, KNOWN_NOISE)
+  report = progress_reporter(progress, len(pairs)) if progress else None
+
+  def walk(carry, inputs):
+    k, i, j, key_index, visit = inputs
+    step_key = jax.random.fold_in(rng, key_index)
+    if resample > 1:
+      step_key = jax.random.fold_in(step_key, visit)
+    known_key = jax.random.fold_in(known_rng, k)
+
+    def denoise(carry):
+      x, history = trajectory.step(*carry, i, step_key)
+      if known is None:
+        return x, history
+      x = observe(x, scale[j] * known + noise_std[j] * noise(known_key))
+      return x, history._replace(denoised=observe(history.denoised, known))
+
+    def renoise(carry):  # q(x_j | x_i), j < i: (a_j/a_i) x_i + √(s_j² - (a_j/a_i)² s_i²) z
+      (x, history), ratio = carry, scale[j] / scale[i]
+      std = jnp.sqrt(jnp.maximum(noise_std[j] ** 2 - (ratio * noise_std[i]) ** 2, 0.0))
+      return ratio * x + std * noise(known_key), history._replace(h=jnp.zeros_like(history.h))
+
+    carry = denoise(carry) if down.all() else jax.lax.cond(j > i, denoise, renoise, carry)
+    if report is not None:
+      jax.debug.callback(report, k + 1)
+    return carry, None
+
+  history = History(jnp.zeros_like(x), jnp.zeros((), x.dtype))  # no previous step
+  steps = (np.arange(len(pairs)), pairs[:, 0], pairs[:, 1], noise_index, visits)
+  return jax.lax.scan(walk, (x, history), tuple(jnp.asarray(a) for a in steps))[0][0]
+
+
+def sample(
+  trajectory: Trajectory, rng: Array, shape=None, x_T: Array | None = None, progress: bool = False
+) -> Array:
+  """A sample along `trajectory` from its prior draw of `shape` (or from `x_T`)."""
   if x_T is None:
     if shape is None:
       raise ValueError("Give either `shape` or `x_T`.")
     if not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape) or len(shape) < 2:
       raise ValueError(f"shape must be positive sizes (B, ...); got {shape}.")
-    return jax.random.normal(jax.random.fold_in(rng, PRIOR_NOISE), shape)
-  check_batch(x_T=x_T)
-  return x_T
+    x_T = trajectory.prior(rng, tuple(shape))
+  else:
+    check_batch(x_T=x_T)
+  return run(trajectory, rng, x_T, progress=trajectory.name if progress else None)
+
+
+def multistep_trajectory(
+  denoise_at: Callable[[Array, Array], Array],
+  scale,
+  noise_std,
+  s_noise: float | None = None,
+  **fields,
+) -> Trajectory:
+  """DPM-Solver++(2M) (`dpmpp_2m_update`; with `s_noise`, its SDE variant with noise s_noise · z)
+  on the levels (scale, noise_std) [n + 1] (s_n = 0), `denoise_at(x, i)` the data prediction at
+  level i; `fields`: the Trajectory's noise_index, prior and name."""
+  a, s = (jnp.asarray(levels, jnp.float32) for levels in (scale, noise_std))
+
+  def step(x, history, i, key):
+    denoised = denoise_at(x, i)
+    noise = None if s_noise is None else jax.random.normal(key, x.shape, x.dtype) * s_noise
+    x, h = dpmpp_2m_update(
+      x, denoised, history.denoised, history.h, a[i], s[i], a[i + 1], s[i + 1], noise
+    )
+    return x, History(denoised, h)
+
+  return Trajectory(scale, noise_std, step, **fields)
+
+
+def _discrete_levels(d: diffusion.GaussianDiffusion) -> tuple[Array, Array]:
+  """(√ᾱ, √(1 - ᾱ)) of `d`'s steps from the last to the first, then the data's (1, 0): [n + 1]."""
+  scale = jnp.append(d.sqrt_alphas_cumprod[::-1], 1.0)
+  return scale, jnp.append(d.sqrt_one_minus_alphas_cumprod[::-1], 0.0)
+
+
+def ddpm_trajectory(
+  d: diffusion.GaussianDiffusion,
+  model_fn: diffusion.ModelFn,
+  num_steps: int | None = None,
+  clip_denoised: bool = True,
+  cond_fn: CondFn | None = None,
+) -> Trajectory:
+  """Ancestral sampling x_T ~ N(0, I), x_{t-1} ~ p_θ(x_{t-1} | x_t) (DDPM Algorithm 2) on `d`
+  respaced to `num_steps` evenly spaced steps (Improved DDPM §4; None: all of `d`'s); level i is
+  step t = n - 1 - i, whose noise comes from fold_in(rng, t); no noise at t = 0. Respacing runs on
+  the host (also inside a traced function), so `d` must be concrete."""
+  with jax.ensure_compile_time_eval():
+    d = respaced_for(d, "ddpm", num_steps)
+    levels = _discrete_levels(d)
+  step, n = ddpm_step(d, model_fn, clip_denoised, cond_fn), d.num_timesteps
+  ancestral = lambda x, i, key: step(x, n - 1 - i, key)
+  return Trajectory(
+    *levels, memoryless(ancestral), np.arange(n - 1, -1, -1), name="ancestral sampling"
+  )
+
+
+def ddim_trajectory(
+  d: diffusion.GaussianDiffusion,
+  model_fn: diffusion.ModelFn,
+  num_steps: int | None = 50,
+  eta: float | Array = 0.0,
+  clip_denoised: bool = True,
+  cond_fn: CondFn | None = None,
+) -> Trajectory:
+  """DDIM with η = eta (`ddim_step`) on the grid space_timesteps(T, f"ddim{num_steps}") (None:
+  `d` as given); level i is step t = n - 1 - i, its noise from fold_in(rng, t)."""
+  with jax.ensure_compile_time_eval():
+    d = respaced_for(d, "ddim", num_steps)
+    levels = _discrete_levels(d)
+  step, n = ddim_step(d, model_fn, eta, clip_denoised, cond_fn), d.num_timesteps
+  ddim = lambda x, i, key: step(x, n - 1 - i, key)
+  return Trajectory(*levels, memoryless(ddim), np.arange(n - 1, -1, -1), name="DDIM sampling")
+
+
+def dpm_solver_trajectory(
+  d: diffusion.GaussianDiffusion,
+  model_fn: diffusion.ModelFn,
+  num_steps: int = 20,
+  clip_denoised: bool = True,
+  cond_fn: CondFn | None = None,
+) -> Trajectory:
+  """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): the probability-flow ODE in λ = log(α/σ), α =
+  √ᾱ, σ = √(1-ᾱ), with data prediction D = x̂0 and one model evaluation per step (`dpmpp_2m_update`),
+  on `num_steps` grid points of `d` uniform in λ (the spacing the paper recommends; steps of equal h
+  keep the extrapolation r ≈ 1); the last step lands at ᾱ = 1 (σ = 0), where x = D̃."""
+  with jax.ensure_compile_time_eval():
+    d = respaced_for(d, "dpm_solver", num_steps)
+    levels = _discrete_levels(d)
+  n = d.num_timesteps
+
+  def denoise_at(x, i):
+    t_b = jnp.full((x.shape[0],), n - 1 - i, jnp.int32)
+    return eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)[1]
+
+  return multistep_trajectory(
+    denoise_at, *levels, noise_index=np.arange(n), name="DPM-Solver++ sampling"
+  )
 
 
 def ddpm_sample(
@@ -133,18 +354,12 @@ def ddpm_sample(
   cond_fn: CondFn | None = None,
   progress: bool = False,
 ) -> Array:
-  """Ancestral sampling x_T ~ N(0, I), x_{t-1} ~ p_θ(x_{t-1} | x_t) (DDPM Algorithm 2), one
-  `lax.scan`.
-
-  No noise is added at the last step (t = 0). `num_steps` respaces to that many evenly spaced steps
-  (Improved DDPM §4); respacing runs on the host, so `d` must be concrete (closed over, not traced).
-  Noise for step t comes from `fold_in(rng, t)`. `progress` logs every 10 % of the steps.
-  """
-  d = respaced_for(d, "ddpm", num_steps)
-  step = ddpm_step(d, model_fn, clip_denoised, cond_fn)
-  scan_step = lambda x, t: (step(x, t, jax.random.fold_in(rng, t)), None)
-  x = _initial_noise(rng, shape, x_T)
-  return _reverse_scan(scan_step, x, d.num_timesteps, "ancestral sampling" if progress else None)
+  """Ancestral sampling (`ddpm_trajectory`) from x_T ~ N(0, I), drawn from fold_in(rng,
+  PRIOR_NOISE) unless given, one `lax.scan`; no noise is added at the last step (t = 0).
+  `num_steps` respaces to that many evenly spaced steps (Improved DDPM §4). `progress` logs every
+  10 % of the steps."""
+  trajectory = ddpm_trajectory(d, model_fn, num_steps, clip_denoised, cond_fn)
+  return sample(trajectory, rng, shape, x_T, progress)
 
 
 def ddpm_step(
@@ -209,20 +424,12 @@ def ddim_sample(
   cond_fn: CondFn | None = None,
   progress: bool = False,
 ) -> Array:
-  """DDIM (Song et al. 2021, eq. 12) on the grid `space_timesteps(T, f"ddim{num_steps}")`, one
-  `lax.scan`:
-
-    x_{t-1} = √ᾱ_{t-1} x̂0 + √(1 - ᾱ_{t-1} - σ_t²) ε̂ + σ_t z,
-    σ_t = η √((1 - ᾱ_{t-1}) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_{t-1}).
-
-  η = 0 is the deterministic DDIM ODE; η = 1 is ancestral sampling with the β̃ variance. The last
-  step ends at ᾱ = 1. `num_steps=None` runs on `d` as given.
-  """
-  d = respaced_for(d, "ddim", num_steps)
-  step = ddim_step(d, model_fn, eta, clip_denoised, cond_fn)
-  scan_step = lambda x, t: (step(x, t, jax.random.fold_in(rng, t)), None)
-  x = _initial_noise(rng, shape, x_T)
-  return _reverse_scan(scan_step, x, d.num_timesteps, "DDIM sampling" if progress else None)
+  """DDIM (Song et al. 2021, eq. 12; `ddim_step`) on the grid `space_timesteps(T,
+  f"ddim{num_steps}")`, one `lax.scan`. η = 0 is the deterministic DDIM ODE; η = 1 is ancestral
+  sampling with the β̃ variance. The last step ends at ᾱ = 1. `num_steps=None` runs on `d` as
+  given."""
+  trajectory = ddim_trajectory(d, model_fn, num_steps, eta, clip_denoised, cond_fn)
+  return sample(trajectory, rng, shape, x_T, progress)
 
 
 def ddim_step(
@@ -232,7 +439,10 @@ def ddim_step(
   clip_denoised: bool = True,
   cond_fn: CondFn | None = None,
 ) -> Step:
-  """step(x_t, t, key) -> x_{t-1}, DDIM's eq. 12 on the steps of `d` (`ddim_sample`)."""
+  """step(x_t, t, key) -> x_{t-1} on the steps of `d` (DDIM eq. 12):
+
+  x_{t-1} = √ᾱ_{t-1} x̂0 + √(1 - ᾱ_{t-1} - σ_t²) ε̂ + σ_t z,
+  σ_t = η √((1 - ᾱ_{t-1}) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_{t-1})."""
 
   def step(x, t, key):
     t_b = jnp.full((x.shape[0],), t, dtype=jnp.int32)
@@ -357,34 +567,10 @@ def dpm_solver_sample(
   cond_fn: CondFn | None = None,
   progress: bool = False,
 ) -> Array:
-  """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): the probability-flow ODE in λ = log(α/σ), α =
-  √ᾱ, σ = √(1-ᾱ), with data prediction D = x̂0 and one model evaluation per step, one `lax.scan`:
-
-    x_t = (σ_t/σ_s) x_s - α_t (e^{-h} - 1) D̃,  h = λ_t - λ_s,
-    D̃ = (1 + 1/(2r)) D_s - 1/(2r) D_prev, r = h_prev/h
-  (first order, D̃ = D_s, at the first and last step).
-
-  Runs on `num_steps` grid points uniform in λ (the spacing the paper recommends; steps of equal h
-  keep the extrapolation r ≈ 1); the last step lands at ᾱ = 1 (σ = 0), where x = D̃.
-  """
-  d = respaced_for(d, "dpm_solver", num_steps)
-  x = _initial_noise(rng, shape, x_T)
-  batch, n = x.shape[0], d.num_timesteps
-  # (α, σ) at each grid point, and at the target (α, σ) = (1, 0) after index 0
-  scale = jnp.append(1.0, d.sqrt_alphas_cumprod)
-  std = jnp.append(0.0, d.sqrt_one_minus_alphas_cumprod)
-
-  def step(carry, i):
-    x, x0_prev, h_prev = carry
-    t_b = jnp.full((batch,), i, dtype=jnp.int32)
-    _, x0 = eps_and_x0(d, model_fn, x, t_b, clip_denoised, cond_fn)
-    x, h = dpmpp_2m_update(x, x0, x0_prev, h_prev, scale[i + 1], std[i + 1], scale[i], std[i])
-    return (x, x0, h), None
-
-  x, _, _ = _reverse_scan(
-    step, (x, jnp.zeros_like(x), jnp.zeros(())), n, "DPM-Solver++ sampling" if progress else None
-  )
-  return x
+  """DPM-Solver++(2M) (`dpm_solver_trajectory`) on `num_steps` steps of `d` uniform in λ, one
+  `lax.scan`."""
+  trajectory = dpm_solver_trajectory(d, model_fn, num_steps, clip_denoised, cond_fn)
+  return sample(trajectory, rng, shape, x_T, progress)
 
 
 def dpmpp_2m_update(
@@ -421,10 +607,6 @@ def dpmpp_2m_update(
 
 # σ-space sampling (Karras et al. 2022, "EDM"; k-diffusion's conventions): every model as a
 # denoiser D(x; σ) of x = y + σ n, sampled along a decreasing grid of σ ending at 0.
-SIGMA_SOLVERS = ("euler", "heun", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde")
-# the solvers whose step depends on the current σ only (the DPM-Solver++ ones carry the last D)
-ONE_STEP_SIGMA_SOLVERS = ("euler", "heun", "euler_ancestral")
-DenoiseFn = Callable[[Array, Array], Array]  # (x [B, ...], σ [B]) -> D(x; σ)
 
 
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Array:
@@ -450,6 +632,128 @@ def _ancestral_step(sigma: Array, sigma_next: Array) -> tuple[Array, Array]:
   return jnp.sqrt(jnp.maximum(sigma_next**2 - sigma_up**2, 0.0)), sigma_up
 
 
+def _sigma_levels(sigmas) -> tuple[Array, Array, int]:
+  """(a = 1, s = σ_i, n) of a σ grid [n + 1] (decreasing to 0; concrete or traced)."""
+  sigmas = jnp.asarray(sigmas, jnp.float32)
+  if sigmas.ndim != 1 or sigmas.shape[0] < 2:
+    raise ValueError(f"sigmas must be a grid [n + 1] with n >= 1; got shape {sigmas.shape}.")
+  return jnp.ones_like(sigmas), sigmas, sigmas.shape[0] - 1
+
+
+def _at(sigma: Array, x: Array) -> Array:
+  """σ (a scalar) as the denoiser's [B]."""
+  return jnp.full((x.shape[0],), sigma, x.dtype)
+
+
+def _euler_or_heun(denoise_fn, sigmas, heun, s_churn, s_tmin, s_tmax, s_noise) -> Trajectory:
+  """dx/dσ = (x - D(x; σ))/σ by Euler or Heun's 2nd order (EDM Algorithms 1 and 2; Heun's last
+  step, to σ = 0, is Euler's), with EDM's stochastic churn: x̂ = x + √(σ̂² - σ²) s_noise z,
+  σ̂ = σ (1 + γ), γ = min(s_churn / n, √2 - 1) where s_tmin ≤ σ ≤ s_tmax."""
+  scale, grid, n = _sigma_levels(sigmas)
+  gamma_max = min(s_churn / n, 2**0.5 - 1)
+  derivative = lambda x, sigma: (x - denoise_fn(x, _at(sigma, x))) / sigma
+
+  def step(x, i, key):
+    sigma, sigma_next = grid[i], grid[i + 1]
+    if gamma_max > 0:
+      gamma = jnp.where((s_tmin <= sigma) & (sigma <= s_tmax), gamma_max, 0.0)
+      # √(σ̂² - σ²) as σ √(γ (2 + γ)): exactly 0 at γ = 0 (XLA's fused multiply-add can make
+      # σ̂² - σ² a negative round-off there)
+      noise = jax.random.normal(key, x.shape, x.dtype)
+      x = x + sigma * jnp.sqrt(gamma * (2 + gamma)) * s_noise * noise
+      sigma = sigma * (1 + gamma)
+    d, dt = derivative(x, sigma), sigma_next - sigma
+    x_euler = x + d * dt
+    if not heun:
+      return x_euler
+    corrected = lambda _: x + 0.5 * (d + derivative(x_euler, sigma_next)) * dt
+    return jax.lax.cond(sigma_next > 0, corrected, lambda _: x_euler, None)
+
+  name = f"{'heun' if heun else 'euler'} sampling"
+  return Trajectory(
+    scale, grid, memoryless(step), np.arange(n), standard_normal_prior(grid[0]), name
+  )
+
+
+def euler_trajectory(
+  denoise_fn: DenoiseFn,
+  sigmas,
+  s_churn: float = 0.0,
+  s_tmin: float = 0.0,
+  s_tmax: float = float("inf"),
+  s_noise: float = 1.0,
+) -> Trajectory:
+  """Euler's method on the probability-flow ODE in σ (EDM Algorithm 1, with its churn)."""
+  return _euler_or_heun(denoise_fn, sigmas, False, s_churn, s_tmin, s_tmax, s_noise)
+
+
+def heun_trajectory(
+  denoise_fn: DenoiseFn,
+  sigmas,
+  s_churn: float = 0.0,
+  s_tmin: float = 0.0,
+  s_tmax: float = float("inf"),
+  s_noise: float = 1.0,
+) -> Trajectory:
+  """Heun's 2nd-order method (EDM Algorithm 2, with its churn): 2n - 1 network calls."""
+  return _euler_or_heun(denoise_fn, sigmas, True, s_churn, s_tmin, s_tmax, s_noise)
+
+
+def euler_ancestral_trajectory(denoise_fn: DenoiseFn, sigmas, s_noise: float = 1.0) -> Trajectory:
+  """An Euler step to σ_down, then noise σ_up s_noise z (η = 1; `_ancestral_step`)."""
+  scale, grid, n = _sigma_levels(sigmas)
+
+  def step(x, i, key):
+    sigma, sigma_next = grid[i], grid[i + 1]
+    denoised = denoise_fn(x, _at(sigma, x))
+    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next)
+    x = x + (x - denoised) / sigma * (sigma_down - sigma)
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    return x + jnp.where(sigma_next > 0, sigma_up * s_noise, 0.0) * noise
+
+  prior = standard_normal_prior(grid[0])
+  return Trajectory(scale, grid, memoryless(step), np.arange(n), prior, "euler_ancestral sampling")
+
+
+def dpmpp_2m_trajectory(denoise_fn: DenoiseFn, sigmas) -> Trajectory:
+  """DPM-Solver++(2M) in t = -log σ (Lu et al. 2022; α = 1)."""
+  scale, grid, n = _sigma_levels(sigmas)
+  denoise_at = lambda x, i: denoise_fn(x, _at(grid[i], x))
+  prior = standard_normal_prior(grid[0])
+  return multistep_trajectory(
+    denoise_at, scale, grid, None, noise_index=np.arange(n), prior=prior, name="dpmpp_2m sampling"
+  )
+
+
+def dpmpp_2m_sde_trajectory(denoise_fn: DenoiseFn, sigmas, s_noise: float = 1.0) -> Trajectory:
+  """DPM-Solver++(2M) SDE, midpoint correction, η = 1 (k-diffusion's)."""
+  scale, grid, n = _sigma_levels(sigmas)
+  denoise_at = lambda x, i: denoise_fn(x, _at(grid[i], x))
+  name, prior = "dpmpp_2m_sde sampling", standard_normal_prior(grid[0])
+  return multistep_trajectory(
+    denoise_at, scale, grid, s_noise, noise_index=np.arange(n), prior=prior, name=name
+  )
+
+
+# σ-space solver name -> (denoise_fn, sigmas, **options) -> its Trajectory; options: the churn
+# (s_churn, s_tmin, s_tmax, s_noise) of euler and heun, s_noise of the stochastic ones
+SIGMA_SOLVERS = {
+  "euler": euler_trajectory,
+  "heun": heun_trajectory,
+  "dpmpp_2m": dpmpp_2m_trajectory,
+  "euler_ancestral": euler_ancestral_trajectory,
+  "dpmpp_2m_sde": dpmpp_2m_sde_trajectory,
+}
+STOCHASTIC_SIGMA_SOLVERS = ("euler_ancestral", "dpmpp_2m_sde")
+
+
+def sigma_trajectory(denoise_fn: DenoiseFn, sigmas, solver: str, **options) -> Trajectory:
+  """The σ-space solver `solver` (`SIGMA_SOLVERS`) on the grid `sigmas` [n + 1]: a = 1, s = σ_i."""
+  if solver not in SIGMA_SOLVERS:
+    raise ValueError(f"Unknown σ-space solver {solver!r}; valid: {', '.join(SIGMA_SOLVERS)}.")
+  return SIGMA_SOLVERS[solver](denoise_fn, sigmas, **options)
+
+
 def sigma_sample(
   denoise_fn: DenoiseFn,
   x: Array,
@@ -465,10 +769,7 @@ def sigma_sample(
   """x ~ p(x; σ_0) (the caller's σ_0 · z) -> x at σ_n (0: a sample), one `lax.scan` over the grid
   `sigmas` [n + 1] (decreasing; a traced array, so that any grid of one length compiles once):
 
-    euler, heun      dx/dσ = (x - D(x; σ))/σ, Euler or Heun's 2nd order (EDM Algorithms 1 and 2;
-                     Heun's last step, to σ = 0, is Euler's), with EDM's stochastic churn: x̂ = x +
-                     √(σ̂² - σ²) s_noise z, σ̂ = σ (1 + γ), γ = min(s_churn / n, √2 - 1) where
-                     s_tmin ≤ σ ≤ s_tmax
+    euler, heun      Euler or Heun's 2nd order with EDM's churn (`euler_trajectory`)
     dpmpp_2m         DPM-Solver++(2M) in t = -log σ (Lu et al. 2022)
     euler_ancestral  an Euler step to σ_down, then noise σ_up z
     dpmpp_2m_sde     DPM-Solver++(2M) SDE, midpoint correction, η = 1
@@ -477,89 +778,18 @@ def sigma_sample(
   Network calls: n (euler, dpmpp_*, euler_ancestral), 2n - 1 (heun to σ_n = 0)."""
   if solver not in SIGMA_SOLVERS:
     raise ValueError(f"Unknown σ-space solver {solver!r}; valid: {', '.join(SIGMA_SOLVERS)}.")
-  stochastic = solver in ("euler_ancestral", "dpmpp_2m_sde") or s_churn > 0
+  stochastic = solver in STOCHASTIC_SIGMA_SOLVERS or s_churn > 0
   if stochastic and rng is None:
     raise ValueError(f"solver={solver!r} with s_churn={s_churn} draws noise: pass rng.")
   if s_churn > 0 and solver not in ("euler", "heun"):
     raise ValueError(f"s_churn is for the 'euler' and 'heun' solvers, not {solver!r}.")
   check_batch(x=x)
-  sigmas = jnp.asarray(sigmas, jnp.float32)
-  if sigmas.ndim != 1 or sigmas.shape[0] < 2:
-    raise ValueError(f"sigmas must be a grid [n + 1] with n >= 1; got shape {sigmas.shape}.")
-  num_steps, batch = sigmas.shape[0] - 1, x.shape[0]
-  churn = dict(
-    gamma_max=min(s_churn / num_steps, 2**0.5 - 1), s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise
-  )
-  denoise = lambda x, sigma: denoise_fn(x, jnp.full((batch,), sigma, x.dtype))
-  noise = lambda i: jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
-
-  def step(carry, i):
-    x, denoised_prev, h_prev = carry
-    sigma, sigma_next = sigmas[i], sigmas[i + 1]
-    if solver in ONE_STEP_SIGMA_SOLVERS:
-      key = None if rng is None else jax.random.fold_in(rng, i)
-      x, denoised = sigma_step(denoise_fn, x, sigma, sigma_next, solver, key, **churn)
-      return (x, denoised, h_prev), None
-    denoised = denoise(x, sigma)  # DPM-Solver++ with α = 1: λ = -log σ
-    one = jnp.ones((), x.dtype)
-    noise_i = noise(i) * s_noise if solver == "dpmpp_2m_sde" else None
-    x, h = dpmpp_2m_update(x, denoised, denoised_prev, h_prev, one, sigma, one, sigma_next, noise_i)
-    return (x, denoised, h), None
-
-  step_fn = step
-  if progress:
-    report = progress_reporter(f"{solver} sampling", num_steps)
-
-    def step_fn(carry, i):
-      carry, out = step(carry, i)
-      jax.debug.callback(report, i + 1)
-      return carry, out
-
-  carry = (x, jnp.zeros_like(x), jnp.zeros((), x.dtype))
-  return jax.lax.scan(step_fn, carry, jnp.arange(num_steps))[0][0]
-
-
-def sigma_step(
-  denoise_fn: DenoiseFn,
-  x: Array,
-  sigma: Array,
-  sigma_next: Array,
-  solver: str,
-  key: Array | None,
-  gamma_max: float = 0.0,
-  s_tmin: float = 0.0,
-  s_tmax: float = float("inf"),
-  s_noise: float = 1.0,
-) -> tuple[Array, Array]:
-  """One step σ -> σ_next of a solver in `ONE_STEP_SIGMA_SOLVERS` (see `sigma_sample`; γ_max the
-  churn's min(s_churn / n, √2 - 1)): -> (x at σ_next, the step's D(x; σ))."""
-  denoise = lambda x, sigma: denoise_fn(x, jnp.full((x.shape[0],), sigma, x.dtype))
-  derivative = lambda x, sigma, denoised: (x - denoised) / sigma
-  if solver == "euler_ancestral":
-    denoised = denoise(x, sigma)
-    sigma_down, sigma_up = _ancestral_step(sigma, sigma_next)
-    x = x + derivative(x, sigma, denoised) * (sigma_down - sigma)
-    noise = jax.random.normal(key, x.shape, x.dtype)
-    return x + jnp.where(sigma_next > 0, sigma_up * s_noise, 0.0) * noise, denoised
-  if gamma_max > 0:
-    gamma = jnp.where((s_tmin <= sigma) & (sigma <= s_tmax), gamma_max, 0.0)
-    # √(σ̂² - σ²) as σ √(γ (2 + γ)): exactly 0 at γ = 0 (XLA's fused multiply-add can make
-    # σ̂² - σ² a negative round-off there)
-    noise = jax.random.normal(key, x.shape, x.dtype)
-    x = x + sigma * jnp.sqrt(gamma * (2 + gamma)) * s_noise * noise
-    sigma = sigma * (1 + gamma)
-  denoised = denoise(x, sigma)
-  d = derivative(x, sigma, denoised)
-  dt = sigma_next - sigma
-  x_euler = x + d * dt
-  if solver == "heun":  # the 2nd evaluation, except on a last step to σ = 0
-
-    def corrected(_):
-      d_next = derivative(x_euler, sigma_next, denoise(x_euler, sigma_next))
-      return x + 0.5 * (d + d_next) * dt
-
-    x_euler = jax.lax.cond(sigma_next > 0, corrected, lambda _: x_euler, None)
-  return x_euler, denoised
+  options = {"s_noise": s_noise} if solver in STOCHASTIC_SIGMA_SOLVERS else {}
+  if solver in ("euler", "heun"):
+    options = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+  trajectory = sigma_trajectory(denoise_fn, sigmas, solver, **options)
+  rng = jax.random.key(0) if rng is None else rng  # deterministic: no noise is drawn
+  return run(trajectory, rng, x, progress=trajectory.name if progress else None)
 
 
 def sigma_to_t(log_sigmas: Array, sigma: Array) -> Array:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import losses
+from ddpm_jax import losses, sampling
 from ddpm_jax.runtime.errors import check_batch
 
 Array = jax.Array
@@ -307,17 +307,39 @@ def pc_sample(
   denoise: bool = True,
   eps: float = 1e-3,
 ) -> Array:
-  """Predictor-corrector sampling from the prior at t = T to t = eps over s.N steps, one `lax.scan`;
-  with `denoise`, the last predictor step's mean (no noise) is returned."""
-  x = s.prior_sampling(jax.random.fold_in(rng, s.N), shape)
-  timesteps = pc_timesteps(s, eps)
-  step = pc_step(s, score_fn, predictor, corrector, snr, n_corrector)
+  """Predictor-corrector sampling (`pc_trajectory`) from the prior at t = T to t = eps over s.N
+  steps, one `lax.scan`; with `denoise`, the last predictor step's mean (no noise) is returned."""
+  options = dict(predictor=predictor, corrector=corrector, snr=snr, n_corrector=n_corrector)
+  trajectory = pc_trajectory(s, score_fn, **options, denoise=denoise, eps=eps)
+  return sampling.sample(trajectory, rng, shape)
 
-  def scan_step(carry, i):
-    return step(carry[0], timesteps[i], jax.random.fold_in(rng, i)), None
 
-  (x, x_mean), _ = jax.lax.scan(scan_step, (x, x), jnp.arange(s.N))
-  return x_mean if denoise else x
+def pc_trajectory(
+  s,
+  score_fn: ScoreFn,
+  predictor: str = "reverse_diffusion",
+  corrector: str = "langevin",
+  snr: float = 0.16,
+  n_corrector: int = 1,
+  denoise: bool = True,
+  eps: float = 1e-3,
+) -> sampling.Trajectory:
+  """Predictor-corrector sampling (`pc_step`) on its grid t_i from T to eps (`pc_timesteps`): level
+  i has a = m(t_i), s = std(t_i); the prior draw comes from fold_in(rng, N), step i's noise from
+  fold_in(rng, i)."""
+  with jax.ensure_compile_time_eval():
+    timesteps = pc_timesteps(s, eps)
+    mean, std = s.marginal_prob(jnp.ones(timesteps.shape), timesteps)
+  pc, last = pc_step(s, score_fn, predictor, corrector, snr, n_corrector), s.N - 1
+
+  def step(x, i, key):
+    x, x_mean = pc(x, timesteps[i], key)
+    return jnp.where(i == last, x_mean, x) if denoise else x
+
+  prior = lambda rng, shape: s.prior_sampling(jax.random.fold_in(rng, s.N), shape)
+  levels = (jnp.append(mean, 1.0), jnp.append(std, 0.0))
+  name = "predictor-corrector sampling"
+  return sampling.Trajectory(*levels, sampling.memoryless(step), np.arange(s.N), prior, name)
 
 
 def pc_timesteps(s, eps: float = 1e-3) -> Array:

@@ -26,14 +26,18 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ddpm_jax import losses
+from ddpm_jax import losses, sampling
 from ddpm_jax.runtime.errors import check_batch
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]
 SCHEDULES = ("fixed", "learned")
 NUM_BINS = 256
+# v_j = j/127.5 - 1 in IEEE float32 (a table: inside a loop XLA may divide by a reciprocal, and the
+# top bin must stay exactly 1)
+BIN_VALUES = np.arange(NUM_BINS, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,7 +129,7 @@ def decoder_logits(gamma_0: Array, z_0: Array) -> Array:
   """log p(x = v_j | z_0) up to a constant, over the bin values v_j = j/127.5 - 1: [B, H, W, C,
   256]."""
   alpha, _ = alpha_sigma(gamma_0)
-  values = jnp.arange(NUM_BINS, dtype=jnp.float32) / 127.5 - 1.0
+  values = jnp.asarray(BIN_VALUES)
   rescaled = (z_0 / losses.expand_to(alpha, z_0))[..., None]
   return -0.5 * losses.expand_to(jnp.exp(-gamma_0), rescaled) * (rescaled - values) ** 2
 
@@ -237,20 +241,33 @@ def decoded_mode(params: dict[str, Array], z_0: Array) -> Array:
   """The mode of p(x | z_0): the 8-bit value nearest z_0/α_0, in [-1, 1]."""
   gamma_0 = jnp.full((z_0.shape[0],), params["gamma_0"])
   bins = jnp.argmax(decoder_logits(gamma_0, z_0), axis=-1)
-  return bins.astype(jnp.float32) / 127.5 - 1.0
+  return jnp.asarray(BIN_VALUES)[bins]
 
 
 def sample(
   params: dict[str, Array], eps_fn: EpsFn, rng: Array, shape, num_steps: int = 1000
 ) -> Array:
-  """Ancestral sampling of the continuous-time model on T = num_steps equal steps
-  (`ancestral_step`), one `lax.scan`, then x = `decoded_mode`(z_0). -> x [B, ...] in [-1, 1]."""
-  z = jax.random.normal(jax.random.fold_in(rng, num_steps), shape)
+  """Ancestral sampling of the continuous-time model (`ancestral_trajectory`) from z_1 ~ N(0, I),
+  one `lax.scan`. -> x [B, ...] in [-1, 1]."""
+  return sampling.sample(ancestral_trajectory(params, eps_fn, num_steps), rng, shape)
 
-  def step(z, i):  # i = T, …, 1
-    t = jnp.full((shape[0],), i / num_steps)
-    noise = jax.random.normal(jax.random.fold_in(rng, i), shape)
-    return ancestral_step(params, eps_fn, z, t, t - 1.0 / num_steps, noise), None
 
-  z, _ = jax.lax.scan(step, z, jnp.arange(num_steps, 0, -1))
-  return decoded_mode(params, z)
+def ancestral_trajectory(
+  params: dict[str, Array], eps_fn: EpsFn, num_steps: int = 1000
+) -> sampling.Trajectory:
+  """Ancestral steps t = k/T -> (k-1)/T from t = 1 (`ancestral_step`; a = α_t, s = σ_t), the last
+  one ending in x = `decoded_mode`(z_0); the prior draw comes from fold_in(rng, T), the step from
+  t = k/T draws from fold_in(rng, k). `params` (the schedule's) may be traced (a learned γ)."""
+  alpha, sigma = alpha_sigma(gamma(params, jnp.arange(num_steps, 0, -1) / num_steps))
+
+  def step(z, i, key):
+    t = jnp.full((z.shape[0],), (num_steps - i) / num_steps)
+    noise = jax.random.normal(key, z.shape, z.dtype)
+    z = ancestral_step(params, eps_fn, z, t, t - 1.0 / num_steps, noise)
+    return jax.lax.cond(i == num_steps - 1, lambda z: decoded_mode(params, z), lambda z: z, z)
+
+  prior = lambda rng, shape: jax.random.normal(jax.random.fold_in(rng, num_steps), shape)
+  levels = (jnp.append(alpha, 1.0), jnp.append(sigma, 0.0))
+  noise_index = np.arange(num_steps, 0, -1)
+  name = "ancestral sampling"
+  return sampling.Trajectory(*levels, sampling.memoryless(step), noise_index, prior, name)

@@ -106,13 +106,13 @@ def test_repaint_schedule_is_the_reference_walk():
     # RePaint's timestep t is level n - 1 - t; its jumps go up one step at a time
     levels = [n - 1 - t for t in get_schedule_jump(n, jump, resample)]
     walk = [levels[0]]
-    for i, j in editing.repaint_schedule(n, resample, jump):
+    for i, j in sampling.repaint_schedule(n, resample, jump):
       walk += list(range(i + 1, j + 1)) if j > i else list(range(i - 1, j - 1, -1))
     assert walk == levels, (n, resample, jump)
 
 
 def test_inpainting_approaches_the_conditional_gaussian_as_resampling_grows():
-  trajectory = editing.gaussian_trajectory(BASE, exact_eps_fn(), clip_denoised=False)
+  trajectory = sampling.ddpm_trajectory(BASE, exact_eps_fn(), clip_denoised=False)
   plain_mean_error, plain_cov_error = inpainting_errors(trajectory, resample=1)
   mean_error, cov_error = inpainting_errors(trajectory, resample=6)
   # replacing the known pixels alone ignores how they should steer the unknown ones early on
@@ -148,7 +148,7 @@ def test_colorization_matches_the_conditional_gaussian_of_its_grey_value():
     0.15 * np.array([[1, 0.6, 0.3], [0.6, 1, 0.6], [0.3, 0.6, 1]]),
   )
   gray = jnp.full((BATCH, 1, 1, 1), 0.4)
-  trajectory = editing.gaussian_trajectory(BASE, exact_eps_fn(mu, cov), clip_denoised=False)
+  trajectory = sampling.ddpm_trajectory(BASE, exact_eps_fn(mu, cov), clip_denoised=False)
   out = np.asarray(
     jax.jit(lambda rng: editing.colorize_along(trajectory, rng, gray, 3, resample=6))(
       jax.random.key(2)
@@ -165,7 +165,7 @@ def test_colorization_matches_the_conditional_gaussian_of_its_grey_value():
 def test_the_sigma_space_and_score_sde_trajectories_inpaint_and_sample():
   # Euler-ancestral on EDM's grid with the exact D(x; σ); VP's ancestral predictor, exact score
   sigmas = np.asarray(sampling.karras_sigmas(100, 0.002, 80.0))
-  sigma_trajectory = editing.sigma_trajectory(exact_denoiser(), sigmas, "euler_ancestral")
+  sigma_trajectory = sampling.sigma_trajectory(exact_denoiser(), sigmas, "euler_ancestral")
   vp = sde.VPSDE(N=500)
 
   def score_fn(x, t):
@@ -173,7 +173,7 @@ def test_the_sigma_space_and_score_sde_trajectories_inpaint_and_sample():
     x0 = posterior_mean(MU, SIGMA, flat(x), m, std)
     return (-(flat(x) - m[:, None] * x0) / std[:, None] ** 2).reshape(x.shape)
 
-  sde_trajectory = editing.sde_trajectory(vp, score_fn, "ancestral", "none")
+  sde_trajectory = sde.pc_trajectory(vp, score_fn, "ancestral", "none")
   for trajectory in (sigma_trajectory, sde_trajectory):
     sample = np.asarray(
       jax.jit(lambda rng: editing.sdedit_along(trajectory, rng, jnp.zeros((BATCH, 1, 4, 1)), 1.0))(
@@ -186,7 +186,7 @@ def test_the_sigma_space_and_score_sde_trajectories_inpaint_and_sample():
     mean_error, cov_error = inpainting_errors(trajectory, resample=4)
     assert mean_error < 0.5 * plain_mean_error and mean_error < 0.03, (mean_error, plain_mean_error)
   with pytest.raises(ValueError, match="Unknown σ-space solver"):
-    editing.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_3m")
+    sampling.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_3m")
 
 
 def test_the_multistep_trajectories_are_their_samplers_and_inpaint():
@@ -195,7 +195,7 @@ def test_the_multistep_trajectories_are_their_samplers_and_inpaint():
   rng, x_start = jax.random.key(4), jnp.zeros((BATCH, 1, 4, 1))
   prior = jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), x_start.shape)
   sigmas = np.asarray(sampling.karras_sigmas(40, 0.002, 80.0))
-  dpm = editing.dpm_solver_trajectory(BASE, exact_eps_fn(), 25, clip_denoised=False)
+  dpm = sampling.dpm_solver_trajectory(BASE, exact_eps_fn(), 25, clip_denoised=False)
   cases = [
     (
       dpm,
@@ -205,7 +205,7 @@ def test_the_multistep_trajectories_are_their_samplers_and_inpaint():
       2e-4,
     ),
     (
-      editing.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_2m"),
+      sampling.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_2m"),
       sampling.sigma_sample(exact_denoiser(), sigmas[0] * prior, sigmas, "dpmpp_2m"),
       1e-5,
     ),
@@ -214,7 +214,7 @@ def test_the_multistep_trajectories_are_their_samplers_and_inpaint():
     got = jax.jit(lambda rng: editing.sdedit_along(trajectory, rng, x_start, 1.0))(rng)
     np.testing.assert_allclose(got, want, atol=tolerance)
   # inpainting: the last data prediction gets the known part; RePaint's resampling helps
-  sde_variant = editing.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_2m_sde")
+  sde_variant = sampling.sigma_trajectory(exact_denoiser(), sigmas, "dpmpp_2m_sde")
   for trajectory, resample in ((dpm, 8), (sde_variant, 4)):
     plain_mean_error, _ = inpainting_errors(trajectory, resample=1)
     mean_error, cov_error = inpainting_errors(trajectory, resample)
@@ -228,7 +228,7 @@ def test_the_vdm_trajectory_inpaints_and_samples():
     x0 = posterior_mean(MU, SIGMA, flat(z), alpha, sigma)
     return ((flat(z) - alpha[:, None] * x0) / sigma[:, None]).reshape(z.shape)
 
-  trajectory = editing.vdm_trajectory(vdm.init_schedule(None, "fixed"), eps_fn, 1000)
+  trajectory = vdm.ancestral_trajectory(vdm.init_schedule(None, "fixed"), eps_fn, 1000)
   sample = np.asarray(
     jax.jit(lambda rng: editing.sdedit_along(trajectory, rng, jnp.zeros((BATCH, 1, 4, 1)), 1.0))(
       jax.random.key(5)

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ddpm_jax import sampling
+
 Array = jax.Array
 Params = Any
 # {"image": [B, H, W, C] in [-1, 1], "label": [B] int, and "context": [B, L, D] where the data has}
@@ -28,7 +30,7 @@ Draws = dict[str, Any]
 # guidance scales, DDIM's η); contexts only for a family that trains on them (the Gaussian one).
 SampleFn = Callable[..., Array]
 # (params, labels [B] | None = None, guide_params=None, controls=None[, contexts]) ->
-# editing.Trajectory: the family's configured sampler as noise levels and steps
+# sampling.Trajectory: the family's configured sampler as noise levels and a step
 TrajectoryFn = Callable[..., Any]
 
 
@@ -65,9 +67,9 @@ class Family:
       without dropout.
   make_sampler(batch_size, progress=False, guide=None, workdir=None) -> SampleFn, not jitted;
       None: the family does not generate images.
-  make_trajectory(guide=None) -> TrajectoryFn: the configured sampler as an `editing.Trajectory`
-      for inpainting, colorization and SDEdit (raises ValueError naming the sampler where it has
-      none); None: the family cannot edit.
+  make_trajectory(guide=None) -> TrajectoryFn: the configured sampler as a `sampling.Trajectory`,
+      which samples (`trajectory_sampler`) and edits (inpainting, colorization, SDEdit); raises
+      ValueError naming the sampler where it has no fixed grid; None: the family cannot edit.
   make_latent_codec(num_steps) -> (encode(params, x0, labels=None) -> x_T, decode(params, x_T,
       labels=None) -> x0): a deterministic map between images and latents (DDIM's ODE) for
       interpolation; None: none.
@@ -103,6 +105,19 @@ class Family:
   )
   clip_mask: Callable[[Params], Any] | None = None
   low_res_size: int = 0
+
+
+def trajectory_sampler(
+  trajectory_fn: TrajectoryFn, shape: tuple, progress: bool = False, finish=lambda x: x
+) -> SampleFn:
+  """The SampleFn that walks `trajectory_fn(params, labels, …)` from its prior draw of `shape`
+  (`sampling.sample`), `finish` applied to the result."""
+
+  def sample(params, rng, *conditioning, **kwargs):
+    trajectory = trajectory_fn(params, *conditioning, **kwargs)
+    return finish(sampling.sample(trajectory, rng, shape, progress=progress))
+
+  return sample
 
 
 def apply_kwargs(dropout_rng: Array | None) -> dict[str, Any]:

@@ -92,29 +92,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       )
     return denoise_fn
 
-  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
-    del guide, workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-
-    def sample(params, rng, labels, guide_params=None, controls=None):
-      del guide_params
-      x = gaussian.sigma_space_sample(
-        guided_denoiser(params, labels, controls),
-        rng,
-        shape,
-        edm_config.sigma_min,
-        edm_config.sigma_max,
-        sampling_config,
-        progress,
-      )
-      return jax.numpy.clip(x, -1.0, 1.0)
-
-    return sample
-
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide
-    if sampling_config.sampler not in sampling.SIGMA_SOLVERS:
-      raise gaussian.no_trajectory(sampling_config.sampler, sampling.SIGMA_SOLVERS)
 
     def trajectory(params, labels=None, guide_params=None, controls=None):
       del guide_params
@@ -123,6 +102,12 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       return gaussian.sigma_space_trajectory(denoise_fn, *sigma_range, sampling_config)
 
     return trajectory
+
+  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
+    del workdir
+    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    clip = lambda x: jax.numpy.clip(x, -1.0, 1.0)
+    return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
 
   return base.Family(
     name="edm",

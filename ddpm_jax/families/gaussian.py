@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ddpm_jax import diffusion, editing, models, sampling, schedules
+from ddpm_jax import diffusion, models, sampling, schedules
 from ddpm_jax.families import base
 
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
@@ -27,22 +27,25 @@ def with_timestep_spacing(gaussian, num_steps: int | None, sampling_config):
   return diffusion.respace(gaussian, kept), None
 
 
-def ddpm(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+# A sampler of the discrete diffusion: (gaussian, model_fn, num_steps, controls, sampling_config,
+# clip_denoised, cond_fn) -> its sampling.Trajectory, for sampling and editing alike.
+
+
+def ddpm(gaussian, model_fn, num_steps, controls, sampling_config, clip_denoised, cond_fn):
   del controls
   gaussian, num_steps = with_timestep_spacing(gaussian, num_steps, sampling_config)
-  return sampling.ddpm_sample(gaussian, model_fn, rng, shape, num_steps=num_steps, **kw)
+  return sampling.ddpm_trajectory(gaussian, model_fn, num_steps, clip_denoised, cond_fn)
 
 
-def ddim(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+def ddim(gaussian, model_fn, num_steps, controls, sampling_config, clip_denoised, cond_fn):
   gaussian, num_steps = with_timestep_spacing(gaussian, num_steps or 50, sampling_config)
-  return sampling.ddim_sample(
-    gaussian, model_fn, rng, shape, num_steps=num_steps, eta=controls["eta"], **kw
-  )
+  eta = controls["eta"]
+  return sampling.ddim_trajectory(gaussian, model_fn, num_steps, eta, clip_denoised, cond_fn)
 
 
-def dpm_solver(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+def dpm_solver(gaussian, model_fn, num_steps, controls, sampling_config, clip_denoised, cond_fn):
   del controls, sampling_config
-  return sampling.dpm_solver_sample(gaussian, model_fn, rng, shape, num_steps=num_steps or 20, **kw)
+  return sampling.dpm_solver_trajectory(gaussian, model_fn, num_steps or 20, clip_denoised, cond_fn)
 
 
 def sigma_grid(sampling_config, num_steps: int, sigma_min: float, sigma_max: float):
@@ -55,50 +58,26 @@ def sigma_grid(sampling_config, num_steps: int, sigma_min: float, sigma_max: flo
   )
 
 
-def churn_options(sampling_config) -> dict:
-  """EDM's stochastic churn of the σ-space solvers (config.sampling)."""
-  return {
-    name: sampling_config.get(name, default)
-    for name, default in (
-      ("s_churn", 0.0),
-      ("s_tmin", 0.0),
-      ("s_tmax", float("inf")),
-      ("s_noise", 1.0),
-    )
-  }
-
-
-def sigma_space_grid(sampling_config, sigma_min: float, sigma_max: float):
-  """(EDM's grid of sampling.num_steps for the σ-space solver `sampling_config.sampler`, None: 18
-  for heun, EDM's 35 network calls, else 35, between the model's `sigma_min` and `sigma_max`;
-  EDM's churn for euler and heun)."""
-  solver = sampling_config.sampler
-  num_steps = sampling_config.num_steps or (18 if solver == "heun" else 35)
-  sigmas = sigma_grid(sampling_config, num_steps, sigma_min, sigma_max)
-  return sigmas, churn_options(sampling_config) if solver in ("euler", "heun") else {}
-
-
-def sigma_space_sample(
-  denoise_fn, rng, shape, sigma_min: float, sigma_max: float, sampling_config, progress=False
-):
-  """x0 [shape] by the σ-space solver `sampling_config.sampler` (sampling.sigma_sample) from
-  x = σ_max z on `sigma_space_grid`."""
-  sigmas, churn = sigma_space_grid(sampling_config, sigma_min, sigma_max)
-  x = sigmas[0] * jax.random.normal(jax.random.fold_in(rng, sampling.PRIOR_NOISE), shape)
-  solver = sampling_config.sampler
-  return sampling.sigma_sample(denoise_fn, x, sigmas, solver, rng, progress=progress, **churn)
-
-
 def sigma_space_trajectory(
   denoise_fn, sigma_min: float, sigma_max: float, sampling_config
-) -> editing.Trajectory:
-  """The one-step σ-space solver `sampling_config.sampler` on `sigma_space_grid`, for editing."""
+) -> sampling.Trajectory:
+  """The σ-space solver `sampling_config.sampler` on EDM's grid of sampling.num_steps (None: 18 for
+  heun, EDM's 35 network calls, else 35) between the model's `sigma_min` and `sigma_max`, with
+  EDM's churn (euler, heun) and s_noise (the stochastic solvers) from config.sampling."""
+  solver = sampling_config.sampler
+  num_steps = sampling_config.num_steps or (18 if solver == "heun" else 35)
   with jax.ensure_compile_time_eval():  # concrete, also when built inside a traced function
-    sigmas, churn = sigma_space_grid(sampling_config, sigma_min, sigma_max)
-    sigmas = np.asarray(sigmas)
-  if churn:
-    churn["gamma_max"] = min(churn.pop("s_churn") / (len(sigmas) - 1), 2**0.5 - 1)
-  return editing.sigma_trajectory(denoise_fn, sigmas, sampling_config.sampler, **churn)
+    sigmas = sigma_grid(sampling_config, num_steps, sigma_min, sigma_max)
+  options = {}
+  if solver in ("euler", "heun"):
+    options = {name: sampling_config.get(name, default) for name, default in CHURN_DEFAULTS}
+  elif solver in sampling.STOCHASTIC_SIGMA_SOLVERS:
+    options = {"s_noise": sampling_config.get("s_noise", 1.0)}
+  return sampling.sigma_trajectory(denoise_fn, sigmas, solver, **options)
+
+
+# EDM's stochastic churn of the σ-space solvers (config.sampling) and its defaults: none
+CHURN_DEFAULTS = (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", float("inf")), ("s_noise", 1.0))
 
 
 def discrete_sigma_range(gaussian) -> tuple[float, float]:
@@ -107,22 +86,16 @@ def discrete_sigma_range(gaussian) -> tuple[float, float]:
   return float(sigmas_t[0]), float(sigmas_t[-1])
 
 
-def _no_classifier_guidance(cond_fn) -> None:
-  if cond_fn is not None:
-    raise ValueError("Classifier guidance runs on the 'ddpm' / 'ddim' / 'dpm_solver' samplers.")
-
-
-def sigma_solver(gaussian, model_fn, rng, shape, num_steps, controls, sampling_config, **kw):
+def sigma_solver(gaussian, model_fn, num_steps, controls, sampling_config, clip_denoised, cond_fn):
   """The σ-space solvers on the discrete model's denoiser (sampling.discrete_denoiser)."""
   del num_steps, controls  # sampling_config's
-  _no_classifier_guidance(kw["cond_fn"])
-  denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, kw["clip_denoised"])
-  return sigma_space_sample(
-    denoise_fn, rng, shape, *discrete_sigma_range(gaussian), sampling_config, kw["progress"]
-  )
+  if cond_fn is not None:
+    raise ValueError("Classifier guidance runs on the 'ddpm' / 'ddim' / 'dpm_solver' samplers.")
+  denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, clip_denoised)
+  return sigma_space_trajectory(denoise_fn, *discrete_sigma_range(gaussian), sampling_config)
 
 
-# config.sampling.sampler -> the sampling loop; num_steps None: all T (ddpm), 50 (ddim), 20
+# config.sampling.sampler -> its trajectory; num_steps None: all T (ddpm), 50 (ddim), 20
 # (dpm_solver); the σ-space solvers on EDM's grid.
 SAMPLERS = {
   "ddpm": ddpm,
@@ -130,45 +103,6 @@ SAMPLERS = {
   "dpm_solver": dpm_solver,
   **{solver: sigma_solver for solver in sampling.SIGMA_SOLVERS},
 }
-
-
-def ddpm_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
-  del controls
-  gaussian, num_steps = with_timestep_spacing(gaussian, num_steps, sampling_config)
-  return editing.gaussian_trajectory(gaussian, model_fn, num_steps, None, **kw)
-
-
-def ddim_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
-  gaussian, num_steps = with_timestep_spacing(gaussian, num_steps or 50, sampling_config)
-  return editing.gaussian_trajectory(gaussian, model_fn, num_steps, controls["eta"], **kw)
-
-
-def dpm_solver_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
-  del controls, sampling_config
-  return editing.dpm_solver_trajectory(gaussian, model_fn, num_steps or 20, **kw)
-
-
-def sigma_solver_trajectory(gaussian, model_fn, num_steps, controls, sampling_config, **kw):
-  del num_steps, controls
-  _no_classifier_guidance(kw["cond_fn"])
-  denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, kw["clip_denoised"])
-  return sigma_space_trajectory(denoise_fn, *discrete_sigma_range(gaussian), sampling_config)
-
-
-# config.sampling.sampler -> its `editing.Trajectory`
-TRAJECTORIES = {
-  "ddpm": ddpm_trajectory,
-  "ddim": ddim_trajectory,
-  "dpm_solver": dpm_solver_trajectory,
-  **{solver: sigma_solver_trajectory for solver in sampling.SIGMA_SOLVERS},
-}
-
-
-def no_trajectory(sampler: str, trajectories) -> ValueError:
-  return ValueError(
-    f"Editing runs on the samplers {', '.join(trajectories)}, not sampling.sampler={sampler!r} "
-    "(a sampler without a fixed grid of noise levels): set --config.sampling.sampler."
-  )
 
 
 # The sampling values a compiled sampler takes as arguments (`controls`), so that changing them does
@@ -349,36 +283,8 @@ def build(
       )
     return model_fn, cond_fn, controls
 
-  def make_sampler(
-    batch_size: int, progress: bool = False, guide=None, workdir=None
-  ) -> base.SampleFn:
-    del workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-    loop = SAMPLERS[sampling_config.sampler]
-
-    def sample(params, rng, labels, guide_params=None, controls=None, contexts=None):
-      model_fn, cond_fn, controls = guided_model(
-        params, labels, guide, guide_params, controls, contexts
-      )
-      return loop(
-        gaussian,
-        model_fn,
-        rng,
-        shape,
-        sampling_config.num_steps,
-        controls,
-        sampling_config,
-        clip_denoised=sampling_config.clip_denoised,
-        cond_fn=cond_fn,
-        progress=progress,
-      )
-
-    return sample
-
   def make_trajectory(guide=None) -> base.TrajectoryFn:
-    if sampling_config.sampler not in TRAJECTORIES:
-      raise no_trajectory(sampling_config.sampler, TRAJECTORIES)
-    to_trajectory = TRAJECTORIES[sampling_config.sampler]
+    to_trajectory = SAMPLERS[sampling_config.sampler]
 
     def trajectory(params, labels=None, guide_params=None, controls=None, contexts=None):
       model_fn, cond_fn, controls = guided_model(
@@ -390,11 +296,16 @@ def build(
         sampling_config.num_steps,
         controls,
         sampling_config,
-        clip_denoised=sampling_config.clip_denoised,
-        cond_fn=cond_fn,
+        sampling_config.clip_denoised,
+        cond_fn,
       )
 
     return trajectory
+
+  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
+    del workdir
+    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    return base.trajectory_sampler(make_trajectory(guide), shape, progress)
 
   def make_latent_codec(num_steps: int):
     """DDIM's ODE (η = 0) on `num_steps` steps: (encode(params, x0, labels) -> x_T,

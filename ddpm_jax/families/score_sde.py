@@ -9,14 +9,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ddpm_jax import editing, models, sampling, sde
+from ddpm_jax import models, sampling, sde
 from ddpm_jax.families import base, gaussian
 
 SDE_TYPES = ("vp", "subvp", "ve")
 # config.sampling.sampler: predictor-corrector, the probability-flow ODE (adaptive Tsit5), NCSN's
 # annealed Langevin dynamics (VE), or a σ-space solver on the SDE's σ(t)
-SAMPLERS = ("pc", "ode", "annealed_langevin") + sampling.SIGMA_SOLVERS
-TRAJECTORIES = ("pc",) + sampling.SIGMA_SOLVERS
+SAMPLERS = ("pc", "ode", "annealed_langevin", *sampling.SIGMA_SOLVERS)
+# the samplers on a fixed grid of noise levels (a sampling.Trajectory: they also edit)
+TRAJECTORIES = ("pc", *sampling.SIGMA_SOLVERS)
 
 
 def sampling_sde(score_sde, sampling_config):
@@ -149,48 +150,46 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     n_corrector=sampling_config.n_corrector,
   )
 
-  def make_sampler(
-    batch_size: int, progress: bool = False, guide=None, workdir=None
-  ) -> base.SampleFn:
-    del guide, workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-    sampler, sigma_ends = sampling_config.sampler, sigma_range()
-
-    def sample(params, rng, labels, guide_params=None, controls=None):
-      del labels, guide_params, controls
-      score = score_fn(params)
-      if sampler == "pc":
-        return sde.pc_sample(sampler_sde, score, rng, shape, **pc_options())
-      if sampler == "ode":
-        tolerance = sampling_config.ode_tolerance
-        return sde.ode_sample(score_sde, score, rng, shape, rtol=tolerance, atol=tolerance)[0]
-      if sampler == "annealed_langevin":  # NCSN's σ levels, largest first, the score given σ
-        levels = sampler_sde.discrete_sigmas[::-1]
-        score_of_sigma = lambda x, sigma: score(x, sde.t_of_sigma(score_sde, sigma))
-        return sde.annealed_langevin_sample(
-          levels, score_of_sigma, rng, shape, sampling_config.n_corrector, sampling_config.step_lr
-        )
-      return gaussian.sigma_space_sample(
-        sde.sigma_denoiser(score_sde, score), rng, shape, *sigma_ends, sampling_config, progress
-      )
-
-    return sample
-
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide
     if sampling_config.sampler not in TRAJECTORIES:
-      raise gaussian.no_trajectory(sampling_config.sampler, TRAJECTORIES)
+      raise ValueError(
+        f"Editing runs on the samplers {', '.join(TRAJECTORIES)}, not sampling.sampler="
+        f"{sampling_config.sampler!r} (a sampler without a fixed grid of noise levels): set "
+        "--config.sampling.sampler."
+      )
     sigma_ends = sigma_range()
 
     def trajectory(params, labels=None, guide_params=None, controls=None):
       del labels, guide_params, controls
       score = score_fn(params)
       if sampling_config.sampler == "pc":
-        return editing.sde_trajectory(sampler_sde, score, **pc_options())
+        return sde.pc_trajectory(sampler_sde, score, **pc_options())
       denoise_fn = sde.sigma_denoiser(score_sde, score)
       return gaussian.sigma_space_trajectory(denoise_fn, *sigma_ends, sampling_config)
 
     return trajectory
+
+  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
+    del guide, workdir
+    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    if sampling_config.sampler in TRAJECTORIES:
+      return base.trajectory_sampler(make_trajectory(), shape, progress)
+
+    def sample(params, rng, labels, guide_params=None, controls=None):
+      del labels, guide_params, controls
+      score = score_fn(params)
+      if sampling_config.sampler == "ode":
+        tolerance = sampling_config.ode_tolerance
+        return sde.ode_sample(score_sde, score, rng, shape, rtol=tolerance, atol=tolerance)[0]
+      # annealed Langevin dynamics: NCSN's σ levels, largest first, the score given σ
+      levels = sampler_sde.discrete_sigmas[::-1]
+      score_of_sigma = lambda x, sigma: score(x, sde.t_of_sigma(score_sde, sigma))
+      return sde.annealed_langevin_sample(
+        levels, score_of_sigma, rng, shape, sampling_config.n_corrector, sampling_config.step_lr
+      )
+
+    return sample
 
   def bits_per_dim(params, x0, rng, labels=None):
     del labels  # unconditional (validate refuses model.num_classes)

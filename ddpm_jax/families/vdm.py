@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from ddpm_jax import editing, losses, models, vdm
+from ddpm_jax import losses, models, vdm
 from ddpm_jax.families import base
 
 
@@ -90,26 +90,20 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   num_steps = config.sampling.num_steps or 1000
 
-  def make_sampler(
-    batch_size: int, progress: bool = False, guide=None, workdir=None
-  ) -> base.SampleFn:
-    del progress, guide, workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-
-    def sample(params, rng, labels, guide_params=None, controls=None):  # ancestral, equal steps
-      del guide_params, controls
-      return vdm.sample(params["schedule"], eps_fn(params["unet"], labels), rng, shape, num_steps)
-
-    return sample
-
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide
 
     def trajectory(params, labels=None, guide_params=None, controls=None):
       del guide_params, controls
-      return editing.vdm_trajectory(params["schedule"], eps_fn(params["unet"], labels), num_steps)
+      eps = eps_fn(params["unet"], labels)
+      return vdm.ancestral_trajectory(params["schedule"], eps, num_steps)
 
     return trajectory
+
+  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
+    del workdir
+    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    return base.trajectory_sampler(make_trajectory(guide), shape, progress)
 
   def bits_per_dim(params, x0, rng, labels=None):  # one low-discrepancy t per example: unbiased
     t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)

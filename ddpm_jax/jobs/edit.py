@@ -188,10 +188,11 @@ def _conditions(options, x, mask, rng, make_trajectory, params, labels, batch) -
     return pixels.to_uint8(np.broadcast_to(np.mean(x, axis=-1, keepdims=True), x.shape))
   trajectory = make_trajectory(params, None if labels is None else jnp.asarray(labels))
   start = editing.sdedit_start(trajectory.num_steps, options.strength)
-  # the walk's own draw (`editing.run`), on the padded batch it ran on
+  # the walk's own draw (editing's start at level `start`), on the padded batch it ran on
   key = jax.random.fold_in(rng, sampling.PRIOR_NOISE)
   noise = np.asarray(jax.random.normal(key, (batch, *x.shape[1:])))[: len(x)]
-  return pixels.to_uint8(trajectory.scale[start] * x + trajectory.noise_std[start] * noise)
+  scale, noise_std = (np.asarray(a, np.float32)[start] for a in trajectory[:2])
+  return pixels.to_uint8(scale * x + noise_std * noise)
 
 
 def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
