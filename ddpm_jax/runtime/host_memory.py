@@ -1,5 +1,5 @@
-"""CPU hosts: which malloc serves XLA:CPU's per-call temporaries, and whether it keeps them (README,
-Benchmarks).
+"""CPU hosts: which malloc serves XLA:CPU's per-call temporaries, and whether it keeps them
+(benchmarks/README.md).
 
 XLA:CPU allocates each call's temporaries anew (about 1 GB for the CIFAR-10 U-Net's training step at
 batch 8, in one block, plus ~10,000 blocks of 64 KB – 16 MB) and frees them after it. glibc's malloc
