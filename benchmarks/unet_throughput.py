@@ -11,8 +11,8 @@ a fraction of the dense-matmul FLOP/s measured in the same run, and the JAX/PyTo
       [--dtype=bfloat16] [--conv_impl=auto|xla|winograd] \
       [--host_allocator=tbbmalloc|retained|default]
 
-The host's malloc matters on CPU (benchmarks/README.md): by default the benchmark restarts itself with
-oneTBB's malloc preloaded (the `tbb` wheel of the bench extra), which both libraries then use.
+The host's malloc matters on CPU (benchmarks/README.md): by default the benchmark restarts itself
+with oneTBB's malloc preloaded (the `tbb` wheel of the bench extra), which both libraries then use.
 """
 
 from __future__ import annotations
