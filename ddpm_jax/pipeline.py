@@ -70,7 +70,7 @@ class Pipeline:
     if guidance_scale is not None and labels is None and (contexts is None or low_res is not None):
       raise ValueError("guidance_scale needs labels or contexts: what to guide towards.")
     context_dim = self.config.model.get("context_dim")
-    size = self.family.low_res_size
+    size = self.config.super_res.low_res_size if "low_res" in self.family.conditions else 0
     if (low_res is None) != (not size):
       raise ValueError(
         "low_res (uint8 [N, s, s, C]) is what a super-resolution model upsamples: give it for "
@@ -81,7 +81,7 @@ class Pipeline:
       expected = (num_images, size, size, self.config.data.num_channels)
       if low_res.dtype != np.uint8 or low_res.shape != expected:
         raise ValueError(f"low_res must be uint8 {expected}; got {low_res.dtype} {low_res.shape}.")
-      contexts = pixels.from_uint8(low_res)
+      low_res = pixels.from_uint8(low_res)
     elif contexts is not None:
       contexts = np.asarray(contexts, np.float32)
       if not context_dim or contexts.ndim != 3 or contexts.shape[::2] != (num_images, context_dim):
@@ -109,9 +109,10 @@ class Pipeline:
       name: jnp.float32(self.config.sampling[name] if given.get(name) is None else given[name])
       for name in self.family.sample_controls
     }
-    labels = None if labels is None else jnp.asarray(labels)
-    contexts = None if contexts is None else jnp.asarray(contexts)
-    images = sample_fn(self.params, jax.random.key(seed), labels, None, controls, 0, contexts)
+    cond = families.Cond(
+      *(None if a is None else jnp.asarray(a) for a in (labels, contexts, low_res))
+    )
+    images = sample_fn(self.params, jax.random.key(seed), cond, None, controls)
     images = parallel.to_host(images)
     return pixels.to_uint8(images) if uint8 else images
 
@@ -128,11 +129,10 @@ class Pipeline:
       raise ValueError(f"images must be uint8 [N, H, W, C]; got {images.dtype} {images.shape}.")
     x0 = jnp.asarray(pixels.from_uint8(images))
     labels = None if labels is None else jnp.asarray(labels, jnp.int32)
-    kwargs = {}
-    if self.config.model.get("context_dim"):
-      dim = self.config.model.context_dim
-      kwargs["contexts"] = jnp.zeros((len(x0), 1, dim)) if contexts is None else contexts
-    terms = self._bits_per_dim(self.params, x0, jax.random.key(seed), labels, **kwargs)
+    if "context" in self.family.conditions and contexts is None:
+      contexts = jnp.zeros((len(x0), 1, self.config.model.context_dim))  # ∅
+    cond = families.Cond(label=labels, context=None if contexts is None else jnp.asarray(contexts))
+    terms = self._bits_per_dim(self.params, x0, jax.random.key(seed), cond)
     return np.asarray(terms["bpd"])
 
 

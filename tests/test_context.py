@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ddpm_jax import train
+from ddpm_jax import families, train
 from ddpm_jax.data import loader, order, sources
 from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.runtime import parallel
@@ -100,7 +100,9 @@ def test_guided_samples_follow_their_context_better_than_unguided(tmp_path):
     ("guided", 3.0, contexts),
   ):
     config.sampling.guidance_scale = scale
-    images, _ = sample_lib.generate(config, state.ema_params, 32, mesh, contexts=given)
+    images, _ = sample_lib.generate(
+      config, state.ema_params, 32, mesh, cond=families.Cond(context=given)
+    )
     agreement[name] = float(np.mean(wanted * contrast(images)))
   # the unconditional model draws either half: no agreement with a context it does not see
   assert abs(agreement["unconditional"]) < 0.3, agreement

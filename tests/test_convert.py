@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ddpm_jax import convert, models
+from ddpm_jax.families import Cond
 
 SMALL = dict(
   image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16,8"
@@ -432,9 +433,13 @@ def test_converted_classifier_guides_a_converted_diffusion_model(tmp_path):
   restored, _ = sample_lib.restore_ema_params(
     config, str(tmp_path / "diffusion"), parallel.make_mesh()
   )
-  unguided, _ = sample_lib.generate(config, restored, 2, parallel.make_mesh(), labels=labels)
+  unguided, _ = sample_lib.generate(
+    config, restored, 2, parallel.make_mesh(), cond=Cond(label=labels)
+  )
   config.sampling.classifier_workdir = str(tmp_path / "classifier")
   config.sampling.classifier_scale = 10.0
-  guided, _ = sample_lib.generate(config, restored, 2, parallel.make_mesh(), labels=labels)
+  guided, _ = sample_lib.generate(
+    config, restored, 2, parallel.make_mesh(), cond=Cond(label=labels)
+  )
   assert guided.shape == unguided.shape == (2, 64, 64, 3)
   assert np.mean(guided != unguided) > 0.1  # the classifier's gradient moved the samples

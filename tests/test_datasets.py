@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from ddpm_jax import train
 from ddpm_jax.data import loader, sources, transforms
-from ddpm_jax.families import config_validation
+from ddpm_jax.families import Cond, config_validation
 from ddpm_jax.jobs import evaluate
 from ddpm_jax.jobs import sample as sample_lib
 from helpers import REPO, tiny_config
@@ -194,7 +194,9 @@ def test_conditional_bits_per_dim_uses_the_true_labels():
   batch = next(evaluate.held_out_batches(config, 1))
   per_label = {
     name: float(
-      family.bits_per_dim(params, batch["image"], jax.random.key(0), labels)["bpd"].mean()
+      family.bits_per_dim(params, batch["image"], jax.random.key(0), Cond(label=labels))[
+        "bpd"
+      ].mean()
     )
     for name, labels in (("true", batch["label"]), ("null", None))
   }

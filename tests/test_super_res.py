@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import ddpm_jax
 from ddpm_jax import convert, families, models, pixels, super_res, train
 from ddpm_jax.data import sources
+from ddpm_jax.families import Cond
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import evaluate
 from ddpm_jax.jobs import sample as sample_lib
@@ -117,10 +118,11 @@ def test_super_resolution_trains_samples_a_cascade_and_evaluates(tmp_path):
   # Held-out inputs: the 4×4 area-downsampled test digits. The samples downsample back to them,
   # far closer than to another digit's.
   # one batch size (8) throughout: one compilation of each program
-  low_res, labels = sample_lib.conditioning_inputs(config, family, 8, mesh)
-  assert labels is None and low_res.shape == (8, 4, 4, 1)
+  cond = sample_lib.conditioning_inputs(config, family, 8, mesh)
+  low_res = cond.low_res
+  assert cond.label is None and cond.context is None and low_res.shape == (8, 4, 4, 1)
   sample_fn = sample_lib.make_sample_fn(family, 8, mesh)
-  samples = sample_fn(state.params, jax.random.key(0), None, contexts=jnp.asarray(low_res))
+  samples = sample_fn(state.params, jax.random.key(0), Cond(low_res=jnp.asarray(low_res)))
   down = np.asarray(super_res.downsample(samples, 4))
   matched = np.mean((down - low_res) ** 2)
   mismatched = np.mean((down - np.roll(low_res, 1, axis=0)) ** 2)
@@ -157,5 +159,5 @@ def test_super_resolution_trains_samples_a_cascade_and_evaluates(tmp_path):
   bits = jax.jit(family.bits_per_dim)
   own = bits(state.ema_params, test_digits[:8], jax.random.key(0))["bpd"]
   other = super_res.downsample(jnp.roll(test_digits[:8], 1, axis=0), 4)
-  shuffled = bits(state.ema_params, test_digits[:8], jax.random.key(0), None, other)["bpd"]
+  shuffled = bits(state.ema_params, test_digits[:8], jax.random.key(0), Cond(low_res=other))["bpd"]
   assert np.mean(own) < np.mean(shuffled), (np.mean(own), np.mean(shuffled))

@@ -9,7 +9,7 @@ import types
 
 import ml_collections
 
-from ddpm_jax.families.base import Family, StepKeys, step_keys
+from ddpm_jax.families.base import Cond, Family, StepKeys, step_keys
 
 # config.family -> its module under ddpm_jax/families/.
 FAMILIES = {
@@ -34,4 +34,4 @@ def get_family(config: ml_collections.ConfigDict) -> Family:
   return family_module(config.family).build(config)
 
 
-__all__ = ["FAMILIES", "Family", "StepKeys", "family_module", "get_family", "step_keys"]
+__all__ = ["FAMILIES", "Cond", "Family", "StepKeys", "family_module", "get_family", "step_keys"]

@@ -142,16 +142,16 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     (plan,) = decoding_plans(config, workdir)
 
-    def sample(params, rng, labels, guide_params=None, controls=None):
-      del labels, guide_params, controls
+    def sample(params, rng, cond=None, guide_params=None, controls=None):
+      del cond, guide_params, controls
       sampled, _ = ardm.sample(logits_fn(params), rng, shape, plan)
       return images(num_classes, sampled)
 
     return sample
 
   # exact -log p(x | σ) along one random order: D network calls
-  def bits_per_dim(params, x0, rng, labels=None):
-    del labels  # the ARDM's network takes no labels
+  def bits_per_dim(params, x0, rng, cond=None):
+    del cond  # the ARDM's network takes no conditioning
     nats, per_step = ardm.nll_along_order(
       logits_fn(params), values(num_classes, x0), ardm.random_order(rng, x0.shape)
     )
@@ -245,16 +245,16 @@ def build_upscale(config: ml_collections.ConfigDict) -> base.Family:
     del progress, guide
     plans = decoding_plans(config, workdir, stages)
 
-    def sample(params, rng, labels, guide_params=None, controls=None):
-      del labels, guide_params, controls
+    def sample(params, rng, cond=None, guide_params=None, controls=None):
+      del cond, guide_params, controls
       x = ardm.upscale_sample(logits_fn(params), rng, shape_of(batch_size), bits, num_bits, plans)
       return images(2**num_bits, x)
 
     return sample
 
   # exact -log p(x | σ_0, …, σ_{S-1}) along one random order per stage: S · D network calls
-  def bits_per_dim(params, x0, rng, labels=None):
-    del labels
+  def bits_per_dim(params, x0, rng, cond=None):
+    del cond
     ranks = jax.vmap(lambda key: ardm.random_order(key, x0.shape))(jax.random.split(rng, stages))
     nats, per_step = ardm.upscale_nll_along_orders(
       logits_fn(params), values(2**num_bits, x0), ranks, bits, num_bits

@@ -11,7 +11,7 @@ and nothing else is looked up by family name.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -25,13 +25,47 @@ Params = Any
 Batch = dict[str, Array]
 # per-example random draws, every leaf [B, ...]; "weight" and "t_fraction" [B]
 Draws = dict[str, Any]
-# (params, rng, labels [B] | None, guide_params=None, controls=None[, contexts [B, L, D]]) -> x
-# [B, H, W, C]; controls: a dict of the family's traced sampling values (the Gaussian family's
-# guidance scales, DDIM's η); contexts only for a family that trains on them (the Gaussian one).
-SampleFn = Callable[..., Array]
-# (params, labels [B] | None = None, guide_params=None, controls=None[, contexts]) ->
-# sampling.Trajectory: the family's configured sampler as noise levels and a step
-TrajectoryFn = Callable[..., Any]
+
+
+class Cond(NamedTuple):
+  """What a batch is conditioned on, one pytree for every family's sampler, trajectory and
+  likelihood (None: absent). A family uses the fields in its `Family.conditions` and its `validate`
+  refuses a config that would need others."""
+
+  label: Array | None = None  # [B] int class labels
+  context: Array | None = None  # [B, L, D] cross-attention contexts
+  low_res: Array | None = None  # [B, s, s, C] in [-1, 1]: what a super-resolution model upsamples
+  embedding: Array | None = None  # [B, D] an embedding the denoiser is conditioned on
+
+
+CONDITIONS = Cond._fields
+
+
+class SampleFn(Protocol):
+  """x [B, H, W, C] from the prior; `controls`: the family's traced sampling values
+  (`Family.sample_controls`: the guidance scales, DDIM's η), so that changing them does not compile
+  the sampler again; `guide_params`: a noisy classifier's, for classifier guidance."""
+
+  def __call__(
+    self, params: Params, rng: Array, cond: Cond | None, guide_params=None, controls=None
+  ) -> Array: ...
+
+
+class TrajectoryFn(Protocol):
+  """The family's configured sampler as a `sampling.Trajectory` (noise levels and a step)."""
+
+  def __call__(
+    self, params: Params, cond: Cond | None = None, guide_params=None, controls=None
+  ) -> sampling.Trajectory: ...
+
+
+class BitsPerDimFn(Protocol):
+  """{"bpd": [B], …}: the family's likelihood (bound) of 8-bit data x0 [B, H, W, C] in bits/dim,
+  given its true conditioning, and any per-example terms it keeps."""
+
+  def __call__(
+    self, params: Params, x0: Array, rng: Array, cond: Cond | None = None
+  ) -> dict[str, Array]: ...
 
 
 class StepKeys(NamedTuple):
@@ -70,22 +104,20 @@ class Family:
   make_trajectory(guide=None) -> TrajectoryFn: the configured sampler as a `sampling.Trajectory`,
       which samples (`trajectory_sampler`) and edits (inpainting, colorization, SDEdit); raises
       ValueError naming the sampler where it has no fixed grid; None: the family cannot edit.
-  make_latent_codec(num_steps) -> (encode(params, x0, labels=None) -> x_T, decode(params, x_T,
-      labels=None) -> x0): a deterministic map between images and latents (DDIM's ODE) for
+  make_latent_codec(num_steps) -> (encode(params, x0, cond=None) -> x_T, decode(params, x_T,
+      cond=None) -> x0): a deterministic map between images and latents (DDIM's ODE) for
       interpolation; None: none.
   sample_controls: the config.sampling fields its SampleFn also takes traced in `controls` (their
       defaults the config's), so that changing them does not compile the sampler again.
-  bits_per_dim(params, x0, rng, labels=None[, contexts]) -> {"bpd": [B], …}: the family's
-      likelihood (bound) of 8-bit data in bits/dim (given its true labels and contexts, for a
-      conditional model) and any per-example terms it keeps; None: none.
+  conditions: the `Cond` fields its sampler, trajectory and likelihood use (the rest are ignored;
+      `validate` refuses configs that would need them).
+  bits_per_dim: a `BitsPerDimFn`; None: the family has no likelihood.
   save_likelihood_terms(workdir, terms): stores what bits_per_dim returned besides "bpd"
       (concatenated over the batches), for the family's sampler.
   init_state() / update_state(family_state, draws, per_example_loss): what the family carries
       across steps besides the parameters (the loss history of importance-sampled t), None where
       nothing.
   clip_mask(params) -> bools: which gradients the clipping norm sees; None: all.
-  low_res_size: a super-resolution family's input size s: its SampleFn's `contexts` are the
-      low-resolution images [B, s, s, C] in [-1, 1]; 0: none.
   """
 
   name: str
@@ -97,24 +129,24 @@ class Family:
   make_trajectory: Callable[..., TrajectoryFn] | None = None
   make_latent_codec: Callable[[int], tuple[Callable, Callable]] | None = None
   sample_controls: tuple[str, ...] = ()
-  bits_per_dim: Callable[..., dict[str, Array]] | None = None
+  conditions: tuple[str, ...] = ()
+  bits_per_dim: BitsPerDimFn | None = None
   save_likelihood_terms: Callable[[str, dict[str, Any]], None] | None = None
   init_state: Callable[[], Any] = lambda: None
   update_state: Callable[[Any, Draws, Array], Any] = lambda family_state, draws, per_example: (
     family_state
   )
   clip_mask: Callable[[Params], Any] | None = None
-  low_res_size: int = 0
 
 
 def trajectory_sampler(
   trajectory_fn: TrajectoryFn, shape: tuple, progress: bool = False, finish=lambda x: x
 ) -> SampleFn:
-  """The SampleFn that walks `trajectory_fn(params, labels, …)` from its prior draw of `shape`
+  """The SampleFn that walks `trajectory_fn(params, cond, …)` from its prior draw of `shape`
   (`sampling.sample`), `finish` applied to the result."""
 
-  def sample(params, rng, *conditioning, **kwargs):
-    trajectory = trajectory_fn(params, *conditioning, **kwargs)
+  def sample(params, rng, cond=None, guide_params=None, controls=None):
+    trajectory = trajectory_fn(params, cond, guide_params, controls)
     return finish(sampling.sample(trajectory, rng, shape, progress=progress))
 
   return sample

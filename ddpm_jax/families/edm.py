@@ -95,9 +95,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide
 
-    def trajectory(params, labels=None, guide_params=None, controls=None):
+    def trajectory(params, cond=None, guide_params=None, controls=None):
       del guide_params
-      denoise_fn = guided_denoiser(params, labels, controls)
+      denoise_fn = guided_denoiser(params, (cond or base.Cond()).label, controls)
       sigma_range = edm_config.sigma_min, edm_config.sigma_max
       return gaussian.sigma_space_trajectory(denoise_fn, *sigma_range, sampling_config)
 
@@ -118,4 +118,5 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     make_sampler=make_sampler,
     make_trajectory=make_trajectory,
     sample_controls=("guidance_scale",),
+    conditions=("label",) if config.model.get("num_classes") else (),
   )

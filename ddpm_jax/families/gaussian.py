@@ -197,10 +197,12 @@ def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 
 class Conditioning(NamedTuple):
-  """A per-example input c of the U-Net besides (x_t, t, label): what the sampler takes as
-  `contexts` (the Gaussian family's cross-attention contexts [B, L, D]; the super-resolution
-  family's low-resolution images)."""
+  """A per-example input c of the U-Net besides (x_t, t, label): the `base.Cond` field `field`
+  (the Gaussian family's cross-attention contexts [B, L, D]; the super-resolution family's
+  low-resolution images), used where `active`."""
 
+  field: str
+  active: bool
   # (keys, batch) -> the c training sees (None: none)
   of_batch: Callable[[base.StepKeys, base.Batch], base.Array | None]
   # x0 -> the c of data when none is given (bits/dim); None: none
@@ -217,6 +219,8 @@ def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
   """Contexts [B, L, D] the U-Net cross-attends to (data.context_key; none without it), dropped
   to the zero context ∅ with the null label."""
   return Conditioning(
+    field="context",
+    active=bool(config.model.get("context_dim")),
     of_batch=lambda keys, batch: base.conditioning_context(
       keys.labels, batch, config.training.label_dropout
     ),
@@ -258,9 +262,11 @@ def build(
 
   sampling_config = config.sampling
 
-  def guided_model(params, labels, guide, guide_params, controls, contexts):
+  def guided_model(params, cond, guide, guide_params, controls):
     """-> (model_fn, cond_fn, controls) of the sampler: classifier-free guidance of a conditional
     model, classifier guidance by `guide`."""
+    cond = cond or base.Cond()
+    labels, contexts = cond.label, getattr(cond, conditioning.field)
     controls = {**{name: sampling_config[name] for name in CONTROLS}, **(controls or {})}
     cond_fn = None
     if guide is not None:  # classifier guidance by a noisy classifier (ADM §4)
@@ -286,10 +292,8 @@ def build(
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     to_trajectory = SAMPLERS[sampling_config.sampler]
 
-    def trajectory(params, labels=None, guide_params=None, controls=None, contexts=None):
-      model_fn, cond_fn, controls = guided_model(
-        params, labels, guide, guide_params, controls, contexts
-      )
+    def trajectory(params, cond=None, guide_params=None, controls=None):
+      model_fn, cond_fn, controls = guided_model(params, cond, guide, guide_params, controls)
       return to_trajectory(
         gaussian,
         model_fn,
@@ -308,27 +312,29 @@ def build(
     return base.trajectory_sampler(make_trajectory(guide), shape, progress)
 
   def make_latent_codec(num_steps: int):
-    """DDIM's ODE (η = 0) on `num_steps` steps: (encode(params, x0, labels) -> x_T,
-    decode(params, x_T, labels) -> x0)."""
+    """DDIM's ODE (η = 0) on `num_steps` steps: (encode(params, x0, cond) -> x_T,
+    decode(params, x_T, cond) -> x0)."""
     respaced, grid_steps = with_timestep_spacing(gaussian, num_steps, sampling_config)
 
-    def model(params, labels):
-      return guided_model(params, labels, None, None, None, None)[0]
+    def model(params, cond):
+      return guided_model(params, cond, None, None, None)[0]
 
-    def encode(params, x0, labels=None):
-      return sampling.ddim_encode(respaced, model(params, labels), x0, grid_steps)
+    def encode(params, x0, cond=None):
+      return sampling.ddim_encode(respaced, model(params, cond), x0, grid_steps)
 
-    def decode(params, x_T, labels=None):
+    def decode(params, x_T, cond=None):
       rng = jax.random.key(0)  # η = 0: no noise is drawn
       return sampling.ddim_sample(
-        respaced, model(params, labels), rng, x_T=x_T, num_steps=grid_steps, clip_denoised=False
+        respaced, model(params, cond), rng, x_T=x_T, num_steps=grid_steps, clip_denoised=False
       )
 
     return encode, decode
 
-  def bits_per_dim(params, x0, rng, labels=None, contexts=None):
-    contexts = conditioning.of_images(x0) if contexts is None else contexts
-    model_fn = lambda x_t, t: apply(params, x_t, t, labels, contexts)
+  def bits_per_dim(params, x0, rng, cond=None):
+    cond = cond or base.Cond()
+    condition = getattr(cond, conditioning.field)
+    condition = conditioning.of_images(x0) if condition is None else condition
+    model_fn = lambda x_t, t: apply(params, x_t, t, cond.label, condition)
     return {"bpd": diffusion.calc_bpd_loop(gaussian, model_fn, x0, rng)["total_bpd"]}
 
   def init_params(rng):
@@ -350,6 +356,7 @@ def build(
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=CONTROLS,
+    conditions=("label",) * bool(model.num_classes) + (conditioning.field,) * conditioning.active,
     bits_per_dim=bits_per_dim,
     init_state=lambda: diffusion.init_loss_history(num_timesteps) if loss_aware else None,
     update_state=update_state,

@@ -160,8 +160,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       )
     sigma_ends = sigma_range()
 
-    def trajectory(params, labels=None, guide_params=None, controls=None):
-      del labels, guide_params, controls
+    def trajectory(params, cond=None, guide_params=None, controls=None):
+      del cond, guide_params, controls
       score = score_fn(params)
       if sampling_config.sampler == "pc":
         return sde.pc_trajectory(sampler_sde, score, **pc_options())
@@ -176,8 +176,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     if sampling_config.sampler in TRAJECTORIES:
       return base.trajectory_sampler(make_trajectory(), shape, progress)
 
-    def sample(params, rng, labels, guide_params=None, controls=None):
-      del labels, guide_params, controls
+    def sample(params, rng, cond=None, guide_params=None, controls=None):
+      del cond, guide_params, controls
       score = score_fn(params)
       if sampling_config.sampler == "ode":
         tolerance = sampling_config.ode_tolerance
@@ -191,8 +191,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return sample
 
-  def bits_per_dim(params, x0, rng, labels=None):
-    del labels  # unconditional (validate refuses model.num_classes)
+  def bits_per_dim(params, x0, rng, cond=None):
+    del cond  # unconditional (validate refuses model.num_classes)
     # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace
     # estimate).
     images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)

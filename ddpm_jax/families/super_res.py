@@ -2,7 +2,7 @@
 Gaussian family's diffusion, losses and samplers on the high-resolution image, with the U-Net given
 the low-resolution image bilinearly upsampled beside x_t. Training downsamples each batch
 (`super_res.downsample`, area averaging as guided-diffusion's super_res_train); samples take the
-low-resolution images as the sampler's `contexts` [B, s, s, C] (jobs/sample.py: a base
+low-resolution images as `Cond.low_res` [B, s, s, C] in [-1, 1] (jobs/sample.py: a base
 model's samples, a file, or the held-out split's images downsampled); bits/dim is the VLB of the
 data given its own downsampled image.
 
@@ -11,8 +11,6 @@ Gaussian family (classifier-free guidance over class labels, the low-res image k
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import ml_collections
 
@@ -45,6 +43,8 @@ def low_res_conditioning(config: ml_collections.ConfigDict) -> gaussian.Conditio
     return x, None
 
   return gaussian.Conditioning(
+    field="low_res",
+    active=True,
     of_batch=lambda keys, batch: of_images(batch["image"]),
     of_images=of_images,
     unet_inputs=lambda x_t, low_res: (super_res.model_input(x_t, low_res), None),
@@ -54,5 +54,4 @@ def low_res_conditioning(config: ml_collections.ConfigDict) -> gaussian.Conditio
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
-  family = gaussian.build(config, low_res_conditioning(config))
-  return dataclasses.replace(family, low_res_size=config.super_res.low_res_size)
+  return gaussian.build(config, low_res_conditioning(config))

@@ -93,9 +93,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide
 
-    def trajectory(params, labels=None, guide_params=None, controls=None):
+    def trajectory(params, cond=None, guide_params=None, controls=None):
       del guide_params, controls
-      eps = eps_fn(params["unet"], labels)
+      eps = eps_fn(params["unet"], (cond or base.Cond()).label)
       return vdm.ancestral_trajectory(params["schedule"], eps, num_steps)
 
     return trajectory
@@ -105,7 +105,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     return base.trajectory_sampler(make_trajectory(guide), shape, progress)
 
-  def bits_per_dim(params, x0, rng, labels=None):  # one low-discrepancy t per example: unbiased
+  def bits_per_dim(params, x0, rng, cond=None):  # one low-discrepancy t per example: unbiased
+    labels = (cond or base.Cond()).label
     t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)
     terms = vdm.vlb_terms(
       params["schedule"],
@@ -134,6 +135,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     loss=loss,
     make_sampler=make_sampler,
     make_trajectory=make_trajectory,
+    conditions=("label",) if config.model.get("num_classes") else (),
     bits_per_dim=bits_per_dim,
     clip_mask=clip_mask if vdm_config.noise_schedule == "learned" else None,
   )

@@ -108,7 +108,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, mode: str):
       "the config file it was trained with."
     )
   family = families.get_family(config)
-  if family.low_res_size or config.model.get("context_dim"):
+  if set(family.conditions) - {"label"}:
     raise ValueError(
       f"--mode={mode} runs on unconditional and class-conditional models; this one also takes "
       "low-resolution images or contexts."
@@ -142,7 +142,7 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> str:
   x = pixels.from_uint8(inputs)
 
   def run(params, guide_params, rng, x, mask, labels):
-    trajectory = make_trajectory(params, labels, guide_params)
+    trajectory = make_trajectory(params, families.Cond(label=labels), guide_params)
     progress = f"{options.task} ({config.sampling.sampler})"
     if options.task == "inpaint":
       return editing.inpaint_along(
@@ -157,9 +157,7 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> str:
 
   sharding = parallel.data_sharding(mesh)
   batch = -(-count // mesh.size) * mesh.size  # padded to a whole number of rows per device
-  padded = lambda a: (
-    None if a is None else jax.device_put(sample_lib.pad_labels(a, batch), sharding)
-  )
+  padded = lambda a: None if a is None else jax.device_put(sample_lib.pad_rows(a, batch), sharding)
   rng = run_rngs(config.seed)["sample"]
   mask_rows = None if mask is None else np.broadcast_to(mask, (count, *mask.shape[1:]))
   logging.info("Editing %d images (%s) with %s.", count, options.task, config.sampling.sampler)
@@ -186,7 +184,8 @@ def _conditions(options, x, mask, rng, make_trajectory, params, labels, batch) -
     return pixels.to_uint8(np.broadcast_to(2.0 * mask - 1.0, x.shape))
   if options.task == "colorize":
     return pixels.to_uint8(np.broadcast_to(np.mean(x, axis=-1, keepdims=True), x.shape))
-  trajectory = make_trajectory(params, None if labels is None else jnp.asarray(labels))
+  label = None if labels is None else jnp.asarray(labels)
+  trajectory = make_trajectory(params, families.Cond(label=label))
   start = editing.sdedit_start(trajectory.num_steps, options.strength)
   # the walk's own draw (editing's start at level `start`), on the padded batch it ran on
   key = jax.random.fold_in(rng, sampling.PRIOR_NOISE)
@@ -220,12 +219,12 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
   alphas = np.linspace(0.0, 1.0, options.num_frames)
 
   def run(params, rng, x, label):
-    pair_labels = None if label is None else jnp.repeat(label, 2)
-    z = jax.random.normal(rng, shape) if x is None else encode(params, x, pair_labels)
+    pair = families.Cond(label=None if label is None else jnp.repeat(label, 2))
+    z = jax.random.normal(rng, shape) if x is None else encode(params, x, pair)
     weights = jnp.asarray(alphas, jnp.float32).reshape(-1, 1, 1, 1)
     frames_z = sampling.slerp(z[:1], z[1:], weights)
     frame_labels = None if label is None else jnp.repeat(label, len(alphas))
-    return z, decode(params, frames_z, frame_labels)
+    return z, decode(params, frames_z, families.Cond(label=frame_labels))
 
   x = None if inputs is None else jnp.asarray(pixels.from_uint8(inputs))
   logging.info("Interpolating in %d frames with DDIM on %d steps.", len(alphas), num_steps)

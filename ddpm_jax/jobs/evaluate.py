@@ -228,10 +228,11 @@ def held_out_bits_per_dim(
   outputs = []
   for i, batch in enumerate(held_out_batches(config, config.eval.bpd_num_batches)):
     batch = parallel.global_batch(batch, sharding)
-    labels = batch["label"] if config.model.get("num_classes") else None  # the true ones
-    # a context-conditional model's given the examples' contexts
-    contexts = {"contexts": batch["context"]} if "context" in batch else {}
-    terms_i = bpd_fn(ema_params, batch["image"], jax.random.key(i), labels, **contexts)
+    cond = families.Cond(
+      label=batch["label"] if config.model.get("num_classes") else None,  # the true ones
+      context=batch.get("context"),  # a context-conditional model's given the examples' contexts
+    )
+    terms_i = bpd_fn(ema_params, batch["image"], jax.random.key(i), cond)
     outputs.append({k: parallel.to_host(v) for k, v in terms_i.items()})
     logging.info(
       "bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, outputs[-1]["bpd"].mean()

@@ -40,9 +40,9 @@ def sample_keys(rng: jax.Array, first_index, batch_size: int) -> jax.Array:
 
 
 def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_options):
-  """The family's sampler jitted over `mesh`: (params, rng, labels [B] | None, guide_params=None,
-  controls=None, first_index=0, contexts [B, L, D] | None = None) -> samples [B, H, W, C] sharded
-  along "data".
+  """The family's sampler jitted over `mesh`: (params, rng, cond: families.Cond of [B, …] rows |
+  None, guide_params=None, controls=None, first_index=0) -> samples [B, H, W, C] sharded along
+  "data".
 
   Sample b is the family's sampler run on its own key fold_in(rng, first_index + b) alone (vmapped
   over the batch), so that sample i of a run depends on (rng, i) only: not on the batch size, the
@@ -57,16 +57,14 @@ def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_opt
   single = family.make_sampler(1, **sampler_options)
   sharding = parallel.data_sharding(mesh)
 
-  def sample(params, rng, labels, guide_params=None, controls=None, first_index=0, contexts=None):
+  def sample(params, rng, cond=None, guide_params=None, controls=None, first_index=0):
     keys = jax.lax.with_sharding_constraint(sample_keys(rng, first_index, batch_size), sharding)
 
-    def one(key, label, context):
-      label = None if label is None else label[None]
-      if context is None:  # the samplers of families without contexts do not take them
-        return single(params, key, label, guide_params, controls)[0]
-      return single(params, key, label, guide_params, controls, context[None])[0]
+    def one(key, cond_row):  # a batch of one example
+      cond_row = jax.tree_util.tree_map(lambda a: a[None], cond_row)
+      return single(params, key, cond_row, guide_params, controls)[0]
 
-    return jax.vmap(one)(keys, labels, contexts)
+    return jax.vmap(one)(keys, cond or families.Cond())
 
   return jax.jit(sample, out_shardings=sharding)
 
@@ -79,11 +77,18 @@ def class_rows(num_samples: int, classes) -> np.ndarray:
   return classes[(np.arange(num_samples) // per_row) % len(classes)]
 
 
-def pad_labels(labels: np.ndarray, batch_size: int) -> jax.Array:
-  """Labels [n ≤ batch_size] (or contexts [n, L, D]) padded with zeros to a whole batch (the padded
-  samples are cut)."""
-  padding = [(0, batch_size - len(labels))] + [(0, 0)] * (np.ndim(labels) - 1)
-  return jnp.asarray(np.pad(labels, padding))
+def pad_rows(rows: np.ndarray, batch_size: int) -> jax.Array:
+  """Per-sample rows [n ≤ batch_size, …] (labels, contexts, low-res images) padded with zeros to a
+  whole batch (the padded samples are cut)."""
+  padding = [(0, batch_size - len(rows))] + [(0, 0)] * (np.ndim(rows) - 1)
+  return jnp.asarray(np.pad(rows, padding))
+
+
+def batch_rows(cond: families.Cond, first: int, batch_size: int) -> families.Cond:
+  """Rows first … first + batch_size of every field of `cond`, padded to a whole batch."""
+  return jax.tree_util.tree_map(
+    lambda rows: pad_rows(rows[first : first + batch_size], batch_size), cond
+  )
 
 
 def generation_contexts(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
@@ -168,13 +173,19 @@ def conditioning_inputs(
   num_samples: int,
   mesh=None,
   cascade: bool = True,
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-  """-> (the per-sample inputs the family's sampler takes as `contexts`, the labels they come
-  with): a super-resolution model's low-resolution images with theirs (`low_res_inputs`), or a
-  context-conditional model's contexts (`generation_contexts`) and None."""
-  if family.low_res_size:
-    return low_res_inputs(config, family.low_res_size, num_samples, mesh, cascade)
-  return generation_contexts(config, num_samples), None
+) -> families.Cond:
+  """What the family's samples are conditioned on besides labels chosen for them (numpy rows
+  [num_samples, …]): a super-resolution model's low-resolution images in [-1, 1] with the labels
+  they come with (`low_res_inputs`), a context-conditional model's contexts
+  (`generation_contexts`)."""
+  cond = families.Cond()
+  if "low_res" in family.conditions:
+    size = config.super_res.low_res_size
+    low_res, labels = low_res_inputs(config, size, num_samples, mesh, cascade)
+    cond = cond._replace(low_res=low_res, label=labels)
+  if "context" in family.conditions:
+    cond = cond._replace(context=generation_contexts(config, num_samples))
+  return cond
 
 
 def display_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.ndarray | None:
@@ -235,20 +246,19 @@ def generate(
   num_samples: int,
   mesh,
   workdir: str | None = None,
-  labels: np.ndarray | None = None,
-  contexts: np.ndarray | None = None,
+  cond: families.Cond | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """`num_samples` samples of the run `config` in batches of `sampling.batch_size` spread over
   every device of every host, with progress and ETA -> (uint8 images [N, H, W, C], labels [N];
   zeros for an unconditional, unguided model).
 
   Sample i comes from key i of `config.seed` alone (`make_sample_fn`), and so does its label where
-  `labels` is not given (uniform over the classes of a class-conditional or classifier-guided
-  model): the samples do not depend on the device count or the batch size. A context-conditional
-  model's contexts are `contexts` [N, L, D] or else `generation_contexts`, a super-resolution
-  model's inputs `contexts` [N, s, s, C] or else `low_res_inputs` (with their labels). `workdir`
-  holds what the family's sampler reads there (an ARDM's loss components for parallel
-  decoding)."""
+  `cond` gives none (uniform over the classes of a class-conditional or classifier-guided model):
+  the samples do not depend on the device count or the batch size. `cond` (rows [N, …]) gives what
+  the samples are conditioned on; the fields of `family.conditions` it lacks come from
+  `conditioning_inputs` (a context-conditional model's contexts, a super-resolution model's
+  low-resolution images with their labels). `workdir` holds what the family's sampler reads there
+  (an ARDM's loss components for parallel decoding)."""
   sampling_config = config.sampling
   batch = sampling_config.batch_size
   guide, guide_params = None, None
@@ -257,20 +267,18 @@ def generate(
   family = families.get_family(config)
   sample_fn = make_sample_fn(family, batch, mesh, progress=True, guide=guide, workdir=workdir)
   rng = run_rngs(config.seed)["sample"]
-  if contexts is None:
-    contexts, input_labels = conditioning_inputs(config, family, num_samples, mesh)
-    labels = input_labels if labels is None else labels
+  cond = cond or families.Cond()
+  missing = [name for name in family.conditions if getattr(cond, name) is None]
+  if set(missing) - {"label"}:
+    inputs = conditioning_inputs(config, family, num_samples, mesh)
+    cond = cond._replace(**{name: getattr(inputs, name) for name in missing})
   num_classes = guide.num_classes if guide is not None else config.model.get("num_classes")
-  if labels is None and num_classes:
-    labels = random_labels(rng, num_samples, num_classes)
-  in_batch = lambda rows, first: (
-    None if rows is None else pad_labels(rows[first : first + batch], batch)
-  )
+  if cond.label is None and num_classes:
+    cond = cond._replace(label=random_labels(rng, num_samples, num_classes))
+  labels = cond.label
   all_images, start_time = [], time.perf_counter()
   for first in range(0, num_samples, batch):
-    x = sample_fn(
-      ema_params, rng, in_batch(labels, first), guide_params, None, first, in_batch(contexts, first)
-    )
+    x = sample_fn(ema_params, rng, batch_rows(cond, first, batch), guide_params, None, first)
     all_images.append(pixels.to_uint8(parallel.to_host(x)))
     done, elapsed = min(first + batch, num_samples), time.perf_counter() - start_time
     logging.info(
@@ -295,21 +303,20 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   ema_params, step = restore_ema_params(config, workdir, mesh)
   num_samples = config.sampling.num_samples
   family = families.get_family(config)
-  contexts, labels = conditioning_inputs(config, family, num_samples, mesh)
-  if labels is None:
-    labels = display_labels(config, num_samples)
-  images, labels = generate(config, ema_params, num_samples, mesh, workdir, labels, contexts)
+  cond = conditioning_inputs(config, family, num_samples, mesh)
+  if cond.label is None:
+    cond = cond._replace(label=display_labels(config, num_samples))
+  images, labels = generate(config, ema_params, num_samples, mesh, workdir, cond)
   out_dir = os.path.join(workdir, "samples")
   path = os.path.join(out_dir, f"samples_{step}.npz")
   if jax.process_index() == 0:
     shown, columns = pixels.from_uint8(images[:64]), row_length(labels[:64])
-    if family.low_res_size:
-      extra = {"low_res": pixels.to_uint8(contexts)}
-      factor = config.data.image_size // family.low_res_size
-      enlarged = np.repeat(np.repeat(contexts[:32], factor, axis=1), factor, axis=2)
+    extra = {} if cond.context is None else {"contexts": cond.context}
+    if cond.low_res is not None:
+      extra = {"low_res": pixels.to_uint8(cond.low_res)}
+      factor = config.data.image_size // cond.low_res.shape[1]
+      enlarged = np.repeat(np.repeat(cond.low_res[:32], factor, axis=1), factor, axis=2)
       shown, columns = np.stack([enlarged, shown[:32]], axis=1).reshape(-1, *shown.shape[1:]), 8
-    else:
-      extra = {} if contexts is None else {"contexts": contexts}
     files.save_npz(path, images=images, labels=labels, **extra)
     image_utils.save_png(
       image_utils.grid_uint8(shown, columns=columns),

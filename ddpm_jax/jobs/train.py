@@ -222,18 +222,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # the same noise at every step; one row per class for a class-conditional model
   if sample_grids:
     # (a super-resolution model's grid upsamples held-out images, not a base model's samples)
-    grid_contexts, grid_labels = sample_lib.conditioning_inputs(
-      config, family, config.sampling.num_samples, mesh, cascade=False
-    )
-    if grid_labels is None:
-      grid_labels = sample_lib.display_labels(config, config.sampling.num_samples)
-    grid_columns = None if grid_labels is None else sample_lib.row_length(grid_labels)
-    grid_batch = -(-config.sampling.num_samples // mesh.size) * mesh.size
+    num_samples = config.sampling.num_samples
+    grid_cond = sample_lib.conditioning_inputs(config, family, num_samples, mesh, cascade=False)
+    if grid_cond.label is None:
+      grid_cond = grid_cond._replace(label=sample_lib.display_labels(config, num_samples))
+    grid_columns = None if grid_cond.label is None else sample_lib.row_length(grid_cond.label)
+    grid_batch = -(-num_samples // mesh.size) * mesh.size
     sample_fn = sample_lib.make_sample_fn(family, grid_batch, mesh)
-    if grid_labels is not None:
-      grid_labels = sample_lib.pad_labels(grid_labels, grid_batch)
-    if grid_contexts is not None:
-      grid_contexts = sample_lib.pad_labels(grid_contexts, grid_batch)
+    grid_cond = sample_lib.batch_rows(grid_cond, 0, grid_batch)
   held_out_loss = (
     evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
   )
@@ -287,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.info("step %d  held-out loss (EMA, %s) %.5f", step, config.data.eval_split, loss)
         writer.write_scalars("eval", {"loss": loss}, step)
       if sample_grids and (step % training.sample_every_steps == 0 or step == total):
-        samples = sample_fn(state.ema_params, rngs["sample"], grid_labels, contexts=grid_contexts)
+        samples = sample_fn(state.ema_params, rngs["sample"], grid_cond)
         write_sample_grid(samples, config.sampling.num_samples, workdir, step, writer, grid_columns)
       if preempted:
         logging.warning(
