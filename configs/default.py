@@ -9,6 +9,8 @@ differs. No paper reports on these digits: the figures to reproduce are in bench
 import ml_collections
 from ml_collections import config_dict
 
+from ddpm_jax.families import ardm, edm, score_sde, super_res, vdm
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -81,45 +83,12 @@ def get_config():
   # sampling.timestep_spacing "trailing" for DDIM to start at ᾱ_T = 0
   diffusion.zero_terminal_snr = False
 
-  config.sde = sde = ml_collections.ConfigDict()  # family "score_sde" (Song et al. 2021)
-  sde.type = "vp"  # "vp" | "subvp" | "ve"
-  sde.beta_min, sde.beta_max = 0.1, 20.0
-  sde.sigma_min, sde.sigma_max = 0.01, 50.0
-  sde.num_scales = 1000
-  sde.conditioning = "t"  # the network's input: "t" (t·(N-1)) or "sigma" (log σ; NCSN++)
-  sde.eps = 1e-5  # t ~ U(eps, 1) in training
-  sde.likelihood_weighting = False
-
-  config.vdm = vdm = ml_collections.ConfigDict()  # family "vdm" (Kingma et al. 2021)
-  vdm.noise_schedule = "learned"  # "fixed" (linear γ) | "learned" (monotone network)
-  vdm.gamma_min, vdm.gamma_max = (
-    -13.3,
-    5.0,
-  )  # γ = -log SNR at t = 0 and 1 (the learned endpoints start here)
-  vdm.n_features = 1024  # width of the learned schedule's monotone network
-  vdm.num_steps = 0  # 0: continuous-time loss; T > 0: the T-step loss
-  vdm.antithetic_time = True  # low-discrepancy t over the batch
-  vdm.minimize_schedule_variance = True  # learned shape trained on the loss variance (VDM §5.2)
-
-  config.ardm = ardm = ml_collections.ConfigDict()  # family "ardm" (Hoogeboom et al. 2021)
-  # model.out_channels must be num_channels · num_classes
-  ardm.num_classes = 256  # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0)
-  # > 0: an upscale ARDM (ARDM §4) of this many bits per stage, most significant first
-  # (model.out_channels = num_channels · 2^upscale_bits)
-  ardm.upscale_bits = 0
-
-  config.edm = edm = ml_collections.ConfigDict()  # family "edm" (Karras et al. 2022)
-  edm.sigma_data = 0.5  # the data's standard deviation, for the preconditioning
-  edm.p_mean, edm.p_std = -1.2, 1.2  # training: ln σ ~ N(p_mean, p_std²)
-  edm.sigma_min, edm.sigma_max = 0.002, 80.0  # the sampling grid's ends
-
-  config.super_res = super_res = ml_collections.ConfigDict()  # family "super_res" (ADM-U)
-  super_res.low_res_size = 0  # s: the model upsamples s×s images to data.image_size
-  # what --mode=sample / eval upsample: the samples of a base model's workdir, generated first (a
-  # cascade), or an npz of uint8 "images" [+ "labels"] (guided-diffusion's "arr_0" [+ "arr_1"]);
-  # neither: data.eval_split's images, downsampled
-  super_res.low_res_workdir = config_dict.placeholder(str)
-  super_res.low_res_file = config_dict.placeholder(str)
+  # Each family's own block, its defaults and ranges beside its code (ddpm_jax/families/).
+  config.sde = score_sde.default_config()  # family "score_sde" (Song et al. 2021)
+  config.vdm = vdm.default_config()  # family "vdm" (Kingma et al. 2021)
+  config.ardm = ardm.default_config()  # family "ardm" (Hoogeboom et al. 2021)
+  config.edm = edm.default_config()  # family "edm" (Karras et al. 2022)
+  config.super_res = super_res.default_config()  # family "super_res" (ADM-U)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3

@@ -3,19 +3,48 @@
 line:
 
   python -m ddpm_jax.main --mode=sample --config=workdir:runs/adm64 --workdir=runs/adm64
+
+A saved config is read onto the current defaults (`from_saved`): a workdir written before a field
+existed gets that field's default, so that the code reads every field plainly. The model block is
+read as saved: its fields are the network's hyperparameters (a noisy classifier has fewer than the
+U-Net), whose defaults are the Flax module's.
 """
 
 import json
-import os
 
+from etils import epath
 import ml_collections
+
+from configs import default
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """configs/default.py's config with every value `saved` (a config.json's dict) has replacing the
+  default; the fields it lacks keep their defaults, the ones the defaults lack are kept; the model
+  block as saved."""
+  merged = _merged(default.get_config().to_dict(), saved)
+  if "model" in saved:
+    merged["model"] = saved["model"]
+  return ml_collections.ConfigDict(merged)
+
+
+def _merged(defaults: dict, saved: dict) -> dict:
+  out = dict(defaults)
+  for key, value in saved.items():
+    nested = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+    out[key] = _merged(defaults[key], value) if nested else value
+  return out
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+  """The config of `workdir` (local or gs://), read onto the current defaults."""
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"No {path}: train there or convert a checkpoint into it first.")
+  return from_saved(json.loads(path.read_text()))
 
 
 def get_config(workdir: str | None = None):
   if not workdir:
     raise ValueError("--config=workdir:DIR needs the workdir DIR whose config.json to read.")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No {path}: train there or convert a checkpoint into it first.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return load(workdir)

@@ -63,7 +63,7 @@ def batches(
   )
 
   def generate():
-    workers = data_config.get("num_workers", 0) if source.decodes else 0
+    workers = data_config.num_workers if source.decodes else 0
     with worker_pool(data_config, split, workers) if workers else nullcontext() as pool:
       step = start_step
       while num_steps is None or step < start_step + num_steps:

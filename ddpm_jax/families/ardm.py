@@ -76,6 +76,22 @@ def upscale_problems(ardm_config) -> list[str]:
   return []
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.ardm: the variables' values and the upscale stages."""
+  ardm_config = ml_collections.ConfigDict()
+  # K values per sub-pixel: 256 (8-bit) or 2 (binarised at 0); model.out_channels must be
+  # num_channels · num_classes
+  ardm_config.num_classes = 256
+  # > 0: an upscale ARDM (ARDM §4) of this many bits per stage, most significant first
+  # (model.out_channels = num_channels · 2^upscale_bits)
+  ardm_config.upscale_bits = 0
+  return ardm_config
+
+
+# config.ardm's numeric ranges (config_validation.RANGES' form)
+RANGES = {"ardm.upscale_bits": (0, True, None, False), "ardm.num_classes": (2, True, None, False)}
+
+
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   num_classes, problems = config.ardm.num_classes, []
   if not 2 <= num_classes <= 256:

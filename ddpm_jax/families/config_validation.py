@@ -17,7 +17,8 @@ NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite
 
 # The numeric fields' legal ranges, checked before anything else (the later checks assume them):
 # field -> (lowest, lowest included, highest, highest included); None: unbounded. Fields a config
-# does not have are skipped; None values (placeholders: "the default") too.
+# does not have are skipped; None values (placeholders: "the default") too. The shared blocks'
+# here, each family's own block's beside its code (the family module's RANGES).
 RANGES = {
   **dict.fromkeys(
     [
@@ -31,11 +32,9 @@ RANGES = {
       "optim.grad_accum_steps",
       "sampling.batch_size",
       "sampling.num_steps",
-      "sde.num_scales",
       "training.batch_size",
       "training.keep_checkpoints",
       "model.context_dim",
-      "vdm.n_features",
       "interpolate.num_steps",
     ],
     (1, True, None, False),
@@ -62,21 +61,13 @@ RANGES = {
       "sampling.s_tmin",
       "sampling.s_tmax",
       "sampling.snr",
-      "sde.beta_min",
       "training.max_nonfinite_skips",
       "training.num_train_steps",
-      "vdm.num_steps",
-      "ardm.upscale_bits",
-      "super_res.low_res_size",
     ],
     (0, True, None, False),
   ),
   **dict.fromkeys(
     [
-      "edm.p_std",
-      "edm.sigma_data",
-      "edm.sigma_max",
-      "edm.sigma_min",
       "model.norm_eps",
       "optim.lr",
       "sampling.ode_tolerance",
@@ -84,9 +75,6 @@ RANGES = {
       "sampling.sigma_max",
       "sampling.sigma_min",
       "sampling.step_lr",
-      "sde.beta_max",
-      "sde.sigma_max",
-      "sde.sigma_min",
       "training.checkpoint_every_steps",
       "training.eval_every_steps",
       "training.log_every_steps",
@@ -96,8 +84,11 @@ RANGES = {
   ),
   **dict.fromkeys(["model.dropout", "optim.beta2", "optim.ema_decay"], (0, True, 1, False)),
   **dict.fromkeys(["training.label_dropout", "sampling.guidance_rescale"], (0, True, 1, True)),
-  "sde.eps": (0, False, 1, False),
-  "ardm.num_classes": (2, True, None, False),
+}
+RANGES |= {
+  field: bounds
+  for name in families.FAMILIES
+  for field, bounds in getattr(families.family_module(name), "RANGES", {}).items()
 }
 
 

@@ -16,6 +16,21 @@ from ddpm_jax import edm, models, sampling
 from ddpm_jax.families import base, gaussian
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.edm: EDM's preconditioning, training noise levels and sampling grid."""
+  edm_config = ml_collections.ConfigDict()
+  edm_config.sigma_data = 0.5  # the data's standard deviation, for the preconditioning
+  edm_config.p_mean, edm_config.p_std = -1.2, 1.2  # training: ln σ ~ N(p_mean, p_std²)
+  edm_config.sigma_min, edm_config.sigma_max = 0.002, 80.0  # the sampling grid's ends
+  return edm_config
+
+
+# config.edm's numeric ranges (config_validation.RANGES' form)
+RANGES = dict.fromkeys(
+  ["edm.p_std", "edm.sigma_data", "edm.sigma_max", "edm.sigma_min"], (0, False, None, False)
+)
+
+
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   edm_config, problems = config.edm, []
   if config.sampling.sampler not in sampling.SIGMA_SOLVERS:
@@ -28,15 +43,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"edm.sigma_min={edm_config.sigma_min} and edm.sigma_max={edm_config.sigma_max} must satisfy "
       "0 < sigma_min < sigma_max."
     )
-  problems += gaussian.guidance_rescale_problems(config.sampling)
   if config.eval.bpd_num_batches:
     problems.append(
       f"config.family='edm' has no likelihood: eval.bpd_num_batches={config.eval.bpd_num_batches} "
       "must be 0."
     )
-  for field in ("sigma_data", "p_std"):
-    if edm_config[field] <= 0:
-      problems.append(f"edm.{field}={edm_config[field]} must be positive.")
   why = f"EDM's denoiser of {config.data.num_channels} data channels"
   return (
     problems

@@ -164,13 +164,6 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def guidance_rescale_problems(sampling_config: ml_collections.ConfigDict) -> list[str]:
-  rescale = sampling_config.get("guidance_rescale", 0.0)
-  return (
-    [] if 0.0 <= rescale <= 1.0 else [f"sampling.guidance_rescale={rescale} must lie in [0, 1]."]
-  )
-
-
 def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Sampling options out of range, and what cannot run at ᾱ_T = 0: an ε-model (x0 = ∞ · ε at
   t = T), and the samplers on log SNR or σ grids (λ_T = -∞, σ_T = ∞)."""
@@ -180,7 +173,6 @@ def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(
       f"Unknown sampling.timestep_spacing {spacing!r}; valid: {', '.join(TIMESTEP_SPACINGS)}."
     )
-  problems += guidance_rescale_problems(sampling_config)
   if not config.diffusion.get("zero_terminal_snr"):
     return problems
   if config.diffusion.mean_type == "eps":

@@ -77,6 +77,28 @@ def make_sde(sde_config: ml_collections.ConfigDict):
   return sde_class(sde_config.beta_min, sde_config.beta_max, N=sde_config.num_scales)
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.sde: the SDE (Song et al. 2021) and its training."""
+  sde = ml_collections.ConfigDict()
+  sde.type = "vp"  # "vp" | "subvp" | "ve"
+  sde.beta_min, sde.beta_max = 0.1, 20.0
+  sde.sigma_min, sde.sigma_max = 0.01, 50.0
+  sde.num_scales = 1000
+  sde.conditioning = "t"  # the network's input: "t" (t·(N-1)) or "sigma" (log σ; NCSN++)
+  sde.eps = 1e-5  # t ~ U(eps, 1) in training
+  sde.likelihood_weighting = False
+  return sde
+
+
+# config.sde's numeric ranges (config_validation.RANGES' form: lowest, included, highest, included)
+RANGES = {
+  "sde.num_scales": (1, True, None, False),
+  "sde.beta_min": (0, True, None, False),
+  **dict.fromkeys(["sde.beta_max", "sde.sigma_max", "sde.sigma_min"], (0, False, None, False)),
+  "sde.eps": (0, False, 1, False),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   sde_config, problems = config.sde, []
   if sde_config.type not in SDE_TYPES:

@@ -13,9 +13,26 @@ Gaussian family (classifier-free guidance over class labels, the low-res image k
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from ddpm_jax import super_res
 from ddpm_jax.families import base, gaussian
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.super_res: the input size and where --mode=sample / eval take the inputs from."""
+  super_res_config = ml_collections.ConfigDict()
+  super_res_config.low_res_size = 0  # s: the model upsamples s×s images to data.image_size
+  # what --mode=sample / eval upsample: the samples of a base model's workdir, generated first (a
+  # cascade), or an npz of uint8 "images" [+ "labels"] (guided-diffusion's "arr_0" [+ "arr_1"]);
+  # neither: data.eval_split's images, downsampled
+  super_res_config.low_res_workdir = config_dict.placeholder(str)
+  super_res_config.low_res_file = config_dict.placeholder(str)
+  return super_res_config
+
+
+# config.super_res's numeric ranges (config_validation.RANGES' form)
+RANGES = {"super_res.low_res_size": (0, True, None, False)}
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:

@@ -10,6 +10,23 @@ from ddpm_jax import losses, models, vdm
 from ddpm_jax.families import base
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """config.vdm: the noise schedule and loss of Variational Diffusion Models."""
+  vdm_config = ml_collections.ConfigDict()
+  vdm_config.noise_schedule = "learned"  # "fixed" (linear γ) | "learned" (monotone network)
+  # γ = -log SNR at t = 0 and 1 (the learned endpoints start here)
+  vdm_config.gamma_min, vdm_config.gamma_max = -13.3, 5.0
+  vdm_config.n_features = 1024  # width of the learned schedule's monotone network
+  vdm_config.num_steps = 0  # 0: continuous-time loss; T > 0: the T-step loss
+  vdm_config.antithetic_time = True  # low-discrepancy t over the batch
+  vdm_config.minimize_schedule_variance = True  # learned shape trained on the loss variance (§5.2)
+  return vdm_config
+
+
+# config.vdm's numeric ranges (config_validation.RANGES' form)
+RANGES = {"vdm.n_features": (1, True, None, False), "vdm.num_steps": (0, True, None, False)}
+
+
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   vdm_config, problems = config.vdm, []
   if vdm_config.noise_schedule not in vdm.SCHEDULES:

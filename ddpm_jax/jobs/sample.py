@@ -14,17 +14,16 @@ ancestrally on num_steps (default 1000) equal steps of t, ARDMs in a random orde
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import time
 
 from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import workdir as workdir_configs
 from ddpm_jax import families, pixels, super_res
 from ddpm_jax.data import sources, workers
 from ddpm_jax.evaluation import images as image_utils
@@ -209,11 +208,9 @@ def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
 
 
 def workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was written with (its config.json: training's, or the converter's)."""
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"No config.json in {workdir}: is it a training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  """The config a workdir was written with (its config.json: training's, or the converter's), read
+  onto the current defaults (`configs.workdir.load`)."""
+  return workdir_configs.load(workdir)
 
 
 def load_classifier(workdir: str, mesh):
