@@ -645,7 +645,15 @@ def _at(sigma: Array, x: Array) -> Array:
   return jnp.full((x.shape[0],), sigma, x.dtype)
 
 
-def _euler_or_heun(denoise_fn, sigmas, heun, s_churn, s_tmin, s_tmax, s_noise) -> Trajectory:
+def _euler_or_heun(
+  denoise_fn: DenoiseFn,
+  sigmas,
+  heun: bool,
+  s_churn: float = 0.0,
+  s_tmin: float = 0.0,
+  s_tmax: float = float("inf"),
+  s_noise: float = 1.0,
+) -> Trajectory:
   """dx/dσ = (x - D(x; σ))/σ by Euler or Heun's 2nd order (EDM Algorithms 1 and 2; Heun's last
   step, to σ = 0, is Euler's), with EDM's stochastic churn: x̂ = x + √(σ̂² - σ²) s_noise z,
   σ̂ = σ (1 + γ), γ = min(s_churn / n, √2 - 1) where s_tmin ≤ σ ≤ s_tmax."""
@@ -675,28 +683,15 @@ def _euler_or_heun(denoise_fn, sigmas, heun, s_churn, s_tmin, s_tmax, s_noise) -
   )
 
 
-def euler_trajectory(
-  denoise_fn: DenoiseFn,
-  sigmas,
-  s_churn: float = 0.0,
-  s_tmin: float = 0.0,
-  s_tmax: float = float("inf"),
-  s_noise: float = 1.0,
-) -> Trajectory:
-  """Euler's method on the probability-flow ODE in σ (EDM Algorithm 1, with its churn)."""
-  return _euler_or_heun(denoise_fn, sigmas, False, s_churn, s_tmin, s_tmax, s_noise)
+def euler_trajectory(denoise_fn: DenoiseFn, sigmas, **churn) -> Trajectory:
+  """Euler's method on the probability-flow ODE in σ (EDM Algorithm 1); `churn`: s_churn, s_tmin,
+  s_tmax, s_noise (`_euler_or_heun`)."""
+  return _euler_or_heun(denoise_fn, sigmas, False, **churn)
 
 
-def heun_trajectory(
-  denoise_fn: DenoiseFn,
-  sigmas,
-  s_churn: float = 0.0,
-  s_tmin: float = 0.0,
-  s_tmax: float = float("inf"),
-  s_noise: float = 1.0,
-) -> Trajectory:
-  """Heun's 2nd-order method (EDM Algorithm 2, with its churn): 2n - 1 network calls."""
-  return _euler_or_heun(denoise_fn, sigmas, True, s_churn, s_tmin, s_tmax, s_noise)
+def heun_trajectory(denoise_fn: DenoiseFn, sigmas, **churn) -> Trajectory:
+  """Heun's 2nd-order method (EDM Algorithm 2): 2n - 1 network calls; `churn` as Euler's."""
+  return _euler_or_heun(denoise_fn, sigmas, True, **churn)
 
 
 def euler_ancestral_trajectory(denoise_fn: DenoiseFn, sigmas, s_noise: float = 1.0) -> Trajectory:

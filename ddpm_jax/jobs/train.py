@@ -34,16 +34,6 @@ from ddpm_jax.jobs.train_state import (
 from ddpm_jax.runtime import checkpoint, optim, parallel
 from ddpm_jax.runtime.metric_writer import NUM_LOSS_QUARTILES, MetricWriter
 
-__all__ = [
-  "TrainState",
-  "create_train_state",
-  "make_train_step",
-  "run_rngs",
-  "state_sharding",
-  "train_and_evaluate",
-  "train_step",
-]
-
 
 def _per_quartile_sums(t_fraction: jax.Array, per_example: jax.Array) -> dict[str, jax.Array]:
   """Σ loss and count per quartile of t/T ∈ [0, 1] (as Improved DDPM logs); averaged over the log
