@@ -17,10 +17,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from benchmarks.timing import machine_description
+from configs import default
 from ddpm_jax import diffusion, sampling, schedules
 from ddpm_jax.families import gaussian
 
@@ -108,7 +108,8 @@ def main():
 
   def sigma_run(solver, num_steps):
     # as config.sampling.sampler = solver selects it: EDM's grid over the schedule's σ range
-    sampling_config = ml_collections.ConfigDict({"sampler": solver, "num_steps": num_steps})
+    sampling_config = default.get_config().sampling
+    sampling_config.sampler, sampling_config.num_steps = solver, num_steps
     sigma_range = float(sigmas_t[0]), float(sigmas_t[-1])
     trajectory = gaussian.sigma_space_trajectory(denoise_fn, *sigma_range, sampling_config)
     return lambda rng: sampling.sample(trajectory, rng, shape)

@@ -64,7 +64,7 @@ def decoding_plans(
 
 
 def upscale_problems(ardm_config) -> list[str]:
-  bits = ardm_config.get("upscale_bits", 0)
+  bits = ardm_config.upscale_bits
   if not bits:
     return []
   num_bits = math.log2(ardm_config.num_classes)
@@ -100,7 +100,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   problems += upscale_problems(config.ardm)
   if problems:
     return problems
-  bits = config.ardm.get("upscale_bits", 0)
+  bits = config.ardm.upscale_bits
   why = f"ardm.upscale_bits={bits}" + ("" if bits else f" and ardm.num_classes={num_classes}")
   problems += base.unet_problems(
     config,
@@ -111,7 +111,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
-  if config.ardm.get("upscale_bits", 0):
+  if config.ardm.upscale_bits:
     return build_upscale(config)
   num_classes = config.ardm.num_classes
   model = models.get_model(config.model)

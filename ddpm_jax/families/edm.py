@@ -99,7 +99,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
         denoise_with(None),
         controls["guidance_scale"],
         config.data.num_channels,
-        sampling_config.get("guidance_rescale", 0.0),
+        sampling_config.guidance_rescale,
       )
     return denoise_fn
 

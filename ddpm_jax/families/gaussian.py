@@ -21,7 +21,7 @@ TIMESTEP_SPACINGS = ("default", "trailing")
 def with_timestep_spacing(gaussian, num_steps: int | None, sampling_config):
   """(diffusion, num_steps) for a respacing sampler: respaced here to `num_steps` trailing steps
   (sampling.timestep_spacing="trailing"), else as given, for the sampler's own grid."""
-  if sampling_config.get("timestep_spacing", "default") != "trailing" or num_steps is None:
+  if sampling_config.timestep_spacing != "trailing" or num_steps is None:
     return gaussian, num_steps
   kept = sampling.space_timesteps(gaussian.num_timesteps, f"trailing{num_steps}")
   return diffusion.respace(gaussian, kept), None
@@ -52,9 +52,9 @@ def sigma_grid(sampling_config, num_steps: int, sigma_min: float, sigma_max: flo
   """EDM's grid (sampling.rho) between sampling.sigma_min/max, or else the model's own range."""
   return sampling.karras_sigmas(
     num_steps,
-    sampling_config.get("sigma_min") or sigma_min,
-    sampling_config.get("sigma_max") or sigma_max,
-    sampling_config.get("rho", 7.0),
+    sampling_config.sigma_min or sigma_min,
+    sampling_config.sigma_max or sigma_max,
+    sampling_config.rho,
   )
 
 
@@ -70,14 +70,14 @@ def sigma_space_trajectory(
     sigmas = sigma_grid(sampling_config, num_steps, sigma_min, sigma_max)
   options = {}
   if solver in ("euler", "heun"):
-    options = {name: sampling_config.get(name, default) for name, default in CHURN_DEFAULTS}
+    options = {name: sampling_config[name] for name in CHURN}
   elif solver in sampling.STOCHASTIC_SIGMA_SOLVERS:
-    options = {"s_noise": sampling_config.get("s_noise", 1.0)}
+    options = {"s_noise": sampling_config.s_noise}
   return sampling.sigma_trajectory(denoise_fn, sigmas, solver, **options)
 
 
-# EDM's stochastic churn of the σ-space solvers (config.sampling) and its defaults: none
-CHURN_DEFAULTS = (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", float("inf")), ("s_noise", 1.0))
+# EDM's stochastic churn of the σ-space solvers (config.sampling)
+CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
 def discrete_sigma_range(gaussian) -> tuple[float, float]:
@@ -116,7 +116,7 @@ def make_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffu
   betas = schedules.get_beta_schedule(
     diffusion_config.beta_schedule, diffusion_config.num_timesteps
   )
-  if diffusion_config.get("zero_terminal_snr"):
+  if diffusion_config.zero_terminal_snr:
     betas = schedules.rescale_zero_terminal_snr(betas)
   return diffusion.GaussianDiffusion.from_betas(
     betas, diffusion_config.mean_type, diffusion_config.var_type, diffusion_config.loss_type
@@ -168,12 +168,12 @@ def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Sampling options out of range, and what cannot run at ᾱ_T = 0: an ε-model (x0 = ∞ · ε at
   t = T), and the samplers on log SNR or σ grids (λ_T = -∞, σ_T = ∞)."""
   sampling_config, problems = config.sampling, []
-  spacing = sampling_config.get("timestep_spacing", "default")
+  spacing = sampling_config.timestep_spacing
   if spacing not in TIMESTEP_SPACINGS:
     problems.append(
       f"Unknown sampling.timestep_spacing {spacing!r}; valid: {', '.join(TIMESTEP_SPACINGS)}."
     )
-  if not config.diffusion.get("zero_terminal_snr"):
+  if not config.diffusion.zero_terminal_snr:
     return problems
   if config.diffusion.mean_type == "eps":
     problems.append(
@@ -277,7 +277,7 @@ def build(
         unconditional,
         controls["guidance_scale"],
         config.data.num_channels,
-        sampling_config.get("guidance_rescale", 0.0),
+        sampling_config.guidance_rescale,
       )
     return model_fn, cond_fn, controls
 

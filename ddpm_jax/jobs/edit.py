@@ -67,7 +67,7 @@ def load_mask(edit_config, data_config, num_images: int) -> np.ndarray:
   """The inpainting mask [N or 1, S, S, 1 or C], 1 where known: edit.mask_file (an npz "mask", or
   a PNG, white = known, ≥ 128) or else the built-in edit.mask."""
   size = data_config.image_size
-  path = edit_config.get("mask_file")
+  path = edit_config.mask_file
   if not path:
     return editing.region_mask(edit_config.mask, size)
   if path.endswith(".npz"):
@@ -97,7 +97,7 @@ def _labels(config, given: np.ndarray | None, count: int, guide) -> np.ndarray |
     return None
   if given is not None:
     return np.asarray(given, np.int32)[:count]
-  return sample_lib.class_rows(count, config.sampling.get("labels") or range(num_classes))
+  return sample_lib.class_rows(count, config.sampling.labels or range(num_classes))
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: str, mode: str):

@@ -86,7 +86,7 @@ def reference_statistics(
   the unflipped training split and cached there. A given npz may hold only "mu"/"sigma"
   (pytorch-fid's --save-stats: no sFID, no precision/recall) or be one of ADM's reference batches
   (its images "arr_0" give the pool features, and the spatial statistics where it lacks them)."""
-  num_pool = config.eval.get("precision_recall_images", 0)
+  num_pool = config.eval.precision_recall_images
   batch = config.sampling.batch_size
   if epath.Path(path).exists():
     cached = files.load_npz(path)
@@ -165,7 +165,7 @@ def check_fid_sample_count(eval_config: ml_collections.ConfigDict) -> str:
   n = eval_config.num_fid_samples
   if n >= FID_PROTOCOL_SAMPLES:
     return ""
-  if not eval_config.get("allow_fewer_fid_samples", False):
+  if not eval_config.allow_fewer_fid_samples:
     raise ValueError(
       f"eval.num_fid_samples={n} is fewer than the FID protocol's {FID_PROTOCOL_SAMPLES:,}: its "
       "FID is biased upwards and not comparable with published numbers. Set "
@@ -269,7 +269,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
       inception_params,
       pixels.from_uint8(images),
       config.sampling.batch_size,
-      eval_config.get("precision_recall_images", 0),
+      eval_config.precision_recall_images,
     )
     results.update(inception_metrics(generated, reference))
     results["inception_score"], results["inception_score_std"] = fid.inception_score(

@@ -96,7 +96,7 @@ def generation_contexts(config: ml_collections.ConfigDict, num_samples: int) -> 
   in turn; None for a model without contexts."""
   if not config.model.get("context_dim"):
     return None
-  path = config.sampling.get("context_file")
+  path = config.sampling.context_file
   if path:
     loaded = files.load_npz(path)["context"] if path.endswith(".npz") else np.load(path)
     contexts = np.asarray(loaded, np.float32)
@@ -193,7 +193,7 @@ def display_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.nd
   num_classes = config.model.get("num_classes") or 0
   if not num_classes:
     return None
-  return class_rows(num_samples, config.sampling.get("labels") or range(num_classes))
+  return class_rows(num_samples, config.sampling.labels or range(num_classes))
 
 
 def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):

@@ -124,7 +124,7 @@ def train_step(
 
 def skips_nonfinite(training_config: ml_collections.ConfigDict) -> bool:
   """training.nonfinite="skip" (configs written before it: "stop")."""
-  return training_config.get("nonfinite", "stop") == "skip"
+  return training_config.nonfinite == "skip"
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh=None):
@@ -244,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.warning(
       "%s at step %d: its update skipped (%d in a row).", problem, step, skips_in_a_row
     )
-    if skips_in_a_row > training.get("max_nonfinite_skips", 0):
+    if skips_in_a_row > training.max_nonfinite_skips:
       raise FloatingPointError(
         f"{problem} at {skips_in_a_row} steps in a row, up to step {step}: more than "
         f"training.max_nonfinite_skips={training.max_nonfinite_skips}; stopping. {newest}"
