@@ -201,9 +201,14 @@ def test_flax_inception_matches_pytorch_reference(reference, size):
     ref_pool, ref_logits, ref_spatial = (
       t.numpy() for t in net(torch.from_numpy(images.transpose(0, 3, 1, 2)))
     )
-  pool, logits, spatial = fid.inception_features(params, jnp.asarray(images))
+  pool, logits, spatial = fid.inception_features_with_spatial(params, jnp.asarray(images))
+  # the documented call returns (pool, logits), the same features
+  documented = fid.inception_features(params, jnp.asarray(images))
+  assert len(documented) == 2
   assert pool.shape == (2, 2048) and logits.shape == (2, 1008) and spatial.shape == (2, 17 * 17 * 7)
-  for got, want in ((pool, ref_pool), (logits, ref_logits), (spatial, ref_spatial)):
+  pairs = [(pool, ref_pool), (logits, ref_logits), (spatial, ref_spatial)]
+  pairs += [(documented[0], ref_pool), (documented[1], ref_logits)]
+  for got, want in pairs:
     assert np.max(np.abs(np.asarray(got) - want)) <= 1e-4 * np.max(np.abs(want))
 
 

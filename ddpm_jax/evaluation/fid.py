@@ -6,7 +6,8 @@ pytorch-fid's state dict, so that its published weight file `pt_inception-2015-1
 converts 1:1:
 
   params = fid.load_inception_params("pt_inception-2015-12-05-6726825d.pth")   # or a converted .npz
-  pool, logits, spatial = fid.inception_features(params, images)  # images NHWC in [-1, 1]
+  pool, logits = fid.inception_features(params, images)  # images NHWC in [-1, 1]
+  pool, logits, spatial = fid.inception_features_with_spatial(params, images)  # + sFID's
   fid.frechet_distance(mu1, sigma1, mu2, sigma2); fid.inception_score(logits)
   fid.precision_recall(real_pool, fake_pool, k=3)
 
@@ -206,9 +207,15 @@ def resize_bilinear(images: Array, size: int = 299) -> Array:
 
 
 @jax.jit
-def inception_features(params, images: Array) -> tuple[Array, Array, Array]:
-  """images NHWC in [-1, 1], any size (grey images are repeated to RGB) -> (pool3 [B, 2048], logits
-  [B, 1008], sFID's spatial features [B, 2023])."""
+def inception_features(params, images: Array) -> tuple[Array, Array]:
+  """images NHWC in [-1, 1], any size (grey images are repeated to RGB), resized to 299×299
+  bilinearly as pytorch-fid does -> (pool3 [B, 2048], logits [B, 1008])."""
+  return inception_features_with_spatial(params, images)[:2]
+
+
+def inception_features_with_spatial(params, images: Array) -> tuple[Array, Array, Array]:
+  """`inception_features` and sFID's spatial features [B, 2023] (the first 7 channels of Mixed_6d's
+  1×1 branch at 17×17): -> (pool, logits, spatial)."""
   images = jnp.asarray(images, jnp.float32)
   if images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)

@@ -57,7 +57,7 @@ def inception_statistics(
   `num_pool_features` pool3 features "pool" (precision/recall) and the "logits" [N, 1008]."""
   pools, logits, spatials = [], [], []
   for start in range(0, len(images), batch_size):
-    pool, logit, spatial = fid.inception_features(
+    pool, logit, spatial = fid.inception_features_with_spatial(
       inception_params, images[start : start + batch_size]
     )
     pools.append(np.asarray(pool))
