@@ -486,14 +486,20 @@ def ddim_encode(
 
 def slerp(z1: Array, z2: Array, alpha: float | Array) -> Array:
   """Spherical interpolation between two latents (DDIM §5.3): sin((1-α)θ)/sin θ · z1 + sin(αθ)/sin θ
-  · z2, θ the angle between z1 and z2 (per example over all but the batch axis)."""
+  · z2, θ the angle between z1 and z2 (per example over all but the batch axis); for parallel (or
+  opposite) latents, sin θ = 0, the formula's limit θ -> 0, (1-α) z1 + α z2."""
   axes = tuple(range(1, z1.ndim))
   cos = jnp.sum(z1 * z2, axis=axes, keepdims=True) / (
     jnp.linalg.norm(z1.reshape(z1.shape[0], -1), axis=1).reshape((-1,) + (1,) * len(axes))
     * jnp.linalg.norm(z2.reshape(z2.shape[0], -1), axis=1).reshape((-1,) + (1,) * len(axes))
   )
   theta = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
-  return (jnp.sin((1 - alpha) * theta) * z1 + jnp.sin(alpha * theta) * z2) / jnp.sin(theta)
+  sin = jnp.sin(theta)
+  parallel = sin < 1e-6
+  slerped = (jnp.sin((1 - alpha) * theta) * z1 + jnp.sin(alpha * theta) * z2) / jnp.where(
+    parallel, 1.0, sin
+  )
+  return jnp.where(parallel, (1 - alpha) * z1 + alpha * z2, slerped)
 
 
 def classifier_free_guidance(

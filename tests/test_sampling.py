@@ -181,6 +181,10 @@ def test_slerp():
   np.testing.assert_allclose(sampling.slerp(z1, z2, 1.0), z2, atol=1e-6)
   mid = sampling.slerp(z1, z2, 0.5).ravel()
   np.testing.assert_allclose(mid, [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)  # stays on the circle
+  # parallel latents (sin θ = 0): the limit, linear interpolation, not NaN
+  z = jax.random.normal(jax.random.key(0), (3, 2, 2, 1))
+  np.testing.assert_allclose(sampling.slerp(z, z, 0.3), z, rtol=1e-6)
+  np.testing.assert_allclose(sampling.slerp(z, 2.0 * z, 0.5), 1.5 * z, rtol=1e-6)
 
 
 def test_dpm_solver_20_steps_beats_ancestral_250():
