@@ -36,6 +36,8 @@ OPTIONS = {
     attention_resolutions="4",
     use_scale_shift_norm=True,
   ),
+  # resolutions the network has no level of (32; 3, i.e. ds = 5): the reference ignores them
+  "absent_attention_resolutions": dict(attention_resolutions="8,32,3"),
 }
 
 # the converted workdirs' U-Nets with XLA's convolutions: "auto" (Winograd on CPU from 16×16) is the
@@ -89,6 +91,17 @@ def test_converted_unet_gives_guided_diffusions_output(name):
   got, want = outputs(reference, model, params, options.get("class_cond", False))
   assert got.shape == want.shape
   assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want)), name
+
+
+def test_attention_resolutions_as_one_number_or_absent_levels_convert(caplog):
+  # `--attention_resolutions 8` parses as the number 8; a resolution of no level is ignored
+  one = convert.guided_diffusion_model_config(**{**SMALL, "attention_resolutions": 8})
+  assert one.attn_resolutions == (8,)
+  with caplog.at_level("WARNING"):
+    absent = convert.guided_diffusion_model_config(**{**SMALL, "attention_resolutions": "8,32,3"})
+  assert absent.attn_resolutions == (8,) and "ignored" in caplog.text
+  classifier = convert.guided_diffusion_classifier_config(64, classifier_attention_resolutions=16)
+  assert classifier.attn_resolutions == (16,)
 
 
 def test_a_checkpoint_trained_in_fp16_converts_to_float32():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -50,9 +51,33 @@ NUM_CLASSES = 1000  # guided_diffusion.script_util.NUM_CLASSES
 
 
 def _parse_ints(value) -> tuple:
+  """A flag's list of numbers: "1,2,3" (guided-diffusion's form), a single number (a MODEL_FLAGS
+  value such as `--attention_resolutions 16` parses as one) or a sequence."""
   if isinstance(value, str):
     return tuple(float(v) if "." in v else int(v) for v in value.split(",") if v)
+  if isinstance(value, (int, float)):
+    return (value,)
   return tuple(value)
+
+
+def attention_resolutions(value, image_size: int, num_levels: int) -> tuple[int, ...]:
+  """The resolutions of guided-diffusion's attention_resolutions that its network has: it keeps
+  ds = image_size // r and attends where a level's downsampling factor 2^level equals one, so a
+  resolution of no level is ignored (with a warning here, as the reference ignores it silently)."""
+  given = [int(r) for r in _parse_ints(value)]
+  levels = {2**level for level in range(num_levels)}
+  absent = [r for r in given if image_size // r not in levels]
+  if absent:
+    logging.warning(
+      "attention_resolutions=%s: no level of this %d×%d network has resolution %s; ignored, as "
+      "guided-diffusion ignores it.",
+      value,
+      image_size,
+      image_size,
+      ", ".join(map(str, absent)),
+    )
+  factors = {image_size // r for r in given} & levels
+  return tuple(sorted((image_size // f for f in factors), reverse=True))
 
 
 def guided_diffusion_model_config(**kwargs) -> ml_collections.ConfigDict:
@@ -68,7 +93,7 @@ def guided_diffusion_model_config(**kwargs) -> ml_collections.ConfigDict:
   if mult is None:
     raise ValueError(f"No default channel_mult for image_size={size}: give channel_mult.")
   # create_model's resolutions (it stores them as downsampling rates image_size // r)
-  attention = tuple(int(r) for r in _parse_ints(options["attention_resolutions"]))
+  attention = attention_resolutions(options["attention_resolutions"], size, len(mult))
   return ml_collections.ConfigDict(
     dict(
       name="unet",
@@ -241,7 +266,9 @@ def guided_diffusion_classifier_config(
       ch=classifier_width,
       ch_mult=DEFAULT_CHANNEL_MULT[image_size],
       num_res_blocks=classifier_depth,
-      attn_resolutions=tuple(int(r) for r in _parse_ints(classifier_attention_resolutions)),
+      attn_resolutions=attention_resolutions(
+        classifier_attention_resolutions, image_size, len(DEFAULT_CHANNEL_MULT[image_size])
+      ),
       num_heads=1,
       num_head_channels=64,
       scale_shift_norm=classifier_use_scale_shift_norm,
