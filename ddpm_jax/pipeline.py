@@ -28,24 +28,61 @@ class Pipeline:
     self.mesh = mesh or parallel.make_mesh()
     self.family = families.get_family(config)
     self._samplers: dict[tuple, object] = {}
+    self._config_classifier: Pipeline | None = None
     self._bits_per_dim = jax.jit(self.family.bits_per_dim) if self.family.bits_per_dim else None
 
-  def _sampler(self, batch_size: int, sampler: str | None, num_steps: int | None, guided: bool):
-    key = (batch_size, sampler, num_steps, guided)
+  def _sampler(
+    self,
+    batch_size: int,
+    sampler: str | None,
+    num_steps: int | None,
+    guided: bool,
+    classifier: Pipeline | None,
+  ):
+    key = (batch_size, sampler, num_steps, guided, classifier)
     if key not in self._samplers:
       config = self.config.copy_and_resolve_references()
       if sampler is not None:
         config.sampling.sampler = sampler
       config.sampling.num_steps = num_steps
-      # Any non-zero value switches classifier-free guidance on; the scale itself is an argument.
+      # Any non-zero value switches guidance on; the scales themselves are arguments.
       config.sampling.guidance_scale = 1.0 if guided else 0.0
+      config.sampling.classifier_workdir = "(the classifier given)" if classifier else None
+      config.sampling.classifier_scale = 1.0 if classifier else 0.0
       problems = families.family_module(config.family).validate(config)
       if problems:
         raise ValueError(" ".join(problems))
+      guide = None if classifier is None else classifier.family.model
       self._samplers[key] = sample_lib.make_sample_fn(
-        families.get_family(config), batch_size, self.mesh
+        families.get_family(config), batch_size, self.mesh, guide=guide
       )
     return self._samplers[key]
+
+  def _classifier(self, classifier: Pipeline | None) -> Pipeline | None:
+    """The noisy classifier that guides: the one given, else the config's
+    (sampling.classifier_workdir with a non-zero classifier_scale), loaded once."""
+    sampling_config = self.config.sampling
+    if (
+      classifier is None and sampling_config.classifier_workdir and sampling_config.classifier_scale
+    ):
+      if self._config_classifier is None:
+        self._config_classifier = load(sampling_config.classifier_workdir)
+      classifier = self._config_classifier
+    if classifier is None:
+      return None
+    if classifier.family.name != "classifier":
+      raise ValueError(
+        f"classifier must be the pipeline of a noisy classifier's workdir (config.family="
+        f"'classifier'), not of config.family={classifier.family.name!r}."
+      )
+    ours, theirs = self.config.diffusion, classifier.config.diffusion
+    if (ours.num_timesteps, ours.beta_schedule) != (theirs.num_timesteps, theirs.beta_schedule):
+      raise ValueError(
+        f"The classifier was trained on the noise of {theirs.num_timesteps} steps of a "
+        f"{theirs.beta_schedule!r} schedule; this model's are {ours.num_timesteps} of "
+        f"{ours.beta_schedule!r}."
+      )
+    return classifier
 
   def sample(
     self,
@@ -60,13 +97,22 @@ class Pipeline:
     eta: float | None = None,
     seed: int = 0,
     uint8: bool = True,
+    x_T=None,
+    classifier: Pipeline | None = None,
+    classifier_scale: float | None = None,
   ) -> np.ndarray:
     """-> uint8 images [num_images, H, W, C]. `sampler` and `num_steps` default to the config's;
     `labels` [num_images] (class-conditional models; None: the null label), `contexts`
     [num_images, L, D] (context-conditional models; None: the null context), `low_res` uint8
     [num_images, s, s, C] (what a super-resolution model upsamples), `guidance_scale`
     (classifier-free guidance w; None: none), `eta` (DDIM's η; None: the config's); `uint8=False`
-    returns the float samples in [-1, 1]."""
+    returns the float samples in [-1, 1]. `x_T` float [num_images, H, W, C]: the initial noise
+    (else drawn from `seed`). `classifier`: `ddpm_jax.load(classifier_workdir)` of a noisy
+    classifier, which guides towards `labels` with scale `classifier_scale` s (ADM; None: the
+    config's); without one, the config's sampling.classifier_workdir guides where it names one."""
+    classifier = self._classifier(classifier)
+    if classifier is not None and labels is None:
+      raise ValueError("Classifier guidance needs labels: the classes to guide towards.")
     if guidance_scale is not None and labels is None and (contexts is None or low_res is not None):
       raise ValueError("guidance_scale needs labels or contexts: what to guide towards.")
     context_dim = self.config.model.get("context_dim")
@@ -91,9 +137,17 @@ class Pipeline:
         )
     elif context_dim:
       contexts = np.zeros((num_images, 1, context_dim), np.float32)  # ∅
+    if x_T is not None:
+      x_T = np.asarray(x_T, np.float32)
+      data = self.config.data
+      expected = (num_images, data.image_size, data.image_size, data.num_channels)
+      if x_T.shape != expected:
+        raise ValueError(f"x_T must be the initial noise {expected}; got shape {x_T.shape}.")
     if labels is not None:
       labels = np.asarray(labels, np.int32)
       num_classes = self.config.model.get("num_classes") or 0
+      if classifier is not None:  # the classes the classifier tells apart
+        num_classes = classifier.config.model.num_classes
       if labels.shape != (num_images,) or not num_classes:
         raise ValueError(
           f"labels must have shape ({num_images},) for a class-conditional model; this one has "
@@ -103,8 +157,13 @@ class Pipeline:
         raise ValueError(
           f"labels must be in [0, {num_classes}); got {labels.min()}..{labels.max()}."
         )
-    sample_fn = self._sampler(num_images, sampler, num_steps, guidance_scale is not None)
+    guided = guidance_scale is not None
+    sample_fn = self._sampler(num_images, sampler, num_steps, guided, classifier)
     given = {"guidance_scale": guidance_scale or 0.0, "eta": eta}
+    if classifier is not None:
+      given["classifier_scale"] = classifier_scale
+      if classifier_scale is None and not self.config.sampling.classifier_scale:
+        raise ValueError("Give classifier_scale: this config's sampling.classifier_scale is 0.")
     controls = {  # every control, so that the compiled sampler sees the same arguments each call
       name: jnp.float32(self.config.sampling[name] if given.get(name) is None else given[name])
       for name in self.family.sample_controls
@@ -112,7 +171,9 @@ class Pipeline:
     cond = families.Cond(
       *(None if a is None else jnp.asarray(a) for a in (labels, contexts, low_res))
     )
-    images = sample_fn(self.params, jax.random.key(seed), cond, None, controls)
+    guide_params = None if classifier is None else classifier.params
+    x_T = None if x_T is None else jnp.asarray(x_T)
+    images = sample_fn(self.params, jax.random.key(seed), cond, guide_params, controls, 0, x_T)
     images = parallel.to_host(images)
     return pixels.to_uint8(images) if uint8 else images
 

@@ -456,3 +456,19 @@ def test_converted_classifier_guides_a_converted_diffusion_model(tmp_path):
   )
   assert guided.shape == unguided.shape == (2, 64, 64, 3)
   assert np.mean(guided != unguided) > 0.1  # the classifier's gradient moved the samples
+  # through the pipeline: the classifier given, or the one its config names, guides the same way
+  import ddpm_jax
+
+  pipe = ddpm_jax.load(str(tmp_path / "diffusion"))
+  pipe.config.sampling.num_steps = 3
+  classifier_pipe = ddpm_jax.load(str(tmp_path / "classifier"))
+  plain = pipe.sample(2, labels=labels, uint8=False)
+  given = pipe.sample(
+    2, labels=labels, classifier=classifier_pipe, classifier_scale=10.0, uint8=False
+  )
+  assert np.mean(np.abs(given - plain)) > 1e-3
+  pipe.config.sampling.classifier_workdir = str(tmp_path / "classifier")
+  pipe.config.sampling.classifier_scale = 10.0
+  np.testing.assert_allclose(pipe.sample(2, labels=labels, uint8=False), given, atol=1e-6)
+  with pytest.raises(ValueError, match="needs labels"):
+    pipe.sample(2)

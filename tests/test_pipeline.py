@@ -37,7 +37,7 @@ def test_load_and_sample_in_two_lines_compiling_once(conditional_workdir):
   ]
   for other in others:  # each argument reaches the loop ...
     assert not np.array_equal(other, reference)
-  guided = [fn for key, fn in pipe._samplers.items() if key[-1]]
+  guided = [fn for key, fn in pipe._samplers.items() if key[3]]  # key[3]: guided
   assert len(guided) == 1 and guided[0]._cache_size() == 1  # ... which compiled once
 
 
@@ -83,3 +83,32 @@ def test_bits_per_dim_of_images_and_clear_errors(conditional_workdir):
     pipe.sample(4, sampler="lms")
   with pytest.raises(FileNotFoundError, match="config.json"):
     ddpm_jax.load(conditional_workdir + "/nothing")
+
+
+def test_sampling_from_given_initial_noise_is_ddim_of_that_noise(conditional_workdir):
+  import jax
+
+  from ddpm_jax import models, sampling
+  from ddpm_jax.families import gaussian
+
+  pipe = ddpm_jax.load(conditional_workdir)
+  config = pipe.config
+  shape = (3, config.data.image_size, config.data.image_size, config.data.num_channels)
+  x_T = np.asarray(jax.random.normal(jax.random.key(5), shape))
+  floats = dict(sampler="ddim", num_steps=5, eta=0.0, uint8=False)
+  got = pipe.sample(3, x_T=x_T, seed=0, **floats)
+  # DDIM with η = 0 is a function of x_T alone: the seed does not matter, x_T does
+  np.testing.assert_array_equal(pipe.sample(3, x_T=x_T, seed=1, **floats), got)
+  assert np.mean(np.abs(pipe.sample(3, x_T=-x_T, **floats) - got)) > 1e-3
+  # a second formulation: the public DDIM sampler on the network itself, from the same x_T
+  model = models.get_model(config.model)
+  model_fn = lambda x, t: model.apply(pipe.params, x, t)  # the null label (unconditional)
+  d = gaussian.make_diffusion(config)
+  want = jax.jit(
+    lambda z: sampling.ddim_sample(
+      d, model_fn, jax.random.key(0), x_T=z, num_steps=5, clip_denoised=False
+    )
+  )(x_T)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # batched differently: round-off
+  with pytest.raises(ValueError, match="initial noise"):
+    pipe.sample(3, x_T=x_T[:2], **floats)

@@ -225,5 +225,7 @@ def test_the_pipeline_sample_takes_its_documented_keywords():
   parameters = inspect.signature(pipeline.Pipeline.sample).parameters
   for name in ("num_images", "sampler", "num_steps", "labels", "contexts", "low_res"):
     assert name in parameters
-  for name, default in (("guidance_scale", None), ("eta", None), ("seed", 0), ("uint8", True)):
+  documented = [("guidance_scale", None), ("eta", None), ("seed", 0), ("uint8", True)]
+  documented += [("x_T", None), ("classifier", None), ("classifier_scale", None)]
+  for name, default in documented:
     assert parameters[name].default == default, name

@@ -158,8 +158,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     (plan,) = decoding_plans(config, workdir)
 
-    def sample(params, rng, cond=None, guide_params=None, controls=None):
+    def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):
       del cond, guide_params, controls
+      base.no_initial_noise(x_T, "ARDM decoding")
       sampled, _ = ardm.sample(logits_fn(params), rng, shape, plan)
       return images(num_classes, sampled)
 
@@ -261,8 +262,9 @@ def build_upscale(config: ml_collections.ConfigDict) -> base.Family:
     del progress, guide
     plans = decoding_plans(config, workdir, stages)
 
-    def sample(params, rng, cond=None, guide_params=None, controls=None):
+    def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):
       del cond, guide_params, controls
+      base.no_initial_noise(x_T, "ARDM decoding")
       x = ardm.upscale_sample(logits_fn(params), rng, shape_of(batch_size), bits, num_bits, plans)
       return images(2**num_bits, x)
 

@@ -42,12 +42,19 @@ CONDITIONS = Cond._fields
 
 
 class SampleFn(Protocol):
-  """x [B, H, W, C] from the prior; `controls`: the family's traced sampling values
+  """x [B, H, W, C] from the prior (or from the initial noise `x_T` [B, H, W, C], where the
+  sampler starts from Gaussian noise); `controls`: the family's traced sampling values
   (`Family.sample_controls`: the guidance scales, DDIM's η), so that changing them does not compile
   the sampler again; `guide_params`: a noisy classifier's, for classifier guidance."""
 
   def __call__(
-    self, params: Params, rng: Array, cond: Cond | None, guide_params=None, controls=None
+    self,
+    params: Params,
+    rng: Array,
+    cond: Cond | None,
+    guide_params=None,
+    controls=None,
+    x_T: Array | None = None,
   ) -> Array: ...
 
 
@@ -145,11 +152,17 @@ def trajectory_sampler(
   """The SampleFn that walks `trajectory_fn(params, cond, …)` from its prior draw of `shape`
   (`sampling.sample`), `finish` applied to the result."""
 
-  def sample(params, rng, cond=None, guide_params=None, controls=None):
+  def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):
     trajectory = trajectory_fn(params, cond, guide_params, controls)
-    return finish(sampling.sample(trajectory, rng, shape, progress=progress))
+    return finish(sampling.sample(trajectory, rng, shape, x_T, progress))
 
   return sample
+
+
+def no_initial_noise(x_T: Array | None, sampler: str) -> None:
+  """A sampler that does not start from Gaussian noise x_T refuses one."""
+  if x_T is not None:
+    raise ValueError(f"{sampler} does not start from Gaussian noise: it takes no x_T.")
 
 
 def apply_kwargs(dropout_rng: Array | None) -> dict[str, Any]:

@@ -198,12 +198,13 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     if sampling_config.sampler in TRAJECTORIES:
       return base.trajectory_sampler(make_trajectory(), shape, progress)
 
-    def sample(params, rng, cond=None, guide_params=None, controls=None):
+    def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):
       del cond, guide_params, controls
       score = score_fn(params)
-      if sampling_config.sampler == "ode":
+      if sampling_config.sampler == "ode":  # x_T: the prior's draw z
         tolerance = sampling_config.ode_tolerance
-        return sde.ode_sample(score_sde, score, rng, shape, rtol=tolerance, atol=tolerance)[0]
+        return sde.ode_sample(score_sde, score, rng, shape, x_T, tolerance, tolerance)[0]
+      base.no_initial_noise(x_T, "NCSN's annealed Langevin dynamics")
       # annealed Langevin dynamics: NCSN's σ levels, largest first, the score given σ
       levels = sampler_sde.discrete_sigmas[::-1]
       score_of_sigma = lambda x, sigma: score(x, sde.t_of_sigma(score_sde, sigma))

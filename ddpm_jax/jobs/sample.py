@@ -40,8 +40,8 @@ def sample_keys(rng: jax.Array, first_index, batch_size: int) -> jax.Array:
 
 def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_options):
   """The family's sampler jitted over `mesh`: (params, rng, cond: families.Cond of [B, …] rows |
-  None, guide_params=None, controls=None, first_index=0) -> samples [B, H, W, C] sharded along
-  "data".
+  None, guide_params=None, controls=None, first_index=0, x_T: the initial noise [B, H, W, C] |
+  None) -> samples [B, H, W, C] sharded along "data".
 
   Sample b is the family's sampler run on its own key fold_in(rng, first_index + b) alone (vmapped
   over the batch), so that sample i of a run depends on (rng, i) only: not on the batch size, the
@@ -56,14 +56,14 @@ def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_opt
   single = family.make_sampler(1, **sampler_options)
   sharding = parallel.data_sharding(mesh)
 
-  def sample(params, rng, cond=None, guide_params=None, controls=None, first_index=0):
+  def sample(params, rng, cond=None, guide_params=None, controls=None, first_index=0, x_T=None):
     keys = jax.lax.with_sharding_constraint(sample_keys(rng, first_index, batch_size), sharding)
 
-    def one(key, cond_row):  # a batch of one example
-      cond_row = jax.tree_util.tree_map(lambda a: a[None], cond_row)
-      return single(params, key, cond_row, guide_params, controls)[0]
+    def one(key, cond_row, x_T_row):  # a batch of one example
+      cond_row, x_T_row = jax.tree_util.tree_map(lambda a: a[None], (cond_row, x_T_row))
+      return single(params, key, cond_row, guide_params, controls, x_T_row)[0]
 
-    return jax.vmap(one)(keys, cond or families.Cond())
+    return jax.vmap(one)(keys, cond or families.Cond(), x_T)
 
   return jax.jit(sample, out_shardings=sharding)
 
