@@ -1,6 +1,7 @@
 """Config blocks owned by their families, and a workdir's saved config read onto the current
 defaults."""
 
+import importlib
 import json
 
 import pytest
@@ -50,3 +51,14 @@ def test_a_workdir_written_before_a_field_existed_gets_its_default(tmp_path):
   assert config.model.to_dict() == {"name": "classifier", "ch": 8}
   with pytest.raises(FileNotFoundError, match="config.json"):
     workdir.get_config(str(tmp_path / "missing"))
+
+
+def test_settings_a_family_does_not_use_are_refused_by_name():
+  ardm_config = importlib.import_module("configs.ardm_default").get_config()
+  ardm_config.model.num_classes = 10
+  with pytest.raises(config_validation.InvalidConfigError, match="model.num_classes=10"):
+    config_validation.validate_config(ardm_config)
+  vdm_config = importlib.import_module("configs.vdm_default").get_config()
+  vdm_config.model.num_classes, vdm_config.sampling.guidance_scale = 10, 2.0
+  with pytest.raises(config_validation.InvalidConfigError, match="sampling.guidance_scale=2.0"):
+    config_validation.validate_config(vdm_config)

@@ -94,6 +94,11 @@ RANGES = {"ardm.upscale_bits": (0, True, None, False), "ardm.num_classes": (2, T
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   num_classes, problems = config.ardm.num_classes, []
+  if config.model.get("num_classes"):
+    problems.append(
+      f"config.family='ardm' trains an unconditional network (it takes no labels): "
+      f"model.num_classes={config.model.num_classes} must be 0."
+    )
   if not 2 <= num_classes <= 256:
     problems.append(f"ardm.num_classes={num_classes} must be in [2, 256] (values of 8-bit images).")
     return problems

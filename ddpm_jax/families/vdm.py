@@ -43,6 +43,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     config.data.num_channels,
     f"config.family='vdm' (ε-prediction) with {config.data.num_channels} channels",
   )
+  if config.sampling.guidance_scale:
+    problems.append(
+      f"sampling.guidance_scale={config.sampling.guidance_scale}: config.family='vdm' has no "
+      "classifier-free guidance (it samples the conditional model as trained)."
+    )
   return problems + base.no_guidance_problems(config) + base.no_context_problems(config)
 
 
