@@ -122,11 +122,7 @@ Prior = Callable[[Array, tuple], Array]
 def standard_normal_prior(std: float | Array = 1.0) -> Prior:
   """x_0 = std · z, z ~ N(0, I) from fold_in(rng, PRIOR_NOISE)."""
 
-  def prior(rng, shape):
-    z = jax.random.normal(jax.random.fold_in(rng, PRIOR_NOISE), shape)
-    return z if isinstance(std, float) and std == 1.0 else std * z
-
-  return prior
+  return lambda rng, shape: std * jax.random.normal(jax.random.fold_in(rng, PRIOR_NOISE), shape)
 
 
 class Trajectory(NamedTuple):
@@ -279,6 +275,16 @@ def _discrete_levels(d: diffusion.GaussianDiffusion) -> tuple[Array, Array]:
   return scale, jnp.append(d.sqrt_one_minus_alphas_cumprod[::-1], 0.0)
 
 
+def _stepwise_trajectory(d: diffusion.GaussianDiffusion, step: Step, name: str) -> Trajectory:
+  """A step(x_t, t, key) -> x_{t-1} on the steps of `d` as a Trajectory: level i is step
+  t = n - 1 - i, whose noise comes from fold_in(rng, t)."""
+  n = d.num_timesteps
+  walk_down = lambda x, i, key: step(x, n - 1 - i, key)
+  return Trajectory(
+    *_discrete_levels(d), memoryless(walk_down), np.arange(n - 1, -1, -1), name=name
+  )
+
+
 def ddpm_trajectory(
   d: diffusion.GaussianDiffusion,
   model_fn: diffusion.ModelFn,
@@ -292,12 +298,8 @@ def ddpm_trajectory(
   the host (also inside a traced function), so `d` must be concrete."""
   with jax.ensure_compile_time_eval():
     d = respaced_for(d, "ddpm", num_steps)
-    levels = _discrete_levels(d)
-  step, n = ddpm_step(d, model_fn, clip_denoised, cond_fn), d.num_timesteps
-  ancestral = lambda x, i, key: step(x, n - 1 - i, key)
-  return Trajectory(
-    *levels, memoryless(ancestral), np.arange(n - 1, -1, -1), name="ancestral sampling"
-  )
+    step = ddpm_step(d, model_fn, clip_denoised, cond_fn)
+    return _stepwise_trajectory(d, step, "ancestral sampling")
 
 
 def ddim_trajectory(
@@ -312,10 +314,9 @@ def ddim_trajectory(
   `d` as given); level i is step t = n - 1 - i, its noise from fold_in(rng, t)."""
   with jax.ensure_compile_time_eval():
     d = respaced_for(d, "ddim", num_steps)
-    levels = _discrete_levels(d)
-  step, n = ddim_step(d, model_fn, eta, clip_denoised, cond_fn), d.num_timesteps
-  ddim = lambda x, i, key: step(x, n - 1 - i, key)
-  return Trajectory(*levels, memoryless(ddim), np.arange(n - 1, -1, -1), name="DDIM sampling")
+    return _stepwise_trajectory(
+      d, ddim_step(d, model_fn, eta, clip_denoised, cond_fn), "DDIM sampling"
+    )
 
 
 def dpm_solver_trajectory(
@@ -716,24 +717,24 @@ def euler_ancestral_trajectory(denoise_fn: DenoiseFn, sigmas, s_noise: float = 1
   return Trajectory(scale, grid, memoryless(step), np.arange(n), prior, "euler_ancestral sampling")
 
 
-def dpmpp_2m_trajectory(denoise_fn: DenoiseFn, sigmas) -> Trajectory:
-  """DPM-Solver++(2M) in t = -log σ (Lu et al. 2022; α = 1)."""
+def _sigma_multistep(denoise_fn: DenoiseFn, sigmas, s_noise: float | None, name: str):
+  """`multistep_trajectory` on a σ grid (α = 1, λ = -log σ), step i's noise from fold_in(rng, i)."""
   scale, grid, n = _sigma_levels(sigmas)
   denoise_at = lambda x, i: denoise_fn(x, _at(grid[i], x))
   prior = standard_normal_prior(grid[0])
   return multistep_trajectory(
-    denoise_at, scale, grid, None, noise_index=np.arange(n), prior=prior, name="dpmpp_2m sampling"
+    denoise_at, scale, grid, s_noise, noise_index=np.arange(n), prior=prior, name=name
   )
+
+
+def dpmpp_2m_trajectory(denoise_fn: DenoiseFn, sigmas) -> Trajectory:
+  """DPM-Solver++(2M) in t = -log σ (Lu et al. 2022; α = 1)."""
+  return _sigma_multistep(denoise_fn, sigmas, None, "dpmpp_2m sampling")
 
 
 def dpmpp_2m_sde_trajectory(denoise_fn: DenoiseFn, sigmas, s_noise: float = 1.0) -> Trajectory:
   """DPM-Solver++(2M) SDE, midpoint correction, η = 1 (k-diffusion's)."""
-  scale, grid, n = _sigma_levels(sigmas)
-  denoise_at = lambda x, i: denoise_fn(x, _at(grid[i], x))
-  name, prior = "dpmpp_2m_sde sampling", standard_normal_prior(grid[0])
-  return multistep_trajectory(
-    denoise_at, scale, grid, s_noise, noise_index=np.arange(n), prior=prior, name=name
-  )
+  return _sigma_multistep(denoise_fn, sigmas, s_noise, "dpmpp_2m_sde sampling")
 
 
 # σ-space solver name -> (denoise_fn, sigmas, **options) -> its Trajectory; options: the churn
@@ -746,6 +747,21 @@ SIGMA_SOLVERS = {
   "dpmpp_2m_sde": dpmpp_2m_sde_trajectory,
 }
 STOCHASTIC_SIGMA_SOLVERS = ("euler_ancestral", "dpmpp_2m_sde")
+CHURN_SIGMA_SOLVERS = ("euler", "heun")
+
+
+def sigma_solver_options(
+  solver: str,
+  s_churn: float = 0.0,
+  s_tmin: float = 0.0,
+  s_tmax: float = float("inf"),
+  s_noise: float = 1.0,
+) -> dict:
+  """Of EDM's churn and noise options, those `solver` takes: all four (euler, heun), s_noise (the
+  stochastic solvers), none (dpmpp_2m)."""
+  if solver in CHURN_SIGMA_SOLVERS:
+    return dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+  return {"s_noise": s_noise} if solver in STOCHASTIC_SIGMA_SOLVERS else {}
 
 
 def sigma_trajectory(denoise_fn: DenoiseFn, sigmas, solver: str, **options) -> Trajectory:
@@ -782,12 +798,10 @@ def sigma_sample(
   stochastic = solver in STOCHASTIC_SIGMA_SOLVERS or s_churn > 0
   if stochastic and rng is None:
     raise ValueError(f"solver={solver!r} with s_churn={s_churn} draws noise: pass rng.")
-  if s_churn > 0 and solver not in ("euler", "heun"):
+  if s_churn > 0 and solver not in CHURN_SIGMA_SOLVERS:
     raise ValueError(f"s_churn is for the 'euler' and 'heun' solvers, not {solver!r}.")
   check_batch(x=x)
-  options = {"s_noise": s_noise} if solver in STOCHASTIC_SIGMA_SOLVERS else {}
-  if solver in ("euler", "heun"):
-    options = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+  options = sigma_solver_options(solver, s_churn, s_tmin, s_tmax, s_noise)
   trajectory = sigma_trajectory(denoise_fn, sigmas, solver, **options)
   rng = jax.random.key(0) if rng is None else rng  # deterministic: no noise is drawn
   return run(trajectory, rng, x, progress=trajectory.name if progress else None)

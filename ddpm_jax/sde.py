@@ -309,8 +309,7 @@ def pc_sample(
 ) -> Array:
   """Predictor-corrector sampling (`pc_trajectory`) from the prior at t = T to t = eps over s.N
   steps, one `lax.scan`; with `denoise`, the last predictor step's mean (no noise) is returned."""
-  options = dict(predictor=predictor, corrector=corrector, snr=snr, n_corrector=n_corrector)
-  trajectory = pc_trajectory(s, score_fn, **options, denoise=denoise, eps=eps)
+  trajectory = pc_trajectory(s, score_fn, predictor, corrector, snr, n_corrector, denoise, eps)
   return sampling.sample(trajectory, rng, shape)
 
 

@@ -58,6 +58,10 @@ def sigma_grid(sampling_config, num_steps: int, sigma_min: float, sigma_max: flo
   )
 
 
+# EDM's stochastic churn of the σ-space solvers (config.sampling), in sigma_solver_options' order
+CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+
+
 def sigma_space_trajectory(
   denoise_fn, sigma_min: float, sigma_max: float, sampling_config
 ) -> sampling.Trajectory:
@@ -68,16 +72,8 @@ def sigma_space_trajectory(
   num_steps = sampling_config.num_steps or (18 if solver == "heun" else 35)
   with jax.ensure_compile_time_eval():  # concrete, also when built inside a traced function
     sigmas = sigma_grid(sampling_config, num_steps, sigma_min, sigma_max)
-  options = {}
-  if solver in ("euler", "heun"):
-    options = {name: sampling_config[name] for name in CHURN}
-  elif solver in sampling.STOCHASTIC_SIGMA_SOLVERS:
-    options = {"s_noise": sampling_config.s_noise}
+  options = sampling.sigma_solver_options(solver, *(sampling_config[name] for name in CHURN))
   return sampling.sigma_trajectory(denoise_fn, sigmas, solver, **options)
-
-
-# EDM's stochastic churn of the σ-space solvers (config.sampling)
-CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
 def discrete_sigma_range(gaussian) -> tuple[float, float]:
