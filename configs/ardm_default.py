@@ -10,8 +10,5 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.family = "ardm"
-  config.ardm.num_classes = 256
-  config.model.out_channels = config.data.num_channels * config.ardm.num_classes
-  return config
+  # 256 values per sub-pixel, model.out_channels = 1 · 256: ARDM's defaults
+  return default.get_config("ardm")

@@ -12,8 +12,7 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.family = "classifier"
+  config = default.get_config("classifier")
   config.model.name = "classifier"
   config.model.num_classes = 10
   config.model.num_head_channels = 32

@@ -9,12 +9,12 @@ The paper reports FID 2.55 and Inception Score 9.58 for DDPM++ cont. (VP) (Table
       --workdir=gs://bucket/ddpmpp_cifar10_vp
 """
 
-from configs import ddpm_cifar10
+from configs import ddpm_cifar10, default
 
 
 def get_config():
   config = ddpm_cifar10.get_config()
-  config.family = "score_sde"
+  default.with_family(config, "score_sde")
   config.sde.type = "vp"
   config.sde.beta_min, config.sde.beta_max, config.sde.num_scales = 0.1, 20.0, 1000
   config.model.num_res_blocks = 4

@@ -4,20 +4,29 @@ EMA samples to workdir/samples. Every other config starts from this one and chan
 differs. No paper reports on these digits: the figures to reproduce are in benchmarks/README.md.
 
   python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default
+
+`get_config(family)` builds the shared blocks and the block of that family only (`with_family`), so
+that a field of another family is an unknown field, never a silently ignored one:
+
+  python -m ddpm_jax.main --config=configs/default.py:score_sde --config.sde.type=ve ...
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-from ddpm_jax.families import ardm, edm, score_sde, super_res, vdm
+from ddpm_jax import families
 
 
-def get_config():
+def get_config(family: str = "gaussian") -> ml_collections.ConfigDict:
+  return with_family(_shared_config(), family)
+
+
+def _shared_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   # What is trained: "gaussian" (DDPM / Improved DDPM / ADM), "classifier" (ADM's noisy classifier),
-  # "score_sde", "vdm", "ardm", "super_res" or "edm" (ddpm_jax/families/); each reads its block
-  # below.
+  # "score_sde", "vdm", "ardm", "super_res" or "edm" (ddpm_jax/families/), each with its own block
+  # (with_family)
   config.family = "gaussian"
 
   config.data = data = ml_collections.ConfigDict()
@@ -82,13 +91,8 @@ def get_config():
   # β rescaled to zero terminal SNR, ᾱ_T = 0 (Lin et al. 2024): needs mean_type "v" (or "x0"), and
   # sampling.timestep_spacing "trailing" for DDIM to start at ᾱ_T = 0
   diffusion.zero_terminal_snr = False
-
-  # Each family's own block, its defaults and ranges beside its code (ddpm_jax/families/).
-  config.sde = score_sde.default_config()  # family "score_sde" (Song et al. 2021)
-  config.vdm = vdm.default_config()  # family "vdm" (Kingma et al. 2021)
-  config.ardm = ardm.default_config()  # family "ardm" (Hoogeboom et al. 2021)
-  config.edm = edm.default_config()  # family "edm" (Karras et al. 2022)
-  config.super_res = super_res.default_config()  # family "super_res" (ADM-U)
+  # the network sees t·1000/T instead of t (improved-diffusion's default; its converted checkpoints)
+  diffusion.rescale_timesteps = False
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3
@@ -201,3 +205,33 @@ def get_config():
   eval_config.feature_net_path = config_dict.placeholder(str)
   # for the dataset and size, if any (evaluation/feature_net.py)
   return config
+
+
+def with_family(config: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
+  """`config` (changed in place) training `family`: config.family set, the block of the family it
+  trained before replaced by the new family's own (config.sde of "score_sde", config.vdm,
+  config.ardm, config.edm, config.super_res: defaults and ranges beside the family's code in
+  ddpm_jax/families/), and the shared fields whose default the family changes (its
+  SHARED_DEFAULTS, e.g. sampling.sampler) set to it; those the previous family changed and that
+  still hold its value go back to the shared default."""
+  shared = _shared_config()
+  for field, value in _shared_defaults(config.family).items():
+    block, name = field.split(".")
+    if config[block][name] == value:
+      config[block][name] = shared[block][name]
+  for name in families.FAMILIES:
+    block = families.config_block(name)
+    if block in config:
+      del config[block]
+  config.family = family
+  block = families.config_block(family)
+  if block:
+    config[block] = families.family_module(family).default_config()
+  for field, value in _shared_defaults(family).items():
+    block, name = field.split(".")
+    config[block][name] = value
+  return config
+
+
+def _shared_defaults(family: str) -> dict:
+  return getattr(families.family_module(family), "SHARED_DEFAULTS", {})

@@ -9,8 +9,4 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.family = "edm"
-  config.sampling.sampler = "heun"
-  config.eval.bpd_num_batches = 0  # no likelihood
-  return config
+  return default.get_config("edm")  # its sampler (heun) and bpd_num_batches=0 are EDM's defaults

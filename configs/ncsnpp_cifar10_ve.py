@@ -11,12 +11,12 @@ The paper reports FID 2.38 and Inception Score 9.83 for NCSN++ cont. (VE) (Table
       --workdir=gs://bucket/ncsnpp_cifar10_ve
 """
 
-from configs import ddpm_cifar10
+from configs import ddpm_cifar10, default
 
 
 def get_config():
   config = ddpm_cifar10.get_config()
-  config.family = "score_sde"
+  default.with_family(config, "score_sde")
   config.sde.type = "ve"
   config.sde.sigma_min, config.sde.sigma_max, config.sde.num_scales = 0.01, 50.0, 1000
   config.sde.conditioning = "sigma"  # NCSN++ embeds log σ with Gaussian Fourier features

@@ -7,8 +7,6 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.family = "score_sde"
+  config = default.get_config("score_sde")
   config.sde.type = "ve"
-  config.sampling.sampler = "pc"  # predictor-corrector (config.sampling.predictor, corrector)
   return config

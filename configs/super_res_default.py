@@ -10,7 +10,4 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.family = "super_res"
-  config.super_res.low_res_size = 4
-  return config
+  return default.get_config("super_res")  # super_res.low_res_size: 4

@@ -8,12 +8,12 @@ always has self-attention (the authors' config has none).
   python -m ddpm_jax.main --config=configs/vdm_cifar10.py --workdir=gs://bucket/vdm_cifar10
 """
 
-from configs import ddpm_cifar10
+from configs import ddpm_cifar10, default
 
 
 def get_config():
   config = ddpm_cifar10.get_config()
-  config.family = "vdm"
+  default.with_family(config, "vdm")
   config.vdm.noise_schedule = "learned"
   config.vdm.gamma_min, config.vdm.gamma_max = -13.3, 5.0
   config.model.ch_mult = (1,)

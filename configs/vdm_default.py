@@ -9,8 +9,7 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.family = "vdm"
+  config = default.get_config("vdm")
   config.vdm.noise_schedule = "learned"
   config.vdm.n_features = 256
   config.model.fourier_features = (6, 7)

@@ -5,9 +5,10 @@ line:
   python -m ddpm_jax.main --mode=sample --config=workdir:runs/adm64 --workdir=runs/adm64
 
 A saved config is read onto the current defaults (`from_saved`): a workdir written before a field
-existed gets that field's default, so that the code reads every field plainly. The model block is
-read as saved: its fields are the network's hyperparameters (a noisy classifier has fewer than the
-U-Net), whose defaults are the Flax module's.
+existed gets that field's default, so that the code reads every field plainly, and a config.json
+written when every config carried every family's block keeps only its own family's. The model
+block is read as saved: its fields are the network's hyperparameters (a noisy classifier has fewer
+than the U-Net), whose defaults are the Flax module's.
 """
 
 import json
@@ -16,13 +17,22 @@ from etils import epath
 import ml_collections
 
 from configs import default
+from ddpm_jax import families
+from ddpm_jax.families import config_validation
+from ddpm_jax.runtime.errors import InvalidConfigError
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
-  """configs/default.py's config with every value `saved` (a config.json's dict) has replacing the
-  default; the fields it lacks keep their defaults, the ones the defaults lack are kept; the model
-  block as saved."""
-  merged = _merged(default.get_config().to_dict(), saved)
+  """configs/default.py's config of the saved family with every value `saved` (a config.json's
+  dict) has replacing the default; the fields it lacks keep their defaults, the ones the defaults
+  lack are kept, except other families' blocks; the model block as saved."""
+  replaced = config_validation.replaced_selectors(ml_collections.ConfigDict(saved))
+  if replaced:
+    raise InvalidConfigError(" ".join(replaced))
+  family = saved["family"]
+  other_blocks = {families.config_block(name) for name in families.FAMILIES if name != family}
+  saved = {key: value for key, value in saved.items() if key not in other_blocks}
+  merged = _merged(default.get_config(family).to_dict(), saved)
   if "model" in saved:
     merged["model"] = saved["model"]
   return ml_collections.ConfigDict(merged)

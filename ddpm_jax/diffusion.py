@@ -393,11 +393,6 @@ def calc_bpd_loop(
 def loss_variance_problems(var_type: str, loss_type: str) -> list[str]:
   """Why `loss_type` cannot train the variance `var_type` (empty when it can)."""
   learned = var_type in LEARNED_VAR_TYPES
-  if loss_type == "mse" and learned:
-    return [
-      f"var_type={var_type!r} is learned but loss_type='mse' cannot train it; use 'hybrid', 'kl' "
-      "or 'rescaled_kl'."
-    ]
   if loss_type == "hybrid" and not learned:
     return [
       "loss_type='hybrid' needs a learned var_type ('learned' or 'learned_range'), got "
@@ -418,8 +413,9 @@ def training_losses(
   """Per-example training losses at timesteps t with noise ε -> dict(loss [B], mse [B], vb [B] where
   used).
 
-  mse: L_simple = ‖target - model‖² with target ε, x0 or v  (DDPM eq. 14).
-  hybrid: L_simple + λ·T·L_t, λ = 0.001, the mean stop-gradiented inside L_t (Improved DDPM eq. 16).
+  mse: L_simple = ‖target - model‖² with target ε, x0 or v  (DDPM eq. 14); with a learned Σ,
+    L_simple + L_t (guided-diffusion's LossType.MSE), the mean stop-gradiented inside L_t.
+  hybrid: L_simple + λ·T·L_t, λ = 0.001 (Improved DDPM eq. 16; guided-diffusion's RESCALED_MSE).
   kl: L_t in bits/dim; rescaled_kl: T·L_t.
   """
   check_batch(t, x0=x0, noise=noise)
@@ -434,10 +430,11 @@ def training_losses(
   mean_output, var_output = split_model_output(d, model_output, x_t)
   target = {"eps": noise, "x0": x0, "v": get_v(d, x0, noise, t)}[d.mean_type]
   terms = dict(mse=losses.mean_flat((target - mean_output) ** 2))
-  if d.loss_type == "hybrid":
+  if d.learned_variance:
     # L_t trains only Σ_θ: the mean is learned from L_simple alone.
     frozen_output = jnp.concatenate([jax.lax.stop_gradient(mean_output), var_output], axis=-1)
-    terms["vb"] = vb_terms_bpd(d, frozen_output, x0, x_t, t) * (HYBRID_VB_WEIGHT * d.num_timesteps)
+    vb_weight = HYBRID_VB_WEIGHT * d.num_timesteps if d.loss_type == "hybrid" else 1.0
+    terms["vb"] = vb_terms_bpd(d, frozen_output, x0, x_t, t) * vb_weight
     terms["loss"] = terms["mse"] + terms["vb"]
   else:
     terms["loss"] = terms["mse"]

@@ -13,11 +13,11 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(num_train_steps=12, batch_size=16):
+def tiny_config(num_train_steps=12, batch_size=16, family="gaussian"):
   sys.path.insert(0, REPO)
   from configs import default
 
-  config = default.get_config()
+  config = default.get_config(family)
   config.data.image_size = 8
   # decoding in this process: tests that switch to a file-backed dataset under tfds mock data
   # (which spawned workers do not see) or want the workers set it

@@ -22,8 +22,10 @@ FAMILY_BLOCKS = {
 @pytest.mark.parametrize("name", FAMILY_BLOCKS)
 def test_each_family_owns_its_blocks_defaults_and_ranges(name):
   block, module = FAMILY_BLOCKS[name], families.family_module(name)
-  config = default.get_config()
-  assert config[block].to_dict() == module.default_config().to_dict()
+  assert families.config_block(name) == block
+  config = default.get_config(name)
+  assert config.family == name and config[block].to_dict() == module.default_config().to_dict()
+  assert not set(FAMILY_BLOCKS.values()) - {block} & set(config)  # no other family's block
   assert module.RANGES and all(field.startswith(f"{block}.") for field in module.RANGES)
   for field, bounds in module.RANGES.items():
     assert config_validation.RANGES[field] == bounds
@@ -31,26 +33,59 @@ def test_each_family_owns_its_blocks_defaults_and_ranges(name):
   # a value out of its range is refused first, naming the field
   field = sorted(module.RANGES)[0]
   lowest = module.RANGES[field][0]
-  config.family = name
   config[block][field.split(".")[1]] = lowest - 1
   with pytest.raises(config_validation.InvalidConfigError, match=field.replace(".", r"\.")):
     config_validation.validate_config(config)
 
 
+@pytest.mark.parametrize("name", sorted(set(families.FAMILIES) - {"classifier"}))
+def test_the_digits_config_of_every_family_is_valid(name):
+  # (a noisy classifier's config also swaps the model: configs/classifier_default.py)
+  config_validation.validate_config(default.get_config(name))
+
+
+def test_a_config_carries_its_familys_block_and_no_other():
+  config = default.get_config("vdm")
+  assert families.config_block("gaussian") is None and "vdm" in config
+  default.with_family(config, "score_sde")  # a derived config changing the family
+  assert config.family == "score_sde" and "sde" in config and "vdm" not in config
+  assert config.sde.to_dict() == families.family_module("score_sde").default_config().to_dict()
+  assert config.sampling.sampler == "pc"  # the score SDE's default sampler
+  default.with_family(config, "gaussian")
+  assert not set(FAMILY_BLOCKS.values()) & set(config) and config.sampling.sampler == "ddim"
+  config_validation.validate_config(config)
+  # the family set by hand: its block is missing, the block it brought would be ignored
+  config.family = "edm"
+  with pytest.raises(config_validation.InvalidConfigError, match="reads config.edm, which is"):
+    config_validation.validate_config(config)
+  config = default.get_config("vdm")
+  config.family = "gaussian"
+  with pytest.raises(config_validation.InvalidConfigError, match="config.vdm belongs to family"):
+    config_validation.validate_config(config)
+
+
 def test_a_workdir_written_before_a_field_existed_gets_its_default(tmp_path):
-  saved = default.get_config().to_dict()
+  # as config.json was written when every config carried every family's block
+  saved = default.get_config("edm").to_dict()
+  for name, block in FAMILY_BLOCKS.items():
+    saved[block] = families.family_module(name).default_config().to_dict()
   del saved["data"]["num_workers"], saved["edm"]
   saved["optim"]["lr"] = 0.5
-  saved["model"] = {"name": "classifier", "ch": 8}  # the model block is read as saved
+  saved["model"] = {"name": "unet", "ch": 8}  # the model block is read as saved
   saved["convert"] = {"source": "guided_diffusion"}  # a block the defaults lack is kept
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  config, fresh = workdir.get_config(str(tmp_path)), default.get_config()
+  config, fresh = workdir.get_config(str(tmp_path)), default.get_config("edm")
   assert config.data.num_workers == fresh.data.num_workers
   assert config.edm.to_dict() == fresh.edm.to_dict()
+  assert set(FAMILY_BLOCKS.values()) & set(config) == {"edm"}  # the others' blocks dropped
   assert config.optim.lr == 0.5 and config.convert.source == "guided_diffusion"
-  assert config.model.to_dict() == {"name": "classifier", "ch": 8}
+  assert config.model.to_dict() == {"name": "unet", "ch": 8}
   with pytest.raises(FileNotFoundError, match="config.json"):
     workdir.get_config(str(tmp_path / "missing"))
+  del saved["family"]  # written before config.family existed
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(config_validation.InvalidConfigError, match="config.family is missing"):
+    workdir.get_config(str(tmp_path))
 
 
 def test_settings_a_family_does_not_use_are_refused_by_name():

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import default
 from ddpm_jax import families, train
 from ddpm_jax.data import loader, order, sources
 from ddpm_jax.jobs import sample as sample_lib
@@ -79,7 +80,8 @@ def test_a_missing_context_or_a_context_without_model_is_refused(tmp_path):
   config.model.context_dim = None
   with pytest.raises(ValueError, match="context_key='ctx' and model.context_dim=None go together"):
     validate_config(config)
-  config.model.context_dim, config.family = CONTEXT_DIM, "vdm"
+  default.with_family(config, "vdm")
+  config.model.context_dim = CONTEXT_DIM
   with pytest.raises(ValueError, match="context_dim .* trains with config.family='gaussian'"):
     validate_config(config)
 

@@ -43,8 +43,11 @@ def shrunk(name):
   config.model.update({k: v for k, v in load_config("default").model.items() if k not in kept})
   model = config.model
   model.ch_mult, model.attn_resolutions, model.conv_impl = (1,), (), "xla"
-  config.vdm.n_features = 16
-  config.diffusion.num_timesteps, config.sde.num_scales = 30, 25
+  if config.family == "vdm":
+    config.vdm.n_features = 16
+  if config.family == "score_sde":
+    config.sde.num_scales = 25
+  config.diffusion.num_timesteps = 30
   config.training.batch_size, config.training.num_train_steps = 4, 2
   config.training.checkpoint_every_steps = config.training.log_every_steps = 2
   config.training.eval_every_steps = config.training.sample_every_steps = 1000

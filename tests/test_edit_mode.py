@@ -133,8 +133,8 @@ def test_every_score_sde_sampler_is_chosen_by_the_config_and_edits(tmp_path):
   from ddpm_jax import editing, families, sde
   from ddpm_jax.families import config_validation
 
-  config = tiny_config()
-  config.family, config.sde.type, config.sde.num_scales = "score_sde", "ve", 50
+  config = tiny_config(family="score_sde")
+  config.sde.type, config.sde.num_scales = "ve", 50
   config.sampling.sampler, config.sampling.num_steps = "pc", 3
   config.sampling.predictor, config.sampling.corrector = "ancestral", "annealed_langevin"
   config.sampling.n_corrector, config.sampling.ode_tolerance = 2, 1e-2

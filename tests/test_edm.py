@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from ddpm_jax import edm, families, train
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import evaluate
@@ -59,7 +60,7 @@ def test_sigma_is_log_normal():
 @pytest.mark.parametrize("solver", ["heun"])
 def test_edm_trains_samples_and_evaluates_with_the_same_loop(tmp_path, solver):
   config = tiny_config(num_train_steps=40, batch_size=32)
-  config.family = "edm"
+  default.with_family(config, "edm")
   config.sampling.sampler, config.sampling.num_steps = solver, 6
   config.sampling.num_samples = config.sampling.batch_size = 8
   config.training.sample_every_steps = config.training.checkpoint_every_steps = 40
@@ -78,7 +79,8 @@ def test_edm_trains_samples_and_evaluates_with_the_same_loop(tmp_path, solver):
 
 def test_edm_config_problems_are_named():
   config = tiny_config()
-  config.family, config.sampling.sampler = "edm", "ddim"
+  default.with_family(config, "edm")
+  config.sampling.sampler, config.eval.bpd_num_batches = "ddim", 1
   config.edm.sigma_min = 100.0
   with pytest.raises(ValueError, match=r"σ-space solver(.|\n)*sigma_min=100.0(.|\n)*no likelihood"):
     validate_config(config)

@@ -10,6 +10,7 @@ from test_convert import randomized
 import torch
 import torch.nn.functional as F
 
+from configs import default
 import ddpm_jax
 from ddpm_jax import convert, families, models, pixels, super_res, train
 from ddpm_jax.data import sources
@@ -101,7 +102,7 @@ def test_upsampler_presets_have_sr_create_models_parameter_counts():
 
 def super_res_config(num_train_steps):
   config = tiny_config(num_train_steps=num_train_steps, batch_size=32)
-  config.family = "super_res"
+  default.with_family(config, "super_res")
   config.super_res.low_res_size = 4
   # x0-prediction: usable samples after 100 steps (an ε-model's high-noise steps need far more)
   config.diffusion.mean_type = "x0"

@@ -14,10 +14,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from configs import default
 from ddpm_jax import ardm
 from ddpm_jax.data import loader
 from ddpm_jax.families import ardm as ardm_family
@@ -472,10 +474,7 @@ def test_nonfinite_skip_keeps_the_state_of_the_skipped_steps_and_stops_after_too
       lambda c: setattr(c.model, "attn_resolutions", (3,)),
       r"attn_resolutions \[3\] are not resolutions",
     ),
-    (
-      lambda c: setattr(c.diffusion, "var_type", "learned_range"),
-      "loss_type='mse' cannot train it",
-    ),
+    (lambda c: setattr(c.diffusion, "loss_type", "l1"), "Unknown diffusion.loss_type 'l1'"),
     (lambda c: setattr(c.model, "out_channels", 3), "model.out_channels=3"),
     (lambda c: setattr(c.diffusion, "loss_type", "hybrid"), "needs a learned var_type"),
     (lambda c: setattr(c.model, "ch", 48), "divisible by 32"),
@@ -494,9 +493,10 @@ def test_bad_configs_fail_with_their_message(change, message, monkeypatch):
 @pytest.mark.parametrize(
   "old_selector,family",
   [
-    (lambda c: setattr(c.sde, "name", "ve"), "score_sde"),
-    (lambda c: setattr(c.vdm, "schedule", "learned"), "vdm"),
-    (lambda c: setattr(c.ardm, "enabled", True), "ardm"),
+    # the family blocks as every config carried them
+    (lambda c: setattr(c, "sde", ml_collections.ConfigDict({"name": "ve"})), "score_sde"),
+    (lambda c: setattr(c, "vdm", ml_collections.ConfigDict({"schedule": "learned"})), "vdm"),
+    (lambda c: setattr(c, "ardm", ml_collections.ConfigDict({"enabled": True})), "ardm"),
     (lambda c: setattr(c.model, "name", "classifier"), "classifier"),
     (lambda c: delattr(c, "family"), "gaussian"),
   ],
@@ -636,7 +636,8 @@ def test_score_sde_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   from ddpm_jax.jobs import evaluate, sample
 
   config = tiny_config(num_train_steps=4)
-  config.family, config.sde.type, config.sde.num_scales = "score_sde", "ve", 25
+  default.with_family(config, "score_sde")
+  config.sde.type, config.sde.num_scales = "ve", 25
   config.sampling.sampler = "pc"
   config.sde.conditioning, config.model.embedding_type = "sigma", "fourier"
   config.model.update(
@@ -678,7 +679,8 @@ def test_vdm_trains_samples_and_evaluates_with_the_same_loop(tmp_path):
   from ddpm_jax.jobs import evaluate, sample
 
   config = tiny_config(num_train_steps=4)
-  config.family, config.vdm.n_features, config.model.fourier_features = "vdm", 16, (6, 7)
+  default.with_family(config, "vdm")
+  config.vdm.n_features, config.model.fourier_features = 16, (6, 7)
   config.optim.weight_decay = 0.01  # AdamW, as the paper
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 4 and set(state.params) == {"unet", "schedule"}
@@ -699,7 +701,8 @@ def test_ardm_trains_evaluates_and_decodes_in_parallel_with_the_same_loop(tmp_pa
   from ddpm_jax.jobs import evaluate, sample
 
   config = tiny_config(num_train_steps=4)
-  config.family, config.model.out_channels = "ardm", 256
+  default.with_family(config, "ardm")
+  config.model.out_channels = 256
   train.train_and_evaluate(config, str(tmp_path))
   config.training.batch_size, config.eval.num_fid_samples = 8, 0
   bpd = evaluate.evaluate(config, str(tmp_path))["bpd"]  # exact -log p(x | σ), D = 64 network calls
@@ -721,7 +724,8 @@ def test_upscale_ardm_trains_evaluates_and_decodes_stage_by_stage(tmp_path):
   from ddpm_jax.jobs import evaluate, sample
 
   config = tiny_config(num_train_steps=4)
-  config.family, config.ardm.upscale_bits, config.model.out_channels = "ardm", 2, 4
+  default.with_family(config, "ardm")
+  config.ardm.upscale_bits, config.model.out_channels = 2, 4
   train.train_and_evaluate(config, str(tmp_path))
   config.training.batch_size, config.eval.num_fid_samples = 8, 0
   bpd = evaluate.evaluate(config, str(tmp_path))["bpd"]  # 4 stages · 64 network calls

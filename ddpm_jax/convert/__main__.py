@@ -14,6 +14,7 @@ SOURCES = {
     presets.guided_diffusion_classifier_run,
   ),
   "guided_diffusion_super_res": (presets.SUPER_RES_PRESETS, presets.guided_diffusion_super_res_run),
+  "improved_diffusion": (presets.IMPROVED_PRESETS, presets.improved_diffusion_run),
   "diffusers": (presets.DIFFUSERS_PRESETS, presets.diffusers_run),
 }
 
@@ -23,7 +24,7 @@ flags.DEFINE_enum(
   "guided_diffusion",
   list(SOURCES),
   "Its code: a guided-diffusion UNetModel, one of its noisy classifiers or upsamplers "
-  "(SuperResModel), or a diffusers UNet.",
+  "(SuperResModel), an improved-diffusion UNetModel, or a diffusers UNet.",
 )
 flags.DEFINE_string(
   "checkpoint", None, "guided_diffusion: the .pt file; diffusers: the model or pipeline directory."
@@ -33,7 +34,12 @@ flags.DEFINE_string(
   None,
   "A released model: " + ", ".join(p for table, _ in SOURCES.values() for p in table),
 )
-flags.DEFINE_string("model_flags", None, "Or its MODEL_FLAGS, as the reference's README.")
+flags.DEFINE_string(
+  "model_flags",
+  None,
+  "Or the flags its training script was given (MODEL_FLAGS and DIFFUSION_FLAGS), read onto that "
+  "script's defaults as it reads them.",
+)
 flags.DEFINE_string("dataset", None, "config.data.dataset of the workdir (default: preset's).")
 flags.DEFINE_string("workdir", None, "Where the workdir goes.")
 
@@ -46,7 +52,10 @@ def main(argv) -> None:
       f"Unknown --preset {FLAGS.preset!r} for --source={FLAGS.source}; known: "
       f"{', '.join(source_presets)}."
     )
-  config, params = convert(FLAGS.checkpoint, FLAGS.preset, FLAGS.model_flags, FLAGS.dataset)
+  try:
+    config, params = convert(FLAGS.checkpoint, FLAGS.preset, FLAGS.model_flags, FLAGS.dataset)
+  except ValueError as error:  # a wrong flag or a checkpoint that does not fit: one line
+    raise app.UsageError(str(error)) from None
   presets.write_workdir(config, params, FLAGS.workdir, FLAGS.source, FLAGS.checkpoint)
   logging.info(
     "Wrote %s: its params and EMA params are the checkpoint's weights. Sample with: python -m "

@@ -38,6 +38,85 @@ GUIDED_DIFFUSION_DEFAULTS = dict(
 )
 
 
+# The defaults dicts its scripts parse the command line's flags onto (add_dict_to_argparser: each
+# flag of its default's type): script_util.model_and_diffusion_defaults(),
+# classifier_and_diffusion_defaults(), sr_model_and_diffusion_defaults(); tests compare them
+# with the reference's.
+DIFFUSION_DEFAULTS = dict(
+  learn_sigma=False,
+  diffusion_steps=1000,
+  noise_schedule="linear",
+  timestep_respacing="",
+  use_kl=False,
+  predict_xstart=False,
+  rescale_timesteps=False,
+  rescale_learned_sigmas=False,
+)
+MODEL_AND_DIFFUSION_DEFAULTS = dict(
+  image_size=64,
+  num_channels=128,
+  num_res_blocks=2,
+  num_heads=4,
+  num_heads_upsample=-1,
+  num_head_channels=-1,
+  attention_resolutions="16,8",
+  channel_mult="",
+  dropout=0.0,
+  class_cond=False,
+  use_checkpoint=False,
+  use_scale_shift_norm=True,
+  resblock_updown=False,
+  use_fp16=False,
+  use_new_attention_order=False,
+  **DIFFUSION_DEFAULTS,
+)
+CLASSIFIER_AND_DIFFUSION_DEFAULTS = dict(
+  image_size=64,
+  classifier_use_fp16=False,
+  classifier_width=128,
+  classifier_depth=2,
+  classifier_attention_resolutions="32,16,8",
+  classifier_use_scale_shift_norm=True,
+  classifier_resblock_updown=True,
+  classifier_pool="attention",
+  **DIFFUSION_DEFAULTS,
+)
+SR_MODEL_AND_DIFFUSION_DEFAULTS = {
+  **{
+    k: v
+    for k, v in MODEL_AND_DIFFUSION_DEFAULTS.items()
+    if k not in ("image_size", "channel_mult", "use_new_attention_order")
+  },
+  "large_size": 256,
+  "small_size": 64,
+}
+# openai/improved-diffusion's script_util.model_and_diffusion_defaults(): its create_model has no
+# channel_mult (IMPROVED_DIFFUSION_CHANNEL_MULT), head width, BigGAN up/down-sampling or new
+# attention order; sigma_small, and t rescaled to [0, 1000) by default.
+IMPROVED_DIFFUSION_DEFAULTS = dict(
+  image_size=64,
+  num_channels=128,
+  num_res_blocks=2,
+  num_heads=4,
+  num_heads_upsample=-1,
+  attention_resolutions="16,8",
+  dropout=0.0,
+  learn_sigma=False,
+  sigma_small=False,
+  class_cond=False,
+  diffusion_steps=1000,
+  noise_schedule="linear",
+  timestep_respacing="",
+  use_kl=False,
+  predict_xstart=False,
+  rescale_timesteps=True,
+  rescale_learned_sigmas=True,
+  use_checkpoint=False,
+  use_scale_shift_norm=True,
+)
+IMPROVED_DIFFUSION_CHANNEL_MULT = {256: "1,1,2,2,4,4", 64: "1,2,3,4", 32: "1,2,2,2"}
+
+
 # create_model's channel_mult for channel_mult=""
 DEFAULT_CHANNEL_MULT = {
   512: (0.5, 1, 1, 2, 2, 4, 4),

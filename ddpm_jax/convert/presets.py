@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from configs import default
+from ddpm_jax.convert import guided_diffusion
 from ddpm_jax.convert.diffusers import from_diffusers
 from ddpm_jax.convert.guided_diffusion import (
   SUPER_RES_CHANNEL_MULT,
@@ -72,6 +73,44 @@ PRESETS = {
 }
 
 
+# improved-diffusion's released models (its README's "Models and Hyperparameters": MODEL_FLAGS and
+# DIFFUSION_FLAGS), name -> (flags, config.data.dataset)
+_IMPROVED_IMAGENET64 = "--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True "
+_IMPROVED_CIFAR10 = (
+  "--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3 "
+)
+_IMPROVED_LSUN = (
+  "--image_size 256 --num_channels 128 --num_res_blocks 2 --num_heads 1 --learn_sigma True "
+  "--use_scale_shift_norm False --attention_resolutions 16 --diffusion_steps 1000 "
+  "--noise_schedule linear --rescale_learned_sigmas False --rescale_timesteps False"
+)
+IMPROVED_PRESETS = {
+  "iddpm_imagenet64": (
+    _IMPROVED_IMAGENET64 + "--diffusion_steps 4000 --noise_schedule cosine",
+    "imagenet2012",
+  ),
+  "iddpm_cifar10": (
+    _IMPROVED_CIFAR10 + "--diffusion_steps 4000 --noise_schedule cosine",
+    "cifar10",
+  ),
+  "iddpm_imagenet64_cond": (
+    "--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True --class_cond True "
+    "--diffusion_steps 4000 --noise_schedule cosine --rescale_learned_sigmas False "
+    "--rescale_timesteps False",
+    "imagenet2012",
+  ),
+  "iddpm_lsun_bedroom": (_IMPROVED_LSUN, "lsun/bedroom"),
+  "iddpm_imagenet64_vlb": (
+    _IMPROVED_IMAGENET64 + "--diffusion_steps 4000 --noise_schedule cosine --use_kl True",
+    "imagenet2012",
+  ),
+  "iddpm_cifar10_vlb": (
+    _IMPROVED_CIFAR10 + "--diffusion_steps 4000 --noise_schedule cosine --use_kl True",
+    "cifar10",
+  ),
+}
+
+
 # guided-diffusion's upsamplers (its README's "Upsampling"); with guidance and the base models they
 # reach FID 3.94 (ImageNet 256×256) and 3.85 (512×512), its README's table
 SUPER_RES_PRESETS = {
@@ -89,72 +128,134 @@ SUPER_RES_PRESETS = {
 }
 
 
-# guided-diffusion's diffusion flags (the rest are create_model's)
-_DIFFUSION_FLAGS = (
-  "diffusion_steps",
-  "noise_schedule",
-  "timestep_respacing",
-  "use_kl",
-  "predict_xstart",
-  "rescale_timesteps",
-  "rescale_learned_sigmas",
-)
+# guided-diffusion's and improved-diffusion's diffusion flags (the rest are the network's)
+_DIFFUSION_FLAGS = (*guided_diffusion.DIFFUSION_DEFAULTS, "sigma_small")
+_DIFFUSION_FLAGS = tuple(name for name in _DIFFUSION_FLAGS if name != "learn_sigma")
 
 
-def parse_model_flags(text: str) -> dict[str, Any]:
-  """guided-diffusion's MODEL_FLAGS ("--image_size 64 --class_cond True …") -> a dict of values."""
-  words, flags = text.split(), {}
+def _str2bool(value: str) -> bool:
+  """guided-diffusion's script_util.str2bool."""
+  if value.lower() in ("yes", "true", "t", "y", "1"):
+    return True
+  if value.lower() in ("no", "false", "f", "n", "0"):
+    return False
+  raise ValueError(f"{value!r} is not a boolean")
+
+
+def parse_model_flags(
+  text: str, defaults: dict[str, Any] = guided_diffusion.MODEL_AND_DIFFUSION_DEFAULTS
+) -> dict[str, Any]:
+  """MODEL_FLAGS ("--image_size 64 --class_cond True …", or --name=value) read as the source's
+  scripts read them: its `defaults` dict updated by the flags, each value parsed as its default's
+  type (booleans as str2bool; lists such as attention_resolutions stay strings). An unknown flag or
+  a value that does not parse is a ValueError of one line naming it."""
+  words = []
+  for word in text.split():
+    words += word.split("=", 1) if word.startswith("--") and "=" in word else [word]
   if len(words) % 2 or not all(w.startswith("--") for w in words[::2]):
     raise ValueError(f"MODEL_FLAGS must be '--name value' pairs; got {text!r}.")
-  for name, value in zip(words[::2], words[1::2]):
-    if value in ("True", "False"):
-      flags[name[2:]] = value == "True"
-    else:
-      try:
-        flags[name[2:]] = int(value)
-      except ValueError:
-        flags[name[2:]] = float(value) if value.replace(".", "", 1).isdigit() else value
+  flags = dict(defaults)
+  for name, value in zip((w[2:] for w in words[::2]), words[1::2]):
+    if name not in defaults:
+      raise ValueError(f"Unknown flag --{name}; the source's flags: {', '.join(defaults)}.")
+    kind = type(defaults[name])
+    try:
+      flags[name] = _str2bool(value) if kind is bool else kind(value)
+    except ValueError:
+      raise ValueError(f"--{name} {value}: expected a {kind.__name__}.") from None
   return flags
 
 
-def guided_diffusion_config(flags: dict[str, Any], dataset: str = "image_folder"):
-  """A run config (configs/default.py's) for guided-diffusion's flags: its U-Net, its diffusion
-  (schedule, T, ε-prediction, learned range or fixed large variance, hybrid loss), ancestral
-  sampling on 250 respaced steps as its README samples."""
+def create_model_kwargs(flags: dict[str, Any]) -> dict[str, Any]:
+  """The arguments of guided-diffusion's create_model among `flags`."""
+  names = {*guided_diffusion.GUIDED_DIFFUSION_DEFAULTS, "image_size", "num_channels"}
+  return {k: v for k, v in flags.items() if k in names | {"num_res_blocks"}}
 
-  flags = dict(flags)
-  diffusion_flags = {k: flags.pop(k) for k in _DIFFUSION_FLAGS if k in flags}
-  if diffusion_flags.get("predict_xstart") or diffusion_flags.get("use_kl"):
-    raise ValueError("predict_xstart / use_kl checkpoints are not supported by the presets yet.")
-  config = default.get_config()
-  config.family = "gaussian"
-  config.model.update(guided_diffusion_model_config(**flags))
+
+def diffusion_settings(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(config.diffusion, config.sampling) of the scripts' diffusion flags, as their
+  create_gaussian_diffusion reads them: ε- or x0-prediction; Σ learned in range, fixed small
+  (sigma_small) or large; the loss T·L_t (use_kl), else L_simple plus, with a learned Σ, L_t
+  (rescale_learned_sigmas: T/1000·L_t, 'hybrid'); the network's t scaled to [0, 1000)
+  (rescale_timesteps); timestep_respacing as the default sampler ("ddimN": DDIM on N steps, "N":
+  ancestral on N; unset: ancestral on 250, as the READMEs sample)."""
+  steps, learned = flags["diffusion_steps"], flags["learn_sigma"]
+  if flags["use_kl"]:
+    loss_type = "rescaled_kl"
+  else:
+    loss_type = "hybrid" if learned and flags["rescale_learned_sigmas"] else "mse"
+  variance = "fixed_small" if flags.get("sigma_small") else "fixed_large"
+  diffusion_config = dict(
+    beta_schedule=flags["noise_schedule"],
+    num_timesteps=steps,
+    mean_type="x0" if flags["predict_xstart"] else "eps",
+    var_type="learned_range" if learned else variance,
+    loss_type=loss_type,
+    rescale_timesteps=flags["rescale_timesteps"],
+  )
+  respacing = flags["timestep_respacing"]
+  if not respacing:
+    sampling_config = dict(sampler="ddpm", num_steps=min(250, steps))
+  elif respacing.startswith("ddim") and respacing[4:].isdigit():
+    sampling_config = dict(sampler="ddim", num_steps=int(respacing[4:]))
+  elif respacing.isdigit():
+    sampling_config = dict(sampler="ddpm", num_steps=int(respacing))
+  else:
+    raise ValueError(
+      f"--timestep_respacing {respacing}: sections of several counts have no sampler here; give "
+      "one count N (ancestral) or ddimN."
+    )
+  return diffusion_config, sampling_config
+
+
+def guided_diffusion_config(flags: dict[str, Any], dataset: str = "image_folder"):
+  """A run config (configs/default.py's) for guided-diffusion's flags (`parse_model_flags`'
+  dict; the ones it lacks take model_and_diffusion_defaults()'s values): its U-Net, its diffusion
+  and its sampler (`diffusion_settings`)."""
+  flags = {**guided_diffusion.MODEL_AND_DIFFUSION_DEFAULTS, **flags}
+  config = default.get_config("gaussian")
+  config.model.update(guided_diffusion_model_config(**create_model_kwargs(flags)))
   set_dataset(config, dataset)
   config.data.image_size, config.data.num_channels = flags["image_size"], 3
   config.data.resize = "adm"
-  learned = flags.get("learn_sigma", False)
-  config.diffusion.update(
-    beta_schedule=diffusion_flags.get("noise_schedule", "linear"),
-    num_timesteps=diffusion_flags.get("diffusion_steps", 1000),
-    mean_type="eps",
-    var_type="learned_range" if learned else "fixed_large",
-    loss_type="hybrid" if learned else "mse",
-  )
+  diffusion_config, sampling_config = diffusion_settings(flags)
+  config.diffusion.update(diffusion_config)
+  config.sampling.update(sampling_config)
   config.training.label_dropout = 0.0
-  config.sampling.sampler, config.sampling.num_steps = "ddpm", 250
   return config
 
 
+def improved_diffusion_flags(flags: dict[str, Any]) -> dict[str, Any]:
+  """improved-diffusion's flags (onto its defaults) -> the same network's and diffusion's
+  guided-diffusion flags: its create_model's channel_mult by image size, one attention order (the
+  legacy one), no head width or BigGAN up/down-sampling."""
+  flags = {**guided_diffusion.IMPROVED_DIFFUSION_DEFAULTS, **flags}
+  size = flags["image_size"]
+  if size not in guided_diffusion.IMPROVED_DIFFUSION_CHANNEL_MULT:
+    raise ValueError(
+      f"improved-diffusion's create_model has no network for image_size={size} (it builds "
+      f"{', '.join(map(str, guided_diffusion.IMPROVED_DIFFUSION_CHANNEL_MULT))})."
+    )
+  return {**flags, "channel_mult": guided_diffusion.IMPROVED_DIFFUSION_CHANNEL_MULT[size]}
+
+
+def improved_diffusion_config(flags: dict[str, Any], dataset: str = "image_folder"):
+  """A run config for improved-diffusion's flags (onto its model_and_diffusion_defaults(): t
+  rescaled, T/1000·L_t with a learned Σ), as `guided_diffusion_config`."""
+  return guided_diffusion_config(improved_diffusion_flags(flags), dataset)
+
+
 def guided_diffusion_super_res_config(flags: dict[str, Any], dataset: str = "image_folder"):
-  """A run config of config.family="super_res" for guided-diffusion's upsampler flags (large_size,
-  small_size and the rest as `guided_diffusion_config`): ancestral sampling on 250 steps of the
-  low-res images in super_res.low_res_file (its super_res_sample.py's --base_samples) or of a
-  base model's workdir (super_res.low_res_workdir)."""
-  flags = dict(flags)
+  """A run config of config.family="super_res" for guided-diffusion's upsampler flags (onto
+  sr_model_and_diffusion_defaults(); large_size, small_size and the rest as
+  `guided_diffusion_config`): ancestral sampling on 250 steps of the low-res images in
+  super_res.low_res_file (its super_res_sample.py's --base_samples) or of a base model's workdir
+  (super_res.low_res_workdir)."""
+  flags = {**guided_diffusion.SR_MODEL_AND_DIFFUSION_DEFAULTS, **flags}
   large_size, small_size = flags.pop("large_size"), flags.pop("small_size")
   flags.setdefault("channel_mult", SUPER_RES_CHANNEL_MULT.get(large_size, ""))
   config = guided_diffusion_config({**flags, "image_size": large_size}, dataset)
-  config.family = "super_res"
+  default.with_family(config, "super_res")
   config.super_res.low_res_size = small_size
   return config
 
@@ -216,8 +317,7 @@ def diffusers_config(model_dir: str, dataset: str = "image_folder"):
   unet_dir = os.path.join(model_dir, "unet")
   unet_dir = unet_dir if os.path.isdir(unet_dir) else model_dir
   model_config, params = from_diffusers(unet_dir)
-  config = default.get_config()
-  config.family = "gaussian"
+  config = default.get_config("gaussian")
   config.model.update(model_config)
   with open(os.path.join(unet_dir, "config.json")) as f:
     unet_config = json.load(f)
@@ -273,16 +373,17 @@ CLASSIFIER_PRESETS = {
 
 
 def guided_diffusion_classifier_run_config(flags: dict[str, Any], noise_schedule: str):
-  """A run config of config.family="classifier" for create_classifier's flags, on the noise
-  process of the diffusion model it guides (T = 1000, `noise_schedule`), so that
-  sampling.classifier_workdir can point at its workdir."""
+  """A run config of config.family="classifier" for classifier_train.py's flags (onto
+  classifier_and_diffusion_defaults(), `noise_schedule` where they do not set it), on the noise
+  process of the diffusion model it guides, so that sampling.classifier_workdir can point at its
+  workdir. (classifier_train.py gives the classifier t unscaled whatever rescale_timesteps says.)"""
 
-  flags = dict(flags)
-  schedule = flags.pop("noise_schedule", noise_schedule)
-  steps = flags.pop("diffusion_steps", 1000)
-  config = default.get_config()
-  config.family = "classifier"
-  config.model = guided_diffusion_classifier_config(**flags)
+  defaults = guided_diffusion.CLASSIFIER_AND_DIFFUSION_DEFAULTS
+  flags = {**defaults, "noise_schedule": noise_schedule, **flags}
+  schedule, steps = flags["noise_schedule"], flags["diffusion_steps"]
+  config = default.get_config("classifier")
+  classifier_flags = {k: v for k, v in flags.items() if k.startswith("classifier_")}
+  config.model = guided_diffusion_classifier_config(flags["image_size"], **classifier_flags)
   set_dataset(config, "imagenet2012")
   config.data.image_size, config.data.num_channels, config.data.resize = (
     flags["image_size"],
@@ -318,17 +419,30 @@ def guided_diffusion_run(checkpoint: str, preset=None, model_flags=None, dataset
   config = guided_diffusion_config(
     flags, dataset or (PRESETS[preset][2] if preset else "image_folder")
   )
-  create_kwargs = {k: v for k, v in flags.items() if k not in _DIFFUSION_FLAGS}
-  return config, from_guided_diffusion(checkpoint, **create_kwargs)[1]
+  return config, from_guided_diffusion(checkpoint, **create_model_kwargs(flags))[1]
+
+
+def improved_diffusion_run(checkpoint: str, preset=None, model_flags=None, dataset=None):
+  """(run config, params) of an improved-diffusion UNetModel checkpoint (its MODEL_FLAGS and
+  DIFFUSION_FLAGS together)."""
+  text = _model_flags(IMPROVED_PRESETS, preset, model_flags, lambda p: p[0])
+  flags = improved_diffusion_flags(
+    parse_model_flags(text, guided_diffusion.IMPROVED_DIFFUSION_DEFAULTS)
+  )
+  config = guided_diffusion_config(
+    flags, dataset or (IMPROVED_PRESETS[preset][1] if preset else "image_folder")
+  )
+  return config, from_guided_diffusion(checkpoint, **create_model_kwargs(flags))[1]
 
 
 def guided_diffusion_classifier_run(checkpoint: str, preset=None, model_flags=None, dataset=None):
   """(run config, params) of a guided-diffusion noisy classifier checkpoint."""
   del dataset  # the classifiers are ImageNet's
   text = _model_flags(CLASSIFIER_PRESETS, preset, model_flags, lambda p: p[0])
-  schedule = CLASSIFIER_PRESETS[preset][1] if preset else "linear"
-  flags = parse_model_flags(text)
-  config = guided_diffusion_classifier_run_config(flags, schedule)
+  if preset:
+    text += f" --noise_schedule {CLASSIFIER_PRESETS[preset][1]}"
+  flags = parse_model_flags(text, guided_diffusion.CLASSIFIER_AND_DIFFUSION_DEFAULTS)
+  config = guided_diffusion_classifier_run_config(flags, flags["noise_schedule"])
   create_kwargs = {
     k: v for k, v in flags.items() if k.startswith("classifier_") or k == "image_size"
   }
@@ -337,12 +451,14 @@ def guided_diffusion_classifier_run(checkpoint: str, preset=None, model_flags=No
 
 def guided_diffusion_super_res_run(checkpoint: str, preset=None, model_flags=None, dataset=None):
   """(run config, params) of a guided-diffusion upsampler (SuperResModel) checkpoint."""
-  flags = parse_model_flags(_model_flags(SUPER_RES_PRESETS, preset, model_flags))
+  text = _model_flags(SUPER_RES_PRESETS, preset, model_flags)
+  flags = parse_model_flags(text, guided_diffusion.SR_MODEL_AND_DIFFUSION_DEFAULTS)
   config = guided_diffusion_super_res_config(
     flags, dataset or ("imagenet2012" if preset else "image_folder")
   )
-  create_kwargs = {k: v for k, v in flags.items() if k not in _DIFFUSION_FLAGS}
-  return config, from_guided_diffusion_super_res(checkpoint, **create_kwargs)[1]
+  create_kwargs = {k: v for k, v in flags.items() if k not in guided_diffusion.DIFFUSION_DEFAULTS}
+  learn_sigma = {"learn_sigma": flags["learn_sigma"]}
+  return config, from_guided_diffusion_super_res(checkpoint, **create_kwargs, **learn_sigma)[1]
 
 
 def diffusers_run(checkpoint: str, preset=None, model_flags=None, dataset=None):

@@ -29,9 +29,24 @@ def family_module(name: str) -> types.ModuleType:
   return importlib.import_module(f"ddpm_jax.families.{FAMILIES[name]}")
 
 
+def config_block(name: str) -> str | None:
+  """The config block family `name` owns (`config.<block>`, built by its module's
+  `default_config()`), None for a family without one."""
+  return getattr(family_module(name), "CONFIG_BLOCK", None)
+
+
 def get_family(config: ml_collections.ConfigDict) -> Family:
   """The family `config.family` built from `config` (validate the config first)."""
   return family_module(config.family).build(config)
 
 
-__all__ = ["FAMILIES", "Cond", "Family", "StepKeys", "family_module", "get_family", "step_keys"]
+__all__ = [
+  "FAMILIES",
+  "Cond",
+  "Family",
+  "StepKeys",
+  "config_block",
+  "family_module",
+  "get_family",
+  "step_keys",
+]

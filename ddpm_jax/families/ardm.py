@@ -76,6 +76,11 @@ def upscale_problems(ardm_config) -> list[str]:
   return []
 
 
+CONFIG_BLOCK = "ardm"  # the config block default_config() builds: config.ardm
+# shared fields whose default differs for this family: 256 logits for the digits' one channel
+SHARED_DEFAULTS = {"model.out_channels": 256}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """config.ardm: the variables' values and the upscale stages."""
   ardm_config = ml_collections.ConfigDict()

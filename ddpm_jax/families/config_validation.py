@@ -108,8 +108,10 @@ _ABSENT = object()
 def _value(config: ml_collections.ConfigDict, field: str):
   """config's `field` ("block.name" or a top-level name), or _ABSENT where it has none."""
   block, _, name = field.rpartition(".")
+  if block and block not in config:
+    return _ABSENT
   parent = config[block] if block else config
-  return parent[name] if (not block or block in config) and name in parent else _ABSENT
+  return parent[name] if name in parent else _ABSENT
 
 
 def _sequence_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -202,9 +204,31 @@ def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
     )
   if "enabled" in config.get("ardm", {}):
     found.append("config.ardm.enabled was replaced by config.family='ardm'.")
-  if config.model.get("name") == "classifier" and config.get("family") != "classifier":
+  if config.get("model", {}).get("name") == "classifier" and config.get("family") != "classifier":
     found.append("model.name='classifier' is trained by config.family='classifier'.")
   return found
+
+
+def block_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """A config carries the block of the family it trains and no other family's (whose fields would
+  be ignored)."""
+  if config.family not in families.FAMILIES:
+    return []  # the choices' check names it
+  build = f"configs.default.get_config({config.family!r}) or default.with_family(config, ...)"
+  problems = []
+  own = families.config_block(config.family)
+  if own and own not in config:
+    problems.append(
+      f"config.family={config.family!r} reads config.{own}, which is missing ({build})."
+    )
+  for name in families.FAMILIES:
+    block = families.config_block(name)
+    if name != config.family and block and block in config:
+      problems.append(
+        f"config.{block} belongs to family {name!r}; config.family={config.family!r} would ignore "
+        f"it ({build})."
+      )
+  return problems
 
 
 def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[str]:
@@ -315,6 +339,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   replaced = replaced_selectors(config)
   if replaced:
     raise InvalidConfigError(" ".join(replaced))
+  misplaced = block_problems(config)
+  if misplaced:
+    raise InvalidConfigError(_listed(misplaced))
   out_of_range = range_problems(config)
   if out_of_range:
     raise InvalidConfigError(_listed(out_of_range))

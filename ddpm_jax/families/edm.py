@@ -15,6 +15,10 @@ import ml_collections
 from ddpm_jax import edm, models, sampling
 from ddpm_jax.families import base, gaussian
 
+CONFIG_BLOCK = "edm"  # the config block default_config() builds: config.edm
+# shared fields whose default differs for this family: Heun's 2nd order solver; no likelihood
+SHARED_DEFAULTS = {"sampling.sampler": "heun", "eval.bpd_num_batches": 0}
+
 
 def default_config() -> ml_collections.ConfigDict:
   """config.edm: EDM's preconditioning, training noise levels and sampling grid."""

@@ -229,9 +229,13 @@ def build(
   num_timesteps = gaussian.num_timesteps
   loss_aware = config.diffusion.timestep_sampler == "loss_aware"
 
+  def network_time(t):
+    """The t the network sees: t·1000/T with diffusion.rescale_timesteps (improved-diffusion)."""
+    return t * (1000.0 / num_timesteps) if config.diffusion.rescale_timesteps else t
+
   def apply(params, x_t, t, labels, condition, **kwargs):
     x, context = conditioning.unet_inputs(x_t, condition)
-    return model.apply(params, x, t, labels, context, **kwargs)
+    return model.apply(params, x, network_time(t), labels, context, **kwargs)
 
   def draw(keys: base.StepKeys, batch: base.Batch, loss_history) -> base.Draws:
     label_dropout = config.training.label_dropout
@@ -258,7 +262,10 @@ def build(
     controls = {**{name: sampling_config[name] for name in CONTROLS}, **(controls or {})}
     cond_fn = None
     if guide is not None:  # classifier guidance by a noisy classifier (ADM §4)
-      log_prob_fn = lambda x_t, t: jax.nn.log_softmax(guide.apply(guide_params, x_t, t))
+      # at the network's t, as guided-diffusion's samplers call cond_fn
+      log_prob_fn = lambda x_t, t: jax.nn.log_softmax(
+        guide.apply(guide_params, x_t, network_time(t))
+      )
       cond_fn = sampling.classifier_guidance(log_prob_fn, labels, controls["classifier_scale"])
       # an unconditional diffusion model ignores them
       labels = labels if model.num_classes else None

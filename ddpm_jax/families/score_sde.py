@@ -77,6 +77,11 @@ def make_sde(sde_config: ml_collections.ConfigDict):
   return sde_class(sde_config.beta_min, sde_config.beta_max, N=sde_config.num_scales)
 
 
+CONFIG_BLOCK = "sde"  # the config block default_config() builds: config.sde
+# shared fields whose default differs for this family: predictor-corrector sampling
+SHARED_DEFAULTS = {"sampling.sampler": "pc"}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """config.sde: the SDE (Song et al. 2021) and its training."""
   sde = ml_collections.ConfigDict()

@@ -18,11 +18,13 @@ from ml_collections import config_dict
 from ddpm_jax import super_res
 from ddpm_jax.families import base, gaussian
 
+CONFIG_BLOCK = "super_res"  # the config block default_config() builds: config.super_res
+
 
 def default_config() -> ml_collections.ConfigDict:
   """config.super_res: the input size and where --mode=sample / eval take the inputs from."""
   super_res_config = ml_collections.ConfigDict()
-  super_res_config.low_res_size = 0  # s: the model upsamples s×s images to data.image_size
+  super_res_config.low_res_size = 4  # s: the model upsamples s×s images to data.image_size
   # what --mode=sample / eval upsample: the samples of a base model's workdir, generated first (a
   # cascade), or an npz of uint8 "images" [+ "labels"] (guided-diffusion's "arr_0" [+ "arr_1"]);
   # neither: data.eval_split's images, downsampled

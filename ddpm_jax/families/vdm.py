@@ -9,6 +9,8 @@ import ml_collections
 from ddpm_jax import losses, models, vdm
 from ddpm_jax.families import base
 
+CONFIG_BLOCK = "vdm"  # the config block default_config() builds: config.vdm
+
 
 def default_config() -> ml_collections.ConfigDict:
   """config.vdm: the noise schedule and loss of Variational Diffusion Models."""
