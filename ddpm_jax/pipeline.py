@@ -44,7 +44,8 @@ class Pipeline:
       config = self.config.copy_and_resolve_references()
       if sampler is not None:
         config.sampling.sampler = sampler
-      config.sampling.num_steps = num_steps
+      if num_steps is not None:
+        config.sampling.num_steps = num_steps
       # Any non-zero value switches guidance on; the scales themselves are arguments.
       config.sampling.guidance_scale = 1.0 if guided else 0.0
       config.sampling.classifier_workdir = "(the classifier given)" if classifier else None

@@ -33,6 +33,7 @@ def rng():
 SLOW_MODULES = {
   "test_context",
   "test_convert",
+  "test_convert_flags",
   "test_datasets",
   "test_docs",
   "test_edit_mode",

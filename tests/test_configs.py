@@ -97,3 +97,16 @@ def test_settings_a_family_does_not_use_are_refused_by_name():
   vdm_config.model.num_classes, vdm_config.sampling.guidance_scale = 10, 2.0
   with pytest.raises(config_validation.InvalidConfigError, match="sampling.guidance_scale=2.0"):
     config_validation.validate_config(vdm_config)
+
+
+def test_rescaled_timesteps_are_refused_where_no_gaussian_network_reads_them():
+  for name in ("classifier", "score_sde", "edm"):
+    config = importlib.import_module(
+      f"configs.{name}_default" if name != "score_sde" else "configs.sde_vp_default"
+    ).get_config()
+    config.diffusion.rescale_timesteps = True
+    with pytest.raises(config_validation.InvalidConfigError, match="does not read it"):
+      config_validation.validate_config(config)
+  config = default.get_config()
+  config.diffusion.rescale_timesteps = True
+  config_validation.validate_config(config)

@@ -409,6 +409,8 @@ def test_converted_classifier_guides_a_converted_diffusion_model(tmp_path):
     attention_resolutions="32",
     learn_sigma=True,
     class_cond=True,
+    num_heads=1,  # create_model's defaults (the config's would be model_and_diffusion_defaults()')
+    use_scale_shift_norm=False,
   )
   diffusion_model = randomized(script_util.create_model(**flags))
   config = convert.guided_diffusion_config({**flags, "diffusion_steps": 100})

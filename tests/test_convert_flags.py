@@ -193,7 +193,7 @@ def test_classifier_guided_ddim_through_the_pipeline_is_the_references(tmp_path)
   flags = {**script_util.model_and_diffusion_defaults(), **given}
   reference = randomized(script_util.create_model_and_diffusion(**flags)[0])
   pipe = _workdir(tmp_path, "model", "guided_diffusion", reference, _flags_text(given))
-  classifier_given = dict(image_size=64, classifier_width=32, classifier_depth=1)
+  classifier_given = dict(image_size=64, classifier_width=64, classifier_depth=1)
   classifier_given |= dict(classifier_attention_resolutions="16", diffusion_steps=100)
   classifier_flags = {**script_util.classifier_and_diffusion_defaults(), **classifier_given}
   classifier = randomized(
@@ -249,3 +249,13 @@ def test_a_wrong_flag_is_one_line_naming_it(tmp_path):
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert "Unknown flag --num_chanels" in result.stderr
   jax.clear_caches()
+
+
+def test_params_that_do_not_fit_the_config_are_refused_before_a_workdir_is_written(tmp_path):
+  flags = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2")
+  reference = randomized(script_util.create_model(**flags, use_scale_shift_norm=False))
+  params = convert.from_guided_diffusion(reference.state_dict(), **flags)[1]
+  config = convert.guided_diffusion_config(flags)  # the scripts' default: use_scale_shift_norm
+  with pytest.raises(ValueError, match="do not fit config.model"):
+    convert.write_workdir(config, params, str(tmp_path / "w"), "guided_diffusion", "m.pt")
+  assert not (tmp_path / "w").exists()

@@ -314,11 +314,29 @@ def test_bad_inputs_raise_before_compiling(betas):
     jax.jit(lambda d, t: diffusion.q_sample(d, x0, t, x0))(d, jnp.zeros(3, jnp.int32))
   with pytest.raises(ValueError, match="model output must have shape"):
     diffusion.p_mean_variance(make(betas, var_type="learned"), x0, x0, jnp.zeros(4, jnp.int32))
-  with pytest.raises(ValueError, match="cannot train"):
-    diffusion.training_losses(
-      make(betas, var_type="learned"), lambda x, t: x, x0, jnp.zeros(4, jnp.int32), x0
-    )
   with pytest.raises(ValueError, match="needs a learned var_type"):
     diffusion.training_losses(
       make(betas, loss_type="hybrid"), lambda x, t: x, x0, jnp.zeros(4, jnp.int32), x0
     )
+
+
+def test_mse_with_a_learned_variance_adds_the_unscaled_vlb_term(betas):
+  """guided-diffusion's LossType.MSE with a learned Σ: L_simple + L_t; 'hybrid' (its RESCALED_MSE)
+  weighs L_t by T/1000."""
+  rng = np.random.default_rng(0)
+  x0 = jnp.asarray(rng.uniform(-1, 1, SHAPE), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
+  t = jnp.asarray([0, 5, 50, 99][: SHAPE[0]], jnp.int32)
+  output = jnp.asarray(rng.normal(size=SHAPE[:-1] + (2 * SHAPE[-1],)), jnp.float32)
+  model_fn = lambda x, s: output
+  terms = {
+    loss: diffusion.training_losses(
+      diffusion.GaussianDiffusion.from_betas(betas, "eps", "learned_range", loss), model_fn, x0, t,
+      noise,
+    )
+    for loss in ("mse", "hybrid")
+  }  # fmt: skip
+  weight = diffusion.HYBRID_VB_WEIGHT * len(betas)
+  np.testing.assert_allclose(terms["mse"]["vb"] * weight, terms["hybrid"]["vb"], rtol=1e-6)
+  np.testing.assert_allclose(terms["mse"]["loss"], terms["mse"]["mse"] + terms["mse"]["vb"])
+  assert np.all(np.asarray(terms["mse"]["vb"]) > 0)

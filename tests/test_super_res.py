@@ -94,7 +94,9 @@ def test_upsampler_presets_have_sr_create_models_parameter_counts():
     "adm_imagenet128_512_upsampler": 308_835_270,
   }
   for name, flags in convert.SUPER_RES_PRESETS.items():
-    config = convert.guided_diffusion_super_res_config(convert.parse_model_flags(flags))
+    config = convert.guided_diffusion_super_res_config(
+      convert.parse_model_flags(flags, convert.SR_MODEL_AND_DIFFUSION_DEFAULTS)
+    )
     validate_config(config)
     shapes = jax.eval_shape(families.get_family(config).init_params, jax.random.key(0))
     assert sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes)) == counts[name], name

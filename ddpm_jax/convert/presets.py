@@ -284,6 +284,17 @@ def write_workdir(config, params: Params, workdir: str, source: str, checkpoint:
   validate_config(config)
   mesh = parallel.make_mesh()
   state = create_train_state(config, jax.random.key(0), mesh)
+  shapes = lambda tree: {
+    jax.tree_util.keystr(path): np.shape(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+  given, expected = shapes(params), shapes(state.params)
+  if given != expected:
+    differing = sorted(k for k in given.keys() | expected.keys() if given.get(k) != expected.get(k))
+    raise ValueError(
+      f"The params do not fit config.model: {len(differing)} entries differ, e.g. "
+      + "; ".join(f"{k}: {given.get(k)} vs {expected.get(k)}" for k in differing[:3])
+    )
   place = lambda tree: jax.tree_util.tree_map(
     lambda a, ref: jax.device_put(np.asarray(a, ref.dtype), ref.sharding), tree, state.params
   )
