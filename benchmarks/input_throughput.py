@@ -3,6 +3,9 @@ with 1 and N worker threads, from an image folder and from its ArrayRecord packi
 
   python -m benchmarks.input_throughput [--workers=1,2,8] [--num_images=256] [--batch_size=64]
 
+A last row times the order alone at ImageNet's 1.28 M examples (`order.stream_indices` of each
+batch's positions, uncached against the cached epoch permutation), in ms per batch.
+
 Each resolution has source images like its datasets': 32×32 PNGs (CIFAR-10, no resize), 80×64
 JPEGs with ADM's resize to 64 (downsampled ImageNet-like), 341×256 JPEGs centre-cropped and resized
 bilinearly to 256 (LSUN-like). Each row reads the same global batches of `loader.batches`
@@ -20,7 +23,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ddpm_jax.data import dataset_tool, loader
+from ddpm_jax.data import dataset_tool, loader, order
 
 # resolution -> (source width, height, file format, data.resize)
 SETUPS = {
@@ -60,6 +63,24 @@ def images_per_second(data, batch_size: int, num_batches: int) -> float:
   return batch_size * num_batches / (time.perf_counter() - start)
 
 
+IMAGENET_EXAMPLES = 1_281_167
+
+
+def order_ms_per_batch(batch_size: int, num_batches: int) -> tuple[float, float]:
+  """(uncached, cached) milliseconds of `order.stream_indices` per batch at ImageNet's size."""
+  positions = [np.arange(s * batch_size, (s + 1) * batch_size) for s in range(num_batches)]
+  timings = []
+  for cached in (False, True):
+    order.epoch_permutation.cache_clear()
+    start = time.perf_counter()
+    for batch in positions:
+      if not cached:
+        order.epoch_permutation.cache_clear()
+      order.stream_indices(IMAGENET_EXAMPLES, 0, batch)
+    timings.append(1e3 * (time.perf_counter() - start) / num_batches)
+  return timings[0], timings[1]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--workers", default="1,2,8")
@@ -94,6 +115,11 @@ def main() -> None:
           rates.append(images_per_second(data, args.batch_size, args.num_batches))
         ratio = f"  ({rates[-1] / rates[0]:.2f}× with {workers[-1]})"
         print(f"{size:>5} {dataset:>13} " + " ".join(f"{r:>11.0f}" for r in rates) + ratio)
+  uncached, cached = order_ms_per_batch(args.batch_size, args.num_batches)
+  print(
+    f"order at {IMAGENET_EXAMPLES:,} examples (index only): {uncached:.1f} ms per batch "
+    f"recomputing the epoch's permutation, {cached:.3f} ms cached ({uncached / cached:.0f}×)"
+  )
   print("images/s; a train step of batch B at S steps/s needs B·S images/s per host")
 
 

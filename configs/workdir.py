@@ -32,6 +32,10 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   family = saved["family"]
   other_blocks = {families.config_block(name) for name in families.FAMILIES if name != family}
   saved = {key: value for key, value in saved.items() if key not in other_blocks}
+  sampling = saved.get("sampling", {})
+  if family in ("vdm", "ardm") and sampling.get("sampler") == "ddim":
+    # written when these families ignored the shared default sampler "ddim": theirs instead
+    saved["sampling"] = {k: v for k, v in sampling.items() if k != "sampler"}
   merged = _merged(default.get_config(family).to_dict(), saved)
   if "model" in saved:
     merged["model"] = saved["model"]

@@ -97,6 +97,21 @@ def test_settings_a_family_does_not_use_are_refused_by_name():
   vdm_config.model.num_classes, vdm_config.sampling.guidance_scale = 10, 2.0
   with pytest.raises(config_validation.InvalidConfigError, match="sampling.guidance_scale=2.0"):
     config_validation.validate_config(vdm_config)
+  for name, sampler in (("vdm", "ancestral"), ("ardm", "autoregressive")):
+    config = default.get_config(name)
+    assert config.sampling.sampler == sampler
+    config.sampling.sampler = "ddim"
+    with pytest.raises(config_validation.InvalidConfigError, match=f"'{name}' samples with"):
+      config_validation.validate_config(config)
+
+
+def test_an_old_vdm_workdir_with_the_ignored_ddim_sampler_gets_its_own(tmp_path):
+  saved = default.get_config("vdm").to_dict()
+  saved["sampling"]["sampler"] = "ddim"  # the shared default these families ignored
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = workdir.get_config(str(tmp_path))
+  assert config.sampling.sampler == "ancestral"
+  config_validation.validate_config(config)
 
 
 def test_rescaled_timesteps_are_refused_where_no_gaussian_network_reads_them():

@@ -8,6 +8,7 @@ import pytest
 
 from ddpm_jax import pixels
 from ddpm_jax.data import loader, order, sources, transforms
+from ddpm_jax.data import workers as workers_lib
 from helpers import tiny_config
 
 
@@ -101,3 +102,38 @@ def test_worker_processes_give_the_batches_of_the_main_process(tmp_path):
   for a, b in zip(runs[0], runs[3]):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
+  # the workers get batch s + 1 before batch s is waited for: one batch in flight ahead, and a
+  # consumer that stops early leaves no shared memory behind
+  started = []
+  original = workers_lib.WorkerBatch.__init__
+
+  def counting(self, *args, **kwargs):
+    started.append(len(started))
+    original(self, *args, **kwargs)
+
+  data.num_workers = 3
+  try:
+    workers_lib.WorkerBatch.__init__ = counting
+    it = loader.batches(data, **kw)
+    first = next(it)
+    assert len(started) == 2
+    np.testing.assert_array_equal(first["image"], runs[0][0]["image"])
+    it.close()
+  finally:
+    workers_lib.WorkerBatch.__init__ = original
+
+
+def test_the_epoch_permutation_is_computed_once_and_the_order_unchanged():
+  order.epoch_permutation.cache_clear()
+  positions = np.arange(90, 130)  # epochs 0 and 1 of 100 examples
+  indices = order.stream_indices(100, 7, positions)
+  want = np.concatenate(
+    [
+      np.random.default_rng([7, 0]).permutation(100)[90:],
+      np.random.default_rng([7, 1]).permutation(100)[:30],
+    ]
+  )
+  np.testing.assert_array_equal(indices, want)
+  np.testing.assert_array_equal(order.stream_indices(100, 7, positions), want)
+  info = order.epoch_permutation.cache_info()
+  assert (info.misses, info.hits) == (2, 2)

@@ -126,6 +126,35 @@ def test_slurm_task_command_from_the_environment():
     slurm.task_command({k: v for k, v in SLURM_ENV.items() if k != "SLURM_PROCID"}, [])
 
 
+def test_a_slurm_task_asks_jax_for_the_gpus_it_sees(monkeypatch):
+  """JAX's own cluster detection, given SLURM's variables for task 3 of a node bound to one GPU:
+  it would ask for local device 3 (which the task cannot see); the ids passed are [0]."""
+  from jax._src import clusters
+
+  from ddpm_jax.runtime import parallel
+
+  slurm_env = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_NTASKS": "8",
+    "SLURM_PROCID": "3",
+    "SLURM_LOCALID": "3",
+    "SLURM_STEP_NODELIST": "gpu01",
+    "SLURM_JOB_NODELIST": "gpu01",
+    "CUDA_VISIBLE_DEVICES": "3",
+  }
+  for name, value in slurm_env.items():
+    monkeypatch.setenv(name, value)
+  detect = clusters.ClusterEnv.auto_detect_unset_distributed_params
+  ids = parallel.slurm_local_device_ids()
+  assert ids == [0]
+  assert detect("gpu01:12077", 8, 3, ids, None, None)[3] == [0]
+  assert detect("gpu01:12077", 8, 3, None, None, None)[3] == [3]  # what JAX alone would ask for
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # a task bound to two GPUs
+  assert parallel.slurm_local_device_ids() == [0, 1]
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # every GPU visible: JAX's [SLURM_LOCALID] is right
+  assert parallel.slurm_local_device_ids() is None
+
+
 def test_tpu_worker_counts_devices_and_commands(monkeypatch):
   monkeypatch.chdir(REPO)
   assert [

@@ -14,7 +14,7 @@ import numpy as np
 
 from ddpm_jax.data import sources
 from ddpm_jax.data.order import local_positions
-from ddpm_jax.data.workers import load_batch, worker_pool
+from ddpm_jax.data.workers import start_batch, worker_pool
 from ddpm_jax.runtime.errors import InvalidConfigError
 
 
@@ -51,8 +51,8 @@ def batches(
       f"data.dataset={data_config.dataset!r} split {split!r} has {len(source)} examples, fewer "
       f"than one global batch of {global_batch_size} (training.batch_size / sampling.batch_size)."
     )
-  load = functools.partial(
-    load_batch,
+  start = functools.partial(
+    start_batch,
     seed=seed,
     image_size=data_config.image_size,
     num_channels=data_config.num_channels,
@@ -65,11 +65,21 @@ def batches(
   def generate():
     workers = data_config.num_workers if source.decodes else 0
     with worker_pool(data_config, split, workers) if workers else nullcontext() as pool:
-      step = start_step
-      while num_steps is None or step < start_step + num_steps:
-        positions = local_positions(step, global_batch_size, process_index, process_count)
-        yield load(source, positions, pool=pool)
-        step += 1
+      pending, step = None, start_step
+      try:
+        while num_steps is None or step < start_step + num_steps:
+          positions = local_positions(step, global_batch_size, process_index, process_count)
+          # batch s + 1 goes to the workers before batch s is waited for: they never idle
+          ready, pending = pending, start(source, positions, pool=pool)
+          if ready is not None:
+            yield ready.result()
+          step += 1
+        if pending is not None:
+          ready, pending = pending, None
+          yield ready.result()
+      finally:
+        if pending is not None:  # the consumer stopped early
+          pending.release()
 
   return generate()
 

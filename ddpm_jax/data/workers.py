@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import multiprocessing
 from multiprocessing import shared_memory
 
@@ -130,37 +131,85 @@ def worker_pool(data_config, split: str, num_workers: int) -> WorkerPool:
   )
 
 
-def _load_by_workers(
-  pool: WorkerPool, indices, image_size: int, num_channels: int, resize: str, skip_corrupt: bool
-) -> dict:
-  shape = (len(indices), image_size, image_size, num_channels)
-  memory = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape))))
-  try:
+class WorkerBatch:
+  """A batch the processes of `pool` are decoding into shared memory (one contiguous chunk each):
+  `result()` waits for it, `release()` frees it unread."""
+
+  def __init__(
+    self, pool: WorkerPool, indices, image_size: int, num_channels: int, resize, skip_corrupt
+  ):
+    self.shape = (len(indices), image_size, image_size, num_channels)
+    self.memory = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(self.shape))))
     bounds = np.linspace(0, len(indices), pool.num_workers + 1).astype(int)
     chunks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    futures = [
+    self.futures = [
       pool.executor.submit(
         _load_in_worker,
         pool.source_args,
         indices[rows],
         rows,
-        memory.name,
-        shape,
+        self.memory.name,
+        self.shape,
         resize,
         skip_corrupt,
       )
       for rows in chunks
     ]
-    parts = [future.result() for future in futures]
-    batch = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    batch["image"] = np.array(np.ndarray(shape, np.uint8, memory.buf))
+
+  def result(self) -> dict:
+    try:
+      parts = [future.result() for future in self.futures]
+      batch = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+      batch["image"] = np.array(np.ndarray(self.shape, np.uint8, self.memory.buf))
+      return batch
+    finally:
+      self.release()
+
+  def release(self) -> None:
+    for future in self.futures:
+      future.cancel()
+    concurrent.futures.wait(self.futures)  # no worker writes into the block once it is gone
+    self.memory.close()
+    self.memory.unlink()
+
+
+@dataclasses.dataclass
+class PendingBatch:
+  """The examples at stream `positions` being read: `result()` -> the batch (`load_batch`'s),
+  `release()` -> dropped unread."""
+
+  source: Source
+  positions: np.ndarray
+  seed: int
+  random_flip: bool
+  uint8: bool
+  read: WorkerBatch | functools.partial
+
+  def result(self) -> dict[str, np.ndarray]:
+    batch = self.read.result() if isinstance(self.read, WorkerBatch) else self.read()
+    skipped = batch.pop("skipped")
+    if len(skipped):
+      logging.warning(
+        "Skipped %d corrupt example(s) of this batch (data.skip_corrupt): %s.",
+        len(skipped),
+        "; ".join(describe(self.source, int(i)) for i in skipped),
+      )
+    # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
+    if self.random_flip:
+      flip = np.array(
+        [np.random.default_rng([self.seed, int(p), 1]).random() < 0.5 for p in self.positions]
+      )
+      batch["image"][flip] = batch["image"][flip, :, ::-1]
+    if not self.uint8:
+      batch["image"] = pixels.from_uint8(batch["image"])
     return batch
-  finally:
-    memory.close()
-    memory.unlink()
+
+  def release(self) -> None:
+    if isinstance(self.read, WorkerBatch):
+      self.read.release()
 
 
-def load_batch(
+def start_batch(
   source: Source,
   positions: np.ndarray,
   *,
@@ -172,26 +221,22 @@ def load_batch(
   pool: WorkerPool | None = None,
   uint8: bool = False,
   skip_corrupt: bool = False,
-) -> dict[str, np.ndarray]:
-  """The examples at stream `positions` in [-1, 1] (`uint8`: as uint8, for the accelerator to
-  scale), decoded and resized here or by the processes of `pool` (a `worker_pool` of the same
-  source), one contiguous chunk each, in order."""
+) -> PendingBatch:
+  """Starts reading the examples at stream `positions`: handed to the processes of `pool` (a
+  `worker_pool` of the same source) now, so that the caller can start the next batch before
+  waiting for this one; read in this process by `result()` without a pool."""
   indices = stream_indices(len(source), seed, positions)
   if pool is None:
-    batch = load_examples(source, indices, image_size, num_channels, resize, None, skip_corrupt)
-  else:
-    batch = _load_by_workers(pool, indices, image_size, num_channels, resize, skip_corrupt)
-  skipped = batch.pop("skipped")
-  if len(skipped):
-    logging.warning(
-      "Skipped %d corrupt example(s) of this batch (data.skip_corrupt): %s.",
-      len(skipped),
-      "; ".join(describe(source, int(i)) for i in skipped),
+    read = functools.partial(
+      load_examples, source, indices, image_size, num_channels, resize, None, skip_corrupt
     )
-  # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
-  if random_flip:
-    flip = np.array([np.random.default_rng([seed, int(p), 1]).random() < 0.5 for p in positions])
-    batch["image"][flip] = batch["image"][flip, :, ::-1]
-  if not uint8:
-    batch["image"] = pixels.from_uint8(batch["image"])
-  return batch
+  else:
+    read = WorkerBatch(pool, indices, image_size, num_channels, resize, skip_corrupt)
+  return PendingBatch(source, positions, seed, random_flip, uint8, read)
+
+
+def load_batch(source: Source, positions: np.ndarray, **options) -> dict[str, np.ndarray]:
+  """The examples at stream `positions` in [-1, 1] (`uint8`: as uint8, for the accelerator to
+  scale), decoded and resized here or by the processes of `pool`, in order (`start_batch`'s
+  options)."""
+  return start_batch(source, positions, **options).result()

@@ -77,8 +77,10 @@ def upscale_problems(ardm_config) -> list[str]:
 
 
 CONFIG_BLOCK = "ardm"  # the config block default_config() builds: config.ardm
+# sampling.sampler: the variables decoded in a random order, sampling.num_steps at a time
+SAMPLERS = ("autoregressive",)
 # shared fields whose default differs for this family: 256 logits for the digits' one channel
-SHARED_DEFAULTS = {"model.out_channels": 256}
+SHARED_DEFAULTS = {"model.out_channels": 256, "sampling.sampler": "autoregressive"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -107,6 +109,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   if not 2 <= num_classes <= 256:
     problems.append(f"ardm.num_classes={num_classes} must be in [2, 256] (values of 8-bit images).")
     return problems
+  if config.sampling.sampler not in SAMPLERS:
+    problems.append(
+      f"config.family='ardm' samples with sampling.sampler in {', '.join(SAMPLERS)}; got "
+      f"{config.sampling.sampler!r}."
+    )
   problems += upscale_problems(config.ardm)
   if problems:
     return problems

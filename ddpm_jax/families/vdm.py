@@ -10,6 +10,9 @@ from ddpm_jax import losses, models, vdm
 from ddpm_jax.families import base
 
 CONFIG_BLOCK = "vdm"  # the config block default_config() builds: config.vdm
+SAMPLERS = ("ancestral",)  # sampling.sampler: ancestral sampling on sampling.num_steps equal steps
+# shared fields whose default differs for this family
+SHARED_DEFAULTS = {"sampling.sampler": "ancestral"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -45,6 +48,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     config.data.num_channels,
     f"config.family='vdm' (ε-prediction) with {config.data.num_channels} channels",
   )
+  if config.sampling.sampler not in SAMPLERS:
+    problems.append(
+      f"config.family='vdm' samples with sampling.sampler in {', '.join(SAMPLERS)}; got "
+      f"{config.sampling.sampler!r}."
+    )
   if config.sampling.guidance_scale:
     problems.append(
       f"sampling.guidance_scale={config.sampling.guidance_scale}: config.family='vdm' has no "

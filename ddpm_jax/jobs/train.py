@@ -268,6 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.write(step)
       if at_checkpoint:
         ckpt.save(step, state, config)
+        writer.flush()
       if held_out_loss is not None and (step % training.eval_every_steps == 0 or step == total):
         loss = held_out_loss(state.ema_params)
         logging.info("step %d  held-out loss (EMA, %s) %.5f", step, config.data.eval_split, loss)

@@ -1,5 +1,5 @@
 """Training logs: step metrics averaged over the log interval, one console line each, TensorBoard
-scalars and images (process 0 writes)."""
+scalars and images (process 0 writes; flushed at checkpoints and at the end)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,11 @@ class MetricWriter:
     if self.is_writer:
       for k, v in scalars.items():
         self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+  def flush(self) -> None:
+    """Writes the events out: at checkpoints and at the end, not every log line (on gs:// each
+    flush uploads the whole events file again)."""
+    if self.writer is not None:
       self.writer.flush()
 
   def write_image(self, tag: str, image: np.ndarray, step: int) -> None:

@@ -36,6 +36,17 @@ def use_compilation_cache(directory: str | None) -> str | None:
   return directory
 
 
+def slurm_local_device_ids(env=os.environ) -> list[int] | None:
+  """The GPUs of this SLURM task as its process numbers them: all it sees where SLURM (or
+  launch/slurm.py) bound GPUs to the task with CUDA_VISIBLE_DEVICES; None elsewhere. JAX's cluster
+  detection would take [SLURM_LOCALID], a GPU that a task seeing one GPU does not have (jax issues
+  #23452, #28194)."""
+  visible = env.get("CUDA_VISIBLE_DEVICES")
+  if "SLURM_JOB_ID" not in env or not visible:
+    return None
+  return list(range(len(visible.split(","))))
+
+
 def initialize_distributed(
   coordinator_address: str | None = None,
   num_processes: int | None = None,
@@ -43,10 +54,14 @@ def initialize_distributed(
 ) -> None:
   """`jax.distributed.initialize` for multi-host runs: explicit coordinator flags, or auto-detected
   on TPU pods and SLURM clusters. A no-op for a single local process."""
+  local_device_ids = slurm_local_device_ids()
   if coordinator_address is not None:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(
+      coordinator_address, num_processes, process_id, local_device_ids=local_device_ids
+    )
   elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()  # cluster detection reads SLURM's environment
+    # cluster detection reads SLURM's environment
+    jax.distributed.initialize(local_device_ids=local_device_ids)
   elif "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]:
     jax.distributed.initialize()
   else:
