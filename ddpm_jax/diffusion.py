@@ -62,6 +62,9 @@ class GaussianDiffusion:
   mean_type: str = flax.struct.field(pytree_node=False, default="eps")
   var_type: str = flax.struct.field(pytree_node=False, default="fixed_small")
   loss_type: str = flax.struct.field(pytree_node=False, default="mse")
+  # the float64 βs the arrays were computed from, a numpy leaf (float32 once traced): `respace`
+  # starts from them on the host
+  betas_float64: np.ndarray | None = None
 
   @property
   def num_timesteps(self) -> int:
@@ -131,19 +134,23 @@ class GaussianDiffusion:
       mean_type=mean_type,
       var_type=var_type,
       loss_type=loss_type,
+      betas_float64=betas,
     )
 
 
 def respace(d: GaussianDiffusion, use_timesteps: Sequence[int]) -> GaussianDiffusion:
   """The diffusion on the kept steps only (Improved DDPM §4): β'_i = 1 - ᾱ_{t_i} / ᾱ_{t_{i-1}}.
 
-  Runs on the host: `d` must hold concrete arrays. ᾱ is recomputed in float64 from the stored βs.
+  Runs on the host. ᾱ is recomputed in float64 from the float64 βs `d` was built from (as the
+  reference respaces), not from its float32 copy.
   """
   use_timesteps = np.asarray(sorted(set(int(t) for t in use_timesteps)), dtype=np.int64)
   num_timesteps = d.num_timesteps
   if use_timesteps.size == 0 or use_timesteps[0] < 0 or use_timesteps[-1] >= num_timesteps:
     raise ValueError(f"use_timesteps must be a non-empty subset of range({num_timesteps}).")
-  alphas_cumprod = np.cumprod(1.0 - np.asarray(d.betas, dtype=np.float64))[use_timesteps]
+  exact = isinstance(d.betas_float64, np.ndarray) and d.betas_float64.dtype == np.float64
+  betas = d.betas_float64 if exact else np.asarray(d.betas, dtype=np.float64)
+  alphas_cumprod = np.cumprod(1.0 - betas)[use_timesteps]
   betas = 1.0 - alphas_cumprod / np.append(1.0, alphas_cumprod[:-1])
   return GaussianDiffusion.from_betas(
     betas,

@@ -509,14 +509,18 @@ def classifier_free_guidance(
   guidance_scale: float,
   num_channels: int,
   guidance_rescale: float = 0.0,
+  rescale_space: tuple[Callable, Callable] | None = None,
 ) -> diffusion.ModelFn:
   """ε̃ = (1 + w) ε(x_t, y) - w ε(x_t, ∅)  (Ho & Salimans 2021, eq. 6); w = 0: the conditional model.
 
   Only the first `num_channels` (the mean parameterisation) are combined; a learned variance is
   taken from the conditional prediction. `guidance_rescale` φ (Lin et al. 2024, §3.4, Algorithm 2)
-  pulls the guided output's per-example std back towards the conditional one's:
-  ε̃ ← ε̃ (φ std(ε(x_t, y))/std(ε̃) + 1 - φ).
+  pulls the guided noise prediction's per-example std back towards the conditional one's:
+  ε̃ ← ε̃ (φ std(ε(x_t, y))/std(ε̃) + 1 - φ), on ε or v as the model predicts them; a model of
+  another output (x0, EDM's D) gives `rescale_space` = (to(x_t, t, out), back(x_t, t, pred)),
+  the maps to such a prediction and back.
   """
+  to_space, from_space = rescale_space or (lambda x, t, out: out, lambda x, t, pred: pred)
 
   def model_fn(x_t, t):
     cond, uncond = conditional_fn(x_t, t), unconditional_fn(x_t, t)
@@ -524,10 +528,12 @@ def classifier_free_guidance(
     guided = (1 + guidance_scale) * cond_mean - guidance_scale * uncond[..., :num_channels]
     if guidance_rescale:
       axes = tuple(range(1, x_t.ndim))
-      std_ratio = jnp.std(cond_mean, axis=axes, keepdims=True) / jnp.std(
-        guided, axis=axes, keepdims=True
+      cond_pred, guided_pred = to_space(x_t, t, cond_mean), to_space(x_t, t, guided)
+      std_ratio = jnp.std(cond_pred, axis=axes, keepdims=True) / jnp.std(
+        guided_pred, axis=axes, keepdims=True
       )
-      guided = guided * (guidance_rescale * std_ratio + 1.0 - guidance_rescale)
+      guided_pred = guided_pred * (guidance_rescale * std_ratio + 1.0 - guidance_rescale)
+      guided = from_space(x_t, t, guided_pred)
     return jnp.concatenate([guided, cond[..., num_channels:]], axis=-1)
 
   return model_fn

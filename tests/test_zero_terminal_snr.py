@@ -103,6 +103,39 @@ def test_guidance_rescale_is_lins_algorithm_2():
   np.testing.assert_allclose(guided(phi), cfg * factor, rtol=1e-5)
 
 
+def test_guidance_rescale_acts_on_the_noise_prediction_of_x0_and_edm_models():
+  """An x0-model's guided output rescaled as Lin et al. rescale v (at ᾱ_T = 0 too), EDM's D as
+  its ε = (x - D)/σ: not the x0-space std."""
+  from ddpm_jax.families import edm as edm_family
+  from ddpm_jax.families import gaussian
+
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(3, 4, 4, 2)), jnp.float32)
+  cond, uncond = (jnp.asarray(rng.normal(size=(3, 4, 4, 2)), jnp.float32) for _ in range(2))
+  w, phi = 3.0, 0.7
+  rescaled = lambda a, b: sampling.classifier_free_guidance(
+    lambda x, t: a, lambda x, t: b, w, 2, phi
+  )(x, None)
+  betas = schedules.rescale_zero_terminal_snr(schedules.get_beta_schedule("linear", 100))
+  d = diffusion.GaussianDiffusion.from_betas(betas, mean_type="x0")
+  t = jnp.array([99, 50, 3])
+  to_v, from_v = gaussian.x0_as_v(d)
+  got = sampling.classifier_free_guidance(
+    lambda x, s: cond, lambda x, s: uncond, w, 2, phi, (to_v, from_v)
+  )(x, t)
+  want = from_v(x, t, rescaled(to_v(x, t, cond), to_v(x, t, uncond)))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert np.all(np.isfinite(np.asarray(got)))
+  assert np.max(np.abs(got - rescaled(cond, uncond))) > 1e-2  # x0-space rescaling differs
+  sigma = jnp.array([80.0, 1.0, 0.01])
+  to_eps, from_eps = edm_family.DENOISER_AS_EPS
+  got = sampling.classifier_free_guidance(
+    lambda x, s: cond, lambda x, s: uncond, w, 2, phi, edm_family.DENOISER_AS_EPS
+  )(x, sigma)
+  want = from_eps(x, sigma, rescaled(to_eps(x, sigma, cond), to_eps(x, sigma, uncond)))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_a_v_model_trains_samples_and_evaluates_at_zero_terminal_snr(tmp_path):
   config = tiny_config(num_train_steps=8)

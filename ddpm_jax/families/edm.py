@@ -20,6 +20,14 @@ CONFIG_BLOCK = "edm"  # the config block default_config() builds: config.edm
 SHARED_DEFAULTS = {"sampling.sampler": "heun", "eval.bpd_num_batches": 0}
 
 
+# (x, σ, D) -> ε = (x - D)/σ and back: where guidance_rescale acts on EDM's denoiser (the noise
+# prediction D implies, as Lin et al. rescale ε / v)
+DENOISER_AS_EPS = (
+  lambda x, sigma, denoised: (x - denoised) / sigma[:, None, None, None],
+  lambda x, sigma, eps: x - sigma[:, None, None, None] * eps,
+)
+
+
 def default_config() -> ml_collections.ConfigDict:
   """config.edm: EDM's preconditioning, training noise levels and sampling grid."""
   edm_config = ml_collections.ConfigDict()
@@ -104,6 +112,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
         controls["guidance_scale"],
         config.data.num_channels,
         sampling_config.guidance_rescale,
+        DENOISER_AS_EPS,
       )
     return denoise_fn
 

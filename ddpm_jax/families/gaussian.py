@@ -219,6 +219,16 @@ def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
   )
 
 
+def x0_as_v(gaussian) -> tuple[Callable, Callable]:
+  """(x_t, t, x̂0) -> v̂ and back: where guidance_rescale acts for an x0-model (Lin et al. rescale
+  v; x̂0 = √ᾱ x_t - √(1-ᾱ) v̂ stays finite at ᾱ_T = 0)."""
+
+  def to_v(x_t, t, x0):
+    return diffusion.get_v(gaussian, x0, diffusion.predict_eps_from_x0(gaussian, x_t, t, x0), t)
+
+  return to_v, lambda x_t, t, v: diffusion.predict_x0_from_v(gaussian, x_t, t, v)
+
+
 def build(
   config: ml_collections.ConfigDict, conditioning: Conditioning | None = None
 ) -> base.Family:
@@ -253,6 +263,8 @@ def build(
     ]
 
   sampling_config = config.sampling
+  # guidance_rescale acts on the noise prediction (Lin et al.: v): an x0-model's output as v
+  rescale_space = x0_as_v(gaussian) if config.diffusion.mean_type == "x0" else None
 
   def guided_model(params, cond, guide, guide_params, controls):
     """-> (model_fn, cond_fn, controls) of the sampler: classifier-free guidance of a conditional
@@ -281,6 +293,7 @@ def build(
         controls["guidance_scale"],
         config.data.num_channels,
         sampling_config.guidance_rescale,
+        rescale_space,
       )
     return model_fn, cond_fn, controls
 
