@@ -829,24 +829,33 @@ def discrete_sigmas(d: diffusion.GaussianDiffusion) -> Array:
 
 
 def discrete_denoiser(
-  d: diffusion.GaussianDiffusion, model_fn: diffusion.ModelFn, clip_denoised: bool = False
+  d: diffusion.GaussianDiffusion,
+  model_fn: diffusion.ModelFn,
+  clip_denoised: bool = False,
+  cond_fn: CondFn | None = None,
 ) -> DenoiseFn:
   """D(x; σ) of a model trained on the discrete diffusion `d` (not respaced): x = x_t/√ᾱ_t, so the
   model sees x/√(1 + σ²) at t = sigma_to_t(σ) (fractional), and its ε / x0 / v prediction
   (d.mean_type; extra variance channels ignored) gives x̂0 (k-diffusion's DiscreteEpsDDPMDenoiser
-  and its v variant); `clip_denoised` clips x̂0 to [-1, 1]."""
+  and its v variant); `clip_denoised` clips x̂0 to [-1, 1]. Classifier guidance `cond_fn(x_t, t)`
+  = s ∇_{x_t} log p(y | x_t) shifts it as the score: D + σ² ∇_x log p(y | x) = D + σ² √ᾱ cond_fn
+  (after the clip, as ADM's DDIM shifts ε after clipping x̂0)."""
   log_sigmas = jnp.log(discrete_sigmas(d))
 
   def denoise(x, sigma):
     c = (1.0 / jnp.sqrt(sigma**2 + 1.0)).reshape((-1,) + (1,) * (x.ndim - 1))  # √ᾱ
     s = sigma.reshape(c.shape)
-    out = model_fn(x * c, sigma_to_t(log_sigmas, sigma))[..., : x.shape[-1]]
+    t = sigma_to_t(log_sigmas, sigma)
+    out = model_fn(x * c, t)[..., : x.shape[-1]]
     if d.mean_type == "eps":  # x0 = (x_t - √(1-ᾱ) ε)/√ᾱ = x - σ ε
       x0 = x - s * out
     elif d.mean_type == "x0":
       x0 = out
     else:  # v = √ᾱ ε - √(1-ᾱ) x0: x0 = √ᾱ x_t - √(1-ᾱ) v
       x0 = c**2 * x - s * c * out
-    return jnp.clip(x0, -1.0, 1.0) if clip_denoised else x0
+    x0 = jnp.clip(x0, -1.0, 1.0) if clip_denoised else x0
+    if cond_fn is not None:
+      x0 = x0 + s**2 * c * cond_fn(x * c, t)
+    return x0
 
   return denoise

@@ -227,6 +227,16 @@ def test_classifier_guided_ddim_through_the_pipeline_is_the_references(tmp_path)
     )
     np.testing.assert_allclose(got, want, atol=5e-4, err_msg=f"guided: {guide is not None}")
   assert np.max(np.abs(got - _reference_ddim(diffusion_flags, reference, noise, labels))) > 1e-2
+  # and on a σ-space solver (D + σ² s ∇ log p(y | x); exact on Gaussian mixtures in
+  # test_sigma_sampling.py), through the same pipeline
+  heun = {
+    scale: pipe.sample(
+      2, sampler="heun", num_steps=3, labels=labels, x_T=noise.transpose(0, 2, 3, 1),
+      uint8=False, classifier=classifier_pipe, classifier_scale=scale,
+    )
+    for scale in (0.0, scale)
+  }  # fmt: skip
+  assert np.all(np.isfinite(heun[scale])) and np.max(np.abs(heun[scale] - heun[0.0])) > 1e-3
 
 
 def test_a_wrong_flag_is_one_line_naming_it(tmp_path):

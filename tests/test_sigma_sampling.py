@@ -231,3 +231,55 @@ def test_sigma_to_t_interpolates_log_sigma_between_integer_steps():
   got = np.asarray(sampling.sigma_to_t(jnp.asarray(log_sigmas), jnp.asarray(sigma)))
   want = np.interp(np.log(sigma), log_sigmas, np.arange(30.0))  # clamps at both ends
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_guidance_on_the_sigma_solvers_is_the_class_conditional_denoiser():
+  """Two classes y ∈ {0, 1} of data N(μ_y, s² I): the exact unconditional ε-model of the mixture
+  guided by the exact classifier log p(y | x_t) at scale 1 is the exact class-conditional model
+  (D + σ² ∇ log p(y | x) = E[x0 | x, y]): its denoiser equals it, and Heun from the same noise
+  lands where the conditional model's Heun lands."""
+  d = diffusion.GaussianDiffusion.from_betas(schedules.get_beta_schedule("linear", 200))
+  log_sigmas = jnp.log(sampling.discrete_sigmas(d))
+  means, s = jnp.stack([jnp.full((3, 3, 2), -0.6), jnp.full((3, 3, 2), 0.5)]), 0.3
+
+  def alpha_bar(t):  # at fractional t, as discrete_denoiser's sigma_to_t interpolates log σ
+    sigma = jnp.exp(jnp.interp(t, jnp.arange(len(log_sigmas)), log_sigmas))
+    return (1.0 / (1.0 + sigma**2)).reshape((-1, 1, 1, 1))
+
+  def class_log_densities(x_t, t):  # log N(x_t; √ᾱ μ_y, (ᾱ s² + 1 - ᾱ) I) for y = 0, 1: [B, 2]
+    a = alpha_bar(t)
+    var = a * s**2 + 1.0 - a
+    return jnp.stack(
+      [-0.5 * jnp.sum((x_t - jnp.sqrt(a) * m) ** 2 / var + jnp.log(var), (1, 2, 3)) for m in means],
+      -1,
+    )
+
+  def eps_given(x_t, t, y):  # E[ε | x_t, y]
+    a = alpha_bar(t)
+    return jnp.sqrt(1.0 - a) * (x_t - jnp.sqrt(a) * means[y]) / (a * s**2 + 1.0 - a)
+
+  def unconditional(x_t, t):
+    weights = jax.nn.softmax(class_log_densities(x_t, t), -1)[:, :, None, None, None]
+    return weights[:, 0] * eps_given(x_t, t, 0) + weights[:, 1] * eps_given(x_t, t, 1)
+
+  labels = jnp.array([0, 1, 1, 0])
+  log_prob = lambda x_t, t: jax.nn.log_softmax(class_log_densities(x_t, t), -1)
+  guidance = sampling.classifier_guidance(log_prob, labels, 1.0)
+  guided = sampling.discrete_denoiser(d, unconditional, cond_fn=guidance)
+  conditional = sampling.discrete_denoiser(
+    d,
+    lambda x_t, t: jnp.where(
+      (labels == 0)[:, None, None, None], *(eps_given(x_t, t, y) for y in (0, 1))
+    ),
+  )
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 3, 3, 2)) * 3, jnp.float32)
+  for sigma in (0.05, 0.7, 4.0, 40.0):
+    sigmas = jnp.full((4,), sigma, jnp.float32)
+    np.testing.assert_allclose(guided(x, sigmas), conditional(x, sigmas), rtol=1e-4, atol=1e-4)
+  grid = sampling.karras_sigmas(12, 0.02, 60.0)
+  x_T = jnp.asarray(rng.normal(size=(4, 3, 3, 2)) * 60.0, jnp.float32)
+  got = sampling.sigma_sample(guided, x_T, grid, "heun")
+  want = sampling.sigma_sample(conditional, x_T, grid, "heun")
+  np.testing.assert_allclose(got, want, atol=2e-3)
+  assert np.all(np.abs(np.asarray(got).mean((1, 2, 3)) - np.asarray(means[labels, 0, 0, 0])) < 0.5)

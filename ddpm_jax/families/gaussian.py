@@ -85,9 +85,7 @@ def discrete_sigma_range(gaussian) -> tuple[float, float]:
 def sigma_solver(gaussian, model_fn, num_steps, controls, sampling_config, clip_denoised, cond_fn):
   """The σ-space solvers on the discrete model's denoiser (sampling.discrete_denoiser)."""
   del num_steps, controls  # sampling_config's
-  if cond_fn is not None:
-    raise ValueError("Classifier guidance runs on the 'ddpm' / 'ddim' / 'dpm_solver' samplers.")
-  denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, clip_denoised)
+  denoise_fn = sampling.discrete_denoiser(gaussian, model_fn, clip_denoised, cond_fn)
   return sigma_space_trajectory(denoise_fn, *discrete_sigma_range(gaussian), sampling_config)
 
 
@@ -145,13 +143,6 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   problems += schedule_sampling_problems(config)
   learned = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
   channels = config.data.num_channels * (2 if learned else 1)
-  if config.sampling.sampler in sampling.SIGMA_SOLVERS and (
-    config.sampling.classifier_workdir and config.sampling.classifier_scale
-  ):
-    problems.append(
-      f"Classifier guidance (sampling.classifier_workdir) runs on the 'ddpm', 'ddim' and "
-      f"'dpm_solver' samplers, not sampling.sampler={config.sampling.sampler!r}."
-    )
   problems += base.unet_problems(
     config,
     channels,
