@@ -228,16 +228,29 @@ def euler_maruyama_predictor(s, score_fn, x, t, rng):
   ), x_mean
 
 
+# The vmap axis of a batch sampled one example at a time (jobs/sample: each sample on its own key);
+# statistics over "the batch" include it.
+SAMPLE_AXIS = "samples"
+
+
+def batch_mean(value: Array) -> Array:
+  """`value` (a mean over the batch axis) averaged over SAMPLE_AXIS too, where it is bound."""
+  try:
+    return jax.lax.pmean(value, SAMPLE_AXIS)
+  except NameError:  # not sampled one at a time: the batch axis is the whole batch
+    return value
+
+
 def langevin_corrector(s, score_fn, x, t, rng, snr: float, n_steps: int):
   """Langevin MCMC with the step size set by the signal-to-noise ratio `snr` (Song et al. Algorithm
-  4)."""
+  4), from the norms' means over the whole batch as score_sde's LangevinCorrector (`batch_mean`)."""
   alpha = s.langevin_scale(t)
   x_mean = x
   for i in range(n_steps):
     grad = score_fn(x, t)
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape)
-    grad_norm = jnp.mean(jnp.linalg.norm(grad.reshape(grad.shape[0], -1), axis=-1))
-    noise_norm = jnp.mean(jnp.linalg.norm(noise.reshape(noise.shape[0], -1), axis=-1))
+    grad_norm = batch_mean(jnp.mean(jnp.linalg.norm(grad.reshape(grad.shape[0], -1), axis=-1)))
+    noise_norm = batch_mean(jnp.mean(jnp.linalg.norm(noise.reshape(noise.shape[0], -1), axis=-1)))
     # A zero score (e.g. a freshly initialised model) makes no correction rather than dividing by
     # zero.
     safe_norm = jnp.where(grad_norm > 0, grad_norm, 1.0)

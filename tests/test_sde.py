@@ -235,3 +235,26 @@ def test_heun_on_the_sdes_sigma_grid_follows_the_exact_probability_flow(s):
     exact = MU + S * (sigmas[0] * z - MU) / np.sqrt(S**2 + sigmas[0] ** 2)
     errors.append(np.max(np.abs(np.asarray(x0) - exact)))
   assert errors[1] < 0.01 * S and errors[1] < errors[0] / 4, errors  # second order
+
+
+def test_the_langevin_step_size_takes_the_whole_batchs_norms_when_sampled_one_at_a_time():
+  """score_sde's LangevinCorrector sets ε = 2α (snr ‖z‖/‖∇ log p‖)² from the norms' means over the
+  batch; sampled one example at a time (vmapped over sde.SAMPLE_AXIS, as jobs/sample does) the
+  means are still the whole batch's, written out here."""
+  s = sde.VESDE(0.01, 50.0, N=100)
+  score_fn = gaussian_score(s)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 1, 2, 2, 1)) * 3, jnp.float32)
+  t = jnp.full((1,), 0.4)
+  keys = jax.random.split(jax.random.key(0), 4)
+  one = lambda x_b, key: sde.langevin_corrector(s, score_fn, x_b, t, key, 0.16, 1)[1]
+  got = jax.vmap(one, axis_name=sde.SAMPLE_AXIS)(x, keys)
+  noise_norms = [
+    jnp.linalg.norm(jax.random.normal(jax.random.fold_in(k, 0), x.shape[1:])) for k in keys
+  ]
+  grads = jax.vmap(lambda x_b: score_fn(x_b, t))(x)
+  step = 2 * (0.16 * np.mean(noise_norms) / np.mean([jnp.linalg.norm(g) for g in grads])) ** 2
+  np.testing.assert_allclose(got, x + step * grads, rtol=1e-5)
+  # one example alone (no axis): its own norms
+  alone = one(x[0], keys[0])
+  own = 2 * (0.16 * noise_norms[0] / jnp.linalg.norm(grads[0])) ** 2
+  np.testing.assert_allclose(alone, x[0] + own * grads[0], rtol=1e-5)

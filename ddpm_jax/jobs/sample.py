@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from configs import workdir as workdir_configs
-from ddpm_jax import families, pixels, super_res
+from ddpm_jax import families, pixels, sde, super_res
 from ddpm_jax.data import sources, workers
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.families.config_validation import validate_config
@@ -45,7 +45,8 @@ def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_opt
 
   Sample b is the family's sampler run on its own key fold_in(rng, first_index + b) alone (vmapped
   over the batch), so that sample i of a run depends on (rng, i) only: not on the batch size, the
-  device count or which batch it fell in."""
+  device count or which batch it fell in; except where a step takes statistics over the batch (score
+  SDEs' Langevin corrector, as score_sde: over sde.SAMPLE_AXIS)."""
   if family.make_sampler is None:
     raise ValueError(f"config.family={family.name!r} does not generate images.")
   if batch_size % mesh.size:
@@ -63,7 +64,9 @@ def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_opt
       cond_row, x_T_row = jax.tree_util.tree_map(lambda a: a[None], (cond_row, x_T_row))
       return single(params, key, cond_row, guide_params, controls, x_T_row)[0]
 
-    return jax.vmap(one)(keys, cond or families.Cond(), x_T)
+    # one example at a time on its own key; statistics over the batch (score_sde's Langevin step
+    # size) over sde.SAMPLE_AXIS
+    return jax.vmap(one, axis_name=sde.SAMPLE_AXIS)(keys, cond or families.Cond(), x_T)
 
   return jax.jit(sample, out_shardings=sharding)
 
