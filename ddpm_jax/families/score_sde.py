@@ -118,10 +118,6 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"sde.num_scales={sde_config.num_scales} must exceed sde.beta_max={sde_config.beta_max}: "
       "the discrete βs β(t)/N must stay below 1."
     )
-  if config.model.get("num_classes"):
-    problems.append(
-      "config.family='score_sde' trains an unconditional ε-model: model.num_classes must be 0."
-    )
   if sde_config.conditioning == "sigma" and config.model.embedding_type != "fourier":
     problems.append(
       "sde.conditioning='sigma' feeds the network log σ ∈ [log σ_min, log σ_max], a range the "
@@ -148,24 +144,42 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       "weight": base.unweighted(x0.shape[0]),
       "t_fraction": t / score_sde.T,
       "eps": jax.random.normal(keys.noise, x0.shape, x0.dtype),
+      "labels": base.conditioning_labels(
+        keys.labels, batch, config.model, config.training.label_dropout
+      ),
     }
 
-  def score_fn(params, **apply_kwargs):
-    return sde.model_score_fn(
-      score_sde, lambda x_t, t: model.apply(params, x_t, t, **apply_kwargs), conditioning
+  sampling_config = config.sampling
+
+  def score_fn(params, labels=None, **apply_kwargs):
+    """The score of the network given `labels` (None: unconditional, or the null label)."""
+    network = lambda x_t, t: model.apply(params, x_t, t, labels, **apply_kwargs)
+    return sde.model_score_fn(score_sde, network, conditioning)
+
+  def sampling_score(params, labels, controls):
+    """`score_fn`, guided without a classifier where sampling.guidance_scale is on: the score of
+    (1 + w) out(x, y) - w out(x, ∅), the output being linear in the score."""
+    if labels is None or not sampling_config.guidance_scale:  # on for any value passed later
+      return score_fn(params, labels)
+    scale = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
+    network = sampling.classifier_free_guidance(
+      lambda x_t, t: model.apply(params, x_t, t, labels),
+      lambda x_t, t: model.apply(params, x_t, t, None),
+      scale["guidance_scale"],
+      config.data.num_channels,
     )
+    return sde.model_score_fn(score_sde, network, conditioning)
 
   def loss(params, batch, draws, dropout_rng):
     return sde.dsm_loss(
       score_sde,
-      score_fn(params, **base.apply_kwargs(dropout_rng)),
+      score_fn(params, draws["labels"], **base.apply_kwargs(dropout_rng)),
       batch["image"],
       draws["t"],
       draws["eps"],
       config.sde.likelihood_weighting,
     )
 
-  sampling_config = config.sampling
   sampler_sde = sampling_sde(score_sde, sampling_config)
   # EDM's grid over the SDE's σ(t), t in [eps, 1] (concrete: evaluated outside the traced
   # sampler, by make_sampler / make_trajectory)
@@ -188,8 +202,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     sigma_ends = sigma_range()
 
     def trajectory(params, cond=None, guide_params=None, controls=None):
-      del cond, guide_params, controls
-      score = score_fn(params)
+      del guide_params
+      score = sampling_score(params, (cond or base.Cond()).label, controls)
       if sampling_config.sampler == "pc":
         return sde.pc_trajectory(sampler_sde, score, **pc_options())
       denoise_fn = sde.sigma_denoiser(score_sde, score)
@@ -204,8 +218,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       return base.trajectory_sampler(make_trajectory(), shape, progress)
 
     def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):
-      del cond, guide_params, controls
-      score = score_fn(params)
+      del guide_params
+      score = sampling_score(params, (cond or base.Cond()).label, controls)
       if sampling_config.sampler == "ode":  # x_T: the prior's draw z
         tolerance = sampling_config.ode_tolerance
         return sde.ode_sample(score_sde, score, rng, shape, x_T, tolerance, tolerance)[0]
@@ -220,11 +234,11 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return sample
 
   def bits_per_dim(params, x0, rng, cond=None):
-    del cond  # unconditional (validate refuses model.num_classes)
     # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace
-    # estimate).
+    # estimate), given the labels of a class-conditional model (unguided).
     images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
-    return {"bpd": sde.bits_per_dim(score_sde, score_fn(params), images, rng)}
+    score = score_fn(params, (cond or base.Cond()).label)
+    return {"bpd": sde.bits_per_dim(score_sde, score, images, rng)}
 
   return base.Family(
     name="score_sde",
@@ -234,5 +248,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     loss=loss,
     make_sampler=make_sampler,
     make_trajectory=make_trajectory,
+    sample_controls=("guidance_scale",),
+    conditions=("label",) if config.model.get("num_classes") else (),
     bits_per_dim=bits_per_dim,
   )
