@@ -777,6 +777,22 @@ def sigma_trajectory(denoise_fn: DenoiseFn, sigmas, solver: str, **options) -> T
   return SIGMA_SOLVERS[solver](denoise_fn, sigmas, **options)
 
 
+def sigma_ode_codec(denoise_fn: DenoiseFn, sigmas) -> tuple[Callable, Callable]:
+  """The probability-flow ODE dx/dσ = (x - D(x; σ))/σ as a deterministic encoder, by Heun's method
+  on the grid `sigmas` [n] (decreasing, all > 0; EDM's without its final 0): (encode(x0) -> z,
+  decode(z) -> x0) with x0 taken as x at σ_{n-1} (≈ the data for a small σ_min) and z = x(σ_0)/σ_0,
+  of unit scale (what `slerp` interpolates), each one `lax.scan`."""
+  sigmas = jnp.asarray(sigmas, jnp.float32)
+
+  def encode(x0):
+    return sigma_sample(denoise_fn, x0, sigmas[::-1], "heun") / sigmas[0]
+
+  def decode(z):
+    return sigma_sample(denoise_fn, sigmas[0] * z, sigmas, "heun")
+
+  return encode, decode
+
+
 def sigma_sample(
   denoise_fn: DenoiseFn,
   x: Array,

@@ -133,6 +133,24 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     clip = lambda x: jax.numpy.clip(x, -1.0, 1.0)
     return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
 
+  def make_latent_codec(num_steps: int):
+    """The probability-flow ODE by Heun on EDM's grid of `num_steps` levels (sampling.rho, the
+    model's σ range): (encode(params, x0, cond) -> z, decode(params, z, cond) -> x0)."""
+    with jax.ensure_compile_time_eval():
+      sigmas = gaussian.sigma_grid(
+        sampling_config, num_steps, edm_config.sigma_min, edm_config.sigma_max
+      )[:-1]
+
+    def codec(params, cond):
+      return sampling.sigma_ode_codec(
+        guided_denoiser(params, (cond or base.Cond()).label, None), sigmas
+      )
+
+    return (
+      lambda params, x0, cond=None: codec(params, cond)[0](x0),
+      lambda params, z, cond=None: codec(params, cond)[1](z),
+    )
+
   return base.Family(
     name="edm",
     model=model,
@@ -141,6 +159,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     loss=loss,
     make_sampler=make_sampler,
     make_trajectory=make_trajectory,
+    make_latent_codec=make_latent_codec,
     sample_controls=("guidance_scale",),
     conditions=("label",) if config.model.get("num_classes") else (),
   )

@@ -233,6 +233,22 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return sample
 
+  def make_latent_codec(num_steps: int):
+    """The probability-flow ODE in σ(t) (`sde.sigma_denoiser`) by Heun on EDM's grid of
+    `num_steps` levels between σ(sde.eps) and σ(1): (encode(params, x0, cond) -> z,
+    decode(params, z, cond) -> x0)."""
+    with jax.ensure_compile_time_eval():
+      sigmas = gaussian.sigma_grid(sampling_config, num_steps, *sigma_range())[:-1]
+
+    def codec(params, cond):
+      score = sampling_score(params, (cond or base.Cond()).label, None)
+      return sampling.sigma_ode_codec(sde.sigma_denoiser(score_sde, score), sigmas)
+
+    return (
+      lambda params, x0, cond=None: codec(params, cond)[0](x0),
+      lambda params, z, cond=None: codec(params, cond)[1](z),
+    )
+
   def bits_per_dim(params, x0, rng, cond=None):
     # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace
     # estimate), given the labels of a class-conditional model (unguided).
@@ -248,6 +264,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     loss=loss,
     make_sampler=make_sampler,
     make_trajectory=make_trajectory,
+    make_latent_codec=make_latent_codec,
     sample_controls=("guidance_scale",),
     conditions=("label",) if config.model.get("num_classes") else (),
     bits_per_dim=bits_per_dim,

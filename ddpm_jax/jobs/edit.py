@@ -200,8 +200,8 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
   options = config.interpolate
   if family.make_latent_codec is None:
     raise ValueError(
-      f"--mode=interpolate needs DDIM's deterministic latents (config.family='gaussian'), not "
-      f"config.family={config.family!r}."
+      f"--mode=interpolate needs a deterministic encoder (DDIM's or the probability-flow ODE's: "
+      f"families gaussian, score_sde, edm), not config.family={config.family!r}."
     )
   num_steps = options.num_steps or config.sampling.num_steps or 50
   encode, decode = family.make_latent_codec(num_steps)
@@ -227,7 +227,9 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
     return z, decode(params, frames_z, families.Cond(label=frame_labels))
 
   x = None if inputs is None else jnp.asarray(pixels.from_uint8(inputs))
-  logging.info("Interpolating in %d frames with DDIM on %d steps.", len(alphas), num_steps)
+  logging.info(
+    "Interpolating in %d frames on %d steps of the deterministic sampler.", len(alphas), num_steps
+  )
   latents, frames = jax.jit(run)(params, rng, x, None if label is None else jnp.asarray(label))
   frames = pixels.to_uint8(np.asarray(frames))
   path = os.path.join(workdir, "edits", f"interpolate_{step}.npz")
