@@ -269,10 +269,29 @@ def multistep_trajectory(
   return Trajectory(scale, noise_std, step, **fields)
 
 
+# ᾱ that the log-SNR and σ-space solvers take for ᾱ_T = 0 (zero terminal SNR, where λ = -∞ and
+# σ = ∞): diffusers' choice (EulerDiscreteScheduler with rescale_betas_zero_snr), σ_T = 4096; the
+# model itself is still evaluated at t = T - 1
+ZERO_SNR_ALPHA_BAR = 2.0**-24
+
+
+def solver_alphas_cumprod(alphas_cumprod):
+  """ᾱ with ᾱ_T = 0 replaced by ZERO_SNR_ALPHA_BAR (numpy or jax)."""
+  return alphas_cumprod + (alphas_cumprod == 0) * ZERO_SNR_ALPHA_BAR
+
+
 def _discrete_levels(d: diffusion.GaussianDiffusion) -> tuple[Array, Array]:
   """(√ᾱ, √(1 - ᾱ)) of `d`'s steps from the last to the first, then the data's (1, 0): [n + 1]."""
   scale = jnp.append(d.sqrt_alphas_cumprod[::-1], 1.0)
   return scale, jnp.append(d.sqrt_one_minus_alphas_cumprod[::-1], 0.0)
+
+
+def _solver_levels(d: diffusion.GaussianDiffusion) -> tuple[Array, Array]:
+  """`_discrete_levels` with ᾱ_T = 0 taken as ZERO_SNR_ALPHA_BAR: λ_T finite."""
+  zero = d.alphas_cumprod == 0
+  scale = jnp.where(zero, ZERO_SNR_ALPHA_BAR**0.5, d.sqrt_alphas_cumprod)
+  noise_std = jnp.where(zero, (1.0 - ZERO_SNR_ALPHA_BAR) ** 0.5, d.sqrt_one_minus_alphas_cumprod)
+  return jnp.append(scale[::-1], 1.0), jnp.append(noise_std[::-1], 0.0)
 
 
 def _stepwise_trajectory(d: diffusion.GaussianDiffusion, step: Step, name: str) -> Trajectory:
@@ -332,7 +351,7 @@ def dpm_solver_trajectory(
   keep the extrapolation r ≈ 1); the last step lands at ᾱ = 1 (σ = 0), where x = D̃."""
   with jax.ensure_compile_time_eval():
     d = respaced_for(d, "dpm_solver", num_steps)
-    levels = _discrete_levels(d)
+    levels = _solver_levels(d)
   n = d.num_timesteps
 
   def denoise_at(x, i):
@@ -559,7 +578,7 @@ def log_snr_uniform_timesteps(d: diffusion.GaussianDiffusion, num_steps: int) ->
   num_timesteps = d.num_timesteps
   if not 1 < num_steps <= num_timesteps:
     raise ValueError(f"num_steps must be in [2, {num_timesteps}], got {num_steps}.")
-  alphas_cumprod = np.cumprod(1.0 - np.asarray(d.betas, np.float64))
+  alphas_cumprod = solver_alphas_cumprod(np.cumprod(1.0 - np.asarray(d.betas, np.float64)))
   log_snr = 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))  # decreasing in t
   steps: list[int] = []
   for k, target in enumerate(np.linspace(log_snr[0], log_snr[-1], num_steps)):
@@ -840,8 +859,10 @@ def sigma_to_t(log_sigmas: Array, sigma: Array) -> Array:
 
 
 def discrete_sigmas(d: diffusion.GaussianDiffusion) -> Array:
-  """σ_t = √((1 - ᾱ_t)/ᾱ_t) of each step [T]: x_t/√ᾱ_t = x0 + σ_t ε."""
-  return d.sqrt_recipm1_alphas_cumprod
+  """σ_t = √((1 - ᾱ_t)/ᾱ_t) of each step [T]: x_t/√ᾱ_t = x0 + σ_t ε (σ_T = 4096 where ᾱ_T = 0:
+  `solver_alphas_cumprod`)."""
+  sigma_zero_snr = ((1.0 - ZERO_SNR_ALPHA_BAR) / ZERO_SNR_ALPHA_BAR) ** 0.5
+  return jnp.where(d.alphas_cumprod == 0, sigma_zero_snr, d.sqrt_recipm1_alphas_cumprod)
 
 
 def discrete_denoiser(

@@ -155,13 +155,46 @@ def test_a_v_model_trains_samples_and_evaluates_at_zero_terminal_snr(tmp_path):
   assert np.isfinite(results["bpd"]) and results["bpd"] > 0, results
 
 
+def test_the_log_snr_and_sigma_solvers_follow_the_exact_flow_from_zero_terminal_snr():
+  """DPM-Solver++ and the σ-space solvers start at ᾱ_T = 2^-24 (diffusers' choice; σ_T = 4096):
+  from the exact v-model of Gaussian data they land on the flow's x0 = μ + s x_T."""
+  d = diffusion.GaussianDiffusion.from_betas(
+    schedules.rescale_zero_terminal_snr(schedules.get_beta_schedule("linear", 1000)), "v"
+  )
+  z = jax.random.normal(jax.random.key(0), (4000, 2, 2, 1))
+  model_fn = exact_v_model(d)
+  x0 = sampling.dpm_solver_sample(
+    d, model_fn, jax.random.key(1), x_T=z, num_steps=25, clip_denoised=False
+  )
+  assert np.all(np.isfinite(x0)) and float(np.max(np.abs(np.asarray(x0) - (MU + S * z)))) < 0.05
+  sigmas = np.asarray(sampling.discrete_sigmas(d))
+  assert sigmas[-1] == pytest.approx(4096.0, rel=1e-6) and np.all(np.isfinite(sigmas))
+  log_sigmas = jnp.log(jnp.asarray(sigmas))
+
+  def fractional_v_model(x_t, t):  # exact_v_model at the fractional t the σ-solvers give
+    sigma = jnp.exp(jnp.interp(t, jnp.arange(len(sigmas)), log_sigmas)).reshape(-1, 1, 1, 1)
+    a = 1.0 / (1.0 + sigma**2)
+    x0 = MU + jnp.sqrt(a) * S**2 / (a * S**2 + 1 - a) * (x_t - jnp.sqrt(a) * MU)
+    eps = (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+    return jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x0
+
+  denoise_fn = sampling.discrete_denoiser(d, fractional_v_model)
+  errors = []
+  for num_steps in (60, 120):  # (its denoiser is the exact one: Heun's own error, 2nd order)
+    grid = sampling.karras_sigmas(num_steps, float(sigmas[0]), float(sigmas[-1]))
+    x0 = sampling.sigma_sample(denoise_fn, grid[0] * z, grid, "heun")
+    errors.append(float(np.max(np.abs(np.asarray(x0) - (MU + S * z)))))
+  assert errors[1] < 0.01 and errors[0] / errors[1] > 3.5, errors
+
+
 def test_what_cannot_run_at_zero_terminal_snr_is_refused_by_name():
   config = tiny_config()
   config.diffusion.zero_terminal_snr = True
   with pytest.raises(ValueError, match="mean_type='v'"):
     validate_config(config)
-  config.diffusion.mean_type, config.sampling.sampler = "v", "dpm_solver"
-  with pytest.raises(ValueError, match="sample with 'ddpm' or 'ddim'"):
+  config.diffusion.mean_type = "v"
+  for sampler in ("dpm_solver", "heun", "dpmpp_2m"):  # λ_T and σ_T finite: ZERO_SNR_ALPHA_BAR
+    config.sampling.sampler = sampler
     validate_config(config)
   config.sampling.sampler, config.sampling.timestep_spacing = "ddim", "leading"
   with pytest.raises(ValueError, match="timestep_spacing 'leading'"):

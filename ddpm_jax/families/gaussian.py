@@ -153,7 +153,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Sampling options out of range, and what cannot run at ᾱ_T = 0: an ε-model (x0 = ∞ · ε at
-  t = T), and the samplers on log SNR or σ grids (λ_T = -∞, σ_T = ∞)."""
+  t = T). (The samplers on log-SNR and σ grids take ᾱ_T as sampling.ZERO_SNR_ALPHA_BAR.)"""
   sampling_config, problems = config.sampling, []
   spacing = sampling_config.timestep_spacing
   if spacing not in TIMESTEP_SPACINGS:
@@ -166,11 +166,6 @@ def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(
       "diffusion.zero_terminal_snr=True makes ᾱ_T = 0, where an ε-prediction determines nothing "
       "(x0 = (x_T - √(1 - ᾱ_T) ε)/√ᾱ_T): set diffusion.mean_type='v' (Lin et al. 2024) or 'x0'."
-    )
-  if sampling_config.sampler not in ("ddpm", "ddim"):
-    problems.append(
-      f"diffusion.zero_terminal_snr=True has σ_T = ∞ (log SNR -∞): sample with 'ddpm' or 'ddim', "
-      f"not sampling.sampler={sampling_config.sampler!r}."
     )
   return problems
 
