@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from ddpm_jax import edm, families, train
+from ddpm_jax import edm, families, sampling, train
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import evaluate
 from ddpm_jax.jobs import sample as sample_lib
@@ -109,3 +109,48 @@ def test_the_probability_flow_ode_encodes_and_decodes_images(family_name):
   z = jax.jit(encode)(params, x)
   assert bool(jnp.all(jnp.isfinite(z)))  # (unit scale for the true score: test_sigma_sampling)
   np.testing.assert_allclose(jax.jit(decode)(params, z), x, atol=2e-2)
+
+
+def test_edm_takes_cross_attention_contexts_and_guides_towards_them():
+  """model.context_dim in the EDM family: contexts (dropped to ∅ at training.label_dropout) in the
+  loss, and the sampler's denoiser guided towards them is (1 + w) D(x; σ, c) - w D(x; σ, ∅)."""
+  from ddpm_jax import families
+  from ddpm_jax.families import Cond
+  from ddpm_jax.families import gaussian as gaussian_family
+
+  config = tiny_config(family="edm")
+  config.model.context_dim, config.data.context_key = 8, "caption"
+  config.sampling.guidance_scale = 1.0
+  validate_config(config)
+  family = families.get_family(config)
+  assert family.conditions == ("context",)
+  params = family.init_params(jax.random.key(0))
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  leaves = [
+    p if jnp.any(p != 0) else 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)
+  ]
+  params = jax.tree_util.tree_unflatten(tree, leaves)
+  rng = np.random.default_rng(0)
+  context = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)
+  batch = {"image": jnp.zeros((2, 8, 8, 1)), "context": context}
+  draws = family.draw(families.step_keys(jax.random.key(2)), batch, None)
+  assert draws["context"].shape == (2, 3, 8)
+  assert np.all(np.isfinite(family.loss(params, batch, draws, None)))
+  w = 2.0
+  trajectory = family.make_trajectory()(params, Cond(context=context), None, {"guidance_scale": w})
+  denoise = lambda c: (
+    lambda x, sigma: edm.denoise(
+      lambda x_in, c_noise: family.model.apply(params, x_in, c_noise, None, c), x, sigma, 0.5
+    )
+  )
+  guided = lambda x, sigma: (
+    (1 + w) * denoise(context)(x, sigma) - w * denoise(jnp.zeros_like(context))(x, sigma)
+  )
+  sigmas = gaussian_family.sigma_grid(config.sampling, config.sampling.num_steps, 0.002, 80.0)
+  manual = sampling.sigma_trajectory(guided, sigmas, "heun")
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 1)) * 10, jnp.float32)
+  step = lambda traj: traj.step(x, None, 3, jax.random.key(4))[0]
+  np.testing.assert_allclose(step(trajectory), step(manual), rtol=1e-4, atol=1e-4)
+  plain = sampling.sigma_trajectory(denoise(context), sigmas, "heun")
+  assert np.max(np.abs(np.asarray(step(plain)) - np.asarray(step(trajectory)))) > 1e-3

@@ -308,3 +308,41 @@ def test_a_class_conditional_score_sde_trains_and_samples_guided_as_written_out(
   got, want = step(trajectory), step(manual)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert np.max(np.abs(np.asarray(step(unguided)) - np.asarray(got))) > 1e-2
+
+
+def test_a_context_conditional_score_sde_guides_towards_its_contexts():
+  from configs import default
+  from ddpm_jax import families
+  from ddpm_jax.families import Cond, config_validation
+
+  config = default.get_config("score_sde")
+  config.model.update(ch=64, ch_mult=(1,), attn_resolutions=(), context_dim=8, conv_impl="xla")
+  config.data.context_key = "caption"
+  config.sde.type, config.sde.num_scales = "vp", 50
+  config.sampling.num_steps, config.sampling.guidance_scale = 25, 1.0
+  config_validation.validate_config(config)
+  family = families.get_family(config)
+  assert family.conditions == ("context",)
+  params = family.init_params(jax.random.key(0))
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  noise_keys = jax.random.split(jax.random.key(5), len(leaves))
+  leaves = [
+    p if jnp.any(p != 0) else 0.1 * jax.random.normal(k, p.shape)
+    for p, k in zip(leaves, noise_keys)
+  ]
+  params = jax.tree_util.tree_unflatten(tree, leaves)
+  context = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 8)), jnp.float32)
+  batch = {"image": jnp.zeros((2, 8, 8, 1)), "context": context}
+  draws = family.draw(families.step_keys(jax.random.key(2)), batch, None)
+  assert np.all(np.isfinite(family.loss(params, batch, draws, None)))
+  w = 2.0
+  trajectory = family.make_trajectory()(params, Cond(context=context), None, {"guidance_scale": w})
+  trained, s = (sde.VPSDE(config.sde.beta_min, config.sde.beta_max, N=n) for n in (50, 25))
+  out = lambda c: lambda x, t: family.model.apply(params, x, t, None, c)
+  guided = lambda x, t: (1 + w) * out(context)(x, t) - w * out(jnp.zeros_like(context))(x, t)
+  manual = sde.pc_trajectory(s, sde.model_score_fn(trained, guided, "t"))
+  plain = sde.pc_trajectory(s, sde.model_score_fn(trained, out(context), "t"))
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 8, 1)), jnp.float32)
+  step = lambda traj: traj.step(x, None, 0, jax.random.key(4))[0]
+  np.testing.assert_allclose(step(trajectory), step(manual), rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(np.asarray(step(plain)) - np.asarray(step(trajectory)))) > 1e-3

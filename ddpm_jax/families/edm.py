@@ -61,17 +61,14 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       "must be 0."
     )
   why = f"EDM's denoiser of {config.data.num_channels} data channels"
-  return (
-    problems
-    + base.unet_problems(config, config.data.num_channels, why)
-    + base.no_context_problems(config)
-    + base.no_guidance_problems(config)
-  )
+  problems += base.unet_problems(config, config.data.num_channels, why)
+  return problems + base.no_guidance_problems(config)
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
   model, edm_config = models.get_model(config.model), config.edm
   sigma_data = edm_config.sigma_data
+  contexts = gaussian.cross_attention(config)  # cross-attention contexts, where model.context_dim
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
@@ -88,27 +85,33 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       "labels": base.conditioning_labels(
         keys.labels, batch, config.model, config.training.label_dropout
       ),
+      "context": contexts.of_batch(keys, batch),
     }
 
   def loss(params, batch, draws, dropout_rng):
     kwargs = base.apply_kwargs(dropout_rng)
-    network_fn = lambda x, c_noise: model.apply(params, x, c_noise, draws["labels"], **kwargs)
+    labels, context = draws["labels"], draws["context"]
+    network_fn = lambda x, c_noise: model.apply(params, x, c_noise, labels, context, **kwargs)
     return edm.loss(network_fn, batch["image"], draws["sigma"], draws["noise"], sigma_data)
 
   sampling_config = config.sampling
 
-  def guided_denoiser(params, labels, controls):
+  def guided_denoiser(params, cond, controls):
+    """D(x; σ) given `cond`'s labels and contexts, guided without a classifier towards them (the
+    null label and the zero context ∅ unconditional) where sampling.guidance_scale is on."""
+    cond = cond or base.Cond()
     controls = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
-    denoise_with = lambda y: (
+    denoise_with = lambda y, context: (
       lambda x, sigma: edm.denoise(
-        lambda x_in, c_noise: model.apply(params, x_in, c_noise, y), x, sigma, sigma_data
+        lambda x_in, c_noise: model.apply(params, x_in, c_noise, y, context), x, sigma, sigma_data
       )
     )
-    denoise_fn = denoise_with(labels)
-    if labels is not None and sampling_config.guidance_scale:  # on for any value passed later
+    denoise_fn = denoise_with(cond.label, cond.context)
+    conditioned = cond.label is not None or cond.context is not None
+    if conditioned and sampling_config.guidance_scale:  # on for any value passed later
       denoise_fn = sampling.classifier_free_guidance(
         denoise_fn,
-        denoise_with(None),
+        denoise_with(None, contexts.null(cond.context)),
         controls["guidance_scale"],
         config.data.num_channels,
         sampling_config.guidance_rescale,
@@ -121,7 +124,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     def trajectory(params, cond=None, guide_params=None, controls=None):
       del guide_params
-      denoise_fn = guided_denoiser(params, (cond or base.Cond()).label, controls)
+      denoise_fn = guided_denoiser(params, cond, controls)
       sigma_range = edm_config.sigma_min, edm_config.sigma_max
       return gaussian.sigma_space_trajectory(denoise_fn, *sigma_range, sampling_config)
 
@@ -142,9 +145,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       )[:-1]
 
     def codec(params, cond):
-      return sampling.sigma_ode_codec(
-        guided_denoiser(params, (cond or base.Cond()).label, None), sigmas
-      )
+      return sampling.sigma_ode_codec(guided_denoiser(params, cond, None), sigmas)
 
     return (
       lambda params, x0, cond=None: codec(params, cond)[0](x0),
@@ -154,12 +155,18 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   return base.Family(
     name="edm",
     model=model,
-    init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
+    init_params=lambda rng: model.init(
+      rng,
+      contexts.dummy_inputs()[0],
+      base.dummy_inputs(config.data)[1],
+      None,
+      contexts.dummy_inputs()[1],
+    ),
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=("guidance_scale",),
-    conditions=("label",) if config.model.get("num_classes") else (),
+    conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
   )

@@ -127,13 +127,14 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     config, config.data.num_channels, f"{config.data.num_channels} data channels predicted as ε"
   )
   problems += sampling_problems(config)
-  return problems + base.no_guidance_problems(config) + base.no_context_problems(config)
+  return problems + base.no_guidance_problems(config)
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
   score_sde = make_sde(config.sde)
   model = models.get_model(config.model)
   conditioning = config.sde.conditioning
+  contexts = gaussian.cross_attention(config)  # cross-attention contexts, where model.context_dim
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
@@ -147,24 +148,30 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       "labels": base.conditioning_labels(
         keys.labels, batch, config.model, config.training.label_dropout
       ),
+      "context": contexts.of_batch(keys, batch),
     }
 
   sampling_config = config.sampling
 
-  def score_fn(params, labels=None, **apply_kwargs):
-    """The score of the network given `labels` (None: unconditional, or the null label)."""
-    network = lambda x_t, t: model.apply(params, x_t, t, labels, **apply_kwargs)
+  def score_fn(params, cond=None, **apply_kwargs):
+    """The score of the network given `cond`'s labels and contexts (None: unconditional, or the
+    null label / zero context)."""
+    cond = cond or base.Cond()
+    network = lambda x_t, t: model.apply(params, x_t, t, cond.label, cond.context, **apply_kwargs)
     return sde.model_score_fn(score_sde, network, conditioning)
 
-  def sampling_score(params, labels, controls):
+  def sampling_score(params, cond, controls):
     """`score_fn`, guided without a classifier where sampling.guidance_scale is on: the score of
-    (1 + w) out(x, y) - w out(x, ∅), the output being linear in the score."""
-    if labels is None or not sampling_config.guidance_scale:  # on for any value passed later
-      return score_fn(params, labels)
+    (1 + w) out(x, c) - w out(x, ∅), the output being linear in the score."""
+    cond = cond or base.Cond()
+    conditioned = cond.label is not None or cond.context is not None
+    if not conditioned or not sampling_config.guidance_scale:  # on for any value passed later
+      return score_fn(params, cond)
     scale = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
+    null_context = contexts.null(cond.context)
     network = sampling.classifier_free_guidance(
-      lambda x_t, t: model.apply(params, x_t, t, labels),
-      lambda x_t, t: model.apply(params, x_t, t, None),
+      lambda x_t, t: model.apply(params, x_t, t, cond.label, cond.context),
+      lambda x_t, t: model.apply(params, x_t, t, None, null_context),
       scale["guidance_scale"],
       config.data.num_channels,
     )
@@ -173,7 +180,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   def loss(params, batch, draws, dropout_rng):
     return sde.dsm_loss(
       score_sde,
-      score_fn(params, draws["labels"], **base.apply_kwargs(dropout_rng)),
+      score_fn(
+        params, base.Cond(draws["labels"], draws["context"]), **base.apply_kwargs(dropout_rng)
+      ),
       batch["image"],
       draws["t"],
       draws["eps"],
@@ -203,7 +212,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     def trajectory(params, cond=None, guide_params=None, controls=None):
       del guide_params
-      score = sampling_score(params, (cond or base.Cond()).label, controls)
+      score = sampling_score(params, cond, controls)
       if sampling_config.sampler == "pc":
         return sde.pc_trajectory(sampler_sde, score, **pc_options())
       denoise_fn = sde.sigma_denoiser(score_sde, score)
@@ -219,7 +228,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):
       del guide_params
-      score = sampling_score(params, (cond or base.Cond()).label, controls)
+      score = sampling_score(params, cond, controls)
       if sampling_config.sampler == "ode":  # x_T: the prior's draw z
         tolerance = sampling_config.ode_tolerance
         return sde.ode_sample(score_sde, score, rng, shape, x_T, tolerance, tolerance)[0]
@@ -241,7 +250,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       sigmas = gaussian.sigma_grid(sampling_config, num_steps, *sigma_range())[:-1]
 
     def codec(params, cond):
-      score = sampling_score(params, (cond or base.Cond()).label, None)
+      score = sampling_score(params, cond, None)
       return sampling.sigma_ode_codec(sde.sigma_denoiser(score_sde, score), sigmas)
 
     return (
@@ -253,19 +262,25 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace
     # estimate), given the labels of a class-conditional model (unguided).
     images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
-    score = score_fn(params, (cond or base.Cond()).label)
+    score = score_fn(params, cond)
     return {"bpd": sde.bits_per_dim(score_sde, score, images, rng)}
 
   return base.Family(
     name="score_sde",
     model=model,
-    init_params=lambda rng: model.init(rng, *base.dummy_inputs(config.data)),
+    init_params=lambda rng: model.init(
+      rng,
+      contexts.dummy_inputs()[0],
+      base.dummy_inputs(config.data)[1],
+      None,
+      contexts.dummy_inputs()[1],
+    ),
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=("guidance_scale",),
-    conditions=("label",) if config.model.get("num_classes") else (),
+    conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
     bits_per_dim=bits_per_dim,
   )
