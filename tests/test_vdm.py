@@ -180,3 +180,38 @@ def test_prior_and_reconstruction_terms():
   np.testing.assert_allclose(
     vdm.reconstruction_loss(jnp.asarray(13.0), x, noise), [12 * np.log(256)], rtol=1e-3
   )
+
+
+def test_vdm_takes_cross_attention_contexts():
+  """model.context_dim in the VDM family: contexts in the VLB and in ancestral sampling, whose step
+  is the library's with the context-conditioned network written out."""
+  from configs import default
+  from ddpm_jax import families
+  from ddpm_jax.families import Cond, config_validation
+
+  config = default.get_config("vdm")
+  config.model.update(ch=64, ch_mult=(1,), attn_resolutions=(), context_dim=8, conv_impl="xla")
+  config.data.context_key, config.vdm.n_features, config.sampling.num_steps = "caption", 16, 10
+  config_validation.validate_config(config)
+  family = families.get_family(config)
+  assert family.conditions == ("context",)
+  params = family.init_params(jax.random.key(0))
+  unet = jax.tree_util.tree_map(
+    lambda p: p if jnp.any(p != 0) else 0.1 * jnp.ones_like(p), params["unet"]
+  )
+  params = {**params, "unet": unet}
+  context = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 8)), jnp.float32)
+  batch = {"image": jnp.zeros((2, 8, 8, 1)), "context": context}
+  draws = family.draw(families.step_keys(jax.random.key(2)), batch, None)
+  assert np.all(np.isfinite(family.loss(params, batch, draws, None)))
+  trajectory = family.make_trajectory()(params, Cond(context=context))
+  scaled = lambda gamma: (
+    1000.0 * (gamma - config.vdm.gamma_min) / (config.vdm.gamma_max - config.vdm.gamma_min)
+  )
+  eps = lambda c: lambda z, gamma: family.model.apply(params["unet"], z, scaled(gamma), None, c)
+  manual = vdm.ancestral_trajectory(params["schedule"], eps(context), 10)
+  plain = vdm.ancestral_trajectory(params["schedule"], eps(jnp.zeros_like(context)), 10)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 8, 1)), jnp.float32)
+  step = lambda traj: traj.step(x, None, 2, jax.random.key(4))[0]
+  np.testing.assert_allclose(step(trajectory), step(manual), rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(np.asarray(step(plain)) - np.asarray(step(trajectory)))) > 1e-4

@@ -217,11 +217,11 @@ def null_context(context: Array | None) -> Array | None:
 
 
 def no_context_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Contexts condition the 'gaussian' family's U-Net; other families refuse model.context_dim."""
+  """Contexts condition the U-Net of the families that sample from noise; ARDM refuses them."""
   if config.model.get("context_dim"):
     return [
-      f"model.context_dim (cross-attention to contexts) trains with config.family='gaussian', not "
-      f"config.family={config.family!r}."
+      "model.context_dim (cross-attention to contexts) trains with the families gaussian, edm, "
+      f"score_sde and vdm, not config.family={config.family!r}."
     ]
   return []
 

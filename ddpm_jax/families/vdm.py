@@ -7,7 +7,7 @@ import jax
 import ml_collections
 
 from ddpm_jax import losses, models, vdm
-from ddpm_jax.families import base
+from ddpm_jax.families import base, gaussian
 
 CONFIG_BLOCK = "vdm"  # the config block default_config() builds: config.vdm
 SAMPLERS = ("ancestral",)  # sampling.sampler: ancestral sampling on sampling.num_steps equal steps
@@ -58,22 +58,25 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"sampling.guidance_scale={config.sampling.guidance_scale}: config.family='vdm' has no "
       "classifier-free guidance (it samples the conditional model as trained)."
     )
-  return problems + base.no_guidance_problems(config) + base.no_context_problems(config)
+  return problems + base.no_guidance_problems(config)
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
   vdm_config = config.vdm
   model = models.get_model(config.model)
+  contexts = gaussian.cross_attention(config)  # cross-attention contexts, where model.context_dim
 
-  def eps_fn(unet_params, labels=None, **apply_kwargs) -> vdm.EpsFn:
+  def eps_fn(unet_params, cond=None, **apply_kwargs) -> vdm.EpsFn:
     """The U-Net as VDM's denoiser, conditioned on 1000·(γ_t - γ_min)/(γ_max - γ_min) as the
-    paper."""
+    paper, and on `cond`'s labels and contexts."""
     gamma_min, gamma_max = vdm_config.gamma_min, vdm_config.gamma_max
+    cond = cond or base.Cond()
     return lambda z, gamma_t: model.apply(
       unet_params,
       z,
       1000.0 * (gamma_t - gamma_min) / (gamma_max - gamma_min),
-      labels,
+      cond.label,
+      cond.context,
       **apply_kwargs,
     )
 
@@ -85,7 +88,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       vdm_config.gamma_max,
       vdm_config.n_features,
     )
-    return {"unet": model.init(rng, *base.dummy_inputs(config.data)), "schedule": schedule}
+    x, context = contexts.dummy_inputs()
+    unet = model.init(rng, x, base.dummy_inputs(config.data)[1], None, context)
+    return {"unet": unet, "schedule": schedule}
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
@@ -104,10 +109,12 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       "labels": base.conditioning_labels(
         keys.labels, batch, config.model, config.training.label_dropout
       ),
+      "context": contexts.of_batch(keys, batch),
     }
 
   def loss(params, batch, draws, dropout_rng):  # the VLB in bits/dim (VDM eq. 11)
-    denoiser = eps_fn(params["unet"], draws["labels"], **base.apply_kwargs(dropout_rng))
+    cond = base.Cond(draws["labels"], draws["context"])
+    denoiser = eps_fn(params["unet"], cond, **base.apply_kwargs(dropout_rng))
     terms = vdm.vlb_terms(
       params["schedule"],
       denoiser,
@@ -127,7 +134,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     def trajectory(params, cond=None, guide_params=None, controls=None):
       del guide_params, controls
-      eps = eps_fn(params["unet"], (cond or base.Cond()).label)
+      eps = eps_fn(params["unet"], cond)
       return vdm.ancestral_trajectory(params["schedule"], eps, num_steps)
 
     return trajectory
@@ -138,11 +145,10 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return base.trajectory_sampler(make_trajectory(guide), shape, progress)
 
   def bits_per_dim(params, x0, rng, cond=None):  # one low-discrepancy t per example: unbiased
-    labels = (cond or base.Cond()).label
     t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)
     terms = vdm.vlb_terms(
       params["schedule"],
-      eps_fn(params["unet"], labels),
+      eps_fn(params["unet"], cond),
       x0,
       vdm.time_samples(t_rng, x0.shape[0]),
       jax.random.normal(noise_rng, x0.shape),
@@ -167,7 +173,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     loss=loss,
     make_sampler=make_sampler,
     make_trajectory=make_trajectory,
-    conditions=("label",) if config.model.get("num_classes") else (),
+    conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
     bits_per_dim=bits_per_dim,
     clip_mask=clip_mask if vdm_config.noise_schedule == "learned" else None,
   )
