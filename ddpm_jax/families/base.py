@@ -247,6 +247,8 @@ def no_guidance_problems(config: ml_collections.ConfigDict) -> list[str]:
   if config.sampling.classifier_workdir and config.sampling.classifier_scale:
     return [
       f"sampling.classifier_workdir guides the 'gaussian' family's samplers, not "
-      f"config.family={config.family!r}."
+      f"config.family={config.family!r}: a noisy classifier is trained on x_t and t of the "
+      "Gaussian diffusion, which this family's noise levels are not (classifier-free guidance, "
+      "sampling.guidance_scale, works here)."
     ]
   return []

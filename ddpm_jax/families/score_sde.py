@@ -206,7 +206,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       raise ValueError(
         f"Editing runs on the samplers {', '.join(TRAJECTORIES)}, not sampling.sampler="
         f"{sampling_config.sampler!r} (a sampler without a fixed grid of noise levels): set "
-        "--config.sampling.sampler."
+        "--config.sampling.sampler (for the probability-flow ODE: heun, the same ODE on a grid)."
       )
     sigma_ends = sigma_range()
 
