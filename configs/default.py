@@ -5,8 +5,8 @@ differs. No paper reports on these digits: the figures to reproduce are in bench
 
   python -m ddpm_jax.main --config=configs/default.py --workdir=runs/default
 
-`get_config(family)` builds the shared blocks and the block of that family only (`with_family`), so
-that a field of another family is an unknown field, never a silently ignored one:
+`get_config(family)` builds the shared blocks and the blocks of that family only (`with_family`), so
+that a field another family reads is an unknown field here, never a silently ignored one:
 
   python -m ddpm_jax.main --config=configs/default.py:score_sde --config.sde.type=ve ...
 """
@@ -80,19 +80,6 @@ def _shared_config() -> ml_collections.ConfigDict:
   model.progressive_input = "none"  # "input_skip": the downsampled input added at every down level
   model.progressive = "none"  # "output_skip": the output summed over the up levels (unet only)
   model.ncsnpp_layout = False  # one attention block per up level; projected skips when resampling
-
-  config.diffusion = diffusion = ml_collections.ConfigDict()
-  diffusion.num_timesteps = 1000
-  diffusion.beta_schedule = "linear"
-  diffusion.mean_type = "eps"
-  diffusion.var_type = "fixed_large"
-  diffusion.loss_type = "mse"
-  diffusion.timestep_sampler = "uniform"  # or "loss_aware" (Improved DDPM §3.3, for the kl losses)
-  # β rescaled to zero terminal SNR, ᾱ_T = 0 (Lin et al. 2024): needs mean_type "v" (or "x0"), and
-  # sampling.timestep_spacing "trailing" for DDIM to start at ᾱ_T = 0
-  diffusion.zero_terminal_snr = False
-  # the network sees t·1000/T instead of t (improved-diffusion's default; its converted checkpoints)
-  diffusion.rescale_timesteps = False
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-3
@@ -208,25 +195,26 @@ def _shared_config() -> ml_collections.ConfigDict:
 
 
 def with_family(config: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
-  """`config` (changed in place) training `family`: config.family set, the block of the family it
-  trained before replaced by the new family's own (config.sde of "score_sde", config.vdm,
-  config.ardm, config.edm, config.super_res: defaults and ranges beside the family's code in
-  ddpm_jax/families/), and the shared fields whose default the family changes (its
-  SHARED_DEFAULTS, e.g. sampling.sampler) set to it; those the previous family changed and that
-  still hold its value go back to the shared default."""
+  """`config` (changed in place) training `family`: config.family set, the blocks of the family it
+  trained before that the new one does not read removed, the new family's own added with their
+  defaults (config.diffusion of "gaussian", "classifier" and "super_res", config.sde of
+  "score_sde", config.vdm, config.ardm, config.edm, config.super_res: defaults and ranges beside
+  the family's code in ddpm_jax/families/; a block both read is kept as it is), and the shared
+  fields whose default the family changes (its SHARED_DEFAULTS, e.g. sampling.sampler) set to it;
+  those the previous family changed and that still hold its value go back to the shared default."""
   shared = _shared_config()
   for field, value in _shared_defaults(config.family).items():
     block, name = field.split(".")
     if config[block][name] == value:
       config[block][name] = shared[block][name]
-  for name in families.FAMILIES:
-    block = families.config_block(name)
+  blocks = families.config_blocks(family)
+  for block in families.all_config_blocks() - set(blocks):
     if block in config:
       del config[block]
   config.family = family
-  block = families.config_block(family)
-  if block:
-    config[block] = families.family_module(family).default_config()
+  for block, defaults in blocks.items():
+    if block not in config:
+      config[block] = defaults()
   for field, value in _shared_defaults(family).items():
     block, name = field.split(".")
     config[block][name] = value

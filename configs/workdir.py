@@ -30,7 +30,7 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   if replaced:
     raise InvalidConfigError(" ".join(replaced))
   family = saved["family"]
-  other_blocks = {families.config_block(name) for name in families.FAMILIES if name != family}
+  other_blocks = families.all_config_blocks() - set(families.config_blocks(family))
   saved = {key: value for key, value in saved.items() if key not in other_blocks}
   sampling = saved.get("sampling", {})
   if family in ("vdm", "ardm") and sampling.get("sampler") == "ddim":

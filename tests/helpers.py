@@ -26,7 +26,8 @@ def tiny_config(num_train_steps=12, batch_size=16, family="gaussian"):
   # one resolution: half the layers of the default config, half the compile time
   config.model.ch_mult = (1,)
   config.model.attn_resolutions = ()
-  config.diffusion.num_timesteps = 50
+  if "diffusion" in config:  # the Gaussian diffusion families'
+    config.diffusion.num_timesteps = 50
   config.optim.warmup_steps = 0
   config.training.batch_size = batch_size
   config.training.num_train_steps = num_train_steps

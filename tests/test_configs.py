@@ -10,6 +10,7 @@ from configs import default, workdir
 from ddpm_jax import families
 from ddpm_jax.families import config_validation
 
+# each family's own block besides the shared ones (all but super_res: its only one)
 FAMILY_BLOCKS = {
   "score_sde": "sde",
   "vdm": "vdm",
@@ -17,15 +18,17 @@ FAMILY_BLOCKS = {
   "edm": "edm",
   "super_res": "super_res",
 }
+DIFFUSION_READERS = ("gaussian", "classifier", "super_res")
 
 
 @pytest.mark.parametrize("name", FAMILY_BLOCKS)
 def test_each_family_owns_its_blocks_defaults_and_ranges(name):
   block, module = FAMILY_BLOCKS[name], families.family_module(name)
-  assert families.config_block(name) == block
+  assert families.config_blocks(name)[block] is module.default_config
   config = default.get_config(name)
   assert config.family == name and config[block].to_dict() == module.default_config().to_dict()
   assert not set(FAMILY_BLOCKS.values()) - {block} & set(config)  # no other family's block
+  assert ("diffusion" in config) == (name in DIFFUSION_READERS)
   assert module.RANGES and all(field.startswith(f"{block}.") for field in module.RANGES)
   for field, bounds in module.RANGES.items():
     assert config_validation.RANGES[field] == bounds
@@ -46,13 +49,18 @@ def test_the_digits_config_of_every_family_is_valid(name):
 
 def test_a_config_carries_its_familys_block_and_no_other():
   config = default.get_config("vdm")
-  assert families.config_block("gaussian") is None and "vdm" in config
+  assert list(families.config_blocks("gaussian")) == ["diffusion"] and "vdm" in config
+  assert "diffusion" not in config  # the Gaussian diffusion's block: read by VDM neither
   default.with_family(config, "score_sde")  # a derived config changing the family
   assert config.family == "score_sde" and "sde" in config and "vdm" not in config
   assert config.sde.to_dict() == families.family_module("score_sde").default_config().to_dict()
   assert config.sampling.sampler == "pc"  # the score SDE's default sampler
   default.with_family(config, "gaussian")
   assert not set(FAMILY_BLOCKS.values()) & set(config) and config.sampling.sampler == "ddim"
+  config.diffusion.num_timesteps = 40
+  default.with_family(config, "super_res")  # a block both read is kept as it is
+  assert config.diffusion.num_timesteps == 40 and "super_res" in config
+  default.with_family(config, "gaussian")
   config_validation.validate_config(config)
   # the family set by hand: its block is missing, the block it brought would be ignored
   config.family = "edm"
@@ -60,7 +68,7 @@ def test_a_config_carries_its_familys_block_and_no_other():
     config_validation.validate_config(config)
   config = default.get_config("vdm")
   config.family = "gaussian"
-  with pytest.raises(config_validation.InvalidConfigError, match="config.vdm belongs to family"):
+  with pytest.raises(config_validation.InvalidConfigError, match="config.vdm belongs to the fam"):
     config_validation.validate_config(config)
 
 
@@ -114,14 +122,13 @@ def test_an_old_vdm_workdir_with_the_ignored_ddim_sampler_gets_its_own(tmp_path)
   config_validation.validate_config(config)
 
 
-def test_rescaled_timesteps_are_refused_where_no_gaussian_network_reads_them():
-  for name in ("classifier", "score_sde", "edm"):
-    config = importlib.import_module(
-      f"configs.{name}_default" if name != "score_sde" else "configs.sde_vp_default"
-    ).get_config()
-    config.diffusion.rescale_timesteps = True
-    with pytest.raises(config_validation.InvalidConfigError, match="does not read it"):
-      config_validation.validate_config(config)
+def test_the_diffusion_block_is_carried_only_where_it_is_read():
+  for name in ("score_sde", "edm", "vdm", "ardm"):
+    assert "diffusion" not in default.get_config(name)  # --config.diffusion.* is unknown there
+  config = importlib.import_module("configs.classifier_default").get_config()
+  config.diffusion.rescale_timesteps = True  # a noisy classifier is trained on t itself
+  with pytest.raises(config_validation.InvalidConfigError, match="classifier is trained on t"):
+    config_validation.validate_config(config)
   config = default.get_config()
   config.diffusion.rescale_timesteps = True
   config_validation.validate_config(config)

@@ -80,9 +80,9 @@ def test_a_missing_context_or_a_context_without_model_is_refused(tmp_path):
   config.model.context_dim = None
   with pytest.raises(ValueError, match="context_key='ctx' and model.context_dim=None go together"):
     validate_config(config)
-  default.with_family(config, "vdm")
+  default.with_family(config, "ardm")
   config.model.context_dim = CONTEXT_DIM
-  with pytest.raises(ValueError, match="context_dim .* trains with config.family='gaussian'"):
+  with pytest.raises(ValueError, match="context_dim .* trains with the families gaussian, edm"):
     validate_config(config)
 
 

@@ -47,7 +47,8 @@ def shrunk(name):
     config.vdm.n_features = 16
   if config.family == "score_sde":
     config.sde.num_scales = 25
-  config.diffusion.num_timesteps = 30
+  if "diffusion" in config:
+    config.diffusion.num_timesteps = 30
   config.training.batch_size, config.training.num_train_steps = 4, 2
   config.training.checkpoint_every_steps = config.training.log_every_steps = 2
   config.training.eval_every_steps = config.training.sample_every_steps = 1000

@@ -41,7 +41,8 @@ def shrunk_config(name):
   sys.path.insert(0, REPO)
   config = importlib.import_module(f"configs.{name}").get_config()
   config.model.ch_mult, config.model.attn_resolutions = (1,), ()
-  config.diffusion.num_timesteps = 30
+  if "diffusion" in config:
+    config.diffusion.num_timesteps = 30
   if config.family == "score_sde":
     config.sde.num_scales = 25
   config.training.batch_size, config.optim.warmup_steps = 8, 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import types
+from typing import Callable
 
 import ml_collections
 
@@ -29,10 +30,15 @@ def family_module(name: str) -> types.ModuleType:
   return importlib.import_module(f"ddpm_jax.families.{FAMILIES[name]}")
 
 
-def config_block(name: str) -> str | None:
-  """The config block family `name` owns (`config.<block>`, built by its module's
-  `default_config()`), None for a family without one."""
-  return getattr(family_module(name), "CONFIG_BLOCK", None)
+def config_blocks(name: str) -> dict[str, Callable[[], ml_collections.ConfigDict]]:
+  """The config blocks family `name` reads besides the shared ones (`config.<block>`), each with
+  the function that builds its defaults (its module's CONFIG_BLOCKS)."""
+  return getattr(family_module(name), "CONFIG_BLOCKS", {})
+
+
+def all_config_blocks() -> set[str]:
+  """Every family's own blocks: a config carries those of its family only."""
+  return {block for name in FAMILIES for block in config_blocks(name)}
 
 
 def get_family(config: ml_collections.ConfigDict) -> Family:
@@ -45,7 +51,8 @@ __all__ = [
   "Cond",
   "Family",
   "StepKeys",
-  "config_block",
+  "all_config_blocks",
+  "config_blocks",
   "family_module",
   "get_family",
   "step_keys",

@@ -76,7 +76,6 @@ def upscale_problems(ardm_config) -> list[str]:
   return []
 
 
-CONFIG_BLOCK = "ardm"  # the config block default_config() builds: config.ardm
 # sampling.sampler: the variables decoded in a random order, sampling.num_steps at a time
 SAMPLERS = ("autoregressive",)
 # shared fields whose default differs for this family: 256 logits for the digits' one channel
@@ -93,6 +92,10 @@ def default_config() -> ml_collections.ConfigDict:
   # (model.out_channels = num_channels · 2^upscale_bits)
   ardm_config.upscale_bits = 0
   return ardm_config
+
+
+# the config blocks this family reads, each with its defaults
+CONFIG_BLOCKS = {"ardm": default_config}
 
 
 # config.ardm's numeric ranges (config_validation.RANGES' form)

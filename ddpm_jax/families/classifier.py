@@ -10,6 +10,9 @@ import optax
 from ddpm_jax import diffusion, models
 from ddpm_jax.families import base, gaussian
 
+# the config blocks this family reads (its noise process: the Gaussian diffusion), with defaults
+CONFIG_BLOCKS = {"diffusion": gaussian.diffusion_config}
+
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   problems = gaussian.diffusion_problems(config.diffusion)

@@ -210,23 +210,23 @@ def replaced_selectors(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def block_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """A config carries the block of the family it trains and no other family's (whose fields would
-  be ignored)."""
+  """A config carries the blocks its family reads and no other family's (whose fields would be
+  ignored)."""
   if config.family not in families.FAMILIES:
     return []  # the choices' check names it
   build = f"configs.default.get_config({config.family!r}) or default.with_family(config, ...)"
-  problems = []
-  own = families.config_block(config.family)
-  if own and own not in config:
-    problems.append(
-      f"config.family={config.family!r} reads config.{own}, which is missing ({build})."
-    )
-  for name in families.FAMILIES:
-    block = families.config_block(name)
-    if name != config.family and block and block in config:
+  own = families.config_blocks(config.family)
+  problems = [
+    f"config.family={config.family!r} reads config.{block}, which is missing ({build})."
+    for block in own
+    if block not in config
+  ]
+  for block in sorted(families.all_config_blocks() - set(own)):
+    if block in config:
+      readers = [name for name in families.FAMILIES if block in families.config_blocks(name)]
       problems.append(
-        f"config.{block} belongs to family {name!r}; config.family={config.family!r} would ignore "
-        f"it ({build})."
+        f"config.{block} belongs to the families {', '.join(readers)}; config.family="
+        f"{config.family!r} would ignore it ({build})."
       )
   return problems
 
@@ -285,11 +285,10 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"data.context_key={context_key!r} and model.context_dim={context_dim} go together: a "
       "context-conditional model needs both, an unconditional one neither."
     )
-  if config.diffusion.rescale_timesteps and config.family not in ("gaussian", "super_res"):
+  if config.family == "classifier" and config.diffusion.rescale_timesteps:
     problems.append(
-      f"diffusion.rescale_timesteps=True scales the t a Gaussian diffusion model sees; "
-      f"config.family={config.family!r} does not read it (a noisy classifier is trained on t as "
-      "guided-diffusion's classifier_train.py trains it)."
+      "diffusion.rescale_timesteps=True scales the t a Gaussian diffusion model sees; a noisy "
+      "classifier is trained on t (as guided-diffusion's classifier_train.py trains it)."
     )
   if model.get("dtype") == "float16":
     problems.append(

@@ -15,7 +15,6 @@ import ml_collections
 from ddpm_jax import edm, models, sampling
 from ddpm_jax.families import base, gaussian
 
-CONFIG_BLOCK = "edm"  # the config block default_config() builds: config.edm
 # shared fields whose default differs for this family: Heun's 2nd order solver; no likelihood
 SHARED_DEFAULTS = {"sampling.sampler": "heun", "eval.bpd_num_batches": 0}
 
@@ -35,6 +34,10 @@ def default_config() -> ml_collections.ConfigDict:
   edm_config.p_mean, edm_config.p_std = -1.2, 1.2  # training: ln σ ~ N(p_mean, p_std²)
   edm_config.sigma_min, edm_config.sigma_max = 0.002, 80.0  # the sampling grid's ends
   return edm_config
+
+
+# the config blocks this family reads, each with its defaults
+CONFIG_BLOCKS = {"edm": default_config}
 
 
 # config.edm's numeric ranges (config_validation.RANGES' form)

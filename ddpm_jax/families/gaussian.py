@@ -14,6 +14,28 @@ import numpy as np
 from ddpm_jax import diffusion, models, sampling, schedules
 from ddpm_jax.families import base
 
+
+def diffusion_config() -> ml_collections.ConfigDict:
+  """config.diffusion: the discrete Gaussian diffusion (DDPM, Improved DDPM, ADM) of the families
+  gaussian, classifier (its noise process) and super_res."""
+  diffusion = ml_collections.ConfigDict()
+  diffusion.num_timesteps = 1000
+  diffusion.beta_schedule = "linear"
+  diffusion.mean_type = "eps"
+  diffusion.var_type = "fixed_large"
+  diffusion.loss_type = "mse"
+  diffusion.timestep_sampler = "uniform"  # or "loss_aware" (Improved DDPM §3.3, for the kl losses)
+  # β rescaled to zero terminal SNR, ᾱ_T = 0 (Lin et al. 2024): needs mean_type "v" (or "x0"), and
+  # sampling.timestep_spacing "trailing" for DDIM to start at ᾱ_T = 0
+  diffusion.zero_terminal_snr = False
+  # the network sees t·1000/T instead of t (improved-diffusion's default; its converted checkpoints)
+  diffusion.rescale_timesteps = False
+  return diffusion
+
+
+# the config blocks this family reads, each with its defaults
+CONFIG_BLOCKS = {"diffusion": diffusion_config}
+
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 TIMESTEP_SPACINGS = ("default", "trailing")
 
@@ -78,7 +100,8 @@ def sigma_space_trajectory(
 
 def discrete_sigma_range(gaussian) -> tuple[float, float]:
   """(σ_min, σ_max) of the discrete diffusion's steps, concrete (closed over by the samplers)."""
-  sigmas_t = np.asarray(sampling.discrete_sigmas(gaussian))
+  with jax.ensure_compile_time_eval():  # also when built inside a traced function
+    sigmas_t = np.asarray(sampling.discrete_sigmas(gaussian))
   return float(sigmas_t[0]), float(sigmas_t[-1])
 
 

@@ -77,7 +77,6 @@ def make_sde(sde_config: ml_collections.ConfigDict):
   return sde_class(sde_config.beta_min, sde_config.beta_max, N=sde_config.num_scales)
 
 
-CONFIG_BLOCK = "sde"  # the config block default_config() builds: config.sde
 # shared fields whose default differs for this family: predictor-corrector sampling
 SHARED_DEFAULTS = {"sampling.sampler": "pc"}
 
@@ -93,6 +92,10 @@ def default_config() -> ml_collections.ConfigDict:
   sde.eps = 1e-5  # t ~ U(eps, 1) in training
   sde.likelihood_weighting = False
   return sde
+
+
+# the config blocks this family reads, each with its defaults
+CONFIG_BLOCKS = {"sde": default_config}
 
 
 # config.sde's numeric ranges (config_validation.RANGES' form: lowest, included, highest, included)

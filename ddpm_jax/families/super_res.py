@@ -18,8 +18,6 @@ from ml_collections import config_dict
 from ddpm_jax import super_res
 from ddpm_jax.families import base, gaussian
 
-CONFIG_BLOCK = "super_res"  # the config block default_config() builds: config.super_res
-
 
 def default_config() -> ml_collections.ConfigDict:
   """config.super_res: the input size and where --mode=sample / eval take the inputs from."""
@@ -31,6 +29,10 @@ def default_config() -> ml_collections.ConfigDict:
   super_res_config.low_res_workdir = config_dict.placeholder(str)
   super_res_config.low_res_file = config_dict.placeholder(str)
   return super_res_config
+
+
+# the config blocks this family reads, each with its defaults
+CONFIG_BLOCKS = {"diffusion": gaussian.diffusion_config, "super_res": default_config}
 
 
 # config.super_res's numeric ranges (config_validation.RANGES' form)

@@ -9,7 +9,6 @@ import ml_collections
 from ddpm_jax import losses, models, vdm
 from ddpm_jax.families import base, gaussian
 
-CONFIG_BLOCK = "vdm"  # the config block default_config() builds: config.vdm
 SAMPLERS = ("ancestral",)  # sampling.sampler: ancestral sampling on sampling.num_steps equal steps
 # shared fields whose default differs for this family
 SHARED_DEFAULTS = {"sampling.sampler": "ancestral"}
@@ -26,6 +25,10 @@ def default_config() -> ml_collections.ConfigDict:
   vdm_config.antithetic_time = True  # low-discrepancy t over the batch
   vdm_config.minimize_schedule_variance = True  # learned shape trained on the loss variance (§5.2)
   return vdm_config
+
+
+# the config blocks this family reads, each with its defaults
+CONFIG_BLOCKS = {"vdm": default_config}
 
 
 # config.vdm's numeric ranges (config_validation.RANGES' form)
