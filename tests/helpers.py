@@ -103,3 +103,17 @@ if __name__ == "__main__":
     import jax
 
     np.savez(os.path.join(workdir, f"params_{jax.process_index()}.npz"), **flat_params(params))
+
+
+def with_random_zero_layers(params, seed: int = 5, scale: float = 0.1):
+  """`params` with every all-zero array (a fresh U-Net's output layers) drawn at random: otherwise
+  the network outputs zero and every sampler agrees."""
+  import jax
+  import jax.numpy as jnp
+
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [
+    p if jnp.any(p != 0) else scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)
+  ]
+  return jax.tree_util.tree_unflatten(tree, leaves)

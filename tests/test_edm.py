@@ -11,7 +11,7 @@ from ddpm_jax import edm, families, sampling, train
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import evaluate
 from ddpm_jax.jobs import sample as sample_lib
-from helpers import tiny_config
+from helpers import tiny_config, with_random_zero_layers
 
 SIGMA_DATA = 0.5
 SIGMAS = np.array([0.002, 0.1, 0.5, 2.0, 80.0])
@@ -97,12 +97,7 @@ def test_the_probability_flow_ode_encodes_and_decodes_images(family_name):
     config.sde.type = "ve"
   family = families.get_family(config)
   params = family.init_params(jax.random.key(0))
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  leaves = [
-    p if jnp.any(p != 0) else 0.02 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)
-  ]
-  params = jax.tree_util.tree_unflatten(tree, leaves)
+  params = with_random_zero_layers(params, 1, 0.02)
   # (a random network is rough in t: the score SDE's needs the finer grid)
   encode, decode = family.make_latent_codec(60 if family_name == "edm" else 300)
   x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, 8, 8, 1)), jnp.float32)
@@ -125,12 +120,7 @@ def test_edm_takes_cross_attention_contexts_and_guides_towards_them():
   family = families.get_family(config)
   assert family.conditions == ("context",)
   params = family.init_params(jax.random.key(0))
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  leaves = [
-    p if jnp.any(p != 0) else 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)
-  ]
-  params = jax.tree_util.tree_unflatten(tree, leaves)
+  params = with_random_zero_layers(params, 1, 0.05)
   rng = np.random.default_rng(0)
   context = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)
   batch = {"image": jnp.zeros((2, 8, 8, 1)), "context": context}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ddpm_jax import losses, sampling, schedules, sde
+from helpers import with_random_zero_layers
 
 MU, S = 0.3, 0.5  # data x0 ~ N(μ, s²) in every dimension
 SHAPE = (2000, 2, 2, 1)
@@ -277,14 +278,7 @@ def test_a_class_conditional_score_sde_trains_and_samples_guided_as_written_out(
   family = families.get_family(config)
   assert family.conditions == ("label",) and family.sample_controls == ("guidance_scale",)
   params = family.init_params(jax.random.key(0))
-  # the zero-initialised layers random: a fresh U-Net's zero output would make samplers agree
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  noise_keys = jax.random.split(jax.random.key(5), len(leaves))
-  leaves = [
-    p if jnp.any(p != 0) else 0.1 * jax.random.normal(k, p.shape)
-    for p, k in zip(leaves, noise_keys)
-  ]
-  params = jax.tree_util.tree_unflatten(tree, leaves)
+  params = with_random_zero_layers(params, 5, 0.1)
   batch = {"image": jnp.zeros((4, 8, 8, 1)), "label": jnp.array([0, 1, 2, 1])}
   keys = families.step_keys(jax.random.key(2))
   draws = family.draw(keys, batch, None)
@@ -324,13 +318,7 @@ def test_a_context_conditional_score_sde_guides_towards_its_contexts():
   family = families.get_family(config)
   assert family.conditions == ("context",)
   params = family.init_params(jax.random.key(0))
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  noise_keys = jax.random.split(jax.random.key(5), len(leaves))
-  leaves = [
-    p if jnp.any(p != 0) else 0.1 * jax.random.normal(k, p.shape)
-    for p, k in zip(leaves, noise_keys)
-  ]
-  params = jax.tree_util.tree_unflatten(tree, leaves)
+  params = with_random_zero_layers(params, 5, 0.1)
   context = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 8)), jnp.float32)
   batch = {"image": jnp.zeros((2, 8, 8, 1)), "context": context}
   draws = family.draw(families.step_keys(jax.random.key(2)), batch, None)

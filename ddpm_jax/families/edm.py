@@ -158,13 +158,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   return base.Family(
     name="edm",
     model=model,
-    init_params=lambda rng: model.init(
-      rng,
-      contexts.dummy_inputs()[0],
-      base.dummy_inputs(config.data)[1],
-      None,
-      contexts.dummy_inputs()[1],
-    ),
+    init_params=lambda rng: contexts.init(model, rng, config.data),
     draw=draw,
     loss=loss,
     make_sampler=make_sampler,

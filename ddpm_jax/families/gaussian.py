@@ -211,6 +211,11 @@ class Conditioning(NamedTuple):
   # -> the (x, context) of `model.init`
   dummy_inputs: Callable[[], tuple]
 
+  def init(self, model, rng, data_config):
+    """The U-Net's parameters, initialised on a dummy batch with this conditioning's inputs."""
+    x, context = self.dummy_inputs()
+    return model.init(rng, x, base.dummy_inputs(data_config)[1], None, context)
+
 
 def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
   """Contexts [B, L, D] the U-Net cross-attends to (data.context_key; none without it), dropped
@@ -355,8 +360,7 @@ def build(
     return {"bpd": diffusion.calc_bpd_loop(gaussian, model_fn, x0, rng)["total_bpd"]}
 
   def init_params(rng):
-    x, context = conditioning.dummy_inputs()
-    return model.init(rng, x, base.dummy_inputs(config.data)[1], None, context)
+    return conditioning.init(model, rng, config.data)
 
   def update_state(loss_history, draws, per_example):
     if loss_history is None:

@@ -91,9 +91,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       vdm_config.gamma_max,
       vdm_config.n_features,
     )
-    x, context = contexts.dummy_inputs()
-    unet = model.init(rng, x, base.dummy_inputs(config.data)[1], None, context)
-    return {"unet": unet, "schedule": schedule}
+    return {"unet": contexts.init(model, rng, config.data), "schedule": schedule}
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
