@@ -302,6 +302,16 @@ def test_a_class_conditional_score_sde_trains_and_samples_guided_as_written_out(
   got, want = step(trajectory), step(manual)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert np.max(np.abs(np.asarray(step(unguided)) - np.asarray(got))) > 1e-2
+  # sampling.guidance_rescale acts here too, on the ε-like output
+  config.sampling.guidance_rescale = 0.7
+  rescaled_family = families.get_family(config)
+  trajectory = rescaled_family.make_trajectory()(
+    params, Cond(label=labels), None, {"guidance_scale": w}
+  )
+  rescaled = sampling.classifier_free_guidance(out(labels), out(None), w, 1, 0.7)
+  manual = sde.pc_trajectory(s, sde.model_score_fn(trained, rescaled, "t"))
+  np.testing.assert_allclose(step(trajectory), step(manual), rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(np.asarray(step(trajectory)) - np.asarray(got))) > 1e-3
 
 
 def test_a_context_conditional_score_sde_guides_towards_its_contexts():

@@ -24,7 +24,7 @@ from ddpm_jax.convert.guided_diffusion import (
   guided_diffusion_classifier_config,
   guided_diffusion_model_config,
 )
-from ddpm_jax.convert.torch_layout import Params
+from ddpm_jax.convert.torch_layout import Params, shape_mismatches
 from ddpm_jax.data import sources
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs.train_state import create_train_state
@@ -128,11 +128,6 @@ SUPER_RES_PRESETS = {
 }
 
 
-# guided-diffusion's and improved-diffusion's diffusion flags (the rest are the network's)
-_DIFFUSION_FLAGS = (*guided_diffusion.DIFFUSION_DEFAULTS, "sigma_small")
-_DIFFUSION_FLAGS = tuple(name for name in _DIFFUSION_FLAGS if name != "learn_sigma")
-
-
 def _str2bool(value: str) -> bool:
   """guided-diffusion's script_util.str2bool."""
   if value.lower() in ("yes", "true", "t", "y", "1"):
@@ -168,8 +163,13 @@ def parse_model_flags(
 
 def create_model_kwargs(flags: dict[str, Any]) -> dict[str, Any]:
   """The arguments of guided-diffusion's create_model among `flags`."""
-  names = {*guided_diffusion.GUIDED_DIFFUSION_DEFAULTS, "image_size", "num_channels"}
-  return {k: v for k, v in flags.items() if k in names | {"num_res_blocks"}}
+  names = {
+    *guided_diffusion.GUIDED_DIFFUSION_DEFAULTS,
+    "image_size",
+    "num_channels",
+    "num_res_blocks",
+  }
+  return {k: v for k, v in flags.items() if k in names}
 
 
 def diffusion_settings(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -284,16 +284,11 @@ def write_workdir(config, params: Params, workdir: str, source: str, checkpoint:
   validate_config(config)
   mesh = parallel.make_mesh()
   state = create_train_state(config, jax.random.key(0), mesh)
-  shapes = lambda tree: {
-    jax.tree_util.keystr(path): np.shape(leaf)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-  }
-  given, expected = shapes(params), shapes(state.params)
-  if given != expected:
-    differing = sorted(k for k in given.keys() | expected.keys() if given.get(k) != expected.get(k))
+  differing = shape_mismatches(params, state.params)
+  if differing:
     raise ValueError(
       f"The params do not fit config.model: {len(differing)} entries differ, e.g. "
-      + "; ".join(f"{k}: {given.get(k)} vs {expected.get(k)}" for k in differing[:3])
+      + "; ".join(f"{k}: {given} vs {wanted}" for k, given, wanted in differing[:3])
     )
   place = lambda tree: jax.tree_util.tree_map(
     lambda a, ref: jax.device_put(np.asarray(a, ref.dtype), ref.sharding), tree, state.params

@@ -124,20 +124,28 @@ class Reader:
     }
 
 
+def shape_mismatches(params, expected) -> list[tuple[str, tuple | None, tuple | None]]:
+  """(key, its shape in `params`, in `expected`) of every leaf whose shapes differ or that one of
+  the two trees lacks (None), sorted by key."""
+  flat = lambda tree: {
+    jax.tree_util.keystr(path): np.shape(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+  given, wanted = flat(params), flat(expected)
+  keys = sorted(given.keys() | wanted.keys())
+  return [(k, given.get(k), wanted.get(k)) for k in keys if given.get(k) != wanted.get(k)]
+
+
 def check_fits(reader: Reader, params: Params, model, inputs, what: str) -> Params:
   """One error naming the missing and unexpected keys and the shapes that differ, or the params."""
   unexpected = sorted(set(reader.state_dict) - reader.used)
   expected = jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
   mismatched = []
   if not reader.missing:
-    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
-      key = jax.tree_util.keystr(path)
-      got = flat.get(key)
-      if got is None or got.shape != leaf.shape:
-        mismatched.append(
-          f"{key}: checkpoint {None if got is None else got.shape}, model {leaf.shape}"
-        )
+    mismatched = [
+      f"{key}: checkpoint {got}, model {wanted}"
+      for key, got, wanted in shape_mismatches(params, expected)
+    ]
   if reader.missing or unexpected or mismatched:
     lines = [f"The state dict does not fit {what}:"]
     if reader.missing:

@@ -16,6 +16,11 @@ CONFIG_BLOCKS = {"diffusion": gaussian.diffusion_config}
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   problems = gaussian.diffusion_problems(config.diffusion)
+  if config.diffusion.rescale_timesteps:
+    problems.append(
+      "diffusion.rescale_timesteps=True scales the t a Gaussian diffusion model sees; a noisy "
+      "classifier is trained on t (as guided-diffusion's classifier_train.py trains it)."
+    )
   if config.model.get("name") != "classifier":
     problems.append(
       "config.family='classifier' trains the noisy classifier: set model.name='classifier'."

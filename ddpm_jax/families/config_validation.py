@@ -285,11 +285,6 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"data.context_key={context_key!r} and model.context_dim={context_dim} go together: a "
       "context-conditional model needs both, an unconditional one neither."
     )
-  if config.family == "classifier" and config.diffusion.rescale_timesteps:
-    problems.append(
-      "diffusion.rescale_timesteps=True scales the t a Gaussian diffusion model sees; a noisy "
-      "classifier is trained on t (as guided-diffusion's classifier_train.py trains it)."
-    )
   if model.get("dtype") == "float16":
     problems.append(
       "model.dtype='float16' would need loss scaling, which this project does not do (its range "

@@ -100,27 +100,23 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   sampling_config = config.sampling
 
   def guided_denoiser(params, cond, controls):
-    """D(x; σ) given `cond`'s labels and contexts, guided without a classifier towards them (the
-    null label and the zero context ∅ unconditional) where sampling.guidance_scale is on."""
-    cond = cond or base.Cond()
-    controls = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
-    denoise_with = lambda y, context: (
-      lambda x, sigma: edm.denoise(
-        lambda x_in, c_noise: model.apply(params, x_in, c_noise, y, context), x, sigma, sigma_data
-      )
+    """D(x; σ) given `cond`'s labels and contexts, guided without a classifier towards them where
+    sampling.guidance_scale is on (`gaussian.free_guidance`; the rescale on D's ε)."""
+    scale = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
+
+    def denoiser_given(y, context):
+      network_fn = lambda x_in, c_noise: model.apply(params, x_in, c_noise, y, context)
+      return lambda x, sigma: edm.denoise(network_fn, x, sigma, sigma_data)
+
+    return gaussian.free_guidance(
+      denoiser_given,
+      cond or base.Cond(),
+      contexts,
+      sampling_config,
+      scale["guidance_scale"],
+      config.data.num_channels,
+      DENOISER_AS_EPS,
     )
-    denoise_fn = denoise_with(cond.label, cond.context)
-    conditioned = cond.label is not None or cond.context is not None
-    if conditioned and sampling_config.guidance_scale:  # on for any value passed later
-      denoise_fn = sampling.classifier_free_guidance(
-        denoise_fn,
-        denoise_with(None, contexts.null(cond.context)),
-        controls["guidance_scale"],
-        config.data.num_channels,
-        sampling_config.guidance_rescale,
-        DENOISER_AS_EPS,
-      )
-    return denoise_fn
 
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide
@@ -140,20 +136,10 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
 
   def make_latent_codec(num_steps: int):
-    """The probability-flow ODE by Heun on EDM's grid of `num_steps` levels (sampling.rho, the
-    model's σ range): (encode(params, x0, cond) -> z, decode(params, z, cond) -> x0)."""
-    with jax.ensure_compile_time_eval():
-      sigmas = gaussian.sigma_grid(
-        sampling_config, num_steps, edm_config.sigma_min, edm_config.sigma_max
-      )[:-1]
-
-    def codec(params, cond):
-      return sampling.sigma_ode_codec(guided_denoiser(params, cond, None), sigmas)
-
-    return (
-      lambda params, x0, cond=None: codec(params, cond)[0](x0),
-      lambda params, z, cond=None: codec(params, cond)[1](z),
-    )
+    """The probability-flow ODE by Heun on EDM's grid (`gaussian.sigma_ode_latent_codec`)."""
+    sigma_range = edm_config.sigma_min, edm_config.sigma_max
+    denoiser = lambda params, cond: guided_denoiser(params, cond, None)
+    return gaussian.sigma_ode_latent_codec(denoiser, sampling_config, num_steps, *sigma_range)
 
   return base.Family(
     name="edm",

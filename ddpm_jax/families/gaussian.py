@@ -233,6 +233,50 @@ def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
   )
 
 
+def free_guidance(
+  with_condition: Callable,
+  cond: base.Cond,
+  conditioning: Conditioning,
+  sampling_config: ml_collections.ConfigDict,
+  guidance_scale,
+  num_channels: int,
+  rescale_space: tuple[Callable, Callable] | None = None,
+) -> Callable:
+  """The network `with_condition(label, condition) -> fn(x, noise level)` given `cond`'s label and
+  its `conditioning.field`, guided without a classifier towards them where sampling.guidance_scale
+  is on (on for any `guidance_scale` passed later; unconditional: the null label and
+  `conditioning.null`), with sampling.guidance_rescale (`sampling.classifier_free_guidance`)."""
+  condition = getattr(cond, conditioning.field)
+  conditional = with_condition(cond.label, condition)
+  if (cond.label is None and condition is None) or not sampling_config.guidance_scale:
+    return conditional
+  return sampling.classifier_free_guidance(
+    conditional,
+    with_condition(None, conditioning.null(condition)),
+    guidance_scale,
+    num_channels,
+    sampling_config.guidance_rescale,
+    rescale_space,
+  )
+
+
+def sigma_ode_latent_codec(denoiser, sampling_config, num_steps: int, sigma_min, sigma_max):
+  """A family's `make_latent_codec(num_steps)` from `denoiser(params, cond) -> D(x; σ)`: the
+  probability-flow ODE by Heun on EDM's grid of `num_steps` levels between the model's σ range
+  (`sampling.sigma_ode_codec`), as (encode(params, x0, cond) -> z, decode(params, z, cond) ->
+  x0)."""
+  with jax.ensure_compile_time_eval():
+    sigmas = sigma_grid(sampling_config, num_steps, sigma_min, sigma_max)[:-1]
+
+  def encode(params, x0, cond=None):
+    return sampling.sigma_ode_codec(denoiser(params, cond), sigmas)[0](x0)
+
+  def decode(params, z, cond=None):
+    return sampling.sigma_ode_codec(denoiser(params, cond), sigmas)[1](z)
+
+  return encode, decode
+
+
 def x0_as_v(gaussian) -> tuple[Callable, Callable]:
   """(x_t, t, x̂0) -> v̂ and back: where guidance_rescale acts for an x0-model (Lin et al. rescale
   v; x̂0 = √ᾱ x_t - √(1-ᾱ) v̂ stays finite at ᾱ_T = 0)."""
@@ -284,7 +328,6 @@ def build(
     """-> (model_fn, cond_fn, controls) of the sampler: classifier-free guidance of a conditional
     model, classifier guidance by `guide`."""
     cond = cond or base.Cond()
-    labels, contexts = cond.label, getattr(cond, conditioning.field)
     controls = {**{name: sampling_config[name] for name in CONTROLS}, **(controls or {})}
     cond_fn = None
     if guide is not None:  # classifier guidance by a noisy classifier (ADM §4)
@@ -292,23 +335,18 @@ def build(
       log_prob_fn = lambda x_t, t: jax.nn.log_softmax(
         guide.apply(guide_params, x_t, network_time(t))
       )
-      cond_fn = sampling.classifier_guidance(log_prob_fn, labels, controls["classifier_scale"])
+      cond_fn = sampling.classifier_guidance(log_prob_fn, cond.label, controls["classifier_scale"])
       # an unconditional diffusion model ignores them
-      labels = labels if model.num_classes else None
-    conditional = lambda x_t, t: apply(params, x_t, t, labels, contexts)
-    model_fn = conditional
-    conditioned = labels is not None or contexts is not None
-    if conditioned and sampling_config.guidance_scale:  # on for any value passed later
-      # the null label and context ∅
-      unconditional = lambda x_t, t: apply(params, x_t, t, None, conditioning.null(contexts))
-      model_fn = sampling.classifier_free_guidance(
-        conditional,
-        unconditional,
-        controls["guidance_scale"],
-        config.data.num_channels,
-        sampling_config.guidance_rescale,
-        rescale_space,
-      )
+      cond = cond._replace(label=cond.label if model.num_classes else None)
+    model_fn = free_guidance(
+      lambda y, condition: lambda x_t, t: apply(params, x_t, t, y, condition),
+      cond,
+      conditioning,
+      sampling_config,
+      controls["guidance_scale"],
+      config.data.num_channels,
+      rescale_space,
+    )
     return model_fn, cond_fn, controls
 
   def make_trajectory(guide=None) -> base.TrajectoryFn:

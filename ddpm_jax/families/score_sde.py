@@ -165,16 +165,14 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   def sampling_score(params, cond, controls):
     """`score_fn`, guided without a classifier where sampling.guidance_scale is on: the score of
-    (1 + w) out(x, c) - w out(x, ∅), the output being linear in the score."""
-    cond = cond or base.Cond()
-    conditioned = cond.label is not None or cond.context is not None
-    if not conditioned or not sampling_config.guidance_scale:  # on for any value passed later
-      return score_fn(params, cond)
+    (1 + w) out(x, c) - w out(x, ∅), the output (ε-like) being linear in the score
+    (`gaussian.free_guidance`, with sampling.guidance_rescale)."""
     scale = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
-    null_context = contexts.null(cond.context)
-    network = sampling.classifier_free_guidance(
-      lambda x_t, t: model.apply(params, x_t, t, cond.label, cond.context),
-      lambda x_t, t: model.apply(params, x_t, t, None, null_context),
+    network = gaussian.free_guidance(
+      lambda y, context: lambda x_t, t: model.apply(params, x_t, t, y, context),
+      cond or base.Cond(),
+      contexts,
+      sampling_config,
       scale["guidance_scale"],
       config.data.num_channels,
     )
@@ -246,20 +244,12 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return sample
 
   def make_latent_codec(num_steps: int):
-    """The probability-flow ODE in σ(t) (`sde.sigma_denoiser`) by Heun on EDM's grid of
-    `num_steps` levels between σ(sde.eps) and σ(1): (encode(params, x0, cond) -> z,
-    decode(params, z, cond) -> x0)."""
-    with jax.ensure_compile_time_eval():
-      sigmas = gaussian.sigma_grid(sampling_config, num_steps, *sigma_range())[:-1]
-
-    def codec(params, cond):
-      score = sampling_score(params, cond, None)
-      return sampling.sigma_ode_codec(sde.sigma_denoiser(score_sde, score), sigmas)
-
-    return (
-      lambda params, x0, cond=None: codec(params, cond)[0](x0),
-      lambda params, z, cond=None: codec(params, cond)[1](z),
+    """The probability-flow ODE in σ(t) (`sde.sigma_denoiser`) by Heun on EDM's grid between
+    σ(sde.eps) and σ(1) (`gaussian.sigma_ode_latent_codec`)."""
+    denoiser = lambda params, cond: sde.sigma_denoiser(
+      score_sde, sampling_score(params, cond, None)
     )
+    return gaussian.sigma_ode_latent_codec(denoiser, sampling_config, num_steps, *sigma_range())
 
   def bits_per_dim(params, x0, rng, cond=None):
     # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace
