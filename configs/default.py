@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ddpm_jax import families
+from ddpm_jax.families import config_validation
 
 
 def get_config(family: str = "gaussian") -> ml_collections.ConfigDict:
@@ -201,8 +202,13 @@ def with_family(config: ml_collections.ConfigDict, family: str) -> ml_collection
   "score_sde", config.vdm, config.ardm, config.edm, config.super_res: defaults and ranges beside
   the family's code in ddpm_jax/families/; a block both read is kept as it is), and the shared
   fields whose default the family changes (its SHARED_DEFAULTS, e.g. sampling.sampler) set to it;
-  those the previous family changed and that still hold its value go back to the shared default."""
+  those the previous family changed and that still hold its value go back to the shared default,
+  as do the sampler-specific sampling fields (config_validation.SAMPLER_FIELDS: the previous
+  family's sampler tuning)."""
   shared = _shared_config()
+  if family != config.family:
+    for name in config_validation.SAMPLER_FIELDS:
+      config.sampling[name] = shared.sampling[name]
   for field, value in _shared_defaults(config.family).items():
     block, name = field.split(".")
     if config[block][name] == value:

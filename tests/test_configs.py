@@ -132,3 +132,53 @@ def test_the_diffusion_block_is_carried_only_where_it_is_read():
   config = default.get_config()
   config.diffusion.rescale_timesteps = True
   config_validation.validate_config(config)
+
+
+def test_the_sampler_fields_neutral_values_are_the_defaults():
+  sampling_config = default.get_config().sampling
+  for field, (neutral, _) in config_validation.SAMPLER_FIELDS.items():
+    assert sampling_config[field] == neutral, field
+
+
+def test_every_shipped_config_reads_every_sampling_setting_it_sets():
+  from test_config_fuzz import SHIPPED  # (the configs/ listing)
+
+  for name in SHIPPED:
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config_validation.ignored_sampling_settings(config) == [], name
+
+
+@pytest.mark.parametrize(
+  "family, sampler, field, value",
+  [
+    ("gaussian", "heun", "eta", 1.0),  # DDIM's η on a σ solver
+    ("gaussian", "ddim", "s_churn", 40.0),  # EDM's churn on DDIM
+    ("gaussian", "dpmpp_2m", "s_noise", 1.007),  # deterministic: no noise to scale
+    ("gaussian", "dpm_solver", "timestep_spacing", "trailing"),
+    ("score_sde", "ode", "snr", 0.075),  # the corrector's, with no corrector
+    ("score_sde", "pc", "ode_tolerance", 1e-3),
+    ("score_sde", "heun", "predictor", "euler_maruyama"),
+    ("edm", "heun", "step_lr", 1e-4),
+  ],
+)
+def test_a_sampling_setting_the_sampler_does_not_read_is_reported(
+  family, sampler, field, value, caplog
+):
+  config = default.get_config(family)
+  config.sampling.sampler = sampler
+  assert config_validation.ignored_sampling_settings(config) == []
+  config.sampling[field] = value
+  [ignored] = config_validation.ignored_sampling_settings(config)
+  assert f"sampling.{field}={value!r} is ignored" in ignored and repr(sampler) in ignored
+  with caplog.at_level("WARNING"):
+    config_validation.validate_config(config)  # a derived config may carry it: not refused
+  assert ignored in caplog.text
+
+
+def test_guidance_rescale_without_guidance_is_reported():
+  config = default.get_config()
+  config.sampling.guidance_rescale = 0.7
+  [ignored] = config_validation.ignored_sampling_settings(config)
+  assert "guidance_rescale=0.7 is ignored" in ignored
+  config.sampling.guidance_scale = 3.0
+  assert config_validation.ignored_sampling_settings(config) == []

@@ -4,10 +4,11 @@ block by its module's `validate`."""
 
 from __future__ import annotations
 
+from absl import logging
 import jax
 import ml_collections
 
-from ddpm_jax import diffusion, editing, families, models, schedules
+from ddpm_jax import diffusion, editing, families, models, sampling, schedules
 from ddpm_jax.data import sources, transforms
 from ddpm_jax.models import layers, unet
 from ddpm_jax.runtime.errors import InvalidConfigError
@@ -333,9 +334,53 @@ def _mode_problems(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
+_SIGMA = tuple(sampling.SIGMA_SOLVERS)
+_CHURN = sampling.CHURN_SIGMA_SOLVERS
+# config.sampling's sampler-specific fields: their neutral values (configs/default.py's, a test
+# pins them) and the samplers that read them (sampler names are unique across the families)
+SAMPLER_FIELDS = {
+  "eta": (0.0, ("ddim",)),
+  "timestep_spacing": ("default", ("ddpm", "ddim")),
+  "sigma_min": (None, _SIGMA),
+  "sigma_max": (None, _SIGMA),
+  "rho": (7.0, _SIGMA),
+  "s_churn": (0.0, _CHURN),
+  "s_tmin": (0.0, _CHURN),
+  "s_tmax": (float("inf"), _CHURN),
+  "s_noise": (1.0, _CHURN + sampling.STOCHASTIC_SIGMA_SOLVERS),
+  "predictor": ("reverse_diffusion", ("pc",)),
+  "corrector": ("langevin", ("pc",)),
+  "snr": (0.16, ("pc",)),
+  "n_corrector": (1, ("pc", "annealed_langevin")),
+  "step_lr": (2e-5, ("annealed_langevin",)),
+  "ode_tolerance": (1e-5, ("ode",)),
+}
+
+
+def ignored_sampling_settings(config: ml_collections.ConfigDict) -> list[str]:
+  """config.sampling's fields set away from their neutral value that the chosen sampler does not
+  read (a derived config may carry them for its own sampler: reported, not refused)."""
+  sampling_config, ignored = config.sampling, []
+  sampler = sampling_config.sampler
+  for field, (neutral, readers) in SAMPLER_FIELDS.items():
+    value = sampling_config.get(field, neutral)
+    if value != neutral and sampler not in readers:
+      ignored.append(
+        f"sampling.{field}={value!r} is ignored: sampling.sampler={sampler!r} does not read it "
+        f"(read by {', '.join(readers)})."
+      )
+  if sampling_config.get("guidance_rescale") and not sampling_config.guidance_scale:
+    ignored.append(
+      f"sampling.guidance_rescale={sampling_config.guidance_rescale} is ignored: it rescales "
+      "classifier-free guidance, and sampling.guidance_scale is 0."
+    )
+  return ignored
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises InvalidConfigError (a ValueError) listing every problem of `config`: the numeric
-  ranges first, alone where any is broken (the other checks assume them)."""
+  ranges first, alone where any is broken (the other checks assume them). Logs a warning for each
+  sampling setting the chosen sampler ignores."""
   replaced = replaced_selectors(config)
   if replaced:
     raise InvalidConfigError(" ".join(replaced))
@@ -349,6 +394,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   problems += families.family_module(config.family).validate(config)
   if problems:
     raise InvalidConfigError(_listed(problems))
+  for ignored in ignored_sampling_settings(config):
+    logging.warning(ignored)
 
 
 def _listed(problems: list[str]) -> str:
