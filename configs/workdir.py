@@ -36,6 +36,15 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   if family in ("vdm", "ardm") and sampling.get("sampler") == "ddim":
     # written when these families ignored the shared default sampler "ddim": theirs instead
     saved["sampling"] = {k: v for k, v in sampling.items() if k != "sampler"}
+  own_samplers = set(families.family_module(family).SAMPLERS)
+  # sampler fields no sampler of the family reads (carried over from a config of another family
+  # before with_family reset them): their defaults
+  saved["sampling"] = {
+    k: v
+    for k, v in saved.get("sampling", {}).items()
+    if k not in config_validation.SAMPLER_FIELDS
+    or own_samplers & set(config_validation.SAMPLER_FIELDS[k][1])
+  }
   merged = _merged(default.get_config(family).to_dict(), saved)
   if "model" in saved:
     merged["model"] = saved["model"]

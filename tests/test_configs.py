@@ -122,6 +122,17 @@ def test_an_old_vdm_workdir_with_the_ignored_ddim_sampler_gets_its_own(tmp_path)
   config_validation.validate_config(config)
 
 
+def test_an_old_workdir_with_another_familys_sampler_tuning_gets_the_defaults(tmp_path):
+  saved = default.get_config("edm").to_dict()
+  # an EDM config derived from a score SDE's, written before with_family reset these
+  saved["sampling"].update(predictor="euler_maruyama", corrector="none", s_churn=40.0)
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = workdir.get_config(str(tmp_path))
+  assert (config.sampling.predictor, config.sampling.corrector) == ("reverse_diffusion", "langevin")
+  assert config.sampling.s_churn == 40.0  # read by EDM's euler and heun: kept
+  config_validation.validate_config(config)
+
+
 def test_the_diffusion_block_is_carried_only_where_it_is_read():
   for name in ("score_sde", "edm", "vdm", "ardm"):
     assert "diffusion" not in default.get_config(name)  # --config.diffusion.* is unknown there
@@ -158,7 +169,7 @@ def test_every_shipped_config_reads_every_sampling_setting_it_sets():
     ("score_sde", "ode", "snr", 0.075),  # the corrector's, with no corrector
     ("score_sde", "pc", "ode_tolerance", 1e-3),
     ("score_sde", "heun", "predictor", "euler_maruyama"),
-    ("edm", "heun", "step_lr", 1e-4),
+    ("edm", "dpmpp_2m", "s_churn", 40.0),
   ],
 )
 def test_a_sampling_setting_the_sampler_does_not_read_is_reported(
@@ -173,6 +184,27 @@ def test_a_sampling_setting_the_sampler_does_not_read_is_reported(
   with caplog.at_level("WARNING"):
     config_validation.validate_config(config)  # a derived config may carry it: not refused
   assert ignored in caplog.text
+
+
+@pytest.mark.parametrize(
+  "family, field, value",
+  [
+    ("gaussian", "snr", 0.075),  # the score SDE's corrector
+    ("edm", "step_lr", 1e-4),  # NCSN's annealed Langevin
+    ("edm", "eta", 1.0),  # DDIM's
+    ("vdm", "rho", 3.0),  # VDM samples ancestrally on equal steps: no σ grid
+    ("ardm", "timestep_spacing", "trailing"),
+    ("classifier", "eta", 0.5),  # it samples nothing
+  ],
+)
+def test_a_sampling_setting_no_sampler_of_the_family_reads_is_refused(family, field, value):
+  config = default.get_config(family)
+  config.sampling[field] = value
+  with pytest.raises(config_validation.InvalidConfigError) as error:
+    config_validation.validate_config(config)
+  assert f"sampling.{field}={value!r}: config.family={family!r} does not read it" in str(
+    error.value
+  )
 
 
 def test_guidance_rescale_without_guidance_is_reported():

@@ -12,6 +12,7 @@ from ddpm_jax.families import base, gaussian
 
 # the config blocks this family reads (its noise process: the Gaussian diffusion), with defaults
 CONFIG_BLOCKS = {"diffusion": gaussian.diffusion_config}
+SAMPLERS = ()  # it guides the Gaussian family's samplers; it samples nothing itself
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:

@@ -357,14 +357,36 @@ SAMPLER_FIELDS = {
 }
 
 
+def _set_sampler_fields(config: ml_collections.ConfigDict):
+  """(field, value, the samplers that read it) of the sampler-specific fields set away from their
+  neutral value."""
+  for field, (neutral, readers) in SAMPLER_FIELDS.items():
+    value = config.sampling.get(field, neutral)
+    if value != neutral:
+      yield field, value, readers
+
+
+def unread_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The sampler-specific fields set away from their neutral value that no sampler of the family
+  reads (with_family resets them when a derived config changes family)."""
+  own = families.family_module(config.family).SAMPLERS
+  return [
+    f"sampling.{field}={value!r}: config.family={config.family!r} does not read it (its samplers: "
+    f"{', '.join(own) or 'none'}; read by {', '.join(readers)})."
+    for field, value, readers in _set_sampler_fields(config)
+    if not set(readers) & set(own)
+  ]
+
+
 def ignored_sampling_settings(config: ml_collections.ConfigDict) -> list[str]:
   """config.sampling's fields set away from their neutral value that the chosen sampler does not
-  read (a derived config may carry them for its own sampler: reported, not refused)."""
+  read, though another sampler of the family does (a derived config may carry them for its own
+  sampler: reported, not refused), and guidance_rescale without guidance."""
   sampling_config, ignored = config.sampling, []
   sampler = sampling_config.sampler
-  for field, (neutral, readers) in SAMPLER_FIELDS.items():
-    value = sampling_config.get(field, neutral)
-    if value != neutral and sampler not in readers:
+  own = families.family_module(config.family).SAMPLERS
+  for field, value, readers in _set_sampler_fields(config):
+    if sampler not in readers and set(readers) & set(own):
       ignored.append(
         f"sampling.{field}={value!r} is ignored: sampling.sampler={sampler!r} does not read it "
         f"(read by {', '.join(readers)})."
@@ -390,7 +412,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   out_of_range = range_problems(config)
   if out_of_range:
     raise InvalidConfigError(_listed(out_of_range))
-  problems = _shared_problems(config) + _mode_problems(config)
+  problems = _shared_problems(config) + _mode_problems(config) + unread_sampling_problems(config)
   problems += families.family_module(config.family).validate(config)
   if problems:
     raise InvalidConfigError(_listed(problems))

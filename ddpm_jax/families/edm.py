@@ -16,6 +16,7 @@ from ddpm_jax import edm, models, sampling
 from ddpm_jax.families import base, gaussian
 
 # shared fields whose default differs for this family: Heun's 2nd order solver; no likelihood
+SAMPLERS = tuple(sampling.SIGMA_SOLVERS)  # sampling.sampler: a σ-space solver on EDM's grid
 SHARED_DEFAULTS = {"sampling.sampler": "heun", "eval.bpd_num_batches": 0}
 
 
@@ -48,7 +49,7 @@ RANGES = dict.fromkeys(
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   edm_config, problems = config.edm, []
-  if config.sampling.sampler not in sampling.SIGMA_SOLVERS:
+  if config.sampling.sampler not in SAMPLERS:
     problems.append(
       f"config.family='edm' samples with a σ-space solver: sampling.sampler must be one of "
       f"{', '.join(sampling.SIGMA_SOLVERS)}, not {config.sampling.sampler!r}."

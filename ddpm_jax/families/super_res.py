@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 # the config blocks this family reads, each with its defaults
 CONFIG_BLOCKS = {"diffusion": gaussian.diffusion_config, "super_res": default_config}
+SAMPLERS = gaussian.SAMPLERS  # the Gaussian family's, on the high-resolution image
 
 
 # config.super_res's numeric ranges (config_validation.RANGES' form)
