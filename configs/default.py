@@ -211,7 +211,9 @@ def with_family(config: ml_collections.ConfigDict, family: str) -> ml_collection
       config.sampling[name] = shared.sampling[name]
   for field, value in _shared_defaults(config.family).items():
     block, name = field.split(".")
-    if config[block][name] == value:
+    if name not in shared[block]:  # a field only that family reads (model.latent_dim)
+      del config[block][name]
+    elif config[block][name] == value:
       config[block][name] = shared[block][name]
   blocks = families.config_blocks(family)
   for block in families.all_config_blocks() - set(blocks):

@@ -21,9 +21,10 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "eval", "edit", "interpolate"],
-  "train; sample, eval (FID, IS, bits/dim), edit (config.edit: inpaint, colorize, sdedit) or "
-  "interpolate (config.interpolate: DDIM latents) with the newest checkpoint.",
+  ["train", "sample", "eval", "edit", "interpolate", "represent"],
+  "train; sample, eval (FID, IS, bits/dim), edit (config.edit: inpaint, colorize, sdedit), "
+  "interpolate (config.interpolate: DDIM latents) or represent (a representation's codes of "
+  "representation.split) with the newest checkpoint.",
 )
 config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
 flags.DEFINE_string(
@@ -56,7 +57,7 @@ def main(argv):
   host_memory.use_host_allocator(FLAGS.host_allocator)
   # Imported here so that `--help` stays instant (and the restart above cheap).
   from ddpm_jax.families.config_validation import InvalidConfigError
-  from ddpm_jax.jobs import edit, evaluate, sample, train
+  from ddpm_jax.jobs import edit, evaluate, represent, sample, train
   from ddpm_jax.runtime import parallel
 
   parallel.use_compilation_cache(FLAGS.compilation_cache_dir)
@@ -67,6 +68,7 @@ def main(argv):
     "eval": evaluate.evaluate,
     "edit": edit.edit,
     "interpolate": edit.interpolate,
+    "represent": represent.represent,
   }
   try:
     jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)

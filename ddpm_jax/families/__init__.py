@@ -21,6 +21,8 @@ FAMILIES = {
   "ardm": "ardm",  # order-agnostic Autoregressive Diffusion Models
   "super_res": "super_res",  # ADM-U: Gaussian diffusion given a low-resolution image
   "edm": "edm",  # EDM: the preconditioned denoiser D(x; σ), σ-space samplers
+  # an encoder E(x0) -> z learned with a denoiser conditioned on z (diffusion autoencoder)
+  "representation": "representation",
 }
 
 

@@ -125,6 +125,8 @@ class Family:
       across steps besides the parameters (the loss history of importance-sampled t), None where
       nothing.
   clip_mask(params) -> bools: which gradients the clipping norm sees; None: all.
+  represent(params, x0) -> z [B, D]: the family's learned representation of images x0 [B, H, W, C]
+      in [-1, 1] (its sampler, trajectory and likelihood take z as `Cond.embedding`); None: none.
   """
 
   name: str
@@ -144,6 +146,7 @@ class Family:
     family_state
   )
   clip_mask: Callable[[Params], Any] | None = None
+  represent: Callable[[Params, Array], Array] | None = None
 
 
 def trajectory_sampler(

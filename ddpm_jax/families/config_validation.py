@@ -100,6 +100,7 @@ SEQUENCES = {
   "model.fourier_features": (None, True),
   "model.fir_kernel": (None, True),
   "sampling.labels": (0, True),
+  "representation.encoder_ch_mult": (1, False),
 }
 
 

@@ -21,7 +21,8 @@ config.eval:
                         (calc_bpd_loop; VDM's; an ARDM's exact NLL along a random order) or a score
                         SDE's probability-flow ODE likelihood (sde.bits_per_dim); 0 skips
 
-Results go to workdir/eval_<step>.json and TensorBoard (eval/…).
+config.family="representation" adds its linear probes, reconstruction and semantic consistency
+(evaluation/representation.py). Results go to workdir/eval_<step>.json and TensorBoard (eval/…).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 from ddpm_jax import families, pixels
 from ddpm_jax.data import loader, sources
 from ddpm_jax.evaluation import feature_net, fid, offline_metrics
+from ddpm_jax.evaluation import representation as representation_eval
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.jobs.train_state import run_rngs
@@ -243,6 +245,61 @@ def held_out_bits_per_dim(
   return float(terms["bpd"].mean())
 
 
+def representation_metrics(config, family: families.Family, params) -> dict[str, float]:
+  """evaluation/representation.py's metrics (probes, reconstruction, semantic consistency) of
+  the trained `params` of `family` (config.family="representation")."""
+  options = config.representation
+  train_images, train_labels = representation_eval.split_images(
+    config.data, config.data.train_split
+  )
+  test_images, test_labels = representation_eval.split_images(config.data, config.data.eval_split)
+
+  def probe(train_x, test_x):
+    return representation_eval.probe_accuracy(
+      train_x, train_labels, test_x, test_labels, options.probe_c
+    )
+
+  untrained = family.init_params(jax.random.key(config.seed))
+  results = {
+    "probe_accuracy": probe(
+      sample_lib.represent_all(family, params, train_images),
+      sample_lib.represent_all(family, params, test_images),
+    ),
+    "probe_accuracy_untrained": probe(
+      sample_lib.represent_all(family, untrained, train_images),
+      sample_lib.represent_all(family, untrained, test_images),
+    ),
+    "probe_accuracy_pixels": probe(
+      train_images.reshape(len(train_images), -1).astype(np.float32),
+      test_images.reshape(len(test_images), -1).astype(np.float32),
+    ),
+  }
+  logging.info("Linear probes: %s", results)
+  count = min(options.num_eval_images, len(test_images))
+  x0 = jnp.asarray(pixels.from_uint8(test_images[:count]))
+  z = jnp.asarray(sample_lib.represent_all(family, params, test_images[:count]))
+  cond = families.Cond(embedding=z)
+  encode, decode = family.make_latent_codec(options.eval_num_steps)
+  reconstructed = jax.jit(lambda p, x, c: decode(p, encode(p, x, c), c))(params, x0, cond)
+  results["reconstruction_mse"] = float(jnp.mean((reconstructed - x0) ** 2))
+  net_path = config.eval.feature_net_path or feature_net.default_path(
+    config.data.dataset, config.data.image_size
+  )
+  if net_path:
+    x_T = jax.random.normal(jax.random.key(config.seed + 1), x0.shape)  # fresh noise
+    decoded = jax.jit(decode)(params, x_T, cond)
+    _, logits = feature_net.apply(feature_net.load(net_path)[0], np.asarray(decoded))
+    results["semantic_consistency"] = float(np.mean(np.argmax(logits, -1) == test_labels[:count]))
+  else:
+    logging.warning(
+      "No feature network for %s at %d px (eval.feature_net_path): no semantic_consistency.",
+      config.data.dataset,
+      config.data.image_size,
+    )
+  logging.info("Representation metrics: %s", results)
+  return results
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   validate_config(config)
   mesh = parallel.make_mesh()
@@ -298,6 +355,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     )
   if eval_config.bpd_num_batches:
     results["bpd"] = held_out_bits_per_dim(config, ema_params, mesh, workdir)
+  if family.represent is not None:  # a learned representation: probes, reconstruction, consistency
+    results.update(representation_metrics(config, family, ema_params))
   if jax.process_index() == 0:
     (epath.Path(workdir) / f"eval_{step}.json").write_text(
       json.dumps(

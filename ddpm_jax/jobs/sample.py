@@ -169,18 +169,44 @@ def low_res_inputs(
   return images[rows], (np.asarray(labels, np.int32)[rows] if conditional else None)
 
 
+def represent_all(family: families.Family, params, images: np.ndarray, batch_size: int = 256):
+  """z [N, D] of uint8 images [N, H, W, C], in batches."""
+  represent = jax.jit(family.represent)
+  return np.concatenate(
+    [
+      np.asarray(represent(params, pixels.from_uint8(images[i : i + batch_size])))
+      for i in range(0, len(images), batch_size)
+    ]
+  )
+
+
+def represented_inputs(config: ml_collections.ConfigDict, family, params, num_samples: int):
+  """(z [num_samples, D], labels): the codes `family.represent` gives data.eval_split's first
+  images under `params`, in turn, with those images' labels (what the samples should show)."""
+  if params is None:
+    raise ValueError(f"config.family={family.name!r} samples from codes: it needs the parameters.")
+  images, labels = eval_split_images(config, num_samples)
+  rows = np.arange(num_samples) % len(images)
+  return represent_all(family, params, images)[rows], labels[rows]
+
+
 def conditioning_inputs(
   config: ml_collections.ConfigDict,
   family: families.Family,
   num_samples: int,
   mesh=None,
   cascade: bool = True,
+  params=None,
 ) -> families.Cond:
   """What the family's samples are conditioned on besides labels chosen for them (numpy rows
   [num_samples, …]): a super-resolution model's low-resolution images in [-1, 1] with the labels
   they come with (`low_res_inputs`), a context-conditional model's contexts
-  (`generation_contexts`)."""
+  (`generation_contexts`), a representation's codes of held-out images under `params` with their
+  labels (`represented_inputs`)."""
   cond = families.Cond()
+  if "embedding" in family.conditions and family.represent is not None:
+    embedding, labels = represented_inputs(config, family, params, num_samples)
+    cond = cond._replace(embedding=embedding, label=labels)
   if "low_res" in family.conditions:
     size = config.super_res.low_res_size
     low_res, labels = low_res_inputs(config, size, num_samples, mesh, cascade)
@@ -270,7 +296,7 @@ def generate(
   cond = cond or families.Cond()
   missing = [name for name in family.conditions if getattr(cond, name) is None]
   if set(missing) - {"label"}:
-    inputs = conditioning_inputs(config, family, num_samples, mesh)
+    inputs = conditioning_inputs(config, family, num_samples, mesh, params=ema_params)
     cond = cond._replace(**{name: getattr(inputs, name) for name in missing})
   num_classes = guide.num_classes if guide is not None else config.model.get("num_classes")
   if cond.label is None and num_classes:
@@ -303,7 +329,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   ema_params, step = restore_ema_params(config, workdir, mesh)
   num_samples = config.sampling.num_samples
   family = families.get_family(config)
-  cond = conditioning_inputs(config, family, num_samples, mesh)
+  cond = conditioning_inputs(config, family, num_samples, mesh, params=ema_params)
   if cond.label is None:
     cond = cond._replace(label=display_labels(config, num_samples))
   images, labels = generate(config, ema_params, num_samples, mesh, workdir, cond)
@@ -312,6 +338,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   if jax.process_index() == 0:
     shown, columns = pixels.from_uint8(images[:64]), row_length(labels[:64])
     extra = {} if cond.context is None else {"contexts": cond.context}
+    if cond.embedding is not None:
+      extra = {"embeddings": np.asarray(cond.embedding)}
     if cond.low_res is not None:
       extra = {"low_res": pixels.to_uint8(cond.low_res)}
       factor = config.data.image_size // cond.low_res.shape[1]

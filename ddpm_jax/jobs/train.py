@@ -213,11 +213,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if sample_grids:
     # (a super-resolution model's grid upsamples held-out images, not a base model's samples)
     num_samples = config.sampling.num_samples
-    grid_cond = sample_lib.conditioning_inputs(config, family, num_samples, mesh, cascade=False)
-    if grid_cond.label is None:
-      grid_cond = grid_cond._replace(label=sample_lib.display_labels(config, num_samples))
-    grid_columns = None if grid_cond.label is None else sample_lib.row_length(grid_cond.label)
     grid_batch = -(-num_samples // mesh.size) * mesh.size
+
+    def sample_grid_cond(params):
+      cond = sample_lib.conditioning_inputs(
+        config, family, num_samples, mesh, cascade=False, params=params
+      )
+      if cond.label is None:
+        cond = cond._replace(label=sample_lib.display_labels(config, num_samples))
+      return cond
+
+    grid_cond = sample_grid_cond(state.ema_params)
+    grid_columns = None if grid_cond.label is None else sample_lib.row_length(grid_cond.label)
     sample_fn = sample_lib.make_sample_fn(family, grid_batch, mesh)
     grid_cond = sample_lib.batch_rows(grid_cond, 0, grid_batch)
   held_out_loss = (
@@ -274,6 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.info("step %d  held-out loss (EMA, %s) %.5f", step, config.data.eval_split, loss)
         writer.write_scalars("eval", {"loss": loss}, step)
       if sample_grids and (step % training.sample_every_steps == 0 or step == total):
+        if family.represent is not None:  # the held-out images' codes under the current encoder
+          grid_cond = sample_lib.batch_rows(sample_grid_cond(state.ema_params), 0, grid_batch)
         samples = sample_fn(state.ema_params, rngs["sample"], grid_cond)
         write_sample_grid(samples, config.sampling.num_samples, workdir, step, writer, grid_columns)
       if preempted:

@@ -194,8 +194,8 @@ class UNetBackbone(nn.Module):
 
 
 class UNet(UNetBackbone):
-  """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None) ->
-  [B, H, W, out].
+  """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None,
+  train, embedding [B, embedding_dim] | None) -> [B, H, W, out].
 
   progressive="output_skip" (NCSN++): each up level ends in GroupNorm, swish and a 3×3 convolution
   to the output channels, added to the upsampled sum of the levels below; that sum is the output.
@@ -205,6 +205,9 @@ class UNet(UNetBackbone):
   num_classes: int = 0
   null_class: bool = True  # a null label ∅ for classifier-free guidance (ADM's models: none)
   progressive: str = "none"
+  # the width D of an embedding [B, D] the network is conditioned on (a representation's code, an
+  # image embedding), projected and added to the time embedding (0: none; the zero embedding: ∅)
+  embedding_dim: int = 0
 
   @nn.compact
   def __call__(
@@ -214,6 +217,7 @@ class UNet(UNetBackbone):
     y: Array | None = None,
     context: Array | None = None,
     train: bool = False,
+    embedding: Array | None = None,
   ) -> Array:
     emb = TimeClassEmbedding(
       self.ch,
@@ -223,6 +227,11 @@ class UNet(UNetBackbone):
       null_class=self.null_class,
       name="embedding",
     )(t, y)
+    if self.embedding_dim:
+      if embedding is None:  # ∅ (and what initialising needs)
+        embedding = jnp.zeros((x.shape[0], self.embedding_dim), x.dtype)
+      # emb += W z (+ b): the time embedding carries z into every residual block (AdaGN)
+      emb = emb + nn.Dense(4 * self.ch, dtype=self.dtype, name="embedding_projection")(embedding)
     if self.progressive not in PROGRESSIVE_OUTPUTS:
       raise ValueError(
         f"Unknown progressive {self.progressive!r}; valid: {', '.join(PROGRESSIVE_OUTPUTS)}."

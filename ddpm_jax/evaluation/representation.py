@@ -1,0 +1,38 @@
+"""How good a learned representation z = E(x0) is (config.family="representation", `--mode=eval`;
+computed by jobs/evaluate.representation_metrics):
+
+probe_accuracy            a linear probe (multinomial logistic regression on standardised z),
+                          fitted on the train split, scored on data.eval_split
+probe_accuracy_untrained  the same for the encoder at initialisation (same architecture, seed)
+probe_accuracy_pixels     the same on the raw pixels
+reconstruction_mse        x0 -> x_T by DDIM's ODE given z, decoded given z (mean squared error in
+                          [-1, 1], over representation.num_eval_images held-out images)
+semantic_consistency      z decoded from fresh noise: the fraction the dataset's feature network
+                          (the shipped digits one) assigns to the source image's class
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from ddpm_jax.data import sources, workers
+
+
+def split_images(data_config, split: str, count: int | None = None):
+  """The first `count` (None: all) examples of `split` at the data's size: (uint8 images,
+  labels)."""
+  source = sources.open_source(data_config, split)
+  indices = np.arange(len(source) if count is None else min(count, len(source)))
+  examples = workers.load_examples(
+    source, indices, data_config.image_size, data_config.num_channels, data_config.resize
+  )
+  return examples["image"], examples["label"]
+
+
+def probe_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0) -> float:
+  """Test accuracy of the logistic-regression probe fitted on (train_x [N, D], train_y [N])."""
+  scaler = StandardScaler().fit(train_x)
+  probe = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(train_x), train_y)
+  return float(probe.score(scaler.transform(test_x), test_y))
