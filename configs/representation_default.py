@@ -16,10 +16,7 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config("representation")
-  # z enters through the time embedding: AdaGN keeps it at every width (with 32 channels in 32
-  # groups, a GroupNorm after an added embedding would erase it)
-  config.model.scale_shift_norm = True
+  config = default.get_config("representation")  # with AdaGN (the family's default)
   config.training.num_train_steps = 2000
   config.eval.num_fid_samples = 0
   config.eval.bpd_num_batches = 0

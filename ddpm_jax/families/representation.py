@@ -20,7 +20,9 @@ from ddpm_jax import diffusion, models, sampling
 from ddpm_jax.families import base, gaussian
 
 SAMPLERS = gaussian.SAMPLERS  # decoding z: the Gaussian family's
-SHARED_DEFAULTS = {"model.latent_dim": 32}
+# z enters through the time embedding: AdaGN keeps it at every width (with 32 channels in 32
+# groups, a GroupNorm after an added embedding erases it; validate)
+SHARED_DEFAULTS = {"model.latent_dim": 32, "model.scale_shift_norm": True}
 # the traced sampling values (DDIM's η): z always conditions, so there is no guidance scale
 CONTROLS = ("eta",)
 
@@ -91,6 +93,12 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(
       f"Every encoder width representation.encoder_ch·encoder_ch_mult must be divisible by 32 "
       f"(GroupNorm(32) groups); got {sorted(widths)}."
+    )
+  if not config.model.scale_shift_norm and config.model.ch * config.model.ch_mult[0] <= 32:
+    problems.append(
+      f"model.scale_shift_norm=False with {config.model.ch * config.model.ch_mult[0]} channels in "
+      "32 GroupNorm groups: the code z, added to each channel before a norm of one channel per "
+      "group, is normalised away; set model.scale_shift_norm=True (AdaGN, as Preechakul et al.)."
     )
   refused = {
     "model.num_classes": config.model.get("num_classes"),
