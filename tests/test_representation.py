@@ -138,7 +138,7 @@ def test_a_trained_representation_beats_the_untrained_encoder_from_the_command_l
     "--config.sampling.num_steps=5",
     "--config.data.num_workers=0",
   ]
-  for mode in ("represent", "sample"):
+  for mode in ("represent", "sample", "interpolate"):
     subprocess.run(
       [
         sys.executable,
@@ -162,3 +162,7 @@ def test_a_trained_representation_beats_the_untrained_encoder_from_the_command_l
   assert samples["images"].shape == (8, 8, 8, 1) and samples["embeddings"].shape == (8, 32)
   # the samples decode the first held-out images' codes, and carry those images' labels
   np.testing.assert_array_equal(samples["labels"], sources.DigitsSource("test").labels[:8])
+  # interpolation: the first two held-out images' codes, linearly, beside their DDIM latents
+  frames = np.load(os.path.join(workdir, "edits", "interpolate_400.npz"))
+  assert frames["codes"].shape == (2, 32) and frames["frames"].shape[1:] == (8, 8, 1)
+  np.testing.assert_array_equal(frames["inputs"], sources.DigitsSource("test").images[:2])

@@ -9,7 +9,10 @@ for colorize, the input noised to t0 for sdedit.
 
 interpolate (config.interpolate): two images DDIM-encoded (or two latents drawn from config.seed),
 slerp between them (DDIM §5.3), decoded by DDIM's ODE (η = 0), to workdir/edits/interpolate_<step>
-.npz ("frames", "latents", "alphas", and "inputs" where given) and a PNG strip.
+.npz ("frames", "latents", "alphas", and "inputs" where given) and a PNG strip. A learned
+representation (config.family="representation") interpolates the two images' codes z linearly
+beside their x_T (Preechakul et al. §4.1; without interpolate.input_file, data.eval_split's first
+two images), and the frames also hold "codes".
 """
 
 from __future__ import annotations
@@ -108,10 +111,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, mode: str):
       "the config file it was trained with."
     )
   family = families.get_family(config)
-  if set(family.conditions) - {"label"}:
+  # a representation's codes come from the images it interpolates
+  own_codes = {"embedding"} if mode == "interpolate" and family.represent is not None else set()
+  if set(family.conditions) - {"label"} - own_codes:
     raise ValueError(
-      f"--mode={mode} runs on unconditional and class-conditional models; this one also takes "
-      "low-resolution images or contexts."
+      f"--mode={mode} runs on unconditional and class-conditional models (and interpolates a "
+      "representation's codes); this one also takes low-resolution images, contexts or codes."
     )
   mesh = parallel.make_mesh()
   params, step = sample_lib.restore_ema_params(config, workdir, mesh)
@@ -214,27 +219,39 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
     raise ValueError(
       f"interpolate.input_file must hold two images; {options.input_file} has {len(inputs)}."
     )
+  if inputs is None and family.represent is not None:  # codes need images
+    inputs, given_labels = sample_lib.eval_split_images(config, 2)
   labels = _labels(config, given_labels, 2, None)
   label = None if labels is None else labels[:1]
   alphas = np.linspace(0.0, 1.0, options.num_frames)
 
   def run(params, rng, x, label):
     pair = families.Cond(label=None if label is None else jnp.repeat(label, 2))
+    codes = frame_codes = None
+    if family.represent is not None:  # z of each image, interpolated linearly
+      codes = family.represent(params, x)
+      frame_codes = codes[:1] + jnp.asarray(alphas, jnp.float32)[:, None] * (codes[1:] - codes[:1])
+      pair = pair._replace(embedding=codes)
     z = jax.random.normal(rng, shape) if x is None else encode(params, x, pair)
     weights = jnp.asarray(alphas, jnp.float32).reshape(-1, 1, 1, 1)
     frames_z = sampling.slerp(z[:1], z[1:], weights)
     frame_labels = None if label is None else jnp.repeat(label, len(alphas))
-    return z, decode(params, frames_z, families.Cond(label=frame_labels))
+    frames = decode(params, frames_z, families.Cond(label=frame_labels, embedding=frame_codes))
+    return z, frames, codes
 
   x = None if inputs is None else jnp.asarray(pixels.from_uint8(inputs))
   logging.info(
     "Interpolating in %d frames on %d steps of the deterministic sampler.", len(alphas), num_steps
   )
-  latents, frames = jax.jit(run)(params, rng, x, None if label is None else jnp.asarray(label))
+  latents, frames, codes = jax.jit(run)(
+    params, rng, x, None if label is None else jnp.asarray(label)
+  )
   frames = pixels.to_uint8(np.asarray(frames))
   path = os.path.join(workdir, "edits", f"interpolate_{step}.npz")
   if jax.process_index() == 0:
     extra = {} if inputs is None else {"inputs": inputs}
+    if codes is not None:
+      extra["codes"] = np.asarray(codes)
     files.save_npz(path, frames=frames, latents=np.asarray(latents), alphas=alphas, **extra)
     strip = frames if inputs is None else np.concatenate([inputs[:1], frames, inputs[1:]])
     image_utils.save_png(
