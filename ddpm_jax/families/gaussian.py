@@ -122,6 +122,38 @@ SAMPLERS = {
 }
 
 
+def configured_trajectory(
+  gaussian, model_fn, controls, sampling_config, cond_fn=None
+) -> sampling.Trajectory:
+  """The trajectory of sampling.sampler on `model_fn` with the config's steps and clipping."""
+  return SAMPLERS[sampling_config.sampler](
+    gaussian,
+    model_fn,
+    sampling_config.num_steps,
+    controls,
+    sampling_config,
+    sampling_config.clip_denoised,
+    cond_fn,
+  )
+
+
+def ddim_latent_codec(gaussian, model, sampling_config, num_steps: int):
+  """DDIM's ODE (η = 0) on `num_steps` steps of the network `model(params, cond, x0) -> model_fn`
+  (x0 None when decoding): (encode(params, x0, cond) -> x_T, decode(params, x_T, cond) -> x0)."""
+  respaced, grid_steps = with_timestep_spacing(gaussian, num_steps, sampling_config)
+
+  def encode(params, x0, cond=None):
+    return sampling.ddim_encode(respaced, model(params, cond, x0), x0, grid_steps)
+
+  def decode(params, x_T, cond=None):
+    rng = jax.random.key(0)  # η = 0: no noise is drawn
+    return sampling.ddim_sample(
+      respaced, model(params, cond, None), rng, x_T=x_T, num_steps=grid_steps, clip_denoised=False
+    )
+
+  return encode, decode
+
+
 # The sampling values a compiled sampler takes as arguments (`controls`), so that changing them does
 # not compile it again; config.sampling gives their defaults.
 CONTROLS = ("guidance_scale", "classifier_scale", "eta")
@@ -350,19 +382,9 @@ def build(
     return model_fn, cond_fn, controls
 
   def make_trajectory(guide=None) -> base.TrajectoryFn:
-    to_trajectory = SAMPLERS[sampling_config.sampler]
-
     def trajectory(params, cond=None, guide_params=None, controls=None):
       model_fn, cond_fn, controls = guided_model(params, cond, guide, guide_params, controls)
-      return to_trajectory(
-        gaussian,
-        model_fn,
-        sampling_config.num_steps,
-        controls,
-        sampling_config,
-        sampling_config.clip_denoised,
-        cond_fn,
-      )
+      return configured_trajectory(gaussian, model_fn, controls, sampling_config, cond_fn)
 
     return trajectory
 
@@ -372,23 +394,9 @@ def build(
     return base.trajectory_sampler(make_trajectory(guide), shape, progress)
 
   def make_latent_codec(num_steps: int):
-    """DDIM's ODE (η = 0) on `num_steps` steps: (encode(params, x0, cond) -> x_T,
-    decode(params, x_T, cond) -> x0)."""
-    respaced, grid_steps = with_timestep_spacing(gaussian, num_steps, sampling_config)
-
-    def model(params, cond):
-      return guided_model(params, cond, None, None, None)[0]
-
-    def encode(params, x0, cond=None):
-      return sampling.ddim_encode(respaced, model(params, cond), x0, grid_steps)
-
-    def decode(params, x_T, cond=None):
-      rng = jax.random.key(0)  # η = 0: no noise is drawn
-      return sampling.ddim_sample(
-        respaced, model(params, cond), rng, x_T=x_T, num_steps=grid_steps, clip_denoised=False
-      )
-
-    return encode, decode
+    """DDIM's ODE (η = 0) on `num_steps` steps (`ddim_latent_codec`)."""
+    model = lambda params, cond, x0: guided_model(params, cond, None, None, None)[0]
+    return ddim_latent_codec(gaussian, model, sampling_config, num_steps)
 
   def bits_per_dim(params, x0, rng, cond=None):
     cond = cond or base.Cond()

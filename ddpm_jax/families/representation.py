@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ddpm_jax import diffusion, models, sampling
+from ddpm_jax import diffusion, models
 from ddpm_jax.families import base, gaussian
 
 SAMPLERS = gaussian.SAMPLERS  # decoding z: the Gaussian family's
@@ -151,20 +151,12 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide  # refused by validate
-    to_trajectory = SAMPLERS[sampling_config.sampler]
 
     def trajectory(params, cond=None, guide_params=None, controls=None):
       del guide_params
       controls = {**{name: sampling_config[name] for name in CONTROLS}, **(controls or {})}
-      return to_trajectory(
-        gaussian_diffusion,
-        model_fn(params, codes(params, cond)),
-        sampling_config.num_steps,
-        controls,
-        sampling_config,
-        sampling_config.clip_denoised,
-        None,
-      )
+      fn = model_fn(params, codes(params, cond))
+      return gaussian.configured_trajectory(gaussian_diffusion, fn, controls, sampling_config)
 
     return trajectory
 
@@ -174,24 +166,10 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return base.trajectory_sampler(make_trajectory(guide), shape, progress)
 
   def make_latent_codec(num_steps: int):
-    """DDIM's ODE (η = 0) given z on `num_steps` steps: (encode(params, x0, cond) -> x_T,
-    decode(params, x_T, cond) -> x0); z is cond.embedding, else E_φ(x0) when encoding."""
-    respaced, grid_steps = gaussian.with_timestep_spacing(
-      gaussian_diffusion, num_steps, sampling_config
-    )
-
-    def encode(params, x0, cond=None):
-      fn = model_fn(params, codes(params, cond, x0))
-      return sampling.ddim_encode(respaced, fn, x0, grid_steps)
-
-    def decode(params, x_T, cond=None):
-      rng = jax.random.key(0)  # η = 0: no noise is drawn
-      fn = model_fn(params, codes(params, cond))
-      return sampling.ddim_sample(
-        respaced, fn, rng, x_T=x_T, num_steps=grid_steps, clip_denoised=False
-      )
-
-    return encode, decode
+    """DDIM's ODE (η = 0) given z on `num_steps` steps (`gaussian.ddim_latent_codec`); z is
+    cond.embedding, else E_φ(x0) when encoding."""
+    model = lambda params, cond, x0: model_fn(params, codes(params, cond, x0))
+    return gaussian.ddim_latent_codec(gaussian_diffusion, model, sampling_config, num_steps)
 
   def bits_per_dim(params, x0, rng, cond=None):
     fn = model_fn(params, codes(params, cond, x0))
