@@ -15,7 +15,7 @@ import numpy as np
 
 from ddpm_jax import pixels
 from ddpm_jax.data.order import stream_indices
-from ddpm_jax.data.sources import Source, as_context, get_source
+from ddpm_jax.data.sources import Source, as_context, get_source, open_source
 from ddpm_jax.data.transforms import resize_uint8
 
 
@@ -75,6 +75,17 @@ def load_examples(
   if images is None:
     batch["image"] = out
   return batch
+
+
+def split_images(data_config, split: str, count: int | None = None):
+  """The first `count` (None: all) examples of `split` at the data's size: (uint8 images [n, S, S,
+  C], labels [n])."""
+  source = open_source(data_config, split)
+  indices = np.arange(len(source) if count is None else min(count, len(source)))
+  examples = load_examples(
+    source, indices, data_config.image_size, data_config.num_channels, data_config.resize
+  )
+  return examples["image"], examples["label"]
 
 
 # A worker process's source, opened by its first task (so that a failure to open it is that task's

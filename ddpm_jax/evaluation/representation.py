@@ -13,22 +13,8 @@ semantic_consistency      z decoded from fresh noise: the fraction the dataset's
 
 from __future__ import annotations
 
-import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-
-from ddpm_jax.data import sources, workers
-
-
-def split_images(data_config, split: str, count: int | None = None):
-  """The first `count` (None: all) examples of `split` at the data's size: (uint8 images,
-  labels)."""
-  source = sources.open_source(data_config, split)
-  indices = np.arange(len(source) if count is None else min(count, len(source)))
-  examples = workers.load_examples(
-    source, indices, data_config.image_size, data_config.num_channels, data_config.resize
-  )
-  return examples["image"], examples["label"]
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0) -> float:

@@ -78,15 +78,8 @@ def make_encoder(config: ml_collections.ConfigDict) -> models.NoisyClassifier:
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
-  problems = gaussian.diffusion_problems(config.diffusion) + base.no_context_problems(config)
-  if config.sampling.sampler not in SAMPLERS:
-    problems.append(
-      f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}."
-    )
-  problems += gaussian.schedule_sampling_problems(config)
-  learned = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
-  channels = config.data.num_channels * (2 if learned else 1)
-  problems += base.unet_problems(config, channels, f"{config.data.num_channels} data channels")
+  # the denoiser's: the Gaussian family's diffusion, samplers and U-Net checks
+  problems = gaussian.validate(config) + base.no_context_problems(config)
   options = config.representation
   widths = {options.encoder_ch * m for m in options.encoder_ch_mult}
   if any(w % 32 for w in widths):

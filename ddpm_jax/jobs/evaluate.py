@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import families, pixels
-from ddpm_jax.data import loader, sources
+from ddpm_jax.data import loader, sources, workers
 from ddpm_jax.evaluation import feature_net, fid, offline_metrics
 from ddpm_jax.evaluation import representation as representation_eval
 from ddpm_jax.families.config_validation import validate_config
@@ -249,10 +249,8 @@ def representation_metrics(config, family: families.Family, params) -> dict[str,
   """evaluation/representation.py's metrics (probes, reconstruction, semantic consistency) of
   the trained `params` of `family` (config.family="representation")."""
   options = config.representation
-  train_images, train_labels = representation_eval.split_images(
-    config.data, config.data.train_split
-  )
-  test_images, test_labels = representation_eval.split_images(config.data, config.data.eval_split)
+  train_images, train_labels = workers.split_images(config.data, config.data.train_split)
+  test_images, test_labels = workers.split_images(config.data, config.data.eval_split)
 
   def probe(train_x, test_x):
     return representation_eval.probe_accuracy(
@@ -260,11 +258,9 @@ def representation_metrics(config, family: families.Family, params) -> dict[str,
     )
 
   untrained = family.init_params(jax.random.key(config.seed))
+  test_codes = sample_lib.represent_all(family, params, test_images)
   results = {
-    "probe_accuracy": probe(
-      sample_lib.represent_all(family, params, train_images),
-      sample_lib.represent_all(family, params, test_images),
-    ),
+    "probe_accuracy": probe(sample_lib.represent_all(family, params, train_images), test_codes),
     "probe_accuracy_untrained": probe(
       sample_lib.represent_all(family, untrained, train_images),
       sample_lib.represent_all(family, untrained, test_images),
@@ -277,8 +273,7 @@ def representation_metrics(config, family: families.Family, params) -> dict[str,
   logging.info("Linear probes: %s", results)
   count = min(options.num_eval_images, len(test_images))
   x0 = jnp.asarray(pixels.from_uint8(test_images[:count]))
-  z = jnp.asarray(sample_lib.represent_all(family, params, test_images[:count]))
-  cond = families.Cond(embedding=z)
+  cond = families.Cond(embedding=jnp.asarray(test_codes[:count]))
   encode, decode = family.make_latent_codec(options.eval_num_steps)
   reconstructed = jax.jit(lambda p, x, c: decode(p, encode(p, x, c), c))(params, x0, cond)
   results["reconstruction_mse"] = float(jnp.mean((reconstructed - x0) ** 2))

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import families
-from ddpm_jax.evaluation import representation as representation_eval
+from ddpm_jax.data import workers
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.runtime import files, parallel
@@ -30,7 +30,7 @@ def represent(config: ml_collections.ConfigDict, workdir: str) -> str:
   mesh = parallel.make_mesh()
   ema_params, step = sample_lib.restore_ema_params(config, workdir, mesh)
   split = config.representation.split
-  images, labels = representation_eval.split_images(config.data, split)
+  images, labels = workers.split_images(config.data, split)
   z = sample_lib.represent_all(family, ema_params, images)
   path = os.path.join(workdir, "represent", f"{split.replace('/', '_')}_{step}.npz")
   if jax.process_index() == 0:

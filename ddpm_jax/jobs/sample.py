@@ -119,12 +119,7 @@ def generation_contexts(config: ml_collections.ConfigDict, num_samples: int) -> 
 
 def eval_split_images(config: ml_collections.ConfigDict, count: int):
   """The first `count` images of data.eval_split at the data's size (uint8), with their labels."""
-  source = sources.open_source(config.data, config.data.eval_split)
-  data = config.data
-  examples = workers.load_examples(
-    source, np.arange(min(count, len(source))), data.image_size, data.num_channels, data.resize
-  )
-  return examples["image"], examples["label"]
+  return workers.split_images(config.data, config.data.eval_split, count)
 
 
 def low_res_inputs(
