@@ -175,7 +175,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     batch_size: int, progress: bool = False, guide=None, workdir=None
   ) -> base.SampleFn:
     del progress, guide
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    shape = base.sample_shape(batch_size, config.data)
     (plan,) = decoding_plans(config, workdir)
 
     def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):

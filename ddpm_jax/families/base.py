@@ -149,6 +149,24 @@ class Family:
   represent: Callable[[Params, Array], Array] | None = None
 
 
+def sample_shape(batch_size: int, data_config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """[B, H, W, C] of a batch of `data_config`'s images."""
+  return (batch_size, data_config.image_size, data_config.image_size, data_config.num_channels)
+
+
+def make_trajectory_sampler(
+  make_trajectory: Callable[..., TrajectoryFn], data_config: ml_collections.ConfigDict
+) -> Callable[..., SampleFn]:
+  """A family's `make_sampler` that walks its configured trajectory from Gaussian noise."""
+
+  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
+    del workdir
+    shape = sample_shape(batch_size, data_config)
+    return trajectory_sampler(make_trajectory(guide), shape, progress)
+
+  return make_sampler
+
+
 def trajectory_sampler(
   trajectory_fn: TrajectoryFn, shape: tuple, progress: bool = False, finish=lambda x: x
 ) -> SampleFn:

@@ -132,7 +132,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
     del workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    shape = base.sample_shape(batch_size, config.data)
     clip = lambda x: jax.numpy.clip(x, -1.0, 1.0)
     return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
 

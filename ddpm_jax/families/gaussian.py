@@ -388,11 +388,6 @@ def build(
 
     return trajectory
 
-  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
-    del workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-    return base.trajectory_sampler(make_trajectory(guide), shape, progress)
-
   def make_latent_codec(num_steps: int):
     """DDIM's ODE (η = 0) on `num_steps` steps (`ddim_latent_codec`)."""
     model = lambda params, cond, x0: guided_model(params, cond, None, None, None)[0]
@@ -419,7 +414,7 @@ def build(
     init_params=init_params,
     draw=draw,
     loss=loss,
-    make_sampler=make_sampler,
+    make_sampler=base.make_trajectory_sampler(make_trajectory, config.data),
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=CONTROLS,

@@ -153,11 +153,6 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return trajectory
 
-  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
-    del workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-    return base.trajectory_sampler(make_trajectory(guide), shape, progress)
-
   def make_latent_codec(num_steps: int):
     """DDIM's ODE (η = 0) given z on `num_steps` steps (`gaussian.ddim_latent_codec`); z is
     cond.embedding, else E_φ(x0) when encoding."""
@@ -182,7 +177,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     init_params=init_params,
     draw=draw,
     loss=loss,
-    make_sampler=make_sampler,
+    make_sampler=base.make_trajectory_sampler(make_trajectory, config.data),
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=CONTROLS,

@@ -223,7 +223,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
     del guide, workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    shape = base.sample_shape(batch_size, config.data)
     if sampling_config.sampler in TRAJECTORIES:
       return base.trajectory_sampler(make_trajectory(), shape, progress)
 

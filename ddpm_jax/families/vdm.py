@@ -140,11 +140,6 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return trajectory
 
-  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
-    del workdir
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-    return base.trajectory_sampler(make_trajectory(guide), shape, progress)
-
   def bits_per_dim(params, x0, rng, cond=None):  # one low-discrepancy t per example: unbiased
     t_rng, noise_rng, recon_rng = jax.random.split(rng, 3)
     terms = vdm.vlb_terms(
@@ -172,7 +167,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     init_params=init_params,
     draw=draw,
     loss=loss,
-    make_sampler=make_sampler,
+    make_sampler=base.make_trajectory_sampler(make_trajectory, config.data),
     make_trajectory=make_trajectory,
     conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
     bits_per_dim=bits_per_dim,

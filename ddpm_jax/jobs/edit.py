@@ -210,7 +210,7 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
     )
   num_steps = options.num_steps or config.sampling.num_steps or 50
   encode, decode = family.make_latent_codec(num_steps)
-  shape = (2, config.data.image_size, config.data.image_size, config.data.num_channels)
+  shape = families.base.sample_shape(2, config.data)
   rng = run_rngs(config.seed)["sample"]
   inputs, given_labels = (
     load_images(options.input_file, config.data) if options.get("input_file") else (None, None)
