@@ -91,6 +91,14 @@ def test_ddim_given_the_code_is_ddim_on_the_denoiser_given_that_code():
   assert samples.shape == x0.shape and bool(jnp.all(jnp.isfinite(samples)))
 
 
+@pytest.mark.parametrize("family", ["gaussian", "representation", "edm"])
+def test_an_embedding_width_no_family_feeds_is_refused(family):
+  config = tiny_config(family=family)
+  config.model.embedding_dim = 16  # a U-Net field: the representation's width is latent_dim
+  with pytest.raises(config_validation.InvalidConfigError, match="model.embedding_dim=16"):
+    config_validation.validate_config(config)
+
+
 def test_an_embedding_a_groupnorm_would_erase_is_refused():
   config = tiny_config(family="representation")
   config.model.scale_shift_norm = False  # 32 channels in 32 groups: z added, then normalised away

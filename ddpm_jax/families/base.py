@@ -260,6 +260,11 @@ def unet_problems(config: ml_collections.ConfigDict, out_channels: int, why: str
     problems.append(
       f"model.out_channels={config.model.out_channels} but {why} need {out_channels}."
     )
+  if config.model.get("embedding_dim"):  # a U-Net field that no family feeds from config.model
+    problems.append(
+      f"model.embedding_dim={config.model.embedding_dim}: no family gives the U-Net embeddings "
+      "from its data yet (config.family='representation' sizes its code by model.latent_dim)."
+    )
   return problems
 
 
