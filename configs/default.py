@@ -46,6 +46,10 @@ def _shared_config() -> ml_collections.ConfigDict:
   # each example's context [L, D] for model.context_dim: a tfds feature, or an image_folder's
   # sidecar arrays <image stem>.<context_key>.npy
   data.context_key = ""
+  # each example's embedding [D] for model.embedding_dim (the unCLIP decoder): a tfds feature, an
+  # image_folder's sidecar arrays <image stem>.<embedding_key>.npy, a packed folder's, or an .npz
+  # aligned with the split ("{split}" in the path: the split), e.g. --mode=represent's codes
+  data.embedding_key = ""
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"  # or "classifier", the noisy classifier of family "classifier"
@@ -67,6 +71,11 @@ def _shared_config() -> ml_collections.ConfigDict:
   model.downsample_padding = "symmetric"
   # cross-attention to a [B, L, context_dim] context (data.context_key), the zero context as ∅
   model.context_dim = config_dict.placeholder(int)
+  # an embedding [B, embedding_dim] of each example (data.embedding_key) added to the time embedding
+  # and, as embedding_tokens extra tokens, to the attention's context (unCLIP's decoder, §2.1); the
+  # zero embedding as ∅ (family gaussian)
+  model.embedding_dim = config_dict.placeholder(int)
+  model.embedding_tokens = 0
   # of t (or of the SDE's log σ): "positional" (DDPM's sinusoids) | "adm_positional"
   # (guided-diffusion's) | "fourier"
   model.embedding_type = "positional"

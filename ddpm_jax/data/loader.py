@@ -28,12 +28,14 @@ def batches(
   num_steps: int | None = None,
   num_classes: int = 0,
   context_dim: int | None = None,
+  embedding_dim: int | None = None,
   uint8: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of global batches start_step, start_step + 1, … (forever unless
   `num_steps`), decoded by `data.num_workers` processes (0: in this one). The source is opened
-  and checked now (labels for a model of `num_classes` > 0, contexts of `context_dim`, at least
-  one global batch of examples), the batches read as they are consumed."""
+  and checked now (labels for a model of `num_classes` > 0, contexts of `context_dim`, embeddings
+  of `embedding_dim`, at least one global batch of examples), the batches read as they are
+  consumed."""
   import jax  # here, not above: worker processes import this module without JAX
 
   process_index, process_count = jax.process_index(), jax.process_count()
@@ -43,7 +45,8 @@ def batches(
     )
   source = sources.open_source(data_config, split)
   problems = sources.label_problems(data_config.dataset, source.num_classes, num_classes)
-  problems += sources.context_problems(source, context_dim)
+  problems += sources.array_problems(source, "context", context_dim)
+  problems += sources.array_problems(source, "embedding", embedding_dim)
   if problems:
     raise InvalidConfigError(" ".join(problems))
   if len(source) < global_batch_size:

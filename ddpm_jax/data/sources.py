@@ -1,13 +1,18 @@
-"""Datasets as random-access sources of `{"image": uint8 [H, W, C], "label": int}` (and
-`"context": float32 [L, D]` where `data.context_key` names one), each described before it is opened
-by `DATASETS` (splits, classes, the held-out split):
+"""Datasets as random-access sources of `{"image": uint8 [H, W, C], "label": int}` (and the arrays
+`"context": float32 [L, D]` where `data.context_key` names one, `"embedding": float32 [D]` where
+`data.embedding_key` does), each described before it is opened by `DATASETS` (splits, classes, the
+held-out split):
   - tfds datasets through `tfds.data_source` (ArrayRecord files; no TensorFlow needed to read them):
     cifar10, celeb_a_hq/256, lsun/<category>, imagenet2012, imagenet_resized/64x64, mnist, …
   - "digits": the 8×8 handwritten digits that ship inside scikit-learn (offline; used by
     configs/default.py);
   - "image_folder": every image file under `data.data_dir` (labels from sub-directory names; the
-    context of `a/b.png` is the sidecar array `a/b.<context_key>.npy`);
+    context of `a/b.png` is the sidecar array `a/b.<context_key>.npy`, its embedding
+    `a/b.<embedding_key>.npy`);
   - "array_record": an image folder packed into ArrayRecord shards by `ddpm_jax.dataset_tool`.
+An array key ending in ".npz" names a file of any dataset's arrays aligned with the split's examples
+(row i: example i; "{split}" in it becomes the split): its array of the field's name ("embedding"),
+e.g. the codes `--mode=represent` writes for a split.
 
 No JAX here: the decoding worker processes import this module.
 """
@@ -66,9 +71,25 @@ def split_name(split: str) -> str:
   return split.split("[")[0]
 
 
+# The arrays an example may carry besides image and label, each named by data.<field>_key:
+# "context" [L, D] (cross-attention), "embedding" [D] (an embedding-conditioned decoder).
+ARRAY_FIELDS = ("context", "embedding")
+
+
+def array_keys(data_config) -> dict[str, str]:
+  """{field: the data's key for it} of the arrays `data_config` asks for."""
+  keys = {field: data_config.get(f"{field}_key", "") for field in ARRAY_FIELDS}
+  return {field: key for field, key in keys.items() if key}
+
+
+def in_file(key: str) -> bool:
+  """Whether an array key names an index-aligned .npz file rather than a feature or sidecar."""
+  return key.endswith(".npz")
+
+
 class Source(Protocol):
   num_classes: int  # 0: no labels
-  context_key: str  # "": no "context" entry
+  array_keys: dict[str, str]  # {field: key} of the arrays its examples carry
   decodes: bool  # whether reading an example decodes a file (worth data.num_workers processes)
 
   def __len__(self) -> int: ...
@@ -81,7 +102,7 @@ class DigitsSource:
 
   NUM_TRAIN = 1500
   num_classes = 10
-  context_key = ""
+  array_keys: dict[str, str] = {}
   decodes = False
 
   def __init__(self, split: str):
@@ -101,12 +122,12 @@ class DigitsSource:
 
 class ImageFolderSource:
   """All images under `root` (sorted paths); the label is the index of the first-level
-  sub-directory, and a folder without sub-directories has no labels. With `context_key`, the
-  context of image `stem.png` is the array in `stem.<context_key>.npy` beside it."""
+  sub-directory, and a folder without sub-directories has no labels. With `array_keys` {field:
+  key}, the field of image `stem.png` is the array in `stem.<key>.npy` beside it."""
 
   decodes = True
 
-  def __init__(self, root: str, context_key: str = ""):
+  def __init__(self, root: str, array_keys: dict[str, str] | None = None):
     self.paths = sorted(
       os.path.join(d, f)
       for d, _, files in os.walk(root)
@@ -119,17 +140,18 @@ class ImageFolderSource:
     classes = sorted({parts[0] for parts in tops if len(parts) > 1})
     self.class_index = {c: i for i, c in enumerate(classes)}
     self.num_classes = len(classes)
-    self.root, self.context_key = root, context_key
-    if context_key:
-      missing = [p for p in self.paths if not os.path.exists(self.context_path(p))]
+    self.root, self.array_keys = root, dict(array_keys or {})
+    for field, key in self.array_keys.items():
+      missing = [p for p in self.paths if not os.path.exists(self.array_path(p, field))]
       if missing:
         raise FileNotFoundError(
-          f"data.context_key={context_key!r}: {len(missing)} of {len(self.paths)} images have no "
-          f"context array beside them, e.g. {self.context_path(missing[0])!r}."
+          f"data.{field}_key={key!r}: {len(missing)} of {len(self.paths)} images have no "
+          f"{field} array beside them, e.g. {self.array_path(missing[0], field)!r}."
         )
 
-  def context_path(self, image_path: str) -> str:
-    return f"{os.path.splitext(image_path)[0]}.{self.context_key}.npy"
+  def array_path(self, image_path: str, field: str) -> str:
+    """The sidecar file of `field` beside the image: <stem>.<key>.npy."""
+    return f"{os.path.splitext(image_path)[0]}.{self.array_keys[field]}.npy"
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -145,8 +167,8 @@ class ImageFolderSource:
     path = self.paths[index]
     with Image.open(path) as img:
       example = {"image": decode(img), "label": self.label(index)}
-    if self.context_key:
-      example["context"] = np.load(self.context_path(path), allow_pickle=False)
+    for field in self.array_keys:
+      example[field] = np.load(self.array_path(path, field), allow_pickle=False)
     return example
 
 
@@ -157,12 +179,13 @@ def decode(img: Image.Image) -> np.ndarray:
 
 class ArrayRecordSource:
   """A split packed by `ddpm_jax.dataset_tool` (ArrayRecord shards of encoded images, labels.npy,
-  contexts.npy, manifest.json) as {"image", "label"[, "context"]}: the image folder it was packed
-  from, read by random access from a few large files."""
+  <field>s.npy of each array packed, manifest.json) as {"image", "label"[, "context",
+  "embedding"]}: the image folder it was packed from, read by random access from a few large
+  files."""
 
   decodes = True
 
-  def __init__(self, split_dir: str, context_key: str = ""):
+  def __init__(self, split_dir: str, array_keys: dict[str, str] | None = None):
     from array_record.python import array_record_data_source
 
     manifest_path = os.path.join(split_dir, "manifest.json")
@@ -178,14 +201,15 @@ class ArrayRecordSource:
     )
     self.labels = np.load(os.path.join(split_dir, "labels.npy"))
     self.num_classes = len(self.manifest["classes"])
-    self.context_key = context_key
-    if context_key:
-      if context_key != self.manifest["context_key"]:
+    self.array_keys, self.arrays = dict(array_keys or {}), {}
+    for field, key in self.array_keys.items():
+      packed = self.manifest.get(f"{field}_key", "")
+      if key != packed:
         raise ValueError(
-          f"data.context_key={context_key!r}, but {split_dir} was packed with the contexts "
-          f"{self.manifest['context_key']!r} ('' : none)."
+          f"data.{field}_key={key!r}, but {split_dir} was packed with the {field}s "
+          f"{packed!r} ('' : none)."
         )
-      self.contexts = np.load(os.path.join(split_dir, "contexts.npy"), mmap_mode="r")
+      self.arrays[field] = np.load(os.path.join(split_dir, f"{field}s.npy"), mmap_mode="r")
     if not len(self.records) == len(self.labels) == self.manifest["num_examples"]:
       raise ValueError(
         f"{split_dir}: {len(self.records)} records and {len(self.labels)} labels, but the manifest "
@@ -201,26 +225,27 @@ class ArrayRecordSource:
   def __getitem__(self, index: int) -> dict:
     with Image.open(io.BytesIO(self.records[index])) as img:
       example = {"image": decode(img), "label": int(self.labels[index])}
-    if self.context_key:
-      example["context"] = np.asarray(self.contexts[index])
+    for field, arrays in self.arrays.items():
+      example[field] = np.asarray(arrays[index])
     return example
 
 
 class TfdsSource:
   """A tfds random-access source as {"image", "label"} (label 0 where the dataset has none), and
-  "context" the feature `context_key` names."""
+  each field of `array_keys` {field: feature} the feature it names."""
 
   decodes = True
 
-  def __init__(self, data_source, context_key: str = ""):
-    self.data_source, self.context_key = data_source, context_key
+  def __init__(self, data_source, array_keys: dict[str, str] | None = None):
+    self.data_source, self.array_keys = data_source, dict(array_keys or {})
     features = data_source.dataset_info.features
     self.num_classes = features["label"].num_classes if "label" in features else 0
-    if context_key and context_key not in features:
-      raise ValueError(
-        f"data.context_key={context_key!r} is not a feature of this dataset; its features: "
-        f"{', '.join(features)}."
-      )
+    for field, key in self.array_keys.items():
+      if key not in features:
+        raise ValueError(
+          f"data.{field}_key={key!r} is not a feature of this dataset; its features: "
+          f"{', '.join(features)}."
+        )
 
   def __len__(self) -> int:
     return len(self.data_source)
@@ -228,8 +253,8 @@ class TfdsSource:
   def __getitem__(self, index: int) -> dict:
     example = self.data_source[index]
     out = {"image": example["image"], "label": int(example["label"]) if self.num_classes else 0}
-    if self.context_key:
-      out["context"] = example[self.context_key]
+    for field, key in self.array_keys.items():
+      out[field] = example[key]
     return out
 
 
@@ -242,20 +267,42 @@ def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def open_source(data_config, split: str) -> Source:
-  """`get_source` of `data_config`'s dataset, data_dir and context_key."""
+  """`get_source` of `data_config`'s dataset, data_dir and array keys."""
+  keys = array_keys(data_config)
   return get_source(
-    data_config.dataset, split, data_config.get("data_dir"), data_config.get("context_key", "")
+    data_config.dataset,
+    split,
+    data_config.get("data_dir"),
+    keys.get("context", ""),
+    keys.get("embedding", ""),
   )
 
 
 def get_source(
-  dataset: str, split: str, data_dir: str | None = None, context_key: str = ""
+  dataset: str,
+  split: str,
+  data_dir: str | None = None,
+  context_key: str = "",
+  embedding_key: str = "",
 ) -> Source:
-  """The random-access source of `dataset`'s `split` (with the contexts `context_key` names), or
-  one error that says how to prepare it."""
+  """The random-access source of `dataset`'s `split` with the contexts `context_key` and the
+  embeddings `embedding_key` name (.npz: a file aligned with the split, `IndexedArrays`), or one
+  error that says how to prepare it."""
+  keys = {"context": context_key, "embedding": embedding_key}
+  native = {field: key for field, key in keys.items() if key and not in_file(key)}
+  source = native_source(dataset, split, data_dir, native)
+  files = {field: key.replace("{split}", split) for field, key in keys.items() if in_file(key)}
+  return IndexedArrays(source, files) if files else source
+
+
+def native_source(dataset: str, split: str, data_dir: str | None, keys: dict[str, str]) -> Source:
+  """The source of `dataset` with the arrays `keys` {field: key} it stores itself."""
   if dataset == "digits":
-    if context_key:
-      raise ValueError("data.dataset='digits' has no contexts; set data.context_key=''.")
+    if keys:
+      raise ValueError(
+        f"data.dataset='digits' stores no arrays besides image and label; data.{next(iter(keys))}"
+        "_key can name an .npz file aligned with the split (e.g. --mode=represent's codes)."
+      )
     return DigitsSource(split)
   if dataset in ("image_folder", "array_record"):
     if not data_dir:
@@ -263,8 +310,8 @@ def get_source(
     split_dir = os.path.join(data_dir, split)
     split_dir = split_dir if os.path.isdir(split_dir) else data_dir
     if dataset == "array_record":
-      return ArrayRecordSource(split_dir, context_key)
-    return ImageFolderSource(split_dir, context_key)
+      return ArrayRecordSource(split_dir, keys)
+    return ImageFolderSource(split_dir, keys)
   import tensorflow_datasets as tfds
 
   try:
@@ -282,7 +329,43 @@ def get_source(
       "then set --config.data.data_dir=<dir> (celeb_a_hq and imagenet2012 also need their manual "
       "downloads, see the tfds catalog)."
     ) from e
-  return TfdsSource(source, context_key)
+  return TfdsSource(source, keys)
+
+
+class IndexedArrays:
+  """`source`'s examples, each with row i of the arrays in .npz files `files` {field: path} (the
+  array of the field's name: "embedding" [N, D], "context" [N, L, D]), one row per example."""
+
+  def __init__(self, source: Source, files: dict[str, str]):
+    self.source, self.arrays = source, {}
+    for field, path in files.items():
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"data.{field}_key names {path!r}, which does not exist.")
+      with np.load(path, allow_pickle=False) as npz:
+        if field not in npz:
+          raise ValueError(
+            f"{path} (data.{field}_key) has no array {field!r}; it has {', '.join(npz.files)}."
+          )
+        self.arrays[field] = np.asarray(npz[field], np.float32)
+      if len(self.arrays[field]) != len(source):
+        raise ValueError(
+          f"{path} (data.{field}_key) has {len(self.arrays[field])} rows, but the split has "
+          f"{len(source)} examples: it must have one per example, in the split's order."
+        )
+    self.array_keys = {**source.array_keys, **files}
+    self.num_classes, self.decodes = source.num_classes, source.decodes
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getattr__(self, name):  # describe, label, paths, … of the source it extends
+    return getattr(self.source, name)
+
+  def __getitem__(self, index: int) -> dict:
+    example = self.source[index]
+    for field, arrays in self.arrays.items():
+      example[field] = arrays[index]
+    return example
 
 
 def as_context(array) -> np.ndarray:
@@ -293,18 +376,30 @@ def as_context(array) -> np.ndarray:
   return array.reshape(-1, array.shape[-1])
 
 
-def context_problems(source: Source, context_dim: int | None) -> list[str]:
-  """A model that cross-attends to contexts of `context_dim` needs a source that has them, of that
-  width (checked on its first example)."""
-  if not context_dim:
+def as_embedding(array) -> np.ndarray:
+  """An embedding as float32 [D]."""
+  array = np.asarray(array, np.float32)
+  if array.ndim != 1:
+    raise ValueError(f"An embedding is a vector [D]; got shape {array.shape}.")
+  return array
+
+
+# field -> its example's array in the batch's form
+AS_ARRAY = {"context": as_context, "embedding": as_embedding}
+
+
+def array_problems(source: Source, field: str, width: int | None) -> list[str]:
+  """A model that takes the arrays `field` of `width` (model.<field>_dim; None/0: none) needs a
+  source that has them, of that width (checked on its first example)."""
+  if not width:
     return []
-  if not source.context_key:
-    return [f"model.context_dim={context_dim} needs contexts: set data.context_key."]
-  width = as_context(source[0]["context"]).shape[-1]
-  if width != context_dim:
+  key = source.array_keys.get(field)
+  if not key:
+    return [f"model.{field}_dim={width} needs {field}s: set data.{field}_key."]
+  got = AS_ARRAY[field](source[0][field]).shape[-1]
+  if got != width:
     return [
-      f"data.context_key={source.context_key!r} gives contexts of width {width}, but "
-      f"model.context_dim={context_dim}."
+      f"data.{field}_key={key!r} gives {field}s of width {got}, but model.{field}_dim={width}."
     ]
   return []
 

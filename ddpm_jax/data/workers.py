@@ -15,7 +15,7 @@ import numpy as np
 
 from ddpm_jax import pixels
 from ddpm_jax.data.order import stream_indices
-from ddpm_jax.data.sources import Source, as_context, get_source, open_source
+from ddpm_jax.data.sources import AS_ARRAY, Source, array_keys, get_source, open_source
 from ddpm_jax.data.transforms import resize_uint8
 
 
@@ -56,22 +56,22 @@ def load_examples(
 ) -> dict[str, np.ndarray]:
   """The examples at `indices`, decoded and resized into `images` (uint8 [n, S, S, C], new if
   None): -> {"image" (unless given), "label" [n], "skipped" (the corrupt indices `read_example`
-  skipped) and where the source has them "context" [n, L, D]}."""
+  skipped) and the arrays the source has: "context" [n, L, D], "embedding" [n, D]}."""
   out = (
     images
     if images is not None
     else np.empty((len(indices), image_size, image_size, num_channels), np.uint8)
   )
-  labels, contexts, skipped = [], [], []
+  labels, skipped = [], []
+  arrays = {field: [] for field in source.array_keys}
   for row, index in enumerate(indices):
     example = read_example(source, int(index), skip_corrupt, skipped)
     out[row] = resize_uint8(np.asarray(example["image"]), image_size, num_channels, resize)
     labels.append(int(example["label"]))
-    if "context" in example:
-      contexts.append(as_context(example["context"]))
+    for field, rows in arrays.items():
+      rows.append(AS_ARRAY[field](example[field]))
   batch = {"label": np.asarray(labels, np.int32), "skipped": np.asarray(skipped, np.int64)}
-  if contexts:
-    batch["context"] = np.stack(contexts)
+  batch.update({field: np.stack(rows) for field, rows in arrays.items() if rows})
   if images is None:
     batch["image"] = out
   return batch
@@ -136,7 +136,8 @@ def worker_pool(data_config, split: str, num_workers: int) -> WorkerPool:
       data_config.dataset,
       split,
       data_config.get("data_dir"),
-      data_config.get("context_key", ""),
+      array_keys(data_config).get("context", ""),
+      array_keys(data_config).get("embedding", ""),
     ),
     num_workers,
   )

@@ -21,7 +21,8 @@ from ddpm_jax import sampling
 
 Array = jax.Array
 Params = Any
-# {"image": [B, H, W, C] in [-1, 1], "label": [B] int, and "context": [B, L, D] where the data has}
+# {"image": [B, H, W, C] in [-1, 1], "label": [B] int, and where the data has them "context"
+# [B, L, D], "embedding" [B, D]}
 Batch = dict[str, Array]
 # per-example random draws, every leaf [B, ...]; "weight" and "t_fraction" [B]
 Draws = dict[str, Any]
@@ -221,19 +222,21 @@ def conditioning_labels(
   return jnp.where(drop, num_classes, batch["label"])
 
 
-def conditioning_context(key: Array, batch: Batch, label_dropout: float) -> Array | None:
-  """The contexts a context-conditional model trains on: the batch's, replaced by the null context
-  ∅ = 0 on a random `label_dropout` fraction (classifier-free guidance); None without contexts."""
-  if "context" not in batch:
+def dropped_condition(key: Array, batch: Batch, field: str, label_dropout: float) -> Array | None:
+  """The batch's `field` (contexts [B, L, D], embeddings [B, D]) a conditional model trains on,
+  replaced by the null ∅ = 0 on a random `label_dropout` fraction (classifier-free guidance); None
+  where the batch has none."""
+  if field not in batch:
     return None
-  # the key and shape of `conditioning_labels`' draw: label and context are dropped together, so
-  # that the unconditional model (∅, ∅) trains at the full rate
-  drop = jax.random.bernoulli(key, label_dropout, batch["context"].shape[:1])
-  return jnp.where(drop[:, None, None], 0.0, batch["context"])
+  # the key and shape of `conditioning_labels`' draw: label, context and embedding are dropped
+  # together, so that the unconditional model (∅, ∅, ∅) trains at the full rate
+  drop = jax.random.bernoulli(key, label_dropout, batch[field].shape[:1])
+  drop = drop.reshape(drop.shape + (1,) * (batch[field].ndim - 1))
+  return jnp.where(drop, 0.0, batch[field])
 
 
 def null_context(context: Array | None) -> Array | None:
-  """∅ = the zero context (a real context is an embedding, never exactly 0 in every entry)."""
+  """∅ = the zero context or embedding (a real one is never exactly 0 in every entry)."""
   return None if context is None else jnp.zeros_like(context)
 
 
@@ -247,9 +250,11 @@ def no_context_problems(config: ml_collections.ConfigDict) -> list[str]:
   return []
 
 
-def unet_problems(config: ml_collections.ConfigDict, out_channels: int, why: str) -> list[str]:
+def unet_problems(
+  config: ml_collections.ConfigDict, out_channels: int, why: str, embeddings: bool = False
+) -> list[str]:
   """The checks of a family that trains the U-Net with `out_channels` outputs (`why` says what needs
-  them)."""
+  them); `embeddings`: whether it feeds the U-Net data embeddings (model.embedding_dim)."""
   problems = []
   if config.model.get("name", "unet") != "unet":
     problems.append(
@@ -260,10 +265,10 @@ def unet_problems(config: ml_collections.ConfigDict, out_channels: int, why: str
     problems.append(
       f"model.out_channels={config.model.out_channels} but {why} need {out_channels}."
     )
-  if config.model.get("embedding_dim"):  # a U-Net field that no family feeds from config.model
+  if config.model.get("embedding_dim") and not embeddings:
     problems.append(
-      f"model.embedding_dim={config.model.embedding_dim}: no family gives the U-Net embeddings "
-      "from its data yet (config.family='representation' sizes its code by model.latent_dim)."
+      f"model.embedding_dim={config.model.embedding_dim}: the U-Net is given its data's "
+      f"embeddings (data.embedding_key) by config.family='gaussian', not {config.family!r}."
     )
   return problems
 

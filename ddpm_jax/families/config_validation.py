@@ -36,6 +36,7 @@ RANGES = {
       "training.batch_size",
       "training.keep_checkpoints",
       "model.context_dim",
+      "model.embedding_dim",
       "interpolate.num_steps",
     ],
     (1, True, None, False),
@@ -49,6 +50,7 @@ RANGES = {
       "eval.num_reference_images",
       "eval.precision_recall_images",
       "model.num_classes",
+      "model.embedding_tokens",
       "optim.grad_clip",
       "optim.warmup_steps",
       "optim.weight_decay",
@@ -281,11 +283,17 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(
           f"{field}={value} needs the null label: this model has model.null_class=False."
         )
-  context_key, context_dim = data.get("context_key", ""), model.get("context_dim")
-  if bool(context_key) != bool(context_dim):
+  for field in ("context", "embedding"):
+    key, width = data.get(f"{field}_key", ""), model.get(f"{field}_dim")
+    if bool(key) != bool(width):
+      problems.append(
+        f"data.{field}_key={key!r} and model.{field}_dim={width} go together: a "
+        f"{field}-conditional model needs both, an unconditional one neither."
+      )
+  if model.get("embedding_tokens") and not model.get("embedding_dim"):
     problems.append(
-      f"data.context_key={context_key!r} and model.context_dim={context_dim} go together: a "
-      "context-conditional model needs both, an unconditional one neither."
+      f"model.embedding_tokens={model.embedding_tokens} projects the embedding to extra context "
+      "tokens: it needs model.embedding_dim."
     )
   if model.get("dtype") == "float16":
     problems.append(

@@ -105,14 +105,15 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     sampling.guidance_scale is on (`gaussian.free_guidance`; the rescale on D's ε)."""
     scale = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
 
-    def denoiser_given(y, context):
+    def denoiser_given(y, conditions):
+      context = conditions["context"]
       network_fn = lambda x_in, c_noise: model.apply(params, x_in, c_noise, y, context)
       return lambda x, sigma: edm.denoise(network_fn, x, sigma, sigma_data)
 
     return gaussian.free_guidance(
       denoiser_given,
       cond or base.Cond(),
-      contexts,
+      (contexts,),
       sampling_config,
       scale["guidance_scale"],
       config.data.num_channels,

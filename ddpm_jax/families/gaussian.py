@@ -189,7 +189,9 @@ def diffusion_problems(diffusion_config: ml_collections.ConfigDict) -> list[str]
   return diffusion.loss_variance_problems(diffusion_config.var_type, diffusion_config.loss_type)
 
 
-def validate(config: ml_collections.ConfigDict) -> list[str]:
+def validate(config: ml_collections.ConfigDict, embeddings: bool = True) -> list[str]:
+  """The family's problems; `embeddings`: whether model.embedding_dim (data embeddings, the unCLIP
+  decoder) is allowed (not for the families that build on this one's checks)."""
   problems = diffusion_problems(config.diffusion)
   if config.sampling.sampler not in SAMPLERS:
     problems.append(
@@ -202,6 +204,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     config,
     channels,
     f"{config.data.num_channels} data channels with var_type={config.diffusion.var_type!r}",
+    embeddings,
   )
   return problems
 
@@ -227,8 +230,8 @@ def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 class Conditioning(NamedTuple):
   """A per-example input c of the U-Net besides (x_t, t, label): the `base.Cond` field `field`
-  (the Gaussian family's cross-attention contexts [B, L, D]; the super-resolution family's
-  low-resolution images), used where `active`."""
+  (the Gaussian family's cross-attention contexts [B, L, D] and embeddings [B, D]; the
+  super-resolution family's low-resolution images), used where `active`."""
 
   field: str
   active: bool
@@ -236,17 +239,33 @@ class Conditioning(NamedTuple):
   of_batch: Callable[[base.StepKeys, base.Batch], base.Array | None]
   # x0 -> the c of data when none is given (bits/dim); None: none
   of_images: Callable[[base.Array], base.Array | None]
-  # (x_t, c) -> the U-Net's (x, context)
-  unet_inputs: Callable[[base.Array, base.Array | None], tuple]
+  # (x, c) -> (x, keywords of the U-Net's call)
+  unet_inputs: Callable[[base.Array, base.Array | None], tuple[base.Array, dict]]
   # c -> the unconditional model's (classifier-free guidance)
   null: Callable[[base.Array | None], base.Array | None]
-  # -> the (x, context) of `model.init`
-  dummy_inputs: Callable[[], tuple]
+  # -> the c of `model.init` (None: none)
+  dummy: Callable[[], base.Array | None]
 
   def init(self, model, rng, data_config):
     """The U-Net's parameters, initialised on a dummy batch with this conditioning's inputs."""
-    x, context = self.dummy_inputs()
-    return model.init(rng, x, base.dummy_inputs(data_config)[1], None, context)
+    return init_unet((self,), model, rng, data_config)
+
+
+def unet_inputs(conditionings, x_t, conditions: dict) -> tuple[base.Array, dict]:
+  """(x, keywords) of the U-Net's call given each conditioning's c in `conditions` {field: c}."""
+  x, kwargs = x_t, {}
+  for conditioning in conditionings:
+    x, more = conditioning.unet_inputs(x, conditions.get(conditioning.field))
+    kwargs.update(more)
+  return x, kwargs
+
+
+def init_unet(conditionings, model, rng, data_config):
+  """The U-Net's parameters, initialised on a dummy batch with the conditionings' inputs."""
+  x, t = base.dummy_inputs(data_config)
+  dummies = {c.field: c.dummy() for c in conditionings}
+  x, kwargs = unet_inputs(conditionings, x, dummies)
+  return model.init(rng, x, t, None, **kwargs)
 
 
 def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
@@ -255,36 +274,57 @@ def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
   return Conditioning(
     field="context",
     active=bool(config.model.get("context_dim")),
-    of_batch=lambda keys, batch: base.conditioning_context(
-      keys.labels, batch, config.training.label_dropout
+    of_batch=lambda keys, batch: base.dropped_condition(
+      keys.labels, batch, "context", config.training.label_dropout
     ),
     of_images=lambda x0: None,
-    unet_inputs=lambda x_t, context: (x_t, context),
+    unet_inputs=lambda x, context: (x, {"context": context}),
     null=base.null_context,
-    dummy_inputs=lambda: (base.dummy_inputs(config.data)[0], base.dummy_context(config.model)),
+    dummy=lambda: base.dummy_context(config.model),
+  )
+
+
+def image_embedding(config: ml_collections.ConfigDict) -> Conditioning:
+  """An embedding [B, D] of each image (data.embedding_key; unCLIP's decoder, e.g. CLIP's image
+  embedding), projected into the time embedding and model.embedding_tokens context tokens, dropped
+  to the zero embedding ∅ with the null label (classifier-free guidance)."""
+  embedding_dim = config.model.get("embedding_dim")
+  return Conditioning(
+    field="embedding",
+    active=bool(embedding_dim),
+    of_batch=lambda keys, batch: base.dropped_condition(
+      keys.labels, batch, "embedding", config.training.label_dropout
+    ),
+    of_images=lambda x0: None,
+    unet_inputs=lambda x, embedding: (x, {"embedding": embedding}),
+    null=base.null_context,
+    dummy=lambda: None,
   )
 
 
 def free_guidance(
   with_condition: Callable,
   cond: base.Cond,
-  conditioning: Conditioning,
+  conditionings: tuple[Conditioning, ...],
   sampling_config: ml_collections.ConfigDict,
   guidance_scale,
   num_channels: int,
   rescale_space: tuple[Callable, Callable] | None = None,
 ) -> Callable:
-  """The network `with_condition(label, condition) -> fn(x, noise level)` given `cond`'s label and
-  its `conditioning.field`, guided without a classifier towards them where sampling.guidance_scale
-  is on (on for any `guidance_scale` passed later; unconditional: the null label and
-  `conditioning.null`), with sampling.guidance_rescale (`sampling.classifier_free_guidance`)."""
-  condition = getattr(cond, conditioning.field)
-  conditional = with_condition(cond.label, condition)
-  if (cond.label is None and condition is None) or not sampling_config.guidance_scale:
+  """The network `with_condition(label, conditions) -> fn(x, noise level)` given `cond`'s label
+  and its fields of `conditionings` ({field: c}), guided without a classifier towards them where
+  sampling.guidance_scale is on (on for any `guidance_scale` passed later; unconditional: the
+  null label and each conditioning's `null`), with sampling.guidance_rescale
+  (`sampling.classifier_free_guidance`)."""
+  conditions = {c.field: getattr(cond, c.field) for c in conditionings}
+  conditional = with_condition(cond.label, conditions)
+  unconditioned = cond.label is None and all(c is None for c in conditions.values())
+  if unconditioned or not sampling_config.guidance_scale:
     return conditional
+  null = {c.field: c.null(conditions[c.field]) for c in conditionings}
   return sampling.classifier_free_guidance(
     conditional,
-    with_condition(None, conditioning.null(condition)),
+    with_condition(None, null),
     guidance_scale,
     num_channels,
     sampling_config.guidance_rescale,
@@ -320,10 +360,11 @@ def x0_as_v(gaussian) -> tuple[Callable, Callable]:
 
 
 def build(
-  config: ml_collections.ConfigDict, conditioning: Conditioning | None = None
+  config: ml_collections.ConfigDict, conditionings: tuple[Conditioning, ...] | None = None
 ) -> base.Family:
-  """The family; `conditioning` (default `cross_attention`) is what else the U-Net sees."""
-  conditioning = conditioning or cross_attention(config)
+  """The family; `conditionings` (default: `cross_attention` and `image_embedding`) are what else
+  the U-Net sees."""
+  conditionings = conditionings or (cross_attention(config), image_embedding(config))
   gaussian = make_diffusion(config)
   model = models.get_model(config.model)
   num_timesteps = gaussian.num_timesteps
@@ -333,21 +374,22 @@ def build(
     """The t the network sees: t·1000/T with diffusion.rescale_timesteps (improved-diffusion)."""
     return t * (1000.0 / num_timesteps) if config.diffusion.rescale_timesteps else t
 
-  def apply(params, x_t, t, labels, condition, **kwargs):
-    x, context = conditioning.unet_inputs(x_t, condition)
-    return model.apply(params, x, network_time(t), labels, context, **kwargs)
+  def apply(params, x_t, t, labels, conditions, **kwargs):
+    x, inputs = unet_inputs(conditionings, x_t, conditions)
+    return model.apply(params, x, network_time(t), labels, **inputs, **kwargs)
 
   def draw(keys: base.StepKeys, batch: base.Batch, loss_history) -> base.Draws:
     label_dropout = config.training.label_dropout
     return {
       **timestep_draws(keys, batch["image"], num_timesteps, loss_history),
       "labels": base.conditioning_labels(keys.labels, batch, config.model, label_dropout),
-      "context": conditioning.of_batch(keys, batch),
+      "conditions": {c.field: c.of_batch(keys, batch) for c in conditionings},
     }
 
   def loss(params, batch, draws, dropout_rng):
     kwargs = base.apply_kwargs(dropout_rng)
-    model_fn = lambda x_t, t: apply(params, x_t, t, draws["labels"], draws["context"], **kwargs)
+    labels, conditions = draws["labels"], draws["conditions"]
+    model_fn = lambda x_t, t: apply(params, x_t, t, labels, conditions, **kwargs)
     return diffusion.training_losses(gaussian, model_fn, batch["image"], draws["t"], draws["eps"])[
       "loss"
     ]
@@ -371,9 +413,9 @@ def build(
       # an unconditional diffusion model ignores them
       cond = cond._replace(label=cond.label if model.num_classes else None)
     model_fn = free_guidance(
-      lambda y, condition: lambda x_t, t: apply(params, x_t, t, y, condition),
+      lambda y, conditions: lambda x_t, t: apply(params, x_t, t, y, conditions),
       cond,
-      conditioning,
+      conditionings,
       sampling_config,
       controls["guidance_scale"],
       config.data.num_channels,
@@ -395,13 +437,15 @@ def build(
 
   def bits_per_dim(params, x0, rng, cond=None):
     cond = cond or base.Cond()
-    condition = getattr(cond, conditioning.field)
-    condition = conditioning.of_images(x0) if condition is None else condition
-    model_fn = lambda x_t, t: apply(params, x_t, t, cond.label, condition)
+    conditions = {}
+    for c in conditionings:
+      given = getattr(cond, c.field)
+      conditions[c.field] = c.of_images(x0) if given is None else given
+    model_fn = lambda x_t, t: apply(params, x_t, t, cond.label, conditions)
     return {"bpd": diffusion.calc_bpd_loop(gaussian, model_fn, x0, rng)["total_bpd"]}
 
   def init_params(rng):
-    return conditioning.init(model, rng, config.data)
+    return init_unet(conditionings, model, rng, config.data)
 
   def update_state(loss_history, draws, per_example):
     if loss_history is None:
@@ -418,7 +462,8 @@ def build(
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=CONTROLS,
-    conditions=("label",) * bool(model.num_classes) + (conditioning.field,) * conditioning.active,
+    conditions=("label",) * bool(model.num_classes)
+    + tuple(c.field for c in conditionings if c.active),
     bits_per_dim=bits_per_dim,
     init_state=lambda: diffusion.init_loss_history(num_timesteps) if loss_aware else None,
     update_state=update_state,

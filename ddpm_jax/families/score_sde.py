@@ -169,9 +169,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     (`gaussian.free_guidance`, with sampling.guidance_rescale)."""
     scale = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
     network = gaussian.free_guidance(
-      lambda y, context: lambda x_t, t: model.apply(params, x_t, t, y, context),
+      lambda y, conditions: lambda x_t, t: model.apply(params, x_t, t, y, conditions["context"]),
       cond or base.Cond(),
-      contexts,
+      (contexts,),
       sampling_config,
       scale["guidance_scale"],
       config.data.num_channels,

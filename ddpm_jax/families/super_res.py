@@ -41,7 +41,7 @@ RANGES = {"super_res.low_res_size": (0, True, None, False)}
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
-  problems = gaussian.validate(config) + base.no_context_problems(config)
+  problems = gaussian.validate(config, embeddings=False) + base.no_context_problems(config)
   size, low_res_size = config.data.image_size, config.super_res.low_res_size
   if low_res_size <= 0 or low_res_size >= size or size % low_res_size:
     problems.append(
@@ -60,20 +60,20 @@ def low_res_conditioning(config: ml_collections.ConfigDict) -> gaussian.Conditio
   low_res_size = config.super_res.low_res_size
   of_images = lambda x0: super_res.downsample(x0, low_res_size)
 
-  def dummy_inputs():
-    x, _ = base.dummy_inputs(config.data, 2 * config.data.num_channels)
-    return x, None
+  def dummy():
+    x, _ = base.dummy_inputs(config.data)
+    return super_res.downsample(x, low_res_size)
 
   return gaussian.Conditioning(
     field="low_res",
     active=True,
     of_batch=lambda keys, batch: of_images(batch["image"]),
     of_images=of_images,
-    unet_inputs=lambda x_t, low_res: (super_res.model_input(x_t, low_res), None),
+    unet_inputs=lambda x_t, low_res: (super_res.model_input(x_t, low_res), {}),
     null=lambda low_res: low_res,
-    dummy_inputs=dummy_inputs,
+    dummy=dummy,
   )
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
-  return gaussian.build(config, low_res_conditioning(config))
+  return gaussian.build(config, (low_res_conditioning(config),))

@@ -233,6 +233,7 @@ def held_out_bits_per_dim(
     cond = families.Cond(
       label=batch["label"] if config.model.get("num_classes") else None,  # the true ones
       context=batch.get("context"),  # a context-conditional model's given the examples' contexts
+      embedding=batch.get("embedding"),  # an embedding-conditioned decoder's, likewise
     )
     terms_i = bpd_fn(ema_params, batch["image"], jax.random.key(i), cond)
     outputs.append({k: parallel.to_host(v) for k, v in terms_i.items()})

@@ -187,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       num_steps=total - start_step,
       num_classes=config.model.num_classes,
       context_dim=config.model.get("context_dim"),
+      embedding_dim=config.model.get("embedding_dim"),
       uint8=True,
     ),
     lambda b: scale_images(parallel.global_batch(b, batch_sharding)),

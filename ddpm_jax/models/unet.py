@@ -124,6 +124,11 @@ class UNetBackbone(nn.Module):
     )
 
   @nn.nowrap
+  def attention_context_dim(self) -> int | None:
+    """The width of the tokens the attention blocks cross-attend to (None: none)."""
+    return self.context_dim
+
+  @nn.nowrap
   def attention(self, name: str, upsampling: bool = False) -> nn.Module:
     """The attention block; on the up path with `num_heads_upsample` heads where that is set."""
     heads = (
@@ -132,7 +137,7 @@ class UNetBackbone(nn.Module):
     return layers.AttentionBlock(
       heads,
       self.num_head_channels,
-      self.context_dim,
+      self.attention_context_dim(),
       dtype=self.dtype,
       skip_rescale=self.skip_rescale,
       norm_eps=self.norm_eps,
@@ -195,7 +200,8 @@ class UNetBackbone(nn.Module):
 
 class UNet(UNetBackbone):
   """ε/x0/v-prediction U-Net: (x_t [B, H, W, C], t [B], y [B] | None, context [B, L, D] | None,
-  train, embedding [B, embedding_dim] | None) -> [B, H, W, out].
+  train, embedding [B, embedding_dim] | None) -> [B, H, W, out]. An embedding enters the time
+  embedding (every residual block) and, with `embedding_tokens`, the attention's context.
 
   progressive="output_skip" (NCSN++): each up level ends in GroupNorm, swish and a 3×3 convolution
   to the output channels, added to the upsampled sum of the levels below; that sum is the output.
@@ -208,6 +214,15 @@ class UNet(UNetBackbone):
   # the width D of an embedding [B, D] the network is conditioned on (a representation's code, an
   # image embedding), projected and added to the time embedding (0: none; the zero embedding: ∅)
   embedding_dim: int = 0
+  # unCLIP §2.1: the embedding also projected to this many extra tokens of the attention blocks'
+  # context (of width context_dim, or 4·ch without contexts), appended to the contexts
+  embedding_tokens: int = 0
+
+  @nn.nowrap
+  def attention_context_dim(self) -> int | None:
+    if self.embedding_dim and self.embedding_tokens:
+      return self.context_dim or 4 * self.ch
+    return self.context_dim
 
   @nn.compact
   def __call__(
@@ -232,6 +247,12 @@ class UNet(UNetBackbone):
         embedding = jnp.zeros((x.shape[0], self.embedding_dim), x.dtype)
       # emb += W z (+ b): the time embedding carries z into every residual block (AdaGN)
       emb = emb + nn.Dense(4 * self.ch, dtype=self.dtype, name="embedding_projection")(embedding)
+      if self.embedding_tokens:
+        width = self.attention_context_dim()
+        tokens = nn.Dense(self.embedding_tokens * width, dtype=self.dtype, name="embedding_tokens")(
+          embedding
+        ).reshape(x.shape[0], self.embedding_tokens, width)
+        context = tokens if context is None else jnp.concatenate([context, tokens], axis=1)
     if self.progressive not in PROGRESSIVE_OUTPUTS:
       raise ValueError(
         f"Unknown progressive {self.progressive!r}; valid: {', '.join(PROGRESSIVE_OUTPUTS)}."
