@@ -36,6 +36,7 @@ def _shared_config() -> ml_collections.ConfigDict:
   data.num_channels = 1
   data.random_flip = False
   data.data_dir = config_dict.placeholder(str)
+  data.path = config_dict.placeholder(str)  # data.dataset="embeddings": the .npz of vectors
   data.train_split = "train"  # tfds slices work: "train[:95%]"
   data.eval_split = "test"  # the held-out split of evaluations (ddpm_jax.data.sources.DATASETS)
   data.resize = "bilinear"  # centre crop, bilinear; "adm": guided-diffusion's BOX + BICUBIC
@@ -147,6 +148,11 @@ def _shared_config() -> ml_collections.ConfigDict:
   # contexts [N, L, D] (.npy, or .npz with "context") of a context-conditional model's samples, in
   # turn; unset: those of data.eval_split's examples in order
   sampling.context_file = config_dict.placeholder(str)
+  # an embedding-conditioned decoder (model.embedding_dim) decodes the embeddings a diffusion prior
+  # samples (the run in prior_workdir: two-stage generation), else those of embedding_file (.npz of
+  # "embeddings" or "embedding", with "labels"), else data.eval_split's
+  sampling.prior_workdir = config_dict.placeholder(str)
+  sampling.embedding_file = config_dict.placeholder(str)
   sampling.batch_size = 64
   sampling.clip_denoised = True
   # family "score_sde": sampler "pc" (predictor-corrector), "ode" (the probability-flow ODE,
@@ -181,6 +187,12 @@ def _shared_config() -> ml_collections.ConfigDict:
   interpolate.input_file = config_dict.placeholder(str)
   interpolate.num_frames = 8
   interpolate.num_steps = config_dict.placeholder(int)  # None: sampling.num_steps, else 50
+
+  # --mode=variations: an embedding-conditioned model's first num_images embeddings (as
+  # --mode=sample takes them) each decoded from num_variations noises (unCLIP §3.1)
+  config.variations = variations = ml_collections.ConfigDict()
+  variations.num_images = 4
+  variations.num_variations = 8
 
   # --mode=eval, and the held-out loss in training
   config.eval = eval_config = ml_collections.ConfigDict()

@@ -21,10 +21,11 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "eval", "edit", "interpolate", "represent"],
+  ["train", "sample", "eval", "edit", "interpolate", "represent", "variations"],
   "train; sample, eval (FID, IS, bits/dim), edit (config.edit: inpaint, colorize, sdedit), "
-  "interpolate (config.interpolate: DDIM latents) or represent (a representation's codes of "
-  "representation.split) with the newest checkpoint.",
+  "interpolate (config.interpolate: DDIM latents), represent (a representation's codes of "
+  "representation.split) or variations (config.variations: an embedding decoded from several "
+  "noises) with the newest checkpoint.",
 )
 config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
 flags.DEFINE_string(
@@ -56,6 +57,7 @@ def main(argv):
   # may restart the process: before anything else
   host_memory.use_host_allocator(FLAGS.host_allocator)
   # Imported here so that `--help` stays instant (and the restart above cheap).
+  from ddpm_jax import families
   from ddpm_jax.families.config_validation import InvalidConfigError
   from ddpm_jax.jobs import edit, evaluate, represent, sample, train
   from ddpm_jax.runtime import parallel
@@ -69,9 +71,10 @@ def main(argv):
     "edit": edit.edit,
     "interpolate": edit.interpolate,
     "represent": represent.represent,
+    "variations": edit.variations,
   }
   try:
-    jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+    jobs[FLAGS.mode](families.completed(FLAGS.config), FLAGS.workdir)
   except InvalidConfigError as error:  # the user's to fix: the message alone, no traceback
     sys.exit(f"{error}")
 

@@ -58,6 +58,9 @@ DATASETS = {
   "imagenet_resized": DatasetSpec(("train", "validation"), 1000, "validation"),
   "imagenet2012": DatasetSpec(("train", "validation"), 1000, "validation"),
   "oxford_flowers102": DatasetSpec(("train", "validation", "test"), 102, "test"),
+  # vectors, not images: an .npz (data.path) of "embedding" [N, D] with "label" [N] and/or
+  # "caption_embedding" [N, L, Dc], the diffusion prior's pairs; its last 5 % held out
+  "embeddings": DatasetSpec(("train",), -1, "train[95%:]", "train[:95%]"),
 }
 
 
@@ -90,6 +93,7 @@ def in_file(key: str) -> bool:
 class Source(Protocol):
   num_classes: int  # 0: no labels
   array_keys: dict[str, str]  # {field: key} of the arrays its examples carry
+  has_images: bool  # False: its examples are arrays and a label only (data.dataset="embeddings")
   decodes: bool  # whether reading an example decodes a file (worth data.num_workers processes)
 
   def __len__(self) -> int: ...
@@ -104,6 +108,7 @@ class DigitsSource:
   num_classes = 10
   array_keys: dict[str, str] = {}
   decodes = False
+  has_images = True
 
   def __init__(self, split: str):
     from sklearn.datasets import load_digits
@@ -126,6 +131,7 @@ class ImageFolderSource:
   key}, the field of image `stem.png` is the array in `stem.<key>.npy` beside it."""
 
   decodes = True
+  has_images = True
 
   def __init__(self, root: str, array_keys: dict[str, str] | None = None):
     self.paths = sorted(
@@ -184,6 +190,7 @@ class ArrayRecordSource:
   files."""
 
   decodes = True
+  has_images = True
 
   def __init__(self, split_dir: str, array_keys: dict[str, str] | None = None):
     from array_record.python import array_record_data_source
@@ -235,6 +242,7 @@ class TfdsSource:
   each field of `array_keys` {field: feature} the feature it names."""
 
   decodes = True
+  has_images = True
 
   def __init__(self, data_source, array_keys: dict[str, str] | None = None):
     self.data_source, self.array_keys = data_source, dict(array_keys or {})
@@ -267,7 +275,10 @@ def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def open_source(data_config, split: str) -> Source:
-  """`get_source` of `data_config`'s dataset, data_dir and array keys."""
+  """`get_source` of `data_config`'s dataset, data_dir and array keys (data.dataset="embeddings":
+  the `EmbeddingsSource` of data.path)."""
+  if data_config.dataset == "embeddings":
+    return EmbeddingsSource(data_config.get("path"), split)
   keys = array_keys(data_config)
   return get_source(
     data_config.dataset,
@@ -297,6 +308,8 @@ def get_source(
 
 def native_source(dataset: str, split: str, data_dir: str | None, keys: dict[str, str]) -> Source:
   """The source of `dataset` with the arrays `keys` {field: key} it stores itself."""
+  if dataset == "embeddings":
+    raise ValueError("data.dataset='embeddings' is read from data.path (`open_source`).")
   if dataset == "digits":
     if keys:
       raise ValueError(
@@ -332,6 +345,63 @@ def native_source(dataset: str, split: str, data_dir: str | None, keys: dict[str
   return TfdsSource(source, keys)
 
 
+class EmbeddingsSource:
+  """The rows of an .npz of vectors as examples {"embedding" [D], "label", "caption_embedding"
+  [L, Dc]} (those it has; label 0 without labels, classes: max label + 1): the pairs (condition,
+  embedding) a diffusion prior learns. `split` is "train", or a slice of it in percent
+  ("train[:95%]")."""
+
+  decodes = False
+  has_images = False
+  FIELDS = ("embedding", "caption_embedding")
+
+  def __init__(self, path: str | None, split: str):
+    if not path:
+      raise ValueError("data.dataset='embeddings' reads data.path, an .npz: set it.")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"data.path={path!r} does not exist.")
+    with np.load(path, allow_pickle=False) as npz:
+      if "embedding" not in npz:
+        raise ValueError(
+          f"{path} has no array 'embedding' [N, D]; it has {', '.join(npz.files)} "
+          "(--mode=represent writes one)."
+        )
+      arrays = {name: np.asarray(npz[name]) for name in ("label", *self.FIELDS) if name in npz}
+    if arrays["embedding"].ndim != 2:
+      raise ValueError(f"{path}: 'embedding' must be [N, D]; got {arrays['embedding'].shape}.")
+    count = len(arrays["embedding"])
+    rows = split_rows(split, count)
+    labels = arrays.pop("label", None)
+    self.labels = np.zeros(count, np.int32) if labels is None else labels.astype(np.int32)
+    self.num_classes = 0 if labels is None else int(labels.max()) + 1
+    self.labels = self.labels[rows]
+    self.arrays = {name: array[rows].astype(np.float32) for name, array in arrays.items()}
+    self.array_keys = {name: name for name in self.arrays}
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict:
+    example = {name: array[index] for name, array in self.arrays.items()}
+    return {**example, "label": int(self.labels[index])}
+
+
+def split_rows(split: str, count: int) -> slice:
+  """The rows of "train" or "train[a%:b%]" (either bound may be left out) among `count`."""
+  name, _, spec = split.partition("[")
+  if name != "train":
+    raise ValueError(
+      f"data.dataset='embeddings' has the split 'train' (or a slice); got {split!r}."
+    )
+  if not spec:
+    return slice(None)
+  start, _, stop = spec.rstrip("]").partition(":")
+  bound = lambda text, default: (
+    default if not text else round(count * float(text.rstrip("%")) / 100)
+  )
+  return slice(bound(start, 0), bound(stop, count))
+
+
 class IndexedArrays:
   """`source`'s examples, each with row i of the arrays in .npz files `files` {field: path} (the
   array of the field's name: "embedding" [N, D], "context" [N, L, D]), one row per example."""
@@ -354,6 +424,7 @@ class IndexedArrays:
         )
     self.array_keys = {**source.array_keys, **files}
     self.num_classes, self.decodes = source.num_classes, source.decodes
+    self.has_images = source.has_images
 
   def __len__(self) -> int:
     return len(self.source)
@@ -385,7 +456,7 @@ def as_embedding(array) -> np.ndarray:
 
 
 # field -> its example's array in the batch's form
-AS_ARRAY = {"context": as_context, "embedding": as_embedding}
+AS_ARRAY = {"context": as_context, "embedding": as_embedding, "caption_embedding": as_context}
 
 
 def array_problems(source: Source, field: str, width: int | None) -> list[str]:

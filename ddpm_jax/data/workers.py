@@ -66,13 +66,14 @@ def load_examples(
   arrays = {field: [] for field in source.array_keys}
   for row, index in enumerate(indices):
     example = read_example(source, int(index), skip_corrupt, skipped)
-    out[row] = resize_uint8(np.asarray(example["image"]), image_size, num_channels, resize)
+    if source.has_images:
+      out[row] = resize_uint8(np.asarray(example["image"]), image_size, num_channels, resize)
     labels.append(int(example["label"]))
     for field, rows in arrays.items():
       rows.append(AS_ARRAY[field](example[field]))
   batch = {"label": np.asarray(labels, np.int32), "skipped": np.asarray(skipped, np.int64)}
   batch.update({field: np.stack(rows) for field, rows in arrays.items() if rows})
-  if images is None:
+  if images is None and source.has_images:
     batch["image"] = out
   return batch
 
@@ -207,6 +208,8 @@ class PendingBatch:
         "; ".join(describe(self.source, int(i)) for i in skipped),
       )
     # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
+    if "image" not in batch:  # vectors (data.dataset="embeddings")
+      return batch
     if self.random_flip:
       flip = np.array(
         [np.random.default_rng([self.seed, int(p), 1]).random() < 0.5 for p in self.positions]

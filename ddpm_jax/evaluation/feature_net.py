@@ -4,6 +4,12 @@ metrics (`offline_metrics.py`), where pretrained Inception weights cannot be fet
   python -m ddpm_jax.evaluation.feature_net --dataset=digits --image_size=8 \
       --out=runs/digits_feature_net.npz
 
+  python -m ddpm_jax.evaluation.feature_net --embed=train --out=runs/digits_train_features.npz
+
+writes a split's features as embeddings ("embedding" [N, F], "label" [N]: a diffusion prior's data,
+or, with "{split}" in its path, an unCLIP decoder's data.embedding_key) with the shipped weights
+(or --weights).
+
 The weights for scikit-learn's digits at 8×8 ship with the package
 (`assets/digits_8_feature_net.npz`, 61 k parameters, 240 kB), trained by the command above with its
 defaults; their test accuracy is stored with them and printed by the command. `--mode=eval` finds
@@ -131,6 +137,12 @@ def default_path(dataset: str, image_size: int) -> str | None:
   return path if os.path.exists(path) else None
 
 
+def embed_split(data_config, split: str, params) -> tuple[np.ndarray, np.ndarray]:
+  """(features [N, F], labels [N]) of a split's images."""
+  images, labels = _split_arrays(data_config, split)
+  return apply(params, images)[0], np.asarray(labels, np.int32)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,11 +153,21 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--num_classes", type=int, default=10)
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--out", required=True, help="the .npz to write (local or gs://)")
+  parser.add_argument("--embed", default=None, help="write this split's features instead")
+  parser.add_argument("--weights", default=None, help="--embed's weights (default: shipped)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   logging.set_verbosity(logging.INFO)
   data_config = ml_collections.ConfigDict(
     {"dataset": args.dataset, "image_size": args.image_size, "data_dir": args.data_dir}
   )
+  if args.embed:
+    weights = args.weights or default_path(args.dataset, args.image_size)
+    if weights is None:
+      raise SystemExit(f"No shipped weights for {args.dataset} at {args.image_size}: --weights.")
+    features, labels = embed_split(data_config, args.embed, load(weights)[0])
+    files.save_npz(args.out, embedding=features, label=labels)
+    print(f"Wrote the features {features.shape} of split {args.embed!r} to {args.out}.")
+    return
   params, accuracy = train(data_config, args.num_classes, args.steps)
   save(
     params,

@@ -23,6 +23,7 @@ FAMILIES = {
   "edm": "edm",  # EDM: the preconditioned denoiser D(x; σ), σ-space samplers
   # an encoder E(x0) -> z learned with a denoiser conditioned on z (diffusion autoencoder)
   "representation": "representation",
+  "prior": "prior",  # unCLIP's diffusion prior over embeddings
 }
 
 
@@ -43,6 +44,13 @@ def all_config_blocks() -> set[str]:
   return {block for name in FAMILIES for block in config_blocks(name)}
 
 
+def completed(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (in place) with the fields its family reads from its data filled in (the module's
+  `complete`: the prior's embedding width and classes from data.path); as it is for the others."""
+  complete = getattr(family_module(config.family), "complete", None)
+  return config if complete is None else complete(config)
+
+
 def get_family(config: ml_collections.ConfigDict) -> Family:
   """The family `config.family` built from `config` (validate the config first)."""
   return family_module(config.family).build(config)
@@ -54,6 +62,7 @@ __all__ = [
   "Family",
   "StepKeys",
   "all_config_blocks",
+  "completed",
   "config_blocks",
   "family_module",
   "get_family",

@@ -128,6 +128,8 @@ class Family:
   clip_mask(params) -> bools: which gradients the clipping norm sees; None: all.
   represent(params, x0) -> z [B, D]: the family's learned representation of images x0 [B, H, W, C]
       in [-1, 1] (its sampler, trajectory and likelihood take z as `Cond.embedding`); None: none.
+  samples: what its sampler draws: "images" [B, H, W, C] in [-1, 1], or "embeddings" [B, D] (the
+      diffusion prior's).
   """
 
   name: str
@@ -148,6 +150,7 @@ class Family:
   )
   clip_mask: Callable[[Params], Any] | None = None
   represent: Callable[[Params, Array], Array] | None = None
+  samples: str = "images"
 
 
 def sample_shape(batch_size: int, data_config: ml_collections.ConfigDict) -> tuple[int, ...]:

@@ -38,6 +38,8 @@ RANGES = {
       "model.context_dim",
       "model.embedding_dim",
       "interpolate.num_steps",
+      "variations.num_images",
+      "variations.num_variations",
     ],
     (1, True, None, False),
   ),

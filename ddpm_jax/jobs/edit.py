@@ -12,7 +12,15 @@ slerp between them (DDIM §5.3), decoded by DDIM's ODE (η = 0), to workdir/edit
 .npz ("frames", "latents", "alphas", and "inputs" where given) and a PNG strip. A learned
 representation (config.family="representation") interpolates the two images' codes z linearly
 beside their x_T (Preechakul et al. §4.1; without interpolate.input_file, data.eval_split's first
-two images), and the frames also hold "codes".
+two images), an embedding-conditioned decoder (model.embedding_dim) slerps two embeddings (unCLIP
+§3.1; as --mode=sample takes them: a prior's samples, sampling.embedding_file, or data.eval_split's
+first two examples', whose images it DDIM-encodes), and the frames also hold "codes".
+
+variations (config.variations): the first variations.num_images embeddings (a representation's
+codes of held-out images; a decoder's as --mode=sample takes them) each decoded from
+variations.num_variations noises by the run's sampler, to workdir/edits/variations_<step>.npz
+("images" [n·k, H, W, C], "embeddings" [n, D], "labels" [n·k], and "inputs" where the embeddings
+are held-out images') and a PNG grid of one row per embedding (its image first where known).
 """
 
 from __future__ import annotations
@@ -111,12 +119,13 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, mode: str):
       "the config file it was trained with."
     )
   family = families.get_family(config)
-  # a representation's codes come from the images it interpolates
-  own_codes = {"embedding"} if mode == "interpolate" and family.represent is not None else set()
+  # interpolate and variations: a representation's codes, a decoder's embeddings
+  own_codes = {"embedding"} if mode in ("interpolate", "variations") else set()
   if set(family.conditions) - {"label"} - own_codes:
     raise ValueError(
       f"--mode={mode} runs on unconditional and class-conditional models (and interpolates a "
-      "representation's codes); this one also takes low-resolution images, contexts or codes."
+      "representation's codes or a decoder's embeddings); this one also takes low-resolution "
+      "images, contexts or embeddings."
     )
   mesh = parallel.make_mesh()
   params, step = sample_lib.restore_ema_params(config, workdir, mesh)
@@ -219,18 +228,33 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
     raise ValueError(
       f"interpolate.input_file must hold two images; {options.input_file} has {len(inputs)}."
     )
+  given_codes = None
+  if family.represent is None and "embedding" in family.conditions:  # a decoder's embeddings
+    if inputs is not None:
+      raise ValueError(
+        "An embedding-conditioned decoder interpolates embeddings, not interpolate.input_file's "
+        "images (it has no encoder): give two embeddings in sampling.embedding_file."
+      )
+    given_codes, given_labels = sample_lib.embedding_inputs(config, 2, mesh)
+    if not (config.sampling.prior_workdir or config.sampling.embedding_file):
+      inputs = sample_lib.eval_split_images(config, 2)[0]  # the embeddings' images
   if inputs is None and family.represent is not None:  # codes need images
     inputs, given_labels = sample_lib.eval_split_images(config, 2)
   labels = _labels(config, given_labels, 2, None)
   label = None if labels is None else labels[:1]
   alphas = np.linspace(0.0, 1.0, options.num_frames)
 
-  def run(params, rng, x, label):
+  def run(params, rng, x, label, given_codes):
     pair = families.Cond(label=None if label is None else jnp.repeat(label, 2))
     codes = frame_codes = None
+    weights = jnp.asarray(alphas, jnp.float32)[:, None]
     if family.represent is not None:  # z of each image, interpolated linearly
       codes = family.represent(params, x)
-      frame_codes = codes[:1] + jnp.asarray(alphas, jnp.float32)[:, None] * (codes[1:] - codes[:1])
+      frame_codes = codes[:1] + weights * (codes[1:] - codes[:1])
+      pair = pair._replace(embedding=codes)
+    elif given_codes is not None:  # a decoder's embeddings, slerped (unCLIP §3.1)
+      codes = given_codes
+      frame_codes = sampling.slerp(codes[:1], codes[1:], weights)
       pair = pair._replace(embedding=codes)
     z = jax.random.normal(rng, shape) if x is None else encode(params, x, pair)
     weights = jnp.asarray(alphas, jnp.float32).reshape(-1, 1, 1, 1)
@@ -244,7 +268,7 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
     "Interpolating in %d frames on %d steps of the deterministic sampler.", len(alphas), num_steps
   )
   latents, frames, codes = jax.jit(run)(
-    params, rng, x, None if label is None else jnp.asarray(label)
+    params, rng, x, None if label is None else jnp.asarray(label), given_codes
   )
   frames = pixels.to_uint8(np.asarray(frames))
   path = os.path.join(workdir, "edits", f"interpolate_{step}.npz")
@@ -259,4 +283,40 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
       path[: -len(".npz")] + ".png",
     )
     logging.info("Wrote %d frames to %s.", len(frames), path)
+  return path
+
+
+def variations(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """--mode=variations: see the module docstring; returns the npz path."""
+  family, mesh, params, step = _setup(config, workdir, "variations")
+  if "embedding" not in family.conditions:
+    raise ValueError(
+      "--mode=variations decodes embeddings: it needs an embedding-conditioned model "
+      "(model.embedding_dim with family 'gaussian', or config.family='representation')."
+    )
+  count, per_image = config.variations.num_images, config.variations.num_variations
+  inputs = None
+  if family.represent is not None:
+    embeddings, labels = sample_lib.represented_inputs(config, family, params, count)
+    inputs = sample_lib.eval_split_images(config, count)[0]
+  else:
+    embeddings, labels = sample_lib.embedding_inputs(config, count, mesh)
+    if not (config.sampling.prior_workdir or config.sampling.embedding_file):
+      inputs = sample_lib.eval_split_images(config, count)[0]
+  repeat = lambda rows: None if rows is None else np.repeat(rows, per_image, axis=0)
+  cond = families.Cond(embedding=repeat(embeddings), label=repeat(labels))
+  logging.info("Decoding %d embeddings from %d noises each.", count, per_image)
+  images, labels = sample_lib.generate(config, params, count * per_image, mesh, workdir, cond)
+  path = os.path.join(workdir, "edits", f"variations_{step}.npz")
+  if jax.process_index() == 0:
+    extra = {} if inputs is None else {"inputs": inputs}
+    files.save_npz(path, images=images, embeddings=embeddings, labels=labels, **extra)
+    rows = images.reshape(count, per_image, *images.shape[1:])
+    if inputs is not None:
+      rows = np.concatenate([inputs[:count, None], rows], axis=1)
+    image_utils.save_png(
+      image_utils.grid_uint8(pixels.from_uint8(rows.reshape(-1, *images.shape[1:])), rows.shape[1]),
+      path[: -len(".npz")] + ".png",
+    )
+    logging.info("Wrote %d variations to %s.", len(images), path)
   return path

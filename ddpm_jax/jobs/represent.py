@@ -19,7 +19,8 @@ from ddpm_jax.runtime import files, parallel
 
 
 def represent(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the codes of config.representation.split; returns the npz path."""
+  """Writes the codes of config.representation.split (npz: "z" [N, D] and "labels" [N], the same as
+  "embedding" and "label"); returns the npz path."""
   validate_config(config)
   family = families.get_family(config)
   if family.represent is None:
@@ -34,6 +35,9 @@ def represent(config: ml_collections.ConfigDict, workdir: str) -> str:
   z = sample_lib.represent_all(family, ema_params, images)
   path = os.path.join(workdir, "represent", f"{split.replace('/', '_')}_{step}.npz")
   if jax.process_index() == 0:
-    files.save_npz(path, z=z, labels=np.asarray(labels, np.int32))
+    labels = np.asarray(labels, np.int32)
+    # also as "embedding" and "label": a diffusion prior's data (data.dataset="embeddings") and a
+    # decoder's data.embedding_key as they are
+    files.save_npz(path, z=z, labels=labels, embedding=z, label=labels)
     logging.info("Wrote the codes [%d, %d] of split %r to %s.", *z.shape, split, path)
   return path

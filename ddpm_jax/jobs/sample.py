@@ -185,6 +185,59 @@ def represented_inputs(config: ml_collections.ConfigDict, family, params, num_sa
   return represent_all(family, params, images)[rows], labels[rows]
 
 
+def embedding_inputs(
+  config: ml_collections.ConfigDict, num_samples: int, mesh=None
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """(embeddings [num_samples, D], labels | None) that an embedding-conditioned decoder decodes,
+  in turn: those a diffusion prior samples (sampling.prior_workdir, the two-stage generation of
+  unCLIP; labels class by class, sampling.labels or every class of the prior), those of
+  sampling.embedding_file (an .npz of "embeddings" as a prior's --mode=sample writes, or of
+  "embedding"; with its "labels"/"label"), or else data.eval_split's examples' (data.embedding_key)
+  with their labels."""
+  options = config.sampling
+  if options.get("prior_workdir"):
+    where = options.prior_workdir
+    prior_config = workdir_config(where)
+    if prior_config.get("family") != "prior":
+      raise ValueError(
+        f"sampling.prior_workdir={where} trained config.family={prior_config.get('family')!r}, "
+        "not a diffusion prior (config.family='prior')."
+      )
+    prior_config.sampling.num_samples = num_samples
+    num_classes = prior_config.model.get("num_classes")
+    labels = None
+    if num_classes:
+      labels = class_rows(num_samples, options.labels or range(num_classes))
+    prior_params, _ = restore_ema_params(prior_config, where, mesh)
+    embeddings, labels = generate(
+      prior_config, prior_params, num_samples, mesh, where, families.Cond(label=labels)
+    )
+    labels = labels if num_classes else None
+  elif options.get("embedding_file"):
+    where = options.embedding_file
+    arrays = files.load_npz(where)
+    name = next((n for n in ("embeddings", "embedding") if n in arrays), None)
+    if name is None:
+      raise ValueError(f"{where} has no 'embeddings' or 'embedding'; it has {', '.join(arrays)}.")
+    embeddings = arrays[name]
+    labels = arrays.get("labels", arrays.get("label"))
+  else:
+    where = config.data.eval_split
+    source = sources.open_source(config.data, where)
+    count = min(num_samples, len(source))
+    examples = [source[i] for i in range(count)]
+    embeddings = np.stack([sources.as_embedding(e["embedding"]) for e in examples])
+    labels = np.asarray([e["label"] for e in examples])
+  embeddings = np.asarray(embeddings, np.float32)
+  width = config.model.embedding_dim
+  if embeddings.ndim != 2 or embeddings.shape[1] != width:
+    raise ValueError(
+      f"Embeddings must be [N, model.embedding_dim={width}]; got {embeddings.shape} from {where}."
+    )
+  rows = np.arange(num_samples) % len(embeddings)
+  return embeddings[rows], (None if labels is None else np.asarray(labels, np.int32)[rows])
+
+
 def conditioning_inputs(
   config: ml_collections.ConfigDict,
   family: families.Family,
@@ -197,10 +250,14 @@ def conditioning_inputs(
   [num_samples, …]): a super-resolution model's low-resolution images in [-1, 1] with the labels
   they come with (`low_res_inputs`), a context-conditional model's contexts
   (`generation_contexts`), a representation's codes of held-out images under `params` with their
-  labels (`represented_inputs`)."""
+  labels (`represented_inputs`), an embedding-conditioned decoder's embeddings with their labels
+  (`embedding_inputs`: a prior's samples, a file, the held-out examples')."""
   cond = families.Cond()
   if "embedding" in family.conditions and family.represent is not None:
     embedding, labels = represented_inputs(config, family, params, num_samples)
+    cond = cond._replace(embedding=embedding, label=labels)
+  elif "embedding" in family.conditions:
+    embedding, labels = embedding_inputs(config, num_samples, mesh)
     cond = cond._replace(embedding=embedding, label=labels)
   if "low_res" in family.conditions:
     size = config.super_res.low_res_size
@@ -270,8 +327,8 @@ def generate(
   cond: families.Cond | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """`num_samples` samples of the run `config` in batches of `sampling.batch_size` spread over
-  every device of every host, with progress and ETA -> (uint8 images [N, H, W, C], labels [N];
-  zeros for an unconditional, unguided model).
+  every device of every host, with progress and ETA -> (uint8 images [N, H, W, C] (a prior's:
+  float32 embeddings [N, D]), labels [N]; zeros for an unconditional, unguided model).
 
   Sample i comes from key i of `config.seed` alone (`make_sample_fn`), and so does its label where
   `cond` gives none (uniform over the classes of a class-conditional or classifier-guided model):
@@ -300,7 +357,8 @@ def generate(
   all_images, start_time = [], time.perf_counter()
   for first in range(0, num_samples, batch):
     x = sample_fn(ema_params, rng, batch_rows(cond, first, batch), guide_params, None, first)
-    all_images.append(pixels.to_uint8(parallel.to_host(x)))
+    x = parallel.to_host(x)
+    all_images.append(pixels.to_uint8(x) if family.samples == "images" else np.asarray(x))
     done, elapsed = min(first + batch, num_samples), time.perf_counter() - start_time
     logging.info(
       "Sampled %d / %d (%.1f images/s, ETA %s).",
@@ -330,7 +388,10 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   images, labels = generate(config, ema_params, num_samples, mesh, workdir, cond)
   out_dir = os.path.join(workdir, "samples")
   path = os.path.join(out_dir, f"samples_{step}.npz")
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and family.samples == "embeddings":
+    files.save_npz(path, embeddings=images, labels=labels)
+    logging.info("Wrote %d embeddings [%d] to %s.", *images.shape, path)
+  elif jax.process_index() == 0:
     shown, columns = pixels.from_uint8(images[:64]), row_length(labels[:64])
     extra = {} if cond.context is None else {"contexts": cond.context}
     if cond.embedding is not None:

@@ -65,7 +65,7 @@ def train_step(
   optimizer and family state (only the step count moves on)."""
   keys = families.step_keys(jax.random.fold_in(rng, state.step))
   draws = family.draw(keys, batch, state.family_state)
-  batch_size = batch["image"].shape[0]
+  batch_size = batch["label"].shape[0]
 
   def mean_loss(params, batch, draws, dropout_rng):
     per_example = family.loss(params, batch, draws, dropout_rng)
@@ -155,6 +155,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh=None):
 def scale_images(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """The input pipeline's uint8 images scaled to [-1, 1] on the accelerator (`pixels.from_uint8`,
   bitwise), where it costs nothing."""
+  if "image" not in batch:  # vectors (data.dataset="embeddings")
+    return batch
   return {**batch, "image": jnp.take(jnp.asarray(pixels.FROM_UINT8_TABLE), batch["image"])}
 
 
@@ -162,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains `config` in `workdir`, resuming from its newest readable checkpoint; every
   `training.eval_every_steps` the EMA parameters' loss on `eval.num_loss_batches` held-out batches,
   every `training.sample_every_steps` a grid of EMA samples. Returns the final state."""
+  config = families.completed(config)  # what the family reads from its data, kept in config.json
   validate_config(config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_writer = jax.process_index() == 0
@@ -209,7 +212,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   writer = MetricWriter(workdir, total, is_writer)
   preemption = checkpoint.PreemptionFlag()
-  sample_grids = bool(config.sampling.num_samples) and family.make_sampler is not None
+  sample_grids = (
+    bool(config.sampling.num_samples)
+    and family.make_sampler is not None
+    and family.samples == "images"
+  )
   # the same noise at every step; one row per class for a class-conditional model
   if sample_grids:
     # (a super-resolution model's grid upsamples held-out images, not a base model's samples)
