@@ -4,6 +4,9 @@
   images = pipe.sample(16, sampler="ddim", num_steps=50)      # uint8 [16, H, W, C]
   bpd = pipe.bits_per_dim(images)                             # [16]
 
+unCLIP's two stages: `decoder.sample(16, prior=ddpm_jax.load("runs/prior"), labels=labels)` (the
+prior's embeddings for `labels`, decoded); a prior's own `sample` returns embeddings [N, D].
+
 Each sampler is compiled once per (batch size, sampler, number of steps, guidance on/off): the seed,
 the labels, the guidance scales and DDIM's η are arguments of the compiled loop.
 """
@@ -101,21 +104,50 @@ class Pipeline:
     x_T=None,
     classifier: Pipeline | None = None,
     classifier_scale: float | None = None,
+    embeddings=None,
+    prior: Pipeline | None = None,
+    prior_guidance_scale: float | None = None,
   ) -> np.ndarray:
-    """-> uint8 images [num_images, H, W, C]. `sampler` and `num_steps` default to the config's;
-    `labels` [num_images] (class-conditional models; None: the null label), `contexts`
-    [num_images, L, D] (context-conditional models; None: the null context), `low_res` uint8
+    """-> uint8 images [num_images, H, W, C] (a prior's: embeddings [num_images, D]). `sampler` and
+    `num_steps` default to the config's; `labels` [num_images] (class-conditional models; None:
+    the null label), `contexts` [num_images, L, D] (context-conditional models; None: the null
+    context), `low_res` uint8
     [num_images, s, s, C] (what a super-resolution model upsamples), `guidance_scale`
     (classifier-free guidance w; None: none), `eta` (DDIM's η; None: the config's); `uint8=False`
     returns the float samples in [-1, 1]. `x_T` float [num_images, H, W, C]: the initial noise
     (else drawn from `seed`). `classifier`: `ddpm_jax.load(classifier_workdir)` of a noisy
     classifier, which guides towards `labels` with scale `classifier_scale` s (ADM; None: the
-    config's); without one, the config's sampling.classifier_workdir guides where it names one."""
+    config's); without one, the config's sampling.classifier_workdir guides where it names one.
+    `embeddings` [num_images, D]: what an embedding-conditioned decoder decodes (None: ∅), or
+    `prior`: `ddpm_jax.load(prior_workdir)` of a diffusion prior, which samples them first given
+    `labels` (its condition; the decoder's too where it is class-conditional) with guidance
+    `prior_guidance_scale`, from `seed`. A prior's own samples are embeddings [num_images, D]."""
+    if prior is not None:
+      if embeddings is not None or prior.family.samples != "embeddings":
+        raise ValueError("prior= is a diffusion prior's pipeline, in place of embeddings=.")
+      embeddings = prior.sample(
+        num_images, labels=labels, guidance_scale=prior_guidance_scale, seed=seed
+      )
+      labels = labels if self.config.model.get("num_classes") else None
+    embedding_dim = self.config.model.get("embedding_dim")
+    if embeddings is not None:
+      embeddings = np.asarray(embeddings, np.float32)
+      if not embedding_dim or embeddings.shape != (num_images, embedding_dim):
+        raise ValueError(
+          f"embeddings must be [{num_images}, model.embedding_dim] for an embedding-conditioned "
+          f"decoder; this one has model.embedding_dim={embedding_dim} and embeddings "
+          f"{embeddings.shape}."
+        )
+    elif "embedding" in self.family.conditions and self.family.represent is None:
+      embeddings = np.zeros((num_images, embedding_dim), np.float32)  # ∅
     classifier = self._classifier(classifier)
     if classifier is not None and labels is None:
       raise ValueError("Classifier guidance needs labels: the classes to guide towards.")
-    if guidance_scale is not None and labels is None and (contexts is None or low_res is not None):
-      raise ValueError("guidance_scale needs labels or contexts: what to guide towards.")
+    towards = contexts is not None and low_res is None or embeddings is not None
+    if guidance_scale is not None and labels is None and not towards:
+      raise ValueError(
+        "guidance_scale needs labels, contexts or embeddings: what to guide towards."
+      )
     context_dim = self.config.model.get("context_dim")
     size = self.config.super_res.low_res_size if "low_res" in self.family.conditions else 0
     if (low_res is None) != (not size):
@@ -142,6 +174,8 @@ class Pipeline:
       x_T = np.asarray(x_T, np.float32)
       data = self.config.data
       expected = (num_images, data.image_size, data.image_size, data.num_channels)
+      if self.family.samples == "embeddings":
+        expected = (num_images, self.config.prior.embedding_dim)
       if x_T.shape != expected:
         raise ValueError(f"x_T must be the initial noise {expected}; got shape {x_T.shape}.")
     if labels is not None:
@@ -170,13 +204,13 @@ class Pipeline:
       for name in self.family.sample_controls
     }
     cond = families.Cond(
-      *(None if a is None else jnp.asarray(a) for a in (labels, contexts, low_res))
+      *(None if a is None else jnp.asarray(a) for a in (labels, contexts, low_res, embeddings))
     )
     guide_params = None if classifier is None else classifier.params
     x_T = None if x_T is None else jnp.asarray(x_T)
     images = sample_fn(self.params, jax.random.key(seed), cond, guide_params, controls, 0, x_T)
     images = parallel.to_host(images)
-    return pixels.to_uint8(images) if uint8 else images
+    return pixels.to_uint8(images) if uint8 and self.family.samples == "images" else images
 
   def bits_per_dim(
     self, images: np.ndarray, seed: int = 0, labels=None, contexts=None

@@ -292,6 +292,12 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
         f"data.{field}_key={key!r} and model.{field}_dim={width} go together: a "
         f"{field}-conditional model needs both, an unconditional one neither."
       )
+  for field in ("prior_workdir", "embedding_file"):
+    if config.sampling.get(field) and not model.get("embedding_dim"):
+      problems.append(
+        f"sampling.{field} gives an embedding-conditioned decoder (model.embedding_dim) the "
+        "embeddings it decodes; this model takes none."
+      )
   if model.get("embedding_tokens") and not model.get("embedding_dim"):
     problems.append(
       f"model.embedding_tokens={model.embedding_tokens} projects the embedding to extra context "

@@ -203,7 +203,6 @@ def embedding_inputs(
         f"sampling.prior_workdir={where} trained config.family={prior_config.get('family')!r}, "
         "not a diffusion prior (config.family='prior')."
       )
-    prior_config.sampling.num_samples = num_samples
     num_classes = prior_config.model.get("num_classes")
     labels = None
     if num_classes:
