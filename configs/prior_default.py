@@ -20,9 +20,7 @@ from configs import default
 
 def get_config():
   config = default.get_config("prior")
-  config.data.dataset = "embeddings"
   config.data.path = "runs/repr/represent/train_2000.npz"
-  config.data.train_split, config.data.eval_split = "train[:95%]", "train[95%:]"
   # ε-prediction on the linear schedule: unCLIP's x0-prediction (cosine or linear) drew class means
   # 0.2-0.3 too far out on tests/test_unclip.py's Gaussian classes where ε drew them within 0.1
   # (3000 steps each); diffusion.mean_type="x0" (with beta_schedule="cosine") is unCLIP's choice
@@ -34,7 +32,5 @@ def get_config():
   config.sampling.batch_size = 500
   config.training.batch_size = 256
   config.training.num_train_steps = 3000
-  config.eval.num_fid_samples = 0
-  config.eval.bpd_num_batches = 0
   config.eval.num_loss_batches = 0  # digits' 5 % held out (75 codes) is under one batch of 256
   return config

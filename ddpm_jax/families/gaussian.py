@@ -268,38 +268,41 @@ def init_unet(conditionings, model, rng, data_config):
   return model.init(rng, x, t, None, **kwargs)
 
 
-def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
-  """Contexts [B, L, D] the U-Net cross-attends to (data.context_key; none without it), dropped
-  to the zero context ∅ with the null label."""
+def dropped_array(
+  config: ml_collections.ConfigDict,
+  field: str,
+  active: bool,
+  batch_key: str | None = None,
+  keyword: str | None = None,
+  dummy: Callable[[], base.Array | None] = lambda: None,
+) -> Conditioning:
+  """The data's per-example array batch[`batch_key`] (default: `field`) as the `Cond` field `field`,
+  given to the network as the keyword `keyword` (default: `field`) and dropped to ∅ = 0 together
+  with the label at training.label_dropout (classifier-free guidance)."""
+  batch_key, keyword = batch_key or field, keyword or field
   return Conditioning(
-    field="context",
-    active=bool(config.model.get("context_dim")),
+    field=field,
+    active=active,
     of_batch=lambda keys, batch: base.dropped_condition(
-      keys.labels, batch, "context", config.training.label_dropout
+      keys.labels, batch, batch_key, config.training.label_dropout
     ),
     of_images=lambda x0: None,
-    unet_inputs=lambda x, context: (x, {"context": context}),
+    unet_inputs=lambda x, value: (x, {keyword: value}),
     null=base.null_context,
-    dummy=lambda: base.dummy_context(config.model),
+    dummy=dummy,
   )
+
+
+def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
+  """Contexts [B, L, D] the U-Net cross-attends to (data.context_key; none without it)."""
+  active = bool(config.model.get("context_dim"))
+  return dropped_array(config, "context", active, dummy=lambda: base.dummy_context(config.model))
 
 
 def image_embedding(config: ml_collections.ConfigDict) -> Conditioning:
   """An embedding [B, D] of each image (data.embedding_key; unCLIP's decoder, e.g. CLIP's image
-  embedding), projected into the time embedding and model.embedding_tokens context tokens, dropped
-  to the zero embedding ∅ with the null label (classifier-free guidance)."""
-  embedding_dim = config.model.get("embedding_dim")
-  return Conditioning(
-    field="embedding",
-    active=bool(embedding_dim),
-    of_batch=lambda keys, batch: base.dropped_condition(
-      keys.labels, batch, "embedding", config.training.label_dropout
-    ),
-    of_images=lambda x0: None,
-    unet_inputs=lambda x, embedding: (x, {"embedding": embedding}),
-    null=base.null_context,
-    dummy=lambda: None,
-  )
+  embedding), projected into the time embedding and model.embedding_tokens context tokens."""
+  return dropped_array(config, "embedding", bool(config.model.get("embedding_dim")))
 
 
 def free_guidance(

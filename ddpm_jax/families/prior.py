@@ -25,8 +25,16 @@ from ddpm_jax.data import sources
 from ddpm_jax.families import base, gaussian
 
 SAMPLERS = gaussian.SAMPLERS
-# embeddings are not pixels in [-1, 1]: never clipped
-SHARED_DEFAULTS = {"sampling.clip_denoised": False}
+# vectors from an .npz (its last 5 % held out), not pixels in [-1, 1] (never clipped), and no image
+# metrics
+SHARED_DEFAULTS = {
+  "data.dataset": "embeddings",
+  "data.train_split": "train[:95%]",
+  "data.eval_split": "train[95%:]",
+  "sampling.clip_denoised": False,
+  "eval.num_fid_samples": 0,
+  "eval.bpd_num_batches": 0,
+}
 CONTROLS = ("guidance_scale", "eta")
 
 
@@ -101,17 +109,8 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 def caption_conditioning(config: ml_collections.ConfigDict) -> gaussian.Conditioning:
   """A caption's token embeddings [B, L, Dc] (`Cond.context`), dropped to zeros with the label."""
-  return gaussian.Conditioning(
-    field="context",
-    active=bool(config.prior.caption_dim),
-    of_batch=lambda keys, batch: base.dropped_condition(
-      keys.labels, batch, "caption_embedding", config.training.label_dropout
-    ),
-    of_images=lambda x0: None,
-    unet_inputs=lambda x, caption: (x, {"caption": caption}),
-    null=base.null_context,
-    dummy=lambda: None,
-  )
+  active = bool(config.prior.caption_dim)
+  return gaussian.dropped_array(config, "context", active, "caption_embedding", "caption")
 
 
 def make_model(config: ml_collections.ConfigDict) -> models.PriorTransformer:
