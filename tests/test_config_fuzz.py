@@ -116,6 +116,12 @@ def traces_a_train_step(config) -> str | None:
     ),
     "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
   }
+  if config.family == "prior":  # vectors, of the width its data file would give
+    config.prior.embedding_dim = config.prior.embedding_dim or 8
+    batch = {
+      "embedding": jax.ShapeDtypeStruct((batch_size, config.prior.embedding_dim), jnp.float32),
+      "label": batch["label"],
+    }
   try:
     state = jax.eval_shape(lambda rng: train_state.init_train_state(config, rng), jax.random.key(0))
     jax.eval_shape(train.make_train_step(config), state, batch, jax.random.key(1))

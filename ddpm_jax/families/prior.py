@@ -83,7 +83,8 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(
       f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}."
     )
-  if config.data.dataset != "embeddings":
+  known = sources.dataset_spec(config.data.dataset) is not None  # (else refused by name already)
+  if config.data.dataset != "embeddings" and known:
     problems.append(
       f"config.family='prior' learns embeddings from data.dataset='embeddings' (an .npz in "
       f"data.path), not data.dataset={config.data.dataset!r}."
