@@ -18,6 +18,7 @@ def get_config():
   config.model.num_head_channels = 32
   # The U-Net's output layer options; the encoder has none.
   del config.model.out_channels, config.model.progressive, config.model.null_class
+  del config.model.embedding_dim, config.model.embedding_tokens
   config.sampling.num_samples = 0
   config.eval.bpd_num_batches = 0
   return config

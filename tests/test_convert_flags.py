@@ -97,7 +97,7 @@ def test_the_converted_loss_is_the_references(tmp_path):
     config = convert.guided_diffusion_config({**flags, **options})
     config.model.conv_impl = FAST_COMPILING
     family = ddpm_jax.families.get_family(config)
-    draws = {"t": t, "eps": noise, "labels": None, "context": None}
+    draws = {"t": t, "eps": noise, "labels": None, "conditions": {}}
     got = family.loss(params, {"image": x0}, draws, None)
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, err_msg=str(options))
 

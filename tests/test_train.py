@@ -565,7 +565,8 @@ def test_noisy_classifier_trains_and_guides_sampling(tmp_path):
   classifier_config.family, classifier_config.model.name = "classifier", "classifier"
   classifier_config.model.num_classes = 10
   del classifier_config.model.out_channels, classifier_config.model.progressive
-  del classifier_config.model.null_class
+  del classifier_config.model.null_class, classifier_config.model.embedding_dim
+  del classifier_config.model.embedding_tokens
   classifier_config.model.num_head_channels = 32
   state = train.train_and_evaluate(classifier_config, str(tmp_path / "classifier"))
   assert int(state.step) == 4
