@@ -198,6 +198,16 @@ def test_the_prior_reads_its_dimensions_and_classes_from_the_file(tmp_path):
   config.data.dataset = "digits"
   with pytest.raises(ValueError, match="config.family='prior' learns embeddings"):
     config_validation.validate_config(config)
+  # and the image families refuse vectors, the other datasets a data.path they would not read
+  for family_name in ("gaussian", "classifier", "edm"):
+    images = tiny_config(family=family_name)
+    images.data.dataset = "embeddings"
+    with pytest.raises(ValueError, match="data.dataset='embeddings' holds vectors"):
+      config_validation.validate_config(images)
+  digits = tiny_config()
+  digits.data.path = str(path)
+  with pytest.raises(ValueError, match="data.dataset='digits' does not read it"):
+    config_validation.validate_config(digits)
 
 
 @pytest.mark.slow

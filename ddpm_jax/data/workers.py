@@ -57,11 +57,9 @@ def load_examples(
   """The examples at `indices`, decoded and resized into `images` (uint8 [n, S, S, C], new if
   None): -> {"image" (unless given), "label" [n], "skipped" (the corrupt indices `read_example`
   skipped) and the arrays the source has: "context" [n, L, D], "embedding" [n, D]}."""
-  out = (
-    images
-    if images is not None
-    else np.empty((len(indices), image_size, image_size, num_channels), np.uint8)
-  )
+  out = images
+  if out is None and source.has_images:
+    out = np.empty((len(indices), image_size, image_size, num_channels), np.uint8)
   labels, skipped = [], []
   arrays = {field: [] for field in source.array_keys}
   for row, index in enumerate(indices):
@@ -73,7 +71,7 @@ def load_examples(
       rows.append(AS_ARRAY[field](example[field]))
   batch = {"label": np.asarray(labels, np.int32), "skipped": np.asarray(skipped, np.int64)}
   batch.update({field: np.stack(rows) for field, rows in arrays.items() if rows})
-  if images is None and source.has_images:
+  if images is None and out is not None:
     batch["image"] = out
   return batch
 
@@ -137,8 +135,7 @@ def worker_pool(data_config, split: str, num_workers: int) -> WorkerPool:
       data_config.dataset,
       split,
       data_config.get("data_dir"),
-      array_keys(data_config).get("context", ""),
-      array_keys(data_config).get("embedding", ""),
+      *(array_keys(data_config).get(field, "") for field in ("context", "embedding")),
     ),
     num_workers,
   )

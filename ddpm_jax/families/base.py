@@ -253,12 +253,22 @@ def no_context_problems(config: ml_collections.ConfigDict) -> list[str]:
   return []
 
 
+def image_data_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """A family of image models refuses data that are vectors (data.dataset="embeddings")."""
+  if config.data.dataset == "embeddings":
+    return [
+      f"data.dataset='embeddings' holds vectors, not images: config.family='prior' learns them, "
+      f"not config.family={config.family!r}."
+    ]
+  return []
+
+
 def unet_problems(
   config: ml_collections.ConfigDict, out_channels: int, why: str, embeddings: bool = False
 ) -> list[str]:
   """The checks of a family that trains the U-Net with `out_channels` outputs (`why` says what needs
   them); `embeddings`: whether it feeds the U-Net data embeddings (model.embedding_dim)."""
-  problems = []
+  problems = image_data_problems(config)
   if config.model.get("name", "unet") != "unet":
     problems.append(
       f"config.family={config.family!r} trains the U-Net (model.name='unet'), not "

@@ -16,7 +16,7 @@ SAMPLERS = ()  # it guides the Gaussian family's samplers; it samples nothing it
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
-  problems = gaussian.diffusion_problems(config.diffusion)
+  problems = gaussian.diffusion_problems(config.diffusion) + base.image_data_problems(config)
   if config.diffusion.rescale_timesteps:
     problems.append(
       "diffusion.rescale_timesteps=True scales the t a Gaussian diffusion model sees; a noisy "

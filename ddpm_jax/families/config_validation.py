@@ -292,6 +292,12 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
         f"data.{field}_key={key!r} and model.{field}_dim={width} go together: a "
         f"{field}-conditional model needs both, an unconditional one neither."
       )
+  known = sources.dataset_spec(data.dataset) is not None  # (else refused by name already)
+  if data.get("path") and data.dataset != "embeddings" and known:
+    problems.append(
+      f"data.path={data.path!r} is the .npz of data.dataset='embeddings' (a diffusion prior's "
+      f"data); data.dataset={data.dataset!r} does not read it."
+    )
   for field in ("prior_workdir", "embedding_file"):
     if config.sampling.get(field) and not model.get("embedding_dim"):
       problems.append(

@@ -192,12 +192,7 @@ def diffusion_problems(diffusion_config: ml_collections.ConfigDict) -> list[str]
 def validate(config: ml_collections.ConfigDict, embeddings: bool = True) -> list[str]:
   """The family's problems; `embeddings`: whether model.embedding_dim (data embeddings, the unCLIP
   decoder) is allowed (not for the families that build on this one's checks)."""
-  problems = diffusion_problems(config.diffusion)
-  if config.sampling.sampler not in SAMPLERS:
-    problems.append(
-      f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}."
-    )
-  problems += schedule_sampling_problems(config)
+  problems = diffusion_sampling_problems(config)
   learned = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
   channels = config.data.num_channels * (2 if learned else 1)
   problems += base.unet_problems(
@@ -207,6 +202,16 @@ def validate(config: ml_collections.ConfigDict, embeddings: bool = True) -> list
     embeddings,
   )
   return problems
+
+
+def diffusion_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The diffusion's, the sampler's name and the sampling options' problems (of any network)."""
+  problems = diffusion_problems(config.diffusion)
+  if config.sampling.sampler not in SAMPLERS:
+    problems.append(
+      f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}."
+    )
+  return problems + schedule_sampling_problems(config)
 
 
 def schedule_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:

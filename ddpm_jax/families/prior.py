@@ -1,7 +1,7 @@
 """unCLIP's diffusion prior (Ramesh et al. 2022, §2.2): Gaussian diffusion (config.diffusion;
 unCLIP: the cosine schedule, x0-prediction) over embedding vectors z ∈ R^D, conditioned on a
 class label and/or a caption's token embeddings [L, Dc], with classifier-free guidance (both
-dropped together at training.label_dropout). The denoiser is `models.PriorTransformer`, sized
+dropped together at training.label_dropout). The denoiser is `models.prior.PriorTransformer`, sized
 by config.prior.
 
 Data: data.dataset="embeddings", data.path an .npz of "embedding" [N, D] with "label" [N] and/or
@@ -20,9 +20,10 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
-from ddpm_jax import diffusion, models
+from ddpm_jax import diffusion
 from ddpm_jax.data import sources
 from ddpm_jax.families import base, gaussian
+from ddpm_jax.models.prior import PriorTransformer
 
 SAMPLERS = gaussian.SAMPLERS
 # vectors from an .npz (its last 5 % held out), not pixels in [-1, 1] (never clipped), and no image
@@ -77,12 +78,7 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
-  problems = gaussian.diffusion_problems(config.diffusion) + base.no_guidance_problems(config)
-  problems += gaussian.schedule_sampling_problems(config)
-  if config.sampling.sampler not in SAMPLERS:
-    problems.append(
-      f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}."
-    )
+  problems = gaussian.diffusion_sampling_problems(config) + base.no_guidance_problems(config)
   known = sources.dataset_spec(config.data.dataset) is not None  # (else refused by name already)
   if config.data.dataset != "embeddings" and known:
     problems.append(
@@ -114,14 +110,14 @@ def caption_conditioning(config: ml_collections.ConfigDict) -> gaussian.Conditio
   return gaussian.dropped_array(config, "context", active, "caption_embedding", "caption")
 
 
-def make_model(config: ml_collections.ConfigDict) -> models.PriorTransformer:
+def make_model(config: ml_collections.ConfigDict) -> PriorTransformer:
   options = config.prior
   if options.embedding_dim is None:
     raise ValueError(
       "prior.embedding_dim is not known yet: it is read from data.path when training starts "
       "(sample from the run's workdir, whose config.json has it)."
     )
-  return models.PriorTransformer(
+  return PriorTransformer(
     embedding_dim=options.embedding_dim,
     width=options.width,
     depth=options.depth,
@@ -137,9 +133,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   captions = caption_conditioning(config)
   sampling_config, num_timesteps = config.sampling, gaussian_diffusion.num_timesteps
 
-  def apply(params, x_t, t, labels, conditions, **kwargs):
+  def apply(params, x_t, t, labels, conditions):
     x, inputs = gaussian.unet_inputs((captions,), x_t, conditions)
-    return model.apply(params, x, t, labels, **inputs, **kwargs)
+    return model.apply(params, x, t, labels, **inputs)
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state

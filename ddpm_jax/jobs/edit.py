@@ -236,7 +236,7 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
         "images (it has no encoder): give two embeddings in sampling.embedding_file."
       )
     given_codes, given_labels = sample_lib.embedding_inputs(config, 2, mesh)
-    if not (config.sampling.prior_workdir or config.sampling.embedding_file):
+    if sample_lib.held_out_embeddings(config):
       inputs = sample_lib.eval_split_images(config, 2)[0]  # the embeddings' images
   if inputs is None and family.represent is not None:  # codes need images
     inputs, given_labels = sample_lib.eval_split_images(config, 2)
@@ -301,7 +301,7 @@ def variations(config: ml_collections.ConfigDict, workdir: str) -> str:
     inputs = sample_lib.eval_split_images(config, count)[0]
   else:
     embeddings, labels = sample_lib.embedding_inputs(config, count, mesh)
-    if not (config.sampling.prior_workdir or config.sampling.embedding_file):
+    if sample_lib.held_out_embeddings(config):
       inputs = sample_lib.eval_split_images(config, count)[0]
   repeat = lambda rows: None if rows is None else np.repeat(rows, per_image, axis=0)
   cond = families.Cond(embedding=repeat(embeddings), label=repeat(labels))

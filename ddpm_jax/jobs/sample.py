@@ -185,6 +185,12 @@ def represented_inputs(config: ml_collections.ConfigDict, family, params, num_sa
   return represent_all(family, params, images)[rows], labels[rows]
 
 
+def held_out_embeddings(config: ml_collections.ConfigDict) -> bool:
+  """Whether `embedding_inputs` takes data.eval_split's examples' embeddings (neither a prior nor
+  a file gives them), so that their images are known."""
+  return not (config.sampling.get("prior_workdir") or config.sampling.get("embedding_file"))
+
+
 def embedding_inputs(
   config: ml_collections.ConfigDict, num_samples: int, mesh=None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -195,7 +201,14 @@ def embedding_inputs(
   "embedding"; with its "labels"/"label"), or else data.eval_split's examples' (data.embedding_key)
   with their labels."""
   options = config.sampling
-  if options.get("prior_workdir"):
+  if held_out_embeddings(config):
+    where = config.data.eval_split
+    source = sources.open_source(config.data, where)
+    count = min(num_samples, len(source))
+    examples = [source[i] for i in range(count)]
+    embeddings = np.stack([sources.as_embedding(e["embedding"]) for e in examples])
+    labels = np.asarray([e["label"] for e in examples])
+  elif options.get("prior_workdir"):
     where = options.prior_workdir
     prior_config = workdir_config(where)
     if prior_config.get("family") != "prior":
@@ -212,7 +225,7 @@ def embedding_inputs(
       prior_config, prior_params, num_samples, mesh, where, families.Cond(label=labels)
     )
     labels = labels if num_classes else None
-  elif options.get("embedding_file"):
+  else:
     where = options.embedding_file
     arrays = files.load_npz(where)
     name = next((n for n in ("embeddings", "embedding") if n in arrays), None)
@@ -220,13 +233,6 @@ def embedding_inputs(
       raise ValueError(f"{where} has no 'embeddings' or 'embedding'; it has {', '.join(arrays)}.")
     embeddings = arrays[name]
     labels = arrays.get("labels", arrays.get("label"))
-  else:
-    where = config.data.eval_split
-    source = sources.open_source(config.data, where)
-    count = min(num_samples, len(source))
-    examples = [source[i] for i in range(count)]
-    embeddings = np.stack([sources.as_embedding(e["embedding"]) for e in examples])
-    labels = np.asarray([e["label"] for e in examples])
   embeddings = np.asarray(embeddings, np.float32)
   width = config.model.embedding_dim
   if embeddings.ndim != 2 or embeddings.shape[1] != width:

@@ -8,10 +8,9 @@ import jax.numpy as jnp
 
 from ddpm_jax.models.classifier import NoisyClassifier
 from ddpm_jax.models.layers import EMBEDDINGS
-from ddpm_jax.models.prior import PriorTransformer
 from ddpm_jax.models.unet import UNet
 
-MODELS = {"unet": UNet, "classifier": NoisyClassifier, "prior_transformer": PriorTransformer}
+MODELS = {"unet": UNet, "classifier": NoisyClassifier}
 EMBEDDING_TYPES = tuple(EMBEDDINGS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -1,6 +1,7 @@
 """unCLIP's diffusion prior network (Ramesh et al. 2022, §2.2): a decoder-only Transformer over
 the sequence [condition tokens, t, noised embedding x_t, a learned query], causally masked, whose
-output at the query predicts the clean embedding x0 directly."""
+output at the query is the prediction of config.diffusion.mean_type (unCLIP: the clean embedding
+x0)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class PriorBlock(nn.Module):
 
 
 class PriorTransformer(nn.Module):
-  """(x_t [B, D], t [B], y [B] | None, caption [B, L, Dc] | None) -> x̂0 [B, D].
+  """(x_t [B, D], t [B], y [B] | None, caption [B, L, Dc] | None) -> x̂0 (or ε̂) [B, D].
 
   The class label is one token (num_classes: the null label ∅ for classifier-free guidance; None
   gives ∅), a caption's L tokens are projected to the width (the zero caption: ∅); t is a
@@ -48,9 +49,8 @@ class PriorTransformer(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x_t: Array, t: Array, y: Array | None = None, caption: Array | None = None, **kwargs
+    self, x_t: Array, t: Array, y: Array | None = None, caption: Array | None = None
   ) -> Array:
-    del kwargs  # train: the prior has no dropout
     batch = x_t.shape[0]
     tokens = []
     if self.num_classes:
