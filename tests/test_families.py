@@ -216,6 +216,36 @@ def test_every_module_has_a_layer_and_the_root_stays_small():
   assert len(root) <= 16, sorted(root)
 
 
+# what a weight mapping may import: it reads arrays by name (numpy), so that it runs and is read
+# without JAX; convert/fit.py meets the model
+MAPPING_IMPORTS = {"__future__", "absl", "collections", "dataclasses", "json", "ml_collections"}
+MAPPING_IMPORTS |= {"numpy", "os", "pickle", "safetensors", "torch", "typing"}
+
+
+def test_the_weight_mappings_import_only_numpy():
+  convert_dir = os.path.join(PACKAGE, "convert")
+  not_mappings = {"__init__.py", "__main__.py", "fit.py", "presets.py"}
+  mappings = sorted(
+    name for name in os.listdir(convert_dir) if name.endswith(".py") and name not in not_mappings
+  )
+  found = {}
+  for file_name in mappings:
+    imported = set()
+    for node in ast.walk(ast.parse(open(os.path.join(convert_dir, file_name)).read())):
+      if isinstance(node, ast.Import):
+        imported |= {alias.name for alias in node.names}
+      elif isinstance(node, ast.ImportFrom):
+        imported.add(node.module)
+    found[file_name] = {
+      name
+      for name in imported
+      if name.split(".")[0] not in MAPPING_IMPORTS
+      and name.removeprefix("ddpm_jax.convert.") + ".py" not in mappings
+    }
+  assert "guided_diffusion.py" in found and "diffusers.py" in found
+  assert not any(found.values()), found
+
+
 def test_runtime_utilities_import_only_runtime():
   leaks = {
     (module, dep)

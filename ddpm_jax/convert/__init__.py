@@ -10,21 +10,25 @@
 and improved-diffusion's defaults dicts below); `guided_diffusion_config(flags)` and
 `improved_diffusion_config(flags)` are the run configs of those flags.
 
-One module per source (guided_diffusion.py, improved-diffusion's networks being guided-diffusion's;
-diffusers.py) on the state-dict readers of
-torch_layout.py; presets.py has the released models' flags, the run configs and the workdir a
-conversion writes (`python -m ddpm_jax.convert`, __main__.py).
+One module per source maps the weights with numpy only (guided_diffusion.py, improved-diffusion's
+networks being guided-diffusion's; diffusers.py) on the state-dict readers of torch_layout.py;
+fit.py checks them against the model (the `from_*` converters); presets.py has the released
+models' flags, the run configs and the workdir a conversion writes (`python -m ddpm_jax.convert`,
+__main__.py).
 """
 
-from ddpm_jax.convert.diffusers import diffusers_model_config, from_diffusers
+from ddpm_jax.convert.diffusers import diffusers_model_config
+from ddpm_jax.convert.fit import (
+  from_diffusers,
+  from_guided_diffusion,
+  from_guided_diffusion_classifier,
+  from_guided_diffusion_super_res,
+)
 from ddpm_jax.convert.guided_diffusion import (
   CLASSIFIER_AND_DIFFUSION_DEFAULTS,
   IMPROVED_DIFFUSION_DEFAULTS,
   MODEL_AND_DIFFUSION_DEFAULTS,
   SR_MODEL_AND_DIFFUSION_DEFAULTS,
-  from_guided_diffusion,
-  from_guided_diffusion_classifier,
-  from_guided_diffusion_super_res,
   guided_diffusion_classifier_config,
   guided_diffusion_model_config,
 )

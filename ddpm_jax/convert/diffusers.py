@@ -1,5 +1,6 @@
 """diffusers' UNet2DModel (a directory written by `save_pretrained`: config.json + safetensors or
-.bin) -> (model_config, params) of this project's U-Net, 1:1."""
+.bin) -> this project's U-Net's parameter tree, 1:1 and with numpy only (`fit.from_diffusers`
+checks it against the model)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import ml_collections
 import numpy as np
 from safetensors.numpy import load_file
 
-from ddpm_jax import models
-from ddpm_jax.convert.torch_layout import Params, Reader, check_fits, load_state_dict
+from ddpm_jax.convert.torch_layout import MappedWeights, Params, Reader, load_state_dict
 
 # diffusers' Timesteps(flip_sin_to_cos, downscale_freq_shift) -> this project's embedding
 _DIFFUSERS_EMBEDDINGS = {(False, 1): "positional", (True, 0): "adm_positional"}
@@ -142,10 +142,8 @@ def load_diffusers_weights(model_dir: str) -> dict[str, np.ndarray]:
   )
 
 
-def from_diffusers(model_dir: str):
-  """A diffusers `UNet2DModel` saved by `save_pretrained` (config.json + safetensors or .bin) ->
-  (model_config, params): the DDPM checkpoints' conventions (downsample_padding=0 as TF's
-  asymmetric padding, norm_eps 1e-6, the time embedding's flip_sin_to_cos / freq_shift)."""
+def unet_weights(model_dir: str) -> MappedWeights:
+  """A `UNet2DModel` directory's weights on this project's U-Net (`fit.from_diffusers`)."""
 
   with open(os.path.join(model_dir, "config.json")) as f:
     unet_config = json.load(f)
@@ -153,7 +151,6 @@ def from_diffusers(model_dir: str):
   reader = Reader(load_diffusers_weights(model_dir))
   params = _diffusers_params(reader, model_config, len(model_config.ch_mult))
   size, channels = unet_config["sample_size"], unet_config["in_channels"]
-  inputs = (np.zeros((1, size, size, channels), np.float32), np.zeros((1,), np.int32))
-  return model_config, check_fits(
-    reader, params, models.get_model(model_config), inputs, f"UNet2DModel in {model_dir}"
+  return MappedWeights(
+    model_config, params, reader, (size, size, channels), f"UNet2DModel in {model_dir}"
   )

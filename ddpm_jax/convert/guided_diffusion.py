@@ -1,8 +1,6 @@
 """openai/guided-diffusion's (and improved-diffusion's) UNetModel, SuperResModel and noisy
-classifier (EncoderUNetModel) weights -> (model_config, params) of this project's models, 1:1:
-
-  model_config, params = convert.from_guided_diffusion(state_dict_or_path, **create_model_kwargs)
-  out = models.get_model(model_config).apply(params, x_nhwc, t, y)   # = the reference's, NHWC
+classifier (EncoderUNetModel) weights -> this project's models' parameter trees, 1:1 and with numpy
+only (fit.py checks them against the model: `convert.from_guided_diffusion`, …).
 
 `create_model_kwargs` are guided-diffusion's `script_util.create_model` arguments (the flags its
 README gives for each released model).
@@ -14,11 +12,8 @@ from typing import Iterator
 
 from absl import logging
 import ml_collections
-import numpy as np
 
-from ddpm_jax import models
-from ddpm_jax.convert.torch_layout import Params, Reader, check_fits, load_state_dict
-from ddpm_jax.models import layers
+from ddpm_jax.convert.torch_layout import MappedWeights, Params, Reader, load_state_dict
 
 # guided_diffusion.script_util.create_model's defaults
 GUIDED_DIFFUSION_DEFAULTS = dict(
@@ -201,7 +196,10 @@ def _heads(model_config, channels: int, upsampling: bool) -> int:
   heads = model_config.num_heads
   if upsampling and model_config.num_heads_upsample > 0:
     heads = model_config.num_heads_upsample
-  return layers.num_attention_heads(channels, heads, model_config.num_head_channels)
+  # guided-diffusion's AttentionBlock: fixed channels per head when num_head_channels is set (the
+  # model, built in fit.py, refuses widths these do not divide)
+  num_head_channels = model_config.num_head_channels
+  return channels // num_head_channels if num_head_channels > 0 else heads
 
 
 def _encoder_blocks(model_config, image_size: int) -> Iterator[tuple[str, str, str, int]]:
@@ -276,51 +274,39 @@ def _unet_params(reader: Reader, model_config, image_size: int, legacy: bool) ->
   return {**params, **_block_params(reader, model_config, blocks, legacy)}
 
 
-def from_guided_diffusion(state_dict_or_path, **create_model_kwargs):
-  """openai/guided-diffusion's UNetModel weights -> (model_config, params).
-
-  `create_model_kwargs`: `script_util.create_model`'s (image_size, num_channels, num_res_blocks,
-  channel_mult, learn_sigma, class_cond, attention_resolutions, num_heads, num_head_channels,
-  num_heads_upsample, use_scale_shift_norm, dropout, resblock_updown, use_fp16,
-  use_new_attention_order, use_checkpoint)."""
-  return _unet_from_guided_diffusion(state_dict_or_path, create_model_kwargs, 3, "UNetModel")
+def unet_weights(state_dict_or_path, **create_model_kwargs) -> MappedWeights:
+  """UNetModel's weights (`fit.from_guided_diffusion`'s arguments) on this project's U-Net."""
+  return _unet_weights(state_dict_or_path, create_model_kwargs, 3, "UNetModel")
 
 
 # sr_create_model's channel_mult for each large_size
 SUPER_RES_CHANNEL_MULT = {512: "1,1,2,2,4,4", 256: "1,1,2,2,4,4", 64: "1,2,3,4"}
 
 
-def from_guided_diffusion_super_res(state_dict_or_path, **sr_create_model_kwargs):
-  """guided-diffusion's upsamplers (SuperResModel) -> (model_config, params) of the U-Net on
-  `super_res.model_input(x_t, low_res)`, the 2C channels SuperResModel concatenates: the
-  super_res family's model (config.super_res.low_res_size = small_size).
-
-  `sr_create_model_kwargs`: `script_util.sr_create_model`'s (large_size, small_size,
-  num_channels, num_res_blocks, learn_sigma, class_cond, attention_resolutions, num_heads,
-  num_head_channels, num_heads_upsample, use_scale_shift_norm, dropout, resblock_updown,
-  use_fp16, use_checkpoint), and `channel_mult` for a large_size it has none for."""
+def super_res_weights(state_dict_or_path, **sr_create_model_kwargs) -> MappedWeights:
+  """SuperResModel's weights (`fit.from_guided_diffusion_super_res`'s arguments) on the U-Net of
+  2C input channels."""
   kwargs = dict(sr_create_model_kwargs)
   large_size = kwargs.pop("large_size")
   kwargs.pop("small_size", None)
   kwargs.setdefault("channel_mult", SUPER_RES_CHANNEL_MULT.get(large_size, ""))
-  return _unet_from_guided_diffusion(
-    state_dict_or_path, {"image_size": large_size, **kwargs}, 6, "SuperResModel"
-  )
+  return _unet_weights(state_dict_or_path, {"image_size": large_size, **kwargs}, 6, "SuperResModel")
 
 
-def _unet_from_guided_diffusion(state_dict_or_path, create_model_kwargs, in_channels: int, what):
+def _unet_weights(state_dict_or_path, create_model_kwargs, in_channels: int, what):
 
   model_config = guided_diffusion_model_config(**create_model_kwargs)
   reader = Reader(load_state_dict(state_dict_or_path))
   image_size = create_model_kwargs["image_size"]
   legacy = not create_model_kwargs.get("use_new_attention_order", False)
   params = _unet_params(reader, model_config, image_size, legacy)
-  model = models.get_model(model_config)
-  inputs = (
-    np.zeros((1, image_size, image_size, in_channels), np.float32),
-    np.zeros((1,), np.int32),
+  return MappedWeights(
+    model_config,
+    params,
+    reader,
+    (image_size, image_size, in_channels),
+    f"{what}({create_model_kwargs})",
   )
-  return model_config, check_fits(reader, params, model, inputs, f"{what}({create_model_kwargs})")
 
 
 def guided_diffusion_classifier_config(
@@ -359,12 +345,9 @@ def guided_diffusion_classifier_config(
   )
 
 
-def from_guided_diffusion_classifier(state_dict_or_path, **create_classifier_kwargs):
-  """guided-diffusion's noisy classifier (EncoderUNetModel with attention pooling) -> (model_config,
-  params) of `models.NoisyClassifier`: `apply(params, x_t, t)` = its logits. Kwargs:
-  `script_util.create_classifier`'s (image_size, classifier_width, classifier_depth,
-  classifier_attention_resolutions, classifier_use_scale_shift_norm, classifier_resblock_updown,
-  classifier_pool, classifier_use_fp16)."""
+def classifier_weights(state_dict_or_path, **create_classifier_kwargs) -> MappedWeights:
+  """EncoderUNetModel's weights (`fit.from_guided_diffusion_classifier`'s arguments) on
+  `models.NoisyClassifier`."""
 
   image_size = create_classifier_kwargs["image_size"]
   model_config = guided_diffusion_classifier_config(**create_classifier_kwargs)
@@ -385,8 +368,10 @@ def from_guided_diffusion_classifier(state_dict_or_path, **create_classifier_kwa
     # its AttentionBlocks keep the legacy order (create_classifier does not pass the flag)
     **_block_params(reader, model_config, _encoder_blocks(model_config, image_size), True),
   }
-  model = models.get_model(model_config)
-  inputs = (np.zeros((1, image_size, image_size, 3), np.float32), np.zeros((1,), np.int32))
-  return model_config, check_fits(
-    reader, params, model, inputs, f"EncoderUNetModel({create_classifier_kwargs})"
+  return MappedWeights(
+    model_config,
+    params,
+    reader,
+    (image_size, image_size, 3),
+    f"EncoderUNetModel({create_classifier_kwargs})",
   )

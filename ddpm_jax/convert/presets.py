@@ -15,12 +15,14 @@ import numpy as np
 
 from configs import default
 from ddpm_jax.convert import guided_diffusion
-from ddpm_jax.convert.diffusers import from_diffusers
-from ddpm_jax.convert.guided_diffusion import (
-  SUPER_RES_CHANNEL_MULT,
+from ddpm_jax.convert.fit import (
+  from_diffusers,
   from_guided_diffusion,
   from_guided_diffusion_classifier,
   from_guided_diffusion_super_res,
+)
+from ddpm_jax.convert.guided_diffusion import (
+  SUPER_RES_CHANNEL_MULT,
   guided_diffusion_classifier_config,
   guided_diffusion_model_config,
 )

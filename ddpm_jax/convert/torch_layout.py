@@ -10,10 +10,12 @@ read as float32.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+import dataclasses
 import pickle
 from typing import Any
 
-import jax
+import ml_collections
 import numpy as np
 
 Params = dict[str, Any]
@@ -124,36 +126,32 @@ class Reader:
     }
 
 
+def _leaf_shapes(tree, prefix: str = "") -> dict[str, tuple]:
+  """{"['a']['b']": shape} of a nested mapping's leaves (arrays or shape structs; None skipped)."""
+  if isinstance(tree, Mapping):
+    shapes = {}
+    for key, subtree in tree.items():
+      shapes.update(_leaf_shapes(subtree, f"{prefix}[{key!r}]"))
+    return shapes
+  return {} if tree is None else {prefix: np.shape(tree)}
+
+
 def shape_mismatches(params, expected) -> list[tuple[str, tuple | None, tuple | None]]:
   """(key, its shape in `params`, in `expected`) of every leaf whose shapes differ or that one of
   the two trees lacks (None), sorted by key."""
-  flat = lambda tree: {
-    jax.tree_util.keystr(path): np.shape(leaf)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-  }
-  given, wanted = flat(params), flat(expected)
+  given, wanted = _leaf_shapes(params), _leaf_shapes(expected)
   keys = sorted(given.keys() | wanted.keys())
   return [(k, given.get(k), wanted.get(k)) for k in keys if given.get(k) != wanted.get(k)]
 
 
-def check_fits(reader: Reader, params: Params, model, inputs, what: str) -> Params:
-  """One error naming the missing and unexpected keys and the shapes that differ, or the params."""
-  unexpected = sorted(set(reader.state_dict) - reader.used)
-  expected = jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
-  mismatched = []
-  if not reader.missing:
-    mismatched = [
-      f"{key}: checkpoint {got}, model {wanted}"
-      for key, got, wanted in shape_mismatches(params, expected)
-    ]
-  if reader.missing or unexpected or mismatched:
-    lines = [f"The state dict does not fit {what}:"]
-    if reader.missing:
-      lines.append(f"  missing keys ({len(reader.missing)}): {', '.join(reader.missing[:20])}")
-    if unexpected:
-      lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
-    if mismatched:
-      lines.append(f"  shapes that differ ({len(mismatched)}): " + "; ".join(mismatched[:20]))
-    lines.append("Check the model flags (or --preset) against the checkpoint's.")
-    raise ValueError("\n".join(lines))
-  return {"params": params}
+@dataclasses.dataclass(frozen=True)
+class MappedWeights:
+  """A checkpoint read onto one of this project's models, before the model checks it (fit.py):
+  `params` is the Flax "params" tree, `reader` what was taken from the state dict, `input_shape`
+  one example's [H, W, C] (the model's init input) and `what` names the source in errors."""
+
+  model_config: ml_collections.ConfigDict
+  params: Params
+  reader: Reader
+  input_shape: tuple[int, ...]
+  what: str
