@@ -11,7 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import families
+from ddpm_jax import families, pixels
+from ddpm_jax.data import sources
+from ddpm_jax.evaluation import feature_net
+from ddpm_jax.evaluation import representation as representation_eval
 from ddpm_jax.families import config_validation
 from ddpm_jax.models.unet import UNet
 from helpers import REPO, tiny_config, with_random_zero_layers
@@ -120,6 +123,30 @@ def test_labels_guidance_and_rescaled_time_are_refused(field, value):
     config_validation.validate_config(config)
 
 
+def test_the_probe_direction_is_the_bayes_normal_in_standardised_codes():
+  """Two Gaussian classes of equal isotropic covariance differing by Δ: in standardised codes
+  z̃ = (z - μ)/σ the Bayes log-odds is linear with normal σ ⊙ Δ; the step is √D long there, and
+  `manipulate` moves codes linearly along it."""
+  rng = np.random.default_rng(0)
+  dim, n = 6, 20000
+  delta = np.array([1.5, -1.0, 0.5, 0.0, 0.0, 0.0])
+  spread = np.array([1.0, 3.0, 0.5, 2.0, 1.0, 1.0])  # per-dimension offsets of the classes' means
+  labels = rng.integers(0, 3, n)
+  means = np.stack([np.zeros(dim), spread, spread + delta])[labels]
+  codes = means + rng.normal(size=(n, dim))
+  step = representation_eval.probe_direction(codes[labels > 0], labels[labels > 0], 2, c=100.0)
+  sigma = codes[labels > 0].std(0)
+  np.testing.assert_allclose(np.linalg.norm(step / sigma), np.sqrt(dim), rtol=1e-3)
+  bayes = sigma * delta
+  cosine = (step / sigma) @ bayes / (np.linalg.norm(step / sigma) * np.linalg.norm(bayes))
+  assert cosine > 0.995, cosine
+  scales = np.array([0.0, 0.5, 2.0], np.float32)
+  moved = representation_eval.manipulate(codes[:4], step, scales)
+  assert moved.shape == (4, 3, dim)
+  np.testing.assert_array_equal(moved[:, 0], codes[:4])
+  np.testing.assert_allclose(moved[:, 2] - moved[:, 1], np.tile(1.5 * step, (4, 1)), rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_a_trained_representation_beats_the_untrained_encoder_from_the_command_line(tmp_path):
   sys.path.insert(0, REPO)
@@ -146,6 +173,12 @@ def test_a_trained_representation_beats_the_untrained_encoder_from_the_command_l
     "--config.sampling.num_steps=5",
     "--config.data.num_workers=0",
   ]
+  first_labels = sources.DigitsSource("test").labels[:2]
+  target = min(set(range(10)) - set(first_labels.tolist()))
+  manipulation = [
+    f"--config.representation.manipulate_class={target}",
+    "--config.representation.manipulate_scales=(0.0,3.0)",
+  ]
   for mode in ("represent", "sample", "interpolate"):
     subprocess.run(
       [
@@ -156,13 +189,13 @@ def test_a_trained_representation_beats_the_untrained_encoder_from_the_command_l
         f"--workdir={workdir}",
         f"--mode={mode}",
         *overrides,
+        *(manipulation if mode == "interpolate" else []),
       ],
       check=True,
       cwd=REPO,
       env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
   codes = np.load(os.path.join(workdir, "represent", "train_400.npz"))
-  from ddpm_jax.data import sources
 
   assert codes["z"].shape == (1500, 32)
   np.testing.assert_array_equal(codes["labels"], sources.DigitsSource("train").labels)
@@ -174,3 +207,11 @@ def test_a_trained_representation_beats_the_untrained_encoder_from_the_command_l
   frames = np.load(os.path.join(workdir, "edits", "interpolate_400.npz"))
   assert frames["codes"].shape == (2, 32) and frames["frames"].shape[1:] == (8, 8, 1)
   np.testing.assert_array_equal(frames["inputs"], sources.DigitsSource("test").images[:2])
+  # manipulation: each image from its own x_T, its code moved towards class `target`; the shipped
+  # feature network gives `target` more probability at the far end than at scale 0
+  manipulated = frames["manipulated"]
+  assert manipulated.shape == (2, 2, 8, 8, 1), manipulated.shape
+  net_params, _ = feature_net.load(feature_net.default_path("digits", 8))
+  logits = feature_net.apply(net_params, pixels.from_uint8(manipulated.reshape(4, 8, 8, 1)))[1]
+  p_target = np.asarray(jax.nn.softmax(logits))[:, target].reshape(2, 2)
+  assert np.all(p_target[:, 1] > p_target[:, 0] + 0.2), p_target

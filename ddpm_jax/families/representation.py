@@ -39,6 +39,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_eval_images = 128
   config.eval_num_steps = 20  # DDIM steps of the inversion x0 -> x_T and of each decoding
   config.split = "train"  # --mode=represent: the split whose codes it writes
+  # --mode=interpolate also moves the two images' codes along a linear probe's normal for this
+  # class (fitted on the codes of the train split's first num_probe_images), by each scale (in
+  # standardised code norms, evaluation/representation.probe_direction); None: no manipulation
+  config.manipulate_class = ml_collections.config_dict.placeholder(int)
+  config.manipulate_scales = (0.0, 0.25, 0.5, 0.75, 1.0)
+  config.num_probe_images = 10000
   return config
 
 
@@ -50,11 +56,13 @@ RANGES = {
       "representation.encoder_num_res_blocks",
       "representation.num_eval_images",
       "representation.eval_num_steps",
+      "representation.num_probe_images",
       "model.latent_dim",
     ],
     (1, True, None, False),
   ),
   "representation.probe_c": (0, False, None, False),
+  "representation.manipulate_class": (0, True, None, False),
 }
 
 

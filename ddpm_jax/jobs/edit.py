@@ -14,7 +14,11 @@ representation (config.family="representation") interpolates the two images' cod
 beside their x_T (Preechakul et al. §4.1; without interpolate.input_file, data.eval_split's first
 two images), an embedding-conditioned decoder (model.embedding_dim) slerps two embeddings (unCLIP
 §3.1; as --mode=sample takes them: a prior's samples, sampling.embedding_file, or data.eval_split's
-first two examples', whose images it DDIM-encodes), and the frames also hold "codes".
+first two examples', whose images it DDIM-encodes), and the frames also hold "codes". With
+representation.manipulate_class, a representation also moves each image's code along a linear
+probe's normal for that class (Preechakul et al. §5.2), decoded from the image's own x_T at each of
+representation.manipulate_scales: "manipulated" [2, S, H, W, C], "manipulate_scales", and
+manipulate_<step>.png (a row per image: the input, then the scales).
 
 variations (config.variations): the first variations.num_images embeddings (a representation's
 codes of held-out images; a decoder's as --mode=sample takes them) each decoded from
@@ -36,8 +40,9 @@ import numpy as np
 from PIL import Image
 
 from ddpm_jax import editing, families, pixels, sampling
-from ddpm_jax.data import transforms
+from ddpm_jax.data import transforms, workers
 from ddpm_jax.evaluation import images as image_utils
+from ddpm_jax.evaluation import representation as representation_eval
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.jobs.train_state import run_rngs
@@ -208,6 +213,28 @@ def _conditions(options, x, mask, rng, make_trajectory, params, labels, batch) -
   return pixels.to_uint8(scale * x + noise_std * noise)
 
 
+def probe_direction(config: ml_collections.ConfigDict, family, params) -> np.ndarray | None:
+  """A representation's step along the probe normal of representation.manipulate_class (codes of
+  the train split's first num_probe_images), or None where no manipulation is asked for."""
+  options = config.get("representation")
+  if family.represent is None or options is None or options.manipulate_class is None:
+    return None
+  images, labels = workers.split_images(
+    config.data, config.data.train_split, options.num_probe_images
+  )
+  if labels is None or options.manipulate_class not in set(np.asarray(labels).tolist()):
+    raise ValueError(
+      f"representation.manipulate_class={options.manipulate_class}: the probe needs labelled "
+      f"images of that class in data.train_split={config.data.train_split!r}'s first "
+      f"{options.num_probe_images}."
+    )
+  logging.info("Fitting the probe of class %d on %d codes.", options.manipulate_class, len(images))
+  codes = sample_lib.represent_all(family, params, images)
+  return representation_eval.probe_direction(
+    codes, labels, options.manipulate_class, options.probe_c
+  )
+
+
 def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
   """--mode=interpolate: see the module docstring; returns the npz path."""
   family, mesh, params, step = _setup(config, workdir, "interpolate")
@@ -243,8 +270,10 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
   labels = _labels(config, given_labels, 2, None)
   label = None if labels is None else labels[:1]
   alphas = np.linspace(0.0, 1.0, options.num_frames)
+  direction = probe_direction(config, family, params)
+  scales = None if direction is None else np.asarray(config.representation.manipulate_scales)
 
-  def run(params, rng, x, label, given_codes):
+  def run(params, rng, x, label, given_codes, direction):
     pair = families.Cond(label=None if label is None else jnp.repeat(label, 2))
     codes = frame_codes = None
     weights = jnp.asarray(alphas, jnp.float32)[:, None]
@@ -261,14 +290,21 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
     frames_z = sampling.slerp(z[:1], z[1:], weights)
     frame_labels = None if label is None else jnp.repeat(label, len(alphas))
     frames = decode(params, frames_z, families.Cond(label=frame_labels, embedding=frame_codes))
-    return z, frames, codes
+    manipulated = None
+    if direction is not None:  # each image's x_T, its code moved along the probe's normal
+      moved = representation_eval.manipulate(codes, direction, jnp.asarray(scales, jnp.float32))
+      moved_z = jnp.repeat(z, len(scales), axis=0)
+      manipulated = decode(
+        params, moved_z, families.Cond(embedding=moved.reshape(-1, codes.shape[1]))
+      )
+    return z, frames, codes, manipulated
 
   x = None if inputs is None else jnp.asarray(pixels.from_uint8(inputs))
   logging.info(
     "Interpolating in %d frames on %d steps of the deterministic sampler.", len(alphas), num_steps
   )
-  latents, frames, codes = jax.jit(run)(
-    params, rng, x, None if label is None else jnp.asarray(label), given_codes
+  latents, frames, codes, manipulated = jax.jit(run)(
+    params, rng, x, None if label is None else jnp.asarray(label), given_codes, direction
   )
   frames = pixels.to_uint8(np.asarray(frames))
   path = os.path.join(workdir, "edits", f"interpolate_{step}.npz")
@@ -276,6 +312,14 @@ def interpolate(config: ml_collections.ConfigDict, workdir: str) -> str:
     extra = {} if inputs is None else {"inputs": inputs}
     if codes is not None:
       extra["codes"] = np.asarray(codes)
+    if manipulated is not None:
+      manipulated = pixels.to_uint8(np.asarray(manipulated)).reshape(2, len(scales), *x.shape[1:])
+      extra.update(manipulated=manipulated, manipulate_scales=scales)
+      rows = np.concatenate([inputs[:, None], manipulated], axis=1).reshape(-1, *x.shape[1:])
+      image_utils.save_png(
+        image_utils.grid_uint8(pixels.from_uint8(rows), columns=len(scales) + 1),
+        os.path.join(workdir, "edits", f"manipulate_{step}.png"),
+      )
     files.save_npz(path, frames=frames, latents=np.asarray(latents), alphas=alphas, **extra)
     strip = frames if inputs is None else np.concatenate([inputs[:1], frames, inputs[1:]])
     image_utils.save_png(
