@@ -3,7 +3,8 @@
   model_config, params = convert.from_guided_diffusion(state_dict_or_path, **create_model_kwargs)
   model_config, params = convert.from_guided_diffusion_classifier(state_dict_or_path, **kwargs)
   model_config, params = convert.from_guided_diffusion_super_res(state_dict_or_path, **kwargs)
-  model_config, params = convert.from_diffusers(model_dir)
+  model_config, params = convert.from_diffusers(model_dir)  # UNet2DModel, DiTTransformer2DModel
+  model_config, params = convert.from_dit(state_dict_or_path)  # facebookresearch/DiT
   out = models.get_model(model_config).apply(params, x_nhwc, t, y)   # = the reference's, NHWC
 
 `parse_model_flags(text, defaults)` reads a training script's flags as the script does (guided-
@@ -20,6 +21,7 @@ __main__.py).
 from ddpm_jax.convert.diffusers import diffusers_model_config
 from ddpm_jax.convert.fit import (
   from_diffusers,
+  from_dit,
   from_guided_diffusion,
   from_guided_diffusion_classifier,
   from_guided_diffusion_super_res,
@@ -61,6 +63,7 @@ __all__ = [
   "diffusers_config",
   "diffusers_model_config",
   "from_diffusers",
+  "from_dit",
   "from_guided_diffusion",
   "from_guided_diffusion_classifier",
   "from_guided_diffusion_super_res",

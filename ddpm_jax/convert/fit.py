@@ -7,12 +7,15 @@ against the model it targets, whose parameter shapes come from `jax.eval_shape` 
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import ml_collections
 import numpy as np
 
 from ddpm_jax import models
-from ddpm_jax.convert import diffusers, guided_diffusion
+from ddpm_jax.convert import diffusers, dit, guided_diffusion
 from ddpm_jax.convert.torch_layout import MappedWeights, Params, shape_mismatches
 
 
@@ -74,8 +77,44 @@ def from_guided_diffusion_classifier(state_dict_or_path, **create_classifier_kwa
   return fitted(weights)
 
 
+# a diffusers directory's config.json "_class_name" -> its weight mapping
+DIFFUSERS_MODELS = {
+  "UNet2DModel": diffusers.unet_weights,
+  "DiTTransformer2DModel": dit.diffusers_dit_weights,
+}
+# a pipeline directory's sub-folders holding the denoiser, in the order they are looked for
+PIPELINE_DENOISERS = ("unet", "transformer")
+
+
+def diffusers_model_dir(model_dir: str) -> str:
+  """The model directory of `model_dir`: itself, or a pipeline's denoiser sub-folder."""
+  if os.path.exists(os.path.join(model_dir, "model_index.json")):
+    for sub in PIPELINE_DENOISERS:
+      if os.path.isdir(os.path.join(model_dir, sub)):
+        return os.path.join(model_dir, sub)
+    raise ValueError(f"The pipeline {model_dir} has none of {', '.join(PIPELINE_DENOISERS)}/.")
+  return model_dir
+
+
 def from_diffusers(model_dir: str):
-  """A diffusers `UNet2DModel` saved by `save_pretrained` (config.json + safetensors or .bin) ->
-  (model_config, params): the DDPM checkpoints' conventions (downsample_padding=0 as TF's
-  asymmetric padding, norm_eps 1e-6, the time embedding's flip_sin_to_cos / freq_shift)."""
-  return fitted(diffusers.unet_weights(model_dir))
+  """A diffusers model saved by `save_pretrained` (config.json + safetensors or .bin), or a
+  pipeline directory of one -> (model_config, params), by its config's "_class_name":
+  - `UNet2DModel`: the DDPM checkpoints' conventions (downsample_padding=0 as TF's asymmetric
+    padding, norm_eps 1e-6, the time embedding's flip_sin_to_cos / freq_shift);
+  - `DiTTransformer2DModel`: `models.DiT` (convert/dit.py)."""
+  model_dir = diffusers_model_dir(model_dir)
+  with open(os.path.join(model_dir, "config.json")) as f:
+    class_name = json.load(f).get("_class_name", "UNet2DModel")
+  if class_name not in DIFFUSERS_MODELS:
+    raise ValueError(
+      f"{model_dir} holds a {class_name}; the converter reads {', '.join(DIFFUSERS_MODELS)}."
+    )
+  return fitted(DIFFUSERS_MODELS[class_name](model_dir))
+
+
+def from_dit(state_dict_or_path, **kwargs):
+  """facebookresearch/DiT's checkpoints (DiT-XL-2-256x256.pt, …: a state dict, a training
+  checkpoint's dict with "ema", or a .pt path read with weights_only) -> (model_config, params) of
+  `models.DiT`; its sizes are read from the weights (kwargs: num_heads, for a width not in the
+  paper's Table 4)."""
+  return fitted(dit.dit_weights(state_dict_or_path, **kwargs))

@@ -7,10 +7,11 @@ import dataclasses
 import jax.numpy as jnp
 
 from ddpm_jax.models.classifier import NoisyClassifier
+from ddpm_jax.models.dit import DiT
 from ddpm_jax.models.layers import EMBEDDINGS
 from ddpm_jax.models.unet import UNet
 
-MODELS = {"unet": UNet, "classifier": NoisyClassifier}
+MODELS = {"unet": UNet, "classifier": NoisyClassifier, "dit": DiT}
 EMBEDDING_TYPES = tuple(EMBEDDINGS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

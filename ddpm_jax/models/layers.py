@@ -49,6 +49,15 @@ def adm_timestep_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> 
   return jnp.pad(jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1), ((0, 0), (0, dim % 2)))
 
 
+def flipped_timestep_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Array:
+  """DDPM's frequencies ω_i = max_period^(-i / (half - 1)) with cos first: diffusers'
+  Timesteps(flip_sin_to_cos=True, downscale_freq_shift=1), the embedder of its DiT (the original
+  DiT's is guided-diffusion's, `adm_timestep_embedding`)."""
+  half = dim // 2
+  emb = timestep_embedding(t, 2 * half, max_period)
+  return jnp.pad(jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1), ((0, 0), (0, dim % 2)))
+
+
 def fourier_embedding(x: Array, dim: int, scale: float = 16.0) -> Array:
   """Gaussian Fourier features of a noise level (NCSN++, Song et al. 2021; Tancik et al. 2020): [B]
   -> [B, dim].
@@ -76,6 +85,7 @@ def base2_fourier_features(x: Array, exponents: Sequence[int]) -> Array:
 EMBEDDINGS = {
   "positional": timestep_embedding,
   "adm_positional": adm_timestep_embedding,  # guided-diffusion's (its released checkpoints)
+  "flipped_positional": flipped_timestep_embedding,  # diffusers' DiT
   "fourier": fourier_embedding,
 }
 
