@@ -26,8 +26,8 @@ def _shared_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   # What is trained: "gaussian" (DDPM / Improved DDPM / ADM), "classifier" (ADM's noisy classifier),
-  # "score_sde", "vdm", "ardm", "super_res" or "edm" (ddpm_jax/families/), each with its own block
-  # (with_family)
+  # "score_sde", "vdm", "ardm", "super_res", "edm", "representation", "prior" or "flow"
+  # (ddpm_jax/families/), each with its own block (with_family)
   config.family = "gaussian"
 
   config.data = data = ml_collections.ConfigDict()
@@ -214,6 +214,29 @@ def _shared_config() -> ml_collections.ConfigDict:
   eval_config.feature_net_path = config_dict.placeholder(str)
   # for the dataset and size, if any (evaluation/feature_net.py)
   return config
+
+
+def dit_model(dit_size: str = "S", patch_size: int = 2, **fields) -> ml_collections.ConfigDict:
+  """config.model of a DiT (models.DiT's fields; `fields` override, e.g. depth, hidden_size,
+  num_heads for a smaller one than Table 4's): replaces the U-Net's block, whose fields it does not
+  take."""
+  model = ml_collections.ConfigDict()
+  model.name = "dit"
+  model.dit_size = dit_size  # "S" | "B" | "L" | "XL" (depth, width, heads of the paper's Table 4)
+  model.patch_size = patch_size
+  model.out_channels = 1  # data.num_channels, twice that with a learned variance
+  model.num_classes = 0  # > 0: class-conditional, with the null class ∅ for guidance
+  model.null_class = True
+  model.depth = config_dict.placeholder(int)  # None: the size's
+  model.hidden_size = config_dict.placeholder(int)
+  model.num_heads = config_dict.placeholder(int)
+  model.mlp_ratio = 4.0
+  model.mlp_norm_eps = 1e-6
+  model.embedding_type = "adm_positional"  # DiT's sinusoid of t
+  model.dtype = "float32"
+  model.remat = False  # activation checkpointing per block
+  model.update(fields)
+  return model
 
 
 def with_family(config: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:

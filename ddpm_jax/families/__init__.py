@@ -24,6 +24,7 @@ FAMILIES = {
   # an encoder E(x0) -> z learned with a denoiser conditioned on z (diffusion autoencoder)
   "representation": "representation",
   "prior": "prior",  # unCLIP's diffusion prior over embeddings
+  "flow": "flow",  # flow matching / rectified flow: the velocity of x_t = α_t x0 + σ_t ε
 }
 
 

@@ -263,16 +263,25 @@ def image_data_problems(config: ml_collections.ConfigDict) -> list[str]:
   return []
 
 
+# the networks of x's shape given (x_t, noise level, label[, context]): the U-Net and DiT
+IMAGE_NETWORKS = ("unet", "dit")
+
+
 def unet_problems(
-  config: ml_collections.ConfigDict, out_channels: int, why: str, embeddings: bool = False
+  config: ml_collections.ConfigDict,
+  out_channels: int,
+  why: str,
+  embeddings: bool = False,
+  networks: tuple[str, ...] = ("unet",),
 ) -> list[str]:
-  """The checks of a family that trains the U-Net with `out_channels` outputs (`why` says what needs
-  them); `embeddings`: whether it feeds the U-Net data embeddings (model.embedding_dim)."""
+  """The checks of a family that trains a network of x's shape with `out_channels` outputs (`why`
+  says what needs them), one of `networks` (model.name: the U-Net, or DiT); `embeddings`: whether
+  it feeds the U-Net data embeddings (model.embedding_dim)."""
   problems = image_data_problems(config)
-  if config.model.get("name", "unet") != "unet":
+  if config.model.get("name", "unet") not in networks:
     problems.append(
-      f"config.family={config.family!r} trains the U-Net (model.name='unet'), not "
-      f"model.name={config.model.name!r}."
+      f"config.family={config.family!r} trains model.name "
+      f"{' or '.join(repr(n) for n in networks)}, not {config.model.name!r}."
     )
   elif config.model.out_channels != out_channels:
     problems.append(

@@ -10,7 +10,7 @@ import ml_collections
 
 from ddpm_jax import diffusion, editing, families, models, sampling, schedules
 from ddpm_jax.data import sources, transforms
-from ddpm_jax.models import layers, unet
+from ddpm_jax.models import dit, layers, unet
 from ddpm_jax.runtime.errors import InvalidConfigError
 
 NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite
@@ -27,6 +27,9 @@ RANGES = {
       "data.num_channels",
       "diffusion.num_timesteps",
       "model.ch",
+      "model.patch_size",
+      "model.depth",
+      "model.hidden_size",
       "model.num_heads",
       "model.num_res_blocks",
       "model.out_channels",
@@ -314,6 +317,25 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       "model.dtype='float16' would need loss scaling, which this project does not do (its range "
       "underflows small gradients); use 'bfloat16' (float32's range) or 'float32'."
     )
+  return problems + _network_problems(data, model)
+
+
+def _network_problems(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict):
+  """The shapes the network needs of the data: the U-Net's (and the classifier's) levels and
+  GroupNorm widths, DiT's patches and heads."""
+  problems = []
+  if model.get("name") == "dit":
+    if data.image_size % model.patch_size:
+      problems.append(
+        f"data.image_size={data.image_size} is not divisible by model.patch_size="
+        f"{model.patch_size}."
+      )
+    if model.dit_size not in dit.DIT_SIZES:
+      return problems + [f"model.dit_size must be one of {', '.join(dit.DIT_SIZES)}."]
+    _, width, heads = dit.DiT(**{k: model[k] for k in DIT_SHAPE_FIELDS}).shape()
+    if width % heads:
+      problems.append(f"DiT's width {width} is not divisible by its {heads} heads.")
+    return problems
   levels = len(model.ch_mult)
   if data.image_size % 2 ** (levels - 1):
     problems.append(
@@ -333,6 +355,9 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"{sorted(widths)}."
     )
   return problems
+
+
+DIT_SHAPE_FIELDS = ("dit_size", "depth", "hidden_size", "num_heads")
 
 
 def _mode_problems(config: ml_collections.ConfigDict) -> list[str]:

@@ -65,7 +65,9 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       "must be 0."
     )
   why = f"EDM's denoiser of {config.data.num_channels} data channels"
-  problems += base.unet_problems(config, config.data.num_channels, why)
+  problems += base.unet_problems(
+    config, config.data.num_channels, why, networks=base.IMAGE_NETWORKS
+  )
   return problems + base.no_guidance_problems(config)
 
 

@@ -189,9 +189,14 @@ def diffusion_problems(diffusion_config: ml_collections.ConfigDict) -> list[str]
   return diffusion.loss_variance_problems(diffusion_config.var_type, diffusion_config.loss_type)
 
 
-def validate(config: ml_collections.ConfigDict, embeddings: bool = True) -> list[str]:
+def validate(
+  config: ml_collections.ConfigDict,
+  embeddings: bool = True,
+  networks: tuple[str, ...] = base.IMAGE_NETWORKS,
+) -> list[str]:
   """The family's problems; `embeddings`: whether model.embedding_dim (data embeddings, the unCLIP
-  decoder) is allowed (not for the families that build on this one's checks)."""
+  decoder) is allowed, `networks` the model.name allowed (both narrower for the families that
+  build on this one's checks)."""
   problems = diffusion_sampling_problems(config)
   learned = config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
   channels = config.data.num_channels * (2 if learned else 1)
@@ -200,6 +205,7 @@ def validate(config: ml_collections.ConfigDict, embeddings: bool = True) -> list
     channels,
     f"{config.data.num_channels} data channels with var_type={config.diffusion.var_type!r}",
     embeddings,
+    networks,
   )
   return problems
 

@@ -87,7 +87,8 @@ def make_encoder(config: ml_collections.ConfigDict) -> models.NoisyClassifier:
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   # the denoiser's: the Gaussian family's diffusion, samplers and U-Net checks
-  problems = gaussian.validate(config, embeddings=False) + base.no_context_problems(config)
+  problems = gaussian.validate(config, embeddings=False, networks=("unet",))
+  problems += base.no_context_problems(config)
   options = config.representation
   widths = {options.encoder_ch * m for m in options.encoder_ch_mult}
   if any(w % 32 for w in widths):

@@ -127,7 +127,10 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       "sinusoidal embedding barely resolves: set model.embedding_type='fourier' (NCSN++)."
     )
   problems += base.unet_problems(
-    config, config.data.num_channels, f"{config.data.num_channels} data channels predicted as ε"
+    config,
+    config.data.num_channels,
+    f"{config.data.num_channels} data channels predicted as ε",
+    networks=base.IMAGE_NETWORKS,
   )
   problems += sampling_problems(config)
   return problems + base.no_guidance_problems(config)

@@ -1,0 +1,179 @@
+"""Flow matching / rectified flow (ddpm_jax/flow.py): the network (a U-Net or a DiT) regresses the
+velocity v = dx_t/dt of the path x_t = α_t x0 + σ_t ε (flow.path: "linear", rectified flow / SD3;
+"cosine", SiT's GVP) at t drawn uniformly or logit-normally (SD3's, flow.t_sampling), seeing
+flow.time_scale·t as its noise-level input (1000: diffusers' and SD3's). Sampling integrates
+dx/dt = v from t = 1 to 0 by Euler or Heun (sampling.sampler) on sampling.num_steps times shifted
+by flow.shift (SD3's resolution shift), with classifier-free guidance on v for class-conditional
+models. The same ODE run from data to noise is the latent codec. No likelihood.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ddpm_jax import flow, models, sampling
+from ddpm_jax.families import base, gaussian
+
+SAMPLERS = flow.SOLVERS
+SHARED_DEFAULTS = {
+  "sampling.sampler": "euler",
+  "sampling.num_steps": 50,
+  "eval.bpd_num_batches": 0,
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.flow: the path, the training times and the sampling grid's shift."""
+  flow_config = ml_collections.ConfigDict()
+  flow_config.path = "linear"  # x_t = (1 - t) x0 + t ε; "cosine": cos(πt/2) x0 + sin(πt/2) ε
+  flow_config.t_sampling = "logit_normal"  # SD3's t = sigmoid(n), n ~ N(logit_mean, logit_std²)
+  flow_config.logit_mean = 0.0
+  flow_config.logit_std = 1.0
+  flow_config.shift = 1.0  # sampling times t' = s t / (1 + (s - 1) t); SD3 at 1024²: 3.0
+  flow_config.time_scale = 1000.0  # the network sees time_scale · t
+  return flow_config
+
+
+CONFIG_BLOCKS = {"flow": default_config}
+RANGES = {
+  "flow.logit_std": (0, False, None, False),
+  "flow.shift": (0, False, None, False),
+  "flow.time_scale": (0, False, None, False),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> list[str]:
+  flow_config, problems = config.flow, []
+  choices = (
+    ("flow.path", flow_config.path, tuple(flow.PATHS)),
+    ("flow.t_sampling", flow_config.t_sampling, flow.T_SAMPLINGS),
+    ("sampling.sampler", config.sampling.sampler, SAMPLERS),
+  )
+  problems += [
+    f"config.family='flow': {field} must be one of {', '.join(known)}, not {value!r}."
+    for field, value, known in choices
+    if value not in known
+  ]
+  if not config.sampling.num_steps or config.sampling.num_steps < 1:
+    problems.append(
+      f"config.family='flow' integrates on a fixed grid: sampling.num_steps must be >= 1, not "
+      f"{config.sampling.num_steps}."
+    )
+  if config.eval.bpd_num_batches:
+    problems.append(
+      f"config.family='flow' has no likelihood: eval.bpd_num_batches={config.eval.bpd_num_batches} "
+      "must be 0."
+    )
+  why = f"the velocity of {config.data.num_channels} data channels"
+  problems += base.unet_problems(
+    config, config.data.num_channels, why, networks=base.IMAGE_NETWORKS
+  )
+  return problems + base.no_guidance_problems(config)
+
+
+def build(config: ml_collections.ConfigDict) -> base.Family:
+  model, flow_config, sampling_config = models.get_model(config.model), config.flow, config.sampling
+  path, time_scale = flow_config.path, flow_config.time_scale
+  contexts = gaussian.cross_attention(config)  # cross-attention contexts, where model.context_dim
+
+  def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
+    del family_state
+    x0 = batch["image"]
+    t = flow.sample_t(
+      keys.t, x0.shape[0], flow_config.t_sampling, flow_config.logit_mean, flow_config.logit_std
+    )
+    return {
+      "t": t,
+      "noise": jax.random.normal(keys.noise, x0.shape, x0.dtype),
+      "weight": base.unweighted(x0.shape[0]),
+      "t_fraction": t,
+      "labels": base.conditioning_labels(
+        keys.labels, batch, config.model, config.training.label_dropout
+      ),
+      "context": contexts.of_batch(keys, batch),
+    }
+
+  def loss(params, batch, draws, dropout_rng):
+    """‖v_θ(x_t, t) - v‖² per example, the mean over its elements (conditional flow matching)."""
+    x0, t, noise = batch["image"], draws["t"], draws["noise"]
+    x_t = flow.interpolate(x0, noise, t, path)
+    out = model.apply(
+      params,
+      x_t,
+      time_scale * t,
+      draws["labels"],
+      draws["context"],
+      **base.apply_kwargs(dropout_rng),
+    )
+    squared = (out - flow.velocity(x0, noise, t, path)) ** 2
+    return jnp.mean(squared, axis=tuple(range(1, x0.ndim)))
+
+  def velocity_fn(params, cond, controls):
+    """v(x, t) given `cond`'s label and contexts, guided towards them where
+    sampling.guidance_scale is on ((1 + w) v(x, t, y) - w v(x, t, ∅); guidance_rescale on v)."""
+    scale = {"guidance_scale": sampling_config.guidance_scale, **(controls or {})}
+
+    def given(y, conditions):
+      return lambda x, t: model.apply(params, x, time_scale * t, y, conditions["context"])
+
+    return gaussian.free_guidance(
+      given,
+      cond or base.Cond(),
+      (contexts,),
+      sampling_config,
+      scale["guidance_scale"],
+      config.data.num_channels,
+    )
+
+  def grid(num_steps: int) -> np.ndarray:
+    return flow.timesteps(num_steps, flow_config.shift)
+
+  def make_trajectory(guide=None) -> base.TrajectoryFn:
+    del guide
+    ts = grid(sampling_config.num_steps)
+    with jax.ensure_compile_time_eval():
+      scale, noise_std, _, _ = (np.asarray(c) for c in flow.coefficients(ts, path))
+
+    def trajectory(params, cond=None, guide_params=None, controls=None):
+      del guide_params
+      v, times = velocity_fn(params, cond, controls), jnp.asarray(ts)
+      step = lambda x, i, key: flow.step(v, x, times[i], times[i + 1], sampling_config.sampler)
+      return sampling.Trajectory(
+        scale, noise_std, sampling.memoryless(step), np.arange(len(ts) - 1), name="flow"
+      )
+
+    return trajectory
+
+  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
+    del workdir
+    shape = base.sample_shape(batch_size, config.data)
+    clip = lambda x: jnp.clip(x, -1.0, 1.0)
+    return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
+
+  def make_latent_codec(num_steps: int):
+    """The flow's ODE on `num_steps` times: data -> noise (encode) and back (decode)."""
+    ts = grid(num_steps)
+
+    def encode(params, x0, cond=None):
+      return flow.sample(velocity_fn(params, cond, None), x0, ts[::-1], sampling_config.sampler)
+
+    def decode(params, z, cond=None):
+      return flow.sample(velocity_fn(params, cond, None), z, ts, sampling_config.sampler)
+
+    return encode, decode
+
+  return base.Family(
+    name="flow",
+    model=model,
+    init_params=lambda rng: contexts.init(model, rng, config.data),
+    draw=draw,
+    loss=loss,
+    make_sampler=make_sampler,
+    make_trajectory=make_trajectory,
+    make_latent_codec=make_latent_codec,
+    sample_controls=("guidance_scale",),
+    conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
+  )

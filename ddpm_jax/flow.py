@@ -1,0 +1,111 @@
+"""Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023; SiT, Ma et al. 2024; SD3,
+Esser et al. 2024), in the SD3 / diffusers convention: t ∈ [0, 1], t = 0 the data, t = 1 noise.
+
+  x_t = α_t x0 + σ_t ε      linear: α_t = 1 - t, σ_t = t; cosine (SiT's GVP): cos(πt/2), sin(πt/2)
+  v = dx_t/dt = α'_t x0 + σ'_t ε      (linear: ε - x0), the network's regression target
+  sampling: dx/dt = v_θ(x, t) from t = 1 (x ~ N(0, I)) down to t = 0, by Euler or Heun
+
+  from ddpm_jax import flow
+  x_t = flow.interpolate(x0, noise, t, path="linear")
+  v = flow.velocity(x0, noise, t, path="linear")
+  ts = flow.timesteps(num_steps, shift=1.0)             # [num_steps + 1] from 1 down to 0
+  x0 = flow.sample(velocity_fn, x_1, ts, solver="euler")  # velocity_fn(x, t[B]) -> v
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+VelocityFn = Callable[[Array, Array], Array]  # (x [B, ...], t [B]) -> v [B, ...]
+
+
+def _linear(t):
+  return 1.0 - t, t, -jnp.ones_like(t), jnp.ones_like(t)
+
+
+def _cosine(t):
+  angle = 0.5 * math.pi * t
+  half_pi = 0.5 * math.pi
+  return jnp.cos(angle), jnp.sin(angle), -half_pi * jnp.sin(angle), half_pi * jnp.cos(angle)
+
+
+# path -> t [B] -> (α_t, σ_t, dα/dt, dσ/dt)
+PATHS = {"linear": _linear, "cosine": _cosine}
+SOLVERS = ("euler", "heun")
+T_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def coefficients(t: Array, path: str = "linear") -> tuple[Array, Array, Array, Array]:
+  """(α_t, σ_t, α'_t, σ'_t) of `path`, each [B]."""
+  if path not in PATHS:
+    raise ValueError(f"Unknown flow path {path!r}; known: {', '.join(PATHS)}.")
+  return PATHS[path](jnp.asarray(t, jnp.float32))
+
+
+def _per_example(a: Array, x: Array) -> Array:
+  return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
+
+
+def interpolate(x0: Array, noise: Array, t: Array, path: str = "linear") -> Array:
+  """x_t = α_t x0 + σ_t ε; t [B]."""
+  alpha, sigma, _, _ = coefficients(t, path)
+  return _per_example(alpha, x0) * x0 + _per_example(sigma, x0) * noise
+
+
+def velocity(x0: Array, noise: Array, t: Array, path: str = "linear") -> Array:
+  """v = dx_t/dt = α'_t x0 + σ'_t ε (linear: ε - x0)."""
+  _, _, d_alpha, d_sigma = coefficients(t, path)
+  return _per_example(d_alpha, x0) * x0 + _per_example(d_sigma, x0) * noise
+
+
+def shift_time(t: Array | np.ndarray, shift: float) -> Array | np.ndarray:
+  """SD3's resolution shift t' = s t / (1 + (s - 1) t): s > 1 spends more steps near noise."""
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def timesteps(num_steps: int, shift: float = 1.0) -> np.ndarray:
+  """[num_steps + 1] times from 1 down to 0, uniform then shifted (diffusers'
+  FlowMatchEulerDiscreteScheduler with `shift`)."""
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
+  return shift_time(np.linspace(1.0, 0.0, num_steps + 1), shift).astype(np.float32)
+
+
+def sample_t(key: Array, batch: int, how: str = "logit_normal", mean=0.0, std=1.0) -> Array:
+  """Training times [B]: uniform on (0, 1), or SD3's logit-normal t = sigmoid(mean + std·n)."""
+  if how == "uniform":
+    return jax.random.uniform(key, (batch,))
+  if how == "logit_normal":
+    return jax.nn.sigmoid(mean + std * jax.random.normal(key, (batch,)))
+  raise ValueError(f"Unknown t sampling {how!r}; known: {', '.join(T_SAMPLINGS)}.")
+
+
+def step(velocity_fn: VelocityFn, x: Array, t: Array, t_next: Array, solver: str) -> Array:
+  """One step of dx/dt = v from t to t_next (scalars): Euler x + (t_next - t) v(x, t), or Heun's
+  trapezoid with Euler's x as the predictor."""
+  dt = t_next - t
+  at = lambda time: jnp.full((x.shape[0],), time, jnp.float32)
+  v = velocity_fn(x, at(t))
+  if solver == "euler":
+    return x + dt * v
+  if solver == "heun":
+    predicted = x + dt * v
+    return x + 0.5 * dt * (v + velocity_fn(predicted, at(t_next)))
+  raise ValueError(f"Unknown flow solver {solver!r}; known: {', '.join(SOLVERS)}.")
+
+
+def sample(velocity_fn: VelocityFn, x_1: Array, ts, solver: str = "euler") -> Array:
+  """x at ts[-1] from x_1 at ts[0], one `step` per pair of times, in one `lax.scan` (reversed ts
+  encode: data -> noise by the same solver)."""
+  ts = jnp.asarray(ts, jnp.float32)
+
+  def body(x, pair):
+    return step(velocity_fn, x, pair[0], pair[1], solver), None
+
+  return jax.lax.scan(body, x_1, jnp.stack([ts[:-1], ts[1:]], axis=1))[0]

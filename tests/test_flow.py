@@ -1,0 +1,217 @@
+"""Flow matching (ddpm_jax/flow.py, config.family="flow"): the velocity is the path's derivative,
+the grid and the Euler step are diffusers' FlowMatchEulerDiscreteScheduler's, the exact velocity of
+Gaussian data carries noise onto the data along the closed-form ODE map x0 = μ + s·x1, and the
+family's loss, sampler and codec are those functions on its network."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import families, flow
+from ddpm_jax.families import config_validation
+from helpers import REPO
+
+PATHS = tuple(flow.PATHS)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_velocity_is_the_derivative_of_the_path(path):
+  rng = np.random.default_rng(0)
+  x0, noise = rng.normal(size=(2, 3, 4, 4, 1))
+  t = np.array([0.1, 0.5, 0.93])
+  h = 1e-3
+  ahead, behind = (flow.interpolate(x0, noise, t + d, path) for d in (h, -h))
+  np.testing.assert_allclose(
+    flow.velocity(x0, noise, t, path), (ahead - behind) / (2 * h), rtol=1e-3, atol=1e-3
+  )
+  # the ends: data at t = 0, noise at t = 1
+  np.testing.assert_allclose(flow.interpolate(x0, noise, np.zeros(3), path), x0, atol=1e-6)
+  np.testing.assert_allclose(flow.interpolate(x0, noise, np.ones(3), path), noise, atol=1e-6)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_the_grid_and_euler_are_diffusers_flow_match_scheduler(shift):
+  from diffusers import FlowMatchEulerDiscreteScheduler
+  import torch
+
+  scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+  num_steps = 7
+  scheduler.set_timesteps(num_steps, sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1])
+  ts = flow.timesteps(num_steps, shift)
+  np.testing.assert_allclose(ts, scheduler.sigmas.numpy(), atol=1e-6)
+  velocity_fn = lambda x, t: jnp.sin(3 * x) + t[:, None, None, None] * x  # any smooth field
+  x_1 = np.random.default_rng(1).normal(size=(2, 4, 4, 1)).astype(np.float32)
+  sample = torch.from_numpy(x_1.transpose(0, 3, 1, 2))
+  for timestep, sigma in zip(scheduler.timesteps, scheduler.sigmas):
+    t = torch.full((2,), float(sigma))
+    v = torch.sin(3 * sample) + t[:, None, None, None] * sample
+    sample = scheduler.step(v, timestep, sample).prev_sample
+  got = flow.sample(velocity_fn, x_1, ts, "euler")
+  np.testing.assert_allclose(got, sample.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def gaussian_velocity(mu, s, path):
+  """The exact velocity E[α' x0 + σ' ε | x_t] of x0 ~ N(μ, s²) per element (x0 and ε jointly
+  Gaussian given x_t)."""
+
+  def velocity_fn(x, t):
+    alpha, sigma, d_alpha, d_sigma = (c[:, None] for c in flow.coefficients(t, path))
+    variance = alpha**2 * s**2 + sigma**2
+    residual = x - alpha * mu
+    x0_mean = mu + alpha * s**2 / variance * residual
+    eps_mean = sigma / variance * residual
+    return d_alpha * x0_mean + d_sigma * eps_mean
+
+  return velocity_fn
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_exact_velocity_of_gaussian_data_maps_noise_onto_the_data(path):
+  """For x0 ~ N(μ, s²) the ODE's flow is affine: x_t = α_t μ + √(α_t² s² + σ_t²) x1, so the sample
+  of x1 is μ + s·x1: Heun reaches it to 1e-3 on 160 steps, and halving the step divides Heun's
+  error by about 4 (second order) and Euler's by 2 (first order)."""
+  mu, s = np.array([0.5, -1.0, 0.0]), np.array([0.3, 1.5, 0.05])
+  x_1 = np.random.default_rng(2).normal(size=(500, 3)).astype(np.float32)
+  want = mu + s * x_1
+  velocity_fn = gaussian_velocity(mu, s, path)
+
+  def error(num_steps, solver):
+    return np.max(np.abs(flow.sample(velocity_fn, x_1, flow.timesteps(num_steps), solver) - want))
+
+  assert error(160, "heun") < 1e-3
+  assert 0.2 < error(80, "heun") / error(40, "heun") < 0.3
+  assert 0.45 < error(80, "euler") / error(40, "euler") < 0.55
+  # and back: the same solver on the reversed grid encodes the data as its noise (measured in data
+  # units: the narrow dimension's noise is the data's error over s = 0.05)
+  encoded = flow.sample(velocity_fn, want.astype(np.float32), flow.timesteps(160)[::-1], "heun")
+  np.testing.assert_allclose(s * encoded, s * x_1, atol=1e-3)
+
+
+def test_logit_normal_times_are_sd3s():
+  t = flow.sample_t(jax.random.key(0), 200_000, "logit_normal", 0.5, 0.8)
+  logits = np.log(t / (1 - t))
+  assert abs(logits.mean() - 0.5) < 0.01 and abs(logits.std() - 0.8) < 0.01
+  uniform = flow.sample_t(jax.random.key(1), 200_000, "uniform")
+  assert abs(float(uniform.mean()) - 0.5) < 0.005 and 0 <= uniform.min() and uniform.max() < 1
+
+
+def flow_config(network="unet", **changes):
+  sys.path.insert(0, REPO)
+  from configs import dit_default, flow_default
+
+  config = flow_default.get_config() if network == "unet" else dit_default.get_config("flow")
+  if network == "dit":
+    config.model.update(depth=2, hidden_size=32, num_heads=2)
+  config.model.num_classes = 10
+  config.training.label_dropout = 0.1
+  for field, value in changes.items():
+    block, name = field.split(".")
+    config[block][name] = value
+  config_validation.validate_config(config)
+  return config
+
+
+def random_params(family, seed=0):
+  """Initial parameters with every leaf random (zero-initialised outputs would hide errors)."""
+  params = family.init_params(jax.random.key(seed))
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  noisy = [0.2 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)]
+  return jax.tree_util.tree_unflatten(tree, noisy)
+
+
+@pytest.mark.parametrize("network", ["unet", "dit"])
+def test_the_family_loss_is_the_velocity_regression(network):
+  config = flow_config(network, **{"flow.path": "cosine"})
+  family = families.get_family(config)
+  params = random_params(family)
+  x0 = jax.random.uniform(jax.random.key(3), (4, 8, 8, 1), minval=-1, maxval=1)
+  batch = {"image": x0, "label": jnp.array([1, 2, 3, 4])}
+  draws = family.draw(families.step_keys(jax.random.key(4)), batch, None)
+  t, noise, labels = draws["t"], draws["noise"], draws["labels"]
+  x_t = jnp.cos(0.5 * jnp.pi * t)[:, None, None, None] * x0
+  x_t = x_t + jnp.sin(0.5 * jnp.pi * t)[:, None, None, None] * noise
+  target = (
+    0.5
+    * jnp.pi
+    * (
+      jnp.cos(0.5 * jnp.pi * t)[:, None, None, None] * noise
+      - jnp.sin(0.5 * jnp.pi * t)[:, None, None, None] * x0
+    )
+  )
+  out = family.model.apply(params, x_t, 1000.0 * t, labels)
+  want = jnp.mean((out - target) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(family.loss(params, batch, draws, None), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", flow.SOLVERS)
+def test_the_familys_sampler_and_codec_integrate_its_guided_velocity(sampler):
+  config = flow_config(
+    "dit", **{"sampling.sampler": sampler, "sampling.num_steps": 6, "flow.shift": 2.0}
+  )
+  config.sampling.guidance_scale = 1.5
+  family = families.get_family(config)
+  params = random_params(family)
+  labels = jnp.array([0, 3])
+  x_1 = jax.random.normal(jax.random.key(5), (2, 8, 8, 1))
+  model = family.model
+
+  def guided(x, t):  # (1 + w) v(x, t, y) - w v(x, t, ∅)
+    v = lambda y: model.apply(params, x, 1000.0 * t, y)
+    return 2.5 * v(labels) - 1.5 * v(None)
+
+  want = flow.sample(guided, x_1, flow.timesteps(6, 2.0), sampler)
+  cond = families.Cond(label=labels)
+  sample_fn = family.make_sampler(2)
+  got = sample_fn(params, jax.random.key(0), cond, x_T=x_1)
+  np.testing.assert_allclose(got, jnp.clip(want, -1, 1), atol=1e-5)
+  encode, decode = family.make_latent_codec(6)
+  np.testing.assert_allclose(decode(params, x_1, cond), want, atol=1e-5)
+  back = flow.sample(guided, want, flow.timesteps(6, 2.0)[::-1], sampler)
+  np.testing.assert_allclose(encode(params, want, cond), back, atol=1e-5)
+
+
+def test_flow_settings_are_checked():
+  with pytest.raises(ValueError, match="flow.path must be one of linear, cosine"):
+    flow_config(**{"flow.path": "quadratic"})
+  with pytest.raises(ValueError, match="sampling.sampler must be one of euler, heun"):
+    flow_config(**{"sampling.sampler": "ddim"})
+  with pytest.raises(ValueError, match="not divisible by model.patch_size=3"):
+    flow_config("dit", **{"model.patch_size": 3})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "config_name", ["flow_default.py", "dit_default.py:flow", "dit_default.py"]
+)
+def test_train_sample_and_interpolate_from_the_command_line(config_name, tmp_path):
+  common = [
+    f"--config={REPO}/configs/{config_name}",
+    f"--workdir={tmp_path}",
+    "--config.training.num_train_steps=20",
+    "--config.training.checkpoint_every_steps=20",
+    "--config.training.sample_every_steps=20",
+    "--config.sampling.num_samples=8",
+    "--config.sampling.batch_size=8",
+    "--config.sampling.num_steps=4",
+    "--config.eval.num_fid_samples=0",
+    "--config.data.num_workers=0",
+  ]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  for mode in ("train", "sample", "interpolate"):
+    result = subprocess.run(
+      [sys.executable, "-m", "ddpm_jax.main", f"--mode={mode}", *common],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+  samples = np.load(tmp_path / "samples" / "samples_20.npz")
+  assert samples["images"].shape == (8, 8, 8, 1)
+  assert np.load(tmp_path / "edits" / "interpolate_20.npz")["frames"].shape == (8, 8, 8, 1)
