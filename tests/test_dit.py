@@ -62,16 +62,16 @@ def test_the_network_starts_at_zero_and_remat_keeps_its_parameters():
   assert jax.tree_util.tree_structure(remat_params) == jax.tree_util.tree_structure(params)
 
 
-def small_diffusers_dit(out_channels=8, num_classes=10, seed=0):
+def small_diffusers_dit(out_channels=8, num_classes=10, seed=0, heads=2, head_width=16, depth=2):
   from diffusers import DiTTransformer2DModel
 
   return randomized(
     DiTTransformer2DModel(
-      num_attention_heads=2,
-      attention_head_dim=16,
+      num_attention_heads=heads,
+      attention_head_dim=head_width,
       in_channels=4,
       out_channels=out_channels,
-      num_layers=2,
+      num_layers=depth,
       sample_size=8,
       patch_size=2,
       num_embeds_ada_norm=num_classes,
@@ -128,10 +128,11 @@ def as_facebook_state_dict(reference):
   the frozen positions)."""
   sd = {k: v.numpy() for k, v in reference.state_dict().items()}
   emb = "transformer_blocks.0.norm1.emb."
+  width, grid = reference.inner_dim, reference.config.sample_size // reference.config.patch_size
   out = {
     "x_embedder.proj.weight": sd["pos_embed.proj.weight"],
     "x_embedder.proj.bias": sd["pos_embed.proj.bias"],
-    "pos_embed": dit.sincos_2d(32, 4)[None],
+    "pos_embed": dit.sincos_2d(width, grid)[None],
     "y_embedder.embedding_table.weight": sd[emb + "class_embedder.embedding_table.weight"],
     "final_layer.adaLN_modulation.1.weight": sd["proj_out_1.weight"],
     "final_layer.adaLN_modulation.1.bias": sd["proj_out_1.bias"],
@@ -141,7 +142,7 @@ def as_facebook_state_dict(reference):
   for ours, theirs in (("mlp.0", "linear_1"), ("mlp.2", "linear_2")):
     for kind in ("weight", "bias"):
       out[f"t_embedder.{ours}.{kind}"] = sd[f"{emb}timestep_embedder.{theirs}.{kind}"]
-  for i in range(2):
+  for i in range(reference.config.num_layers):
     block = f"transformer_blocks.{i}."
     for kind in ("weight", "bias"):
       out[f"blocks.{i}.attn.qkv.{kind}"] = np.concatenate(
@@ -177,3 +178,67 @@ def test_a_converted_facebook_dit_checkpoint_computes_the_same_network(tmp_path)
   del state_dict["blocks.1.mlp.fc2.bias"]
   with pytest.raises(ValueError, match="missing keys .*blocks.1.mlp.fc2.bias"):
     convert.from_dit(state_dict, num_heads=2)
+
+
+def test_a_pixel_space_dit_pipeline_becomes_a_workdir_and_a_latent_one_is_refused(tmp_path):
+  from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+  import ddpm_jax
+
+  reference = equal_embedder_copies(
+    randomized(
+      DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=3,
+        out_channels=6,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+      )
+    )
+  )
+  reference.save_pretrained(tmp_path / "pipeline" / "transformer")
+  DDIMScheduler(num_train_timesteps=50).save_config(tmp_path / "pipeline" / "scheduler")
+  (tmp_path / "pipeline" / "model_index.json").write_text('{"_class_name": "DiTPipeline"}')
+  config, params = convert.diffusers_config(str(tmp_path / "pipeline"))
+  assert config.model.name == "dit" and config.diffusion.var_type == "learned_range"
+  assert config.diffusion.num_timesteps == 50 and config.model.num_classes == 10
+  convert.write_workdir(config, params, str(tmp_path / "workdir"), "diffusers", "pipeline")
+  pipe = ddpm_jax.load(str(tmp_path / "workdir"))
+  x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype(np.float32)
+  t, y = np.array([7, 40]), np.array([2, 10])
+  want = reference_output(reference, x, t, y)
+  got = np.asarray(pipe.family.model.apply(pipe.params, x, t, y))
+  np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+  assert pipe.sample(2, num_steps=3, labels=[1, 2]).shape == (2, 8, 8, 3)
+  (tmp_path / "pipeline" / "vae").mkdir()
+  with pytest.raises(ValueError, match="latent-diffusion pipeline"):
+    convert.diffusers_config(str(tmp_path / "pipeline"))
+
+
+def test_a_dit_checkpoint_from_the_command_line_is_read_then_refused_for_its_vae(tmp_path):
+  import subprocess
+  import sys
+
+  from helpers import REPO
+
+  def write(name, **size):
+    reference = equal_embedder_copies(small_diffusers_dit(**size))
+    state_dict = {k: torch.from_numpy(v) for k, v in as_facebook_state_dict(reference).items()}
+    torch.save(state_dict, tmp_path / name)
+    return subprocess.run(
+      [sys.executable, "-m", "ddpm_jax.convert", "--source=dit", f"--checkpoint={tmp_path / name}",
+       "--preset=DiT-XL/2-256", f"--workdir={tmp_path}/workdir"],
+      cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+
+  # DiT-S's width (6 heads of 64), one block: read, checked, and refused for the VAE it needs
+  result = write("small.pt", heads=6, head_width=64, depth=1)
+  assert result.returncode != 0 and "a DiT of 1 blocks of width 384 (read and checked)" in (
+    result.stderr
+  )
+  assert "SD-VAE" in result.stderr and not (tmp_path / "workdir").exists()
+  result = write("tiny.pt")  # width 32 is none of Table 4's: its heads are unknown
+  assert result.returncode != 0 and "pass num_heads" in result.stderr

@@ -242,6 +242,13 @@ def test_the_prior_reproduces_each_classs_mean_and_covariance(tmp_path):
     assert len(drawn) == 1000
     np.testing.assert_allclose(drawn.mean(0), means[k], atol=0.15)
     np.testing.assert_allclose(np.cov(drawn.T), covs[k], atol=0.06)
+  # --mode=eval: the samples' Fréchet distance to the held-out 5 % (200 draws) is close to that of
+  # the train split's own draws (the floor a perfect model reaches with these finite sets)
+  from ddpm_jax.jobs import evaluate
+
+  results = evaluate.evaluate(config, str(tmp_path / "prior"))
+  floor = results["embedding_fd_train_split"]
+  assert results["embedding_fd"] < 1.5 * floor + 0.05, results
 
 
 def run_main(*args, cwd):

@@ -16,6 +16,7 @@ SOURCES = {
   "guided_diffusion_super_res": (presets.SUPER_RES_PRESETS, presets.guided_diffusion_super_res_run),
   "improved_diffusion": (presets.IMPROVED_PRESETS, presets.improved_diffusion_run),
   "diffusers": (presets.DIFFUSERS_PRESETS, presets.diffusers_run),
+  "dit": (presets.DIT_PRESETS, presets.dit_run),
 }
 
 FLAGS = flags.FLAGS
@@ -24,10 +25,13 @@ flags.DEFINE_enum(
   "guided_diffusion",
   list(SOURCES),
   "Its code: a guided-diffusion UNetModel, one of its noisy classifiers or upsamplers "
-  "(SuperResModel), an improved-diffusion UNetModel, or a diffusers UNet.",
+  "(SuperResModel), an improved-diffusion UNetModel, a diffusers UNet or DiT, or a "
+  "facebookresearch/DiT checkpoint (read and checked; its workdir needs the SD-VAE, not yet here).",
 )
 flags.DEFINE_string(
-  "checkpoint", None, "guided_diffusion: the .pt file; diffusers: the model or pipeline directory."
+  "checkpoint",
+  None,
+  "guided_diffusion, dit: the .pt file; diffusers: the model or pipeline directory.",
 )
 flags.DEFINE_string(
   "preset",

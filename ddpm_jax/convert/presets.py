@@ -14,9 +14,10 @@ import ml_collections
 import numpy as np
 
 from configs import default
-from ddpm_jax.convert import guided_diffusion
+from ddpm_jax.convert import fit, guided_diffusion
 from ddpm_jax.convert.fit import (
   from_diffusers,
+  from_dit,
   from_guided_diffusion,
   from_guided_diffusion_classifier,
   from_guided_diffusion_super_res,
@@ -318,15 +319,25 @@ _DIFFUSERS_VARIANCES = {
 
 
 def diffusers_config(model_dir: str, dataset: str = "image_folder"):
-  """(run config, params) of a diffusers model directory: a UNet2DModel's (config.json + weights),
-  or a DDPMPipeline's (unet/ and scheduler/scheduler_config.json, whose schedule, T, prediction
-  and variance type the config takes; ancestral sampling as DDPMPipeline's)."""
+  """(run config, params) of a diffusers model directory: a UNet2DModel's or a pixel-space
+  DiTTransformer2DModel's (config.json + weights), or a DDPMPipeline's or DiT pipeline's (unet/ or
+  transformer/ and scheduler/scheduler_config.json, whose schedule, T, prediction and variance
+  type the config takes; a DiT of 2C outputs has ADM's learned range; ancestral sampling as
+  DDPMPipeline's). A latent pipeline (vae/) is refused: its VAE is not convertible yet."""
 
-  unet_dir = os.path.join(model_dir, "unet")
-  unet_dir = unet_dir if os.path.isdir(unet_dir) else model_dir
+  if os.path.isdir(os.path.join(model_dir, "vae")):
+    raise ValueError(
+      f"{model_dir} is a latent-diffusion pipeline (vae/): its denoiser works on the VAE's "
+      "latents, and this project cannot convert the VAE yet (latent diffusion is not built), so "
+      "no workdir is written; convert.from_diffusers(its transformer/ or unet/) gives the network."
+    )
+  unet_dir = fit.diffusers_model_dir(model_dir)
   model_config, params = from_diffusers(unet_dir)
   config = default.get_config("gaussian")
-  config.model.update(model_config)
+  if model_config.name == "dit":
+    config.model = model_config
+  else:
+    config.model.update(model_config)
   with open(os.path.join(unet_dir, "config.json")) as f:
     unet_config = json.load(f)
   set_dataset(config, dataset)
@@ -358,6 +369,8 @@ def diffusers_config(model_dir: str, dataset: str = "image_folder"):
   if problems:
     raise ValueError(f"{scheduler_path}: not supported: {'; '.join(problems)}.")
   var_type = _DIFFUSERS_VARIANCES[scheduler.get("variance_type", "fixed_small")]
+  if config.model.out_channels == 2 * config.data.num_channels:  # DiT's learned Σ (its schedulers
+    var_type = "learned_range"  # are DDIM / DPM-Solver, which have no variance_type)
   config.diffusion.update(
     beta_schedule=_DIFFUSERS_SCHEDULES[schedule],
     num_timesteps=scheduler.get("num_train_timesteps", 1000),
@@ -467,6 +480,28 @@ def guided_diffusion_super_res_run(checkpoint: str, preset=None, model_flags=Non
   create_kwargs = {k: v for k, v in flags.items() if k not in guided_diffusion.DIFFUSION_DEFAULTS}
   learn_sigma = {"learn_sigma": flags["learn_sigma"]}
   return config, from_guided_diffusion_super_res(checkpoint, **create_kwargs, **learn_sigma)[1]
+
+
+# facebookresearch/DiT's released EMA checkpoints (DiT-XL-2-256x256.pt, DiT-XL-2-512x512.pt): the
+# image size of each
+DIT_PRESETS = {"DiT-XL/2-256": 256, "DiT-XL/2-512": 512}
+
+
+def dit_run(checkpoint: str, preset=None, model_flags=None, dataset=None):
+  """A facebookresearch/DiT checkpoint: its network is read and checked (`convert.from_dit`), and
+  then refused as a workdir, which would need the SD-VAE that decodes its latents."""
+  del dataset
+  if model_flags:
+    raise ValueError("--source=dit reads the sizes from the weights: no --model_flags.")
+  model_config, _ = from_dit(checkpoint)
+  size = DIT_PRESETS.get(preset)
+  raise ValueError(
+    f"{checkpoint} is a DiT of {model_config.depth} blocks of width {model_config.hidden_size} "
+    f"(read and checked){f' for {size}² images' if size else ''}: facebookresearch/DiT's models "
+    "denoise the SD-VAE's latents (32×32×4 at 256², 64×64×4 at 512²), and this project cannot "
+    "convert that VAE yet (latent diffusion is not built), so no workdir is written. "
+    "convert.from_dit(path) gives the network now."
+  )
 
 
 def diffusers_run(checkpoint: str, preset=None, model_flags=None, dataset=None):

@@ -22,7 +22,11 @@ config.eval:
                         SDE's probability-flow ODE likelihood (sde.bits_per_dim); 0 skips
 
 config.family="representation" adds its linear probes, reconstruction and semantic consistency
-(evaluation/representation.py). Results go to workdir/eval_<step>.json and TensorBoard (eval/…).
+(evaluation/representation.py); a diffusion prior (config.family="prior") its embeddings' Fréchet
+distance to the held-out split's (`embedding_fd`, its samples drawn for the held-out labels repeated
+to at least PRIOR_EVAL_MIN_SAMPLES rows) beside the same distance of the train split's own
+embeddings (`embedding_fd_train_split`: what a perfect model's samples would score, the floor).
+Results go to workdir/eval_<step>.json and TensorBoard (eval/…).
 """
 
 from __future__ import annotations
@@ -296,6 +300,31 @@ def representation_metrics(config, family: families.Family, params) -> dict[str,
   return results
 
 
+PRIOR_EVAL_MIN_SAMPLES = 1000
+
+
+def embedding_metrics(config, ema_params, mesh) -> dict[str, float]:
+  """A diffusion prior's `embedding_fd` and `embedding_fd_train_split` (module docstring)."""
+  held_out = sources.EmbeddingsSource(config.data.path, config.data.eval_split)
+  train = sources.EmbeddingsSource(config.data.path, config.data.train_split)
+  reference = held_out.arrays["embedding"]
+  repeats = -(-PRIOR_EVAL_MIN_SAMPLES // len(reference))
+  cond = families.Cond(label=np.tile(held_out.labels, repeats)) if held_out.num_classes else None
+  count = len(reference) * repeats
+  samples, _ = sample_lib.generate(config, ema_params, count, mesh, cond=cond)
+
+  def distance(embeddings):
+    stats = lambda a: (a.mean(0), np.cov(a, rowvar=False))
+    return fid.frechet_distance(*stats(np.asarray(embeddings, np.float64)), *stats(reference))
+
+  results = {
+    "embedding_fd": distance(samples),
+    "embedding_fd_train_split": distance(train.arrays["embedding"]),
+  }
+  logging.info("The prior's embeddings against %d held-out ones: %s", len(reference), results)
+  return results
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   validate_config(config)
   mesh = parallel.make_mesh()
@@ -353,6 +382,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     results["bpd"] = held_out_bits_per_dim(config, ema_params, mesh, workdir)
   if family.represent is not None:  # a learned representation: probes, reconstruction, consistency
     results.update(representation_metrics(config, family, ema_params))
+  if family.samples == "embeddings":  # a diffusion prior
+    results.update(embedding_metrics(config, ema_params, mesh))
   if jax.process_index() == 0:
     (epath.Path(workdir) / f"eval_{step}.json").write_text(
       json.dumps(
