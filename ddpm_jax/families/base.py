@@ -295,6 +295,16 @@ def unet_problems(
   return problems
 
 
+def no_likelihood_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """A family without bits/dim refuses eval.bpd_num_batches."""
+  if config.eval.bpd_num_batches:
+    return [
+      f"config.family={config.family!r} has no likelihood: eval.bpd_num_batches="
+      f"{config.eval.bpd_num_batches} must be 0."
+    ]
+  return []
+
+
 def no_guidance_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Classifier guidance is a Gaussian-diffusion sampler's; other families refuse a classifier."""
   if config.sampling.classifier_workdir and config.sampling.classifier_scale:

@@ -59,11 +59,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"edm.sigma_min={edm_config.sigma_min} and edm.sigma_max={edm_config.sigma_max} must satisfy "
       "0 < sigma_min < sigma_max."
     )
-  if config.eval.bpd_num_batches:
-    problems.append(
-      f"config.family='edm' has no likelihood: eval.bpd_num_batches={config.eval.bpd_num_batches} "
-      "must be 0."
-    )
+  problems += base.no_likelihood_problems(config)
   why = f"EDM's denoiser of {config.data.num_channels} data channels"
   problems += base.unet_problems(
     config, config.data.num_channels, why, networks=base.IMAGE_NETWORKS
@@ -155,5 +151,5 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=("guidance_scale",),
-    conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
+    conditions=gaussian.label_and_contexts(config, contexts),
   )

@@ -62,11 +62,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"config.family='flow' integrates on a fixed grid: sampling.num_steps must be >= 1, not "
       f"{config.sampling.num_steps}."
     )
-  if config.eval.bpd_num_batches:
-    problems.append(
-      f"config.family='flow' has no likelihood: eval.bpd_num_batches={config.eval.bpd_num_batches} "
-      "must be 0."
-    )
+  problems += base.no_likelihood_problems(config)
   why = f"the velocity of {config.data.num_channels} data channels"
   problems += base.unet_problems(
     config, config.data.num_channels, why, networks=base.IMAGE_NETWORKS
@@ -175,5 +171,5 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=("guidance_scale",),
-    conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
+    conditions=gaussian.label_and_contexts(config, contexts),
   )

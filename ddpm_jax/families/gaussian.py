@@ -310,6 +310,14 @@ def cross_attention(config: ml_collections.ConfigDict) -> Conditioning:
   return dropped_array(config, "context", active, dummy=lambda: base.dummy_context(config.model))
 
 
+def label_and_contexts(
+  config: ml_collections.ConfigDict, contexts: Conditioning
+) -> tuple[str, ...]:
+  """`Family.conditions` of a family conditioned on class labels (model.num_classes) and
+  cross-attention `contexts` where active."""
+  return ("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active
+
+
 def image_embedding(config: ml_collections.ConfigDict) -> Conditioning:
   """An embedding [B, D] of each image (data.embedding_key; unCLIP's decoder, e.g. CLIP's image
   embedding), projected into the time embedding and model.embedding_tokens context tokens."""

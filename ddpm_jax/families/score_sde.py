@@ -271,6 +271,6 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     make_trajectory=make_trajectory,
     make_latent_codec=make_latent_codec,
     sample_controls=("guidance_scale",),
-    conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
+    conditions=gaussian.label_and_contexts(config, contexts),
     bits_per_dim=bits_per_dim,
   )

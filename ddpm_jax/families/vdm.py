@@ -169,7 +169,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     loss=loss,
     make_sampler=base.make_trajectory_sampler(make_trajectory, config.data),
     make_trajectory=make_trajectory,
-    conditions=("label",) * bool(config.model.get("num_classes")) + ("context",) * contexts.active,
+    conditions=gaussian.label_and_contexts(config, contexts),
     bits_per_dim=bits_per_dim,
     clip_mask=clip_mask if vdm_config.noise_schedule == "learned" else None,
   )
