@@ -10,6 +10,8 @@ Esser et al. 2024), in the SD3 / diffusers convention: t ∈ [0, 1], t = 0 the d
   v = flow.velocity(x0, noise, t, path="linear")
   ts = flow.timesteps(num_steps, shift=1.0)             # [num_steps + 1] from 1 down to 0
   x0 = flow.sample(velocity_fn, x_1, ts, solver="euler")  # velocity_fn(x, t[B]) -> v
+  x0, nfe = flow.sample_adaptive(velocity_fn, x_1)      # diffrax's Tsit5, to a tolerance
+  log_p = flow.log_likelihood(velocity_fn, x0, rng)       # nats [B], the ODE from 0 to 1
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ddpm_jax import sde
 
 Array = jax.Array
 VelocityFn = Callable[[Array, Array], Array]  # (x [B, ...], t [B]) -> v [B, ...]
@@ -37,7 +41,7 @@ def _cosine(t):
 
 # path -> t [B] -> (α_t, σ_t, dα/dt, dσ/dt)
 PATHS = {"linear": _linear, "cosine": _cosine}
-SOLVERS = ("euler", "heun")
+SOLVERS = ("euler", "heun")  # fixed grids; `sample_adaptive` has none
 T_SAMPLINGS = ("uniform", "logit_normal")
 
 
@@ -109,3 +113,21 @@ def sample(velocity_fn: VelocityFn, x_1: Array, ts, solver: str = "euler") -> Ar
     return step(velocity_fn, x, pair[0], pair[1], solver), None
 
   return jax.lax.scan(body, x_1, jnp.stack([ts[:-1], ts[1:]], axis=1))[0]
+
+
+def sample_adaptive(
+  velocity_fn: VelocityFn, x_1: Array, rtol: float = 1e-5, atol: float = 1e-5, **options
+) -> tuple[Array, Array]:
+  """(x at t = 0, the number of velocity evaluations) from x_1 at t = 1 by an adaptive solver
+  (`sde.solve_ode`: diffrax's Tsit5 to the tolerances)."""
+  return sde.solve_ode(velocity_fn, x_1, 1.0, 0.0, rtol, atol, **options)
+
+
+def log_likelihood(
+  velocity_fn: VelocityFn, x0: Array, rng: Array, hutchinson: bool = True, **solver
+) -> Array:
+  """log p_0(x0) in nats [B] by the instantaneous change of variables along dx/dt = v from t = 0
+  to 1 (adaptive; `sde.ode_log_density_change`, whose `solver` options pass through): log p_0(x0)
+  = log N(x_1; 0, I) + ∫_0^1 ∇·v(x_t, t) dt."""
+  delta, x_1 = sde.ode_log_density_change(velocity_fn, x0, rng, 0.0, 1.0, hutchinson, **solver)
+  return sde.standard_normal_logp(x_1) + delta

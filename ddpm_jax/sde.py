@@ -61,8 +61,7 @@ class VPSDE:
     return jax.random.normal(rng, shape)
 
   def prior_logp(self, z):
-    n = math.prod(z.shape[1:])
-    return -0.5 * n * math.log(2 * math.pi) - 0.5 * losses.sum_flat(z**2)
+    return standard_normal_logp(z)
 
   def discretize(self, x, t):
     """DDPM's step: x_{i+1} = √(1-β_i) x_i + √β_i z, i.e. f = (√(1-β_i) - 1) x, G = √β_i."""
@@ -466,16 +465,23 @@ def ode_sample(
     if shape is None:
       raise ValueError("Give either `shape` or `z`.")
     z = s.prior_sampling(rng, shape)
-  batch = z.shape[0]
-  sol = _solve(
-    lambda t, x: probability_flow_drift(s, score_fn, x, jnp.full((batch,), t)),
-    z,
-    s.T,
-    eps,
-    rtol,
-    atol,
-    max_steps,
-  )
+  drift_fn = lambda x, t: probability_flow_drift(s, score_fn, x, t)
+  return solve_ode(drift_fn, z, s.T, eps, rtol, atol, max_steps)
+
+
+def solve_ode(
+  drift_fn: Callable[[Array, Array], Array],
+  x: Array,
+  t0: float,
+  t1: float,
+  rtol: float = 1e-5,
+  atol: float = 1e-5,
+  max_steps: int = 4096,
+) -> tuple[Array, Array]:
+  """x(t1) of dx/dt = drift_fn(x, t[B]) from x(t0) = x by an adaptive solver (diffrax's Tsit5
+  with a PID step-size controller), with the number of drift evaluations."""
+  batch = x.shape[0]
+  sol = _solve(lambda t, y: drift_fn(y, jnp.full((batch,), t)), x, t0, t1, rtol, atol, max_steps)
   return sol.ys[-1], _TSIT5_EVALS_PER_STEP * sol.stats["num_steps"] + 1
 
 
@@ -494,15 +500,35 @@ def ode_log_likelihood(
   log p_0(x(0)) = log p_T(x(T)) + ∫_0^T ∇·f̃(x(t), t) dt, integrating x and the divergence from eps
   to T.
 
-  The divergence is exact (one Jacobian-vector product per dimension; small data only) or
-  Hutchinson's unbiased estimate E_ε[εᵀ ∂f̃/∂x ε] with one Rademacher ε per example, fixed along the
-  path (FFJORD). For 8-bit images use `bits_per_dim`, which dequantises first.
+  The divergence is exact or Hutchinson's estimate (`ode_log_density_change`). For 8-bit images
+  use `bits_per_dim`, which dequantises first.
   """
+  drift_fn = lambda y, t: probability_flow_drift(s, score_fn, y, t)
+  delta, x_T = ode_log_density_change(drift_fn, x, rng, eps, s.T, hutchinson, rtol, atol, max_steps)
+  return s.prior_logp(x_T) + delta
+
+
+def ode_log_density_change(
+  drift_fn: Callable[[Array, Array], Array],
+  x: Array,
+  rng: Array,
+  t0: float,
+  t1: float,
+  hutchinson: bool = True,
+  rtol: float = 1e-5,
+  atol: float = 1e-5,
+  max_steps: int = 4096,
+) -> tuple[Array, Array]:
+  """(∫_t0^t1 ∇·f(x(t), t) dt [B], x(t1)) along dx/dt = f(x, t[B]) from x(t0) = x, by an adaptive
+  solver (diffrax's Tsit5): log p_t0(x) = log p_t1(x(t1)) + the integral (the instantaneous change
+  of variables). The divergence is exact (one Jacobian-vector product per dimension; small data
+  only) or Hutchinson's unbiased estimate E_ε[εᵀ ∂f/∂x ε] with one Rademacher ε per example, fixed
+  along the path (FFJORD)."""
   batch, dims = x.shape[0], math.prod(x.shape[1:])
   probe = jax.random.rademacher(rng, x.shape).astype(x.dtype)
 
   def divergence(x, t):
-    drift = lambda y: probability_flow_drift(s, score_fn, y, t)
+    drift = lambda y: drift_fn(y, t)
     if hutchinson:
       _, jvp = jax.jvp(drift, (x,), (probe,))
       return losses.sum_flat(jvp * probe)
@@ -515,24 +541,35 @@ def ode_log_likelihood(
   def augmented(t, state):
     y, _ = state
     t_b = jnp.full((batch,), t)
-    return probability_flow_drift(s, score_fn, y, t_b), divergence(y, t_b)
+    return drift_fn(y, t_b), divergence(y, t_b)
 
-  sol = _solve(augmented, (x, jnp.zeros((batch,), x.dtype)), eps, s.T, rtol, atol, max_steps)
-  x_T, delta = sol.ys[0][-1], sol.ys[1][-1]
-  return s.prior_logp(x_T) + delta
+  sol = _solve(augmented, (x, jnp.zeros((batch,), x.dtype)), t0, t1, rtol, atol, max_steps)
+  return sol.ys[1][-1], sol.ys[0][-1]
 
 
 def bits_per_dim(
   s, score_fn: ScoreFn, images_uint8: Array, rng: Array, hutchinson: bool = True
 ) -> Array:
-  """Bits/dim of 8-bit data, comparable with `diffusion.calc_bpd_loop`: uniform dequantisation
-  u = (x + U[0, 1))/256, model space y = 2u - 1, so -log₂ P(x)/D ≤ -log p(y)/(D ln 2) - 1 + 8. ->
-  [B]."""
+  """Bits/dim of 8-bit data by the probability-flow ODE (`dequantized_bits_per_dim`). -> [B]."""
+  log_likelihood = lambda y, key: ode_log_likelihood(s, score_fn, y, key, hutchinson=hutchinson)
+  return dequantized_bits_per_dim(log_likelihood, images_uint8, rng)
+
+
+def dequantized_bits_per_dim(
+  log_likelihood: Callable[[Array, Array], Array], images_uint8: Array, rng: Array
+) -> Array:
+  """Bits/dim of 8-bit data, comparable with `diffusion.calc_bpd_loop`, from a continuous model's
+  `log_likelihood(y, rng) -> log p(y)` [B] in nats: uniform dequantisation u = (x + U[0, 1))/256,
+  model space y = 2u - 1, so -log₂ P(x)/D ≤ -log p(y)/(D ln 2) - 1 + 8. -> [B]."""
   noise_rng, ode_rng = jax.random.split(rng)
   u = (images_uint8.astype(jnp.float32) + jax.random.uniform(noise_rng, images_uint8.shape)) / 256.0
   dims = math.prod(images_uint8.shape[1:])
-  log_p = ode_log_likelihood(s, score_fn, 2.0 * u - 1.0, ode_rng, hutchinson=hutchinson)
-  return -log_p / (dims * math.log(2.0)) + 7.0
+  return -log_likelihood(2.0 * u - 1.0, ode_rng) / (dims * math.log(2.0)) + 7.0
+
+
+def standard_normal_logp(z: Array) -> Array:
+  """log N(z; 0, I) per example [B]."""
+  return -0.5 * math.prod(z.shape[1:]) * math.log(2 * math.pi) - 0.5 * losses.sum_flat(z**2)
 
 
 def mean_coeff(s: SDE, t: Array) -> Array:

@@ -215,3 +215,55 @@ def test_train_sample_and_interpolate_from_the_command_line(config_name, tmp_pat
   samples = np.load(tmp_path / "samples" / "samples_20.npz")
   assert samples["images"].shape == (8, 8, 8, 1)
   assert np.load(tmp_path / "edits" / "interpolate_20.npz")["frames"].shape == (8, 8, 8, 1)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_odes_likelihood_of_gaussian_data_is_its_density(path):
+  mu, s = np.array([0.5, -1.0, 0.0]), np.array([0.3, 1.5, 0.2])
+  x0 = (mu + s * np.random.default_rng(3).normal(size=(6, 3))).astype(np.float32)
+  got = flow.log_likelihood(gaussian_velocity(mu, s, path), x0, jax.random.key(0), False)
+  want = np.sum(-0.5 * np.log(2 * np.pi * s**2) - 0.5 * ((x0 - mu) / s) ** 2, axis=1)
+  np.testing.assert_allclose(got, want, atol=2e-3)
+  # and the adaptive sampler carries noise onto the data as the grid solvers do
+  x_1 = np.random.default_rng(4).normal(size=(200, 3)).astype(np.float32)
+  x, evaluations = flow.sample_adaptive(gaussian_velocity(mu, s, path), x_1)
+  np.testing.assert_allclose(x, mu + s * x_1, atol=1e-3)
+  assert 10 < int(evaluations) < 1000
+
+
+def test_the_exact_velocity_minimises_the_flow_matching_loss():
+  """Monte Carlo on Gaussian data: the loss of v* + δ exceeds that of v* by E‖δ‖² (v* is the
+  regression target's conditional mean, so the cross term vanishes) and v* + δ loses for every δ."""
+  mu, s = np.array([0.5, -1.0]), np.array([0.3, 1.5])
+  rng = np.random.default_rng(5)
+  n = 400_000
+  x0 = mu + s * rng.normal(size=(n, 2))
+  noise, t = rng.normal(size=(n, 2)), rng.uniform(size=n)
+  x_t, target = flow.interpolate(x0, noise, t), flow.velocity(x0, noise, t)
+  exact = gaussian_velocity(mu, s, "linear")(x_t, jnp.asarray(t))
+  loss = lambda v: float(jnp.mean(jnp.sum((v - target) ** 2, axis=1)))
+  best = loss(exact)
+  for delta in (np.array([0.1, 0.0]), np.array([-0.05, 0.2])):
+    excess = loss(exact + delta) - best
+    assert excess > 0 and abs(excess - np.sum(delta**2)) < 0.2 * np.sum(delta**2), (delta, excess)
+  shrunk = loss(0.9 * exact) - best  # a δ proportional to v*: E‖0.1 v*‖²
+  assert abs(shrunk - float(jnp.mean(jnp.sum((0.1 * exact) ** 2, axis=1)))) < 0.02 * shrunk + 1e-3
+
+
+def test_the_adaptive_sampler_and_bits_per_dim_of_the_family():
+  config = flow_config("dit", **{"sampling.sampler": "ode", "sampling.ode_tolerance": 1e-3})
+  family = families.get_family(config)
+  params = random_params(family)
+  labels = jnp.array([0, 3])
+  x_1 = jax.random.normal(jax.random.key(5), (2, 8, 8, 1))
+  v = lambda x, t: family.model.apply(params, x, 1000.0 * t, labels)
+  want = flow.sample_adaptive(v, x_1, 1e-3, 1e-3)[0]
+  got = family.make_sampler(2)(params, jax.random.key(0), families.Cond(label=labels), x_T=x_1)
+  np.testing.assert_allclose(got, jnp.clip(want, -1, 1), atol=1e-5)
+  with pytest.raises(ValueError, match="Editing runs on the samplers euler, heun"):
+    family.make_trajectory()
+  x0 = jnp.clip(x_1, -1, 1)
+  bpd = family.bits_per_dim(params, x0, jax.random.key(1), families.Cond(label=labels))["bpd"]
+  assert bpd.shape == (2,) and np.all(np.isfinite(bpd))
+  with pytest.raises(ValueError, match="sampling.s_churn=1.0: config.family='flow'"):
+    flow_config(**{"sampling.s_churn": 1.0})

@@ -4,7 +4,8 @@ velocity v = dx_t/dt of the path x_t = α_t x0 + σ_t ε (flow.path: "linear", r
 flow.time_scale·t as its noise-level input (1000: diffusers' and SD3's). Sampling integrates
 dx/dt = v from t = 1 to 0 by Euler or Heun (sampling.sampler) on sampling.num_steps times shifted
 by flow.shift (SD3's resolution shift), with classifier-free guidance on v for class-conditional
-models. The same ODE run from data to noise is the latent codec. No likelihood.
+models. The same ODE run from data to noise is the latent codec; bits/dim by its likelihood
+(flow.log_likelihood, adaptive, Hutchinson's divergence; eval.bpd_num_batches, 0 by default here).
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import flow, models, sampling
+from ddpm_jax import flow, models, sampling, sde
 from ddpm_jax.families import base, gaussian
 
-SAMPLERS = flow.SOLVERS
-SHARED_DEFAULTS = {
-  "sampling.sampler": "euler",
-  "sampling.num_steps": 50,
-  "eval.bpd_num_batches": 0,
-}
+SAMPLERS = (*flow.SOLVERS, "ode")  # "ode": adaptive (sampling.ode_tolerance), no fixed grid
+# EDM's σ-grid and churn settings, which sampler names "euler" / "heun" read in other families:
+# the flow's solvers do not (neutral values)
+SIGMA_GRID_FIELDS = {"sigma_min": None, "sigma_max": None, "rho": 7.0, "s_churn": 0.0}
+SIGMA_GRID_FIELDS |= {"s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
+# bits/dim integrates an adaptive ODE with a Jacobian-vector product per evaluation: opt in
+SHARED_DEFAULTS = {"sampling.sampler": "euler", "sampling.num_steps": 50, "eval.bpd_num_batches": 0}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -57,12 +59,17 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     for field, value, known in choices
     if value not in known
   ]
-  if not config.sampling.num_steps or config.sampling.num_steps < 1:
+  problems += [
+    f"sampling.{field}={config.sampling[field]!r}: config.family='flow' samples on flow.shift's "
+    "grid of t (it reads no σ grid or churn)."
+    for field, neutral in SIGMA_GRID_FIELDS.items()
+    if config.sampling.get(field, neutral) != neutral
+  ]
+  if config.sampling.sampler in flow.SOLVERS and not config.sampling.num_steps:
     problems.append(
       f"config.family='flow' integrates on a fixed grid: sampling.num_steps must be >= 1, not "
       f"{config.sampling.num_steps}."
     )
-  problems += base.no_likelihood_problems(config)
   why = f"the velocity of {config.data.num_channels} data channels"
   problems += base.unet_problems(
     config, config.data.num_channels, why, networks=base.IMAGE_NETWORKS
@@ -129,6 +136,12 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   def make_trajectory(guide=None) -> base.TrajectoryFn:
     del guide
+    if sampling_config.sampler not in flow.SOLVERS:
+      raise ValueError(
+        f"Editing runs on the samplers {', '.join(flow.SOLVERS)}, not sampling.sampler="
+        f"{sampling_config.sampler!r} (an adaptive solver without a fixed grid): set "
+        "--config.sampling.sampler (heun: the same ODE on a grid)."
+      )
     ts = grid(sampling_config.num_steps)
     with jax.ensure_compile_time_eval():
       scale, noise_std, _, _ = (np.asarray(c) for c in flow.coefficients(ts, path))
@@ -147,7 +160,18 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     del workdir
     shape = base.sample_shape(batch_size, config.data)
     clip = lambda x: jnp.clip(x, -1.0, 1.0)
-    return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
+    if sampling_config.sampler in flow.SOLVERS:
+      return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
+
+    def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):
+      del guide_params
+      # the grid samplers' prior draw, so that "ode" and "heun" start from the same noise
+      x_1 = sampling.standard_normal_prior()(rng, shape) if x_T is None else x_T
+      tolerance = sampling_config.ode_tolerance
+      v = velocity_fn(params, cond, controls)
+      return clip(flow.sample_adaptive(v, x_1, tolerance, tolerance)[0])
+
+    return sample
 
   def make_latent_codec(num_steps: int):
     """The flow's ODE on `num_steps` times: data -> noise (encode) and back (decode)."""
@@ -161,6 +185,13 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     return encode, decode
 
+  def bits_per_dim(params, x0, rng, cond=None):
+    """The dequantised bits/dim of x0's 8-bit images under the conditional (unguided) flow."""
+    images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
+    v = velocity_fn(params, cond, {"guidance_scale": 0.0})
+    log_likelihood = lambda y, key: flow.log_likelihood(v, y, key)
+    return {"bpd": sde.dequantized_bits_per_dim(log_likelihood, images, rng)}
+
   return base.Family(
     name="flow",
     model=model,
@@ -172,4 +203,5 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     make_latent_codec=make_latent_codec,
     sample_controls=("guidance_scale",),
     conditions=gaussian.label_and_contexts(config, contexts),
+    bits_per_dim=bits_per_dim,
   )
