@@ -87,13 +87,17 @@ PIPELINE_DENOISERS = ("unet", "transformer")
 
 
 def diffusers_model_dir(model_dir: str) -> str:
-  """The model directory of `model_dir`: itself, or a pipeline's denoiser sub-folder."""
-  if os.path.exists(os.path.join(model_dir, "model_index.json")):
-    for sub in PIPELINE_DENOISERS:
-      if os.path.isdir(os.path.join(model_dir, sub)):
-        return os.path.join(model_dir, sub)
-    raise ValueError(f"The pipeline {model_dir} has none of {', '.join(PIPELINE_DENOISERS)}/.")
-  return model_dir
+  """The model directory of `model_dir`: itself where it holds a config.json, else a pipeline's
+  denoiser sub-folder."""
+  if os.path.exists(os.path.join(model_dir, "config.json")):
+    return model_dir
+  for sub in PIPELINE_DENOISERS:
+    if os.path.exists(os.path.join(model_dir, sub, "config.json")):
+      return os.path.join(model_dir, sub)
+  raise ValueError(
+    f"{model_dir} holds no config.json, nor does any of its {', '.join(PIPELINE_DENOISERS)}/: not "
+    "a diffusers model or pipeline directory."
+  )
 
 
 def from_diffusers(model_dir: str):

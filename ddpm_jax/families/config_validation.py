@@ -77,6 +77,7 @@ RANGES = {
   **dict.fromkeys(
     [
       "model.norm_eps",
+      "model.mlp_norm_eps",
       "optim.lr",
       "sampling.ode_tolerance",
       "sampling.rho",
@@ -91,6 +92,7 @@ RANGES = {
     (0, False, None, False),
   ),
   **dict.fromkeys(["model.dropout", "optim.beta2", "optim.ema_decay"], (0, True, 1, False)),
+  "model.mlp_ratio": (0, False, 64, True),  # DiT's MLP width over its width (4)
   **dict.fromkeys(["training.label_dropout", "sampling.guidance_rescale"], (0, True, 1, True)),
 }
 RANGES |= {
