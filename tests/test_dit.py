@@ -242,3 +242,34 @@ def test_a_dit_checkpoint_from_the_command_line_is_read_then_refused_for_its_vae
   assert "SD-VAE" in result.stderr and not (tmp_path / "workdir").exists()
   result = write("tiny.pt")  # width 32 is none of Table 4's: its heads are unknown
   assert result.returncode != 0 and "pass num_heads" in result.stderr
+
+
+@pytest.mark.parametrize("family_name", ["edm", "score_sde"])
+def test_dit_serves_the_other_families_of_an_image_network(family_name):
+  """DiT behind EDM's preconditioned denoiser and a score SDE: its loss trains (finite, with a
+  gradient reaching every block) and the family's sampler runs on it."""
+  import sys
+
+  from helpers import REPO
+
+  sys.path.insert(0, REPO)
+  from configs import default
+  from ddpm_jax import families
+  from ddpm_jax.families import config_validation
+
+  config = default.get_config(family_name)
+  config.model = default.dit_model("S", 2, depth=2, hidden_size=32, num_heads=2, num_classes=10)
+  config.sampling.num_steps = 3 if family_name == "edm" else None
+  if family_name == "score_sde":  # predictor-corrector on the SDE's 25 levels
+    config.sde.num_scales = 25
+  config_validation.validate_config(config)
+  family = families.get_family(config)
+  params = family.init_params(jax.random.key(0))
+  batch = {"image": jnp.zeros((4, 8, 8, 1)), "label": jnp.arange(4)}
+  draws = family.draw(families.step_keys(jax.random.key(1)), batch, None)
+  loss_of = lambda p: jnp.mean(family.loss(p, batch, draws, None))
+  loss, grads = jax.value_and_grad(loss_of)(params)
+  assert np.isfinite(loss)
+  assert np.any(np.asarray(grads["params"]["final"]["kernel"]))  # zero-initialised, trained first
+  samples = family.make_sampler(2)(params, jax.random.key(2), families.Cond(label=jnp.arange(2)))
+  assert samples.shape == (2, 8, 8, 1) and np.all(np.isfinite(samples))
