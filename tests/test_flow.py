@@ -203,7 +203,9 @@ def test_train_sample_and_interpolate_from_the_command_line(config_name, tmp_pat
     "--config.data.num_workers=0",
   ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  for mode in ("train", "sample", "interpolate"):
+  # editing (inpainting through the family's trajectory) on the U-Net's run
+  edit = ("edit",) if config_name == "flow_default.py" else ()
+  for mode in ("train", "sample", "interpolate", *edit):
     result = subprocess.run(
       [sys.executable, "-m", "ddpm_jax.main", f"--mode={mode}", *common],
       cwd=REPO,
@@ -215,6 +217,8 @@ def test_train_sample_and_interpolate_from_the_command_line(config_name, tmp_pat
   samples = np.load(tmp_path / "samples" / "samples_20.npz")
   assert samples["images"].shape == (8, 8, 8, 1)
   assert np.load(tmp_path / "edits" / "interpolate_20.npz")["frames"].shape == (8, 8, 8, 1)
+  if edit:
+    assert np.load(tmp_path / "edits" / "inpaint_20.npz")["results"].shape[1:] == (8, 8, 1)
 
 
 @pytest.mark.parametrize("path", PATHS)
