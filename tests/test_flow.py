@@ -3,6 +3,7 @@ the grid and the Euler step are diffusers' FlowMatchEulerDiscreteScheduler's, th
 Gaussian data carries noise onto the data along the closed-form ODE map x0 = μ + s·x1, and the
 family's loss, sampler and codec are those functions on its network."""
 
+import json
 import os
 import subprocess
 import sys
@@ -203,11 +204,24 @@ def test_train_sample_and_interpolate_from_the_command_line(config_name, tmp_pat
     "--config.data.num_workers=0",
   ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  # editing (inpainting through the family's trajectory) on the U-Net's run
-  edit = ("edit",) if config_name == "flow_default.py" else ()
+  # editing (inpainting through the family's trajectory) and evaluation (feature-FD, bits/dim by
+  # the ODE's likelihood) on the U-Net's run
+  edit = ("edit", "eval") if config_name == "flow_default.py" else ()
+  evaluation = [
+    "--config.eval.num_fid_samples=16",
+    "--config.eval.bpd_num_batches=1",
+    "--config.training.batch_size=8",
+  ]
   for mode in ("train", "sample", "interpolate", *edit):
     result = subprocess.run(
-      [sys.executable, "-m", "ddpm_jax.main", f"--mode={mode}", *common],
+      [
+        sys.executable,
+        "-m",
+        "ddpm_jax.main",
+        f"--mode={mode}",
+        *common,
+        *(evaluation if mode == "eval" else []),
+      ],
       cwd=REPO,
       env=env,
       capture_output=True,
@@ -219,6 +233,8 @@ def test_train_sample_and_interpolate_from_the_command_line(config_name, tmp_pat
   assert np.load(tmp_path / "edits" / "interpolate_20.npz")["frames"].shape == (8, 8, 8, 1)
   if edit:
     assert np.load(tmp_path / "edits" / "inpaint_20.npz")["results"].shape[1:] == (8, 8, 1)
+    results = json.loads((tmp_path / "eval_20.json").read_text())
+    assert np.isfinite(results["feature_fd"]) and 0 < results["bpd"] < 20, results
 
 
 @pytest.mark.parametrize("path", PATHS)
