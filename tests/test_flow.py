@@ -282,6 +282,13 @@ def test_the_adaptive_sampler_and_bits_per_dim_of_the_family():
   np.testing.assert_allclose(got, jnp.clip(want, -1, 1), atol=1e-5)
   with pytest.raises(ValueError, match="Editing runs on the samplers euler, heun"):
     family.make_trajectory()
+  # interpolation's codec has a grid: the same ODE by Heun
+  encode, decode = family.make_latent_codec(4)
+  np.testing.assert_allclose(
+    decode(params, x_1, families.Cond(label=labels)),
+    flow.sample(v, x_1, flow.timesteps(4), "heun"),
+    atol=1e-5,
+  )
   x0 = jnp.clip(x_1, -1, 1)
   bpd = family.bits_per_dim(params, x0, jax.random.key(1), families.Cond(label=labels))["bpd"]
   assert bpd.shape == (2,) and np.all(np.isfinite(bpd))

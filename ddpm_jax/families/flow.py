@@ -174,14 +174,16 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return sample
 
   def make_latent_codec(num_steps: int):
-    """The flow's ODE on `num_steps` times: data -> noise (encode) and back (decode)."""
+    """The flow's ODE on `num_steps` times: data -> noise (encode) and back (decode), by the
+    configured grid solver (Heun for the adaptive "ode", which has no grid)."""
     ts = grid(num_steps)
+    solver = sampling_config.sampler if sampling_config.sampler in flow.SOLVERS else "heun"
 
     def encode(params, x0, cond=None):
-      return flow.sample(velocity_fn(params, cond, None), x0, ts[::-1], sampling_config.sampler)
+      return flow.sample(velocity_fn(params, cond, None), x0, ts[::-1], solver)
 
     def decode(params, z, cond=None):
-      return flow.sample(velocity_fn(params, cond, None), z, ts, sampling_config.sampler)
+      return flow.sample(velocity_fn(params, cond, None), z, ts, solver)
 
     return encode, decode
 
