@@ -387,7 +387,9 @@ def _mode_problems(config: ml_collections.ConfigDict) -> list[str]:
 _SIGMA = tuple(sampling.SIGMA_SOLVERS)
 _CHURN = sampling.CHURN_SIGMA_SOLVERS
 # config.sampling's sampler-specific fields: their neutral values (configs/default.py's, a test
-# pins them) and the samplers that read them (sampler names are unique across the families)
+# pins them) and the samplers that read them; a family whose sampler names another family's
+# samplers also bear (the flow's "euler", "heun") declares its own readers instead, as its module's
+# READ_SAMPLER_FIELDS {field: its samplers that read it}
 SAMPLER_FIELDS = {
   "eta": (0.0, ("ddim",)),
   "timestep_spacing": ("default", ("ddpm", "ddim")),
@@ -408,12 +410,13 @@ SAMPLER_FIELDS = {
 
 
 def _set_sampler_fields(config: ml_collections.ConfigDict):
-  """(field, value, the samplers that read it) of the sampler-specific fields set away from their
-  neutral value."""
+  """(field, value, the samplers of config.family that read it, the samplers of any family that
+  do) of the sampler-specific fields set away from their neutral value."""
+  own_readers = getattr(families.family_module(config.family), "READ_SAMPLER_FIELDS", None)
   for field, (neutral, readers) in SAMPLER_FIELDS.items():
     value = config.sampling.get(field, neutral)
     if value != neutral:
-      yield field, value, readers
+      yield field, value, readers if own_readers is None else own_readers.get(field, ()), readers
 
 
 def unread_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -422,8 +425,8 @@ def unread_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
   own = families.family_module(config.family).SAMPLERS
   return [
     f"sampling.{field}={value!r}: config.family={config.family!r} does not read it (its samplers: "
-    f"{', '.join(own) or 'none'}; read by {', '.join(readers)})."
-    for field, value, readers in _set_sampler_fields(config)
+    f"{', '.join(own) or 'none'}; read by {', '.join(anywhere)} of other families)."
+    for field, value, readers, anywhere in _set_sampler_fields(config)
     if not set(readers) & set(own)
   ]
 
@@ -435,7 +438,7 @@ def ignored_sampling_settings(config: ml_collections.ConfigDict) -> list[str]:
   sampling_config, ignored = config.sampling, []
   sampler = sampling_config.sampler
   own = families.family_module(config.family).SAMPLERS
-  for field, value, readers in _set_sampler_fields(config):
+  for field, value, readers, _ in _set_sampler_fields(config):
     if sampler not in readers and set(readers) & set(own):
       ignored.append(
         f"sampling.{field}={value!r} is ignored: sampling.sampler={sampler!r} does not read it "

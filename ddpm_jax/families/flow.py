@@ -19,10 +19,9 @@ from ddpm_jax import flow, models, sampling, sde
 from ddpm_jax.families import base, gaussian
 
 SAMPLERS = (*flow.SOLVERS, "ode")  # "ode": adaptive (sampling.ode_tolerance), no fixed grid
-# EDM's σ-grid and churn settings, which sampler names "euler" / "heun" read in other families:
-# the flow's solvers do not (neutral values)
-SIGMA_GRID_FIELDS = {"sigma_min": None, "sigma_max": None, "rho": 7.0, "s_churn": 0.0}
-SIGMA_GRID_FIELDS |= {"s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
+# the sampler-specific fields its samplers read: not EDM's σ grid and churn, which the σ-space
+# solvers of the same names ("euler", "heun") read in other families
+READ_SAMPLER_FIELDS = {"ode_tolerance": ("ode",)}
 # bits/dim integrates an adaptive ODE with a Jacobian-vector product per evaluation: opt in
 SHARED_DEFAULTS = {"sampling.sampler": "euler", "sampling.num_steps": 50, "eval.bpd_num_batches": 0}
 
@@ -58,12 +57,6 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     f"config.family='flow': {field} must be one of {', '.join(known)}, not {value!r}."
     for field, value, known in choices
     if value not in known
-  ]
-  problems += [
-    f"sampling.{field}={config.sampling[field]!r}: config.family='flow' samples on flow.shift's "
-    "grid of t (it reads no σ grid or churn)."
-    for field, neutral in SIGMA_GRID_FIELDS.items()
-    if config.sampling.get(field, neutral) != neutral
   ]
   if config.sampling.sampler in flow.SOLVERS and not config.sampling.num_steps:
     problems.append(
