@@ -45,6 +45,13 @@ def test_the_parameter_counts_are_the_papers(size):
     assert count + 16 * 16 * width == 675_129_632  # DiT's train.py prints this for DiT-XL/2
 
 
+def test_the_converters_size_names_are_table_4s():
+  """convert/dit.py reads a checkpoint's size from its width without importing the model."""
+  from ddpm_jax.convert import dit as dit_mapping
+
+  assert dit_mapping.DIT_SIZE_NAMES == {width: n for n, (_, width, _) in dit.DIT_SIZES.items()}
+
+
 def test_the_positions_are_maes():
   from diffusers.models.embeddings import get_2d_sincos_pos_embed
 

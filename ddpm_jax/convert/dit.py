@@ -22,21 +22,22 @@ import numpy as np
 from ddpm_jax.convert.diffusers import load_diffusers_weights
 from ddpm_jax.convert.torch_layout import MappedWeights, Params, Reader, load_state_dict
 
-# models.dit.DIT_SIZES' (depth, width, heads): a width names its size's heads
-DIT_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
+# the widths of models.dit.DIT_SIZES (Table 4; a test pins the two tables together): a width names
+# its size, and so its heads, which the weights do not show
 DIT_SIZE_NAMES = {384: "S", 768: "B", 1024: "L", 1152: "XL"}
 
 
 def dit_model_config(
   depth: int,
   hidden_size: int,
-  num_heads: int,
+  num_heads: int | None,
   patch_size: int,
   out_channels: int,
   num_classes: int,
   **options,
 ) -> ml_collections.ConfigDict:
-  """`config.model` of a DiT of these dimensions (`dit_size` named where the width is Table 4's)."""
+  """`config.model` of a DiT of these dimensions (`dit_size` named where the width is Table 4's;
+  num_heads None: that size's)."""
   defaults = dict(mlp_norm_eps=1e-6, embedding_type="adm_positional")  # the original DiT's
   return ml_collections.ConfigDict(
     dict(
@@ -76,18 +77,18 @@ def dit_weights(state_dict_or_path, num_heads: int | None = None) -> MappedWeigh
     state_dict_or_path = state_dict_or_path["ema"]  # as DiT's sample.py reads its checkpoints
   reader = Reader(load_state_dict(state_dict_or_path))
   state_dict = reader.state_dict
-  if "x_embedder.proj.weight" not in state_dict:
-    raise ValueError("Not a DiT state dict: it has no x_embedder.proj.weight.")
+  lacking = [key for key in ("x_embedder.proj.weight", "pos_embed") if key not in state_dict]
+  if lacking:
+    raise ValueError(f"Not a DiT state dict: it has no {' and no '.join(lacking)}.")
   hidden, in_channels, p, _ = state_dict["x_embedder.proj.weight"].shape
   depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
   out_channels = state_dict["final_layer.linear.weight"].shape[0] // (p * p)
   rows = len(state_dict.get("y_embedder.embedding_table.weight", ()))
   # the fixed sin-cos positions (a frozen parameter there, computed here): their count is the grid
   grid = int(round(np.sqrt(reader.take("pos_embed").shape[1])))
-  heads = num_heads or DIT_HEADS.get(hidden)
-  if heads is None:
+  if num_heads is None and hidden not in DIT_SIZE_NAMES:
     raise ValueError(f"A DiT of width {hidden} is none of Table 4's sizes: pass num_heads.")
-  model_config = dit_model_config(depth, hidden, heads, p, out_channels, max(rows - 1, 0))
+  model_config = dit_model_config(depth, hidden, num_heads, p, out_channels, max(rows - 1, 0))
   names = {"modulation": "adaLN_modulation.1", "attn_out": "attn.proj"}
   names |= {"mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2"}
   params = {

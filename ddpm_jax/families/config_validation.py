@@ -334,7 +334,7 @@ def _network_problems(data: ml_collections.ConfigDict, model: ml_collections.Con
       )
     if model.dit_size not in dit.DIT_SIZES:
       return problems + [f"model.dit_size must be one of {', '.join(dit.DIT_SIZES)}."]
-    _, width, heads = dit.DiT(**{k: model[k] for k in DIT_SHAPE_FIELDS}).shape()
+    _, width, heads = dit.dit_shape(model.dit_size, model.depth, model.hidden_size, model.num_heads)
     if width % heads:
       problems.append(f"DiT's width {width} is not divisible by its {heads} heads.")
     return problems
@@ -357,9 +357,6 @@ def _network_problems(data: ml_collections.ConfigDict, model: ml_collections.Con
       f"{sorted(widths)}."
     )
   return problems
-
-
-DIT_SHAPE_FIELDS = ("dit_size", "depth", "hidden_size", "num_heads")
 
 
 def _mode_problems(config: ml_collections.ConfigDict) -> list[str]:

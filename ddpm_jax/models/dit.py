@@ -30,6 +30,14 @@ XAVIER, SMALL_NORMAL, ZEROS = (
 )
 
 
+def dit_shape(dit_size: str, depth=None, hidden_size=None, num_heads=None) -> tuple[int, int, int]:
+  """(depth, hidden width, heads) of Table 4's `dit_size`, each overridden where given."""
+  if dit_size not in DIT_SIZES:
+    raise ValueError(f"Unknown dit_size {dit_size!r}; known: {', '.join(DIT_SIZES)}.")
+  table_depth, table_width, table_heads = DIT_SIZES[dit_size]
+  return depth or table_depth, hidden_size or table_width, num_heads or table_heads
+
+
 def sincos_2d(width: int, grid: int) -> np.ndarray:
   """MAE's / DiT's fixed positions [grid², width] of a grid×grid token raster (row-major): the
   first half of the channels encodes the column, the second the row, each as
@@ -99,20 +107,12 @@ class DiT(nn.Module):
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
 
-  @nn.nowrap
-  def shape(self) -> tuple[int, int, int]:
-    """(depth, hidden width, heads)."""
-    if self.dit_size not in DIT_SIZES:
-      raise ValueError(f"Unknown dit_size {self.dit_size!r}; known: {', '.join(DIT_SIZES)}.")
-    depth, width, heads = DIT_SIZES[self.dit_size]
-    return self.depth or depth, self.hidden_size or width, self.num_heads or heads
-
   @nn.compact
   def __call__(self, x, t, y=None, context=None, train=False, embedding=None) -> Array:
     del train  # no dropout
     if context is not None or embedding is not None:
       raise ValueError("DiT is conditioned on t and class labels only (no context, no embedding).")
-    depth, width, heads = self.shape()
+    depth, width, heads = dit_shape(self.dit_size, self.depth, self.hidden_size, self.num_heads)
     batch, height, _, _ = x.shape
     p, grid = self.patch_size, height // self.patch_size
     if height % p or x.shape[2] != height:
