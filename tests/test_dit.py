@@ -280,3 +280,29 @@ def test_dit_serves_the_other_families_of_an_image_network(family_name):
   assert np.any(np.asarray(grads["params"]["final"]["kernel"]))  # zero-initialised, trained first
   samples = family.make_sampler(2)(params, jax.random.key(2), families.Cond(label=jnp.arange(2)))
   assert samples.shape == (2, 8, 8, 1) and np.all(np.isfinite(samples))
+
+
+def test_dit_upsamples_in_the_super_resolution_family():
+  """The super_res family's network input is x_t beside the upsampled low-res image (2C channels):
+  DiT's patches take both, and its loss trains."""
+  import sys
+
+  from helpers import REPO
+
+  sys.path.insert(0, REPO)
+  from configs import default, super_res_default
+  from ddpm_jax import families
+  from ddpm_jax.families import config_validation
+
+  config = super_res_default.get_config()
+  config.model = default.dit_model(
+    "S", 2, depth=1, hidden_size=32, num_heads=2, out_channels=config.model.out_channels
+  )
+  config_validation.validate_config(config)
+  family = families.get_family(config)
+  params = family.init_params(jax.random.key(0))
+  assert params["params"]["patch_embed"]["kernel"].shape == (2, 2, 2, 32)  # x_t and low-res
+  batch = {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros(2, jnp.int32)}
+  draws = family.draw(families.step_keys(jax.random.key(1)), batch, None)
+  loss, grads = jax.value_and_grad(lambda p: jnp.mean(family.loss(p, batch, draws, None)))(params)
+  assert np.isfinite(loss) and np.any(np.asarray(grads["params"]["final"]["kernel"]))
