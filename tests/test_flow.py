@@ -182,6 +182,8 @@ def test_flow_settings_are_checked():
     flow_config(**{"flow.path": "quadratic"})
   with pytest.raises(ValueError, match="sampling.sampler must be one of euler, heun"):
     flow_config(**{"sampling.sampler": "ddim"})
+  with pytest.raises(ValueError, match="flow.logit_std=0.5 shapes flow.t_sampling='logit_normal'"):
+    flow_config(**{"flow.t_sampling": "uniform", "flow.logit_std": 0.5})
   with pytest.raises(ValueError, match="not divisible by model.patch_size=3"):
     flow_config("dit", **{"model.patch_size": 3})
 

@@ -58,6 +58,13 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     for field, value, known in choices
     if value not in known
   ]
+  if flow_config.t_sampling == "uniform":  # the logit-normal's parameters left at their defaults
+    defaults = default_config()
+    problems += [
+      f"flow.{name}={flow_config[name]} shapes flow.t_sampling='logit_normal', not 'uniform'."
+      for name in ("logit_mean", "logit_std")
+      if flow_config[name] != defaults[name]
+    ]
   if config.sampling.sampler in flow.SOLVERS and not config.sampling.num_steps:
     problems.append(
       f"config.family='flow' integrates on a fixed grid: sampling.num_steps must be >= 1, not "
