@@ -93,6 +93,64 @@ def test_the_exact_velocity_of_gaussian_data_maps_noise_onto_the_data(path):
   np.testing.assert_allclose(s * encoded, s * x_1, atol=1e-3)
 
 
+def gaussian_posterior_means(mu, s, path):
+  """(E[x0 | x_t], E[ε | x_t]) of x0 ~ N(μ, s²) per element, and the score of x_t's marginal."""
+
+  def means(x, t):
+    alpha, sigma = (c[:, None] for c in flow.coefficients(t, path)[:2])
+    variance = alpha**2 * s**2 + sigma**2
+    residual = x - alpha * mu
+    return (
+      mu + alpha * s**2 / variance * residual,
+      sigma / variance * residual,
+      -residual / variance,
+    )
+
+  return means
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_x0_and_noise_predictions_turn_into_the_velocity(path):
+  """The exact x0 and ε of Gaussian data give the exact velocity through `to_velocity`; from the
+  velocity, `noise_from_velocity` and `score_from_velocity` recover the exact ε and marginal score
+  (Tweedie) on all of (0, 1)."""
+  mu, s = np.array([0.5, -1.0, 0.0]), np.array([0.3, 1.5, 0.05])
+  rng = np.random.default_rng(7)
+  t = jnp.asarray(rng.uniform(0.02, 0.98, size=64), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(64, 3)) * 1.3, jnp.float32)
+  v = gaussian_velocity(mu, s, path)(x, t)
+  x0_mean, eps_mean, score = gaussian_posterior_means(mu, s, path)(x, t)
+  np.testing.assert_allclose(flow.to_velocity("x0", x0_mean, x, t, path), v, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    flow.to_velocity("epsilon", eps_mean, x, t, path), v, rtol=1e-4, atol=1e-4
+  )
+  np.testing.assert_allclose(flow.noise_from_velocity(v, x, t, path), eps_mean, atol=1e-4)
+  np.testing.assert_allclose(flow.score_from_velocity(v, x, t, path), score, rtol=1e-4, atol=1e-4)
+  x0, noise = (jnp.asarray(rng.normal(size=(64, 3)), jnp.float32) for _ in range(2))
+  for prediction, want in (("x0", x0), ("epsilon", noise), ("velocity", None)):
+    got = flow.target(prediction, x0, noise, t, path)
+    np.testing.assert_allclose(got, flow.velocity(x0, noise, t, path) if want is None else want)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("diffusion", tuple(flow.DIFFUSIONS))
+def test_sits_sde_maps_noise_onto_the_data(path, diffusion):
+  """Euler–Maruyama on SiT's reverse SDE with the exact velocity of Gaussian data ends at the
+  data's mean and standard deviation (Monte Carlo, 4000 samples: a 4σ band plus the step's bias);
+  at norm 0 the SDE is the ODE, step for step Euler's."""
+  mu, s = np.array([0.5, -1.0, 0.0]), np.array([0.3, 1.5, 0.1])
+  velocity_fn = gaussian_velocity(mu, s, path)
+  x_1 = np.random.default_rng(8).normal(size=(4000, 3)).astype(np.float32)
+  ts = np.clip(flow.timesteps(250), 0.0, 1.0 - 1e-3 * (diffusion == "sbdm"))
+  x = np.asarray(flow.sample_sde(velocity_fn, x_1, ts, jax.random.key(0), path, diffusion))
+  stderr = s / np.sqrt(len(x))
+  assert np.all(np.abs(x.mean(0) - mu) < 4 * stderr + 0.01), x.mean(0)
+  assert np.all(np.abs(x.std(0) - s) < 4 * stderr + 0.02 * s), x.std(0)
+  assert np.abs(np.corrcoef(x.T)[0, 1]) < 0.07  # the noise dimensions stay independent
+  ode = flow.sample_sde(velocity_fn, x_1[:8], ts, jax.random.key(0), path, diffusion, norm=0.0)
+  np.testing.assert_allclose(ode, flow.sample(velocity_fn, x_1[:8], ts, "euler"), atol=1e-5)
+
+
 def test_logit_normal_times_are_sd3s():
   t = flow.sample_t(jax.random.key(0), 200_000, "logit_normal", 0.5, 0.8)
   logits = np.log(t / (1 - t))
@@ -177,6 +235,56 @@ def test_the_familys_sampler_and_codec_integrate_its_guided_velocity(sampler):
   np.testing.assert_allclose(encode(params, want, cond), back, atol=1e-5)
 
 
+@pytest.mark.parametrize("prediction", ["x0", "epsilon"])
+def test_x0_and_noise_prediction_families(prediction):
+  """The loss regresses the prediction's own target; the samplers integrate its velocity on the
+  grid kept time_eps off the singular end; "sde" at sde_norm 0 is the Euler ODE."""
+  config = flow_config("dit", **{"flow.prediction": prediction, "sampling.num_steps": 5})
+  family = families.get_family(config)
+  params = random_params(family)
+  x0 = jax.random.uniform(jax.random.key(3), (2, 8, 8, 1), minval=-1, maxval=1)
+  labels = jnp.array([1, 2])
+  batch = {"image": x0, "label": labels}
+  draws = family.draw(families.step_keys(jax.random.key(4)), batch, None)
+  t, noise = draws["t"], draws["noise"]
+  out = family.model.apply(params, flow.interpolate(x0, noise, t), 1000.0 * t, draws["labels"])
+  target = x0 if prediction == "x0" else noise
+  want = jnp.mean((out - target) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(family.loss(params, batch, draws, None), want, rtol=1e-5)
+
+  def velocity(x, t):
+    return flow.to_velocity(prediction, family.model.apply(params, x, 1000.0 * t, labels), x, t)
+
+  ts = flow.timesteps(5)
+  ts = np.clip(ts, 1e-3, 1.0) if prediction == "x0" else np.clip(ts, 0.0, 1.0 - 1e-3)
+  x_1 = jax.random.normal(jax.random.key(5), (2, 8, 8, 1))
+  want = jnp.clip(flow.sample(velocity, x_1, ts, "euler"), -1, 1)
+  cond = families.Cond(label=labels)
+  got = family.make_sampler(2)(params, jax.random.key(0), cond, x_T=x_1)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  sde_config = flow_config(
+    "dit",
+    **{"flow.prediction": prediction, "sampling.num_steps": 5, "sampling.sampler": "sde"},
+  )
+  sde_config.flow.sde_norm = 0.0
+  sde_family = families.get_family(sde_config)
+  got = sde_family.make_sampler(2)(params, jax.random.key(0), cond, x_T=x_1)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_the_sde_sampler_samples_edits_and_differs_by_seed():
+  config = flow_config("dit", **{"sampling.sampler": "sde", "sampling.num_steps": 5})
+  family = families.get_family(config)
+  params = random_params(family)
+  cond = families.Cond(label=jnp.array([1, 2]))
+  x_1 = jax.random.normal(jax.random.key(5), (2, 8, 8, 1))
+  sample_fn = family.make_sampler(2)
+  first, again, other = (sample_fn(params, jax.random.key(k), cond, x_T=x_1) for k in (0, 0, 1))
+  np.testing.assert_array_equal(first, again)
+  assert float(jnp.max(jnp.abs(first - other))) > 1e-2  # the SDE's own noise
+  assert family.make_trajectory()(params, cond).num_steps == 5
+
+
 def test_flow_settings_are_checked():
   with pytest.raises(ValueError, match="flow.path must be one of linear, cosine"):
     flow_config(**{"flow.path": "quadratic"})
@@ -186,6 +294,14 @@ def test_flow_settings_are_checked():
     flow_config(**{"flow.t_sampling": "uniform", "flow.logit_std": 0.5})
   with pytest.raises(ValueError, match="not divisible by model.patch_size=3"):
     flow_config("dit", **{"model.patch_size": 3})
+  with pytest.raises(ValueError, match="flow.prediction must be one of velocity, x0, epsilon"):
+    flow_config(**{"flow.prediction": "score"})
+  with pytest.raises(ValueError, match="flow.sde_norm=0.5 is read by sampling.sampler='sde' only"):
+    flow_config(**{"flow.sde_norm": 0.5})
+  with pytest.raises(ValueError, match="flow.time_eps=0.01 is unused"):
+    flow_config(**{"flow.time_eps": 0.01})
+  flow_config(**{"flow.time_eps": 0.01, "flow.prediction": "x0"})
+  flow_config(**{"flow.time_eps": 0.01, "sampling.sampler": "sde", "flow.sde_diffusion": "sbdm"})
 
 
 @pytest.mark.slow
