@@ -21,11 +21,12 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "eval", "edit", "interpolate", "represent", "variations"],
+  ["train", "sample", "eval", "edit", "interpolate", "represent", "variations", "reflow"],
   "train; sample, eval (FID, IS, bits/dim), edit (config.edit: inpaint, colorize, sdedit), "
   "interpolate (config.interpolate: DDIM latents), represent (a representation's codes of "
-  "representation.split) or variations (config.variations: an embedding decoded from several "
-  "noises) with the newest checkpoint.",
+  "representation.split), variations (config.variations: an embedding decoded from several "
+  "noises) or reflow (a flow's (noise, ODE image) pairs for data.dataset='reflow') with the "
+  "newest checkpoint.",
 )
 config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
 flags.DEFINE_string(
@@ -72,6 +73,7 @@ def main(argv):
     "interpolate": edit.interpolate,
     "represent": represent.represent,
     "variations": edit.variations,
+    "reflow": sample.reflow,
   }
   try:
     jobs[FLAGS.mode](families.completed(FLAGS.config), FLAGS.workdir)

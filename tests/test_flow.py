@@ -412,3 +412,105 @@ def test_the_adaptive_sampler_and_bits_per_dim_of_the_family():
   assert bpd.shape == (2,) and np.all(np.isfinite(bpd))
   with pytest.raises(ValueError, match="sampling.s_churn=1.0: config.family='flow'"):
     flow_config(**{"sampling.s_churn": 1.0})
+
+
+def write_pairs(path, count=40, size=8, labels=True):
+  rng = np.random.default_rng(9)
+  arrays = {
+    "image": rng.uniform(-1, 1, (count, size, size, 1)).astype(np.float32),
+    "noise": rng.normal(size=(count, size, size, 1)).astype(np.float32),
+  }
+  if labels:
+    arrays["label"] = rng.integers(0, 10, count)
+  np.savez(path, **arrays)
+  return arrays
+
+
+def reflow_data(path, held_out=5):
+  return {
+    "data.dataset": "reflow",
+    "data.path": str(path),
+    "data.eval_split": f"train[{100 - held_out}%:]",
+    "data.train_split": f"train[:{100 - held_out}%]",
+  }
+
+
+def test_reflow_pairs_are_the_flows_coupling(tmp_path):
+  """data.dataset="reflow" reads an .npz of (image, noise) pairs as float batches, and the family
+  trains on each image's own noise: the loss is ‖v_θ(x_t) - (noise - image)‖² of the pair."""
+  from ddpm_jax.data import loader
+  from ddpm_jax.jobs import train
+
+  pairs = write_pairs(tmp_path / "pairs.npz")
+  config = flow_config(**reflow_data(tmp_path / "pairs.npz"))
+  batch = next(
+    loader.batches(config.data, split="train[:95%]", global_batch_size=4, seed=0, uint8=True)
+  )
+  batch = train.scale_images({name: jnp.asarray(array) for name, array in batch.items()})
+  rows = [
+    int(np.flatnonzero(np.all(pairs["image"] == image, axis=(1, 2, 3)))[0])
+    for image in np.asarray(batch["image"])
+  ]
+  np.testing.assert_array_equal(batch["noise"], pairs["noise"][rows])
+  np.testing.assert_array_equal(batch["label"], pairs["label"][rows])
+  family = families.get_family(config)
+  params = random_params(family)
+  draws = family.draw(families.step_keys(jax.random.key(4)), batch, None)
+  np.testing.assert_array_equal(draws["noise"], batch["noise"])
+  t, x0, noise = draws["t"], batch["image"], batch["noise"]
+  out = family.model.apply(params, flow.interpolate(x0, noise, t), 1000.0 * t, draws["labels"])
+  want = jnp.mean((out - (noise - x0)) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(family.loss(params, batch, draws, None), want, rtol=1e-5)
+  with pytest.raises(ValueError, match="data.random_flip=True would flip a reflow pair"):
+    flow_config(**reflow_data("x.npz"), **{"data.random_flip": True})
+  with pytest.raises(ValueError, match="config.family='flow' trains on them, not"):
+    from configs import default
+
+    config_validation.validate_config(default.with_family(config, "gaussian"))
+  wrong_size = flow_config(**reflow_data(tmp_path / "pairs.npz"))
+  wrong_size.data.image_size = 16
+  with pytest.raises(ValueError, match=r"holds images of shape \(8, 8, 1\)"):
+    next(loader.batches(wrong_size.data, split="train", global_batch_size=4, seed=0))
+
+
+@pytest.mark.slow
+def test_reflow_from_the_command_line(tmp_path):
+  """A teacher trains, --mode=reflow writes its ODE's (noise, image) pairs (each the pipeline's
+  sample of that noise), and a 2-rectified student trains on them and samples."""
+  import ddpm_jax
+
+  teacher, student = tmp_path / "teacher", tmp_path / "student"
+  common = [
+    f"--config={REPO}/configs/flow_default.py",
+    "--config.training.num_train_steps=10",
+    "--config.training.checkpoint_every_steps=10",
+    "--config.training.sample_every_steps=10",
+    "--config.training.batch_size=8",
+    "--config.sampling.num_samples=24",
+    "--config.sampling.batch_size=8",
+    "--config.sampling.num_steps=3",
+    "--config.eval.num_fid_samples=0",
+    "--config.data.num_workers=0",
+  ]
+  pairs_path = teacher / "reflow" / "pairs_10.npz"
+  runs = [
+    (teacher, "train", []),
+    (teacher, "reflow", []),
+    (student, "train", [f"--config.{f}={v}" for f, v in reflow_data(pairs_path, 50).items()]),
+  ]
+  for workdir, mode, extra in runs:
+    result = subprocess.run(
+      [sys.executable, "-m", "ddpm_jax.main", f"--mode={mode}", f"--workdir={workdir}", *common]
+      + extra,
+      cwd=REPO,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      capture_output=True,
+      text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+  pairs = np.load(pairs_path)
+  assert pairs["image"].shape == pairs["noise"].shape == (24, 8, 8, 1)
+  assert pairs["image"].dtype == np.float32 and "label" not in pairs.files
+  again = ddpm_jax.load(str(teacher)).sample(4, x_T=pairs["noise"][:4], uint8=False)
+  np.testing.assert_allclose(again, pairs["image"][:4], atol=1e-4)
+  assert (student / "checkpoints" / "10").is_dir() and any((student / "samples").iterdir())

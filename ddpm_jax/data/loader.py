@@ -47,6 +47,7 @@ def batches(
   problems = sources.label_problems(data_config.dataset, source.num_classes, num_classes)
   problems += sources.array_problems(source, "context", context_dim)
   problems += sources.array_problems(source, "embedding", embedding_dim)
+  problems += sources.image_array_problems(source, data_config)
   if problems:
     raise InvalidConfigError(" ".join(problems))
   if len(source) < global_batch_size:

@@ -61,6 +61,9 @@ DATASETS = {
   # vectors, not images: an .npz (data.path) of "embedding" [N, D] with "label" [N] and/or
   # "caption_embedding" [N, L, Dc], the diffusion prior's pairs; its last 5 % held out
   "embeddings": DatasetSpec(("train",), -1, "train[95%:]", "train[:95%]"),
+  # a flow's ODE pairs (--mode=reflow): an .npz (data.path) of float "image" and "noise"
+  # [N, H, W, C] in [-1, 1] and N(0, I), with "label" [N]; a 2-rectified flow trains on them
+  "reflow": DatasetSpec(("train",), -1, "train[95%:]", "train[:95%]"),
 }
 
 
@@ -277,8 +280,8 @@ def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 def open_source(data_config, split: str) -> Source:
   """`get_source` of `data_config`'s dataset, data_dir and array keys (data.dataset="embeddings":
   the `EmbeddingsSource` of data.path)."""
-  if data_config.dataset == "embeddings":
-    return EmbeddingsSource(data_config.get("path"), split)
+  if data_config.dataset in ROWS_SOURCES:
+    return ROWS_SOURCES[data_config.dataset](data_config.get("path"), split)
   keys = array_keys(data_config)
   return get_source(
     data_config.dataset,
@@ -308,8 +311,8 @@ def get_source(
 
 def native_source(dataset: str, split: str, data_dir: str | None, keys: dict[str, str]) -> Source:
   """The source of `dataset` with the arrays `keys` {field: key} it stores itself."""
-  if dataset == "embeddings":
-    raise ValueError("data.dataset='embeddings' is read from data.path (`open_source`).")
+  if dataset in ROWS_SOURCES:
+    raise ValueError(f"data.dataset={dataset!r} is read from data.path (`open_source`).")
   if dataset == "digits":
     if keys:
       raise ValueError(
@@ -345,32 +348,38 @@ def native_source(dataset: str, split: str, data_dir: str | None, keys: dict[str
   return TfdsSource(source, keys)
 
 
-class EmbeddingsSource:
-  """The rows of an .npz of vectors as examples {"embedding" [D], "label", "caption_embedding"
-  [L, Dc]} (those it has; label 0 without labels, classes: max label + 1): the pairs (condition,
-  embedding) a diffusion prior learns. `split` is "train", or a slice of it in percent
-  ("train[:95%]")."""
+class RowsSource:
+  """The rows of an .npz (data.path) of arrays as examples {field: row, "label"} (label 0 without
+  labels, classes: max label + 1). `split` is "train", or a slice of it in percent
+  ("train[:95%]"). A subclass names its dataset, the arrays it must have with their ranks
+  (REQUIRED) and those it may have (OPTIONAL), and what writes such a file (WRITER)."""
 
   decodes = False
   has_images = False
-  FIELDS = ("embedding", "caption_embedding")
+  DATASET: str
+  REQUIRED: dict[str, int]
+  OPTIONAL: tuple[str, ...] = ()
+  WRITER: str
 
   def __init__(self, path: str | None, split: str):
     if not path:
-      raise ValueError("data.dataset='embeddings' reads data.path, an .npz: set it.")
+      raise ValueError(f"data.dataset={self.DATASET!r} reads data.path, an .npz: set it.")
     if not os.path.exists(path):
       raise FileNotFoundError(f"data.path={path!r} does not exist.")
     with np.load(path, allow_pickle=False) as npz:
-      if "embedding" not in npz:
+      missing = [name for name in self.REQUIRED if name not in npz]
+      if missing:
         raise ValueError(
-          f"{path} has no array 'embedding' [N, D]; it has {', '.join(npz.files)} "
-          "(--mode=represent writes one)."
+          f"{path} has no array {', '.join(map(repr, missing))}; it has {', '.join(npz.files)} "
+          f"({self.WRITER} writes one)."
         )
-      arrays = {name: np.asarray(npz[name]) for name in ("label", *self.FIELDS) if name in npz}
-    if arrays["embedding"].ndim != 2:
-      raise ValueError(f"{path}: 'embedding' must be [N, D]; got {arrays['embedding'].shape}.")
-    count = len(arrays["embedding"])
-    rows = split_rows(split, count)
+      names = ("label", *self.REQUIRED, *self.OPTIONAL)
+      arrays = {name: np.asarray(npz[name]) for name in names if name in npz}
+    for name, rank in self.REQUIRED.items():
+      if arrays[name].ndim != rank:
+        raise ValueError(f"{path}: {name!r} must have {rank} axes; got {arrays[name].shape}.")
+    count = len(arrays[next(iter(self.REQUIRED))])
+    rows = split_rows(split, count, self.DATASET)
     labels = arrays.pop("label", None)
     self.labels = np.zeros(count, np.int32) if labels is None else labels.astype(np.int32)
     self.num_classes = 0 if labels is None else int(labels.max()) + 1
@@ -386,13 +395,34 @@ class EmbeddingsSource:
     return {**example, "label": int(self.labels[index])}
 
 
-def split_rows(split: str, count: int) -> slice:
+class EmbeddingsSource(RowsSource):
+  """Vectors {"embedding" [D], "label", "caption_embedding" [L, Dc]}: the pairs (condition,
+  embedding) a diffusion prior learns."""
+
+  DATASET = "embeddings"
+  REQUIRED = {"embedding": 2}
+  OPTIONAL = ("caption_embedding",)
+  WRITER = "--mode=represent"
+
+
+class ReflowSource(RowsSource):
+  """A flow's ODE pairs {"image" [H, W, C] in [-1, 1], "noise" [H, W, C], "label"}: the coupling a
+  2-rectified flow trains on (Liu et al. 2023)."""
+
+  DATASET = "reflow"
+  REQUIRED = {"image": 4, "noise": 4}
+  WRITER = "--mode=reflow of a flow run"
+
+
+# datasets read from data.path, an .npz of rows
+ROWS_SOURCES = {"embeddings": EmbeddingsSource, "reflow": ReflowSource}
+
+
+def split_rows(split: str, count: int, dataset: str = "embeddings") -> slice:
   """The rows of "train" or "train[a%:b%]" (either bound may be left out) among `count`."""
   name, _, spec = split.partition("[")
   if name != "train":
-    raise ValueError(
-      f"data.dataset='embeddings' has the split 'train' (or a slice); got {split!r}."
-    )
+    raise ValueError(f"data.dataset={dataset!r} has the split 'train' (or a slice); got {split!r}.")
   if not spec:
     return slice(None)
   start, _, stop = spec.rstrip("]").partition(":")
@@ -456,7 +486,27 @@ def as_embedding(array) -> np.ndarray:
 
 
 # field -> its example's array in the batch's form
-AS_ARRAY = {"context": as_context, "embedding": as_embedding, "caption_embedding": as_context}
+AS_ARRAY = {
+  "context": as_context,
+  "embedding": as_embedding,
+  "caption_embedding": as_context,
+  "image": lambda array: np.asarray(array, np.float32),  # data.dataset="reflow"'s, in [-1, 1]
+  "noise": lambda array: np.asarray(array, np.float32),
+}
+
+
+def image_array_problems(source: Source, data_config) -> list[str]:
+  """A source of float image arrays (data.dataset="reflow") holds images of the data's size."""
+  if source.has_images or "image" not in source.array_keys:
+    return []
+  want = (data_config.image_size, data_config.image_size, data_config.num_channels)
+  got = tuple(np.shape(source[0]["image"]))
+  if got != want:
+    return [
+      f"data.path={data_config.path!r} holds images of shape {got}, but data.image_size and "
+      f"data.num_channels say {want}."
+    ]
+  return []
 
 
 def array_problems(source: Source, field: str, width: int | None) -> list[str]:

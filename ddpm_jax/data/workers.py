@@ -84,7 +84,8 @@ def split_images(data_config, split: str, count: int | None = None):
   examples = load_examples(
     source, indices, data_config.image_size, data_config.num_channels, data_config.resize
   )
-  return examples["image"], examples["label"]
+  images = examples["image"]  # a reflow's float pairs: as the images they stand for
+  return (images if source.has_images else pixels.to_uint8(images)), examples["label"]
 
 
 # A worker process's source, opened by its first task (so that a failure to open it is that task's
@@ -205,7 +206,7 @@ class PendingBatch:
         "; ".join(describe(self.source, int(i)) for i in skipped),
       )
     # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
-    if "image" not in batch:  # vectors (data.dataset="embeddings")
+    if not self.source.has_images:  # arrays as they are (data.dataset="embeddings", "reflow")
       return batch
     if self.random_flip:
       flip = np.array(

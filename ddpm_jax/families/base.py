@@ -254,11 +254,17 @@ def no_context_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def image_data_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """A family of image models refuses data that are vectors (data.dataset="embeddings")."""
+  """A family of image models refuses data that are vectors (data.dataset="embeddings"), and any
+  but the flow family a flow's (image, noise) pairs (data.dataset="reflow")."""
   if config.data.dataset == "embeddings":
     return [
       f"data.dataset='embeddings' holds vectors, not images: config.family='prior' learns them, "
       f"not config.family={config.family!r}."
+    ]
+  if config.data.dataset == "reflow" and config.family != "flow":
+    return [
+      "data.dataset='reflow' holds a flow's (noise, image) pairs: config.family='flow' trains on "
+      f"them, not config.family={config.family!r}."
     ]
   return []
 

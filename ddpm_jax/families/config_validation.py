@@ -298,10 +298,10 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
         f"{field}-conditional model needs both, an unconditional one neither."
       )
   known = sources.dataset_spec(data.dataset) is not None  # (else refused by name already)
-  if data.get("path") and data.dataset != "embeddings" and known:
+  if data.get("path") and data.dataset not in sources.ROWS_SOURCES and known:
     problems.append(
       f"data.path={data.path!r} is the .npz of data.dataset='embeddings' (a diffusion prior's "
-      f"data); data.dataset={data.dataset!r} does not read it."
+      f"data) or 'reflow' (a flow's pairs); data.dataset={data.dataset!r} does not read it."
     )
   for field in ("prior_workdir", "embedding_file"):
     if config.sampling.get(field) and not model.get("embedding_dim"):

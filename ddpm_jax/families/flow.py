@@ -79,10 +79,11 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     ("flow.sde_diffusion", flow_config.sde_diffusion, tuple(flow.DIFFUSIONS)),
     ("sampling.sampler", config.sampling.sampler, SAMPLERS),
   )
+  refused = {field: known for field, value, known in choices if value not in known}
   problems += [
     f"config.family='flow': {field} must be one of {', '.join(known)}, not {value!r}."
     for field, value, known in choices
-    if value not in known
+    if field in refused
   ]
   defaults, sampler = default_config(), config.sampling.sampler
   changed = lambda name: flow_config[name] != defaults[name]
@@ -96,12 +97,16 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     problems += [
       f"flow.{name}={flow_config[name]!r} is read by sampling.sampler='sde' only, not {sampler!r}."
       for name in SDE_FIELDS
-      if changed(name)
+      if changed(name) and f"flow.{name}" not in refused  # one message per bad value
     ]
   if changed("time_eps") and sampling_interval(flow_config, sampler) == (1.0, 0.0):
     problems.append(
       f"flow.time_eps={flow_config.time_eps} is unused: flow.prediction="
       f"{flow_config.prediction!r} with sampling.sampler={sampler!r} has no singular end."
+    )
+  if config.data.dataset == "reflow" and config.data.random_flip:
+    problems.append(
+      "data.random_flip=True would flip a reflow pair's image but not its noise: set it False."
     )
   if sampler in (*flow.SOLVERS, "sde") and not config.sampling.num_steps:
     problems.append(
@@ -128,9 +133,11 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     t = flow.sample_t(
       keys.t, x0.shape[0], flow_config.t_sampling, flow_config.logit_mean, flow_config.logit_std
     )
+    # a reflow pair's noise (data.dataset="reflow"), else independent of the image
+    noise = batch.get("noise")
     return {
       "t": t,
-      "noise": jax.random.normal(keys.noise, x0.shape, x0.dtype),
+      "noise": jax.random.normal(keys.noise, x0.shape, x0.dtype) if noise is None else noise,
       "weight": base.unweighted(x0.shape[0]),
       "t_fraction": t,
       "labels": base.conditioning_labels(

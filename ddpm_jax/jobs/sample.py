@@ -27,7 +27,7 @@ from configs import workdir as workdir_configs
 from ddpm_jax import families, pixels, sde, super_res
 from ddpm_jax.data import sources, workers
 from ddpm_jax.evaluation import images as image_utils
-from ddpm_jax.families.config_validation import validate_config
+from ddpm_jax.families.config_validation import InvalidConfigError, validate_config
 from ddpm_jax.jobs.train_state import abstract_train_state, run_rngs
 from ddpm_jax.runtime import checkpoint, files, parallel
 
@@ -330,6 +330,8 @@ def generate(
   mesh,
   workdir: str | None = None,
   cond: families.Cond | None = None,
+  x_T: np.ndarray | None = None,
+  uint8: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
   """`num_samples` samples of the run `config` in batches of `sampling.batch_size` spread over
   every device of every host, with progress and ETA -> (uint8 images [N, H, W, C] (a prior's:
@@ -341,7 +343,8 @@ def generate(
   the samples are conditioned on; the fields of `family.conditions` it lacks come from
   `conditioning_inputs` (a context-conditional model's contexts, a super-resolution model's
   low-resolution images with their labels). `workdir` holds what the family's sampler reads there
-  (an ARDM's loss components for parallel decoding)."""
+  (an ARDM's loss components for parallel decoding). `x_T` [N, H, W, C]: the samples' initial
+  noise (else drawn from their keys); `uint8` False: images as the sampler's floats in [-1, 1]."""
   sampling_config = config.sampling
   batch = sampling_config.batch_size
   guide, guide_params = None, None
@@ -361,9 +364,11 @@ def generate(
   labels = cond.label
   all_images, start_time = [], time.perf_counter()
   for first in range(0, num_samples, batch):
-    x = sample_fn(ema_params, rng, batch_rows(cond, first, batch), guide_params, None, first)
-    x = parallel.to_host(x)
-    all_images.append(pixels.to_uint8(x) if family.samples == "images" else np.asarray(x))
+    noise = None if x_T is None else pad_rows(x_T[first : first + batch], batch)
+    rows = batch_rows(cond, first, batch)
+    x = parallel.to_host(sample_fn(ema_params, rng, rows, guide_params, None, first, noise))
+    quantize = uint8 and family.samples == "images"
+    all_images.append(pixels.to_uint8(x) if quantize else np.asarray(x))
     done, elapsed = min(first + batch, num_samples), time.perf_counter() - start_time
     logging.info(
       "Sampled %d / %d (%.1f images/s, ETA %s).",
@@ -412,6 +417,41 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
       os.path.join(out_dir, f"samples_{step}.png"),
     )
     logging.info("Wrote %d samples to %s.", len(images), path)
+  return path
+
+
+# fold_in index of a reflow pair's noise draw, apart from the sampler's streams
+_NOISE_STREAM = 2**31 - 3
+
+
+def reflow(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """`--mode=reflow` of a flow run: sampling.num_samples pairs of noise and the image its ODE
+  (the run's deterministic sampler, guidance as configured) carries it to, to
+  workdir/reflow/pairs_<step>.npz (float32 "noise" and "image" [N, H, W, C], a class-conditional
+  model's "label" [N]): the data (data.dataset="reflow", data.path) of a 2-rectified flow (Liu et
+  al. 2023), which learns straighter paths from the same coupling. Returns the npz path."""
+  validate_config(config)
+  if config.family != "flow":
+    raise InvalidConfigError(
+      f"--mode=reflow pairs a flow's noise with its ODE's images; config.family={config.family!r}."
+    )
+  if config.sampling.sampler == "sde":
+    raise InvalidConfigError(
+      "--mode=reflow pairs noise with the deterministic ODE's image: sampling.sampler='sde' adds "
+      "noise on the way; use euler, heun or ode."
+    )
+  mesh = parallel.make_mesh()
+  ema_params, step = restore_ema_params(config, workdir, mesh)
+  count = config.sampling.num_samples
+  keys = sample_keys(jax.random.fold_in(run_rngs(config.seed)["sample"], _NOISE_STREAM), 0, count)
+  shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+  noise = np.asarray(jax.vmap(lambda key: jax.random.normal(key, shape))(keys))
+  images, labels = generate(config, ema_params, count, mesh, workdir, x_T=noise, uint8=False)
+  path = os.path.join(workdir, "reflow", f"pairs_{step}.npz")
+  if jax.process_index() == 0:
+    extra = {"label": labels} if config.model.get("num_classes") else {}
+    files.save_npz(path, image=images.astype(np.float32), noise=noise, **extra)
+    logging.info("Wrote %d reflow pairs to %s (train on them: data.dataset='reflow').", count, path)
   return path
 
 

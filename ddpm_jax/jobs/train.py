@@ -154,8 +154,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh=None):
 @jax.jit
 def scale_images(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """The input pipeline's uint8 images scaled to [-1, 1] on the accelerator (`pixels.from_uint8`,
-  bitwise), where it costs nothing."""
-  if "image" not in batch:  # vectors (data.dataset="embeddings")
+  bitwise), where it costs nothing; float images (data.dataset="reflow"'s) as they are."""
+  if "image" not in batch or batch["image"].dtype != jnp.uint8:  # vectors: "embeddings"
     return batch
   return {**batch, "image": jnp.take(jnp.asarray(pixels.FROM_UINT8_TABLE), batch["image"])}
 
