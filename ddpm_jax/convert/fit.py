@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import models
-from ddpm_jax.convert import diffusers, dit, guided_diffusion
+from ddpm_jax.convert import autoencoder_kl, diffusers, dit, guided_diffusion
 from ddpm_jax.convert.torch_layout import MappedWeights, Params, shape_mismatches
 
 
@@ -25,6 +25,7 @@ def fitted(weights: MappedWeights) -> tuple[ml_collections.ConfigDict, Params]:
   reader = weights.reader
   model = models.get_model(weights.model_config)
   inputs = (np.zeros((1, *weights.input_shape), np.float32), np.zeros((1,), np.int32))
+  inputs = inputs if weights.takes_time else inputs[:1]
   expected = jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
   unexpected = sorted(set(reader.state_dict) - reader.used)
   mismatched = []
@@ -81,6 +82,7 @@ def from_guided_diffusion_classifier(state_dict_or_path, **create_classifier_kwa
 DIFFUSERS_MODELS = {
   "UNet2DModel": diffusers.unet_weights,
   "DiTTransformer2DModel": dit.diffusers_dit_weights,
+  "AutoencoderKL": autoencoder_kl.diffusers_weights,
 }
 # a pipeline directory's sub-folders holding the denoiser, in the order they are looked for
 PIPELINE_DENOISERS = ("unet", "transformer")
@@ -105,7 +107,9 @@ def from_diffusers(model_dir: str):
   pipeline directory of one -> (model_config, params), by its config's "_class_name":
   - `UNet2DModel`: the DDPM checkpoints' conventions (downsample_padding=0 as TF's asymmetric
     padding, norm_eps 1e-6, the time embedding's flip_sin_to_cos / freq_shift);
-  - `DiTTransformer2DModel`: `models.DiT` (convert/dit.py)."""
+  - `DiTTransformer2DModel`: `models.DiT` (convert/dit.py);
+  - `AutoencoderKL`: `models.AutoencoderKL` (convert/autoencoder_kl.py; a pipeline's vae/ is read
+    by naming that sub-folder)."""
   model_dir = diffusers_model_dir(model_dir)
   with open(os.path.join(model_dir, "config.json")) as f:
     class_name = json.load(f).get("_class_name", "UNet2DModel")

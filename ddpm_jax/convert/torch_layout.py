@@ -148,10 +148,12 @@ def shape_mismatches(params, expected) -> list[tuple[str, tuple | None, tuple | 
 class MappedWeights:
   """A checkpoint read onto one of this project's models, before the model checks it (fit.py):
   `params` is the Flax "params" tree, `reader` what was taken from the state dict, `input_shape`
-  one example's [H, W, C] (the model's init input) and `what` names the source in errors."""
+  one example's [H, W, C] (the model's init input), `what` names the source in errors and
+  `takes_time` whether the model's init also takes a noise level (not an autoencoder's)."""
 
   model_config: ml_collections.ConfigDict
   params: Params
   reader: Reader
   input_shape: tuple[int, ...]
   what: str
+  takes_time: bool = True

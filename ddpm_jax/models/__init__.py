@@ -6,12 +6,13 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from ddpm_jax.models.autoencoder_kl import AutoencoderKL
 from ddpm_jax.models.classifier import NoisyClassifier
 from ddpm_jax.models.dit import DiT
 from ddpm_jax.models.layers import EMBEDDINGS
 from ddpm_jax.models.unet import UNet
 
-MODELS = {"unet": UNet, "classifier": NoisyClassifier, "dit": DiT}
+MODELS = {"unet": UNet, "classifier": NoisyClassifier, "dit": DiT, "autoencoder_kl": AutoencoderKL}
 EMBEDDING_TYPES = tuple(EMBEDDINGS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -37,7 +38,13 @@ def get_model(model_config):
     if kwargs["dtype"] not in DTYPES:
       raise ValueError(f"Unknown model dtype {kwargs['dtype']!r}; known: {', '.join(DTYPES)}.")
     kwargs["dtype"] = DTYPES[kwargs["dtype"]]
-  for key in ("ch_mult", "attn_resolutions", "fourier_features", "fir_kernel"):
+  for key in (
+    "ch_mult",
+    "attn_resolutions",
+    "fourier_features",
+    "fir_kernel",
+    "block_out_channels",
+  ):
     if key in kwargs:
       kwargs[key] = tuple(kwargs[key])
   return cls(**kwargs)
