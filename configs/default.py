@@ -239,6 +239,27 @@ def dit_model(dit_size: str = "S", patch_size: int = 2, **fields) -> ml_collecti
   return model
 
 
+def autoencoder_model(**fields) -> ml_collections.ConfigDict:
+  """config.model of a KL autoencoder (models.AutoencoderKL's fields, the digits' size by default:
+  8×8×1 -> 4×4×2; `fields` override): replaces the U-Net's block for config.family="autoencoder"."""
+  model = ml_collections.ConfigDict()
+  model.name = "autoencoder_kl"
+  model.block_out_channels = (32, 64)  # one level each; the factor is 2^(levels - 1)
+  model.num_res_blocks = 1
+  model.latent_channels = 2
+  model.out_channels = 1  # data.num_channels
+  model.num_groups = 8
+  model.norm_eps = 1e-6
+  model.mid_attention = True
+  model.quant_conv = True
+  model.post_quant_conv = True
+  model.scaling_factor = 1.0  # latents' units for a diffusion model: (raw - shift)·scale
+  model.shift_factor = 0.0
+  model.dtype = "float32"
+  model.update(fields)
+  return model
+
+
 def with_family(config: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
   """`config` (changed in place) training `family`: config.family set, the blocks of the family it
   trained before that the new one does not read removed, the new family's own added with their

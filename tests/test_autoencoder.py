@@ -5,6 +5,7 @@ decoder's images equal diffusers' to 1e-4, under both of its checkpoints' attent
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -114,3 +115,133 @@ def test_the_autoencoder_halves_per_level_and_initialises():
   mean, logvar = model.apply(params, x, method="encode")
   assert mean.shape == logvar.shape == (2, 4, 4, 3)
   assert model.apply(params, mean, method="decode").shape == x.shape
+
+
+def autoencoder_config(**changes):
+  import sys
+
+  from helpers import REPO
+
+  sys.path.insert(0, REPO)
+  from configs import autoencoder_default
+  from ddpm_jax.families import config_validation
+
+  config = autoencoder_default.get_config()
+  for field, value in changes.items():
+    block, name = field.split(".")
+    config[block][name] = value
+  config_validation.validate_config(config)
+  return config
+
+
+def test_the_kl_term_is_the_gaussians_kl():
+  """Closed form against a Monte-Carlo estimate of E_q[log q(z) - log N(z; 0, I)]."""
+  from ddpm_jax.families.autoencoder import kl_divergence
+
+  mean, logvar = np.array([[0.5, -1.0, 0.2]]), np.array([[-1.0, 0.3, 0.0]])
+  z = mean + np.exp(0.5 * logvar) * np.random.default_rng(0).normal(size=(400_000, 3))
+  log_q = -0.5 * ((z - mean) ** 2 / np.exp(logvar) + logvar + np.log(2 * np.pi))
+  log_p = -0.5 * (z**2 + np.log(2 * np.pi))
+  estimate = np.mean(np.sum(log_q - log_p, axis=1))
+  assert abs(float(kl_divergence(mean, logvar)[0]) - estimate) < 0.01
+
+
+def test_the_family_loss_is_reconstruction_plus_kl():
+  from ddpm_jax import families
+  from ddpm_jax.families.autoencoder import kl_divergence
+
+  config = autoencoder_config(**{"autoencoder.kl_weight": 0.1})
+  family = families.get_family(config)
+  params = family.init_params(jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 1), minval=-1, maxval=1)
+  draws = family.draw(families.step_keys(jax.random.key(2)), {"image": x}, None)
+  assert draws["noise"].shape == (3, 4, 4, 2)
+  mean, logvar = family.model.apply(params, x, method="encode")
+  x_hat = family.model.apply(params, mean + jnp.exp(0.5 * logvar) * draws["noise"], method="decode")
+  want = np.mean(np.abs(x - x_hat), axis=(1, 2, 3)) + 0.1 * kl_divergence(mean, logvar) / 64
+  np.testing.assert_allclose(family.loss(params, {"image": x}, draws, None), want, rtol=1e-5)
+
+
+def test_each_player_of_the_adversarial_loss_gets_its_own_gradient():
+  """One loss, one optimiser: the discriminator's gradient is that of LDM's hinge loss alone, the
+  autoencoder's that of reconstruction + λ·L_G with the discriminator held fixed."""
+  import flax.linen as nn
+
+  from ddpm_jax import families
+  from ddpm_jax.families.autoencoder import PatchDiscriminator, kl_divergence
+
+  config = autoencoder_config(**{"autoencoder.disc_weight": 0.5, "autoencoder.disc_layers": 1})
+  family = families.get_family(config)
+  params = family.init_params(jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1), minval=-1, maxval=1)
+  draws = family.draw(families.step_keys(jax.random.key(2)), {"image": x}, None)
+  grads = jax.grad(lambda p: family.loss(p, {"image": x}, draws, None).mean())(params)
+  disc = PatchDiscriminator(64, 1)
+  ae = lambda p: {"params": p["params"]}
+
+  def reconstruction(p):
+    mean, logvar = family.model.apply(ae(p), x, method="encode")
+    x_hat = family.model.apply(
+      ae(p), mean + jnp.exp(0.5 * logvar) * draws["noise"], method="decode"
+    )
+    rec = jnp.mean(jnp.abs(x - x_hat), axis=(1, 2, 3)) + 1e-6 * kl_divergence(mean, logvar) / 64
+    return rec, x_hat
+
+  x_hat = reconstruction(params)[1]
+
+  def hinge(d):
+    real, fake = disc.apply(d, x), disc.apply(d, x_hat)
+    return 0.5 * (nn.relu(1 - real).mean(axis=(1, 2)) + nn.relu(1 + fake).mean(axis=(1, 2)))
+
+  want_disc = jax.grad(lambda d: hinge(d).mean())(params["discriminator"])
+  got_disc = grads["discriminator"]
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got_disc, want_disc
+  )
+  generator = lambda p: -disc.apply(params["discriminator"], reconstruction(p)[1]).mean(axis=(1, 2))
+  last = ("params", "decoder", "conv_out", "kernel")
+
+  def last_layer_norm(term):
+    g = jax.grad(lambda p: term(p).mean())(params)
+    for key in last:
+      g = g[key]
+    return np.linalg.norm(g)
+
+  weight = last_layer_norm(lambda p: reconstruction(p)[0]) / (last_layer_norm(generator) + 1e-4)
+  want_ae = jax.grad(lambda p: (reconstruction(p)[0] + 0.5 * weight * generator(p)).mean())(params)[
+    "params"
+  ]
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), grads["params"], want_ae
+  )
+  with pytest.raises(ValueError, match="leaves the patch discriminator no patch"):
+    autoencoder_config(**{"autoencoder.disc_weight": 0.5, "autoencoder.disc_layers": 3})
+
+
+@pytest.mark.slow
+def test_the_offline_autoencoder_trains_and_reconstructs(tmp_path):
+  """configs/autoencoder_default.py from the command line: trained, its held-out digits come back
+  at a PSNR above 24 dB (measured 26.9 at its 1000 steps; 600 here)."""
+  import os
+  import subprocess
+  import sys
+
+  from helpers import REPO
+
+  common = [
+    f"--config={REPO}/configs/autoencoder_default.py",
+    f"--workdir={tmp_path}",
+    "--config.training.num_train_steps=600",
+    "--config.training.checkpoint_every_steps=600",
+  ]
+  for mode in ("train", "eval"):
+    result = subprocess.run(
+      [sys.executable, "-m", "ddpm_jax.main", f"--mode={mode}", *common],
+      cwd=REPO,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      capture_output=True,
+      text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads((tmp_path / "eval_600.json").read_text())
+  assert results["psnr"] > 24 and results["latent_std"] > 0, results

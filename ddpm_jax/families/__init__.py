@@ -25,6 +25,7 @@ FAMILIES = {
   "representation": "representation",
   "prior": "prior",  # unCLIP's diffusion prior over embeddings
   "flow": "flow",  # flow matching / rectified flow: the velocity of x_t = α_t x0 + σ_t ε
+  "autoencoder": "autoencoder",  # latent diffusion's KL autoencoder
 }
 
 

@@ -130,6 +130,8 @@ class Family:
       in [-1, 1] (its sampler, trajectory and likelihood take z as `Cond.embedding`); None: none.
   samples: what its sampler draws: "images" [B, H, W, C] in [-1, 1], or "embeddings" [B, D] (the
       diffusion prior's).
+  reconstruct(params, x0) -> (x̂0, z): an autoencoder's reconstruction of images x0 and their
+      latents (`--mode=eval`'s reconstruction metrics); None: not an autoencoder.
   """
 
   name: str
@@ -151,6 +153,7 @@ class Family:
   clip_mask: Callable[[Params], Any] | None = None
   represent: Callable[[Params, Array], Array] | None = None
   samples: str = "images"
+  reconstruct: Callable[[Params, Array], tuple[Array, Array]] | None = None
 
 
 def sample_shape(batch_size: int, data_config: ml_collections.ConfigDict) -> tuple[int, ...]:

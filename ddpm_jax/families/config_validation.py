@@ -110,6 +110,7 @@ SEQUENCES = {
   "model.fir_kernel": (None, True),
   "sampling.labels": (0, True),
   "representation.encoder_ch_mult": (1, False),
+  "model.block_out_channels": (1, False),  # the autoencoder's widths
 }
 
 
@@ -324,8 +325,21 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 def _network_problems(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict):
   """The shapes the network needs of the data: the U-Net's (and the classifier's) levels and
-  GroupNorm widths, DiT's patches and heads."""
+  GroupNorm widths, DiT's patches and heads, the autoencoder's factor and GroupNorm widths."""
   problems = []
+  if model.get("name") == "autoencoder_kl":
+    factor = 2 ** (len(model.block_out_channels) - 1)
+    if data.image_size % factor:
+      problems.append(
+        f"data.image_size={data.image_size} is not divisible by the autoencoder's downsampling "
+        f"factor {factor} (2^(len(model.block_out_channels) - 1))."
+      )
+    if any(width % model.num_groups for width in model.block_out_channels):
+      problems.append(
+        f"model.block_out_channels {tuple(model.block_out_channels)} are not all divisible into "
+        f"model.num_groups={model.num_groups} groups."
+      )
+    return problems
   if model.get("name") == "dit":
     if data.image_size % model.patch_size:
       problems.append(

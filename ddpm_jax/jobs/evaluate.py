@@ -325,6 +325,26 @@ def embedding_metrics(config, ema_params, mesh) -> dict[str, float]:
   return results
 
 
+def reconstruction_metrics(config, family: families.Family, params) -> dict[str, float]:
+  """An autoencoder's reconstructions of data.eval_split from their posterior means: the mean
+  squared error and PSNR in [-1, 1] units (peak-to-peak 2), and the std of the latents."""
+  images, _ = workers.split_images(config.data, config.data.eval_split)
+  reconstruct = jax.jit(family.reconstruct)
+  batch = config.sampling.batch_size
+  errors, latents = [], []
+  for first in range(0, len(images), batch):
+    x = pixels.from_uint8(images[first : first + batch])
+    x_hat, z = reconstruct(params, x)
+    errors.append(np.mean(np.square(np.asarray(x_hat) - x), axis=(1, 2, 3)))
+    latents.append(np.asarray(z).reshape(len(x), -1))
+  mse = float(np.mean(np.concatenate(errors)))
+  return {
+    "reconstruction_mse": mse,
+    "psnr": float(10 * np.log10(4.0 / mse)),
+    "latent_std": float(np.std(np.concatenate(latents))),
+  }
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   validate_config(config)
   mesh = parallel.make_mesh()
@@ -384,6 +404,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     results.update(representation_metrics(config, family, ema_params))
   if family.samples == "embeddings":  # a diffusion prior
     results.update(embedding_metrics(config, ema_params, mesh))
+  if family.reconstruct is not None:  # an autoencoder
+    results.update(reconstruction_metrics(config, family, ema_params))
   if jax.process_index() == 0:
     (epath.Path(workdir) / f"eval_{step}.json").write_text(
       json.dumps(

@@ -188,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       seed=config.seed,
       start_step=start_step,
       num_steps=total - start_step,
-      num_classes=config.model.num_classes,
+      num_classes=config.model.get("num_classes", 0),
       context_dim=config.model.get("context_dim"),
       embedding_dim=config.model.get("embedding_dim"),
       uint8=True,
