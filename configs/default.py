@@ -52,6 +52,15 @@ def _shared_config() -> ml_collections.ConfigDict:
   # aligned with the split ("{split}" in the path: the split), e.g. --mode=represent's codes
   data.embedding_key = ""
 
+  # latent diffusion (ddpm_jax/latent.py): a KL autoencoder's run (config.family="autoencoder");
+  # data.image_size and data.num_channels are then its latents'
+  config.latent = latent = ml_collections.ConfigDict()
+  latent.autoencoder_workdir = config_dict.placeholder(str)
+  latent.sample_posterior = True  # train on z ~ q(z | x) (LDM's, DiT's), else on its mean
+  # the latents' scale (None: the autoencoder's model.scaling_factor, SD-VAE's 0.18215); one of
+  # an autoencoder trained here: 1 / the latent_std its --mode=eval reports (LDM's rescaling)
+  latent.scaling_factor = config_dict.placeholder(float)
+
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"  # or "classifier", the noisy classifier of family "classifier"
   model.ch = 32

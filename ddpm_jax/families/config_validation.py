@@ -8,7 +8,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from ddpm_jax import diffusion, editing, families, models, sampling, schedules
+from ddpm_jax import diffusion, editing, families, latent, models, sampling, schedules
 from ddpm_jax.data import sources, transforms
 from ddpm_jax.models import dit, layers, unet
 from ddpm_jax.runtime.errors import InvalidConfigError
@@ -93,6 +93,7 @@ RANGES = {
   ),
   **dict.fromkeys(["model.dropout", "optim.beta2", "optim.ema_decay"], (0, True, 1, False)),
   "model.mlp_ratio": (0, False, 64, True),  # DiT's MLP width over its width (4)
+  "latent.scaling_factor": (0, False, None, False),
   **dict.fromkeys(["training.label_dropout", "sampling.guidance_rescale"], (0, True, 1, True)),
 }
 RANGES |= {
@@ -270,7 +271,22 @@ def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[st
 
 def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
   data, model, optim, training = config.data, config.model, config.optim, config.training
-  problems = []
+  problems = latent.shape_problems(config)
+  if latent.latent_workdir(config):
+    problems += [
+      f"latent.autoencoder_workdir: {problem}"
+      for problem, when in (
+        (
+          f"config.family={config.family!r} does not train in an autoencoder's latents",
+          config.family in ("autoencoder", "prior", "classifier", "super_res"),
+        ),
+        (
+          "bits/dim of latents is not built: set eval.bpd_num_batches=0",
+          bool(config.eval.bpd_num_batches),
+        ),
+      )
+      if when
+    ]
   devices = jax.device_count()
   if training.batch_size % devices:
     problems.append(

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import families, pixels
+from ddpm_jax import families, latent, pixels
 from ddpm_jax.data import loader, sources, workers
 from ddpm_jax.evaluation import feature_net, fid, offline_metrics
 from ddpm_jax.evaluation import representation as representation_eval
@@ -113,7 +113,7 @@ def reference_statistics(
     config.data.dataset,
     path,
   )
-  data = config.data.copy_and_resolve_references()
+  data = latent.pixel_data(config).copy_and_resolve_references()  # images, also of latent runs
   data.random_flip = False  # the reference set is the data as it is, never augmented
   local = np.concatenate(
     [
@@ -161,7 +161,8 @@ def inception_metrics(generated: dict, reference: dict, k: int = 3) -> dict[str,
 
 def reference_cache_path(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where the reference statistics are cached: one file per dataset, split and resolution."""
-  key = f"{config.data.dataset}_{config.data.train_split}_{config.data.image_size}"
+  size = latent.pixel_data(config).image_size
+  key = f"{config.data.dataset}_{config.data.train_split}_{size}"
   return os.path.join(workdir, "fid_stats_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".npz")
 
 
@@ -183,7 +184,7 @@ def check_fid_sample_count(eval_config: ml_collections.ConfigDict) -> str:
 def held_out_batches(config: ml_collections.ConfigDict, num_batches: int):
   """This process's share of the first `num_batches` batches of `data.eval_split`, every time."""
   return loader.batches(
-    config.data,
+    latent.pixel_data(config),
     split=config.data.eval_split,
     global_batch_size=config.training.batch_size,
     seed=config.seed,
@@ -203,12 +204,14 @@ def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Famil
   loss_fn = jax.jit(mean_loss, out_shardings=parallel.replicated(mesh))
   sharding = parallel.data_sharding(mesh)
   key = run_rngs(config.seed)["eval"]
+  autoencoder = latent.load_autoencoder(config, mesh)  # a latent run's: the batches are encoded
 
   def held_out_loss(params) -> float:
-    losses = [
-      loss_fn(params, parallel.global_batch(batch, sharding), jax.random.fold_in(key, i))
-      for i, batch in enumerate(held_out_batches(config, config.eval.num_loss_batches))
-    ]
+    losses = []
+    for i, batch in enumerate(held_out_batches(config, config.eval.num_loss_batches)):
+      batch = parallel.global_batch(batch, sharding)
+      batch = latent.model_batch(autoencoder, batch, jax.random.fold_in(key, 2**31 - 1 - i))
+      losses.append(loss_fn(params, batch, jax.random.fold_in(key, i)))
     return float(np.mean(jax.device_get(losses)))
 
   return held_out_loss
@@ -379,16 +382,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     )
   else:
     logging.warning("config.eval.inception_path is not set: skipping FID and Inception Score.")
-  net_path = eval_config.feature_net_path or feature_net.default_path(
-    config.data.dataset, config.data.image_size
-  )
+  data = latent.pixel_data(config)  # the images, whatever space the model works in
+  net_path = eval_config.feature_net_path or feature_net.default_path(data.dataset, data.image_size)
   if net_path and eval_config.num_fid_samples and family.make_sampler is not None:
     images, labels = generate()
     conditional = bool(config.model.get("num_classes")) or bool(
       config.sampling.classifier_workdir and config.sampling.classifier_scale
     )
-    train_images, _ = sources.load_split(config.data, "train")
-    test_images, _ = sources.load_split(config.data, config.data.eval_split)
+    train_images, _ = sources.load_split(data, "train")
+    test_images, _ = sources.load_split(data, config.data.eval_split)
     results.update(
       offline_metrics.evaluate_samples(
         feature_net.load(net_path)[0],

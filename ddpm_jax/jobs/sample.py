@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from configs import workdir as workdir_configs
-from ddpm_jax import families, pixels, sde, super_res
+from ddpm_jax import families, latent, pixels, sde, super_res
 from ddpm_jax.data import sources, workers
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.families.config_validation import InvalidConfigError, validate_config
@@ -352,6 +352,7 @@ def generate(
     guide, guide_params = load_classifier(sampling_config.classifier_workdir, mesh)
   family = families.get_family(config)
   sample_fn = make_sample_fn(family, batch, mesh, progress=True, guide=guide, workdir=workdir)
+  autoencoder = latent.load_autoencoder(config, mesh)  # a latent run's samples are decoded
   rng = run_rngs(config.seed)["sample"]
   cond = cond or families.Cond()
   missing = [name for name in family.conditions if getattr(cond, name) is None]
@@ -366,7 +367,8 @@ def generate(
   for first in range(0, num_samples, batch):
     noise = None if x_T is None else pad_rows(x_T[first : first + batch], batch)
     rows = batch_rows(cond, first, batch)
-    x = parallel.to_host(sample_fn(ema_params, rng, rows, guide_params, None, first, noise))
+    x = sample_fn(ema_params, rng, rows, guide_params, None, first, noise)
+    x = parallel.to_host(latent.images_of(autoencoder, x) if uint8 else x)
     quantize = uint8 and family.samples == "images"
     all_images.append(pixels.to_uint8(x) if quantize else np.asarray(x))
     done, elapsed = min(first + batch, num_samples), time.perf_counter() - start_time

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ddpm_jax import families, pixels
+from ddpm_jax import families, latent, pixels
 from ddpm_jax.data import loader
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.families.config_validation import validate_config
@@ -180,9 +180,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   training = config.training
   total = training.num_train_steps
   batch_sharding = parallel.data_sharding(mesh)
+  autoencoder = latent.load_autoencoder(config, mesh)  # None: pixel space
+  positions = iter(range(start_step, total))
+
+  def to_model(batch):  # on the accelerator: [0, 255] -> [-1, 1], and a latent run's encoding
+    key = latent.posterior_key(config.seed, next(positions))
+    return latent.model_batch(autoencoder, scale_images(batch), key)
+
   batches = loader.prefetch(
     loader.batches(
-      config.data,
+      latent.pixel_data(config),
       split=config.data.train_split,
       global_batch_size=training.batch_size,
       seed=config.seed,
@@ -193,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       embedding_dim=config.model.get("embedding_dim"),
       uint8=True,
     ),
-    lambda b: scale_images(parallel.global_batch(b, batch_sharding)),
+    lambda b: to_model(parallel.global_batch(b, batch_sharding)),
   )
   if state is None:
     state = create_train_state(config, rngs["init"], mesh)
@@ -292,6 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if family.represent is not None:  # the held-out images' codes under the current encoder
           grid_cond = sample_lib.batch_rows(sample_grid_cond(state.ema_params), 0, grid_batch)
         samples = sample_fn(state.ema_params, rngs["sample"], grid_cond)
+        samples = latent.images_of(autoencoder, samples)
         write_sample_grid(samples, config.sampling.num_samples, workdir, step, writer, grid_columns)
       if preempted:
         logging.warning(
