@@ -245,3 +245,97 @@ def test_the_offline_autoencoder_trains_and_reconstructs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((tmp_path / "eval_600.json").read_text())
   assert results["psnr"] > 24 and results["latent_std"] > 0, results
+
+
+def run(*args):
+  import os
+  import subprocess
+  import sys
+
+  from helpers import REPO
+
+  result = subprocess.run(
+    [sys.executable, "-m", *args],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_latent_families_train_sample_and_evaluate_on_the_offline_autoencoder(tmp_path):
+  """The offline autoencoder trains; a flow and a Gaussian model train in its 4×4×2 latents, sample
+  decoded 8×8 digits and evaluate against the pixel data (feature-FD)."""
+  from helpers import REPO
+
+  autoencoder = tmp_path / "autoencoder"
+  steps = ["--config.training.num_train_steps=50", "--config.training.checkpoint_every_steps=50"]
+  config = f"--config={REPO}/configs/autoencoder_default.py"
+  run("ddpm_jax.main", config, f"--workdir={autoencoder}", *steps)
+  for config_name in ("flow_default.py", "default.py"):
+    workdir = tmp_path / config_name
+    common = [
+      f"--config={REPO}/configs/{config_name}",
+      f"--workdir={workdir}",
+      f"--config.latent.autoencoder_workdir={autoencoder}",
+      "--config.latent.scaling_factor=0.4",
+      "--config.data.image_size=4",
+      "--config.data.num_channels=2",
+      "--config.model.out_channels=2",
+      "--config.model.ch_mult=(1,)",
+      "--config.training.num_train_steps=10",
+      "--config.training.checkpoint_every_steps=10",
+      "--config.training.sample_every_steps=10",
+      "--config.sampling.num_samples=16",
+      "--config.sampling.batch_size=16",
+      "--config.sampling.num_steps=4",
+      "--config.eval.num_fid_samples=16",
+      "--config.eval.bpd_num_batches=0",
+      "--config.data.num_workers=0",
+    ]
+    for mode in ("train", "sample", "eval"):
+      run("ddpm_jax.main", f"--mode={mode}", *common)
+    samples = np.load(workdir / "samples" / "samples_10.npz")["images"]
+    assert samples.shape == (16, 8, 8, 1) and samples.dtype == np.uint8
+    results = json.loads((workdir / "eval_10.json").read_text())
+    assert np.isfinite(results["feature_fd"]) and np.isfinite(results["loss"]), results
+
+
+@pytest.mark.slow
+def test_a_converted_dit_and_vae_sample_images(tmp_path):
+  """A diffusers AutoencoderKL converts into an autoencoder workdir, and a facebookresearch/DiT
+  checkpoint with it (--autoencoder_workdir) into a workdir whose samples are its decoded latents:
+  16×16 RGB images of the DiT's 8×8×4 latents (random weights, small sizes)."""
+  sys_path_tests()
+  from test_dit import as_facebook_state_dict, equal_embedder_copies, small_diffusers_dit
+
+  two_levels = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+  )
+  small_diffusers_vae(**two_levels).save_pretrained(tmp_path / "vae")
+  run("ddpm_jax.convert", "--source=diffusers", f"--checkpoint={tmp_path / 'vae'}",
+      f"--workdir={tmp_path / 'vae_workdir'}")  # fmt: skip
+  # DiT-S's width (6 heads of 64, a size of Table 4, whose heads the converter knows), one block
+  reference = equal_embedder_copies(small_diffusers_dit(heads=6, head_width=64, depth=1))
+  state_dict = {k: torch.from_numpy(v) for k, v in as_facebook_state_dict(reference).items()}
+  torch.save(state_dict, tmp_path / "dit.pt")
+  run("ddpm_jax.convert", "--source=dit", f"--checkpoint={tmp_path / 'dit.pt'}",
+      f"--autoencoder_workdir={tmp_path / 'vae_workdir'}", "--dataset=image_folder",
+      f"--workdir={tmp_path / 'dit'}")  # fmt: skip
+  workdir = tmp_path / "dit"
+  run("ddpm_jax.main", "--mode=sample", f"--config=workdir:{workdir}",
+      f"--workdir={workdir}", "--config.sampling.num_samples=2", "--config.sampling.batch_size=2",
+      "--config.sampling.num_steps=3")  # fmt: skip
+  samples = np.load(workdir / "samples" / "samples_0.npz")
+  assert samples["images"].shape == (2, 16, 16, 3) and set(samples["labels"]) <= set(range(10))
+
+
+def sys_path_tests():
+  import os
+  import sys
+
+  sys.path.insert(0, os.path.dirname(__file__))

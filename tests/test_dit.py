@@ -246,7 +246,7 @@ def test_a_dit_checkpoint_from_the_command_line_is_read_then_refused_for_its_vae
   assert result.returncode != 0 and "a DiT of 1 blocks of width 384 (read and checked)" in (
     result.stderr
   )
-  assert "SD-VAE" in result.stderr and not (tmp_path / "workdir").exists()
+  assert "--autoencoder_workdir" in result.stderr and not (tmp_path / "workdir").exists()
   result = write("tiny.pt")  # width 32 is none of Table 4's: its heads are unknown
   assert result.returncode != 0 and "pass num_heads" in result.stderr
 

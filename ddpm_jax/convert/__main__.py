@@ -26,7 +26,8 @@ flags.DEFINE_enum(
   list(SOURCES),
   "Its code: a guided-diffusion UNetModel, one of its noisy classifiers or upsamplers "
   "(SuperResModel), an improved-diffusion UNetModel, a diffusers UNet or DiT, or a "
-  "facebookresearch/DiT checkpoint (read and checked; its workdir needs the SD-VAE, not yet here).",
+  "facebookresearch/DiT checkpoint (with --autoencoder_workdir, the SD-VAE's), or a diffusers "
+  "AutoencoderKL (an autoencoder workdir).",
 )
 flags.DEFINE_string(
   "checkpoint",
@@ -46,6 +47,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("dataset", None, "config.data.dataset of the workdir (default: preset's).")
 flags.DEFINE_string("workdir", None, "Where the workdir goes.")
+flags.DEFINE_string(
+  "autoencoder_workdir",
+  None,
+  "--source=dit: the converted SD-VAE's workdir (--source=diffusers on sd-vae-ft-ema/) whose "
+  "latents the DiT denoises; the workdir written samples images through it.",
+)
 
 
 def main(argv) -> None:
@@ -56,8 +63,15 @@ def main(argv) -> None:
       f"Unknown --preset {FLAGS.preset!r} for --source={FLAGS.source}; known: "
       f"{', '.join(source_presets)}."
     )
+  extra = {}
+  if FLAGS.autoencoder_workdir:
+    if FLAGS.source != "dit":
+      raise app.UsageError("--autoencoder_workdir goes with --source=dit.")
+    extra["autoencoder_workdir"] = FLAGS.autoencoder_workdir
   try:
-    config, params = convert(FLAGS.checkpoint, FLAGS.preset, FLAGS.model_flags, FLAGS.dataset)
+    config, params = convert(
+      FLAGS.checkpoint, FLAGS.preset, FLAGS.model_flags, FLAGS.dataset, **extra
+    )
   except ValueError as error:  # a wrong flag or a checkpoint that does not fit: one line
     raise app.UsageError(str(error)) from None
   presets.write_workdir(config, params, FLAGS.workdir, FLAGS.source, FLAGS.checkpoint)

@@ -14,10 +14,9 @@ import ml_collections
 import numpy as np
 
 from configs import default
-from ddpm_jax.convert import fit, guided_diffusion
+from ddpm_jax.convert import dit, fit, guided_diffusion
 from ddpm_jax.convert.fit import (
   from_diffusers,
-  from_dit,
   from_guided_diffusion,
   from_guided_diffusion_classifier,
   from_guided_diffusion_super_res,
@@ -320,26 +319,36 @@ _DIFFUSERS_VARIANCES = {
 
 def diffusers_config(model_dir: str, dataset: str = "image_folder"):
   """(run config, params) of a diffusers model directory: a UNet2DModel's or a pixel-space
-  DiTTransformer2DModel's (config.json + weights), or a DDPMPipeline's or DiT pipeline's (unet/ or
+  DiTTransformer2DModel's (config.json + weights), an AutoencoderKL's (an autoencoder workdir, for
+  config.latent.autoencoder_workdir), or a DDPMPipeline's or DiT pipeline's (unet/ or
   transformer/ and scheduler/scheduler_config.json, whose schedule, T, prediction and variance
   type the config takes; a DiT of 2C outputs has ADM's learned range; ancestral sampling as
-  DDPMPipeline's). A latent pipeline (vae/) is refused: its VAE is not convertible yet."""
+  DDPMPipeline's). A latent pipeline (vae/) is refused as one workdir: convert its vae/ (an
+  autoencoder workdir) and its denoiser's weights apart."""
 
   if os.path.isdir(os.path.join(model_dir, "vae")):
     raise ValueError(
-      f"{model_dir} is a latent-diffusion pipeline (vae/): its denoiser works on the VAE's "
-      "latents, and this project cannot convert the VAE yet (latent diffusion is not built), so "
-      "no workdir is written; convert.from_diffusers(its transformer/ or unet/) gives the network."
+      f"{model_dir} is a latent-diffusion pipeline (vae/): convert its vae/ with "
+      f"--checkpoint={os.path.join(model_dir, 'vae')} into an autoencoder workdir (a run's "
+      "config.latent.autoencoder_workdir); a whole pipeline is not converted in one step, and "
+      "convert.from_diffusers(its transformer/ or unet/) gives the network."
     )
   unet_dir = fit.diffusers_model_dir(model_dir)
   model_config, params = from_diffusers(unet_dir)
+  with open(os.path.join(unet_dir, "config.json")) as f:
+    unet_config = json.load(f)
+  if model_config.name == "autoencoder_kl":  # a VAE: a workdir for config.latent
+    config = default.get_config("autoencoder")
+    config.model = model_config
+    set_dataset(config, dataset)
+    config.data.image_size = unet_config.get("sample_size", 256)
+    config.data.num_channels = unet_config.get("in_channels", 3)
+    return config, params
   config = default.get_config("gaussian")
   if model_config.name == "dit":
     config.model = model_config
   else:
     config.model.update(model_config)
-  with open(os.path.join(unet_dir, "config.json")) as f:
-    unet_config = json.load(f)
   set_dataset(config, dataset)
   config.data.image_size = unet_config["sample_size"]
   config.data.num_channels = unet_config["in_channels"]
@@ -487,21 +496,35 @@ def guided_diffusion_super_res_run(checkpoint: str, preset=None, model_flags=Non
 DIT_PRESETS = {"DiT-XL/2-256": 256, "DiT-XL/2-512": 512}
 
 
-def dit_run(checkpoint: str, preset=None, model_flags=None, dataset=None):
-  """A facebookresearch/DiT checkpoint: its network is read and checked (`convert.from_dit`), and
-  then refused as a workdir, which would need the SD-VAE that decodes its latents."""
-  del dataset
+def dit_run(checkpoint: str, preset=None, model_flags=None, dataset=None, autoencoder_workdir=None):
+  """(run config, params) of a facebookresearch/DiT checkpoint on the latents of
+  `autoencoder_workdir`, the SD-VAE converted by --source=diffusers (stabilityai/sd-vae-ft-ema or
+  -mse): configs/dit_xl2_imagenet256.py's diffusion (linear, T = 1000, learned Σ) and sampling
+  (250 DDPM steps, guidance w = 0.5, the paper's FID setting; guidance on all latent channels, where
+  DiT's sample.py guides the first three) at the checkpoint's latent size. Without the
+  autoencoder's workdir the network is read and checked, and refused."""
   if model_flags:
     raise ValueError("--source=dit reads the sizes from the weights: no --model_flags.")
-  model_config, _ = from_dit(checkpoint)
+  weights = dit.dit_weights(checkpoint)
+  model_config, params = fit.fitted(weights)
   size = DIT_PRESETS.get(preset)
-  raise ValueError(
-    f"{checkpoint} is a DiT of {model_config.depth} blocks of width {model_config.hidden_size} "
-    f"(read and checked){f' for {size}² images' if size else ''}: facebookresearch/DiT's models "
-    "denoise the SD-VAE's latents (32×32×4 at 256², 64×64×4 at 512²), and this project cannot "
-    "convert that VAE yet (latent diffusion is not built), so no workdir is written. "
-    "convert.from_dit(path) gives the network now."
-  )
+  if not autoencoder_workdir:
+    raise ValueError(
+      f"{checkpoint} is a DiT of {model_config.depth} blocks of width {model_config.hidden_size} "
+      f"(read and checked){f' for {size}² images' if size else ''}: facebookresearch/DiT's "
+      "models denoise the SD-VAE's latents (32×32×4 at 256², 64×64×4 at 512²). Convert that VAE "
+      "(python -m ddpm_jax.convert --source=diffusers --checkpoint=sd-vae-ft-ema/ "
+      "--workdir=VAE_DIR) and pass --autoencoder_workdir=VAE_DIR."
+    )
+  from configs import dit_xl2_imagenet256
+
+  config = dit_xl2_imagenet256.get_config()
+  config.model = model_config
+  set_dataset(config, dataset or "imagenet2012")
+  latent_size, _, config.data.num_channels = weights.input_shape
+  config.data.image_size = latent_size
+  config.latent.autoencoder_workdir = autoencoder_workdir
+  return config, params
 
 
 def diffusers_run(checkpoint: str, preset=None, model_flags=None, dataset=None):
