@@ -8,8 +8,9 @@ from absl import logging
 import jax
 import ml_collections
 
-from ddpm_jax import diffusion, editing, families, latent, models, sampling, schedules
+from ddpm_jax import diffusion, editing, families, models, sampling, schedules
 from ddpm_jax.data import sources, transforms
+from ddpm_jax.families import latent
 from ddpm_jax.models import dit, layers, unet
 from ddpm_jax.runtime.errors import InvalidConfigError
 
@@ -271,8 +272,8 @@ def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[st
 
 def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
   data, model, optim, training = config.data, config.model, config.optim, config.training
-  problems = latent.shape_problems(config)
-  if latent.latent_workdir(config):
+  problems = latent.shape_problems(config)  # a broken autoencoder workdir: that alone
+  if latent.latent_workdir(config) and not problems:
     problems += [
       f"latent.autoencoder_workdir: {problem}"
       for problem, when in (

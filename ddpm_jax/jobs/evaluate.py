@@ -43,11 +43,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import families, latent, pixels
+from ddpm_jax import families, pixels
 from ddpm_jax.data import loader, sources, workers
 from ddpm_jax.evaluation import feature_net, fid, offline_metrics
 from ddpm_jax.evaluation import representation as representation_eval
 from ddpm_jax.families.config_validation import validate_config
+from ddpm_jax.jobs import latent
 from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.jobs.train_state import run_rngs
 from ddpm_jax.runtime import files, parallel

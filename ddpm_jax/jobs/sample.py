@@ -24,12 +24,13 @@ import ml_collections
 import numpy as np
 
 from configs import workdir as workdir_configs
-from ddpm_jax import families, latent, pixels, sde, super_res
+from ddpm_jax import families, pixels, sde, super_res
 from ddpm_jax.data import sources, workers
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.families.config_validation import InvalidConfigError, validate_config
-from ddpm_jax.jobs.train_state import abstract_train_state, run_rngs
-from ddpm_jax.runtime import checkpoint, files, parallel
+from ddpm_jax.jobs import latent
+from ddpm_jax.jobs.train_state import restore_ema_params, run_rngs
+from ddpm_jax.runtime import files, parallel
 
 
 def sample_keys(rng: jax.Array, first_index, batch_size: int) -> jax.Array:
@@ -280,17 +281,6 @@ def display_labels(config: ml_collections.ConfigDict, num_samples: int) -> np.nd
   if not num_classes:
     return None
   return class_rows(num_samples, config.sampling.labels or range(num_classes))
-
-
-def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
-  """-> (EMA parameters, step) of the newest readable checkpoint of the run `config` in
-  `workdir`."""
-  ckpt = checkpoint.Checkpointer(workdir)
-  state, step = ckpt.restore_latest(abstract_train_state(config, mesh), config)
-  ckpt.close()
-  if state is None:
-    raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first (--mode=train).")
-  return state.ema_params, step
 
 
 def workdir_config(workdir: str) -> ml_collections.ConfigDict:

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ddpm_jax import families, latent, pixels
+from ddpm_jax import families, pixels
 from ddpm_jax.data import loader
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.families.config_validation import validate_config
-from ddpm_jax.jobs import evaluate
+from ddpm_jax.jobs import evaluate, latent
 from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.jobs.train_state import (
   TrainState,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax import families
-from ddpm_jax.runtime import optim, parallel
+from ddpm_jax.runtime import checkpoint, optim, parallel
 
 
 @flax.struct.dataclass
@@ -85,3 +85,14 @@ def run_rngs(seed: int) -> dict[str, jax.Array]:
   return dict(
     zip(("init", "train", "sample"), jax.random.split(root, 3)), eval=jax.random.fold_in(root, 1)
   )
+
+
+def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
+  """-> (EMA parameters, step) of the newest readable checkpoint of the run `config` in
+  `workdir`."""
+  ckpt = checkpoint.Checkpointer(workdir)
+  state, step = ckpt.restore_latest(abstract_train_state(config, mesh), config)
+  ckpt.close()
+  if state is None:
+    raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first (--mode=train).")
+  return state.ema_params, step

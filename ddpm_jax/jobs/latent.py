@@ -6,7 +6,7 @@ data.image_size·f with the autoencoder's channels (`pixel_data`), encoded on th
 by batch ((mean - shift)·scale, or a posterior sample with latent.sample_posterior), and its
 samples are decoded to images.
 
-  autoencoder = latent.load_autoencoder(config.latent.autoencoder_workdir)
+  autoencoder = latent.load_autoencoder(config)   # None where the run is in pixel space
   z = latent.encode(autoencoder, images, key)      # images [B, H, W, C] in [-1, 1] -> latents
   x = latent.decode(autoencoder, z)                # latents -> images in [-1, 1]
 """
@@ -22,6 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax import models
+from ddpm_jax.families.latent import autoencoder_config, latent_workdir, pixel_data
+from ddpm_jax.jobs.train_state import restore_ema_params
+from ddpm_jax.runtime import parallel
+
+__all__ = ["Autoencoder", "decode", "encode", "images_of", "load_autoencoder", "model_batch"]
+__all__ += ["pixel_data", "posterior_key"]
 
 
 class Autoencoder(NamedTuple):
@@ -35,64 +41,13 @@ class Autoencoder(NamedTuple):
   sample_posterior: bool
 
 
-def latent_workdir(config: ml_collections.ConfigDict) -> str | None:
-  """config.latent.autoencoder_workdir; None: the run is in pixel space."""
-  return config.get("latent", {}).get("autoencoder_workdir")
-
-
-@functools.cache
-def _autoencoder_config(workdir: str) -> ml_collections.ConfigDict:
-  from configs import workdir as workdir_configs
-
-  config = workdir_configs.load(workdir)
-  if config.get("family") != "autoencoder":
-    raise ValueError(
-      f"config.latent.autoencoder_workdir={workdir!r} trained config.family="
-      f"{config.get('family')!r}, not an autoencoder (config.family='autoencoder')."
-    )
-  return config
-
-
-def shape_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """A latent run's data.num_channels must be its autoencoder's latent channels."""
-  workdir = latent_workdir(config)
-  if not workdir:
-    return []
-  try:
-    model = _autoencoder_config(workdir).model
-  except (FileNotFoundError, ValueError) as error:
-    return [f"latent.autoencoder_workdir: {error}"]
-  if config.data.num_channels != model.latent_channels:
-    return [
-      f"data.num_channels={config.data.num_channels} must be the latents' channels, "
-      f"{model.latent_channels} (the autoencoder in latent.autoencoder_workdir={workdir!r})."
-    ]
-  return []
-
-
-def pixel_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.data with the images' size and channels where the run is latent (the data the input
-  pipeline and the evaluation read), else config.data itself."""
-  workdir = latent_workdir(config)
-  if not workdir:
-    return config.data
-  model = _autoencoder_config(workdir).model
-  data = copy.deepcopy(config.data)
-  data.image_size = config.data.image_size * 2 ** (len(model.block_out_channels) - 1)
-  data.num_channels = model.out_channels
-  return data
-
-
 def load_autoencoder(config: ml_collections.ConfigDict, mesh=None) -> Autoencoder | None:
   """The autoencoder of a latent run (its newest checkpoint's EMA parameters); None in pixels."""
   workdir = latent_workdir(config)
   if not workdir:
     return None
-  from ddpm_jax.jobs import sample as sample_lib  # (jobs import this module)
-  from ddpm_jax.runtime import parallel
-
-  ae_config = _autoencoder_config(workdir)
-  params, _ = sample_lib.restore_ema_params(ae_config, workdir, mesh or parallel.make_mesh())
+  ae_config = autoencoder_config(workdir)
+  params, _ = restore_ema_params(ae_config, workdir, mesh or parallel.make_mesh())
   model_config = copy.deepcopy(ae_config.model)
   if config.latent.scaling_factor is not None:  # e.g. 1 / the autoencoder's eval latent_std
     model_config.scaling_factor = config.latent.scaling_factor
