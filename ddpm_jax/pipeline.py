@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import families, pixels
+from ddpm_jax.jobs import latent
 from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.runtime import parallel
 
@@ -33,6 +34,8 @@ class Pipeline:
     self._samplers: dict[tuple, object] = {}
     self._config_classifier: Pipeline | None = None
     self._bits_per_dim = jax.jit(self.family.bits_per_dim) if self.family.bits_per_dim else None
+    # a latent run's autoencoder (config.latent.autoencoder_workdir): its samples come decoded
+    self._autoencoder = latent.load_autoencoder(config, self.mesh)
 
   def _sampler(
     self,
@@ -209,7 +212,7 @@ class Pipeline:
     guide_params = None if classifier is None else classifier.params
     x_T = None if x_T is None else jnp.asarray(x_T)
     images = sample_fn(self.params, jax.random.key(seed), cond, guide_params, controls, 0, x_T)
-    images = parallel.to_host(images)
+    images = parallel.to_host(latent.images_of(self._autoencoder, images))
     return pixels.to_uint8(images) if uint8 and self.family.samples == "images" else images
 
   def bits_per_dim(

@@ -299,6 +299,9 @@ def test_latent_families_train_sample_and_evaluate_on_the_offline_autoencoder(tm
       run("ddpm_jax.main", f"--mode={mode}", *common)
     samples = np.load(workdir / "samples" / "samples_10.npz")["images"]
     assert samples.shape == (16, 8, 8, 1) and samples.dtype == np.uint8
+    import ddpm_jax  # the pipeline decodes too
+
+    assert ddpm_jax.load(str(workdir)).sample(2).shape == (2, 8, 8, 1)
     results = json.loads((workdir / "eval_10.json").read_text())
     assert np.isfinite(results["feature_fd"]) and np.isfinite(results["loss"]), results
 
