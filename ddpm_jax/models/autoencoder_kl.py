@@ -78,8 +78,8 @@ class MidBlock(nn.Module):
     return ResnetBlock(c, **kw, name="resnets_1")(x)
 
 
-class Encoder(nn.Module):
-  """x [B, H, W, C] -> [B, H/f, W/f, out_channels], f = 2^(levels - 1)."""
+class Coder(nn.Module):
+  """The hyperparameters the encoder and the decoder share."""
 
   block_out_channels: Sequence[int]
   num_res_blocks: int
@@ -88,6 +88,10 @@ class Encoder(nn.Module):
   norm_eps: float
   mid_attention: bool
   dtype: Any = jnp.float32
+
+
+class Encoder(Coder):
+  """x [B, H, W, C] -> [B, H/f, W/f, out_channels], f = 2^(levels - 1)."""
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -104,16 +108,8 @@ class Encoder(nn.Module):
     return layers.Conv(self.out_channels, dtype=self.dtype, name="conv_out")(h.astype(self.dtype))
 
 
-class Decoder(nn.Module):
+class Decoder(Coder):
   """z [B, h, w, latent] -> [B, h·f, w·f, out_channels]."""
-
-  block_out_channels: Sequence[int]
-  num_res_blocks: int
-  out_channels: int
-  num_groups: int
-  norm_eps: float
-  mid_attention: bool
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
