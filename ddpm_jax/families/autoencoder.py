@@ -24,6 +24,7 @@ import numpy as np
 
 from ddpm_jax import models
 from ddpm_jax.families import base
+from ddpm_jax.models.autoencoder_kl import downsampling_factor
 
 SAMPLERS = ()  # it generates nothing: the latent families sample, its decoder draws their images
 SHARED_DEFAULTS = {"eval.num_fid_samples": 0, "eval.bpd_num_batches": 0}
@@ -111,7 +112,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   model, options = models.get_model(config.model), config.autoencoder
   discriminator = PatchDiscriminator(options.disc_channels, options.disc_layers)
   adversarial = options.disc_weight > 0
-  factor = 2 ** (len(config.model.block_out_channels) - 1)
+  factor = downsampling_factor(config.model.block_out_channels)
   size = config.data.image_size
   latent_shape = (size // factor, size // factor, config.model.latent_channels)
   distance = RECONSTRUCTIONS[options.reconstruction]
@@ -132,13 +133,12 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
       "t_fraction": jnp.zeros((batch_size,)),  # no noise levels: every draw in the first quartile
     }
 
-  def autoencoder_params(params):
-    return {"params": params["params"]}
-
-  def reconstruct(params, x, noise):
-    mean, logvar = model.apply(autoencoder_params(params), x, method="encode")
+  def reconstruct(variables, x, noise):
+    """(x̂ decoded from z = mean + σ·noise, the posterior's mean, its logvar); `variables`: the
+    autoencoder's {"params": …}."""
+    mean, logvar = model.apply(variables, x, method="encode")
     z = mean + jnp.exp(0.5 * logvar) * noise
-    return model.apply(autoencoder_params(params), z, method="decode"), mean, logvar
+    return model.apply(variables, z, method="decode"), mean, logvar
 
   def loss(params, batch, draws, dropout_rng):
     del dropout_rng
@@ -148,11 +148,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
     def generator_terms(decoder_out_kernel):
       """(L_rec [B], L_G [B]) with the decoder's last kernel as an argument, for its gradients."""
-      ae = jax.tree_util.tree_map(lambda a: a, autoencoder_params(params))
+      ae = jax.tree_util.tree_map(lambda a: a, {"params": params["params"]})  # a copy to change
       ae["params"]["decoder"]["conv_out"]["kernel"] = decoder_out_kernel
-      mean, logvar = model.apply(ae, x, method="encode")
-      z = mean + jnp.exp(0.5 * logvar) * draws["noise"]
-      x_hat = model.apply(ae, z, method="decode")
+      x_hat, mean, logvar = reconstruct(ae, x, draws["noise"])
       rec = (
         per_example(distance(x - x_hat)) + options.kl_weight * kl_divergence(mean, logvar) / pixels
       )
@@ -181,7 +179,8 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
   def reconstruct_mean(params, x):
     """(The reconstruction of x from its posterior mean, that mean)."""
-    x_hat, mean, _ = reconstruct(params, x, jnp.zeros((x.shape[0], *latent_shape)))
+    zero_noise = jnp.zeros((x.shape[0], *latent_shape))
+    x_hat, mean, _ = reconstruct({"params": params["params"]}, x, zero_noise)
     return x_hat, mean
 
   return base.Family(

@@ -11,7 +11,7 @@ import ml_collections
 from ddpm_jax import diffusion, editing, families, models, sampling, schedules
 from ddpm_jax.data import sources, transforms
 from ddpm_jax.families import latent
-from ddpm_jax.models import dit, layers, unet
+from ddpm_jax.models import autoencoder_kl, dit, layers, unet
 from ddpm_jax.runtime.errors import InvalidConfigError
 
 NONFINITE_POLICIES = ("stop", "skip")  # training.nonfinite
@@ -274,20 +274,15 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
   data, model, optim, training = config.data, config.model, config.optim, config.training
   problems = latent.shape_problems(config)  # a broken autoencoder workdir: that alone
   if latent.latent_workdir(config) and not problems:
-    problems += [
-      f"latent.autoencoder_workdir: {problem}"
-      for problem, when in (
-        (
-          f"config.family={config.family!r} does not train in an autoencoder's latents",
-          config.family in ("autoencoder", "prior", "classifier", "super_res"),
-        ),
-        (
-          "bits/dim of latents is not built: set eval.bpd_num_batches=0",
-          bool(config.eval.bpd_num_batches),
-        ),
+    if config.family in ("autoencoder", "prior", "classifier", "super_res"):
+      problems.append(
+        f"latent.autoencoder_workdir: config.family={config.family!r} does not train in an "
+        "autoencoder's latents"
       )
-      if when
-    ]
+    if config.eval.bpd_num_batches:
+      problems.append(
+        "latent.autoencoder_workdir: bits/dim of latents is not built: set eval.bpd_num_batches=0"
+      )
   devices = jax.device_count()
   if training.batch_size % devices:
     problems.append(
@@ -345,7 +340,7 @@ def _network_problems(data: ml_collections.ConfigDict, model: ml_collections.Con
   GroupNorm widths, DiT's patches and heads, the autoencoder's factor and GroupNorm widths."""
   problems = []
   if model.get("name") == "autoencoder_kl":
-    factor = 2 ** (len(model.block_out_channels) - 1)
+    factor = autoencoder_kl.downsampling_factor(model.block_out_channels)
     if data.image_size % factor:
       problems.append(
         f"data.image_size={data.image_size} is not divisible by the autoencoder's downsampling "

@@ -9,6 +9,8 @@ import functools
 
 import ml_collections
 
+from ddpm_jax.models.autoencoder_kl import downsampling_factor
+
 
 def latent_workdir(config: ml_collections.ConfigDict) -> str | None:
   """config.latent.autoencoder_workdir; None: the run is in pixel space."""
@@ -54,6 +56,6 @@ def pixel_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config.data
   model = autoencoder_config(workdir).model
   data = copy.deepcopy(config.data)
-  data.image_size = config.data.image_size * 2 ** (len(model.block_out_channels) - 1)
+  data.image_size = config.data.image_size * downsampling_factor(model.block_out_channels)
   data.num_channels = model.out_channels
   return data

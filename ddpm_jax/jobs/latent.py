@@ -31,13 +31,11 @@ __all__ += ["pixel_data", "posterior_key"]
 
 
 class Autoencoder(NamedTuple):
-  """A KL autoencoder run's module and EMA parameters, with its downsampling factor."""
+  """A KL autoencoder run's module and EMA parameters, and whether a run encodes posterior
+  samples."""
 
   model: Any
   params: Any  # {"params": …}
-  factor: int
-  channels: int  # of its images
-  latent_channels: int
   sample_posterior: bool
 
 
@@ -54,9 +52,6 @@ def load_autoencoder(config: ml_collections.ConfigDict, mesh=None) -> Autoencode
   return Autoencoder(
     models.get_model(model_config),
     {"params": params["params"]},
-    2 ** (len(model_config.block_out_channels) - 1),
-    model_config.out_channels,
-    model_config.latent_channels,
     config.latent.sample_posterior,
   )
 

@@ -24,6 +24,11 @@ Array = Any
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
+def downsampling_factor(block_out_channels: Sequence[int]) -> int:
+  """f: the encoder halves the resolution between its levels, f = 2^(levels - 1)."""
+  return 2 ** (len(block_out_channels) - 1)
+
+
 class ResnetBlock(nn.Module):
   """GroupNorm → SiLU → 3×3 conv, twice, around a skip path (a 1×1 projection where the channels
   change): the time-free residual block of the LDM autoencoder."""
