@@ -18,6 +18,7 @@ from ddpm_jax.families import config_validation
 from helpers import REPO
 
 PATHS = tuple(flow.PATHS)
+DIGITS_NET = os.path.join(REPO, "ddpm_jax", "evaluation", "assets", "digits_8_feature_net.npz")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -497,6 +498,17 @@ def test_reflow_from_the_command_line(tmp_path):
     (teacher, "train", []),
     (teacher, "reflow", []),
     (student, "train", [f"--config.{f}={v}" for f, v in reflow_data(pairs_path, 50).items()]),
+    # feature-FD against the pairs' images (the teacher's samples), by the digits' feature net
+    (
+      student,
+      "eval",
+      [f"--config.{f}={v}" for f, v in reflow_data(pairs_path, 50).items()]
+      + [
+        "--config.eval.num_fid_samples=8",
+        "--config.eval.bpd_num_batches=0",
+        f"--config.eval.feature_net_path={DIGITS_NET}",
+      ],
+    ),
   ]
   for workdir, mode, extra in runs:
     result = subprocess.run(
@@ -514,3 +526,4 @@ def test_reflow_from_the_command_line(tmp_path):
   again = ddpm_jax.load(str(teacher)).sample(4, x_T=pairs["noise"][:4], uint8=False)
   np.testing.assert_allclose(again, pairs["image"][:4], atol=1e-4)
   assert (student / "checkpoints" / "10").is_dir() and any((student / "samples").iterdir())
+  assert np.isfinite(json.loads((student / "eval_10.json").read_text())["feature_fd"])

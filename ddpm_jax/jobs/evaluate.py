@@ -390,8 +390,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     conditional = bool(config.model.get("num_classes")) or bool(
       config.sampling.classifier_workdir and config.sampling.classifier_scale
     )
-    train_images, _ = sources.load_split(data, "train")
-    test_images, _ = sources.load_split(data, config.data.eval_split)
+    # (split_images: also a reflow's float pairs as the uint8 images they stand for)
+    train_images, _ = workers.split_images(data, "train")
+    test_images, _ = workers.split_images(data, config.data.eval_split)
     results.update(
       offline_metrics.evaluate_samples(
         feature_net.load(net_path)[0],
