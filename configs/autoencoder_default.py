@@ -14,7 +14,6 @@ from configs import default
 def get_config():
   config = default.get_config("autoencoder")
   config.model = default.autoencoder_model()
-  config.autoencoder.disc_layers = 1  # what an 8×8 image leaves patches for
   config.training.num_train_steps = 1000
   config.optim.ema_decay = 0.99
   config.optim.lr = 1e-3

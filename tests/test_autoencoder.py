@@ -216,6 +216,10 @@ def test_each_player_of_the_adversarial_loss_gets_its_own_gradient():
   )
   with pytest.raises(ValueError, match="leaves the patch discriminator no patch"):
     autoencoder_config(**{"autoencoder.disc_weight": 0.5, "autoencoder.disc_layers": 3})
+  with pytest.raises(ValueError, match=r"latent.scaling_factor=0.5 is read with latent.autoen"):
+    autoencoder_config(**{"latent.scaling_factor": 0.5})  # in pixel space: not read
+  with pytest.raises(ValueError, match="autoencoder.disc_layers=1 shapes the patch discriminator"):
+    autoencoder_config(**{"autoencoder.disc_layers": 1})  # no discriminator: not read
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 CONFIG_BLOCKS = {"autoencoder": default_config}
+DISCRIMINATOR_FIELDS = ("disc_channels", "disc_layers")  # read where disc_weight > 0
 RANGES = {
   "autoencoder.kl_weight": (0, True, None, False),
   "autoencoder.disc_weight": (0, True, None, False),
@@ -90,10 +91,19 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       "(configs/default.autoencoder_model), not "
       f"{model.get('name')!r}."
     ]
-  if config.autoencoder.disc_weight > 0 and patch_grid(data.image_size, config.autoencoder) < 1:
+  options, defaults = config.autoencoder, default_config()
+  if options.disc_weight == 0:  # no discriminator: its shape is nobody's to set
+    problems += [
+      f"autoencoder.{name}={options[name]} shapes the patch discriminator, which "
+      "autoencoder.disc_weight=0 leaves out."
+      for name in DISCRIMINATOR_FIELDS
+      if options[name] != defaults[name]
+    ]
+  elif patch_grid(data.image_size, options) < 1:
     problems.append(
-      f"autoencoder.disc_layers={config.autoencoder.disc_layers} leaves the patch discriminator "
-      f"no patch of a {data.image_size}² image: use fewer layers."
+      f"autoencoder.disc_weight={options.disc_weight} turns the discriminator on, and "
+      f"autoencoder.disc_layers={options.disc_layers} leaves the patch discriminator no patch of "
+      f"a {data.image_size}² image: use fewer layers."
     )
   if model.out_channels != data.num_channels:
     problems.append(

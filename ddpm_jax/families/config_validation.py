@@ -272,7 +272,7 @@ def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[st
 
 def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
   data, model, optim, training = config.data, config.model, config.optim, config.training
-  problems = latent.shape_problems(config)  # a broken autoencoder workdir: that alone
+  problems = latent.latent_problems(config)  # a broken autoencoder workdir: that alone
   if latent.latent_workdir(config) and not problems:
     if config.family in ("autoencoder", "prior", "classifier", "super_res"):
       problems.append(

@@ -31,11 +31,21 @@ def autoencoder_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def shape_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """A latent run's data.num_channels must be its autoencoder's latent channels."""
+# config.latent's other fields and their values where no autoencoder reads them
+_PIXEL_SPACE_VALUES = {"sample_posterior": True, "scaling_factor": None}
+
+
+def latent_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """A latent run's data.num_channels must be its autoencoder's latent channels; a run in pixel
+  space leaves config.latent's other fields alone."""
   workdir = latent_workdir(config)
   if not workdir:
-    return []
+    latent = config.get("latent", {})
+    return [
+      f"latent.{name}={latent[name]!r} is read with latent.autoencoder_workdir only (unset)."
+      for name, neutral in _PIXEL_SPACE_VALUES.items()
+      if latent.get(name, neutral) != neutral
+    ]
   try:
     model = autoencoder_config(workdir).model
   except (FileNotFoundError, ValueError) as error:
