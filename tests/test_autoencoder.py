@@ -308,6 +308,17 @@ def test_latent_families_train_sample_and_evaluate_on_the_offline_autoencoder(tm
     assert ddpm_jax.load(str(workdir)).sample(2).shape == (2, 8, 8, 1)
     results = json.loads((workdir / "eval_10.json").read_text())
     assert np.isfinite(results["feature_fd"]) and np.isfinite(results["loss"]), results
+  # the digits encoded once (both splits), a flow trained on the cached latents
+  for split in ("train", "test"):
+    run("ddpm_jax.dataset_tool", f"--encode_with={autoencoder}", "--dataset=digits",
+        f"--split={split}", f"--out={tmp_path / 'latents'}")  # fmt: skip
+  workdir = tmp_path / "cached"
+  common[:2] = [f"--config={REPO}/configs/flow_default.py", f"--workdir={workdir}"]
+  common += ["--config.data.dataset=latents", f"--config.data.data_dir={tmp_path / 'latents'}"]
+  for mode in ("train", "eval"):
+    run("ddpm_jax.main", f"--mode={mode}", *common)
+  results = json.loads((workdir / "eval_10.json").read_text())
+  assert np.isfinite(results["feature_fd"]) and np.isfinite(results["loss"]), results
 
 
 @pytest.mark.slow

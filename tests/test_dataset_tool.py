@@ -88,6 +88,15 @@ def test_packing_from_the_command_line_and_a_context_key_it_was_not_packed_with(
     sources.get_source("array_record", "train", str(tmp_path / "packed"), "clip")
   with pytest.raises(FileNotFoundError, match="pack an image folder first"):
     sources.get_source("array_record", "train", str(tmp_path / "images"))
+  with pytest.raises(ValueError, match="holds packed images, not latents"):
+    sources.get_source("latents", "train", str(tmp_path / "packed"))
+  packing_with_an_encoding_flag = subprocess.run(
+    [sys.executable, "-m", "ddpm_jax.dataset_tool", f"--source={tmp_path / 'images'}",
+     f"--out={tmp_path / 'again'}", "--latent_dtype=float16"],
+    cwd=REPO, capture_output=True, text=True,
+  )  # fmt: skip
+  assert packing_with_an_encoding_flag.returncode != 0
+  assert "--latent_dtype: read with --encode_with only" in packing_with_an_encoding_flag.stderr
 
 
 def test_a_corrupt_image_or_record_is_named_or_skipped_deterministically(tmp_path, caplog):

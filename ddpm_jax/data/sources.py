@@ -9,7 +9,9 @@ held-out split):
   - "image_folder": every image file under `data.data_dir` (labels from sub-directory names; the
     context of `a/b.png` is the sidecar array `a/b.<context_key>.npy`, its embedding
     `a/b.<embedding_key>.npy`);
-  - "array_record": an image folder packed into ArrayRecord shards by `ddpm_jax.dataset_tool`.
+  - "array_record": an image folder packed into ArrayRecord shards by `ddpm_jax.dataset_tool`;
+  - "latents": any of these encoded once by an autoencoder (`dataset_tool --encode_with`), as
+    {"latent": float32 [2 (image, mirror image), 2 (mean, logvar), h, w, c], "label"}.
 An array key ending in ".npz" names a file of any dataset's arrays aligned with the split's examples
 (row i: example i; "{split}" in it becomes the split): its array of the field's name ("embedding"),
 e.g. the codes `--mode=represent` writes for a split.
@@ -61,6 +63,9 @@ DATASETS = {
   # vectors, not images: an .npz (data.path) of "embedding" [N, D] with "label" [N] and/or
   # "caption_embedding" [N, L, Dc], the diffusion prior's pairs; its last 5 % held out
   "embeddings": DatasetSpec(("train",), -1, "train[95%:]", "train[:95%]"),
+  # a dataset encoded once by an autoencoder (dataset_tool --encode_with): the posteriors of each
+  # image and of its mirror image in ArrayRecord shards, data.data_dir as for "array_record"
+  "latents": DatasetSpec(("train", "test", "validation"), -1, "test"),
   # a flow's ODE pairs (--mode=reflow): an .npz (data.path) of float "image" and "noise"
   # [N, H, W, C] in [-1, 1] and N(0, I), with "label" [N]; a 2-rectified flow trains on them
   "reflow": DatasetSpec(("train",), -1, "train[95%:]", "train[:95%]"),
@@ -234,10 +239,37 @@ class ArrayRecordSource:
 
   def __getitem__(self, index: int) -> dict:
     with Image.open(io.BytesIO(self.records[index])) as img:
-      example = {"image": decode(img), "label": int(self.labels[index])}
-    for field, arrays in self.arrays.items():
-      example[field] = np.asarray(arrays[index])
-    return example
+      return self.with_arrays(index, {"image": decode(img)})
+
+  def with_arrays(self, index: int, example: dict) -> dict:
+    """`example` (record `index`'s) with its label and the arrays packed beside the records."""
+    arrays = {field: np.asarray(arrays[index]) for field, arrays in self.arrays.items()}
+    return {**example, "label": int(self.labels[index]), **arrays}
+
+
+class LatentRecordSource(ArrayRecordSource):
+  """A split encoded by `dataset_tool --encode_with` (records of an autoencoder's raw posteriors,
+  manifest["latent_shape"] [2, 2, h, w, c] of manifest["latent_dtype"]) as {"latent" float32,
+  "label"[, "context", "embedding"]}; the loader picks the mirror image's posterior where a random
+  flip would mirror the image (`workers.PendingBatch`)."""
+
+  decodes = False  # a record is read, not decoded: no worker processes
+  has_images = False
+
+  def __init__(self, split_dir: str, array_keys: dict[str, str] | None = None):
+    super().__init__(split_dir, array_keys)
+    if "latent_shape" not in self.manifest:
+      raise ValueError(
+        f"{split_dir} holds packed images, not latents: read it with data.dataset='array_record', "
+        "or encode a dataset with python -m ddpm_jax.dataset_tool --encode_with=WORKDIR."
+      )
+    self.shape = tuple(self.manifest["latent_shape"])
+    self.dtype = np.dtype(self.manifest["latent_dtype"])
+    self.array_keys["latent"] = "latent"
+
+  def __getitem__(self, index: int) -> dict:
+    latent = np.frombuffer(self.records[index], self.dtype).reshape(self.shape)
+    return self.with_arrays(index, {"latent": latent.astype(np.float32)})
 
 
 class TfdsSource:
@@ -320,13 +352,13 @@ def native_source(dataset: str, split: str, data_dir: str | None, keys: dict[str
         "_key can name an .npz file aligned with the split (e.g. --mode=represent's codes)."
       )
     return DigitsSource(split)
-  if dataset in ("image_folder", "array_record"):
+  if dataset in ("image_folder", "array_record", "latents"):
     if not data_dir:
       raise ValueError(f"dataset={dataset!r} needs config.data.data_dir, the directory of images.")
     split_dir = os.path.join(data_dir, split)
     split_dir = split_dir if os.path.isdir(split_dir) else data_dir
-    if dataset == "array_record":
-      return ArrayRecordSource(split_dir, keys)
+    if dataset in PACKED_SOURCES:
+      return PACKED_SOURCES[dataset](split_dir, keys)
     return ImageFolderSource(split_dir, keys)
   import tensorflow_datasets as tfds
 
@@ -414,6 +446,9 @@ class ReflowSource(RowsSource):
   WRITER = "--mode=reflow of a flow run"
 
 
+# datasets packed by ddpm_jax.dataset_tool into data.data_dir/<split>
+PACKED_SOURCES = {"array_record": ArrayRecordSource, "latents": LatentRecordSource}
+
 # datasets read from data.path, an .npz of rows
 ROWS_SOURCES = {"embeddings": EmbeddingsSource, "reflow": ReflowSource}
 
@@ -492,6 +527,7 @@ AS_ARRAY = {
   "caption_embedding": as_context,
   "image": lambda array: np.asarray(array, np.float32),  # data.dataset="reflow"'s, in [-1, 1]
   "noise": lambda array: np.asarray(array, np.float32),
+  "latent": lambda array: np.asarray(array, np.float32),  # data.dataset="latents"'s posteriors
 }
 
 

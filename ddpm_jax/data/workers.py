@@ -205,17 +205,24 @@ class PendingBatch:
         len(skipped),
         "; ".join(describe(self.source, int(i)) for i in skipped),
       )
-    # a coin per stream position; 3-word seeds keep it apart from the 2-word permutation seeds
-    if not self.source.has_images:  # arrays as they are (data.dataset="embeddings", "reflow")
+    if "latent" in batch:  # cached posteriors [n, 2, 2, h, w, c]: the mirror image's where flipped
+      batch["latent"] = batch["latent"][np.arange(len(self.positions)), self.flips().astype(int)]
+    if not self.source.has_images:  # arrays as they are (data.dataset="embeddings", "reflow", …)
       return batch
-    if self.random_flip:
-      flip = np.array(
-        [np.random.default_rng([self.seed, int(p), 1]).random() < 0.5 for p in self.positions]
-      )
-      batch["image"][flip] = batch["image"][flip, :, ::-1]
+    flip = self.flips()
+    batch["image"][flip] = batch["image"][flip, :, ::-1]
     if not self.uint8:
       batch["image"] = pixels.from_uint8(batch["image"])
     return batch
+
+  def flips(self) -> np.ndarray:
+    """Whether each example is mirrored (bool [n]): a coin per stream position under random_flip;
+    3-word seeds keep it apart from the 2-word permutation seeds."""
+    if not self.random_flip:
+      return np.zeros(len(self.positions), bool)
+    return np.array(
+      [np.random.default_rng([self.seed, int(p), 1]).random() < 0.5 for p in self.positions]
+    )
 
   def release(self) -> None:
     if isinstance(self.read, WorkerBatch):

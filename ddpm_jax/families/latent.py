@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import os
 
 import ml_collections
 
+from ddpm_jax.data import sources
 from ddpm_jax.models.autoencoder_kl import downsampling_factor
 
 
@@ -40,6 +43,11 @@ def latent_problems(config: ml_collections.ConfigDict) -> list[str]:
   space leaves config.latent's other fields alone."""
   workdir = latent_workdir(config)
   if not workdir:
+    if config.data.dataset == "latents":
+      return [
+        "data.dataset='latents' needs the autoencoder that encoded them: set "
+        "latent.autoencoder_workdir."
+      ]
     latent = config.get("latent", {})
     return [
       f"latent.{name}={latent[name]!r} is read with latent.autoencoder_workdir only (unset)."
@@ -55,12 +63,60 @@ def latent_problems(config: ml_collections.ConfigDict) -> list[str]:
       f"data.num_channels={config.data.num_channels} must be the latents' channels, "
       f"{model.latent_channels} (the autoencoder in latent.autoencoder_workdir={workdir!r})."
     ]
+  return cached_latents_problems(config.data, model) if config.data.dataset == "latents" else []
+
+
+def cached_latents_problems(
+  data: ml_collections.ConfigDict, model: ml_collections.ConfigDict
+) -> list[str]:
+  """Cached latents were encoded by an autoencoder of the run's architecture (`model`), at the
+  run's latent size."""
+  try:
+    manifest = cached_latents_manifest(data)
+  except (FileNotFoundError, ValueError) as error:
+    return [f"data.data_dir: {error}"]
+  h, w = manifest["latent_shape"][2:4]
+  if (h, w) != (data.image_size, data.image_size):
+    return [f"data.image_size={data.image_size}, but data.data_dir holds latents of {h}×{w}."]
+
+  # the stored posteriors are raw: the run's own scale and shift apply
+  def unit_free(model_dict):  # (as JSON has it: tuples become lists)
+    units = ("scaling_factor", "shift_factor")
+    return {k: v for k, v in json.loads(json.dumps(model_dict)).items() if k not in units}
+
+  encoder = manifest["autoencoder"]
+  if unit_free(encoder["model"]) != unit_free(model.to_dict()):
+    return [
+      f"data.data_dir holds latents of the autoencoder in {encoder['workdir']!r}, whose model "
+      "differs from latent.autoencoder_workdir's: set that workdir, or encode the data again."
+    ]
   return []
 
 
+def cached_latents_manifest(data: ml_collections.ConfigDict) -> dict:
+  """The manifest of data.dataset="latents"'s training split (`dataset_tool --encode_with`)."""
+  path = os.path.join(data.data_dir or "", sources.split_name(data.train_split), "manifest.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"No {path}: encode the dataset first (python -m ddpm_jax.dataset_tool --encode_with="
+      "AUTOENCODER_WORKDIR --out=DATA_DIR)."
+    )
+  with open(path) as f:
+    manifest = json.load(f)
+  if "latent_shape" not in manifest:
+    raise ValueError(f"{path} describes packed images, not latents (data.dataset='array_record').")
+  return manifest
+
+
+def input_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The data the input pipeline reads: cached latents as they are, else `pixel_data`."""
+  return config.data if config.data.dataset == "latents" else pixel_data(config)
+
+
 def pixel_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.data with the images' size and channels where the run is latent (the data the input
-  pipeline and the evaluation read), else config.data itself."""
+  """config.data with the images' size and channels where the run is latent (the images the
+  evaluation compares samples with; the data the input pipeline reads where it encodes them), and
+  cached latents' images (the dataset their manifest names, at its splits); else config.data."""
   workdir = latent_workdir(config)
   if not workdir:
     return config.data
@@ -68,4 +124,11 @@ def pixel_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   data = copy.deepcopy(config.data)
   data.image_size = config.data.image_size * downsampling_factor(model.block_out_channels)
   data.num_channels = model.out_channels
+  if config.data.dataset == "latents":
+    encoded = cached_latents_manifest(config.data)["pixels"]
+    spec = sources.dataset_spec(encoded["dataset"])
+    data.dataset, data.data_dir, data.resize = (
+      encoded[k] for k in ("dataset", "data_dir", "resize")
+    )
+    data.train_split, data.eval_split = encoded["split"], spec.eval_split
   return data

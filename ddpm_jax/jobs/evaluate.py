@@ -162,8 +162,8 @@ def inception_metrics(generated: dict, reference: dict, k: int = 3) -> dict[str,
 
 def reference_cache_path(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where the reference statistics are cached: one file per dataset, split and resolution."""
-  size = latent.pixel_data(config).image_size
-  key = f"{config.data.dataset}_{config.data.train_split}_{size}"
+  data = latent.pixel_data(config)
+  key = f"{data.dataset}_{data.train_split}_{data.image_size}"
   return os.path.join(workdir, "fid_stats_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".npz")
 
 
@@ -185,7 +185,7 @@ def check_fid_sample_count(eval_config: ml_collections.ConfigDict) -> str:
 def held_out_batches(config: ml_collections.ConfigDict, num_batches: int):
   """This process's share of the first `num_batches` batches of `data.eval_split`, every time."""
   return loader.batches(
-    latent.pixel_data(config),
+    latent.input_data(config),
     split=config.data.eval_split,
     global_batch_size=config.training.batch_size,
     seed=config.seed,

@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from typing import Any, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from ddpm_jax import models
-from ddpm_jax.families.latent import autoencoder_config, latent_workdir, pixel_data
+from ddpm_jax import models, pixels
+from ddpm_jax.data import dataset_tool, sources, workers
+from ddpm_jax.families.latent import autoencoder_config, input_data, latent_workdir, pixel_data
 from ddpm_jax.jobs.train_state import restore_ema_params
 from ddpm_jax.runtime import parallel
 
 __all__ = ["Autoencoder", "decode", "encode", "images_of", "load_autoencoder", "model_batch"]
-__all__ += ["pixel_data", "posterior_key"]
+__all__ += ["encode_dataset", "input_data", "pixel_data", "posterior_key"]
 
 
 class Autoencoder(NamedTuple):
@@ -56,12 +60,23 @@ def load_autoencoder(config: ml_collections.ConfigDict, mesh=None) -> Autoencode
   )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(autoencoder: Autoencoder, params, images, key):
-  mean, logvar = autoencoder.model.apply(params, images, method="encode_latents")
+def _draw(autoencoder: Autoencoder, mean, logvar, key):
+  """The posterior's mean, or a sample of it (latent.sample_posterior)."""
   if not autoencoder.sample_posterior:
     return mean
   return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(autoencoder: Autoencoder, params, images, key):
+  return _draw(autoencoder, *autoencoder.model.apply(params, images, method="encode_latents"), key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _from_posterior(autoencoder: Autoencoder, params, posterior, key):
+  mean, logvar = posterior[:, 0], posterior[:, 1]  # raw, as `encode` gave them
+  scaled = autoencoder.model.apply(params, mean, logvar, method="scale_posterior")
+  return _draw(autoencoder, *scaled, key)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -82,9 +97,18 @@ def decode(autoencoder: Autoencoder, z: jax.Array) -> jax.Array:
 
 def model_batch(autoencoder: Autoencoder | None, batch: dict, key: jax.Array) -> dict:
   """A batch of images in [-1, 1] as the family sees it: its "image" encoded where the run is
-  latent (`key`: the posterior sample's), unchanged in pixel space."""
+  latent (`key`: the posterior sample's), or drawn from its cached posteriors "latent" [B, 2, h, w,
+  c] (data.dataset="latents"); unchanged in pixel space."""
   if autoencoder is None:
     return batch
+  if "latent" in batch:
+    batch = dict(batch)
+    posterior = batch.pop("latent")
+    params = autoencoder.params
+    return {
+      **batch,
+      "image": _from_posterior(autoencoder._replace(params=None), params, posterior, key),
+    }
   return {**batch, "image": encode(autoencoder, batch["image"], key)}
 
 
@@ -99,3 +123,85 @@ def posterior_key(seed: int, index: int) -> jax.Array:
   """The key of batch `index`'s posterior samples: fixed by (seed, index), so a resumed run draws
   the latents it would have drawn."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x1A7E47), index)
+
+
+def encode_dataset(
+  workdir: str,
+  out: str,
+  *,
+  dataset: str,
+  data_dir: str | None = None,
+  split: str = "train",
+  num_shards: int = 8,
+  batch_size: int = 64,
+  image_size: int | None = None,
+  resize: str = "bilinear",
+  context_key: str = "",
+  embedding_key: str = "",
+  latent_dtype: str = "float32",
+) -> str:
+  """Encodes `dataset`'s `split` once by the autoencoder in `workdir` (its EMA parameters) into
+  out/<split>: per example its raw posterior (mean, logvar) and its mirror image's, [2, 2, h, w,
+  c] (DiT's and fast-DiT's flip augmentation both ways), with the labels and arrays, and in the
+  manifest the latent shape, the scale and shift, the autoencoder and the pixel data it encoded
+  (what evaluation compares decoded samples with). Images are read at `image_size` (None: the
+  size the autoencoder trained on) with its channels; -> the split's directory."""
+  ae_config = autoencoder_config(workdir)
+  mesh = parallel.make_mesh()
+  params, step = restore_ema_params(ae_config, workdir, mesh)
+  params = {"params": params["params"]}
+  model = models.get_model(ae_config.model)
+  image_size = image_size or ae_config.data.image_size
+  num_channels = ae_config.model.out_channels
+  source = sources.get_source(dataset, split, data_dir, context_key, embedding_key)
+  if not source.has_images:
+    raise ValueError(f"data.dataset={dataset!r} holds no images to encode.")
+  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()  # whole rows per device
+  sharding = parallel.data_sharding(mesh)
+
+  @jax.jit
+  def posteriors(params, x):  # -> [B, 2 (x, mirrored x), 2 (mean, logvar), h, w, c]
+    both = [jnp.stack(model.apply(params, x_, method="encode"), 1) for x_ in (x, x[:, :, ::-1])]
+    return jnp.stack(both, 1)
+
+  def examples():
+    for start in range(0, len(source), batch_size):
+      indices = np.arange(start, min(start + batch_size, len(source)))
+      batch = workers.load_examples(source, indices, image_size, num_channels, resize)
+      x = np.zeros((batch_size, image_size, image_size, num_channels), np.float32)
+      x[: len(indices)] = pixels.from_uint8(batch["image"])  # the last batch padded: one compile
+      latents = np.asarray(posteriors(params, jax.device_put(x, sharding)))
+      latents = latents[: len(indices)].astype(latent_dtype)
+      for row in range(len(indices)):
+        arrays = {field: batch[field][row] for field in source.array_keys}
+        yield latents[row].tobytes(), int(batch["label"][row]), arrays
+      logging.log_every_n_seconds(
+        logging.INFO, "Encoded %d / %d images.", 30, start + len(indices), len(source)
+      )
+
+  h, w, c = model.apply(
+    params, np.zeros((1, image_size, image_size, num_channels)), method="encode"
+  )[0].shape[1:]
+  classes = getattr(source, "class_index", None)
+  manifest = {
+    "classes": sorted(classes, key=classes.get)
+    if classes
+    else list(map(str, range(source.num_classes))),
+    "context_key": context_key,
+    "embedding_key": embedding_key,
+    "latent_shape": [2, 2, h, w, c],
+    "latent_dtype": latent_dtype,
+    "scaling_factor": ae_config.model.scaling_factor,
+    "shift_factor": ae_config.model.shift_factor,
+    "autoencoder": {"workdir": workdir, "step": step, "model": ae_config.model.to_dict()},
+    "pixels": {
+      "dataset": dataset,
+      "data_dir": data_dir,
+      "split": split,
+      "image_size": image_size,
+      "num_channels": num_channels,
+      "resize": resize,
+    },
+  }
+  split_dir = os.path.join(out, sources.split_name(split))
+  return dataset_tool.write_split(split_dir, examples(), len(source), num_shards, manifest)

@@ -189,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   batches = loader.prefetch(
     loader.batches(
-      latent.pixel_data(config),
+      latent.input_data(config),
       split=config.data.train_split,
       global_batch_size=training.batch_size,
       seed=config.seed,

@@ -182,7 +182,10 @@ class AutoencoderKL(nn.Module):
 
   def encode_latents(self, x: Array) -> tuple[Array, Array]:
     """The posterior's (mean, logvar) in the diffusion model's units, (raw - shift)·scale."""
-    mean, logvar = self.encode(x)
+    return self.scale_posterior(*self.encode(x))
+
+  def scale_posterior(self, mean: Array, logvar: Array) -> tuple[Array, Array]:
+    """A posterior (mean, logvar) of `encode` in the diffusion model's units (also cached ones)."""
     scale = self.scaling_factor
     return (mean - self.shift_factor) * scale, logvar + 2.0 * jnp.log(scale)
 
