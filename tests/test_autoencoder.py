@@ -106,6 +106,45 @@ def test_the_latent_units_and_unsupported_options(tmp_path):
     convert.from_diffusers(str(tmp_path / "vae"))
 
 
+# the released config.json files (stabilityai/sd-vae-ft-mse, the same for -ema; stabilityai/sdxl-vae)
+SD_VAE_CONFIG = {
+  "_class_name": "AutoencoderKL",
+  "_diffusers_version": "0.4.2",
+  "act_fn": "silu",
+  "block_out_channels": [128, 256, 512, 512],
+  "down_block_types": ["DownEncoderBlock2D"] * 4,
+  "in_channels": 3,
+  "latent_channels": 4,
+  "layers_per_block": 2,
+  "norm_num_groups": 32,
+  "out_channels": 3,
+  "sample_size": 256,
+  "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+SDXL_VAE_CONFIG = dict(
+  SD_VAE_CONFIG, _diffusers_version="0.18.0.dev0", sample_size=1024, scaling_factor=0.13025,
+  force_upcast=True,
+)  # fmt: skip
+
+
+def test_the_released_autoencoders_by_name(tmp_path):
+  """--preset=sd_vae_ft_mse / sdxl_vae: the released config.json files give the presets' models
+  (the SD-VAE's scale is diffusers' default, absent from its file); another model is refused."""
+  from ddpm_jax.convert import autoencoder_kl, presets
+
+  for preset, released in (("sd_vae_ft_mse", SD_VAE_CONFIG), ("sdxl_vae", SDXL_VAE_CONFIG)):
+    model_config = autoencoder_kl.model_config(released)
+    presets.check_autoencoder_preset(preset, model_config)
+    assert model_config.scaling_factor == {"sd_vae_ft_mse": 0.18215, "sdxl_vae": 0.13025}[preset]
+  with pytest.raises(ValueError, match=r"not --preset=sdxl_vae: scaling_factor=0.18215"):
+    presets.check_autoencoder_preset("sdxl_vae", autoencoder_kl.model_config(SD_VAE_CONFIG))
+  small_diffusers_vae().save_pretrained(tmp_path / "vae")
+  with pytest.raises(ValueError, match=r"not --preset=sd_vae_ft_ema: block_out_channels"):
+    presets.diffusers_run(str(tmp_path / "vae"), preset="sd_vae_ft_ema")
+  with pytest.raises(ValueError, match="another kind of model"):
+    presets.diffusers_run(str(tmp_path / "vae"), preset="ddpm_cifar10")
+
+
 def test_the_autoencoder_halves_per_level_and_initialises():
   model = models.get_model(
     dict(name="autoencoder_kl", block_out_channels=(8, 16), num_groups=4, latent_channels=3)
@@ -270,15 +309,16 @@ def run(*args):
 
 @pytest.mark.slow
 def test_latent_families_train_sample_and_evaluate_on_the_offline_autoencoder(tmp_path):
-  """The offline autoencoder trains; a flow and a Gaussian model train in its 4×4×2 latents, sample
-  decoded 8×8 digits and evaluate against the pixel data (feature-FD)."""
+  """The offline autoencoder trains; a flow, a Gaussian and an EDM model train in its 4×4×2
+  latents, sample decoded 8×8 digits and evaluate against the pixel data (feature-FD); the digits
+  encoded once from the command line train and evaluate a flow."""
   from helpers import REPO
 
   autoencoder = tmp_path / "autoencoder"
   steps = ["--config.training.num_train_steps=50", "--config.training.checkpoint_every_steps=50"]
   config = f"--config={REPO}/configs/autoencoder_default.py"
   run("ddpm_jax.main", config, f"--workdir={autoencoder}", *steps)
-  for config_name in ("flow_default.py", "default.py"):
+  for config_name in ("flow_default.py", "default.py", "edm_default.py"):
     workdir = tmp_path / config_name
     common = [
       f"--config={REPO}/configs/{config_name}",

@@ -431,7 +431,30 @@ DIFFUSERS_PRESETS = {
   "ddpm_celebahq256": "celeb_a_hq/256",  # google/ddpm-celebahq-256
   "ddpm_lsun_church256": "lsun/church_outdoor",  # google/ddpm-church-256
   "ddpm_lsun_bedroom256": "lsun/bedroom",  # google/ddpm-bedroom-256
+  "sd_vae_ft_mse": "image_folder",  # stabilityai/sd-vae-ft-mse, the autoencoders below
+  "sd_vae_ft_ema": "image_folder",  # stabilityai/sd-vae-ft-ema
+  "sdxl_vae": "image_folder",  # stabilityai/sdxl-vae (SDXL's base vae/)
 }
+
+# The released KL autoencoders by name: what their config.json must give (f = 8, 4 latent channels)
+# and the scale of their latents (the SD-VAE's config.json predates the field: diffusers' default)
+_SD_VAE = dict(block_out_channels=(128, 256, 512, 512), num_res_blocks=2, latent_channels=4)
+AUTOENCODER_PRESETS = {
+  "sd_vae_ft_mse": dict(_SD_VAE, scaling_factor=0.18215),
+  "sd_vae_ft_ema": dict(_SD_VAE, scaling_factor=0.18215),
+  "sdxl_vae": dict(_SD_VAE, scaling_factor=0.13025),
+}
+
+
+def check_autoencoder_preset(preset: str, model_config: ml_collections.ConfigDict) -> None:
+  """Raises where a converted autoencoder is not the released one `preset` names."""
+  differing = [
+    f"{field}={model_config[field]!r} (the preset's: {wanted!r})"
+    for field, wanted in AUTOENCODER_PRESETS[preset].items()
+    if model_config.get(field) != wanted
+  ]
+  if differing:
+    raise ValueError(f"This autoencoder is not --preset={preset}: {'; '.join(differing)}.")
 
 
 def _model_flags(presets: dict, preset: str | None, model_flags: str | None, pick=lambda p: p):
@@ -528,7 +551,15 @@ def dit_run(checkpoint: str, preset=None, model_flags=None, dataset=None, autoen
 
 
 def diffusers_run(checkpoint: str, preset=None, model_flags=None, dataset=None):
-  """(run config, params) of a diffusers UNet2DModel or DDPMPipeline directory."""
+  """(run config, params) of a diffusers UNet2DModel, DDPMPipeline or AutoencoderKL directory (an
+  autoencoder preset checks that it is the released one it names)."""
   if model_flags:
     raise ValueError("--source=diffusers reads the model from its config.json: no --model_flags.")
-  return diffusers_config(checkpoint, dataset or DIFFUSERS_PRESETS.get(preset, "image_folder"))
+  config, params = diffusers_config(
+    checkpoint, dataset or DIFFUSERS_PRESETS.get(preset, "image_folder")
+  )
+  if preset and (preset in AUTOENCODER_PRESETS) != (config.model.name == "autoencoder_kl"):
+    raise ValueError(f"--preset={preset} names another kind of model than {checkpoint}'s.")
+  if preset in AUTOENCODER_PRESETS:
+    check_autoencoder_preset(preset, config.model)
+  return config, params
