@@ -106,7 +106,7 @@ def test_the_latent_units_and_unsupported_options(tmp_path):
     convert.from_diffusers(str(tmp_path / "vae"))
 
 
-# the released config.json files (stabilityai/sd-vae-ft-mse, the same for -ema; stabilityai/sdxl-vae)
+# the released config.json files (stabilityai/sd-vae-ft-mse, as -ema; stabilityai/sdxl-vae)
 SD_VAE_CONFIG = {
   "_class_name": "AutoencoderKL",
   "_diffusers_version": "0.4.2",
