@@ -365,7 +365,8 @@ def test_latent_families_train_sample_and_evaluate_on_the_offline_autoencoder(tm
 def test_a_converted_dit_and_vae_sample_images(tmp_path):
   """A diffusers AutoencoderKL converts into an autoencoder workdir, and a facebookresearch/DiT
   checkpoint with it (--autoencoder_workdir) into a workdir whose samples are its decoded latents:
-  16×16 RGB images of the DiT's 8×8×4 latents (random weights, small sizes)."""
+  16×16 RGB images of the DiT's 8×8×4 latents (random weights, small sizes); a diffusers DiT
+  pipeline with its vae/ converts in one step into the same kind of workdir."""
   sys_path_tests()
   from test_dit import as_facebook_state_dict, equal_embedder_copies, small_diffusers_dit
 
@@ -390,6 +391,23 @@ def test_a_converted_dit_and_vae_sample_images(tmp_path):
       "--config.sampling.num_steps=3")  # fmt: skip
   samples = np.load(workdir / "samples" / "samples_0.npz")
   assert samples["images"].shape == (2, 16, 16, 3) and set(samples["labels"]) <= set(range(10))
+  # a diffusers latent pipeline (transformer/, vae/, scheduler/) in one conversion
+  from diffusers import DDIMScheduler
+
+  pipeline = tmp_path / "pipeline"
+  equal_embedder_copies(small_diffusers_dit()).save_pretrained(pipeline / "transformer")
+  small_diffusers_vae(**two_levels).save_pretrained(pipeline / "vae")
+  DDIMScheduler(num_train_timesteps=50).save_config(pipeline / "scheduler")
+  (pipeline / "model_index.json").write_text('{"_class_name": "DiTPipeline"}')
+  workdir = tmp_path / "dit_pipeline"
+  run("ddpm_jax.convert", "--source=diffusers", f"--checkpoint={pipeline}", f"--workdir={workdir}")
+  assert (workdir / "autoencoder" / "config.json").exists()
+  import ddpm_jax
+
+  pipe = ddpm_jax.load(str(workdir))
+  assert pipe.config.latent.autoencoder_workdir == str(workdir / "autoencoder")
+  images = pipe.sample(2, num_steps=3, labels=[1, 2])
+  assert images.shape == (2, 16, 16, 3)
 
 
 def sys_path_tests():

@@ -2,6 +2,8 @@
 --model_flags="..."] --workdir=DIR: a released or your own checkpoint -> a workdir that
 --mode=sample / --mode=eval and `ddpm_jax.load` run on."""
 
+import os
+
 from absl import app, flags, logging
 
 from ddpm_jax.convert import presets
@@ -68,6 +70,11 @@ def main(argv) -> None:
     if FLAGS.source != "dit":
       raise app.UsageError("--autoencoder_workdir goes with --source=dit.")
     extra["autoencoder_workdir"] = FLAGS.autoencoder_workdir
+  vae = FLAGS.source == "diffusers" and presets.latent_pipeline_vae(FLAGS.checkpoint)
+  if vae:  # a latent pipeline: its vae/ into WORKDIR/autoencoder, the denoiser in its latents
+    extra["autoencoder_workdir"] = os.path.join(FLAGS.workdir, "autoencoder")
+    vae_config, vae_params = presets.diffusers_config(vae)
+    presets.write_workdir(vae_config, vae_params, extra["autoencoder_workdir"], "diffusers", vae)
   try:
     config, params = convert(
       FLAGS.checkpoint, FLAGS.preset, FLAGS.model_flags, FLAGS.dataset, **extra

@@ -317,21 +317,27 @@ _DIFFUSERS_VARIANCES = {
 }
 
 
-def diffusers_config(model_dir: str, dataset: str = "image_folder"):
+def latent_pipeline_vae(model_dir: str) -> str | None:
+  """The vae/ of a latent-diffusion pipeline directory (DiTPipeline's); None for other models."""
+  vae = os.path.join(model_dir, "vae")
+  return vae if os.path.isdir(vae) else None
+
+
+def diffusers_config(
+  model_dir: str, dataset: str = "image_folder", autoencoder_workdir: str | None = None
+):
   """(run config, params) of a diffusers model directory: a UNet2DModel's or a pixel-space
   DiTTransformer2DModel's (config.json + weights), an AutoencoderKL's (an autoencoder workdir, for
   config.latent.autoencoder_workdir), or a DDPMPipeline's or DiT pipeline's (unet/ or
   transformer/ and scheduler/scheduler_config.json, whose schedule, T, prediction and variance
   type the config takes; a DiT of 2C outputs has ADM's learned range; ancestral sampling as
-  DDPMPipeline's). A latent pipeline (vae/) is refused as one workdir: convert its vae/ (an
-  autoencoder workdir) and its denoiser's weights apart."""
-
-  if os.path.isdir(os.path.join(model_dir, "vae")):
+  DDPMPipeline's). A latent pipeline's (vae/) denoiser runs in the latents of
+  `autoencoder_workdir`, its vae/ converted (the command line writes both)."""
+  if latent_pipeline_vae(model_dir) and not autoencoder_workdir:
     raise ValueError(
-      f"{model_dir} is a latent-diffusion pipeline (vae/): convert its vae/ with "
-      f"--checkpoint={os.path.join(model_dir, 'vae')} into an autoencoder workdir (a run's "
-      "config.latent.autoencoder_workdir); a whole pipeline is not converted in one step, and "
-      "convert.from_diffusers(its transformer/ or unet/) gives the network."
+      f"{model_dir} is a latent-diffusion pipeline (vae/): convert its vae/ into an autoencoder "
+      "workdir first and pass it as autoencoder_workdir (python -m ddpm_jax.convert "
+      "--source=diffusers converts both in one step)."
     )
   unet_dir = fit.diffusers_model_dir(model_dir)
   model_config, params = from_diffusers(unet_dir)
@@ -389,6 +395,10 @@ def diffusers_config(model_dir: str, dataset: str = "image_folder"):
   )
   config.sampling.sampler, config.sampling.num_steps = "ddpm", None
   config.sampling.clip_denoised = bool(scheduler.get("clip_sample", True))
+  if autoencoder_workdir:  # the denoiser's samples are latents, decoded into images
+    config.latent.autoencoder_workdir = autoencoder_workdir
+    config.sampling.clip_denoised = False
+    config.eval.bpd_num_batches = 0  # (a likelihood of latents is not built)
   return config, params
 
 
@@ -550,13 +560,16 @@ def dit_run(checkpoint: str, preset=None, model_flags=None, dataset=None, autoen
   return config, params
 
 
-def diffusers_run(checkpoint: str, preset=None, model_flags=None, dataset=None):
-  """(run config, params) of a diffusers UNet2DModel, DDPMPipeline or AutoencoderKL directory (an
-  autoencoder preset checks that it is the released one it names)."""
+def diffusers_run(
+  checkpoint: str, preset=None, model_flags=None, dataset=None, autoencoder_workdir=None
+):
+  """(run config, params) of a diffusers UNet2DModel, DDPMPipeline, DiT pipeline (a latent one's
+  in the latents of `autoencoder_workdir`) or AutoencoderKL directory (an autoencoder preset
+  checks that it is the released one it names)."""
   if model_flags:
     raise ValueError("--source=diffusers reads the model from its config.json: no --model_flags.")
   config, params = diffusers_config(
-    checkpoint, dataset or DIFFUSERS_PRESETS.get(preset, "image_folder")
+    checkpoint, dataset or DIFFUSERS_PRESETS.get(preset, "image_folder"), autoencoder_workdir
   )
   if preset and (preset in AUTOENCODER_PRESETS) != (config.model.name == "autoencoder_kl"):
     raise ValueError(f"--preset={preset} names another kind of model than {checkpoint}'s.")
