@@ -512,3 +512,93 @@ def sample_timesteps(
   probs = timestep_probs(history)
   t = jax.random.choice(rng, num_timesteps, (batch_size,), p=probs).astype(jnp.int32)
   return t, 1.0 / (num_timesteps * probs[t])
+
+
+# --------------------------------------------------------------------------------------------------
+# Progressive distillation (Salimans & Ho 2022, Algorithm 2) on a discrete schedule. An x0 function
+# `x0_fn(z, k) -> x̂` is a model's x̂0 at original timesteps k [B] ≥ 0 (`predict_x0` of its output).
+X0Fn = Callable[[Array, Array], Array]
+
+
+def distillation_grid(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """Timesteps k_j = ⌊j T / M⌋ - 1 of grid points j = 0 … M (M = num_steps; k_0 = -1: the data
+  itself). The N-step grid for N dividing M is every (M/N)-th point, so that a student of N steps
+  starts and lands where its teacher's 2N steps do."""
+  if not 1 <= num_steps <= num_timesteps:
+    raise ValueError(f"num_steps={num_steps} must be in [1, T = {num_timesteps}].")
+  return np.arange(num_steps + 1) * num_timesteps // num_steps - 1
+
+
+def alpha_sigma(d: GaussianDiffusion, k: Array) -> tuple[Array, Array]:
+  """(α_k, σ_k) = (√ᾱ_k, √(1 - ᾱ_k)) at original timesteps k [B]; k = -1: (1, 0), the data."""
+  alpha_bar = jnp.where(k >= 0, d.alphas_cumprod[jnp.maximum(k, 0)], 1.0)
+  return jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
+
+
+def ddim_step_from_x0(x0_hat, z_t, alpha_t, sigma_t, alpha_s, sigma_s) -> Array:
+  """z_s = α_s x̂ + σ_s (z_t - α_t x̂)/σ_t  (DDIM with η = 0; α, σ [B] broadcast per example)."""
+  per = lambda a: a.reshape(a.shape + (1,) * (z_t.ndim - 1))
+  eps_hat = (z_t - per(alpha_t) * x0_hat) / per(sigma_t)
+  return per(alpha_s) * x0_hat + per(sigma_s) * eps_hat
+
+
+def distillation_target(z_t, z_s, alpha_t, sigma_t, alpha_s, sigma_s) -> Array:
+  """x̃ = (z_s - (σ_s/σ_t) z_t) / (α_s - (σ_s/σ_t) α_t): the x̂ whose one DDIM step from z_t lands
+  on z_s  (Salimans & Ho, Algorithm 2)."""
+  per = lambda a: a.reshape(a.shape + (1,) * (z_t.ndim - 1))
+  ratio = per(sigma_s / sigma_t)
+  return (z_s - ratio * z_t) / (per(alpha_s) - ratio * per(alpha_t))
+
+
+def truncated_snr_weight(alpha: Array, sigma: Array) -> Array:
+  """w = max(α²/σ², 1)  (Salimans & Ho §4, "truncated SNR"): the x-space loss weight. -> [B]."""
+  return jnp.maximum(alpha**2 / sigma**2, 1.0)
+
+
+def two_teacher_steps(
+  d: GaussianDiffusion, teacher_x0_fn: X0Fn, z_t: Array, k_t: Array, k_mid: Array, k_s: Array
+) -> Array:
+  """z_s after the teacher's DDIM steps k_t -> k_mid -> k_s from z_t (k [B])."""
+  (a_t, s_t), (a_mid, s_mid), (a_s, s_s) = (alpha_sigma(d, k) for k in (k_t, k_mid, k_s))
+  z_mid = ddim_step_from_x0(teacher_x0_fn(z_t, k_t), z_t, a_t, s_t, a_mid, s_mid)
+  return ddim_step_from_x0(teacher_x0_fn(z_mid, k_mid), z_mid, a_mid, s_mid, a_s, s_s)
+
+
+def progressive_distillation_loss(
+  d: GaussianDiffusion,
+  student_x0_fn: X0Fn,
+  teacher_x0_fn: X0Fn,
+  x0: Array,
+  noise: Array,
+  k_t: Array,
+  k_mid: Array,
+  k_s: Array,
+) -> Array:
+  """max(SNR_t, 1) ‖x̃ - x̂_η(z_t)‖² per example, the mean over its dimensions, with z_t = α_t x0 +
+  σ_t ε and x̃ the target of two teacher steps k_t -> k_mid -> k_s  (Salimans & Ho,
+  Algorithm 2). -> [B]."""
+  alpha_t, sigma_t = alpha_sigma(d, k_t)
+  per = lambda a: a.reshape(a.shape + (1,) * (x0.ndim - 1))
+  z_t = per(alpha_t) * x0 + per(sigma_t) * noise
+  z_s = two_teacher_steps(d, teacher_x0_fn, z_t, k_t, k_mid, k_s)
+  target = jax.lax.stop_gradient(
+    distillation_target(z_t, z_s, alpha_t, sigma_t, *alpha_sigma(d, k_s))
+  )
+  return truncated_snr_weight(alpha_t, sigma_t) * losses.mean_flat(
+    (target - student_x0_fn(z_t, k_t)) ** 2
+  )
+
+
+def ddim_on_grid(d: GaussianDiffusion, x0_fn: X0Fn, z: Array, timesteps) -> Array:
+  """DDIM (η = 0) from z at timesteps[-1] down the increasing original timesteps `timesteps` (a
+  `distillation_grid`'s points, the first -1: the data) in one `lax.scan`. -> x [B, ...]."""
+  timesteps = jnp.asarray(timesteps, jnp.int32)
+  batch = z.shape[0]
+
+  def step(z, pair):
+    k_t, k_s = (jnp.full((batch,), k, jnp.int32) for k in pair)
+    x0_hat = x0_fn(z, k_t)
+    return ddim_step_from_x0(x0_hat, z, *alpha_sigma(d, k_t), *alpha_sigma(d, k_s)), None
+
+  pairs = jnp.stack([timesteps[1:], timesteps[:-1]], axis=1)[::-1]
+  return jax.lax.scan(step, z, pairs)[0]
