@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from ddpm_jax import diffusion, sampling, schedules
+from ddpm_jax import diffusion, edm, sampling, schedules
 
 T = 1000
 MU = np.array([0.5, -0.3, 0.1], np.float32)  # the data: independent N(μ_i, s_i²)
@@ -124,3 +124,84 @@ def test_a_round_reproduces_two_teacher_steps_and_all_rounds_the_data(d):
   np.testing.assert_allclose(samples.std(0), teacher_samples.std(0), rtol=0.05)
   np.testing.assert_allclose(samples.mean(0), MU, atol=0.02)
   np.testing.assert_allclose(samples.std(0), STD, rtol=0.1)
+
+
+# Consistency models: the data N(μ, s²) per dimension in EDM's x_σ = x + σ n, whose probability-flow
+# ODE keeps (x_σ - μ)/√(s² + σ²) constant: the exact consistency function is that flow to σ_min.
+SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 0.5
+
+
+def exact_denoiser(x, sigma):
+  return MU + STD**2 / (STD**2 + sigma[:, None] ** 2) * (x - MU)
+
+
+def exact_consistency(std=STD):
+  def f(x, sigma):
+    return MU + (x - MU) * jnp.sqrt(std**2 + SIGMA_MIN**2) / jnp.sqrt(std**2 + sigma[:, None] ** 2)
+
+  return f
+
+
+def test_the_boundary_condition_holds_for_any_network():
+  network = lambda x, c_noise: jnp.sin(3 * x) + c_noise[:, None]
+  x = jax.random.normal(jax.random.key(0), (4, 3))
+  sigma = jnp.full((4,), SIGMA_MIN)
+  np.testing.assert_allclose(
+    edm.consistency_function(network, x, sigma, SIGMA_DATA, SIGMA_MIN), x, atol=1e-7
+  )
+  c_skip, c_out = edm.consistency_scalings(jnp.array(1e3), SIGMA_DATA, SIGMA_MIN)
+  assert float(c_skip) < 1e-6 and abs(float(c_out) - SIGMA_DATA) < 1e-3  # at large σ: the network
+
+
+def test_the_consistency_loss_is_zero_for_the_exact_function_and_positive_otherwise():
+  """Consistency distillation's loss with the exact teacher and one Heun step on iCT's final
+  1281-point grid: 0 to float precision for the exact consistency function (as with the exact ODE
+  step), far larger for the consistency function of a wrong data std."""
+  n = 1281
+  index = jax.random.randint(jax.random.key(1), (4096,), 0, n - 1)
+  sigma = edm.consistency_sigmas(index, n, SIGMA_MIN, SIGMA_MAX)
+  sigma_next = edm.consistency_sigmas(index + 1, n, SIGMA_MIN, SIGMA_MAX)
+  x0 = MU + STD * jax.random.normal(jax.random.key(2), (4096, 3))
+  x_next = x0 + sigma_next[:, None] * jax.random.normal(jax.random.key(3), (4096, 3))
+  x_hat = edm.heun_ode_step(exact_denoiser, x_next, sigma_next, sigma)
+  distance = lambda a, b: edm.pseudo_huber(a, b, 0.00054 * np.sqrt(3))
+
+  def loss(f, x):
+    return float(jnp.mean(edm.consistency_loss(f, f, x_next, sigma_next, x, sigma, distance)))
+
+  exact_step = exact_consistency()(x_next, sigma_next)  # the flow to σ_min
+  flow_back = MU + (exact_step - MU) * jnp.sqrt(STD**2 + sigma[:, None] ** 2) / jnp.sqrt(
+    STD**2 + SIGMA_MIN**2
+  )  # the exact ODE step σ_{i+1} -> σ_i
+  assert loss(exact_consistency(), flow_back) < 1e-7  # (measured 2e-9: float32 rounding)
+  wrong = loss(exact_consistency(1.2 * STD), x_hat)  # measured 4.4e-3
+  assert loss(exact_consistency(), x_hat) < 1e-7 and wrong > 1e-3
+
+
+def test_icts_curriculum_and_noise_levels():
+  steps = jnp.array([0, 49_999, 50_000, 100_000, 350_000, 399_999])
+  np.testing.assert_array_equal(
+    edm.ict_num_scales(steps, 400_000), [11, 11, 21, 41, 1281, 1281]
+  )  # iCT: K' = 400k / 8
+  sigmas = edm.consistency_sigmas(jnp.arange(41), 41, SIGMA_MIN, SIGMA_MAX)
+  assert float(sigmas[0]) == pytest.approx(SIGMA_MIN) and float(sigmas[-1]) == pytest.approx(80.0)
+  probs = edm.ict_index_probabilities(sigmas)
+  # Monte Carlo: ln σ ~ N(-1.1, 2²) falling in each interval [σ_i, σ_{i+1}), among those in range
+  log_sigma = -1.1 + 2.0 * np.random.default_rng(0).normal(size=1_000_000)
+  inside = log_sigma[(log_sigma >= np.log(sigmas[0])) & (log_sigma < np.log(sigmas[-1]))]
+  counts = np.histogram(inside, bins=np.log(np.asarray(sigmas)))[0]
+  np.testing.assert_allclose(probs, counts / counts.sum(), atol=2e-3)
+
+
+def test_pseudo_huber_is_l2_far_and_quadratic_near():
+  x, y = jnp.array([[3.0, 4.0]]), jnp.zeros((1, 2))
+  assert float(edm.pseudo_huber(x, y, 1e-6)[0]) == pytest.approx(5.0, abs=1e-5)
+  assert float(edm.pseudo_huber(1e-3 * x, y, 1.0)[0]) == pytest.approx(25e-6 / 2, rel=1e-3)
+
+
+def test_multistep_consistency_sampling_with_the_exact_function_gives_the_data():
+  noise = jax.random.normal(jax.random.key(4), (3, 20000, 3))
+  for sigmas in ([SIGMA_MAX], [SIGMA_MAX, 0.8, 0.1]):
+    x = edm.consistency_sample(exact_consistency(), noise, sigmas, SIGMA_MIN)
+    np.testing.assert_allclose(x.mean(0), MU, atol=0.01)
+    np.testing.assert_allclose(x.std(0), STD, rtol=0.03)
