@@ -46,6 +46,7 @@ def latent_config(autoencoder_workdir, data_dir, dataset="latents"):
   return config
 
 
+@pytest.mark.slow  # (10 s: encodes the digits twice)
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 2e-2)])
 def test_cached_latents_are_the_encoded_images_in_the_same_order(
   autoencoder_workdir, tmp_path, dtype, tolerance
