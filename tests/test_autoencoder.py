@@ -201,6 +201,7 @@ def test_the_family_loss_is_reconstruction_plus_kl():
   np.testing.assert_allclose(family.loss(params, {"image": x}, draws, None), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_each_player_of_the_adversarial_loss_gets_its_own_gradient():
   """One loss, one optimiser: the discriminator's gradient is that of LDM's hinge loss alone, the
   autoencoder's that of reconstruction + λ·L_G with the discriminator held fixed."""

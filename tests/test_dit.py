@@ -225,6 +225,7 @@ def test_a_pixel_space_dit_pipeline_becomes_a_workdir_and_a_latent_one_is_refuse
     convert.diffusers_config(str(tmp_path / "pipeline"))
 
 
+@pytest.mark.slow
 def test_a_dit_checkpoint_from_the_command_line_is_read_then_refused_for_its_vae(tmp_path):
   import subprocess
   import sys
