@@ -520,13 +520,21 @@ def sample_timesteps(
 X0Fn = Callable[[Array, Array], Array]
 
 
+def trailing_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
+  """round(T - iT/N) - 1, i < N, sorted: N steps ending at T - 1 (Lin et al. 2024, Table 2)."""
+  if not 0 < num_steps <= num_timesteps:
+    raise ValueError(f"Cannot take {num_steps} trailing steps out of {num_timesteps}.")
+  return sorted(
+    {round(num_timesteps - i * num_timesteps / num_steps) - 1 for i in range(num_steps)}
+  )
+
+
 def distillation_grid(num_timesteps: int, num_steps: int) -> np.ndarray:
-  """Timesteps k_j = ⌊j T / M⌋ - 1 of grid points j = 0 … M (M = num_steps; k_0 = -1: the data
-  itself). The N-step grid for N dividing M is every (M/N)-th point, so that a student of N steps
-  starts and lands where its teacher's 2N steps do."""
-  if not 1 <= num_steps <= num_timesteps:
-    raise ValueError(f"num_steps={num_steps} must be in [1, T = {num_timesteps}].")
-  return np.arange(num_steps + 1) * num_timesteps // num_steps - 1
+  """The timesteps of grid points j = 0 … M (M = num_steps): -1 (the data itself), then the
+  trailing spacing's M steps (`trailing_timesteps`, the grid of DDIM with
+  sampling.timestep_spacing="trailing"). For N dividing M the N-step grid is every (M/N)-th point,
+  so that a student of N steps starts and lands where its teacher's 2N steps do."""
+  return np.asarray([-1, *trailing_timesteps(num_timesteps, num_steps)])
 
 
 def alpha_sigma(d: GaussianDiffusion, k: Array) -> tuple[Array, Array]:

@@ -47,12 +47,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
     raise ValueError(f"num_timesteps must be positive, got {num_timesteps}.")
   if isinstance(section_counts, str):
     if section_counts.startswith("trailing"):
-      desired = int(section_counts[len("trailing") :])
-      if not 0 < desired <= num_timesteps:
-        raise ValueError(f"Cannot take {desired} trailing steps out of {num_timesteps}.")
-      return sorted(
-        {round(num_timesteps - i * num_timesteps / desired) - 1 for i in range(desired)}
-      )
+      return diffusion.trailing_timesteps(num_timesteps, int(section_counts[len("trailing") :]))
     if section_counts.startswith("ddim"):
       desired = int(section_counts[len("ddim") :])
       for stride in range(1, num_timesteps + 1):

@@ -38,6 +38,7 @@ def test_the_grids_nest_and_their_ddim_is_the_ddim_sampler(d):
   fine, coarse = diffusion.distillation_grid(T, 16), diffusion.distillation_grid(T, 4)
   assert fine[0] == coarse[0] == -1 and fine[-1] == coarse[-1] == T - 1
   np.testing.assert_array_equal(fine[::4], coarse)
+  assert list(coarse[1:]) == sampling.space_timesteps(T, "trailing4")  # DDIM's trailing grid
   z = jax.random.normal(jax.random.key(0), (5, 3))
   got = diffusion.ddim_on_grid(d, exact_x0(d), z, coarse)
   model = lambda x, t: exact_x0(d)(x, t)  # mean_type "x0": the model's output is x̂0
