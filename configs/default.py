@@ -126,6 +126,9 @@ def _shared_config() -> ml_collections.ConfigDict:
   # class- and context-conditional models: rate of the null label / zero context (classifier-free
   # guidance)
   training.label_dropout = 0.1
+  # start a fresh run from another run's EMA parameters (fine-tuning; a distillation's teacher):
+  # its workdir, whose model must be this config's
+  training.init_from_workdir = config_dict.placeholder(str)
 
   # sample grids in training and --mode=sample
   config.sampling = sampling = ml_collections.ConfigDict()

@@ -572,29 +572,31 @@ def two_teacher_steps(
   return ddim_step_from_x0(teacher_x0_fn(z_mid, k_mid), z_mid, a_mid, s_mid, a_s, s_s)
 
 
-def progressive_distillation_loss(
+def distillation_pair(
   d: GaussianDiffusion,
-  student_x0_fn: X0Fn,
   teacher_x0_fn: X0Fn,
   x0: Array,
   noise: Array,
   k_t: Array,
   k_mid: Array,
   k_s: Array,
-) -> Array:
-  """max(SNR_t, 1) ‖x̃ - x̂_η(z_t)‖² per example, the mean over its dimensions, with z_t = α_t x0 +
-  σ_t ε and x̃ the target of two teacher steps k_t -> k_mid -> k_s  (Salimans & Ho,
-  Algorithm 2). -> [B]."""
+) -> tuple[Array, Array]:
+  """(z_t, x̃): z_t = α_t x0 + σ_t ε and the target x̃ of two teacher steps k_t -> k_mid -> k_s
+  from it  (Salimans & Ho, Algorithm 2)."""
   alpha_t, sigma_t = alpha_sigma(d, k_t)
   per = lambda a: a.reshape(a.shape + (1,) * (x0.ndim - 1))
   z_t = per(alpha_t) * x0 + per(sigma_t) * noise
   z_s = two_teacher_steps(d, teacher_x0_fn, z_t, k_t, k_mid, k_s)
-  target = jax.lax.stop_gradient(
-    distillation_target(z_t, z_s, alpha_t, sigma_t, *alpha_sigma(d, k_s))
-  )
-  return truncated_snr_weight(alpha_t, sigma_t) * losses.mean_flat(
-    (target - student_x0_fn(z_t, k_t)) ** 2
-  )
+  return z_t, distillation_target(z_t, z_s, alpha_t, sigma_t, *alpha_sigma(d, k_s))
+
+
+def progressive_distillation_loss(
+  d: GaussianDiffusion, student_x0_fn: X0Fn, z_t: Array, target: Array, k_t: Array
+) -> Array:
+  """max(SNR_t, 1) ‖x̃ - x̂_η(z_t)‖² per example, the mean over its dimensions (Salimans & Ho,
+  Algorithm 2; x̃ a `distillation_pair`'s target, held fixed). -> [B]."""
+  error = jax.lax.stop_gradient(target) - student_x0_fn(z_t, k_t)
+  return truncated_snr_weight(*alpha_sigma(d, k_t)) * losses.mean_flat(error**2)
 
 
 def ddim_on_grid(d: GaussianDiffusion, x0_fn: X0Fn, z: Array, timesteps) -> Array:

@@ -85,11 +85,11 @@ def update(d, student, teacher, opt_state, grid, student_steps, key):
     j = 2 * stride * jax.random.randint(keys[0], (512,), 1, student_steps + 1)
     x0 = MU + STD * jax.random.normal(keys[1], (512, 3))
     noise = jax.random.normal(keys[2], (512, 3))
-    per_example = diffusion.progressive_distillation_loss(
-      d, affine(student), affine(teacher), x0, noise, grid[j], grid[j - stride],
-      grid[j - 2 * stride],
-    )  # fmt: skip
-    return jnp.mean(per_example)
+    k_t = grid[j]
+    z_t, target = diffusion.distillation_pair(
+      d, affine(teacher), x0, noise, k_t, grid[j - stride], grid[j - 2 * stride]
+    )
+    return jnp.mean(diffusion.progressive_distillation_loss(d, affine(student), z_t, target, k_t))
 
   updates, opt_state = OPTIMIZER.update(jax.grad(loss)(student), opt_state)
   return optax.apply_updates(student, updates), opt_state
@@ -218,3 +218,74 @@ def test_multistep_consistency_sampling_with_the_exact_function_gives_the_data()
     x = edm.consistency_sample(exact_consistency(), noise, sigmas, SIGMA_MIN)
     np.testing.assert_allclose(x.mean(0), MU, atol=0.01)
     np.testing.assert_allclose(x.std(0), STD, rtol=0.03)
+
+
+# The family: a student of the teacher's workdir, its rounds as stages of one run.
+
+
+@pytest.fixture(scope="module")
+def teacher_workdir(tmp_path_factory):
+  """A 'gaussian' run of the digits default at its (random) initial weights."""
+  from configs import default as default_config
+  from ddpm_jax.convert import presets
+  from ddpm_jax.jobs.train_state import create_train_state
+
+  workdir = str(tmp_path_factory.mktemp("teacher"))
+  config = default_config.get_config()
+  state = create_train_state(config, jax.random.key(5))
+  presets.write_workdir(config, state.params, workdir, "test", "random initial weights")
+  return workdir
+
+
+def distill_config(teacher_workdir):
+  from configs import distill_progressive_default
+
+  config = distill_progressive_default.get_config()
+  config.distill.update(teacher_workdir=teacher_workdir, rounds=2, steps_per_round=2)
+  config.distill.teacher_steps = 8
+  config.training.update(num_train_steps=4, batch_size=8)
+  config.sampling.num_steps = 2
+  config.optim.update(lr=1e-3, warmup_steps=0)
+  return config
+
+
+@pytest.mark.slow  # (12 s: two models compiled)
+def test_a_student_starts_as_its_teacher_and_becomes_the_next_teacher(teacher_workdir):
+  from configs import workdir as workdir_configs
+  from ddpm_jax import families
+  from ddpm_jax.families.config_validation import validate_config
+  from ddpm_jax.jobs import train
+  from ddpm_jax.jobs.train_state import create_train_state, restore_ema_params, warm_started
+  from ddpm_jax.runtime import parallel
+
+  config = families.completed(distill_config(teacher_workdir))
+  validate_config(config)
+  assert config.training.init_from_workdir == teacher_workdir
+  assert config.diffusion.mean_type == "eps" and config.model.name == "unet"  # the teacher's
+  mesh = parallel.make_mesh()
+  state = warm_started(config, create_train_state(config, jax.random.key(0), mesh), mesh)
+  teacher, _ = restore_ema_params(workdir_configs.load(teacher_workdir), teacher_workdir, mesh)
+  same = lambda a, b: jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
+  assert same(state.params, teacher) and same(state.family_state["teacher"], teacher)
+  # round 0: student steps from grid points 2, 4, 6, 8 of the 8-step grid, the teacher's halves
+  family = families.get_family(config)
+  grid = diffusion.distillation_grid(1000, 8)
+  batch = {
+    "image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1),
+    "label": jnp.zeros(8, jnp.int32),
+  }
+  draws = family.draw(families.step_keys(jax.random.key(2)), batch, state.family_state)
+  assert set(np.asarray(draws["k_t"])) <= set(grid[2::2])
+  step = train.make_train_step(config, mesh)
+  params_after = []
+  for i in range(4):
+    previous = jax.device_get(state.params)  # (the step donates the state)
+    state, _ = step(state, batch, jax.random.key(3))
+    params_after.append(jax.device_get(state.params))
+    if i == 0:  # inside round 0: the teacher stays
+      assert same(state.family_state["teacher"], teacher) and not same(state.params, previous)
+      assert int(state.family_state["round"]) == 0
+  # the end of round 0 (step 2): the student became the teacher, its EMA restarted there
+  assert int(state.family_state["round"]) == 1
+  assert same(state.family_state["teacher"], params_after[1])
+  assert not same(state.ema_params, state.params)  # (EMA since step 2, two steps behind)

@@ -26,6 +26,7 @@ FAMILIES = {
   "prior": "prior",  # unCLIP's diffusion prior over embeddings
   "flow": "flow",  # flow matching / rectified flow: the velocity of x_t = α_t x0 + σ_t ε
   "autoencoder": "autoencoder",  # latent diffusion's KL autoencoder
+  "distill": "distill",  # few-step students of a trained model (progressive distillation)
 }
 
 

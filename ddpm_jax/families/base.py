@@ -122,8 +122,11 @@ class Family:
   bits_per_dim: a `BitsPerDimFn`; None: the family has no likelihood.
   save_likelihood_terms(workdir, terms): stores what bits_per_dim returned besides "bpd"
       (concatenated over the batches), for the family's sampler.
-  init_state() / update_state(family_state, draws, per_example_loss): what the family carries
-      across steps besides the parameters (the loss history of importance-sampled t), None where
+  init_state(params) / update_state(family_state, draws, per_example_loss): what the family
+      carries across steps besides the parameters (the loss history of importance-sampled t; a
+      distillation's teacher), given the initial parameters; None where nothing.
+  advance(state) -> state: what the family changes in the train state after each update besides
+      the EMA (progressive distillation: at a round's end the student becomes the teacher); None:
       nothing.
   clip_mask(params) -> bools: which gradients the clipping norm sees; None: all.
   represent(params, x0) -> z [B, D]: the family's learned representation of images x0 [B, H, W, C]
@@ -146,7 +149,7 @@ class Family:
   conditions: tuple[str, ...] = ()
   bits_per_dim: BitsPerDimFn | None = None
   save_likelihood_terms: Callable[[str, dict[str, Any]], None] | None = None
-  init_state: Callable[[], Any] = lambda: None
+  init_state: Callable[[Params], Any] = lambda params: None
   update_state: Callable[[Any, Draws, Array], Any] = lambda family_state, draws, per_example: (
     family_state
   )
@@ -154,6 +157,7 @@ class Family:
   represent: Callable[[Params, Array], Array] | None = None
   samples: str = "images"
   reconstruct: Callable[[Params, Array], tuple[Array, Array]] | None = None
+  advance: Callable[[Any], Any] | None = None
 
 
 def sample_shape(batch_size: int, data_config: ml_collections.ConfigDict) -> tuple[int, ...]:

@@ -270,9 +270,29 @@ def _data_problems(data: ml_collections.ConfigDict, num_classes: int) -> list[st
   return problems
 
 
+def init_from_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """training.init_from_workdir names a run of this config's model."""
+  source = config.training.get("init_from_workdir")
+  if not source:
+    return []
+  from configs import workdir as workdir_configs  # (configs imports the families)
+
+  try:
+    source_model = workdir_configs.load(source).model
+  except FileNotFoundError as error:
+    return [f"training.init_from_workdir: {error}"]
+  if source_model.to_dict() != config.model.to_dict():
+    return [
+      f"training.init_from_workdir={source!r} trained another model.* than this config's: "
+      "its parameters cannot start this run."
+    ]
+  return []
+
+
 def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
   data, model, optim, training = config.data, config.model, config.optim, config.training
   problems = latent.latent_problems(config)  # a broken autoencoder workdir: that alone
+  problems += init_from_problems(config)
   if latent.latent_workdir(config) and not problems:
     if config.family in ("autoencoder", "prior", "classifier", "super_res"):
       problems.append(

@@ -487,6 +487,6 @@ def build(
     conditions=("label",) * bool(model.num_classes)
     + tuple(c.field for c in conditionings if c.active),
     bits_per_dim=bits_per_dim,
-    init_state=lambda: diffusion.init_loss_history(num_timesteps) if loss_aware else None,
+    init_state=lambda params: diffusion.init_loss_history(num_timesteps) if loss_aware else None,
     update_state=update_state,
   )

@@ -30,6 +30,7 @@ from ddpm_jax.jobs.train_state import (
   create_train_state,
   run_rngs,
   state_sharding,
+  warm_started,
 )
 from ddpm_jax.runtime import checkpoint, optim, parallel
 from ddpm_jax.runtime.metric_writer import NUM_LOSS_QUARTILES, MetricWriter
@@ -106,6 +107,8 @@ def train_step(
     opt_state=opt_state,
     family_state=family.update_state(state.family_state, draws, per_example),
   )
+  if family.advance is not None:
+    new_state = family.advance(new_state)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   if skip_nonfinite:
     kept = state.replace(step=new_state.step)
@@ -203,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     lambda b: to_model(parallel.global_batch(b, batch_sharding)),
   )
   if state is None:
-    state = create_train_state(config, rngs["init"], mesh)
+    state = warm_started(config, create_train_state(config, rngs["init"], mesh), mesh)
     if is_writer:
       (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
   num_params = sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from absl import logging
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ def init_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Train
     params=params,
     ema_params=params,
     opt_state=optim.make_optimizer(config.optim, family.clip_mask).init(params),
-    family_state=family.init_state(),
+    family_state=family.init_state(params),
   )
 
 
@@ -85,6 +86,26 @@ def run_rngs(seed: int) -> dict[str, jax.Array]:
   return dict(
     zip(("init", "train", "sample"), jax.random.split(root, 3)), eval=jax.random.fold_in(root, 1)
   )
+
+
+def warm_started(config: ml_collections.ConfigDict, state: TrainState, mesh) -> TrainState:
+  """A fresh `state` whose params, EMA and family state start from the EMA parameters of the run
+  in training.init_from_workdir (as they are where that is unset)."""
+  source = config.training.get("init_from_workdir")
+  if not source:
+    return state
+  from configs import workdir as workdir_configs
+
+  params, step = restore_ema_params(workdir_configs.load(source), source, mesh)
+  logging.info("Starting from the EMA parameters of %s at step %d.", source, step)
+  family = families.get_family(config)
+
+  def start(params):  # traced: each leaf its own buffer
+    copy = lambda: jax.tree_util.tree_map(jnp.copy, params)
+    return state.replace(params=copy(), ema_params=copy(), family_state=family.init_state(copy()))
+
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
+  return jax.jit(start, out_shardings=shardings)(params)
 
 
 def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
