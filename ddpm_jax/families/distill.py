@@ -1,6 +1,6 @@
 """Few-step students of a trained model. distill.method="progressive" (Salimans & Ho 2022): a
 student of its teacher's architecture and diffusion, started from the teacher run's EMA parameters
-(distill.teacher_workdir, a 'gaussian' run of an ε-, x0- or v-model, converted ones included), learns
+(distill.teacher_workdir: a 'gaussian' run of an ε-, x0- or v-model, converted ones too), learns
 to take in one DDIM step what its teacher takes in two; every distill.steps_per_round steps the
 student becomes the teacher and the steps halve, distill.rounds times, from distill.teacher_steps
 to teacher_steps / 2^rounds. Each round is a stage of one run: the teacher and the round are in the
