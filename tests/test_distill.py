@@ -289,3 +289,73 @@ def test_a_student_starts_as_its_teacher_and_becomes_the_next_teacher(teacher_wo
   assert int(state.family_state["round"]) == 1
   assert same(state.family_state["teacher"], params_after[1])
   assert not same(state.ema_params, state.params)  # (EMA since step 2, two steps behind)
+
+
+def run(*args):
+  import os
+  import subprocess
+  import sys
+
+  from helpers import REPO
+
+  result = subprocess.run(
+    [sys.executable, "-m", "ddpm_jax.main", *args],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_progressive_distillation_from_the_command_line_resumes_inside_its_rounds(tmp_path):
+  """A teacher trains; 2 rounds distil its 8 steps into 2; the run preempted after step 3 (its
+  newer checkpoints gone) resumes across the round boundary into the same state, bit for bit; the
+  student samples with 1 and 2 steps and evaluates."""
+  import shutil
+
+  from configs import workdir as workdir_configs
+  from ddpm_jax.jobs.train_state import abstract_train_state
+  from ddpm_jax.runtime import checkpoint, parallel
+  from helpers import REPO
+
+  teacher = tmp_path / "teacher"
+  run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}",
+      "--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30")  # fmt: skip
+  straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+  common = [
+    f"--config={REPO}/configs/distill_progressive_default.py",
+    f"--config.distill.teacher_workdir={teacher}",
+    "--config.distill.rounds=2",
+    "--config.distill.steps_per_round=6",
+    "--config.distill.teacher_steps=8",
+    "--config.training.num_train_steps=12",
+    "--config.training.checkpoint_every_steps=3",
+    "--config.training.keep_checkpoints=10",
+    "--config.sampling.num_steps=2",
+  ]
+  run(*common, f"--workdir={straight}")
+  shutil.copytree(straight, preempted)
+  for step in (6, 9, 12):  # as if killed after step 3's checkpoint, inside round 0
+    shutil.rmtree(preempted / "checkpoints" / str(step))
+  run(*common, f"--workdir={preempted}")
+  config, mesh = workdir_configs.load(str(straight)), parallel.make_mesh()
+  states = []
+  for workdir in (straight, preempted):
+    ckpt = checkpoint.Checkpointer(str(workdir))
+    state, step = ckpt.restore_latest(abstract_train_state(config, mesh), config)
+    ckpt.close()
+    assert step == 12 and int(state.family_state["round"]) == 1
+    states.append(jax.device_get(state))
+  for a, b in zip(*(jax.tree_util.tree_leaves(s) for s in states), strict=True):
+    np.testing.assert_array_equal(a, b)
+  for num_steps in (1, 2):
+    run("--mode=sample", f"--config=workdir:{straight}", f"--workdir={straight}",
+        f"--config.sampling.num_steps={num_steps}", "--config.sampling.num_samples=16")  # fmt: skip
+  run("--mode=eval", f"--config=workdir:{straight}", f"--workdir={straight}",
+      "--config.eval.num_fid_samples=64", "--config.eval.allow_fewer_fid_samples=True")  # fmt: skip
+  import json
+
+  results = json.loads((straight / "eval_12.json").read_text())
+  assert np.isfinite(results["feature_fd"]), results

@@ -71,6 +71,7 @@ def assert_golden(name, key, value):
 # Families added after the refactor (no golden values from before it; their own tests have oracles)
 NEW_FAMILY_CONFIGS = ["super_res_default", "edm_default", "representation_default", "prior_default"]
 NEW_FAMILY_CONFIGS += ["flow_default", "dit_default", "autoencoder_default"]
+NEW_FAMILY_CONFIGS += ["distill_progressive_default"]
 
 
 def test_every_family_has_a_shipped_offline_config():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 
 import jax
@@ -83,47 +84,35 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` (in place) with its teacher's model, diffusion and latent blocks where it has the
   family's defaults, and training.init_from_workdir the teacher's workdir."""
   teacher = teacher_config(config)
+  if config.distill.teacher_workdir:  # (a missing one: training.init_from_workdir refuses it)
+    config.training.init_from_workdir = config.distill.teacher_workdir
   if teacher is None or teacher.family != "gaussian":
-    return config  # validate says what is missing
+    return config  # validate says what is wrong
   from configs import default  # (configs imports the families)
 
   defaults = default.get_config("distill")
   for block in TEACHER_BLOCKS:
     if _as_json(config[block]) == _as_json(defaults[block]):
       config[block] = copy.deepcopy(teacher[block])
-  config.training.init_from_workdir = config.distill.teacher_workdir
   return config
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
-  distill, problems = config.distill, []
+  """The teacher's own checks where its workdir exists (the jobs complete the config from it
+  first; training.init_from_workdir, which `complete` sets, refuses one that does not)."""
+  distill = config.distill
   if distill.method not in METHODS:
     return [
       f"distill.method={distill.method!r} is not built; built: {', '.join(METHODS)} (consistency "
       "models: their math is in ddpm_jax/edm.py, the method is not yet)."
     ]
-  teacher = teacher_config(config)
-  if teacher is None:
-    return [
-      f"distill.teacher_workdir={distill.teacher_workdir!r} has no config.json: train the teacher "
-      "there first (a 'gaussian' run), or convert a checkpoint into it."
-    ]
-  if teacher.family != "gaussian":
-    return [
-      f"distill.teacher_workdir: its config.family={teacher.family!r}; progressive distillation "
-      "takes a 'gaussian' teacher (flow and EDM teachers are not built)."
-    ]
-  for block in TEACHER_BLOCKS:
-    if _as_json(config[block]) != _as_json(teacher[block]):
-      problems.append(f"{block}.* must be the teacher's (leave them unset: they are copied).")
-  if config.training.init_from_workdir != distill.teacher_workdir:
+  if not distill.teacher_workdir:
+    return ["distill.teacher_workdir: set it to the teacher's workdir (a 'gaussian' run)."]
+  problems = gaussian.validate(config) + teacher_problems(config)
+  init_from = config.training.init_from_workdir
+  # (a workdir without a config: training.init_from_workdir's own problem)
+  if init_from and init_from != distill.teacher_workdir and os.path.isdir(init_from):
     problems.append("training.init_from_workdir must be distill.teacher_workdir (or unset).")
-  size = (config.data.image_size, config.data.num_channels)
-  if size != (teacher.data.image_size, teacher.data.num_channels):
-    problems.append(
-      f"data.image_size, data.num_channels = {size}, but the teacher's are "
-      f"{(teacher.data.image_size, teacher.data.num_channels)}."
-    )
   if distill.teacher_steps % 2**distill.rounds:
     problems.append(
       f"distill.teacher_steps={distill.teacher_steps} must halve distill.rounds={distill.rounds} "
@@ -139,8 +128,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"training.num_train_steps={config.training.num_train_steps} must be distill.rounds × "
       f"distill.steps_per_round = {distill.rounds * distill.steps_per_round}."
     )
-  problems += sampling_problems(config)
-  problems += base.no_likelihood_problems(config)
+  problems += sampling_problems(config) + base.no_likelihood_problems(config)
   if config.eval.num_loss_batches:
     problems.append(
       "eval.num_loss_batches: a student's loss is against its round's teacher, which the held-out "
@@ -148,26 +136,54 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     )
   if config.model.get("context_dim") or config.model.get("embedding_dim"):
     problems.append("model.context_dim / embedding_dim: distilling such teachers is not built.")
-  return problems + base.no_guidance_problems(config)
+  return problems
+
+
+def teacher_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """A 'gaussian' teacher whose model, diffusion, latent space and image size the student has."""
+  teacher = teacher_config(config)
+  if teacher is None:
+    return []
+  if teacher.family != "gaussian":
+    return [
+      f"distill.teacher_workdir: its config.family={teacher.family!r}; progressive distillation "
+      "takes a 'gaussian' teacher (flow and EDM teachers are not built)."
+    ]
+  problems = [
+    f"{block}.* must be the teacher's (leave them unset: they are copied)."
+    for block in TEACHER_BLOCKS
+    if _as_json(config[block]) != _as_json(teacher[block])
+  ]
+  size = (config.data.image_size, config.data.num_channels)
+  if size != (teacher.data.image_size, teacher.data.num_channels):
+    problems.append(
+      f"data.image_size, data.num_channels = {size}, but the teacher's are "
+      f"{(teacher.data.image_size, teacher.data.num_channels)}."
+    )
+  return problems
 
 
 def sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
   """The student samples by DDIM (η = 0) on the distillation grid: trailing spacing, a number of
-  steps that divides distill.teacher_steps, no guidance (guided distillation is not built)."""
+  steps that divides distill.teacher_steps, no guidance (guided distillation is not built); the
+  values the Gaussian family refuses anyway are left to it."""
   sampling_config, problems = config.sampling, []
-  if sampling_config.sampler != "ddim" or sampling_config.timestep_spacing != "trailing":
+  sampler, spacing = sampling_config.sampler, sampling_config.timestep_spacing
+  if sampler in gaussian.SAMPLERS and sampler != "ddim":
+    problems.append(f"sampling.sampler={sampler!r}: a distilled student samples with 'ddim'.")
+  if spacing in gaussian.TIMESTEP_SPACINGS and spacing != "trailing":
     problems.append(
-      "sampling.sampler / timestep_spacing: a distilled student samples with 'ddim' on the "
-      "'trailing' spacing (its distillation grid)."
+      f"sampling.timestep_spacing={spacing!r}: a distilled student's grid is 'trailing'."
     )
   steps = sampling_config.num_steps
-  if steps is None or config.distill.teacher_steps % steps:
+  if steps is None or (steps > 0 and config.distill.teacher_steps % steps):
     problems.append(
       f"sampling.num_steps={steps} must divide distill.teacher_steps="
       f"{config.distill.teacher_steps} (the student's grid is part of its teacher's)."
     )
-  if sampling_config.eta or sampling_config.guidance_scale:
-    problems.append("sampling.eta / guidance_scale: a distilled student samples with neither (0).")
+  for field in ("eta", "guidance_scale"):
+    if 0 < sampling_config[field] < math.inf:
+      problems.append(f"sampling.{field}: a distilled student samples without it (0).")
   return problems
 
 
