@@ -321,8 +321,8 @@ def test_progressive_distillation_from_the_command_line_resumes_inside_its_round
   from helpers import REPO
 
   teacher = tmp_path / "teacher"
-  run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}",
-      "--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30")  # fmt: skip
+  steps = ["--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30"]
+  run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}", *steps)
   straight, preempted = tmp_path / "straight", tmp_path / "preempted"
   common = [
     f"--config={REPO}/configs/distill_progressive_default.py",
