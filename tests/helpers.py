@@ -117,3 +117,17 @@ def with_random_zero_layers(params, seed: int = 5, scale: float = 0.1):
     p if jnp.any(p != 0) else scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)
   ]
   return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def run_module(*args) -> None:
+  """`python -m ARGS` on the CPU in the repository; fails the test with its stderr's end."""
+  import subprocess
+
+  result = subprocess.run(
+    [sys.executable, "-m", *args],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]

@@ -292,20 +292,9 @@ def test_the_offline_autoencoder_trains_and_reconstructs(tmp_path):
 
 
 def run(*args):
-  import os
-  import subprocess
-  import sys
+  from helpers import run_module
 
-  from helpers import REPO
-
-  result = subprocess.run(
-    [sys.executable, "-m", *args],
-    cwd=REPO,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_module(*args)
 
 
 @pytest.mark.slow

@@ -292,20 +292,9 @@ def test_a_student_starts_as_its_teacher_and_becomes_the_next_teacher(teacher_wo
 
 
 def run(*args):
-  import os
-  import subprocess
-  import sys
+  from helpers import run_module
 
-  from helpers import REPO
-
-  result = subprocess.run(
-    [sys.executable, "-m", "ddpm_jax.main", *args],
-    cwd=REPO,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_module("ddpm_jax.main", *args)
 
 
 @pytest.mark.slow
