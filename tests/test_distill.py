@@ -348,3 +348,17 @@ def test_progressive_distillation_from_the_command_line_resumes_inside_its_round
 
   results = json.loads((straight / "eval_12.json").read_text())
   assert np.isfinite(results["feature_fd"]), results
+
+
+def test_a_fresh_config_starts_from_a_workdir_of_its_model(teacher_workdir):
+  """training.init_from_workdir: a config file's model (tuples) equals the same model read from the
+  workdir's config.json (lists); another model is refused."""
+  from configs import default as default_config
+  from ddpm_jax.families.config_validation import InvalidConfigError, validate_config
+
+  config = default_config.get_config()
+  config.training.init_from_workdir = teacher_workdir
+  validate_config(config)
+  config.model.ch_mult = (1, 1)
+  with pytest.raises(InvalidConfigError, match="training.init_from_workdir=.* another model"):
+    validate_config(config)

@@ -11,6 +11,7 @@ and nothing else is looked up by family name.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
@@ -158,6 +159,12 @@ class Family:
   samples: str = "images"
   reconstruct: Callable[[Params, Array], tuple[Array, Array]] | None = None
   advance: Callable[[Any], Any] | None = None
+
+
+def as_json(block: ml_collections.ConfigDict | dict) -> dict:
+  """A config block as its config.json has it (tuples become lists), so that a block read from a
+  workdir compares equal to the same block built by a config file."""
+  return json.loads(json.dumps(block if isinstance(block, dict) else block.to_dict()))
 
 
 def sample_shape(batch_size: int, data_config: ml_collections.ConfigDict) -> tuple[int, ...]:

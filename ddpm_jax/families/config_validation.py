@@ -10,7 +10,7 @@ import ml_collections
 
 from ddpm_jax import diffusion, editing, families, models, sampling, schedules
 from ddpm_jax.data import sources, transforms
-from ddpm_jax.families import latent
+from ddpm_jax.families import base, latent
 from ddpm_jax.models import autoencoder_kl, dit, layers, unet
 from ddpm_jax.runtime.errors import InvalidConfigError
 
@@ -281,7 +281,7 @@ def init_from_problems(config: ml_collections.ConfigDict) -> list[str]:
     source_model = workdir_configs.load(source).model
   except FileNotFoundError as error:
     return [f"training.init_from_workdir: {error}"]
-  if source_model.to_dict() != config.model.to_dict():
+  if base.as_json(source_model) != base.as_json(config.model):
     return [
       f"training.init_from_workdir={source!r} trained another model.* than this config's: "
       "its parameters cannot start this run."

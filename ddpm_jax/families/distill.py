@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 
@@ -76,10 +75,6 @@ def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return workdir_configs.load(workdir)
 
 
-def _as_json(block) -> dict:
-  return json.loads(json.dumps(block.to_dict()))
-
-
 def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` (in place) with its teacher's model, diffusion and latent blocks where it has the
   family's defaults, and training.init_from_workdir the teacher's workdir."""
@@ -92,7 +87,7 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   defaults = default.get_config("distill")
   for block in TEACHER_BLOCKS:
-    if _as_json(config[block]) == _as_json(defaults[block]):
+    if base.as_json(config[block]) == base.as_json(defaults[block]):
       config[block] = copy.deepcopy(teacher[block])
   return config
 
@@ -152,7 +147,7 @@ def teacher_problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = [
     f"{block}.* must be the teacher's (leave them unset: they are copied)."
     for block in TEACHER_BLOCKS
-    if _as_json(config[block]) != _as_json(teacher[block])
+    if base.as_json(config[block]) != base.as_json(teacher[block])
   ]
   size = (config.data.image_size, config.data.num_channels)
   if size != (teacher.data.image_size, teacher.data.num_channels):

@@ -12,6 +12,7 @@ import os
 import ml_collections
 
 from ddpm_jax.data import sources
+from ddpm_jax.families.base import as_json
 from ddpm_jax.models.autoencoder_kl import downsampling_factor
 
 
@@ -80,12 +81,11 @@ def cached_latents_problems(
     return [f"data.image_size={data.image_size}, but data.data_dir holds latents of {h}×{w}."]
 
   # the stored posteriors are raw: the run's own scale and shift apply
-  def unit_free(model_dict):  # (as JSON has it: tuples become lists)
-    units = ("scaling_factor", "shift_factor")
-    return {k: v for k, v in json.loads(json.dumps(model_dict)).items() if k not in units}
+  def unit_free(model):
+    return {k: v for k, v in as_json(model).items() if k not in ("scaling_factor", "shift_factor")}
 
   encoder = manifest["autoencoder"]
-  if unit_free(encoder["model"]) != unit_free(model.to_dict()):
+  if unit_free(encoder["model"]) != unit_free(model):
     return [
       f"data.data_dir holds latents of the autoencoder in {encoder['workdir']!r}, whose model "
       "differs from latent.autoencoder_workdir's: set that workdir, or encode the data again."
