@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from ddpm_jax import diffusion, models
+from ddpm_jax import diffusion
 from ddpm_jax.families import base, gaussian
 
 METHODS = ("progressive",)  # "consistency": edm.py's math, not yet a method here
@@ -184,19 +184,16 @@ def sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
   student = gaussian.build(config)  # the teacher's network and diffusion, its DDIM sampler
-  d = gaussian.make_diffusion(config)
-  model = models.get_model(config.model)
-  distill = config.distill
+  d, model, distill = gaussian.make_diffusion(config), student.model, config.distill
   grid = jnp.asarray(diffusion.distillation_grid(d.num_timesteps, distill.teacher_steps))
-  network_time = lambda k: (
-    k * (1000.0 / d.num_timesteps) if config.diffusion.rescale_timesteps else k
-  )
 
   def x0_fn(params, labels, **kwargs):
     """The network's x̂0 at (z, k): its mean parameterisation through `predict_x0`."""
 
     def x0(z, k):
-      output = model.apply(params, z, network_time(k), labels, **kwargs)
+      output = model.apply(
+        params, z, gaussian.network_time_of(config.diffusion, k), labels, **kwargs
+      )
       return diffusion.predict_x0(d, diffusion.split_model_output(d, output, z)[0], z, k)
 
     return x0

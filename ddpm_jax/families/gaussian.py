@@ -381,6 +381,13 @@ def x0_as_v(gaussian) -> tuple[Callable, Callable]:
   return to_v, lambda x_t, t, v: diffusion.predict_x0_from_v(gaussian, x_t, t, v)
 
 
+def network_time_of(diffusion_config: ml_collections.ConfigDict, t):
+  """The t the network sees: t·1000/T with diffusion.rescale_timesteps (improved-diffusion)."""
+  if diffusion_config.rescale_timesteps:
+    return t * (1000.0 / diffusion_config.num_timesteps)
+  return t
+
+
 def build(
   config: ml_collections.ConfigDict, conditionings: tuple[Conditioning, ...] | None = None
 ) -> base.Family:
@@ -391,10 +398,7 @@ def build(
   model = models.get_model(config.model)
   num_timesteps = gaussian.num_timesteps
   loss_aware = config.diffusion.timestep_sampler == "loss_aware"
-
-  def network_time(t):
-    """The t the network sees: t·1000/T with diffusion.rescale_timesteps (improved-diffusion)."""
-    return t * (1000.0 / num_timesteps) if config.diffusion.rescale_timesteps else t
+  network_time = lambda t: network_time_of(config.diffusion, t)
 
   def apply(params, x_t, t, labels, conditions, **kwargs):
     x, inputs = unet_inputs(conditionings, x_t, conditions)

@@ -28,6 +28,7 @@ from ddpm_jax import models, pixels
 from ddpm_jax.data import dataset_tool, sources, workers
 from ddpm_jax.families.latent import autoencoder_config, input_data, latent_workdir, pixel_data
 from ddpm_jax.jobs.train_state import restore_ema_params
+from ddpm_jax.models.autoencoder_kl import downsampling_factor
 from ddpm_jax.runtime import parallel
 
 __all__ = ["Autoencoder", "decode", "encode", "images_of", "load_autoencoder", "model_batch"]
@@ -179,9 +180,10 @@ def encode_dataset(
         logging.INFO, "Encoded %d / %d images.", 30, start + len(indices), len(source)
       )
 
-  h, w, c = model.apply(
-    params, np.zeros((1, image_size, image_size, num_channels)), method="encode"
-  )[0].shape[1:]
+  factor = downsampling_factor(ae_config.model.block_out_channels)
+  if image_size % factor:
+    raise ValueError(f"image_size={image_size} is not a multiple of the autoencoder's {factor}.")
+  latent_size = image_size // factor
   classes = getattr(source, "class_index", None)
   manifest = {
     "classes": sorted(classes, key=classes.get)
@@ -189,7 +191,7 @@ def encode_dataset(
     else list(map(str, range(source.num_classes))),
     "context_key": context_key,
     "embedding_key": embedding_key,
-    "latent_shape": [2, 2, h, w, c],
+    "latent_shape": [2, 2, latent_size, latent_size, ae_config.model.latent_channels],
     "latent_dtype": latent_dtype,
     "scaling_factor": ae_config.model.scaling_factor,
     "shift_factor": ae_config.model.shift_factor,
