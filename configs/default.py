@@ -153,6 +153,9 @@ def _shared_config() -> ml_collections.ConfigDict:
   sampling.timestep_spacing = "default"
   sampling.guidance_scale = 0.0  # classifier-free guidance w (class-conditional models)
   sampling.guidance_rescale = 0.0  # φ of Lin et al. 2024 §3.4: the guided std pulled back (0.7)
+  # guide the first this many channels (the rest from the conditional model: facebookresearch/DiT's
+  # sample.py guides 3 of its 4 latent channels); 0: all
+  sampling.guidance_channels = 0
   sampling.classifier_workdir = config_dict.placeholder(str)  # a run of family "classifier" …
   sampling.classifier_scale = 0.0  # … and its guidance scale s (ADM §4)
   sampling.num_samples = 64

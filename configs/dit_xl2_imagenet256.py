@@ -3,11 +3,16 @@ heads, patch 2 on the SD-VAE's 32×32×4 latents (256 tokens; 675 M parameters),
 with the null class (label dropout 0.1), learned Σ by L_hybrid on the linear schedule of 1000
 steps, AdamW at 1e-4 without weight decay, batch 256, EMA 0.9999, 7M steps. The paper reports
 FID-50K 2.27 with classifier-free guidance scale 1.5 (w = 0.5 here) and 9.62 without (250 DDPM
-steps). The latents need the VAE of latent diffusion, which this project does not have yet: the
-config validates (its data are declared as 32×32×4) but does not run until then.
+steps), guiding 3 of the 4 latent channels as its sample.py does (sampling.guidance_channels).
+Its latents are the SD-VAE's: convert that VAE into a workdir and train on ImageNet's 256² images
+encoded batch by batch, or on latents encoded once (python -m ddpm_jax.dataset_tool --encode_with=
+gs://bucket/sd_vae --dataset=imagenet2012 --image_size=256 --resize=adm --out=…; then
+data.dataset="latents").
 
+  python -m ddpm_jax.convert --source=diffusers --preset=sd_vae_ft_ema \
+      --checkpoint=sd-vae-ft-ema/ --workdir=gs://bucket/sd_vae
   python -m ddpm_jax.main --config=configs/dit_xl2_imagenet256.py \
-      --workdir=gs://bucket/dit_xl2_imagenet256
+      --workdir=gs://bucket/dit_xl2_imagenet256 --config.latent.autoencoder_workdir=gs://bucket/sd_vae
 """
 
 from configs import default
@@ -26,7 +31,8 @@ def get_config():
   config.training.batch_size = 256
   config.training.num_train_steps = 7_000_000
   config.sampling.sampler, config.sampling.num_steps = "ddpm", 250
-  config.sampling.guidance_scale = 0.5
+  config.sampling.guidance_scale, config.sampling.guidance_channels = 0.5, 3
+  config.sampling.clip_denoised = False  # latents are not in [-1, 1]
   config.eval.num_fid_samples = 50_000
   config.eval.allow_fewer_fid_samples = False
   config.eval.bpd_num_batches = 0

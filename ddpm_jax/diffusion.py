@@ -30,6 +30,9 @@ MEAN_TYPES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 LOSS_TYPES = ("mse", "hybrid", "kl", "rescaled_kl")
 LEARNED_VAR_TYPES = ("learned", "learned_range")
+# L_0's decoder p_θ(x0 | x1): 8-bit pixels' bins (DDPM eq. 13), or the density of continuous data
+# (an autoencoder's latents, embeddings)
+DECODERS = ("discretized", "continuous")
 # λ of the hybrid loss L_simple + λ·T·L_t (Improved DDPM §3.1; T·L_t estimates L_vlb).
 HYBRID_VB_WEIGHT = 1e-3
 
@@ -62,6 +65,7 @@ class GaussianDiffusion:
   mean_type: str = flax.struct.field(pytree_node=False, default="eps")
   var_type: str = flax.struct.field(pytree_node=False, default="fixed_small")
   loss_type: str = flax.struct.field(pytree_node=False, default="mse")
+  decoder: str = flax.struct.field(pytree_node=False, default="discretized")
   # the float64 βs the arrays were computed from, a numpy leaf (float32 once traced): `respace`
   # starts from them on the host
   betas_float64: np.ndarray | None = None
@@ -82,11 +86,13 @@ class GaussianDiffusion:
     var_type: str = "fixed_small",
     loss_type: str = "mse",
     timestep_map=None,
+    decoder: str = "discretized",
   ) -> "GaussianDiffusion":
     """Builds every derived array in float64 numpy and casts each once to float32."""
     _check_choice("mean_type", mean_type, MEAN_TYPES)
     _check_choice("var_type", var_type, VAR_TYPES)
     _check_choice("loss_type", loss_type, LOSS_TYPES)
+    _check_choice("decoder", decoder, DECODERS)
     betas = schedules.check_betas(betas)
     num_timesteps = betas.shape[0]
     if timestep_map is None:
@@ -134,6 +140,7 @@ class GaussianDiffusion:
       mean_type=mean_type,
       var_type=var_type,
       loss_type=loss_type,
+      decoder=decoder,
       betas_float64=betas,
     )
 
@@ -158,6 +165,7 @@ def respace(d: GaussianDiffusion, use_timesteps: Sequence[int]) -> GaussianDiffu
     d.var_type,
     d.loss_type,
     timestep_map=np.asarray(d.timestep_map)[use_timesteps],
+    decoder=d.decoder,
   )
 
 
@@ -337,10 +345,13 @@ def _vb_terms(
   kl = losses.mean_flat(
     losses.normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])
   )
-  # L_0 = -log p_θ(x0 | x1), the discretised decoder  (DDPM eq. 13).
-  nll = -losses.mean_flat(
-    losses.discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+  # L_0 = -log p_θ(x0 | x1): the discretised decoder (DDPM eq. 13), or continuous data's density.
+  log_likelihood = (
+    losses.gaussian_log_likelihood
+    if d.decoder == "continuous"
+    else losses.discretized_gaussian_log_likelihood
   )
+  nll = -losses.mean_flat(log_likelihood(x0, out["mean"], 0.5 * out["log_variance"]))
   return jnp.where(t == 0, nll, kl) / np.log(2.0), out
 
 

@@ -47,6 +47,12 @@ def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Arr
   )
 
 
+def gaussian_log_likelihood(x: Array, means: Array, log_scales: Array) -> Array:
+  """log N(x; means, e^(2·log_scales)) of continuous data x, elementwise, in nats."""
+  z = (x - means) * jnp.exp(-log_scales)
+  return -0.5 * (math.log(2.0 * math.pi) + z**2) - log_scales
+
+
 def _log_normal_mass(lower: Array, upper: Array) -> Array:
   """log(Φ(upper) - Φ(lower)) for lower < upper, without cancellation in either tail."""
   # Right of zero both CDFs approach 1; use the mirrored lower tail Φ(-x) = 1 - Φ(x) there.

@@ -567,6 +567,18 @@ def dequantized_bits_per_dim(
   return -log_likelihood(2.0 * u - 1.0, ode_rng) / (dims * math.log(2.0)) + 7.0
 
 
+def data_bits_per_dim(
+  log_likelihood: Callable[[Array, Array], Array], x0: Array, rng: Array, continuous_data: bool
+) -> Array:
+  """Bits/dim of data x0 [B, ...] from a continuous model's `log_likelihood(y, rng) -> log p(y)` [B]
+  in nats: continuous data's -log p(x0)/(D ln 2) (an autoencoder's latents), else that of x0's
+  8-bit images in [-1, 1] (`dequantized_bits_per_dim`). -> [B]."""
+  if continuous_data:
+    return losses.bits_per_dim(-log_likelihood(x0, rng), x0)
+  images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
+  return dequantized_bits_per_dim(log_likelihood, images, rng)
+
+
 def standard_normal_logp(z: Array) -> Array:
   """log N(z; 0, I) per example [B]."""
   return -0.5 * math.prod(z.shape[1:]) * math.log(2 * math.pi) - 0.5 * losses.sum_flat(z**2)

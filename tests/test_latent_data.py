@@ -1,6 +1,7 @@
 """Cached latents (`python -m ddpm_jax.dataset_tool --encode_with`): a dataset encoded once reads
 back, in the same (seed, step) order and with the same flips, as the latents of encoding its images
-batch by batch; the run's config is checked against what was encoded."""
+batch by batch; the run's config is checked against what was encoded. What a latent run changes:
+the continuous decoder, samples left unclipped, pixel-only families and options refused."""
 
 import json
 
@@ -8,9 +9,18 @@ import jax
 import numpy as np
 import pytest
 
-from configs import autoencoder_default, flow_default
+from configs import (
+  ardm_default,
+  autoencoder_default,
+  default,
+  edm_default,
+  flow_default,
+  vdm_default,
+)
+from ddpm_jax import families
 from ddpm_jax.convert import presets
 from ddpm_jax.data import loader
+from ddpm_jax.families import gaussian
 from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import latent
 from ddpm_jax.jobs.train_state import create_train_state
@@ -105,3 +115,33 @@ def test_a_run_on_cached_latents_is_checked_against_them(autoencoder_workdir, tm
   config.data.train_split = "test"
   message = problem(config)
   assert "encode the dataset first" in message
+
+
+def in_latents(config, autoencoder_workdir):
+  config.latent.autoencoder_workdir = autoencoder_workdir
+  config.data.update(image_size=4, num_channels=2)
+  config.model.update(out_channels=2, ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
+  return config
+
+
+@pytest.mark.slow  # (12 s: four samplers)
+def test_a_latent_run_is_continuous_and_unclipped(autoencoder_workdir):
+  """In latents the Gaussian family's VLB ends in the continuous decoder, a flow's and an EDM
+  model's samples are not clipped to the pixels' [-1, 1], and what models 8-bit pixels or clips
+  x̂0 to their range is refused by name."""
+  config = in_latents(default.get_config(), autoencoder_workdir)
+  assert gaussian.make_diffusion(config).decoder == "continuous"
+  assert gaussian.make_diffusion(default.get_config()).decoder == "discretized"
+  assert "sampling.clip_denoised=True" in problem(config)
+  config.sampling.clip_denoised = False
+  assert problem(config) == ""
+  for get_config in (vdm_default.get_config, ardm_default.get_config):
+    assert "models 8-bit pixels" in problem(in_latents(get_config(), autoencoder_workdir))
+  for get_config in (flow_default.get_config, edm_default.get_config):
+    for config in (get_config(), in_latents(get_config(), autoencoder_workdir)):
+      config.sampling.num_steps = 2
+      family = families.get_family(config)
+      params = family.init_params(jax.random.key(0))
+      samples = family.make_sampler(8)(params, jax.random.key(1))
+      clipped = latent.latent_workdir(config) is None
+      assert (float(np.abs(samples).max()) <= 1.0) == clipped, config.family

@@ -221,3 +221,27 @@ def test_progress_is_logged_every_tenth_of_the_steps_at_every_run(caplog):
     jax.effects_barrier()
   lines = [r.getMessage() for r in caplog.records if "DDIM sampling" in r.getMessage()]
   assert sorted(lines) == sorted(2 * [f"DDIM sampling: step {k} / 20" for k in range(2, 21, 2)])
+
+
+def test_guidance_channels_guide_the_first_channels_as_dit_samples():
+  """sampling.guidance_channels = 3 of a 4-channel learned-Σ model: facebookresearch/DiT's
+  forward_with_cfg, written out: the first 3 channels (1 + w) ε_c - w ε_u, the 4th and the variance
+  channels the conditional model's."""
+  from ml_collections import ConfigDict
+
+  from ddpm_jax.families import base, gaussian
+
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
+  t = jnp.zeros((2,), jnp.int32)
+  output = lambda label: lambda x, t: jnp.concatenate([x + (1.0 if label is None else 2.0)] * 2, -1)
+  with_condition = lambda label, conditions: output(label)
+  config = ConfigDict({"guidance_scale": 0.5, "guidance_rescale": 0.0, "guidance_channels": 3})
+  cond = base.Cond(label=jnp.ones((2,), jnp.int32))
+  guided = gaussian.free_guidance(with_condition, cond, (), config, 0.5, 4)(x, t)
+  conditional, unconditional = output(1)(x, t), output(None)(x, t)
+  expected = conditional.at[..., :3].set(1.5 * conditional[..., :3] - 0.5 * unconditional[..., :3])
+  np.testing.assert_allclose(guided, expected, rtol=1e-6)
+  config.guidance_channels = 0  # all of the mean's
+  guided = gaussian.free_guidance(with_condition, cond, (), config, 0.5, 4)(x, t)
+  expected = conditional.at[..., :4].set(1.5 * conditional[..., :4] - 0.5 * unconditional[..., :4])
+  np.testing.assert_allclose(guided, expected, rtol=1e-6)

@@ -398,7 +398,6 @@ def diffusers_config(
   if autoencoder_workdir:  # the denoiser's samples are latents, decoded into images
     config.latent.autoencoder_workdir = autoencoder_workdir
     config.sampling.clip_denoised = False
-    config.eval.bpd_num_batches = 0  # (a likelihood of latents is not built)
   return config, params
 
 
@@ -533,8 +532,8 @@ def dit_run(checkpoint: str, preset=None, model_flags=None, dataset=None, autoen
   """(run config, params) of a facebookresearch/DiT checkpoint on the latents of
   `autoencoder_workdir`, the SD-VAE converted by --source=diffusers (stabilityai/sd-vae-ft-ema or
   -mse): configs/dit_xl2_imagenet256.py's diffusion (linear, T = 1000, learned Σ) and sampling
-  (250 DDPM steps, guidance w = 0.5, the paper's FID setting; guidance on all latent channels, where
-  DiT's sample.py guides the first three) at the checkpoint's latent size. Without the
+  (250 DDPM steps, guidance w = 0.5 on the first 3 latent channels as DiT's sample.py guides, the
+  paper's FID setting) at the checkpoint's latent size. Without the
   autoencoder's workdir the network is read and checked, and refused."""
   if model_flags:
     raise ValueError("--source=dit reads the sizes from the weights: no --model_flags.")

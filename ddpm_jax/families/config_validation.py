@@ -63,6 +63,7 @@ RANGES = {
       "sampling.classifier_scale",
       "sampling.eta",
       "sampling.guidance_scale",
+      "sampling.guidance_channels",
       "sampling.n_corrector",
       "sampling.num_samples",
       "sampling.s_churn",
@@ -299,9 +300,10 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
         f"latent.autoencoder_workdir: config.family={config.family!r} does not train in an "
         "autoencoder's latents"
       )
-    if config.eval.bpd_num_batches:
+    if config.family in ("vdm", "ardm"):  # their decoders are distributions over 256 values
       problems.append(
-        "latent.autoencoder_workdir: bits/dim of latents is not built: set eval.bpd_num_batches=0"
+        f"latent.autoencoder_workdir: config.family={config.family!r} models 8-bit pixels, not "
+        "an autoencoder's continuous latents"
       )
   devices = jax.device_count()
   if training.batch_size % devices:
@@ -323,6 +325,11 @@ def _shared_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(
           f"{field}={value} needs the null label: this model has model.null_class=False."
         )
+  if config.sampling.get("guidance_channels", 0) > data.num_channels:
+    problems.append(
+      f"sampling.guidance_channels={config.sampling.guidance_channels} exceeds the data's "
+      f"{data.num_channels} channels (data.num_channels)."
+    )
   for field in ("context", "embedding"):
     key, width = data.get(f"{field}_key", ""), model.get(f"{field}_dim")
     if bool(key) != bool(width):
@@ -477,7 +484,7 @@ def unread_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
 def ignored_sampling_settings(config: ml_collections.ConfigDict) -> list[str]:
   """config.sampling's fields set away from their neutral value that the chosen sampler does not
   read, though another sampler of the family does (a derived config may carry them for its own
-  sampler: reported, not refused), and guidance_rescale without guidance."""
+  sampler: reported, not refused), and guidance_rescale / guidance_channels without guidance."""
   sampling_config, ignored = config.sampling, []
   sampler = sampling_config.sampler
   own = families.family_module(config.family).SAMPLERS
@@ -487,11 +494,12 @@ def ignored_sampling_settings(config: ml_collections.ConfigDict) -> list[str]:
         f"sampling.{field}={value!r} is ignored: sampling.sampler={sampler!r} does not read it "
         f"(read by {', '.join(readers)})."
       )
-  if sampling_config.get("guidance_rescale") and not sampling_config.guidance_scale:
-    ignored.append(
-      f"sampling.guidance_rescale={sampling_config.guidance_rescale} is ignored: it rescales "
-      "classifier-free guidance, and sampling.guidance_scale is 0."
-    )
+  for field, what in (("guidance_rescale", "rescales"), ("guidance_channels", "limits")):
+    if sampling_config.get(field) and not sampling_config.guidance_scale:
+      ignored.append(
+        f"sampling.{field}={sampling_config[field]} is ignored: it {what} classifier-free "
+        "guidance, and sampling.guidance_scale is 0."
+      )
   return ignored
 
 

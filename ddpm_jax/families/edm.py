@@ -13,7 +13,7 @@ import jax
 import ml_collections
 
 from ddpm_jax import edm, models, sampling
-from ddpm_jax.families import base, gaussian
+from ddpm_jax.families import base, gaussian, latent
 
 # shared fields whose default differs for this family: Heun's 2nd order solver; no likelihood
 SAMPLERS = tuple(sampling.SIGMA_SOLVERS)  # sampling.sampler: a σ-space solver on EDM's grid
@@ -132,7 +132,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
     del workdir
     shape = base.sample_shape(batch_size, config.data)
-    clip = lambda x: jax.numpy.clip(x, -1.0, 1.0)
+    clip = latent.clip_samples(config)
     return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
 
   def make_latent_codec(num_steps: int):

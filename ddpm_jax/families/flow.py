@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import flow, models, sampling, sde
-from ddpm_jax.families import base, gaussian
+from ddpm_jax.families import base, gaussian, latent
 
 # "ode": adaptive (sampling.ode_tolerance), no fixed grid; "sde": SiT's Euler–Maruyama
 SAMPLERS = (*flow.SOLVERS, "ode", "sde")
@@ -126,6 +126,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   sampler = sampling_config.sampler
   t_start, t_end = sampling_interval(flow_config, sampler)
   contexts = gaussian.cross_attention(config)  # cross-attention contexts, where model.context_dim
+  continuous_data = latent.latent_workdir(config) is not None
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
@@ -218,7 +219,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
     del workdir
     shape = base.sample_shape(batch_size, config.data)
-    clip = lambda x: jnp.clip(x, -1.0, 1.0)
+    clip = latent.clip_samples(config)
     if sampler != "ode":
       return base.trajectory_sampler(make_trajectory(guide), shape, progress, clip)
 
@@ -247,12 +248,12 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return encode, decode
 
   def bits_per_dim(params, x0, rng, cond=None):
-    """The dequantised bits/dim of x0's 8-bit images under the conditional (unguided) flow."""
-    images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
+    """Bits/dim of x0 under the conditional (unguided) flow: the dequantised bits/dim of its 8-bit
+    images, or the density of latents."""
     v = velocity_fn(params, cond, {"guidance_scale": 0.0})
     t_range = sampling_interval(flow_config, "ode")[::-1]  # the ODE's own, whatever the sampler
     log_likelihood = lambda y, key: flow.log_likelihood(v, y, key, t_range=t_range)
-    return {"bpd": sde.dequantized_bits_per_dim(log_likelihood, images, rng)}
+    return {"bpd": sde.data_bits_per_dim(log_likelihood, x0, rng, continuous_data)}
 
   return base.Family(
     name="flow",

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import diffusion, models, sampling, schedules
-from ddpm_jax.families import base
+from ddpm_jax.families import base, latent
 
 
 def diffusion_config() -> ml_collections.ConfigDict:
@@ -159,16 +159,24 @@ def ddim_latent_codec(gaussian, model, sampling_config, num_steps: int):
 CONTROLS = ("guidance_scale", "classifier_scale", "eta")
 
 
-def make_diffusion(config: ml_collections.ConfigDict) -> diffusion.GaussianDiffusion:
-  """The diffusion of `config.diffusion` (also the noise process of the noisy classifier)."""
+def make_diffusion(
+  config: ml_collections.ConfigDict, continuous_data: bool = False
+) -> diffusion.GaussianDiffusion:
+  """The diffusion of `config.diffusion` (also the noise process of the noisy classifier), whose
+  decoder is continuous data's density in an autoencoder's latents or where `continuous_data`."""
   diffusion_config = config.diffusion
   betas = schedules.get_beta_schedule(
     diffusion_config.beta_schedule, diffusion_config.num_timesteps
   )
   if diffusion_config.zero_terminal_snr:
     betas = schedules.rescale_zero_terminal_snr(betas)
+  continuous_data = continuous_data or latent.latent_workdir(config) is not None
   return diffusion.GaussianDiffusion.from_betas(
-    betas, diffusion_config.mean_type, diffusion_config.var_type, diffusion_config.loss_type
+    betas,
+    diffusion_config.mean_type,
+    diffusion_config.var_type,
+    diffusion_config.loss_type,
+    decoder="continuous" if continuous_data else "discretized",
   )
 
 
@@ -216,6 +224,12 @@ def diffusion_sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
   if config.sampling.sampler not in SAMPLERS:
     problems.append(
       f"Unknown sampling.sampler {config.sampling.sampler!r}; valid: {', '.join(SAMPLERS)}."
+    )
+  in_latents = latent.latent_workdir(config) and not latent.latent_problems(config)
+  if config.sampling.clip_denoised and in_latents:
+    problems.append(
+      "sampling.clip_denoised=True clips x̂0 to the pixels' [-1, 1], a range latents do not keep "
+      "to: set sampling.clip_denoised=False (latent.autoencoder_workdir is set)."
     )
   return problems + schedule_sampling_problems(config)
 
@@ -336,7 +350,8 @@ def free_guidance(
   """The network `with_condition(label, conditions) -> fn(x, noise level)` given `cond`'s label
   and its fields of `conditionings` ({field: c}), guided without a classifier towards them where
   sampling.guidance_scale is on (on for any `guidance_scale` passed later; unconditional: the
-  null label and each conditioning's `null`), with sampling.guidance_rescale
+  null label and each conditioning's `null`), with sampling.guidance_rescale, on the first
+  sampling.guidance_channels (else all `num_channels`) channels
   (`sampling.classifier_free_guidance`)."""
   conditions = {c.field: getattr(cond, c.field) for c in conditionings}
   conditional = with_condition(cond.label, conditions)
@@ -348,7 +363,7 @@ def free_guidance(
     conditional,
     with_condition(None, null),
     guidance_scale,
-    num_channels,
+    sampling_config.get("guidance_channels") or num_channels,
     sampling_config.guidance_rescale,
     rescale_space,
   )

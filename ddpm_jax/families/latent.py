@@ -9,6 +9,7 @@ import functools
 import json
 import os
 
+import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax.data import sources
@@ -37,6 +38,14 @@ def autoencoder_config(workdir: str) -> ml_collections.ConfigDict:
 
 # config.latent's other fields and their values where no autoencoder reads them
 _PIXEL_SPACE_VALUES = {"sample_posterior": True, "scaling_factor": None}
+
+
+def clip_samples(config: ml_collections.ConfigDict):
+  """-> finish(x): a pixel-space run's samples clipped to [-1, 1]; a latent run's as they are
+  (their decoded images are clipped: jobs.latent.images_of)."""
+  if latent_workdir(config):
+    return lambda x: x
+  return lambda x: jnp.clip(x, -1.0, 1.0)
 
 
 def latent_problems(config: ml_collections.ConfigDict) -> list[str]:

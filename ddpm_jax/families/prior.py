@@ -128,7 +128,7 @@ def make_model(config: ml_collections.ConfigDict) -> PriorTransformer:
 
 
 def build(config: ml_collections.ConfigDict) -> base.Family:
-  gaussian_diffusion = gaussian.make_diffusion(config)
+  gaussian_diffusion = gaussian.make_diffusion(config, continuous_data=True)  # embeddings
   model = make_model(config)
   captions = caption_conditioning(config)
   sampling_config, num_timesteps = config.sampling, gaussian_diffusion.num_timesteps

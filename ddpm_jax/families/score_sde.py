@@ -6,11 +6,10 @@ dynamics or the σ-space solvers; likelihood by the probability-flow ODE."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax import models, sampling, sde
-from ddpm_jax.families import base, gaussian
+from ddpm_jax.families import base, gaussian, latent
 
 SDE_TYPES = ("vp", "subvp", "ve")
 # config.sampling.sampler: predictor-corrector, the probability-flow ODE (adaptive Tsit5), NCSN's
@@ -141,6 +140,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
   model = models.get_model(config.model)
   conditioning = config.sde.conditioning
   contexts = gaussian.cross_attention(config)  # cross-attention contexts, where model.context_dim
+  continuous_data = latent.latent_workdir(config) is not None
 
   def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
     del family_state
@@ -255,11 +255,11 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     return gaussian.sigma_ode_latent_codec(denoiser, sampling_config, num_steps, *sigma_range())
 
   def bits_per_dim(params, x0, rng, cond=None):
-    # The probability-flow ODE's likelihood of the dequantised 8-bit data (Hutchinson's trace
-    # estimate), given the labels of a class-conditional model (unguided).
-    images = jnp.round((x0 + 1.0) * 127.5).astype(jnp.uint8)
+    # The probability-flow ODE's likelihood (Hutchinson's trace estimate) of the dequantised 8-bit
+    # data or of latents, given the labels of a class-conditional model (unguided).
     score = score_fn(params, cond)
-    return {"bpd": sde.bits_per_dim(score_sde, score, images, rng)}
+    log_likelihood = lambda y, key: sde.ode_log_likelihood(score_sde, score, y, key)
+    return {"bpd": sde.data_bits_per_dim(log_likelihood, x0, rng, continuous_data)}
 
   return base.Family(
     name="score_sde",

@@ -19,7 +19,8 @@ config.eval:
   num_loss_batches      held-out batches for the family's loss without dropout ("loss"); 0 skips
   bpd_num_batches       held-out batches of `training.batch_size` for the family's bits/dim: the VLB
                         (calc_bpd_loop; VDM's; an ARDM's exact NLL along a random order) or a score
-                        SDE's probability-flow ODE likelihood (sde.bits_per_dim); 0 skips
+                        SDE's probability-flow ODE likelihood (sde.bits_per_dim); 0 skips. A
+                        latent run reports that of its latents as "latent_bpd"
 
 config.family="representation" adds its linear probes, reconstruction and semantic consistency
 (evaluation/representation.py); a diffusion prior (config.family="prior") its embeddings' Fréchet
@@ -227,7 +228,9 @@ def held_out_bits_per_dim(
   (`calc_bpd_loop`), a VDM's VLB (one low-discrepancy t per example: unbiased), a score SDE's
   probability-flow likelihood of the dequantised data, or an ARDM's exact -log p(x | σ) along one
   random order per example (its per-step losses are saved for the sampler's parallel decoding
-  plan)."""
+  plan). A latent run's is that of the latents the model sees (one posterior sample per image,
+  scaled by latent.scaling_factor) under the continuous decoder / the ODE's density: "latent_bpd",
+  not comparable with pixels' bits/dim."""
   family = families.get_family(config)
   if family.bits_per_dim is None:
     raise ValueError(
@@ -235,9 +238,12 @@ def held_out_bits_per_dim(
     )
   bpd_fn = jax.jit(family.bits_per_dim)
   sharding = parallel.data_sharding(mesh)
+  autoencoder = latent.load_autoencoder(config, mesh)  # a latent run's: the batches are encoded
+  key = run_rngs(config.seed)["eval"]
   outputs = []
   for i, batch in enumerate(held_out_batches(config, config.eval.bpd_num_batches)):
     batch = parallel.global_batch(batch, sharding)
+    batch = latent.model_batch(autoencoder, batch, jax.random.fold_in(key, 2**30 + i))
     cond = families.Cond(
       label=batch["label"] if config.model.get("num_classes") else None,  # the true ones
       context=batch.get("context"),  # a context-conditional model's given the examples' contexts
@@ -246,7 +252,11 @@ def held_out_bits_per_dim(
     terms_i = bpd_fn(ema_params, batch["image"], jax.random.key(i), cond)
     outputs.append({k: parallel.to_host(v) for k, v in terms_i.items()})
     logging.info(
-      "bits/dim batch %d / %d: %.4f", i + 1, config.eval.bpd_num_batches, outputs[-1]["bpd"].mean()
+      "%s batch %d / %d: %.4f",
+      "bits/dim" if autoencoder is None else "latent bits/dim",
+      i + 1,
+      config.eval.bpd_num_batches,
+      outputs[-1]["bpd"].mean(),
     )
   terms = {k: np.concatenate([out[k] for out in outputs]) for k in outputs[0]}
   if family.save_likelihood_terms is not None and jax.process_index() == 0:
@@ -403,7 +413,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
       )
     )
   if eval_config.bpd_num_batches:
-    results["bpd"] = held_out_bits_per_dim(config, ema_params, mesh, workdir)
+    name = "latent_bpd" if latent.latent_workdir(config) else "bpd"
+    results[name] = held_out_bits_per_dim(config, ema_params, mesh, workdir)
   if family.represent is not None:  # a learned representation: probes, reconstruction, consistency
     results.update(representation_metrics(config, family, ema_params))
   if family.samples == "embeddings":  # a diffusion prior
