@@ -84,6 +84,24 @@ def consistency_function(
   )
 
 
+def consistency_from_denoiser(
+  denoise_fn: Callable[[Array, Array], Array],
+  x: Array,
+  sigma: Array,
+  sigma_data: float,
+  sigma_min: float,
+) -> Array:
+  """f(x, σ) = c_skip x + (c_out/c_out^EDM)(D(x, σ) - c_skip^EDM x): CM eq. 5 with the network
+  F = (D - c_skip^EDM x)/c_out^EDM that EDM's preconditioning implies for any denoiser D (a VP
+  model's through `sampling.discrete_denoiser`), so that f(x, σ_min) = x."""
+  c_skip, c_out = (
+    _per_example(c, x.ndim) for c in consistency_scalings(sigma, sigma_data, sigma_min)
+  )
+  edm_skip, edm_out, _, _ = preconditioning(sigma, sigma_data)
+  edm_skip, edm_out = _per_example(edm_skip, x.ndim), _per_example(edm_out, x.ndim)
+  return c_skip * x + c_out / edm_out * (denoise_fn(x, sigma) - edm_skip * x)
+
+
 def consistency_sigmas(
   index: Array, num_scales: Array, sigma_min: float, sigma_max: float, rho: float = 7.0
 ) -> Array:
@@ -98,7 +116,7 @@ def consistency_sigmas(
 def ict_num_scales(step: Array, total_steps: int, s0: int = 10, s1: int = 1280) -> Array:
   """N(k) = min(s0 2^⌊k/K'⌋, s1) + 1, K' = ⌊K / (log2⌊s1/s0⌋ + 1)⌋  (iCT eq. 7: the number of
   discretisation steps doubles every K' of the K training steps)."""
-  stage = total_steps // (int(np.log2(s1 // s0)) + 1)
+  stage = max(total_steps // (int(np.log2(s1 // s0)) + 1), 1)  # (runs shorter than the stages)
   doublings = jnp.minimum(step // stage, 30)
   return jnp.minimum(s0 * 2**doublings, s1) + 1
 

@@ -297,22 +297,58 @@ def run(*args):
   run_module("ddpm_jax.main", *args)
 
 
-@pytest.mark.slow
-def test_progressive_distillation_from_the_command_line_resumes_inside_its_rounds(tmp_path):
-  """A teacher trains; 2 rounds distil its 8 steps into 2; the run preempted after step 3 (its
-  newer checkpoints gone) resumes across the round boundary into the same state, bit for bit; the
-  student samples with 1 and 2 steps and evaluates."""
+def resumed_equals_straight(common, tmp_path, removed_steps, last_step):
+  """Runs `common` in tmp_path/straight, then again in a copy without the checkpoints at
+  `removed_steps` (as if killed after the one before): both end in the same state, bit for bit.
+  -> that state."""
   import shutil
 
   from configs import workdir as workdir_configs
   from ddpm_jax.jobs.train_state import abstract_train_state
   from ddpm_jax.runtime import checkpoint, parallel
+
+  straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+  run(*common, f"--workdir={straight}")
+  shutil.copytree(straight, preempted)
+  for step in removed_steps:
+    shutil.rmtree(preempted / "checkpoints" / str(step))
+  run(*common, f"--workdir={preempted}")
+  config, mesh = workdir_configs.load(str(straight)), parallel.make_mesh()
+  states = []
+  for workdir in (straight, preempted):
+    ckpt = checkpoint.Checkpointer(str(workdir))
+    state, step = ckpt.restore_latest(abstract_train_state(config, mesh), config)
+    ckpt.close()
+    assert step == last_step
+    states.append(jax.device_get(state))
+  for a, b in zip(*(jax.tree_util.tree_leaves(s) for s in states), strict=True):
+    np.testing.assert_array_equal(a, b)
+  return states[0]
+
+
+def sample_and_evaluate(workdir, step):
+  """The student in `workdir` samples with 1 and 2 steps and evaluates (feature-FD)."""
+  import json
+
+  for num_steps in (1, 2):
+    run("--mode=sample", f"--config=workdir:{workdir}", f"--workdir={workdir}",
+        f"--config.sampling.num_steps={num_steps}", "--config.sampling.num_samples=16")  # fmt: skip
+  run("--mode=eval", f"--config=workdir:{workdir}", f"--workdir={workdir}",
+      "--config.eval.num_fid_samples=64", "--config.eval.allow_fewer_fid_samples=True")  # fmt: skip
+  results = json.loads((workdir / f"eval_{step}.json").read_text())
+  assert np.isfinite(results["feature_fd"]), results
+
+
+@pytest.mark.slow
+def test_progressive_distillation_from_the_command_line_resumes_inside_its_rounds(tmp_path):
+  """A teacher trains; 2 rounds distil its 8 steps into 2; the run preempted after step 3 (its
+  newer checkpoints gone) resumes across the round boundary into the same state, bit for bit; the
+  student samples with 1 and 2 steps and evaluates."""
   from helpers import REPO
 
   teacher = tmp_path / "teacher"
   steps = ["--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30"]
   run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}", *steps)
-  straight, preempted = tmp_path / "straight", tmp_path / "preempted"
   common = [
     f"--config={REPO}/configs/distill_progressive_default.py",
     f"--config.distill.teacher_workdir={teacher}",
@@ -324,30 +360,9 @@ def test_progressive_distillation_from_the_command_line_resumes_inside_its_round
     "--config.training.keep_checkpoints=10",
     "--config.sampling.num_steps=2",
   ]
-  run(*common, f"--workdir={straight}")
-  shutil.copytree(straight, preempted)
-  for step in (6, 9, 12):  # as if killed after step 3's checkpoint, inside round 0
-    shutil.rmtree(preempted / "checkpoints" / str(step))
-  run(*common, f"--workdir={preempted}")
-  config, mesh = workdir_configs.load(str(straight)), parallel.make_mesh()
-  states = []
-  for workdir in (straight, preempted):
-    ckpt = checkpoint.Checkpointer(str(workdir))
-    state, step = ckpt.restore_latest(abstract_train_state(config, mesh), config)
-    ckpt.close()
-    assert step == 12 and int(state.family_state["round"]) == 1
-    states.append(jax.device_get(state))
-  for a, b in zip(*(jax.tree_util.tree_leaves(s) for s in states), strict=True):
-    np.testing.assert_array_equal(a, b)
-  for num_steps in (1, 2):
-    run("--mode=sample", f"--config=workdir:{straight}", f"--workdir={straight}",
-        f"--config.sampling.num_steps={num_steps}", "--config.sampling.num_samples=16")  # fmt: skip
-  run("--mode=eval", f"--config=workdir:{straight}", f"--workdir={straight}",
-      "--config.eval.num_fid_samples=64", "--config.eval.allow_fewer_fid_samples=True")  # fmt: skip
-  import json
-
-  results = json.loads((straight / "eval_12.json").read_text())
-  assert np.isfinite(results["feature_fd"]), results
+  state = resumed_equals_straight(common, tmp_path, removed_steps=(6, 9, 12), last_step=12)
+  assert int(state.family_state["round"]) == 1  # (killed inside round 0)
+  sample_and_evaluate(tmp_path / "straight", 12)
 
 
 def test_a_fresh_config_starts_from_a_workdir_of_its_model(teacher_workdir):
@@ -362,3 +377,143 @@ def test_a_fresh_config_starts_from_a_workdir_of_its_model(teacher_workdir):
   config.model.ch_mult = (1, 1)
   with pytest.raises(InvalidConfigError, match="training.init_from_workdir=.* another model"):
     validate_config(config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Consistency models as distill.method="consistency".
+
+
+def test_consistency_from_a_denoiser_is_cms_parameterisation():
+  """For EDM's network F, f from its denoiser D = c_skip^EDM x + c_out^EDM F equals CM's
+  c_skip x + c_out F; for a VP ε-model's denoiser f(x, σ_min) = x."""
+  network = lambda x, c_noise: jnp.sin(3 * x) + c_noise[:, None]
+  x = jax.random.normal(jax.random.key(0), (5, 3))
+  sigma = jnp.array([SIGMA_MIN, 0.1, 1.0, 10.0, 80.0])
+  denoiser = lambda x, sigma: edm.denoise(network, x, sigma, SIGMA_DATA)
+  np.testing.assert_allclose(
+    edm.consistency_from_denoiser(denoiser, x, sigma, SIGMA_DATA, SIGMA_MIN),
+    edm.consistency_function(network, x, sigma, SIGMA_DATA, SIGMA_MIN),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  vp = diffusion.GaussianDiffusion.from_betas(schedules.get_beta_schedule("linear", 100))
+  vp_denoiser = sampling.discrete_denoiser(vp, lambda x_t, t: jnp.cos(x_t) * t[:, None])
+  sigma_min = float(sampling.discrete_sigmas(vp)[0])
+  at_min = jnp.full((5,), sigma_min)
+  np.testing.assert_allclose(
+    edm.consistency_from_denoiser(vp_denoiser, x, at_min, SIGMA_DATA, sigma_min), x, atol=1e-6
+  )
+
+
+def consistency_config(teacher_workdir=None):
+  from configs import consistency_default
+  from ddpm_jax import families
+
+  config = consistency_default.get_config("distillation" if teacher_workdir else "training")
+  config.distill.teacher_workdir = teacher_workdir
+  config.training.update(num_train_steps=4, batch_size=8)
+  config.optim.update(lr=1e-3, warmup_steps=0)
+  return families.completed(config)
+
+
+def test_consistency_training_draws_follow_icts_curriculum():
+  """iCT's pairs (σ_i, σ_{i+1}) are neighbours on EDM's grid of N(k) levels, N(k) from the
+  curriculum at the run's step, i by the log-normal masses (Monte Carlo); x_{σ_i} and x_{σ_{i+1}}
+  share one noise."""
+  from ddpm_jax import families
+
+  config = consistency_config()
+  config.distill.update(initial_scales=11, num_scales=41)
+  config.training.num_train_steps = 300  # 3 stages of 100 steps: N = 11, 21, 41
+  family = families.get_family(config)
+  x0 = jax.random.uniform(jax.random.key(1), (4096, 8, 8, 1), minval=-1)
+  batch = {"image": x0, "label": jnp.zeros(4096, jnp.int32)}
+  for step, scales in ((0, 11), (150, 21), (299, 41)):
+    state = {"step": jnp.asarray(step, jnp.int32)}
+    draws = family.draw(families.step_keys(jax.random.key(step)), batch, state)
+    grid = edm.consistency_sigmas(jnp.arange(scales), scales, config.edm.sigma_min, 80.0)
+    i = np.searchsorted(np.asarray(grid), np.asarray(draws["sigma"]) * (1 - 1e-6))
+    np.testing.assert_allclose(draws["sigma"], grid[i], rtol=1e-5)
+    np.testing.assert_allclose(draws["sigma_next"], grid[i + 1], rtol=1e-5)
+    frequencies = np.bincount(i, minlength=scales - 1) / i.size
+    expected = np.asarray(edm.ict_index_probabilities(grid))
+    np.testing.assert_allclose(frequencies, expected, atol=0.03)
+    z = (draws["x_next"] - x0) / draws["sigma_next"][:, None, None, None]
+    np.testing.assert_allclose(draws["x"], x0 + draws["sigma"][:, None, None, None] * z, atol=1e-4)
+
+
+@pytest.mark.slow  # (15 s: the student, teacher and target compiled)
+def test_consistency_distillation_starts_from_its_teacher_and_tracks_a_target(teacher_workdir):
+  """The student and θ⁻ start as the teacher; the draws' x̂_{σ_i} is one Heun step of the teacher's
+  ODE from x_{σ_{i+1}} (the VP model's denoiser); after a step θ⁻ = μ θ⁻ + (1 - μ) θ."""
+  from configs import workdir as workdir_configs
+  from ddpm_jax import families
+  from ddpm_jax.families import distill
+  from ddpm_jax.families.config_validation import validate_config
+  from ddpm_jax.jobs import train
+  from ddpm_jax.jobs.train_state import create_train_state, restore_ema_params, warm_started
+  from ddpm_jax.runtime import parallel
+
+  config = consistency_config(teacher_workdir)
+  validate_config(config)
+  mesh = parallel.make_mesh()
+  state = warm_started(config, create_train_state(config, jax.random.key(0), mesh), mesh)
+  teacher, _ = restore_ema_params(workdir_configs.load(teacher_workdir), teacher_workdir, mesh)
+  same = lambda a, b: jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
+  assert same(state.params, teacher) and same(state.family_state["target"], teacher)
+  family = families.get_family(config)
+  batch = {
+    "image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1),
+    "label": jnp.zeros(8, jnp.int32),
+  }
+  draws = family.draw(families.step_keys(jax.random.key(2)), batch, state.family_state)
+  denoiser_of, sigma_min, sigma_max = distill.gaussian_denoiser(config)
+  teacher_d = denoiser_of(teacher, None, train=False)
+  x0_hat = teacher_d(draws["x_next"], draws["sigma_next"])  # Heun, written out
+  per = lambda a: a[:, None, None, None]
+  d1 = (draws["x_next"] - x0_hat) / per(draws["sigma_next"])
+  x_euler = draws["x_next"] + per(draws["sigma"] - draws["sigma_next"]) * d1
+  d2 = (x_euler - teacher_d(x_euler, draws["sigma"])) / per(draws["sigma"])
+  heun = draws["x_next"] + per(draws["sigma"] - draws["sigma_next"]) * (d1 + d2) / 2
+  np.testing.assert_allclose(draws["x"], heun, rtol=1e-4, atol=1e-4)
+  grid = edm.consistency_sigmas(jnp.arange(18), 18, sigma_min, sigma_max)
+  assert set(np.round(np.asarray(draws["sigma"]), 4)) <= set(np.round(np.asarray(grid[:-1]), 4))
+  step = train.make_train_step(config, mesh)
+  state, _ = step(state, batch, jax.random.key(3))
+  mu = config.distill.target_ema
+  expected = jax.tree_util.tree_map(lambda a, b: mu * a + (1 - mu) * b, teacher, state.params)
+  for a, b in zip(
+    *(jax.tree_util.tree_leaves(t) for t in (state.family_state["target"], expected))
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert same(state.family_state["teacher"], teacher)
+
+
+@pytest.mark.slow
+def test_consistency_models_from_the_command_line_resume_and_sample(tmp_path):
+  """A teacher trains; consistency distillation from it, preempted after step 3 (its newer
+  checkpoints gone), resumes into the same state bit for bit; the student samples with 1 and 2
+  steps and evaluates; consistency training (no teacher) trains and samples."""
+
+  from helpers import REPO
+
+  teacher = tmp_path / "teacher"
+  steps = ["--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30"]
+  run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}", *steps)
+  common = [
+    f"--config={REPO}/configs/consistency_default.py",
+    f"--config.distill.teacher_workdir={teacher}",
+    "--config.training.num_train_steps=6",
+    "--config.training.checkpoint_every_steps=3",
+    "--config.training.keep_checkpoints=10",
+  ]
+  resumed_equals_straight(common, tmp_path, removed_steps=(6,), last_step=6)
+  sample_and_evaluate(tmp_path / "straight", 6)
+  trained = tmp_path / "trained"
+  run(f"--config={REPO}/configs/consistency_default.py:training", f"--workdir={trained}",
+      "--config.training.num_train_steps=4", "--config.training.checkpoint_every_steps=4",
+      "--config.training.sample_every_steps=4")  # fmt: skip
+  run("--mode=sample", f"--config=workdir:{trained}", f"--workdir={trained}",
+      "--config.sampling.num_samples=16")  # fmt: skip
+  samples = np.load(trained / "samples" / "samples_4.npz")["images"]
+  assert samples.shape == (16, 8, 8, 1)

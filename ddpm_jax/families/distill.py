@@ -1,18 +1,35 @@
-"""Few-step students of a trained model. distill.method="progressive" (Salimans & Ho 2022): a
-student of its teacher's architecture and diffusion, started from the teacher run's EMA parameters
-(distill.teacher_workdir: a 'gaussian' run of an ε-, x0- or v-model, converted ones too), learns
-to take in one DDIM step what its teacher takes in two; every distill.steps_per_round steps the
-student becomes the teacher and the steps halve, distill.rounds times, from distill.teacher_steps
-to teacher_steps / 2^rounds. Each round is a stage of one run: the teacher and the round are in the
-train state, so that a preempted run resumes inside its round. The math is diffusion.py's
-(`distillation_pair`, `progressive_distillation_loss` on `distillation_grid`, DDIM's trailing
-spacing); the student samples with the Gaussian family's DDIM (timestep_spacing="trailing",
-sampling.num_steps dividing teacher_steps).
+"""Few-step students of a trained model (or, for consistency training, of none).
 
-`complete` copies the teacher's model, diffusion and latent blocks into the run's config (so that
-its workdir samples on its own) and sets training.init_from_workdir to the teacher's workdir.
-Not built yet: distill.method="consistency" (the math is edm.py's), guided teachers distilled with
-the guidance weight as an input (Meng et al. 2023), flow teachers: refused by name.
+distill.method="progressive" (Salimans & Ho 2022): a student of its teacher's architecture and
+diffusion, started from the teacher run's EMA parameters (distill.teacher_workdir: a 'gaussian' run
+of an ε-, x0- or v-model, converted ones too), learns to take in one DDIM step what its teacher
+takes in two; every distill.steps_per_round steps the student becomes the teacher and the steps
+halve, distill.rounds times, from distill.teacher_steps to teacher_steps / 2^rounds. Each round is
+a stage of one run: the teacher and the round are in the train state, so that a preempted run
+resumes inside its round. The math is diffusion.py's (`distillation_pair`,
+`progressive_distillation_loss` on `distillation_grid`, DDIM's trailing spacing); the student
+samples with the Gaussian family's DDIM (timestep_spacing="trailing", sampling.num_steps dividing
+teacher_steps).
+
+distill.method="consistency" (Song et al. 2023; iCT, Song & Dhariwal 2023): a consistency function
+f_θ(x, σ) = c_skip x + (c_out/c_out^EDM)(D_θ(x, σ) - c_skip^EDM x) of a denoiser D_θ
+(`edm.consistency_from_denoiser`: CM's boundary-condition parameterisation), on EDM's grid of
+distill.num_scales noise levels between the denoiser's σ_min and σ_max. With a teacher
+(consistency distillation): D_θ is the teacher's kind (a 'gaussian' run's through
+`sampling.discrete_denoiser`, an 'edm' run's preconditioned network), θ starts from the teacher,
+x̂_{σ_i} is one Heun step of the teacher's ODE from x_{σ_{i+1}}, i uniform, against the target
+network θ⁻ (an EMA of θ at distill.target_ema, in the train state). Without one (consistency
+training, iCT): EDM's preconditioned network from scratch, x_{σ_i} = x + σ_i z beside
+x_{σ_{i+1}} = x + σ_{i+1} z, θ⁻ = θ under stop-gradient, iCT's curriculum (distill.initial_scales
+doubling to num_scales over the run) and log-normal index distribution. Both weigh the distance
+(distill.distance: iCT's pseudo-Huber, or squared L2) by 1/(σ_{i+1} - σ_i). Sampling
+(sampling.sampler="consistency"): CM's multistep sampler on sampling.num_steps levels of EDM's grid
+from σ_max (1: one step).
+
+`complete` copies the teacher's model, diffusion / edm and latent blocks into the run's config (so
+that its workdir samples on its own) and sets training.init_from_workdir to the teacher's workdir.
+Not built: guided teachers distilled with the guidance weight as an input (Meng et al. 2023), flow
+teachers, LPIPS distances (no perceptual network here): refused by name.
 """
 
 from __future__ import annotations
@@ -21,48 +38,76 @@ import copy
 import dataclasses
 import math
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from ddpm_jax import diffusion
-from ddpm_jax.families import base, gaussian
+from ddpm_jax import diffusion, edm, models, sampling
+from ddpm_jax.families import base, gaussian, latent
+from ddpm_jax.families import edm as edm_family
 
-METHODS = ("progressive",)  # "consistency": edm.py's math, not yet a method here
-SAMPLERS = ("ddim",)
+METHODS = ("progressive", "consistency")
+SAMPLERS = ("ddim", "consistency")  # progressive students: DDIM; consistency models: CM's sampler
+DISTANCES = ("pseudo_huber", "l2")
 # the shared fields whose default differs here (the default config's 4 rounds of 500 steps, from
-# 64 teacher steps to 4 student steps)
+# 64 teacher steps to 4 student steps; students train on the true labels)
 SHARED_DEFAULTS = {
   "sampling.timestep_spacing": "trailing",
   "sampling.num_steps": 4,
   "training.num_train_steps": 2000,
+  "training.label_dropout": 0.0,
   "eval.bpd_num_batches": 0,
   "eval.num_loss_batches": 0,
 }
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """config.distill: the teacher and the rounds of progressive distillation."""
+  """config.distill: the teacher, the rounds of progressive distillation, the consistency
+  model's grid and target."""
   distill = ml_collections.ConfigDict()
   distill.method = "progressive"
-  distill.teacher_workdir = config_dict.placeholder(str)  # a 'gaussian' run
+  # a 'gaussian' run (progressive), a 'gaussian' or 'edm' run (consistency; None: training)
+  distill.teacher_workdir = config_dict.placeholder(str)
+  # progressive
   distill.teacher_steps = 64  # the teacher's DDIM steps, which the first round halves
   distill.rounds = 4  # halvings: the last student takes teacher_steps / 2^rounds steps
   distill.steps_per_round = 500  # training.num_train_steps = rounds · steps_per_round
+  # consistency
+  distill.num_scales = 18  # N noise levels of EDM's grid (CM's CIFAR-10 CD); training: the last N
+  distill.initial_scales = 11  # consistency training's first N (iCT: s0 + 1), doubling (iCT eq. 7)
+  distill.target_ema = 0.95  # distillation's target network θ⁻ ← μ θ⁻ + (1 - μ) θ (CM's CIFAR-10)
+  distill.distance = "pseudo_huber"  # iCT's, c = 0.00054 √dim; or "l2" (squared)
   return distill
 
 
+# the fields each method reads (the others must keep their defaults)
+METHOD_FIELDS = {
+  "progressive": ("teacher_steps", "rounds", "steps_per_round"),
+  "consistency": ("num_scales", "initial_scales", "target_ema", "distance"),
+}
+
 # the config blocks this family reads, each with its defaults: its own, and the teacher's diffusion
-CONFIG_BLOCKS = {"distill": default_config, "diffusion": gaussian.diffusion_config}
+# or EDM preconditioning (consistency training's network is EDM's)
+CONFIG_BLOCKS = {
+  "distill": default_config,
+  "diffusion": gaussian.diffusion_config,
+  "edm": edm_family.default_config,
+}
 
-RANGES = dict.fromkeys(
-  ["distill.teacher_steps", "distill.rounds", "distill.steps_per_round"], (1, True, None, False)
-)
+RANGES = {
+  **dict.fromkeys(
+    ["distill.teacher_steps", "distill.rounds", "distill.steps_per_round"], (1, True, None, False)
+  ),
+  **dict.fromkeys(["distill.num_scales", "distill.initial_scales"], (2, True, None, False)),
+  "distill.target_ema": (0, True, 1, False),
+}
 
-# the blocks a student has of its teacher (copied by `complete` where the config leaves them)
-TEACHER_BLOCKS = ("model", "diffusion", "latent")
+# the blocks a student has of its teacher, by the teacher's family (copied by `complete` where the
+# config leaves them)
+TEACHER_BLOCKS = {"gaussian": ("model", "diffusion", "latent"), "edm": ("model", "edm", "latent")}
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
@@ -76,38 +121,71 @@ def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 
 def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` (in place) with its teacher's model, diffusion and latent blocks where it has the
-  family's defaults, and training.init_from_workdir the teacher's workdir."""
+  """`config` (in place) with its teacher's blocks (TEACHER_BLOCKS) where it has the family's
+  defaults, and training.init_from_workdir the teacher's workdir."""
   teacher = teacher_config(config)
   if config.distill.teacher_workdir:  # (a missing one: training.init_from_workdir refuses it)
     config.training.init_from_workdir = config.distill.teacher_workdir
-  if teacher is None or teacher.family != "gaussian":
+  if teacher is None or teacher.family not in TEACHER_BLOCKS:
     return config  # validate says what is wrong
   from configs import default  # (configs imports the families)
 
   defaults = default.get_config("distill")
-  for block in TEACHER_BLOCKS:
+  for block in TEACHER_BLOCKS[teacher.family]:
     if base.as_json(config[block]) == base.as_json(defaults[block]):
       config[block] = copy.deepcopy(teacher[block])
   return config
 
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
-  """The teacher's own checks where its workdir exists (the jobs complete the config from it
-  first; training.init_from_workdir, which `complete` sets, refuses one that does not)."""
+  """The method's fields and the teacher's own checks where its workdir exists (the jobs complete
+  the config from it first; training.init_from_workdir, which `complete` sets, refuses one that does
+  not)."""
   distill = config.distill
   if distill.method not in METHODS:
-    return [
-      f"distill.method={distill.method!r} is not built; built: {', '.join(METHODS)} (consistency "
-      "models: their math is in ddpm_jax/edm.py, the method is not yet)."
-    ]
-  if not distill.teacher_workdir:
-    return ["distill.teacher_workdir: set it to the teacher's workdir (a 'gaussian' run)."]
-  problems = gaussian.validate(config) + teacher_problems(config)
+    return [f"distill.method={distill.method!r}: one of {', '.join(METHODS)}."]
+  defaults = default_config()
+  problems = [
+    f"distill.{field}={distill[field]!r} is read by distill.method={method!r} only."
+    for method, fields in METHOD_FIELDS.items()
+    if method != distill.method
+    for field in fields
+    if distill[field] != defaults[field]
+  ]
+  if distill.method == "progressive" and not distill.teacher_workdir:
+    problems.append("distill.teacher_workdir: set it to the teacher's workdir (a 'gaussian' run).")
+  if problems:
+    return problems
   init_from = config.training.init_from_workdir
   # (a workdir without a config: training.init_from_workdir's own problem)
   if init_from and init_from != distill.teacher_workdir and os.path.isdir(init_from):
     problems.append("training.init_from_workdir must be distill.teacher_workdir (or unset).")
+  problems += teacher_problems(config) + base.no_likelihood_problems(config)
+  if config.eval.num_loss_batches:
+    problems.append(
+      "eval.num_loss_batches: a student's loss is against its teacher or target network, which the "
+      "held-out evaluation does not have: set 0 (feature-FD and FID measure students)."
+    )
+  if config.model.get("context_dim") or config.model.get("embedding_dim"):
+    problems.append("model.context_dim / embedding_dim: distilling such teachers is not built.")
+  if config.training.label_dropout:
+    problems.append(
+      f"training.label_dropout={config.training.label_dropout}: a student learns its teacher's "
+      "conditional model on the true labels (guided distillation is not built): set 0."
+    )
+  for field in ("guidance_scale", "classifier_scale"):
+    if 0 < config.sampling[field] < math.inf:
+      problems.append(f"sampling.{field}: a distilled student samples without guidance (0).")
+  method_problems = {"progressive": progressive_problems, "consistency": consistency_problems}
+  return problems + method_problems[distill.method](config)
+
+
+def progressive_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The rounds fit the teacher's grid and the run; the student samples by DDIM (η = 0) on the
+  distillation grid: trailing spacing, a number of steps that divides distill.teacher_steps; the
+  values the Gaussian family refuses anyway are left to it."""
+  distill, sampling_config = config.distill, config.sampling
+  problems = gaussian.validate(config)
   if distill.teacher_steps % 2**distill.rounds:
     problems.append(
       f"distill.teacher_steps={distill.teacher_steps} must halve distill.rounds={distill.rounds} "
@@ -123,30 +201,76 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       f"training.num_train_steps={config.training.num_train_steps} must be distill.rounds × "
       f"distill.steps_per_round = {distill.rounds * distill.steps_per_round}."
     )
-  problems += sampling_problems(config) + base.no_likelihood_problems(config)
-  if config.eval.num_loss_batches:
+  sampler, spacing = sampling_config.sampler, sampling_config.timestep_spacing
+  if sampler in gaussian.SAMPLERS and sampler != "ddim":
+    problems.append(f"sampling.sampler={sampler!r}: a distilled student samples with 'ddim'.")
+  if spacing in gaussian.TIMESTEP_SPACINGS and spacing != "trailing":
     problems.append(
-      "eval.num_loss_batches: a student's loss is against its round's teacher, which the held-out "
-      "evaluation does not have: set 0 (feature-FD and FID measure students)."
+      f"sampling.timestep_spacing={spacing!r}: a distilled student's grid is 'trailing'."
     )
-  if config.model.get("context_dim") or config.model.get("embedding_dim"):
-    problems.append("model.context_dim / embedding_dim: distilling such teachers is not built.")
+  steps = sampling_config.num_steps
+  if steps is None or (steps > 0 and distill.teacher_steps % steps):
+    problems.append(
+      f"sampling.num_steps={steps} must divide distill.teacher_steps={distill.teacher_steps} "
+      "(the student's grid is part of its teacher's)."
+    )
+  if 0 < sampling_config.eta < math.inf:
+    problems.append("sampling.eta: a distilled student samples deterministically (0).")
+  return problems
+
+
+def consistency_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The grid, the distance and CM's sampler; without a teacher, EDM's network checks."""
+  distill, problems = config.distill, []
+  if distill.distance not in DISTANCES:
+    problems.append(
+      f"distill.distance={distill.distance!r}: one of {', '.join(DISTANCES)} (LPIPS: no "
+      "perceptual network can be shipped here)."
+    )
+  if not distill.teacher_workdir and distill.initial_scales > distill.num_scales:
+    problems.append(
+      f"distill.initial_scales={distill.initial_scales} exceeds distill.num_scales="
+      f"{distill.num_scales} (consistency training's curriculum grows to it)."
+    )
+  if config.sampling.sampler != "consistency":
+    problems.append(
+      f"sampling.sampler={config.sampling.sampler!r}: a consistency model samples with "
+      "'consistency' (CM's multistep sampler)."
+    )
+  if config.sampling.num_steps is None:
+    problems.append("sampling.num_steps: set the consistency sampler's steps (1: one step).")
+  teacher = teacher_config(config)
+  if teacher is not None and teacher.family == "gaussian":
+    problems += gaussian.diffusion_problems(config.diffusion)
+  elif not 0 < config.edm.sigma_min < config.edm.sigma_max:
+    problems.append(
+      f"edm.sigma_min={config.edm.sigma_min} and edm.sigma_max={config.edm.sigma_max} must "
+      "satisfy 0 < sigma_min < sigma_max."
+    )
+  why = f"EDM's denoiser of {config.data.num_channels} data channels"
+  if teacher is None:
+    problems += base.unet_problems(
+      config, config.data.num_channels, why, networks=base.IMAGE_NETWORKS
+    )
   return problems
 
 
 def teacher_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """A 'gaussian' teacher whose model, diffusion, latent space and image size the student has."""
+  """A teacher of a family the method takes, whose blocks, image size and channels the student
+  has."""
   teacher = teacher_config(config)
   if teacher is None:
     return []
-  if teacher.family != "gaussian":
+  families = ("gaussian",) if config.distill.method == "progressive" else tuple(TEACHER_BLOCKS)
+  if teacher.family not in families:
     return [
-      f"distill.teacher_workdir: its config.family={teacher.family!r}; progressive distillation "
-      "takes a 'gaussian' teacher (flow and EDM teachers are not built)."
+      f"distill.teacher_workdir: its config.family={teacher.family!r}; distill.method="
+      f"{config.distill.method!r} takes a {' or '.join(repr(f) for f in families)} teacher "
+      "(flow teachers are not built)."
     ]
   problems = [
     f"{block}.* must be the teacher's (leave them unset: they are copied)."
-    for block in TEACHER_BLOCKS
+    for block in TEACHER_BLOCKS[teacher.family]
     if base.as_json(config[block]) != base.as_json(teacher[block])
   ]
   size = (config.data.image_size, config.data.num_channels)
@@ -158,31 +282,12 @@ def teacher_problems(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def sampling_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """The student samples by DDIM (η = 0) on the distillation grid: trailing spacing, a number of
-  steps that divides distill.teacher_steps, no guidance (guided distillation is not built); the
-  values the Gaussian family refuses anyway are left to it."""
-  sampling_config, problems = config.sampling, []
-  sampler, spacing = sampling_config.sampler, sampling_config.timestep_spacing
-  if sampler in gaussian.SAMPLERS and sampler != "ddim":
-    problems.append(f"sampling.sampler={sampler!r}: a distilled student samples with 'ddim'.")
-  if spacing in gaussian.TIMESTEP_SPACINGS and spacing != "trailing":
-    problems.append(
-      f"sampling.timestep_spacing={spacing!r}: a distilled student's grid is 'trailing'."
-    )
-  steps = sampling_config.num_steps
-  if steps is None or (steps > 0 and config.distill.teacher_steps % steps):
-    problems.append(
-      f"sampling.num_steps={steps} must divide distill.teacher_steps="
-      f"{config.distill.teacher_steps} (the student's grid is part of its teacher's)."
-    )
-  for field in ("eta", "guidance_scale"):
-    if 0 < sampling_config[field] < math.inf:
-      problems.append(f"sampling.{field}: a distilled student samples without it (0).")
-  return problems
-
-
 def build(config: ml_collections.ConfigDict) -> base.Family:
+  builders = {"progressive": build_progressive, "consistency": build_consistency}
+  return builders[config.distill.method](config)
+
+
+def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
   student = gaussian.build(config)  # the teacher's network and diffusion, its DDIM sampler
   d, model, distill = gaussian.make_diffusion(config), student.model, config.distill
   grid = jnp.asarray(diffusion.distillation_grid(d.num_timesteps, distill.teacher_steps))
@@ -250,5 +355,156 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     bits_per_dim=None,
     init_state=lambda params: {"teacher": params, "round": jnp.zeros((), jnp.int32)},
     update_state=lambda family_state, draws, per_example: family_state,
+    advance=advance,
+  )
+
+
+# (params, labels, **apply kwargs) -> D(x, σ): a network's denoiser, by its family
+DenoiserOf = Callable[..., Callable[[jax.Array, jax.Array], jax.Array]]
+
+
+def gaussian_denoiser(config: ml_collections.ConfigDict) -> tuple[DenoiserOf, float, float]:
+  """A 'gaussian' run's network as D(x, σ) (`sampling.discrete_denoiser`, σ between its first and
+  last step's), with (σ_min, σ_max)."""
+  with jax.ensure_compile_time_eval():  # concrete arrays also when built inside a traced function
+    d = gaussian.make_diffusion(config)
+  model = models.get_model(config.model)
+
+  def denoiser_of(params, labels, **kwargs):
+    model_fn = lambda x_t, t: model.apply(
+      params, x_t, gaussian.network_time_of(config.diffusion, t), labels, **kwargs
+    )
+    return sampling.discrete_denoiser(d, model_fn)
+
+  return denoiser_of, *gaussian.discrete_sigma_range(d)
+
+
+def edm_denoiser(config: ml_collections.ConfigDict) -> tuple[DenoiserOf, float, float]:
+  """EDM's preconditioned network D(x, σ) (`edm.denoise`), with config.edm's (σ_min, σ_max)."""
+  model, edm_config = models.get_model(config.model), config.edm
+
+  def denoiser_of(params, labels, **kwargs):
+    network_fn = lambda x_in, c_noise: model.apply(params, x_in, c_noise, labels, None, **kwargs)
+    return lambda x, sigma: edm.denoise(network_fn, x, sigma, edm_config.sigma_data)
+
+  return denoiser_of, edm_config.sigma_min, edm_config.sigma_max
+
+
+DENOISERS = {"gaussian": gaussian_denoiser, "edm": edm_denoiser}
+
+
+def build_consistency(config: ml_collections.ConfigDict) -> base.Family:
+  """Consistency distillation from distill.teacher_workdir's run, or consistency training (iCT)
+  without one (see the module's docstring)."""
+  teacher = teacher_config(config)
+  distilling = teacher is not None
+  kind = teacher.family if distilling else "edm"  # the student's network: its teacher's kind
+  denoiser_of, sigma_min, sigma_max = DENOISERS[kind](config)
+  network = {"gaussian": gaussian.build, "edm": edm_family.build}[kind](config)
+  model, distill, sigma_data = network.model, config.distill, config.edm.sigma_data
+  num_scales, total_steps = distill.num_scales, config.training.num_train_steps
+
+  def consistency_fn(params, labels, **kwargs):
+    denoise_fn = denoiser_of(params, labels, **kwargs)
+    return lambda x, sigma: edm.consistency_from_denoiser(
+      denoise_fn, x, sigma, sigma_data, sigma_min
+    )
+
+  def distance(x, y):
+    if distill.distance == "l2":
+      return jnp.sum((x - y) ** 2, axis=tuple(range(1, x.ndim)))
+    return edm.pseudo_huber(x, y, 0.00054 * math.sqrt(math.prod(x.shape[1:])))
+
+  def grid(scales):
+    """σ_0 < … < σ_{N-1} of EDM's grid of `scales` points (traced), padded to num_scales."""
+    return edm.consistency_sigmas(jnp.arange(num_scales), scales, sigma_min, sigma_max)
+
+  def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
+    x0 = batch["image"]
+    batch_size = x0.shape[0]
+    labels = batch["label"] if model.num_classes else None
+    z = jax.random.normal(keys.noise, x0.shape, x0.dtype)
+    if distilling:  # CD: i uniform on N - 1 intervals, the teacher's Heun step down one
+      scales = jnp.asarray(num_scales)
+      i = jax.random.randint(keys.t, (batch_size,), 0, num_scales - 1)
+    else:  # iCT: N(k) from the curriculum, i by the log-normal interval masses
+      scales = edm.ict_num_scales(
+        family_state["step"], total_steps, distill.initial_scales - 1, num_scales - 1
+      )
+      mass = edm.ict_index_probabilities(grid(scales))  # [num_scales - 1]; past N(k) - 1: none
+      mass = jnp.where(jnp.arange(num_scales - 1) < scales - 1, mass, 0.0)
+      i = jax.random.categorical(keys.t, jnp.log(mass), shape=(batch_size,))
+    sigmas = grid(scales)
+    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    per = lambda a: a.reshape((-1,) + (1,) * (x0.ndim - 1))
+    x_next = x0 + per(sigma_next) * z
+    draws = {
+      "x_next": x_next,
+      "sigma_next": sigma_next,
+      "sigma": sigma,
+      "labels": labels,
+      "weight": base.unweighted(batch_size),
+      "t_fraction": i / (scales - 2).clip(1),
+    }
+    if not distilling:
+      return {**draws, "x": x0 + per(sigma) * z}
+    teacher_denoiser = denoiser_of(family_state["teacher"], labels, train=False)
+    x = edm.heun_ode_step(teacher_denoiser, x_next, sigma_next, sigma)
+    target = consistency_fn(family_state["target"], labels, train=False)(x, sigma)
+    return {**draws, "x": x, "target": target}
+
+  def loss(params, batch, draws, dropout_rng):
+    del batch  # (in the draws)
+    kwargs = base.apply_kwargs(dropout_rng)
+    student = consistency_fn(params, draws["labels"], **kwargs)
+    # CD: θ⁻'s output, drawn; iCT: θ⁻ = θ (the same dropout), under stop-gradient
+    target_fn = (lambda x, sigma: draws["target"]) if distilling else student
+    return edm.consistency_loss(
+      student, target_fn, draws["x_next"], draws["sigma_next"], draws["x"], draws["sigma"], distance
+    )
+
+  def init_state(params):
+    if distilling:  # the teacher (the student's start) and the target network, both θ at first
+      return {"teacher": params, "target": params}
+    return {"step": jnp.zeros((), jnp.int32)}  # iCT's curriculum reads the step
+
+  def advance(state):
+    family_state = state.family_state
+    if not distilling:
+      return state.replace(family_state={"step": state.step.astype(jnp.int32)})
+    mu = distill.target_ema
+    target = jax.tree_util.tree_map(
+      lambda old, new: mu * old + (1.0 - mu) * new, family_state["target"], state.params
+    )
+    return state.replace(family_state={**family_state, "target": target})
+
+  def make_sampler(batch_size: int, progress: bool = False, guide=None, workdir=None):
+    """CM's multistep sampler on sampling.num_steps levels of EDM's grid from σ_max."""
+    del progress, guide, workdir  # (a few network evaluations: no progress bar)
+    shape = base.sample_shape(batch_size, config.data)
+    num_steps = config.sampling.num_steps
+    levels = edm.consistency_sigmas(jnp.arange(num_steps + 1), num_steps + 1, sigma_min, sigma_max)
+    finish = latent.clip_samples(config)
+
+    def sample(params, rng, cond=None, guide_params=None, controls=None, x_T=None):
+      del guide_params, controls
+      labels = (cond or base.Cond()).label if model.num_classes else None
+      noise = jax.random.normal(rng, (num_steps,) + shape)
+      if x_T is not None:  # the first level's draw: x = σ_max x_T
+        noise = noise.at[0].set(x_T)
+      f = consistency_fn(params, labels)
+      return finish(edm.consistency_sample(f, noise, levels[::-1][:-1], sigma_min))
+
+    return sample
+
+  return base.Family(
+    name=config.family,
+    model=model,
+    init_params=network.init_params,
+    draw=draw,
+    loss=loss,
+    make_sampler=make_sampler,
+    conditions=("label",) * bool(model.num_classes),
+    init_state=init_state,
     advance=advance,
   )
