@@ -556,7 +556,7 @@ def alpha_sigma(d: GaussianDiffusion, k: Array) -> tuple[Array, Array]:
 
 def ddim_step_from_x0(x0_hat, z_t, alpha_t, sigma_t, alpha_s, sigma_s) -> Array:
   """z_s = α_s x̂ + σ_s (z_t - α_t x̂)/σ_t  (DDIM with η = 0; α, σ [B] broadcast per example)."""
-  per = lambda a: a.reshape(a.shape + (1,) * (z_t.ndim - 1))
+  per = lambda a: losses.expand_to(a, z_t)
   eps_hat = (z_t - per(alpha_t) * x0_hat) / per(sigma_t)
   return per(alpha_s) * x0_hat + per(sigma_s) * eps_hat
 
@@ -564,7 +564,7 @@ def ddim_step_from_x0(x0_hat, z_t, alpha_t, sigma_t, alpha_s, sigma_s) -> Array:
 def distillation_target(z_t, z_s, alpha_t, sigma_t, alpha_s, sigma_s) -> Array:
   """x̃ = (z_s - (σ_s/σ_t) z_t) / (α_s - (σ_s/σ_t) α_t): the x̂ whose one DDIM step from z_t lands
   on z_s  (Salimans & Ho, Algorithm 2)."""
-  per = lambda a: a.reshape(a.shape + (1,) * (z_t.ndim - 1))
+  per = lambda a: losses.expand_to(a, z_t)
   ratio = per(sigma_s / sigma_t)
   return (z_s - ratio * z_t) / (per(alpha_s) - ratio * per(alpha_t))
 
@@ -595,8 +595,7 @@ def distillation_pair(
   """(z_t, x̃): z_t = α_t x0 + σ_t ε and the target x̃ of two teacher steps k_t -> k_mid -> k_s
   from it  (Salimans & Ho, Algorithm 2)."""
   alpha_t, sigma_t = alpha_sigma(d, k_t)
-  per = lambda a: a.reshape(a.shape + (1,) * (x0.ndim - 1))
-  z_t = per(alpha_t) * x0 + per(sigma_t) * noise
+  z_t = losses.expand_to(alpha_t, x0) * x0 + losses.expand_to(sigma_t, x0) * noise
   z_s = two_teacher_steps(d, teacher_x0_fn, z_t, k_t, k_mid, k_s)
   return z_t, distillation_target(z_t, z_s, alpha_t, sigma_t, *alpha_sigma(d, k_s))
 

@@ -297,6 +297,16 @@ def run(*args):
   run_module("ddpm_jax.main", *args)
 
 
+def trained_teacher(tmp_path):
+  """The digits default trained for 30 steps in tmp_path/teacher. -> its workdir."""
+  from helpers import REPO
+
+  teacher = tmp_path / "teacher"
+  steps = ["--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30"]
+  run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}", *steps)
+  return teacher
+
+
 def resumed_equals_straight(common, tmp_path, removed_steps, last_step):
   """Runs `common` in tmp_path/straight, then again in a copy without the checkpoints at
   `removed_steps` (as if killed after the one before): both end in the same state, bit for bit.
@@ -346,9 +356,7 @@ def test_progressive_distillation_from_the_command_line_resumes_inside_its_round
   student samples with 1 and 2 steps and evaluates."""
   from helpers import REPO
 
-  teacher = tmp_path / "teacher"
-  steps = ["--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30"]
-  run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}", *steps)
+  teacher = trained_teacher(tmp_path)
   common = [
     f"--config={REPO}/configs/distill_progressive_default.py",
     f"--config.distill.teacher_workdir={teacher}",
@@ -494,12 +502,9 @@ def test_consistency_models_from_the_command_line_resume_and_sample(tmp_path):
   """A teacher trains; consistency distillation from it, preempted after step 3 (its newer
   checkpoints gone), resumes into the same state bit for bit; the student samples with 1 and 2
   steps and evaluates; consistency training (no teacher) trains and samples."""
-
   from helpers import REPO
 
-  teacher = tmp_path / "teacher"
-  steps = ["--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30"]
-  run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}", *steps)
+  teacher = trained_teacher(tmp_path)
   common = [
     f"--config={REPO}/configs/consistency_default.py",
     f"--config.distill.teacher_workdir={teacher}",

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from ddpm_jax import diffusion, edm, models, sampling
+from ddpm_jax import diffusion, edm, losses, models, sampling
 from ddpm_jax.families import base, gaussian, latent
 from ddpm_jax.families import edm as edm_family
 
@@ -436,8 +436,7 @@ def build_consistency(config: ml_collections.ConfigDict) -> base.Family:
       i = jax.random.categorical(keys.t, jnp.log(mass), shape=(batch_size,))
     sigmas = grid(scales)
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
-    per = lambda a: a.reshape((-1,) + (1,) * (x0.ndim - 1))
-    x_next = x0 + per(sigma_next) * z
+    x_next = x0 + losses.expand_to(sigma_next, x0) * z
     draws = {
       "x_next": x_next,
       "sigma_next": sigma_next,
@@ -447,7 +446,7 @@ def build_consistency(config: ml_collections.ConfigDict) -> base.Family:
       "t_fraction": i / (scales - 2).clip(1),
     }
     if not distilling:
-      return {**draws, "x": x0 + per(sigma) * z}
+      return {**draws, "x": x0 + losses.expand_to(sigma, x0) * z}
     teacher_denoiser = denoiser_of(family_state["teacher"], labels, train=False)
     x = edm.heun_ode_step(teacher_denoiser, x_next, sigma_next, sigma)
     target = consistency_fn(family_state["target"], labels, train=False)(x, sigma)
