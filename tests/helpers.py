@@ -119,8 +119,9 @@ def with_random_zero_layers(params, seed: int = 5, scale: float = 0.1):
   return jax.tree_util.tree_unflatten(tree, leaves)
 
 
-def run_module(*args) -> None:
-  """`python -m ARGS` on the CPU in the repository; fails the test with its stderr's end."""
+def run_module(*args) -> str:
+  """`python -m ARGS` on the CPU in the repository; fails the test with its stderr's end. -> its
+  stderr (the logs)."""
   import subprocess
 
   result = subprocess.run(
@@ -131,3 +132,4 @@ def run_module(*args) -> None:
     text=True,
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  return result.stderr

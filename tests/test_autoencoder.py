@@ -291,10 +291,10 @@ def test_the_offline_autoencoder_trains_and_reconstructs(tmp_path):
   assert results["psnr"] > 24 and results["latent_std"] > 0, results
 
 
-def run(*args):
+def run(*args) -> str:
   from helpers import run_module
 
-  run_module(*args)
+  return run_module(*args)
 
 
 @pytest.mark.slow
@@ -332,7 +332,8 @@ def test_latent_families_train_sample_and_evaluate_on_the_offline_autoencoder(tm
       "--config.data.num_workers=0",
     ]
     for mode in ("train", "sample", "eval"):
-      run("ddpm_jax.main", f"--mode={mode}", *common)
+      logs = run("ddpm_jax.main", f"--mode={mode}", *common)
+      assert logs.count("Loaded the autoencoder") == 1, mode  # once for all its consumers
     samples = np.load(workdir / "samples" / "samples_10.npz")["images"]
     assert samples.shape == (16, 8, 8, 1) and samples.dtype == np.uint8
     import ddpm_jax  # the pipeline decodes too

@@ -522,3 +522,59 @@ def test_consistency_models_from_the_command_line_resume_and_sample(tmp_path):
       "--config.sampling.num_samples=16")  # fmt: skip
   samples = np.load(trained / "samples" / "samples_4.npz")["images"]
   assert samples.shape == (16, 8, 8, 1)
+
+
+@pytest.fixture(scope="module")
+def edm_teacher_workdir(tmp_path_factory):
+  """An 'edm' run of the digits at its (random) initial weights, trained on ln σ ~ N(-1, 1)."""
+  from configs import default as default_config
+  from ddpm_jax.convert import presets
+  from ddpm_jax.jobs.train_state import create_train_state
+
+  workdir = str(tmp_path_factory.mktemp("edm_teacher"))
+  config = default_config.get_config("edm")
+  config.edm.update(p_mean=-1.0, p_std=1.0)
+  state = create_train_state(config, jax.random.key(6))
+  presets.write_workdir(config, state.params, workdir, "test", "random initial weights")
+  return workdir
+
+
+def test_the_teacher_blocks_fields_a_student_does_not_read_are_refused(
+  teacher_workdir, edm_teacher_workdir
+):
+  """The family carries the diffusion and EDM blocks for either teacher: each field that the
+  method and the teacher leave unread is refused by name, once; the read ones are not."""
+  from ddpm_jax import families
+  from ddpm_jax.families.config_validation import InvalidConfigError, validate_config
+
+  progressive = lambda: families.completed(distill_config(teacher_workdir))
+  cases = [  # (config, read or copied: legal, unread: refused)
+    (progressive, [], [("edm", "p_mean", -1.0), ("edm", "sigma_data", 1.0)]),
+    (
+      lambda: consistency_config(teacher_workdir),
+      [("edm", "sigma_data", 1.0)],
+      [("edm", "sigma_max", 20.0), ("edm", "p_std", 2.0)],
+    ),
+    (lambda: consistency_config(edm_teacher_workdir), [], [("diffusion", "num_timesteps", 500)]),
+    (
+      consistency_config,  # training: EDM's network and σ range, iCT's levels
+      [("edm", "sigma_max", 20.0)],
+      [("diffusion", "mean_type", "v"), ("edm", "p_mean", -1.1)],
+    ),
+  ]
+  for make_config, read, unread in cases:
+    config = make_config()
+    validate_config(config)
+    for block, field, value in read:
+      config = make_config()
+      config[block][field] = value
+      validate_config(config)
+    for block, field, value in unread:
+      config = make_config()
+      config[block][field] = value
+      with pytest.raises(
+        InvalidConfigError, match=rf"^Invalid config: {block}\.{field}=.*not read"
+      ):
+        validate_config(config)
+  # the EDM teacher's own p_mean is copied, not refused
+  assert consistency_config(edm_teacher_workdir).edm.p_mean == -1.0

@@ -177,7 +177,34 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     if 0 < config.sampling[field] < math.inf:
       problems.append(f"sampling.{field}: a distilled student samples without guidance (0).")
   method_problems = {"progressive": progressive_problems, "consistency": consistency_problems}
-  return problems + method_problems[distill.method](config)
+  return problems + unread_problems(config) + method_problems[distill.method](config)
+
+
+def unread_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The fields of the diffusion and EDM blocks (which the family carries for either kind of
+  teacher) that the method and the teacher leave unread, where set away from their defaults."""
+  teacher, distill = teacher_config(config), config.distill
+  edm_fields, sigma_range = tuple(edm_family.default_config()), ("sigma_min", "sigma_max")
+  if distill.method == "progressive":  # a 'gaussian' teacher's
+    unread, why = {"edm": edm_fields}, "distill.method='progressive' (a 'gaussian' teacher)"
+  elif teacher is None and distill.teacher_workdir:
+    return []  # its teacher's kind is unknown (a missing workdir is refused by its own check)
+  elif teacher is None:  # iCT's fixed log-normal levels, EDM's network
+    unread = {"diffusion": tuple(gaussian.diffusion_config()), "edm": ("p_mean", "p_std")}
+    why = "consistency training (iCT's noise levels: P_mean = -1.1, P_std = 2)"
+  elif teacher.family == "gaussian":  # the σ range is the teacher's steps'
+    unread = {"edm": ("p_mean", "p_std", *sigma_range)}
+    why = "consistency distillation from a 'gaussian' teacher (σ from its steps)"
+  else:
+    unread = {"diffusion": tuple(gaussian.diffusion_config())}
+    why = f"consistency distillation from a {teacher.family!r} teacher"
+  defaults = {"diffusion": gaussian.diffusion_config(), "edm": edm_family.default_config()}
+  return [
+    f"{block}.{field}={config[block][field]!r} is not read by {why}: leave it unset."
+    for block, fields in unread.items()
+    for field in fields
+    if config[block][field] != defaults[block][field]
+  ]
 
 
 def progressive_problems(config: ml_collections.ConfigDict) -> list[str]:

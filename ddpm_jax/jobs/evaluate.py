@@ -194,10 +194,12 @@ def held_out_batches(config: ml_collections.ConfigDict, num_batches: int):
   )
 
 
-def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Family, mesh):
+def make_held_out_loss(
+  config: ml_collections.ConfigDict, family: families.Family, mesh, autoencoder=latent.RUNS_OWN
+):
   """-> (params) -> the family's mean loss, without dropout and with t uniform, on the first
   `eval.num_loss_batches` batches of `data.eval_split`; the same draws at every call, so that the
-  values of one run compare."""
+  values of one run compare. `autoencoder`: a latent run's, where the caller has loaded it."""
 
   def mean_loss(params, batch, rng):
     draws = family.draw(families.step_keys(rng), batch, None)
@@ -206,7 +208,7 @@ def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Famil
   loss_fn = jax.jit(mean_loss, out_shardings=parallel.replicated(mesh))
   sharding = parallel.data_sharding(mesh)
   key = run_rngs(config.seed)["eval"]
-  autoencoder = latent.load_autoencoder(config, mesh)  # a latent run's: the batches are encoded
+  autoencoder = latent.loaded(autoencoder, config, mesh)  # a latent run's: the batches are encoded
 
   def held_out_loss(params) -> float:
     losses = []
@@ -220,7 +222,7 @@ def make_held_out_loss(config: ml_collections.ConfigDict, family: families.Famil
 
 
 def held_out_bits_per_dim(
-  config: ml_collections.ConfigDict, ema_params, mesh, workdir: str
+  config: ml_collections.ConfigDict, ema_params, mesh, workdir: str, autoencoder=latent.RUNS_OWN
 ) -> float:
   """Mean negative log-likelihood (bound) in bits/dim of the 8-bit held-out data over
   `eval.bpd_num_batches` batches (a class-conditional model's given the true labels), by the
@@ -230,7 +232,7 @@ def held_out_bits_per_dim(
   random order per example (its per-step losses are saved for the sampler's parallel decoding
   plan). A latent run's is that of the latents the model sees (one posterior sample per image,
   scaled by latent.scaling_factor) under the continuous decoder / the ODE's density: "latent_bpd",
-  not comparable with pixels' bits/dim."""
+  not comparable with pixels' bits/dim. `autoencoder`: that run's, where the caller loaded it."""
   family = families.get_family(config)
   if family.bits_per_dim is None:
     raise ValueError(
@@ -238,7 +240,7 @@ def held_out_bits_per_dim(
     )
   bpd_fn = jax.jit(family.bits_per_dim)
   sharding = parallel.data_sharding(mesh)
-  autoencoder = latent.load_autoencoder(config, mesh)  # a latent run's: the batches are encoded
+  autoencoder = latent.loaded(autoencoder, config, mesh)  # a latent run's: the batches are encoded
   key = run_rngs(config.seed)["eval"]
   outputs = []
   for i, batch in enumerate(held_out_batches(config, config.eval.bpd_num_batches)):
@@ -367,12 +369,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   family = families.get_family(config)
   results: dict[str, float] = {}
   fewer_samples = check_fid_sample_count(eval_config) if eval_config.num_fid_samples else ""
+  autoencoder = latent.load_autoencoder(config, mesh)  # a latent run's, once for every metric
   if eval_config.num_loss_batches:
-    results["loss"] = make_held_out_loss(config, family, mesh)(ema_params)
+    results["loss"] = make_held_out_loss(config, family, mesh, autoencoder)(ema_params)
 
   @functools.cache
   def generate():  # the same samples for FID and the offline metrics
-    return sample_lib.generate(config, ema_params, eval_config.num_fid_samples, mesh, workdir)
+    count = eval_config.num_fid_samples
+    return sample_lib.generate(config, ema_params, count, mesh, workdir, autoencoder=autoencoder)
 
   if family.make_sampler is None:
     logging.info("config.family=%r generates no images: no sample metrics.", config.family)
@@ -414,7 +418,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     )
   if eval_config.bpd_num_batches:
     name = "latent_bpd" if latent.latent_workdir(config) else "bpd"
-    results[name] = held_out_bits_per_dim(config, ema_params, mesh, workdir)
+    results[name] = held_out_bits_per_dim(config, ema_params, mesh, workdir, autoencoder)
   if family.represent is not None:  # a learned representation: probes, reconstruction, consistency
     results.update(representation_metrics(config, family, ema_params))
   if family.samples == "embeddings":  # a diffusion prior

@@ -32,7 +32,7 @@ from ddpm_jax.models.autoencoder_kl import downsampling_factor
 from ddpm_jax.runtime import parallel
 
 __all__ = ["Autoencoder", "decode", "encode", "images_of", "load_autoencoder", "model_batch"]
-__all__ += ["encode_dataset", "input_data", "pixel_data", "posterior_key"]
+__all__ += ["encode_dataset", "input_data", "pixel_data", "posterior_key", "RUNS_OWN", "loaded"]
 
 
 class Autoencoder(NamedTuple):
@@ -50,7 +50,8 @@ def load_autoencoder(config: ml_collections.ConfigDict, mesh=None) -> Autoencode
   if not workdir:
     return None
   ae_config = autoencoder_config(workdir)
-  params, _ = restore_ema_params(ae_config, workdir, mesh or parallel.make_mesh())
+  params, step = restore_ema_params(ae_config, workdir, mesh or parallel.make_mesh())
+  logging.info("Loaded the autoencoder of %s (step %d's EMA parameters).", workdir, step)
   model_config = copy.deepcopy(ae_config.model)
   if config.latent.scaling_factor is not None:  # e.g. 1 / the autoencoder's eval latent_std
     model_config.scaling_factor = config.latent.scaling_factor
@@ -59,6 +60,16 @@ def load_autoencoder(config: ml_collections.ConfigDict, mesh=None) -> Autoencode
     {"params": params["params"]},
     config.latent.sample_posterior,
   )
+
+
+# an `autoencoder=` argument's default: the run's own, loaded by the callee (a job that calls
+# several consumers loads it once and passes it: the SD-VAE's checkpoint is ~335 MB)
+RUNS_OWN = object()
+
+
+def loaded(autoencoder, config: ml_collections.ConfigDict, mesh=None) -> Autoencoder | None:
+  """`autoencoder`, or the run's own (`load_autoencoder`) where it is RUNS_OWN."""
+  return load_autoencoder(config, mesh) if autoencoder is RUNS_OWN else autoencoder
 
 
 def _draw(autoencoder: Autoencoder, mean, logvar, key):

@@ -322,6 +322,7 @@ def generate(
   cond: families.Cond | None = None,
   x_T: np.ndarray | None = None,
   uint8: bool = True,
+  autoencoder=latent.RUNS_OWN,
 ) -> tuple[np.ndarray, np.ndarray]:
   """`num_samples` samples of the run `config` in batches of `sampling.batch_size` spread over
   every device of every host, with progress and ETA -> (uint8 images [N, H, W, C] (a prior's:
@@ -334,7 +335,8 @@ def generate(
   `conditioning_inputs` (a context-conditional model's contexts, a super-resolution model's
   low-resolution images with their labels). `workdir` holds what the family's sampler reads there
   (an ARDM's loss components for parallel decoding). `x_T` [N, H, W, C]: the samples' initial
-  noise (else drawn from their keys); `uint8` False: images as the sampler's floats in [-1, 1]."""
+  noise (else drawn from their keys); `uint8` False: images as the sampler's floats in [-1, 1].
+  `autoencoder`: a latent run's, where the caller has loaded it."""
   sampling_config = config.sampling
   batch = sampling_config.batch_size
   guide, guide_params = None, None
@@ -342,7 +344,7 @@ def generate(
     guide, guide_params = load_classifier(sampling_config.classifier_workdir, mesh)
   family = families.get_family(config)
   sample_fn = make_sample_fn(family, batch, mesh, progress=True, guide=guide, workdir=workdir)
-  autoencoder = latent.load_autoencoder(config, mesh)  # a latent run's samples are decoded
+  autoencoder = latent.loaded(autoencoder, config, mesh)  # a latent run's samples are decoded
   rng = run_rngs(config.seed)["sample"]
   cond = cond or families.Cond()
   missing = [name for name in family.conditions if getattr(cond, name) is None]

@@ -246,7 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sample_fn = sample_lib.make_sample_fn(family, grid_batch, mesh)
     grid_cond = sample_lib.batch_rows(grid_cond, 0, grid_batch)
   held_out_loss = (
-    evaluate.make_held_out_loss(config, family, mesh) if config.eval.num_loss_batches else None
+    evaluate.make_held_out_loss(config, family, mesh, autoencoder)
+    if config.eval.num_loss_batches
+    else None
   )
 
   skip_nonfinite, skips_in_a_row = skips_nonfinite(training), 0
