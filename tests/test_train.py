@@ -374,9 +374,14 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
       with open(path, "wb") as f:
         f.write(b"garbage")
   ckpt = checkpoint.Checkpointer(str(tmp_path))
-  state, step = ckpt.restore_latest(train.abstract_train_state(config, parallel.make_mesh()))
-  ckpt.close()
+  abstract_state = train.abstract_train_state(config, parallel.make_mesh())
+  state, step = ckpt.restore_latest(abstract_state)
   assert step == 4 and int(state.step) == 4
+  state, step = ckpt.restore_latest(abstract_state, only_step=4)  # an older step on request
+  assert step == 4 and int(state.step) == 4
+  with pytest.raises(FileNotFoundError, match=r"No checkpoint of step 6 .*\[8, 4\]"):
+    ckpt.restore_latest(abstract_state, only_step=6)
+  ckpt.close()
   assert "step 8" in caplog.text and "cannot be read" in caplog.text
   # A config whose train state does not fit the checkpoints is refused, not started afresh over
   # them.
@@ -453,6 +458,7 @@ def test_nonfinite_skip_keeps_the_state_of_the_skipped_steps_and_stops_after_too
   ):
     np.testing.assert_array_equal(got, want)
   assert "its update skipped (2 in a row)" in caplog.text
+  assert "TFLOP/s/device (MFU" in caplog.text and "GFLOP per device" in caplog.text
   assert "2 updates of this interval skipped (non-finite), 2 in all" in caplog.text
   # resumed with every batch poisoned: stops at the third skip in a row
   config.training.num_train_steps = 12

@@ -8,6 +8,7 @@ train_and_evaluate(config, workdir)         # resumes from workdir/checkpoints w
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 
@@ -32,7 +33,7 @@ from ddpm_jax.jobs.train_state import (
   state_sharding,
   warm_started,
 )
-from ddpm_jax.runtime import checkpoint, optim, parallel
+from ddpm_jax.runtime import checkpoint, flops, optim, parallel
 from ddpm_jax.runtime.metric_writer import NUM_LOSS_QUARTILES, MetricWriter
 
 
@@ -221,6 +222,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   )
 
   writer = MetricWriter(workdir, total, is_writer)
+  if start_step < total:  # compiled ahead of time for its FLOPs (TFLOP/s and MFU in the logs)
+    first_batch = next(batches)
+    batches = itertools.chain([first_batch], batches)
+    train_step_fn = train_step_fn.lower(state, first_batch, rngs["train"]).compile()
+    writer.set_flops(
+      flops.compiled_flops(train_step_fn), *flops.peak_flops_per_s(mesh.devices.flat[0])
+    )
   preemption = checkpoint.PreemptionFlag()
   sample_grids = (
     bool(config.sampling.num_samples)

@@ -108,11 +108,13 @@ def warm_started(config: ml_collections.ConfigDict, state: TrainState, mesh) -> 
   return jax.jit(start, out_shardings=shardings)(params)
 
 
-def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, mesh):
+def restore_ema_params(
+  config: ml_collections.ConfigDict, workdir: str, mesh, step: int | None = None
+):
   """-> (EMA parameters, step) of the newest readable checkpoint of the run `config` in
-  `workdir`."""
+  `workdir` (`step`: of that step's)."""
   ckpt = checkpoint.Checkpointer(workdir)
-  state, step = ckpt.restore_latest(abstract_train_state(config, mesh), config)
+  state, step = ckpt.restore_latest(abstract_train_state(config, mesh), config, step)
   ckpt.close()
   if state is None:
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory}: train first (--mode=train).")

@@ -91,14 +91,18 @@ class Checkpointer:
     except Exception:  # noqa: BLE001  (a damaged step: no config to compare)
       return None
 
-  def restore_latest(self, abstract_state, config=None):
+  def restore_latest(self, abstract_state, config=None, only_step: int | None = None):
     """-> (state, step) from the newest readable step, or (None, None) if there are no checkpoints.
 
     `abstract_state` gives shapes, dtypes and shardings (e.g. `jax.eval_shape` output with
     `.sharding`). Raises if there are checkpoints but none can be read: starting afresh would
-    overwrite them.
+    overwrite them. `only_step`: that step's checkpoint (FileNotFoundError where it is not kept).
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
+    if only_step is not None:
+      if only_step not in steps:
+        raise FileNotFoundError(f"No checkpoint of step {only_step} in {self.directory}: {steps}.")
+      steps = [only_step]
     for step in steps:
       try:
         restored = self.manager.restore(

@@ -1,5 +1,6 @@
 """Training logs: step metrics averaged over the log interval, one console line each, TensorBoard
-scalars and images (process 0 writes; flushed at checkpoints and at the end)."""
+scalars and images (process 0 writes; flushed at checkpoints and at the end). With the step's FLOPs
+(`set_flops`), each line also gives the model TFLOP/s per device and the MFU."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ class MetricWriter:
     self.count = 0
     self.skipped, self.total_skipped = 0, 0  # updates skipped for a non-finite loss or gradient
     self.last_time, self.last_step = time.time(), None
+    self.flops_per_step, self.peak_flops = 0.0, None
+
+  def set_flops(self, flops_per_step: float, peak_flops: float, peak_source: str) -> None:
+    """The train step's FLOPs per device (XLA's cost analysis) and the device's peak FLOP/s."""
+    self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
+    logging.info(
+      "Train step: %.3g GFLOP per device; the device's peak: %.1f TFLOP/s (%s).",
+      flops_per_step / 1e9,
+      peak_flops / 1e12,
+      peak_source,
+    )
 
   def add(self, metrics: dict[str, float]) -> None:
     for k, v in metrics.items():
@@ -59,6 +71,11 @@ class MetricWriter:
       if count:
         scalars[f"loss_q{q}"] = self.sums[f"loss_q{q}_sum"] / count
     scalars["steps_per_s"] = steps_per_s
+    throughput = ""
+    if self.flops_per_step and self.peak_flops:
+      scalars["tflops_per_device"] = self.flops_per_step * steps_per_s / 1e12
+      scalars["mfu"] = self.flops_per_step * steps_per_s / self.peak_flops
+      throughput = f"  {scalars['tflops_per_device']:.3g} TFLOP/s/device (MFU {scalars['mfu']:.1%})"
     eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
     if self.is_writer:
       quartiles = " ".join(
@@ -67,7 +84,7 @@ class MetricWriter:
         if f"loss_q{q}" in scalars
       )
       logging.info(
-        "step %d/%d  loss %.5f (%s)  grad_norm %.3f  lr %.2e  %.2f steps/s  ETA %s",
+        "step %d/%d  loss %.5f (%s)  grad_norm %.3f  lr %.2e  %.2f steps/s%s  ETA %s",
         step,
         self.total_steps,
         scalars["loss"],
@@ -75,6 +92,7 @@ class MetricWriter:
         scalars["grad_norm"],
         scalars["lr"],
         steps_per_s,
+        throughput,
         time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 86400:.1f} days",
       )
     self.write_scalars("train", scalars, step)
