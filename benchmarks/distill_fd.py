@@ -139,8 +139,13 @@ def main(argv: list[str] | None = None) -> None:
         ev, configs[name], dirs[name], step, num_steps=n, **sampling
       )
   real = ev.real_data_fd()
-  reference = measure(
-    ev, configs["teacher"], dirs["teacher"], sampler="ddim", num_steps=TEACHER_STEPS
+  reference = measure(  # the first round's teacher
+    ev,
+    configs["teacher"],
+    dirs["teacher"],
+    sampler="ddim",
+    num_steps=TEACHER_STEPS,
+    timestep_spacing="trailing",
   )
   summary = {
     "results": results,
