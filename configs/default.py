@@ -92,7 +92,9 @@ def _shared_config() -> ml_collections.ConfigDict:
   model.fourier_features = ()  # exponents n of sin/cos(2^n·2π x) input features (VDM: (6, 7))
   # "auto": Winograd 3×3 convolutions where they are faster (CPU, 16×16 and up), else XLA's
   model.conv_impl = "auto"
-  model.dtype = "float32"
+  # "auto": bfloat16 compute with float32 parameters and optimizer state on GPUs and TPUs, float32
+  # on CPUs; or "float32" | "bfloat16"
+  model.dtype = "auto"
   model.remat = False
   # score_sde's DDPM++ / NCSN++ (configs/ddpmpp_cifar10_vp.py, ncsnpp_cifar10_ve.py):
   model.skip_rescale = False  # residual sums (x + h)/√2
@@ -248,7 +250,7 @@ def dit_model(dit_size: str = "S", patch_size: int = 2, **fields) -> ml_collecti
   model.mlp_ratio = 4.0
   model.mlp_norm_eps = 1e-6
   model.embedding_type = "adm_positional"  # DiT's sinusoid of t
-  model.dtype = "float32"
+  model.dtype = "auto"  # bfloat16 on accelerators, float32 on CPUs
   model.remat = False  # activation checkpointing per block
   model.update(fields)
   return model

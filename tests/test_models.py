@@ -524,3 +524,33 @@ def test_conv_impl_auto_takes_winograd_where_its_4x4_tiles_fit_on_cpu():
     params = layers.Conv(32).init(jax.random.key(1), x)
     auto = layers.Conv(32, impl="auto").apply(params, x)
     np.testing.assert_array_equal(auto, layers.Conv(32, impl=same_as).apply(params, x))
+
+
+def test_auto_computes_in_bfloat16_on_accelerators_only(monkeypatch):
+  from ddpm_jax import models
+
+  assert models.compute_dtype("auto") == jnp.float32  # this CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert models.compute_dtype("auto") == jnp.bfloat16
+  assert models.get_model({"name": "dit", "dtype": "auto", "depth": 1}).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="Unknown model dtype 'half'"):
+    models.compute_dtype("half")
+
+
+def test_attention_is_softmax_of_scaled_scores_and_fused_on_gpus_only(monkeypatch):
+  """`multihead_attention` (jax.nn.dot_product_attention) = softmax(q kᵀ/√d) v per head, written
+  out, to 1e-5 in float32; cuDNN's kernel is asked for on a GPU in 16 bits only."""
+  from ddpm_jax.models import layers
+
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 10, 24))  # [B, L, C], 3 heads of 8
+  k = k[:, :7]
+  v = v[:, :7]  # 7 keys
+  heads = lambda a: a.reshape(a.shape[0], a.shape[1], 3, 8).transpose(0, 2, 1, 3)
+  scores = heads(q) @ heads(k).transpose(0, 1, 3, 2) / math.sqrt(8)
+  want = (jax.nn.softmax(scores, -1) @ heads(v)).transpose(0, 2, 1, 3).reshape(2, 10, 24)
+  np.testing.assert_allclose(layers.multihead_attention(q, k, v, 3), want, atol=1e-5, rtol=1e-5)
+  assert layers.attention_implementation(jnp.bfloat16, 64) is None  # this CPU: XLA's
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.attention_implementation(jnp.bfloat16, 64) == "cudnn"
+  assert layers.attention_implementation(jnp.float32, 64) is None
+  assert layers.attention_implementation(jnp.bfloat16, 12) is None

@@ -167,6 +167,15 @@ def as_json(block: ml_collections.ConfigDict | dict) -> dict:
   return json.loads(json.dumps(block if isinstance(block, dict) else block.to_dict()))
 
 
+# model.* fields that change how a network computes, not its parameters
+EXECUTION_FIELDS = ("dtype", "remat", "conv_impl")
+
+
+def parameter_fields(model: ml_collections.ConfigDict | dict) -> dict:
+  """A model block's fields that shape its parameters (`as_json` without EXECUTION_FIELDS)."""
+  return {k: v for k, v in as_json(model).items() if k not in EXECUTION_FIELDS}
+
+
 def sample_shape(batch_size: int, data_config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """[B, H, W, C] of a batch of `data_config`'s images."""
   return (batch_size, data_config.image_size, data_config.image_size, data_config.num_channels)

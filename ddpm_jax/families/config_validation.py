@@ -154,7 +154,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     "family": tuple(families.FAMILIES),
     "model.name": tuple(models.MODELS),
     "model.embedding_type": tuple(models.EMBEDDING_TYPES),
-    "model.dtype": tuple(models.DTYPES),
+    "model.dtype": models.COMPUTE_DTYPES,
     "model.conv_impl": layers.CONV_IMPLS,
     "model.downsample_padding": layers.CONV_PADDINGS,
     "model.progressive": unet.PROGRESSIVE_OUTPUTS,
@@ -282,7 +282,7 @@ def init_from_problems(config: ml_collections.ConfigDict) -> list[str]:
     source_model = workdir_configs.load(source).model
   except FileNotFoundError as error:
     return [f"training.init_from_workdir: {error}"]
-  if base.as_json(source_model) != base.as_json(config.model):
+  if base.parameter_fields(source_model) != base.parameter_fields(config.model):
     return [
       f"training.init_from_workdir={source!r} trained another model.* than this config's: "
       "its parameters cannot start this run."

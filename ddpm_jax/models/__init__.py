@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from ddpm_jax.models.autoencoder_kl import AutoencoderKL
@@ -15,12 +16,23 @@ from ddpm_jax.models.unet import UNet
 MODELS = {"unet": UNet, "classifier": NoisyClassifier, "dit": DiT, "autoencoder_kl": AutoencoderKL}
 EMBEDDING_TYPES = tuple(EMBEDDINGS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# model.dtype="auto": bfloat16 compute (float32 parameters) on accelerators, float32 on CPUs
+COMPUTE_DTYPES = (*DTYPES, "auto")
+
+
+def compute_dtype(name: str):
+  """The compute dtype of a model.dtype name ("auto": bfloat16 on a GPU or TPU, else float32)."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  if name not in DTYPES:
+    raise ValueError(f"Unknown model dtype {name!r}; known: {', '.join(COMPUTE_DTYPES)}.")
+  return DTYPES[name]
 
 
 def get_model(model_config):
   """The module `model_config.name` with every other field of `model_config` as its hyperparameter.
 
-  `dtype` is a name ("float32", "bfloat16"); sequences may be tuples or lists.
+  `dtype` is a name ("float32", "bfloat16", "auto"); sequences may be tuples or lists.
   """
   kwargs = dict(model_config)
   name = kwargs.pop("name", "unet")
@@ -35,9 +47,7 @@ def get_model(model_config):
       f"{sorted(valid)}."
     )
   if "dtype" in kwargs:
-    if kwargs["dtype"] not in DTYPES:
-      raise ValueError(f"Unknown model dtype {kwargs['dtype']!r}; known: {', '.join(DTYPES)}.")
-    kwargs["dtype"] = DTYPES[kwargs["dtype"]]
+    kwargs["dtype"] = compute_dtype(kwargs["dtype"])
   for key in (
     "ch_mult",
     "attn_resolutions",

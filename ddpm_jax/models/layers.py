@@ -359,11 +359,26 @@ def num_attention_heads(channels: int, num_heads: int, num_head_channels: int) -
   return num_heads
 
 
+def attention_implementation(dtype, head_dim: int) -> str | None:
+  """cuDNN's fused (flash) attention on a GPU where it takes the inputs (16-bit, head width a
+  multiple of 8 up to 128); else None: XLA's."""
+  fits = dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+  return "cudnn" if fits and jax.default_backend() == "gpu" else None
+
+
 def multihead_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
   """Multi-head softmax(q kᵀ/√d) v: q [B, L, C], k and v [B, S, C] -> [B, L, C]."""
   b, length, c = q.shape
   split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, c // heads)
-  out = jax.nn.dot_product_attention(split(q), split(k), split(v))
+  q, k, v = split(q), split(k), split(v)
+  out = None
+  if attention_implementation(q.dtype, c // heads) == "cudnn":
+    try:
+      out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except (NotImplementedError, RuntimeError, ValueError):  # (this cuDNN or GPU: not supported)
+      out = None
+  if out is None:
+    out = jax.nn.dot_product_attention(q, k, v)
   return out.reshape(b, length, c)
 
 
