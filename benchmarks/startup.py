@@ -1,12 +1,15 @@
 """Start-up cost: seconds from a fresh process to its first train step and to its first batch of
-samples, with JAX's persistent compilation cache cold (empty) and warm (filled by the cold run).
+samples, with JAX's persistent compilation cache cold (empty) and warm (filled by the cold run,
+with the train step's and initialisation's serialised executables, runtime/executables.py), and
+the warm start's floor: imports, loading the executables and their first runs.
 
-  python -m benchmarks.startup [--setups=default,cifar10] [--sample_steps=10]
+  python -m benchmarks.startup [--setups=default,cifar10] [--sample_steps=10] [--json]
 
 Each measurement is a new Python process, as a restarted job is. "default" is configs/default.py on
 the digits through the input pipeline (batch 64); "cifar10" is the CIFAR-10 U-Net of
 configs/ddpm_cifar10.py on a random batch of 8 (the dataset is not needed to measure compilation).
-The first sample batch is 8 images by DDIM with --sample_steps steps.
+The first sample batch is 8 images by DDIM with --sample_steps steps. --json prints one object per
+setup per line: setup, cold_s, warm_s and floor_s (to the first train step), and the parts.
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ SETUPS = ("default", "cifar10")
 
 
 def measure(setup: str, sample_steps: int) -> dict[str, float]:
-  """In this process: -> seconds since start to the first train step and to the first samples."""
+  """In this process: -> seconds since start to the first train step and to the first samples, and
+  the floor's parts (imports, executables' loading, their first runs)."""
   import jax
   import numpy as np
 
   from configs import ddpm_cifar10, default
-  from ddpm_jax import families, train
+  from ddpm_jax import families
   from ddpm_jax.data import loader
   from ddpm_jax.jobs import sample as sample_lib
-  from ddpm_jax.runtime import parallel
+  from ddpm_jax.jobs.train import compiled_train_step
+  from ddpm_jax.jobs.train_state import compiled_init
+  from ddpm_jax.runtime import executables, parallel
 
   imported = time.perf_counter() - START
   config = (default if setup == "default" else ddpm_cifar10).get_config()
@@ -47,15 +53,29 @@ def measure(setup: str, sample_steps: int) -> dict[str, float]:
     size, channels = config.data.image_size, config.data.num_channels
     images = np.random.default_rng(0).uniform(-1, 1, (8, size, size, channels)).astype(np.float32)
     batch = {"image": images, "label": np.zeros(8, np.int32)}
-  state = train.create_train_state(config, jax.random.key(0))
-  step_fn = train.make_train_step(config)
-  state, metrics = step_fn(state, batch, jax.random.key(1))
-  jax.block_until_ready(metrics)
+  mesh = parallel.make_mesh()
+
+  def first_run(fn, *args):  # -> (outputs, seconds)
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+  init = compiled_init(config, mesh, jax.random.key(0))  # create_train_state's two parts
+  state, init_run = first_run(init, jax.random.key(0))
+  step = compiled_train_step(config, mesh, state, batch, jax.random.key(1))
+  (state, _), step_run = first_run(step, state, batch, jax.random.key(1))
   first_step = time.perf_counter() - START
-  sample_fn = sample_lib.make_sample_fn(families.get_family(config), 8, parallel.make_mesh())
+  sample_fn = sample_lib.make_sample_fn(families.get_family(config), 8, mesh)
   jax.block_until_ready(sample_fn(state.ema_params, jax.random.key(2), None))
   first_samples = time.perf_counter() - START
-  return {"imports": imported, "first_train_step": first_step, "first_samples": first_samples}
+  return {
+    "imports": imported,
+    "first_train_step": first_step,
+    "first_samples": first_samples,
+    "executable_loads": executables.load_seconds,
+    "first_runs": init_run + step_run,
+    "floor": imported + executables.load_seconds + init_run + step_run,
+  }
 
 
 def run(setup: str, sample_steps: int, cache_dir: str) -> dict[str, float]:
@@ -72,6 +92,7 @@ def main() -> None:
   )
   parser.add_argument("--setups", default=",".join(SETUPS))
   parser.add_argument("--sample_steps", type=int, default=10)
+  parser.add_argument("--json", action="store_true", help="one JSON object per setup per line")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -82,21 +103,33 @@ def main() -> None:
     return
   from benchmarks.timing import machine_description
 
-  print(f"machine: {machine_description()}", flush=True)
-  print("setup     cache  imports  first train step  first samples   (seconds from process start)")
+  if not args.json:
+    print(f"machine: {machine_description()}", flush=True)
+    print("setup     cache  imports  first train step  first samples  floor  (seconds from start)")
   for setup in args.setups.split(","):
     with tempfile.TemporaryDirectory() as cache_dir:
       cold, warm = (run(setup, args.sample_steps, cache_dir) for _ in range(2))
+    if args.json:
+      line = {
+        "setup": setup,
+        "cold_s": cold["first_train_step"],
+        "warm_s": warm["first_train_step"],
+      }
+      line |= {"floor_s": warm["floor"], "cold": cold, "warm": warm}
+      print(json.dumps(line), flush=True)
+      continue
     for name, result in (("cold", cold), ("warm", warm)):
       print(
         f"{setup:9s} {name:5s} {result['imports']:8.1f} {result['first_train_step']:17.1f} "
-        f"{result['first_samples']:14.1f}",
+        f"{result['first_samples']:14.1f} {result['floor']:6.1f}",
         flush=True,
       )
-    ratios = {k: warm[k] / cold[k] for k in ("first_train_step", "first_samples")}
+    step_ratio = warm["first_train_step"] / cold["first_train_step"]
     print(
-      f"{setup:9s} warm/cold: first train step {ratios['first_train_step']:.2f}, "
-      f"first samples {ratios['first_samples']:.2f}",
+      f"{setup:9s} warm/cold: first train step {step_ratio:.2f}, "
+      f"first samples {warm['first_samples'] / cold['first_samples']:.2f}; warm / floor "
+      f"{warm['first_train_step'] / warm['floor']:.2f} (imports {warm['imports']:.1f}, executable "
+      f"loads {warm['executable_loads']:.1f}, first runs {warm['first_runs']:.1f})",
       flush=True,
     )
 

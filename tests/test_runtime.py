@@ -4,9 +4,12 @@ and the devices' peaks."""
 import os
 import subprocess
 import sys
+import time
 
+from etils import epath
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import tensorboardX
 
@@ -89,3 +92,110 @@ def test_peaks_by_device_kind_and_measured_elsewhere():
   assert flops.data_sheet_peak("cpu") is None
   peak, source = flops.peak_flops_per_s(jax.devices("cpu")[0])
   assert source == "measured" and 1e8 < peak < 1e14
+
+
+@pytest.fixture
+def executables_dir(tmp_path, monkeypatch):
+  """runtime/executables.py saving under tmp_path, with this process's executables forgotten."""
+  from ddpm_jax.runtime import executables
+
+  monkeypatch.setattr(executables, "directory", lambda: epath.Path(tmp_path))
+  monkeypatch.setattr(executables, "_IN_MEMORY", {})
+  return tmp_path
+
+
+def test_a_saved_executable_is_loaded_without_tracing_and_refused_when_damaged(
+  executables_dir, caplog
+):
+  from ddpm_jax.runtime import executables
+
+  traces = []
+
+  salt = float(np.random.default_rng().random())  # a new program: JAX's own cache cannot have it
+
+  def jitted_double():  # a new function each time: as in a new process, JAX has no trace of it
+    def double(x):
+      traces.append(1)  # (Python runs while tracing only)
+      return x * 2 + salt
+
+    return jax.jit(double)
+
+  x = jnp.arange(4.0)
+  first = executables.compiled(jitted_double(), (x,), "double", "key")
+  assert len(traces) == 1 and len(list(executables_dir.glob("double-*.bin"))) == 1
+  executables._IN_MEMORY.clear()  # as a restarted process
+  loaded_before = executables.load_seconds
+  again = executables.compiled(jitted_double(), (x,), "double", "key")
+  assert len(traces) == 1 and executables.load_seconds > loaded_before
+  np.testing.assert_array_equal(again(x), first(x))
+  # other shapes: another executable
+  executables.compiled(jitted_double(), (jnp.arange(5.0),), "double", "key")
+  assert len(traces) == 2 and len(list(executables_dir.glob("double-*.bin"))) == 2
+  # a damaged file: removed with a warning, and the program compiled (JAX's own cache has it now:
+  # not saved again, see below)
+  executables._IN_MEMORY.clear()
+  path = max(executables_dir.glob("double-*.bin"), key=lambda p: p.stat().st_mtime_ns)
+  path.write_bytes(b"truncated")
+  again = executables.compiled(jitted_double(), (jnp.arange(5.0),), "double", "key")
+  assert len(traces) == 3 and "cannot be loaded" in caplog.text and not path.exists()
+  np.testing.assert_array_equal(again(jnp.arange(5.0)), jnp.arange(5.0) * 2 + salt)
+
+
+def test_the_executables_key_covers_the_source_and_the_environment(monkeypatch):
+  from ddpm_jax.runtime import executables
+
+  args = (jnp.zeros(3),)
+  key = executables.cache_key("step", "config", args)
+  assert key == executables.cache_key("step", "config", args)
+  monkeypatch.setattr(executables, "source_digest", lambda: "edited source")
+  assert executables.cache_key("step", "config", args) != key
+  monkeypatch.undo()
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=false")
+  assert executables.cache_key("step", "config", args) != key
+  monkeypatch.undo()
+  sharded = (jax.device_put(jnp.zeros(3), jax.sharding.SingleDeviceSharding(jax.devices()[0])),)
+  assert executables.cache_key("step", "config", (jnp.zeros(3, jnp.int32),)) != key
+  assert executables.cache_key("step", "config", sharded) == key  # (the same placement)
+
+
+def test_only_the_newest_executables_are_kept(executables_dir, monkeypatch):
+  from ddpm_jax.runtime import executables
+
+  monkeypatch.setattr(executables, "MAX_FILES", 2)
+  salt = float(np.random.default_rng().random())  # (new programs)
+  for n in range(3):
+    executables.compiled(jax.jit(lambda x: x + salt), (jnp.zeros(n + 1),), "add", "key")
+    time.sleep(1.1)  # (distinct modification times)
+  assert len(list(executables_dir.glob("add-*.bin"))) == 2
+
+
+def test_an_executable_from_jaxs_own_cache_is_not_saved(tmp_path):
+  """XLA:CPU re-serialises an executable that JAX read from its persistent cache without its
+  kernels: a process that got it from there saves none, and the next still compiles and runs."""
+  script = (
+    "import jax, jax.numpy as jnp\n"
+    "from absl import logging\n"
+    "from ddpm_jax.runtime import executables\n"
+    "logging.set_verbosity(logging.INFO)\n"
+    "step = executables.compiled(jax.jit(lambda x: x * 2), (jnp.arange(4.0),), 'double', 'k')\n"
+    "print(step(jnp.arange(4.0)).tolist())\n"
+  )
+  env = {
+    **os.environ,
+    "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  }
+  run = lambda: subprocess.run(
+    [sys.executable, "-c", script], env=env, capture_output=True, text=True
+  )
+  saved = tmp_path / "cache" / "executables"
+  first = run()  # compiled: saved in both caches
+  assert first.returncode == 0 and len(list(saved.glob("double-*.bin"))) == 1, first.stderr[-2000:]
+  for path in saved.glob("*.bin"):
+    path.unlink()
+  second = run()  # JAX's cache hit: not saved here
+  assert "came from JAX's persistent cache: not saved" in second.stderr
+  assert not list(saved.glob("*.bin"))
+  third = run()
+  assert third.returncode == 0 and third.stdout.split("\n")[-2] == "[0.0, 2.0, 4.0, 6.0]"

@@ -28,12 +28,13 @@ from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.jobs.train_state import (
   TrainState,
   abstract_train_state,
+  config_key,
   create_train_state,
   run_rngs,
   state_sharding,
   warm_started,
 )
-from ddpm_jax.runtime import checkpoint, flops, optim, parallel
+from ddpm_jax.runtime import checkpoint, executables, flops, optim, parallel
 from ddpm_jax.runtime.metric_writer import NUM_LOSS_QUARTILES, MetricWriter
 
 
@@ -155,6 +156,13 @@ def make_train_step(config: ml_collections.ConfigDict, mesh=None):
   )
 
 
+def compiled_train_step(config: ml_collections.ConfigDict, mesh, state, batch, rng):
+  """`make_train_step` compiled for these arguments (a `jax.stages.Compiled`, FLOPs in its cost
+  analysis), loaded where a restarted job saved it (runtime/executables.py)."""
+  step = make_train_step(config, mesh)
+  return executables.compiled(step, (state, batch, rng), "train_step", config_key(config))
+
+
 @jax.jit
 def scale_images(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """The input pipeline's uint8 images scaled to [-1, 1] on the accelerator (`pixels.from_uint8`,
@@ -175,7 +183,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mesh = parallel.make_mesh()
   family = families.get_family(config)
   abstract_state = abstract_train_state(config, mesh)
-  train_step_fn = make_train_step(config, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir, config.training.keep_checkpoints)
   state, start_step = ckpt.restore_latest(abstract_state, config)
@@ -225,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if start_step < total:  # compiled ahead of time for its FLOPs (TFLOP/s and MFU in the logs)
     first_batch = next(batches)
     batches = itertools.chain([first_batch], batches)
-    train_step_fn = train_step_fn.lower(state, first_batch, rngs["train"]).compile()
+    train_step_fn = compiled_train_step(config, mesh, state, first_batch, rngs["train"])
     writer.set_flops(
       flops.compiled_flops(train_step_fn), *flops.peak_flops_per_s(mesh.devices.flat[0])
     )

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ddpm_jax import families
-from ddpm_jax.runtime import checkpoint, optim, parallel
+from ddpm_jax.runtime import checkpoint, executables, optim, parallel
 
 
 @flax.struct.dataclass
@@ -42,7 +42,18 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh=N
   """`init_train_state` compiled and placed on `mesh` (default: all devices) with the shardings of
   `train.make_train_step`, each leaf its own buffer (params and EMA are not shared): it goes into
   the step as it is, and the step compiles once."""
-  return _jitted_init(config, mesh or parallel.make_mesh())(rng)
+  return compiled_init(config, mesh or parallel.make_mesh(), rng)(rng)
+
+
+def compiled_init(config: ml_collections.ConfigDict, mesh, rng: jax.Array):
+  """`create_train_state`'s initialisation compiled (a `jax.stages.Compiled`), loaded where a
+  restarted job saved it (runtime/executables.py)."""
+  return executables.compiled(_jitted_init(config, mesh), (rng,), "init", config_key(config))
+
+
+def config_key(config: ml_collections.ConfigDict) -> str:
+  """The config as sorted JSON: what besides the arguments' shapes changes a run's programs."""
+  return config.to_json_best_effort(sort_keys=True)
 
 
 # (the config as JSON, mesh) -> its jitted initialisation. Tracing a large model's initialisation
@@ -52,7 +63,7 @@ _INITS: dict[tuple[str, Any], Any] = {}
 
 
 def _jitted_init(config: ml_collections.ConfigDict, mesh):
-  key = (config.to_json_best_effort(sort_keys=True), mesh)
+  key = (config_key(config), mesh)
   if key not in _INITS:
 
     def init(rng):
