@@ -33,3 +33,26 @@ def test_the_accelerator_benchmark_runs_in_one_command_within_its_budget(tmp_pat
   run_module("benchmarks.accelerator", "--budget_s=0", f"--out={out}", "--models=dit_b2_latent32")
   result = json.loads(out.read_text())
   assert result["rows"] == [] and "dit_b2_latent32 bfloat16 train step" in result["skipped"]
+
+
+@pytest.mark.slow  # (two processes that train one step of the offline default)
+def test_the_startup_benchmark_reports_a_warm_start_that_loads_its_executables():
+  import subprocess
+  import sys
+
+  from helpers import REPO
+
+  out = subprocess.run(
+    [sys.executable, "-m", "benchmarks.startup", "--setups=default", "--json"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
+  (line,) = [json.loads(text) for text in out.splitlines() if text.startswith("{")]
+  assert line["setup"] == "default" and line["warm_s"] == line["warm"]["first_train_step"]
+  # the cold start compiled, the warm one loaded both executables instead of tracing them
+  assert line["cold"]["executable_loads"] == 0 < line["warm"]["executable_loads"]
+  parts = ("imports", "executable_loads", "first_runs")
+  assert line["floor_s"] == pytest.approx(sum(line["warm"][part] for part in parts))
+  assert 0 < line["floor_s"] <= line["warm_s"]
