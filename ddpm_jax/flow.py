@@ -207,6 +207,17 @@ def step(velocity_fn: VelocityFn, x: Array, t: Array, t_next: Array, solver: str
   raise ValueError(f"Unknown flow solver {solver!r}; known: {', '.join(SOLVERS)}.")
 
 
+def euler_distillation_target(
+  velocity_fn: VelocityFn, z_t: Array, t: Array, t_mid: Array, t_s: Array
+) -> Array:
+  """ṽ = (z_s - z_t)/(t_s - t) with z_s two Euler steps t -> t_mid -> t_s of `velocity_fn` from
+  z_t: the velocity whose one Euler step lands where the two do (progressive distillation of a
+  flow's Euler sampler; t, t_mid, t_s [B]). -> [B, ...]."""
+  z_mid = z_t + _per_example(t_mid - t, z_t) * velocity_fn(z_t, t)
+  z_s = z_mid + _per_example(t_s - t_mid, z_t) * velocity_fn(z_mid, t_mid)
+  return (z_s - z_t) / _per_example(t_s - t, z_t)
+
+
 def sample(velocity_fn: VelocityFn, x_1: Array, ts, solver: str = "euler") -> Array:
   """x at ts[-1] from x_1 at ts[0], one `step` per pair of times, in one `lax.scan` (reversed ts
   encode: data -> noise by the same solver)."""

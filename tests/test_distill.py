@@ -578,3 +578,86 @@ def test_the_teacher_blocks_fields_a_student_does_not_read_are_refused(
         validate_config(config)
   # the EDM teacher's own p_mean is copied, not refused
   assert consistency_config(edm_teacher_workdir).edm.p_mean == -1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Progressive distillation of a flow's Euler sampler.
+
+
+def gaussian_data_velocity(s):
+  """The exact velocity of the linear path x_t = (1 - t) x0 + t ε for x0 ~ N(0, s²): a(t) x, with
+  a(t) = Cov(ε - x0, x_t) / Var(x_t) = (t - (1 - t) s²) / ((1 - t)² s² + t²)."""
+  a = lambda t: (t - (1 - t) * s**2) / ((1 - t) ** 2 * s**2 + t**2)
+  return a, lambda x, t: a(t)[:, None] * x
+
+
+def test_the_flow_distillation_target_is_two_euler_steps_in_one():
+  """For straight trajectories (data at one point c: v = (x - c)/t) the target is the teacher's own
+  velocity (Euler is exact there); for N(0, s²) data the regression of the target on z_t is the
+  slope of two Euler steps of a(t) x, (1 + Δ1 a(t))(1 + Δ2 a(t_mid)) - 1 over Δ, computed apart."""
+  from ddpm_jax import flow
+
+  z = jax.random.normal(jax.random.key(0), (4096, 1))
+  t, t_mid, t_s = (jnp.full((4096,), value) for value in (0.9, 0.6, 0.3))
+  c = 0.7
+  straight = lambda x, t: (x - c) / t[:, None]
+  np.testing.assert_allclose(
+    flow.euler_distillation_target(straight, z, t, t_mid, t_s), straight(z, t), atol=1e-5
+  )
+  a, curved = gaussian_data_velocity(0.5)
+  target = flow.euler_distillation_target(curved, z, t, t_mid, t_s)
+  slope = float(jnp.sum(target * z) / jnp.sum(z * z))  # least squares: the target is linear
+  a1, a2 = float(a(np.float64(0.9))), float(a(np.float64(0.6)))
+  want = ((1 + (0.6 - 0.9) * a1) * (1 + (0.3 - 0.6) * a2) - 1) / (0.3 - 0.9)
+  assert slope == pytest.approx(want, rel=1e-5)
+  assert abs(slope - a1) > 0.05  # (curved: one step of the teacher's own velocity would miss)
+
+
+@pytest.fixture(scope="module")
+def flow_teacher_workdir(tmp_path_factory):
+  """A 'flow' run of the digits at its (random) initial weights, on a shifted grid."""
+  from configs import default as default_config
+  from ddpm_jax.convert import presets
+  from ddpm_jax.jobs.train_state import create_train_state
+
+  workdir = str(tmp_path_factory.mktemp("flow_teacher"))
+  config = default_config.get_config("flow")
+  config.flow.shift = 2.0
+  state = create_train_state(config, jax.random.key(7))
+  presets.write_workdir(config, state.params, workdir, "test", "random initial weights")
+  return workdir
+
+
+@pytest.mark.slow  # (a flow student compiled, trained 4 steps and sampled)
+def test_a_flow_teacher_is_distilled_round_by_round_and_its_student_samples(flow_teacher_workdir):
+  from ddpm_jax import families, flow
+  from ddpm_jax.families.config_validation import InvalidConfigError, validate_config
+  from ddpm_jax.jobs import sample as sample_lib
+  from ddpm_jax.jobs import train
+  from ddpm_jax.runtime import parallel
+
+  def make_config(sampler="euler"):
+    config = distill_config(flow_teacher_workdir)
+    config.sampling.sampler = sampler
+    return families.completed(config)
+
+  config = make_config()
+  validate_config(config)
+  assert config.flow.shift == 2.0 and config.training.init_from_workdir == flow_teacher_workdir
+  with pytest.raises(InvalidConfigError, match="a distilled flow student samples with 'euler'"):
+    validate_config(make_config(sampler="heun"))
+  unread = make_config()
+  unread.diffusion.mean_type = "v"
+  with pytest.raises(InvalidConfigError, match="diffusion.mean_type='v' is not read by"):
+    validate_config(unread)
+  # round 0's draws: times of the teacher's 8-step shifted grid at even points
+  family = families.get_family(config)
+  state = train.create_train_state(config, jax.random.key(0))
+  batch = {"image": jnp.zeros((8, 8, 8, 1)), "label": jnp.zeros(8, jnp.int32)}
+  draws = family.draw(families.step_keys(jax.random.key(2)), batch, state.family_state)
+  grid = flow.timesteps(8, 2.0)[::-1]
+  assert set(np.round(np.asarray(draws["t"]), 6)) <= set(np.round(grid[2::2], 6))
+  final = train.train_and_evaluate(config, str(flow_teacher_workdir) + "_student")
+  assert int(final.family_state["round"]) == 1
+  images, _ = sample_lib.generate(config, final.ema_params, 4, parallel.make_mesh())
+  assert images.shape == (4, 8, 8, 1)

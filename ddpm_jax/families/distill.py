@@ -3,7 +3,9 @@
 distill.method="progressive" (Salimans & Ho 2022): a student of its teacher's architecture and
 diffusion, started from the teacher run's EMA parameters (distill.teacher_workdir: a 'gaussian' run
 of an ε-, x0- or v-model, converted ones too), learns to take in one DDIM step what its teacher
-takes in two; every distill.steps_per_round steps the student becomes the teacher and the steps
+takes in two (a 'flow' teacher's student: one Euler step of the ODE for two, by the squared error
+of the velocity, `flow.euler_distillation_target`; it samples by 'euler' on the teacher's shifted
+grid); every distill.steps_per_round steps the student becomes the teacher and the steps
 halve, distill.rounds times, from distill.teacher_steps to teacher_steps / 2^rounds. Each round is
 a stage of one run: the teacher and the round are in the train state, so that a preempted run
 resumes inside its round. The math is diffusion.py's (`distillation_pair`,
@@ -28,8 +30,8 @@ from σ_max (1: one step).
 
 `complete` copies the teacher's model, diffusion / edm and latent blocks into the run's config (so
 that its workdir samples on its own) and sets training.init_from_workdir to the teacher's workdir.
-Not built: guided teachers distilled with the guidance weight as an input (Meng et al. 2023), flow
-teachers, LPIPS distances (no perceptual network here): refused by name.
+Not built: guided teachers distilled with the guidance weight as an input (Meng et al. 2023),
+consistency models of flow teachers, LPIPS distances (no perceptual network here): refused by name.
 """
 
 from __future__ import annotations
@@ -44,13 +46,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
+import numpy as np
 
-from ddpm_jax import diffusion, edm, losses, models, sampling
+from ddpm_jax import diffusion, edm, flow, losses, models, sampling
 from ddpm_jax.families import base, gaussian, latent
 from ddpm_jax.families import edm as edm_family
+from ddpm_jax.families import flow as flow_family
 
 METHODS = ("progressive", "consistency")
-SAMPLERS = ("ddim", "consistency")  # progressive students: DDIM; consistency models: CM's sampler
+# progressive students: DDIM (a flow's: Euler); consistency models: CM's sampler
+SAMPLERS = ("ddim", "euler", "consistency")
 DISTANCES = ("pseudo_huber", "l2")
 # the shared fields whose default differs here (the default config's 4 rounds of 500 steps, from
 # 64 teacher steps to 4 student steps; students train on the true labels)
@@ -69,7 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
   model's grid and target."""
   distill = ml_collections.ConfigDict()
   distill.method = "progressive"
-  # a 'gaussian' run (progressive), a 'gaussian' or 'edm' run (consistency; None: training)
+  # a 'gaussian' or 'flow' run (progressive); a 'gaussian' or 'edm' run (consistency; None:
+  # consistency training)
   distill.teacher_workdir = config_dict.placeholder(str)
   # progressive
   distill.teacher_steps = 64  # the teacher's DDIM steps, which the first round halves
@@ -89,11 +95,12 @@ METHOD_FIELDS = {
   "consistency": ("num_scales", "initial_scales", "target_ema", "distance"),
 }
 
-# the config blocks this family reads, each with its defaults: its own, and the teacher's diffusion
-# or EDM preconditioning (consistency training's network is EDM's)
+# the config blocks this family reads, each with its defaults: its own, and the teacher's diffusion,
+# flow or EDM preconditioning (consistency training's network is EDM's)
 CONFIG_BLOCKS = {
   "distill": default_config,
   "diffusion": gaussian.diffusion_config,
+  "flow": flow_family.default_config,
   "edm": edm_family.default_config,
 }
 
@@ -107,7 +114,12 @@ RANGES = {
 
 # the blocks a student has of its teacher, by the teacher's family (copied by `complete` where the
 # config leaves them)
-TEACHER_BLOCKS = {"gaussian": ("model", "diffusion", "latent"), "edm": ("model", "edm", "latent")}
+TEACHER_BLOCKS = {
+  "gaussian": ("model", "diffusion", "latent"),
+  "flow": ("model", "flow", "latent"),
+  "edm": ("model", "edm", "latent"),
+}
+TEACHERS = {"progressive": ("gaussian", "flow"), "consistency": ("gaussian", "edm")}
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
@@ -181,26 +193,37 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def unread_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """The fields of the diffusion and EDM blocks (which the family carries for either kind of
+  """The fields of the diffusion, flow and EDM blocks (which the family carries for any kind of
   teacher) that the method and the teacher leave unread, where set away from their defaults."""
   teacher, distill = teacher_config(config), config.distill
-  edm_fields, sigma_range = tuple(edm_family.default_config()), ("sigma_min", "sigma_max")
-  if distill.method == "progressive":  # a 'gaussian' teacher's
-    unread, why = {"edm": edm_fields}, "distill.method='progressive' (a 'gaussian' teacher)"
-  elif teacher is None and distill.teacher_workdir:
-    return []  # its teacher's kind is unknown (a missing workdir is refused by its own check)
-  elif teacher is None:  # iCT's fixed log-normal levels, EDM's network
-    unread = {"diffusion": tuple(gaussian.diffusion_config()), "edm": ("p_mean", "p_std")}
-    why = "consistency training (iCT's noise levels: P_mean = -1.1, P_std = 2)"
-  elif teacher.family == "gaussian":  # the σ range is the teacher's steps'
-    unread = {"edm": ("p_mean", "p_std", *sigma_range)}
-    why = "consistency distillation from a 'gaussian' teacher (σ from its steps)"
-  else:
-    unread = {"diffusion": tuple(gaussian.diffusion_config())}
-    why = f"consistency distillation from a {teacher.family!r} teacher"
-  defaults = {"diffusion": gaussian.diffusion_config(), "edm": edm_family.default_config()}
+  defaults = {
+    "diffusion": gaussian.diffusion_config(),
+    "flow": flow_family.default_config(),
+    "edm": edm_family.default_config(),
+  }
+  every = {block: tuple(fields) for block, fields in defaults.items()}
+  # the teacher's family; None: not known (a missing workdir, refused by its own check)
+  kind = teacher.family if teacher is not None else None if distill.teacher_workdir else "none"
+  unread, why = {
+    ("progressive", "gaussian"): ({"edm": every["edm"], "flow": every["flow"]}, "a 'gaussian'"),
+    ("progressive", "flow"): ({"edm": every["edm"], "diffusion": every["diffusion"]}, "a 'flow'"),
+    ("progressive", None): ({"edm": every["edm"]}, "any"),
+    # the σ range is the teacher's steps'
+    ("consistency", "gaussian"): (
+      {"edm": ("p_mean", "p_std", "sigma_min", "sigma_max"), "flow": every["flow"]},
+      "a 'gaussian'",
+    ),
+    ("consistency", "edm"): ({"diffusion": every["diffusion"], "flow": every["flow"]}, "an 'edm'"),
+    ("consistency", None): ({"flow": every["flow"]}, "any"),
+    # consistency training: iCT's fixed log-normal levels, EDM's network
+    ("consistency", "none"): (
+      {"diffusion": every["diffusion"], "edm": ("p_mean", "p_std"), "flow": every["flow"]},
+      "no (iCT's noise levels: P_mean = -1.1, P_std = 2)",
+    ),
+  }.get((distill.method, kind), ({}, ""))
   return [
-    f"{block}.{field}={config[block][field]!r} is not read by {why}: leave it unset."
+    f"{block}.{field}={config[block][field]!r} is not read by distill.method="
+    f"{distill.method!r} with {why} teacher: leave it unset."
     for block, fields in unread.items()
     for field in fields
     if config[block][field] != defaults[block][field]
@@ -212,21 +235,15 @@ def progressive_problems(config: ml_collections.ConfigDict) -> list[str]:
   distillation grid: trailing spacing, a number of steps that divides distill.teacher_steps; the
   values the Gaussian family refuses anyway are left to it."""
   distill, sampling_config = config.distill, config.sampling
-  problems = gaussian.validate(config)
-  if distill.teacher_steps % 2**distill.rounds:
-    problems.append(
-      f"distill.teacher_steps={distill.teacher_steps} must halve distill.rounds={distill.rounds} "
-      "times (a multiple of 2^rounds)."
-    )
-  elif distill.teacher_steps > config.diffusion.num_timesteps:
+  teacher = teacher_config(config)
+  if teacher is not None and teacher.family == "flow":
+    return flow_progressive_problems(config)
+  problems = gaussian.validate(config) + rounds_problems(config)
+  halves = not distill.teacher_steps % 2**distill.rounds  # (else rounds_problems says so)
+  if halves and distill.teacher_steps > config.diffusion.num_timesteps:
     problems.append(
       f"distill.teacher_steps={distill.teacher_steps} exceeds the {config.diffusion.num_timesteps}"
       " timesteps."
-    )
-  if config.training.num_train_steps != distill.rounds * distill.steps_per_round:
-    problems.append(
-      f"training.num_train_steps={config.training.num_train_steps} must be distill.rounds × "
-      f"distill.steps_per_round = {distill.rounds * distill.steps_per_round}."
     )
   sampler, spacing = sampling_config.sampler, sampling_config.timestep_spacing
   if sampler in gaussian.SAMPLERS and sampler != "ddim":
@@ -235,14 +252,42 @@ def progressive_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(
       f"sampling.timestep_spacing={spacing!r}: a distilled student's grid is 'trailing'."
     )
-  steps = sampling_config.num_steps
+  if 0 < sampling_config.eta < math.inf:
+    problems.append("sampling.eta: a distilled student samples deterministically (0).")
+  return problems
+
+
+def flow_progressive_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """A flow teacher's student samples by Euler on the teacher's grid."""
+  problems = flow_family.validate(config) + rounds_problems(config)
+  sampler = config.sampling.sampler
+  if sampler in flow_family.SAMPLERS and sampler != "euler":
+    problems.append(
+      f"sampling.sampler={sampler!r}: a distilled flow student samples with 'euler' (the steps it "
+      "learned)."
+    )
+  return problems
+
+
+def rounds_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The rounds halve the teacher's steps, fill the run, and end at a divisor of the grid."""
+  distill, problems = config.distill, []
+  if distill.teacher_steps % 2**distill.rounds:
+    problems.append(
+      f"distill.teacher_steps={distill.teacher_steps} must halve distill.rounds={distill.rounds} "
+      "times (a multiple of 2^rounds)."
+    )
+  if config.training.num_train_steps != distill.rounds * distill.steps_per_round:
+    problems.append(
+      f"training.num_train_steps={config.training.num_train_steps} must be distill.rounds × "
+      f"distill.steps_per_round = {distill.rounds * distill.steps_per_round}."
+    )
+  steps = config.sampling.num_steps
   if steps is None or (steps > 0 and distill.teacher_steps % steps):
     problems.append(
       f"sampling.num_steps={steps} must divide distill.teacher_steps={distill.teacher_steps} "
       "(the student's grid is part of its teacher's)."
     )
-  if 0 < sampling_config.eta < math.inf:
-    problems.append("sampling.eta: a distilled student samples deterministically (0).")
   return problems
 
 
@@ -288,12 +333,11 @@ def teacher_problems(config: ml_collections.ConfigDict) -> list[str]:
   teacher = teacher_config(config)
   if teacher is None:
     return []
-  families = ("gaussian",) if config.distill.method == "progressive" else tuple(TEACHER_BLOCKS)
+  families = TEACHERS[config.distill.method]
   if teacher.family not in families:
     return [
       f"distill.teacher_workdir: its config.family={teacher.family!r}; distill.method="
-      f"{config.distill.method!r} takes a {' or '.join(repr(f) for f in families)} teacher "
-      "(flow teachers are not built)."
+      f"{config.distill.method!r} takes a {' or '.join(repr(f) for f in families)} teacher."
     ]
   problems = [
     f"{block}.* must be the teacher's (leave them unset: they are copied)."
@@ -315,6 +359,9 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
 
 
 def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
+  teacher = teacher_config(config)
+  if teacher is not None and teacher.family == "flow":
+    return build_progressive_flow(config)
   student = gaussian.build(config)  # the teacher's network and diffusion, its DDIM sampler
   d, model, distill = gaussian.make_diffusion(config), student.model, config.distill
   grid = jnp.asarray(diffusion.distillation_grid(d.num_timesteps, distill.teacher_steps))
@@ -360,6 +407,13 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
       d, student_x0, draws["z_t"], draws["target"], draws["k_t"]
     )
 
+  return as_progressive_student(student, draw, loss, distill)
+
+
+def as_progressive_student(student: base.Family, draw, loss, distill) -> base.Family:
+  """`student` (its teacher's family) with the round's draws and loss, the teacher and the round in
+  its family state, and at each round's end (`advance`) the student becoming the teacher."""
+
   def advance(state):
     """At the end of a round but the last: the student becomes the teacher, its EMA restarts."""
     family_state = state.family_state
@@ -384,6 +438,56 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
     update_state=lambda family_state, draws, per_example: family_state,
     advance=advance,
   )
+
+
+def build_progressive_flow(config: ml_collections.ConfigDict) -> base.Family:
+  """A flow teacher's student: one Euler step of the ODE for the teacher's two, on the teacher's
+  shifted grid of distill.teacher_steps (the flow family's Euler sampler's, of which each student's
+  grid is every 2^r-th point)."""
+  student = flow_family.build(config)
+  model, distill, flow_config = student.model, config.distill, config.flow
+  t_start, t_end = flow_family.sampling_interval(flow_config, "euler")
+  # the times of grid points j = 0 … M: the data end first, as the Gaussian grid
+  times = np.clip(flow.timesteps(distill.teacher_steps, flow_config.shift), t_end, t_start)
+  grid = jnp.asarray(times[::-1].copy())
+
+  def velocity_fn(params, labels, **kwargs):
+    def velocity(x, t):
+      out = model.apply(params, x, flow_config.time_scale * t, labels, None, **kwargs)
+      return flow.to_velocity(flow_config.prediction, out, x, t, flow_config.path)
+
+    return velocity
+
+  def draw(keys: base.StepKeys, batch: base.Batch, family_state) -> base.Draws:
+    """Round r: j = 2^(r+1) i, i uniform; the teacher's two Euler steps j -> j - 2^r -> j - 2^(r+1)
+    from x_t on the path give the target velocity."""
+    x0 = batch["image"]
+    stride = 2 ** family_state["round"]
+    steps = distill.teacher_steps // (2 * stride)
+    j = 2 * stride * jax.random.randint(keys.t, (x0.shape[0],), 1, steps + 1)
+    labels = batch["label"] if model.num_classes else None
+    noise = jax.random.normal(keys.noise, x0.shape, x0.dtype)
+    t = grid[j]
+    z_t = flow.interpolate(x0, noise, t, flow_config.path)
+    teacher = velocity_fn(family_state["teacher"], labels, train=False)
+    target = flow.euler_distillation_target(teacher, z_t, t, grid[j - stride], grid[j - 2 * stride])
+    return {
+      "z_t": z_t,
+      "target": target,
+      "t": t,
+      "labels": labels,
+      "weight": base.unweighted(x0.shape[0]),
+      "t_fraction": t,
+    }
+
+  def loss(params, batch, draws, dropout_rng):
+    """‖ṽ - v_θ(x_t, t)‖² per example, the mean over its elements."""
+    del batch
+    student_v = velocity_fn(params, draws["labels"], **base.apply_kwargs(dropout_rng))
+    error = jax.lax.stop_gradient(draws["target"]) - student_v(draws["z_t"], draws["t"])
+    return losses.mean_flat(error**2)
+
+  return as_progressive_student(student, draw, loss, distill)
 
 
 # (params, labels, **apply kwargs) -> D(x, σ): a network's denoiser, by its family
