@@ -14,7 +14,8 @@ them (UNet2DModel, DiTTransformer2DModel; autocast for bfloat16, TF32 on, eager 
 `torch.compile`) as the JAX / PyTorch ratio; DDIM sampling (50 steps, batch 256) in images/s; and
 the input pipeline's images/s (32² PNGs, batch 128) with 0 … N worker processes on the host's cores.
 
-Tasks run in that order of importance and each starts only while the budget lasts (one compile may
+Tasks run in order of importance (JAX's train steps; PyTorch eager; sampling; the input pipeline;
+`torch.compile`, minutes per model) and each starts only while the budget lasts (one compile may
 overrun it); skipped ones are listed. On a CPU (or with --reduced) every model and batch is shrunk
 so that the whole runs in about a minute: a test of the code, not a figure. Prints a table and
 writes JSON (default: benchmarks/results/accelerator_<device>_<date>.json).
@@ -309,25 +310,29 @@ def main(argv: list[str] | None = None) -> dict:
         row.update(jax_train_step(setup, dtype, peaks["bfloat16"], budget))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.torch == "true" and setup.torch_model is not None:
-      compile_modes = (False, True) if device.platform == "gpu" else (False,)
+  with_torch = {n: s for n, s in models.items() if args.torch == "true" and s.torch_model}
+
+  def measure_torch(mode: str, dtypes: list[str]) -> None:
+    for name, setup in with_torch.items():
       for dtype in dtypes:
-        for compiled in compile_modes:
-          mode = "compile" if compiled else "eager"
-          if budget.allows(f"{name} {dtype} PyTorch {mode}"):
-            rate = torch_train_step(setup, dtype, reduced, compiled, budget)
-            torch_rows[f"{name} {dtype} {mode}"] = rate
-            print(f"  PyTorch {name} {dtype} {mode}: {rate:.1f} images/s", flush=True)
+        if budget.allows(f"{name} {dtype} PyTorch {mode}"):
+          rate = torch_train_step(setup, dtype, reduced, mode == "compile", budget)
+          torch_rows[f"{name} {dtype} {mode}"] = rate
+          print(f"  PyTorch {name} {dtype} {mode}: {rate:.1f} images/s", flush=True)
+
+  measure_torch("eager", dtypes)
+  for name, setup in models.items():
+    if budget.allows(f"{name} sampling"):
+      samplers[name] = sampling_images_per_s(setup, budget)
+  pipeline = input_pipeline(reduced, budget)
+  if device.platform == "gpu":  # (minutes of compilation each: last)
+    measure_torch("compile", ["bfloat16"])
   for row in rows:
     for mode in ("eager", "compile"):
       rate = torch_rows.get(f"{row['model']} {row['dtype']} {mode}")
       if rate:
         row[f"torch_{mode}_images_per_s"] = rate
         row[f"jax_over_torch_{mode}"] = row["images_per_s"] / rate
-  for name, setup in models.items():
-    if budget.allows(f"{name} sampling"):
-      samplers[name] = sampling_images_per_s(setup, budget)
-  pipeline = input_pipeline(reduced, budget)
   result = {
     "machine": machine_description(),
     "device_kind": device.device_kind,
