@@ -46,8 +46,9 @@ flags.DEFINE_enum(
 flags.DEFINE_string(
   "compilation_cache_dir",
   None,
-  "JAX's persistent compilation cache (local or gs://), so that a restart does not compile again; "
-  "default: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/ddpm_jax/jax_cache; '' disables it.",
+  "JAX's persistent compilation cache (local or gs://), so that a restart does not compile again, "
+  "with the serialised train step and initialisation in its executables/ (nor trace them); "
+  "default: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/ddpm_jax/jax_cache; '' disables both.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
