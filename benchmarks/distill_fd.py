@@ -2,7 +2,7 @@ r"""Few-step students against their teacher's solvers on the offline digits: sam
 wall-clock per sample at 1, 2, 4 and 8 network evaluations.
 
   python -m benchmarks.distill_fd [--workdir=runs/distill_fd] [--steps=3000] \
-      [--round_steps=500] [--num_samples=500]
+      [--round_steps=500] [--num_samples=500] [--mean_type=eps|v|x0] [--students=progressive,cd,ct]
   python -m benchmarks.distill_fd --quick   # minutes: a smoke run of every row, meaningless
 
 Trains (or reuses, in the workdir) the default teacher (configs/default.py, ε-prediction) and from
@@ -46,6 +46,7 @@ ROUNDS = int(math.log2(TEACHER_STEPS))
 def run_configs(args, workdir: str) -> dict[str, object]:
   """The teacher's and the three students' configs (students completed from the teacher's)."""
   teacher = default.get_config()
+  teacher.diffusion.mean_type = args.mean_type
   teacher.training.num_train_steps = args.steps
   teacher.training.checkpoint_every_steps = min(args.steps, 1000)
   teacher_dir = os.path.join(workdir, "teacher")
@@ -67,6 +68,7 @@ def run_configs(args, workdir: str) -> dict[str, object]:
     for config in (consistency, ict):
       config.training.num_train_steps = 2 * args.round_steps
   runs = {"teacher": teacher, "progressive": progressive, "cd": consistency, "ct": ict}
+  runs = {name: runs[name] for name in ("teacher", *args.students.split(","))}
   for config in runs.values():
     config.training.eval_every_steps = config.training.sample_every_steps = 10**9  # none
     config.eval.num_fid_samples = 0
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--steps", type=int, default=3000)  # the teacher's
   parser.add_argument("--round_steps", type=int, default=500)
   parser.add_argument("--num_samples", type=int, default=500)
+  parser.add_argument("--mean_type", default="eps", help="the teacher's diffusion.mean_type")
+  parser.add_argument("--students", default="progressive,cd,ct", help="which students to train")
   parser.add_argument("--quick", action="store_true")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.quick:
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
   for row, run_of in rows.items():
     for n in NFES:
       name, step, sampling = run_of(n)
+      if name not in configs:
+        continue  # (not among --students)
       if sampling["sampler"] == "dpm_solver" and n < 2:
         continue  # (its first step is DDIM's: the row above)
       if sampling["sampler"] == "ddim":  # the distillation grid (DPM-Solver: its log-SNR grid)
