@@ -6,6 +6,10 @@ to 4; the student samples with sampling.num_steps=4 (1, 2 or 4 divide its grid).
   python -m ddpm_jax.main --config=configs/distill_progressive_default.py --workdir=runs/distill
   python -m ddpm_jax.main --config=configs/distill_progressive_default.py --workdir=runs/distill \
       --mode=eval
+
+An ε-predicting teacher (runs/default's) distils poorly (docs/families.md: its students lose to its
+own DDIM); one trained with --config.diffusion.mean_type=v distils well (its 1-step student ≈ its
+64 DDIM steps): train it in another workdir and pass --config.distill.teacher_workdir.
 """
 
 from configs import default

@@ -42,6 +42,7 @@ import math
 import os
 from typing import Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -362,6 +363,12 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
   teacher = teacher_config(config)
   if teacher is not None and teacher.family == "flow":
     return build_progressive_flow(config)
+  if config.diffusion.mean_type == "eps":
+    logging.warning(
+      "Progressive distillation of an ε-predicting teacher: its students lose to the teacher's own "
+      "DDIM on the digits (x̂ = (z - σε̂)/α amplifies errors at high noise); a v-predicting teacher "
+      "distils well (docs/families.md)."
+    )
   student = gaussian.build(config)  # the teacher's network and diffusion, its DDIM sampler
   d, model, distill = gaussian.make_diffusion(config), student.model, config.distill
   grid = jnp.asarray(diffusion.distillation_grid(d.num_timesteps, distill.teacher_steps))
