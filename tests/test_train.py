@@ -752,10 +752,10 @@ def test_upscale_ardm_trains_evaluates_and_decodes_stage_by_stage(tmp_path):
     config_validation.validate_config(config)
 
 
-@pytest.mark.slow  # (two 200-step runs of the offline default)
+@pytest.mark.slow  # (two 120-step runs of the offline default)
 def test_bfloat16_trains_the_offline_default_as_float32_does_with_float32_state():
   """model.dtype="auto" is bfloat16 on accelerators: there its parameters, EMA and optimizer state
-  stay float32, and 200 steps of the offline default reach the float32 run's loss."""
+  stay float32, and 120 steps of the offline default reach the float32 run's loss."""
   from configs import default
   from ddpm_jax import models
 
@@ -765,11 +765,11 @@ def test_bfloat16_trains_the_offline_default_as_float32_does_with_float32_state(
     config = default.get_config()
     config.model.dtype = dtype
     config.data.num_workers = 0
-    states[dtype], losses[dtype] = run_steps(config, 200)
+    states[dtype], losses[dtype] = run_steps(config, 120)
   bf16 = states["bfloat16"]
   leaves = jax.tree_util.tree_leaves((bf16.params, bf16.ema_params, bf16.opt_state))
   assert all(leaf.dtype != jnp.bfloat16 for leaf in leaves)
   bf16_losses, f32_losses = np.array(losses["bfloat16"]), np.array(losses["float32"])
   assert abs(bf16_losses[0] - f32_losses[0]) <= 0.02 * f32_losses[0]  # one batch, one noise
-  assert f32_losses[-50:].mean() < 0.5 * f32_losses[:10].mean()  # (it trained)
-  assert abs(bf16_losses[-50:].mean() - f32_losses[-50:].mean()) <= 0.1 * f32_losses[-50:].mean()
+  assert f32_losses[-40:].mean() < 0.5 * f32_losses[:10].mean()  # (it trained)
+  assert abs(bf16_losses[-40:].mean() - f32_losses[-40:].mean()) <= 0.1 * f32_losses[-40:].mean()
