@@ -4,6 +4,8 @@ land where two teacher steps do; with the exact teacher of Gaussian data, a stud
 loss reproduces the teacher's two-step map, and after all rounds its one step maps noise onto the
 data's mean and std."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -289,6 +291,52 @@ def test_a_student_starts_as_its_teacher_and_becomes_the_next_teacher(teacher_wo
   assert int(state.family_state["round"]) == 1
   assert same(state.family_state["teacher"], params_after[1])
   assert not same(state.ema_params, state.params)  # (EMA since step 2, two steps behind)
+
+
+def test_an_eps_teachers_student_predicts_v_and_learns_the_teachers_two_steps(teacher_workdir):
+  """distill.student_mean_type="auto": an ε teacher's student predicts v (x0 and v teachers' keep
+  theirs); its loss is max(SNR, 1) ‖x̃ - x̂‖² with x̂ from the network's output read as v, and one
+  DDIM step to x̃ lands where two DDIM steps of the teacher's output read as ε do."""
+  from ddpm_jax import families
+  from ddpm_jax.families import distill, gaussian
+  from ddpm_jax.jobs import train
+
+  config = families.completed(distill_config(teacher_workdir))
+  for teacher_type, chosen, student_type in [
+    ("eps", "auto", "v"), ("x0", "auto", "x0"), ("v", "auto", "v"), ("eps", "eps", "eps"),
+    ("v", "x0", "x0"),
+  ]:  # fmt: skip
+    trial = copy.deepcopy(config)
+    trial.diffusion.mean_type, trial.distill.student_mean_type = teacher_type, chosen
+    assert distill.with_student_mean_type(trial).diffusion.mean_type == student_type
+  assert config.diffusion.mean_type == "eps"  # the teacher's, in the student's run
+  family = families.get_family(config)
+  state = train.create_train_state(config, jax.random.key(0))
+  teacher, params = state.family_state["teacher"], state.params
+  batch = {
+    "image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1),
+    "label": jnp.zeros(8, jnp.int32),
+  }
+  draws = family.draw(families.step_keys(jax.random.key(2)), batch, state.family_state)
+  d = gaussian.make_diffusion(config)  # (ε: the teacher's)
+  z_t, k_t, target = draws["z_t"], draws["k_t"], draws["target"]
+  grid = np.asarray(diffusion.distillation_grid(1000, 8))
+  j = np.searchsorted(grid, np.asarray(k_t))
+  net = lambda p, z, k: family.model.apply(p, z, k, None, train=False)
+  z = z_t
+  for k, k_next in ((k_t, grid[j - 1]), (grid[j - 1], grid[j - 2])):
+    x0_hat = diffusion.predict_x0_from_eps(d, z, k, net(teacher, z, k))
+    z = diffusion.ddim_step_from_x0(
+      x0_hat, z, *diffusion.alpha_sigma(d, k), *diffusion.alpha_sigma(d, jnp.asarray(k_next))
+    )
+  one_step = diffusion.ddim_step_from_x0(
+    target, z_t, *diffusion.alpha_sigma(d, k_t), *diffusion.alpha_sigma(d, grid[j - 2])
+  )
+  np.testing.assert_allclose(one_step, z, atol=2e-4)
+  x0_as_v = diffusion.predict_x0_from_v(d, z_t, k_t, net(params, z_t, k_t))
+  weight = diffusion.truncated_snr_weight(*diffusion.alpha_sigma(d, k_t))
+  expected = weight * np.mean((np.asarray(target) - x0_as_v) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(family.loss(params, batch, draws, None), expected, rtol=1e-5)
 
 
 def run(*args):

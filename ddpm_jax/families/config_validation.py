@@ -148,7 +148,7 @@ def _sequence_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 def choices() -> dict[str, tuple[str, ...]]:
   """The enumerated fields that other checks read (so checked first): field -> valid values."""
-  from ddpm_jax.families import gaussian  # (families import this module's users lazily)
+  from ddpm_jax.families import distill, gaussian  # (families import this module's users lazily)
 
   return {
     "family": tuple(families.FAMILIES),
@@ -166,6 +166,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     "diffusion.var_type": diffusion.VAR_TYPES,
     "diffusion.loss_type": diffusion.LOSS_TYPES,
     "diffusion.timestep_sampler": gaussian.TIMESTEP_SAMPLERS,
+    "distill.student_mean_type": distill.STUDENT_MEAN_TYPES,
   }
 
 

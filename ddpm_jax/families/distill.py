@@ -82,6 +82,10 @@ def default_config() -> ml_collections.ConfigDict:
   distill.teacher_steps = 64  # the teacher's DDIM steps, which the first round halves
   distill.rounds = 4  # halvings: the last student takes teacher_steps / 2^rounds steps
   distill.steps_per_round = 500  # training.num_train_steps = rounds · steps_per_round
+  # what a Gaussian teacher's student predicts (its network starts from the teacher's all the same):
+  # "auto" the teacher's prediction, but v for an ε teacher (Salimans & Ho §4: an ε student's
+  # x̂ = (z - σε̂)/α is unstable at high noise, where its few steps start); or "eps" | "x0" | "v"
+  distill.student_mean_type = "auto"
   # consistency
   distill.num_scales = 18  # N noise levels of EDM's grid (CM's CIFAR-10 CD); training: the last N
   distill.initial_scales = 11  # consistency training's first N (iCT: s0 + 1), doubling (iCT eq. 7)
@@ -92,7 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 # the fields each method reads (the others must keep their defaults)
 METHOD_FIELDS = {
-  "progressive": ("teacher_steps", "rounds", "steps_per_round"),
+  "progressive": ("teacher_steps", "rounds", "steps_per_round", "student_mean_type"),
   "consistency": ("num_scales", "initial_scales", "target_ema", "distance"),
 }
 
@@ -121,6 +125,7 @@ TEACHER_BLOCKS = {
   "edm": ("model", "edm", "latent"),
 }
 TEACHERS = {"progressive": ("gaussian", "flow"), "consistency": ("gaussian", "edm")}
+STUDENT_MEAN_TYPES = ("auto", *diffusion.MEAN_TYPES)
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
@@ -261,6 +266,11 @@ def progressive_problems(config: ml_collections.ConfigDict) -> list[str]:
 def flow_progressive_problems(config: ml_collections.ConfigDict) -> list[str]:
   """A flow teacher's student samples by Euler on the teacher's grid."""
   problems = flow_family.validate(config) + rounds_problems(config)
+  if config.distill.student_mean_type != default_config().student_mean_type:
+    problems.append(
+      f"distill.student_mean_type={config.distill.student_mean_type!r}: a flow teacher's student "
+      "predicts its velocity (a Gaussian teacher's chooses)."
+    )
   sampler = config.sampling.sampler
   if sampler in flow_family.SAMPLERS and sampler != "euler":
     problems.append(
@@ -363,18 +373,19 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
   teacher = teacher_config(config)
   if teacher is not None and teacher.family == "flow":
     return build_progressive_flow(config)
-  if config.diffusion.mean_type == "eps":
+  teacher_diffusion = gaussian.make_diffusion(config)  # config.diffusion: the teacher's
+  student_config = with_student_mean_type(config)
+  if student_config.diffusion.mean_type == "eps":
     logging.warning(
-      "Progressive distillation of an ε-predicting teacher: its students lose to the teacher's own "
-      "DDIM on the digits (x̂ = (z - σε̂)/α amplifies errors at high noise); a v-predicting teacher "
-      "distils well (docs/families.md)."
+      "distill.student_mean_type='eps': ε students lose to their teacher's own DDIM on the digits "
+      "(x̂ = (z - σε̂)/α amplifies errors at high noise); v students distil well (docs/families.md)."
     )
-  student = gaussian.build(config)  # the teacher's network and diffusion, its DDIM sampler
-  d, model, distill = gaussian.make_diffusion(config), student.model, config.distill
+  student = gaussian.build(student_config)  # the teacher's network, its DDIM sampler
+  d, model, distill = gaussian.make_diffusion(student_config), student.model, config.distill
   grid = jnp.asarray(diffusion.distillation_grid(d.num_timesteps, distill.teacher_steps))
 
-  def x0_fn(params, labels, **kwargs):
-    """The network's x̂0 at (z, k): its mean parameterisation through `predict_x0`."""
+  def x0_fn(params, labels, d, **kwargs):
+    """The network's x̂0 at (z, k): its output as `d`'s mean parameterisation (`predict_x0`)."""
 
     def x0(z, k):
       output = model.apply(
@@ -394,7 +405,7 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
     labels = batch["label"] if model.num_classes else None
     noise = jax.random.normal(keys.noise, x0.shape, x0.dtype)
     k_t = grid[j]
-    teacher = x0_fn(family_state["teacher"], labels, train=False)
+    teacher = x0_fn(family_state["teacher"], labels, teacher_diffusion, train=False)
     z_t, target = diffusion.distillation_pair(
       d, teacher, x0, noise, k_t, grid[j - stride], grid[j - 2 * stride]
     )
@@ -409,12 +420,23 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
 
   def loss(params, batch, draws, dropout_rng):
     del batch  # (in the draws: z_t and the target)
-    student_x0 = x0_fn(params, draws["labels"], **base.apply_kwargs(dropout_rng))
+    student_x0 = x0_fn(params, draws["labels"], d, **base.apply_kwargs(dropout_rng))
     return diffusion.progressive_distillation_loss(
       d, student_x0, draws["z_t"], draws["target"], draws["k_t"]
     )
 
   return as_progressive_student(student, draw, loss, distill)
+
+
+def with_student_mean_type(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose diffusion.mean_type is the student's (distill.student_mean_type)."""
+  teacher_mean_type, chosen = config.diffusion.mean_type, config.distill.student_mean_type
+  student = copy.deepcopy(config)
+  if chosen != "auto":
+    student.diffusion.mean_type = chosen
+  elif teacher_mean_type == "eps":
+    student.diffusion.mean_type = "v"
+  return student
 
 
 def as_progressive_student(student: base.Family, draw, loss, distill) -> base.Family:

@@ -371,15 +371,12 @@ def multihead_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
   b, length, c = q.shape
   split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, c // heads)
   q, k, v = split(q), split(k), split(v)
-  out = None
   if attention_implementation(q.dtype, c // heads) == "cudnn":
     try:
-      out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn").reshape(b, length, c)
     except (NotImplementedError, RuntimeError, ValueError):  # (this cuDNN or GPU: not supported)
-      out = None
-  if out is None:
-    out = jax.nn.dot_product_attention(q, k, v)
-  return out.reshape(b, length, c)
+      pass  # XLA's, below
+  return jax.nn.dot_product_attention(q, k, v).reshape(b, length, c)
 
 
 class AttentionBlock(nn.Module):
