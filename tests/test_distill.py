@@ -296,7 +296,8 @@ def test_a_student_starts_as_its_teacher_and_becomes_the_next_teacher(teacher_wo
 def test_an_eps_teachers_student_predicts_v_and_learns_the_teachers_two_steps(teacher_workdir):
   """distill.student_mean_type="auto": an ε teacher's student predicts v (x0 and v teachers' keep
   theirs); its loss is max(SNR, 1) ‖x̃ - x̂‖² with x̂ from the network's output read as v, and one
-  DDIM step to x̃ lands where two DDIM steps of the teacher's output read as ε do."""
+  DDIM step to x̃ lands where two DDIM steps of the teacher's output do, read as ε in round 0 (the
+  teacher run's) and as v in round 1 (the round-0 student's)."""
   from ddpm_jax import families
   from ddpm_jax.families import distill, gaussian
   from ddpm_jax.jobs import train
@@ -312,27 +313,32 @@ def test_an_eps_teachers_student_predicts_v_and_learns_the_teachers_two_steps(te
   assert config.diffusion.mean_type == "eps"  # the teacher's, in the student's run
   family = families.get_family(config)
   state = train.create_train_state(config, jax.random.key(0))
-  teacher, params = state.family_state["teacher"], state.params
+  params = state.params
   batch = {
     "image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1),
     "label": jnp.zeros(8, jnp.int32),
   }
-  draws = family.draw(families.step_keys(jax.random.key(2)), batch, state.family_state)
-  d = gaussian.make_diffusion(config)  # (ε: the teacher's)
-  z_t, k_t, target = draws["z_t"], draws["k_t"], draws["target"]
+  d = gaussian.make_diffusion(config)
   grid = np.asarray(diffusion.distillation_grid(1000, 8))
-  j = np.searchsorted(grid, np.asarray(k_t))
   net = lambda p, z, k: family.model.apply(p, z, k, None, train=False)
-  z = z_t
-  for k, k_next in ((k_t, grid[j - 1]), (grid[j - 1], grid[j - 2])):
-    x0_hat = diffusion.predict_x0_from_eps(d, z, k, net(teacher, z, k))
-    z = diffusion.ddim_step_from_x0(
-      x0_hat, z, *diffusion.alpha_sigma(d, k), *diffusion.alpha_sigma(d, jnp.asarray(k_next))
+  # round 0's teacher is the ε run; round 1's, the round-0 student, predicts v
+  teacher_reading = {0: diffusion.predict_x0_from_eps, 1: diffusion.predict_x0_from_v}
+  for round_, predict_x0 in teacher_reading.items():
+    family_state = {**state.family_state, "round": jnp.asarray(round_, jnp.int32)}
+    draws = family.draw(families.step_keys(jax.random.key(2)), batch, family_state)
+    z_t, k_t, target, stride = draws["z_t"], draws["k_t"], draws["target"], 2**round_
+    j = np.searchsorted(grid, np.asarray(k_t))
+    assert not np.any(j % (2 * stride))
+    z = z_t
+    for k, k_next in ((k_t, grid[j - stride]), (grid[j - stride], grid[j - 2 * stride])):
+      x0_hat = predict_x0(d, z, k, net(family_state["teacher"], z, k))
+      z = diffusion.ddim_step_from_x0(
+        x0_hat, z, *diffusion.alpha_sigma(d, k), *diffusion.alpha_sigma(d, jnp.asarray(k_next))
+      )
+    one_step = diffusion.ddim_step_from_x0(
+      target, z_t, *diffusion.alpha_sigma(d, k_t), *diffusion.alpha_sigma(d, grid[j - 2 * stride])
     )
-  one_step = diffusion.ddim_step_from_x0(
-    target, z_t, *diffusion.alpha_sigma(d, k_t), *diffusion.alpha_sigma(d, grid[j - 2])
-  )
-  np.testing.assert_allclose(one_step, z, atol=2e-4)
+    np.testing.assert_allclose(one_step, z, atol=2e-4)
   x0_as_v = diffusion.predict_x0_from_v(d, z_t, k_t, net(params, z_t, k_t))
   weight = diffusion.truncated_snr_weight(*diffusion.alpha_sigma(d, k_t))
   expected = weight * np.mean((np.asarray(target) - x0_as_v) ** 2, axis=(1, 2, 3))

@@ -384,14 +384,17 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
   d, model, distill = gaussian.make_diffusion(student_config), student.model, config.distill
   grid = jnp.asarray(diffusion.distillation_grid(d.num_timesteps, distill.teacher_steps))
 
-  def x0_fn(params, labels, d, **kwargs):
-    """The network's x̂0 at (z, k): its output as `d`'s mean parameterisation (`predict_x0`)."""
+  def x0_fn(params, labels, first_round=False, **kwargs):
+    """The network's x̂0 at (z, k) through `predict_x0`: its output read as the student's
+    prediction, or where `first_round` (traced) holds, as the teacher run's."""
 
     def x0(z, k):
       output = model.apply(
         params, z, gaussian.network_time_of(config.diffusion, k), labels, **kwargs
       )
-      return diffusion.predict_x0(d, diffusion.split_model_output(d, output, z)[0], z, k)
+      mean = diffusion.split_model_output(d, output, z)[0]
+      as_student = diffusion.predict_x0(d, mean, z, k)
+      return jnp.where(first_round, diffusion.predict_x0(teacher_diffusion, mean, z, k), as_student)
 
     return x0
 
@@ -405,7 +408,8 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
     labels = batch["label"] if model.num_classes else None
     noise = jax.random.normal(keys.noise, x0.shape, x0.dtype)
     k_t = grid[j]
-    teacher = x0_fn(family_state["teacher"], labels, teacher_diffusion, train=False)
+    # round 0's teacher is the teacher run, later ones are students
+    teacher = x0_fn(family_state["teacher"], labels, family_state["round"] == 0, train=False)
     z_t, target = diffusion.distillation_pair(
       d, teacher, x0, noise, k_t, grid[j - stride], grid[j - 2 * stride]
     )
@@ -420,7 +424,7 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
 
   def loss(params, batch, draws, dropout_rng):
     del batch  # (in the draws: z_t and the target)
-    student_x0 = x0_fn(params, draws["labels"], d, **base.apply_kwargs(dropout_rng))
+    student_x0 = x0_fn(params, draws["labels"], **base.apply_kwargs(dropout_rng))
     return diffusion.progressive_distillation_loss(
       d, student_x0, draws["z_t"], draws["target"], draws["k_t"]
     )
