@@ -111,6 +111,7 @@ def test_repaint_schedule_is_the_reference_walk():
     assert walk == levels, (n, resample, jump)
 
 
+@pytest.mark.slow  # (the fast tier's 2 minutes: seconds of training or sampling)
 def test_inpainting_approaches_the_conditional_gaussian_as_resampling_grows():
   trajectory = sampling.ddpm_trajectory(BASE, exact_eps_fn(), clip_denoised=False)
   plain_mean_error, plain_cov_error = inpainting_errors(trajectory, resample=1)
@@ -141,6 +142,7 @@ def test_the_design_functions_keep_the_known_pixels_and_sdedit_spans_input_to_sa
     editing.sdedit(BASE, model_fn, rng, x_input, 0.0)
 
 
+@pytest.mark.slow  # (the fast tier's 2 minutes: seconds of training or sampling)
 def test_colorization_matches_the_conditional_gaussian_of_its_grey_value():
   # one pixel's three correlated channels; the grey value is their mean
   mu, cov = (

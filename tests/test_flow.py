@@ -389,6 +389,7 @@ def test_the_exact_velocity_minimises_the_flow_matching_loss():
   assert abs(shrunk - float(jnp.mean(jnp.sum((0.1 * exact) ** 2, axis=1)))) < 0.02 * shrunk + 1e-3
 
 
+@pytest.mark.slow  # (the fast tier's 2 minutes: seconds of training or sampling)
 def test_the_adaptive_sampler_and_bits_per_dim_of_the_family():
   config = flow_config("dit", **{"sampling.sampler": "ode", "sampling.ode_tolerance": 1e-3})
   family = families.get_family(config)

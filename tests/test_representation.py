@@ -40,6 +40,7 @@ def test_the_embedding_conditions_the_unet_and_zero_is_the_null_embedding():
   assert params["params"]["embedding_projection"]["kernel"].shape == (4, 128)
 
 
+@pytest.mark.slow  # (the fast tier's 2 minutes: seconds of training or sampling)
 def test_the_loss_is_the_diffusion_loss_of_the_denoiser_given_the_encoders_code():
   config = tiny_config(family="representation")
   config_validation.validate_config(config)

@@ -261,6 +261,7 @@ def test_the_langevin_step_size_takes_the_whole_batchs_norms_when_sampled_one_at
   np.testing.assert_allclose(alone, x[0] + own * grads[0], rtol=1e-5)
 
 
+@pytest.mark.slow  # (the fast tier's 2 minutes: seconds of training or sampling)
 def test_a_class_conditional_score_sde_trains_and_samples_guided_as_written_out():
   """A class-conditional score SDE: labels (with the null label at training.label_dropout) in the
   loss; sampling given labels guided without a classifier is predictor-corrector sampling of the

@@ -182,6 +182,7 @@ def test_prior_and_reconstruction_terms():
   )
 
 
+@pytest.mark.slow  # (the fast tier's 2 minutes: seconds of training or sampling)
 def test_vdm_takes_cross_attention_contexts():
   """model.context_dim in the VDM family: contexts in the VLB and in ancestral sampling, whose step
   is the library's with the context-conditioned network written out."""
