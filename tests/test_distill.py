@@ -5,6 +5,7 @@ loss reproduces the teacher's two-step map, and after all rounds its one step ma
 data's mean and std."""
 
 import copy
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -297,7 +298,8 @@ def test_an_eps_teachers_student_predicts_v_and_learns_the_teachers_two_steps(te
   """distill.student_mean_type="auto": an ε teacher's student predicts v (x0 and v teachers' keep
   theirs); its loss is max(SNR, 1) ‖x̃ - x̂‖² with x̂ from the network's output read as v, and one
   DDIM step to x̃ lands where two DDIM steps of the teacher's output do, read as ε in round 0 (the
-  teacher run's) and as v in round 1 (the round-0 student's)."""
+  teacher run's) and as v in round 1 (the round-0 student's), x̂ clipped as the teacher's sampler
+  clips it; without sampling.clip_denoised, not clipped."""
   from ddpm_jax import families
   from ddpm_jax.families import distill, gaussian
   from ddpm_jax.jobs import train
@@ -311,7 +313,6 @@ def test_an_eps_teachers_student_predicts_v_and_learns_the_teachers_two_steps(te
     trial.diffusion.mean_type, trial.distill.student_mean_type = teacher_type, chosen
     assert distill.with_student_mean_type(trial).diffusion.mean_type == student_type
   assert config.diffusion.mean_type == "eps"  # the teacher's, in the student's run
-  family = families.get_family(config)
   state = train.create_train_state(config, jax.random.key(0))
   params = state.params
   batch = {
@@ -320,29 +321,37 @@ def test_an_eps_teachers_student_predicts_v_and_learns_the_teachers_two_steps(te
   }
   d = gaussian.make_diffusion(config)
   grid = np.asarray(diffusion.distillation_grid(1000, 8))
-  net = lambda p, z, k: family.model.apply(p, z, k, None, train=False)
   # round 0's teacher is the ε run; round 1's, the round-0 student, predicts v
   teacher_reading = {0: diffusion.predict_x0_from_eps, 1: diffusion.predict_x0_from_v}
-  for round_, predict_x0 in teacher_reading.items():
+  targets = {}
+  for clip, round_ in itertools.product((True, False), teacher_reading):
+    config.sampling.clip_denoised = clip
+    family = families.get_family(config)
+    net = lambda p, z, k: family.model.apply(p, z, k, None, train=False)
     family_state = {**state.family_state, "round": jnp.asarray(round_, jnp.int32)}
     draws = family.draw(families.step_keys(jax.random.key(2)), batch, family_state)
     z_t, k_t, target, stride = draws["z_t"], draws["k_t"], draws["target"], 2**round_
+    targets[clip, round_] = target
     j = np.searchsorted(grid, np.asarray(k_t))
     assert not np.any(j % (2 * stride))
     z = z_t
     for k, k_next in ((k_t, grid[j - stride]), (grid[j - stride], grid[j - 2 * stride])):
-      x0_hat = predict_x0(d, z, k, net(family_state["teacher"], z, k))
+      x0_hat = teacher_reading[round_](d, z, k, net(family_state["teacher"], z, k))
       z = diffusion.ddim_step_from_x0(
-        x0_hat, z, *diffusion.alpha_sigma(d, k), *diffusion.alpha_sigma(d, jnp.asarray(k_next))
+        jnp.clip(x0_hat, -1, 1) if clip else x0_hat,
+        z,
+        *diffusion.alpha_sigma(d, k),
+        *diffusion.alpha_sigma(d, jnp.asarray(k_next)),
       )
     one_step = diffusion.ddim_step_from_x0(
       target, z_t, *diffusion.alpha_sigma(d, k_t), *diffusion.alpha_sigma(d, grid[j - 2 * stride])
     )
-    np.testing.assert_allclose(one_step, z, atol=2e-4)
-  x0_as_v = diffusion.predict_x0_from_v(d, z_t, k_t, net(params, z_t, k_t))
-  weight = diffusion.truncated_snr_weight(*diffusion.alpha_sigma(d, k_t))
-  expected = weight * np.mean((np.asarray(target) - x0_as_v) ** 2, axis=(1, 2, 3))
-  np.testing.assert_allclose(family.loss(params, batch, draws, None), expected, rtol=1e-5)
+    np.testing.assert_allclose(one_step, z, rtol=1e-4, atol=2e-4)
+    x0_as_v = diffusion.predict_x0_from_v(d, z_t, k_t, net(params, z_t, k_t))
+    weight = diffusion.truncated_snr_weight(*diffusion.alpha_sigma(d, k_t))
+    expected = weight * np.mean((np.asarray(target) - x0_as_v) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(family.loss(params, batch, draws, None), expected, rtol=1e-5)
+  assert not np.allclose(targets[True, 0], targets[False, 0])  # (the clip acts here)
 
 
 def run(*args):

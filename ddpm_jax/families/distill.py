@@ -410,6 +410,8 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
     k_t = grid[j]
     # round 0's teacher is the teacher run, later ones are students
     teacher = x0_fn(family_state["teacher"], labels, family_state["round"] == 0, train=False)
+    if config.sampling.clip_denoised:  # the teacher's DDIM as it samples: x̂ clipped to [-1, 1]
+      teacher = clipped(teacher)
     z_t, target = diffusion.distillation_pair(
       d, teacher, x0, noise, k_t, grid[j - stride], grid[j - 2 * stride]
     )
@@ -430,6 +432,11 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
     )
 
   return as_progressive_student(student, draw, loss, distill)
+
+
+def clipped(x0_fn):
+  """`x0_fn` with its x̂0 clipped to the data's [-1, 1] (the samplers' clip_denoised)."""
+  return lambda z, k: jnp.clip(x0_fn(z, k), -1.0, 1.0)
 
 
 def with_student_mean_type(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
