@@ -121,22 +121,23 @@ def test_a_saved_executable_is_loaded_without_tracing_and_refused_when_damaged(
     return jax.jit(double)
 
   x = jnp.arange(4.0)
-  first = executables.compiled(jitted_double(), (x,), "double", "key")
+  first = executables.compiled(jitted_double, (x,), "double", "key")
   assert len(traces) == 1 and len(list(executables_dir.glob("double-*.bin"))) == 1
   executables._IN_MEMORY.clear()  # as a restarted process
   loaded_before = executables.load_seconds
-  again = executables.compiled(jitted_double(), (x,), "double", "key")
+  never = lambda: pytest.fail("a loaded executable built its jitted function")
+  again = executables.compiled(never, (x,), "double", "key")
   assert len(traces) == 1 and executables.load_seconds > loaded_before
   np.testing.assert_array_equal(again(x), first(x))
   # other shapes: another executable
-  executables.compiled(jitted_double(), (jnp.arange(5.0),), "double", "key")
+  executables.compiled(jitted_double, (jnp.arange(5.0),), "double", "key")
   assert len(traces) == 2 and len(list(executables_dir.glob("double-*.bin"))) == 2
   # a damaged file: removed with a warning, and the program compiled (JAX's own cache has it now:
   # not saved again, see below)
   executables._IN_MEMORY.clear()
   path = max(executables_dir.glob("double-*.bin"), key=lambda p: p.stat().st_mtime_ns)
   path.write_bytes(b"truncated")
-  again = executables.compiled(jitted_double(), (jnp.arange(5.0),), "double", "key")
+  again = executables.compiled(jitted_double, (jnp.arange(5.0),), "double", "key")
   assert len(traces) == 3 and "cannot be loaded" in caplog.text and not path.exists()
   np.testing.assert_array_equal(again(jnp.arange(5.0)), jnp.arange(5.0) * 2 + salt)
 
@@ -164,7 +165,7 @@ def test_only_the_newest_executables_are_kept(executables_dir, monkeypatch):
   monkeypatch.setattr(executables, "MAX_FILES", 2)
   salt = float(np.random.default_rng().random())  # (new programs)
   for n in range(3):
-    executables.compiled(jax.jit(lambda x: x + salt), (jnp.zeros(n + 1),), "add", "key")
+    executables.compiled(lambda: jax.jit(lambda x: x + salt), (jnp.zeros(n + 1),), "add", "key")
     time.sleep(1.1)  # (distinct modification times)
   assert len(list(executables_dir.glob("add-*.bin"))) == 2
 
@@ -177,7 +178,8 @@ def test_an_executable_from_jaxs_own_cache_is_not_saved(tmp_path):
     "from absl import logging\n"
     "from ddpm_jax.runtime import executables\n"
     "logging.set_verbosity(logging.INFO)\n"
-    "step = executables.compiled(jax.jit(lambda x: x * 2), (jnp.arange(4.0),), 'double', 'k')\n"
+    "double = lambda: jax.jit(lambda x: x * 2)\n"
+    "step = executables.compiled(double, (jnp.arange(4.0),), 'double', 'k')\n"
     "print(step(jnp.arange(4.0)).tolist())\n"
   )
   env = {

@@ -159,8 +159,9 @@ def make_train_step(config: ml_collections.ConfigDict, mesh=None):
 def compiled_train_step(config: ml_collections.ConfigDict, mesh, state, batch, rng):
   """`make_train_step` compiled for these arguments (a `jax.stages.Compiled`, FLOPs in its cost
   analysis), loaded where a restarted job saved it (runtime/executables.py)."""
-  step = make_train_step(config, mesh)
-  return executables.compiled(step, (state, batch, rng), "train_step", config_key(config))
+  return executables.compiled(
+    lambda: make_train_step(config, mesh), (state, batch, rng), "train_step", config_key(config)
+  )
 
 
 @jax.jit

@@ -48,7 +48,9 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh=N
 def compiled_init(config: ml_collections.ConfigDict, mesh, rng: jax.Array):
   """`create_train_state`'s initialisation compiled (a `jax.stages.Compiled`), loaded where a
   restarted job saved it (runtime/executables.py)."""
-  return executables.compiled(_jitted_init(config, mesh), (rng,), "init", config_key(config))
+  return executables.compiled(
+    lambda: _jitted_init(config, mesh), (rng,), "init", config_key(config)
+  )
 
 
 def config_key(config: ml_collections.ConfigDict) -> str:

@@ -99,17 +99,18 @@ def cache_key(name: str, key: str, args: tuple) -> str:
   return hashlib.sha256(parts.encode()).hexdigest()[:32]
 
 
-def compiled(jitted, args: tuple, name: str, key: str) -> jax.stages.Compiled:
-  """`jitted` (a `jax.jit` function) compiled for `args`: loaded from the directory where an
-  executable of the same key is there, else lowered, compiled and saved. `key`: what changes the
-  program beyond the arguments' shapes (the run's config as JSON)."""
+def compiled(make_jitted, args: tuple, name: str, key: str) -> jax.stages.Compiled:
+  """`make_jitted()` (a `jax.jit` function, built only where it is compiled: building one can
+  trace, e.g. shardings from an abstract state) compiled for `args`: loaded from the directory
+  where an executable of the same key is there, else lowered, compiled and saved. `key`: what
+  changes the program beyond the arguments' shapes (the run's config as JSON)."""
   global load_seconds
   digest = cache_key(name, key, args)
   if digest in _IN_MEMORY:
     return _IN_MEMORY[digest]
   where = directory()
   if where is None:
-    _IN_MEMORY[digest] = jitted.lower(*args).compile()
+    _IN_MEMORY[digest] = make_jitted().lower(*args).compile()
     return _IN_MEMORY[digest]
   path = where / f"{name}-{digest}.bin"
   if path.exists():
@@ -127,7 +128,7 @@ def compiled(jitted, args: tuple, name: str, key: str) -> jax.stages.Compiled:
       _IN_MEMORY[digest] = executable
       return executable
   hits = _persistent_cache_hits[0]
-  executable = jitted.lower(*args).compile()
+  executable = make_jitted().lower(*args).compile()
   if _persistent_cache_hits[0] > hits:
     # XLA:CPU re-serialises an executable read from JAX's cache without its kernels (loading it
     # fails at its first run): only compiled ones are saved
