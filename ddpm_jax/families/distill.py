@@ -381,7 +381,9 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
       "(x̂ = (z - σε̂)/α amplifies errors at high noise); v students distil well (docs/families.md)."
     )
   student = gaussian.build(student_config)  # the teacher's network, its DDIM sampler
-  d, model, distill = gaussian.make_diffusion(student_config), student.model, config.distill
+  # the teacher's schedule, read as the student's prediction
+  d = teacher_diffusion.replace(mean_type=student_config.diffusion.mean_type)
+  model, distill = student.model, config.distill
   grid = jnp.asarray(diffusion.distillation_grid(d.num_timesteps, distill.teacher_steps))
 
   def x0_fn(params, labels, first_round=False, **kwargs):
