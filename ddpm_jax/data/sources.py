@@ -22,6 +22,7 @@ No JAX here: the decoding worker processes import this module.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -108,6 +109,18 @@ class Source(Protocol):
   def __getitem__(self, index: int) -> dict: ...
 
 
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's digits -> (images [1797, 8, 8] in 0..16 as float64, labels [1797]), read from
+  the file sklearn.datasets.load_digits reads, without importing scikit-learn (a second of every
+  start-up)."""
+  sklearn = importlib.util.find_spec("sklearn")  # finds the package without running it
+  if sklearn is None:
+    raise ModuleNotFoundError("The digits dataset is scikit-learn's: pip install scikit-learn.")
+  path = os.path.join(sklearn.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+  table = np.loadtxt(path, delimiter=",")  # each row: 64 pixels, then the label
+  return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+
+
 class DigitsSource:
   """scikit-learn's 1,797 8×8 digits (values 0–16) as uint8 images; the last 297 are the test
   split."""
@@ -119,12 +132,10 @@ class DigitsSource:
   has_images = True
 
   def __init__(self, split: str):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    digits, labels = load_digits()
+    images = np.round(digits * (255.0 / 16.0)).astype(np.uint8)[..., None]
     rows = slice(None, self.NUM_TRAIN) if split == "train" else slice(self.NUM_TRAIN, None)
-    self.images, self.labels = images[rows], digits.target[rows]
+    self.images, self.labels = images[rows], labels[rows]
 
   def __len__(self) -> int:
     return len(self.images)

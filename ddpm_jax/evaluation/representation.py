@@ -17,12 +17,13 @@ normal for one class (`probe_direction`), codes moved by `manipulate`.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0) -> float:
   """Test accuracy of the logistic-regression probe fitted on (train_x [N, D], train_y [N])."""
+  from sklearn.linear_model import LogisticRegression  # here: 0.8 s to import, for probes alone
+  from sklearn.preprocessing import StandardScaler
+
   scaler = StandardScaler().fit(train_x)
   probe = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(train_x), train_y)
   return float(probe.score(scaler.transform(test_x), test_y))
@@ -32,6 +33,9 @@ def probe_direction(codes, labels, target: int, c: float = 1.0) -> np.ndarray:
   """The code-space step [D] of one unit along a probe's normal: a logistic regression of "is
   `target`" on standardised codes z̃ = (z - μ)/σ (weights w), stepped √D·ŵ in z̃ (a unit step moves
   z̃ by its typical norm, as Preechakul et al.'s √512 scaling), so z = z + s·σ ⊙ √D·ŵ."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.preprocessing import StandardScaler
+
   scaler = StandardScaler().fit(codes)
   probe = LogisticRegression(C=c, max_iter=5000)
   probe.fit(scaler.transform(codes), np.asarray(labels) == target)

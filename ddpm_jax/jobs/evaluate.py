@@ -52,7 +52,7 @@ from ddpm_jax.families.config_validation import validate_config
 from ddpm_jax.jobs import latent
 from ddpm_jax.jobs import sample as sample_lib
 from ddpm_jax.jobs.train_state import run_rngs
-from ddpm_jax.runtime import files, parallel
+from ddpm_jax.runtime import files, metric_writer, parallel
 
 FID_PROTOCOL_SAMPLES = 50_000
 
@@ -431,9 +431,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         {"step": step, **results, "num_fid_samples": eval_config.num_fid_samples}, indent=2
       )
     )
-    from tensorboardX import SummaryWriter
-
-    with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
+    with metric_writer.summary_writer(os.path.join(workdir, "tensorboard")) as writer:
       for k, v in results.items():
         writer.add_scalar(f"eval/{k}", v, step)
     logging.info(

@@ -5,12 +5,27 @@ scalars and images (process 0 writes; flushed at checkpoints and at the end). Wi
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from absl import logging
 import numpy as np
 
 NUM_LOSS_QUARTILES = 4
+
+
+def summary_writer(logdir: str):
+  """tensorboardX's SummaryWriter, imported without torch: where torch is installed, tensorboardX
+  imports it (1.5 s of every start-up) only to accept its tensors, and ours are numpy."""
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX allows
+    try:
+      import tensorboardX  # noqa: F401
+    finally:
+      del sys.modules["torch"]
+  from tensorboardX import SummaryWriter
+
+  return SummaryWriter(logdir)
 
 
 class MetricWriter:
@@ -21,9 +36,7 @@ class MetricWriter:
     self.total_steps, self.is_writer = total_steps, is_writer
     self.writer = None
     if is_writer:
-      from tensorboardX import SummaryWriter
-
-      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.writer = summary_writer(os.path.join(workdir, "tensorboard"))
     self.sums: dict[str, float] = {}
     self.count = 0
     self.skipped, self.total_skipped = 0, 0  # updates skipped for a non-finite loss or gradient
