@@ -278,7 +278,7 @@ def representation_metrics(config, family: families.Family, params) -> dict[str,
       train_x, train_labels, test_x, test_labels, options.probe_c
     )
 
-  untrained = family.init_params(jax.random.key(config.seed))
+  untrained = jax.jit(family.init_params)(jax.random.key(config.seed))  # one program, not 200
   test_codes = sample_lib.represent_all(family, params, test_images)
   results = {
     "probe_accuracy": probe(sample_lib.represent_all(family, params, train_images), test_codes),

@@ -166,14 +166,16 @@ def low_res_inputs(
 
 
 def represent_all(family: families.Family, params, images: np.ndarray, batch_size: int = 256):
-  """z [N, D] of uint8 images [N, H, W, C], in batches."""
+  """z [N, D] of uint8 images [N, H, W, C], in batches of one shape (the last one padded), so that
+  it compiles once."""
   represent = jax.jit(family.represent)
-  return np.concatenate(
-    [
-      np.asarray(represent(params, pixels.from_uint8(images[i : i + batch_size])))
-      for i in range(0, len(images), batch_size)
-    ]
-  )
+  batch_size = min(batch_size, len(images))
+  codes = []
+  for i in range(0, len(images), batch_size):
+    batch = images[i : i + batch_size]
+    padded = np.concatenate([batch, np.zeros_like(images[: batch_size - len(batch)])])
+    codes.append(np.asarray(represent(params, pixels.from_uint8(padded)))[: len(batch)])
+  return np.concatenate(codes)
 
 
 def represented_inputs(config: ml_collections.ConfigDict, family, params, num_samples: int):
