@@ -110,6 +110,8 @@ def traces_a_train_step(config) -> str | None:
   from ddpm_jax.jobs import train_state
 
   data, batch_size = config.data, config.training.batch_size
+  if config.model.get("conv_impl") == "auto":  # as on accelerators: the CPU's Winograd
+    config.model.conv_impl = "xla"  # convolutions (tested in test_models) triple a deep trace
   batch = {
     "image": jax.ShapeDtypeStruct(
       (batch_size, data.image_size, data.image_size, data.num_channels), jnp.float32
