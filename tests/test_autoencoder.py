@@ -331,11 +331,14 @@ def test_latent_families_train_sample_and_evaluate_on_the_offline_autoencoder(tm
       f"--config.eval.bpd_num_batches={int(config_name != 'edm_default.py')}",  # EDM: none
       "--config.data.num_workers=0",
     ]
-    for mode in ("train", "sample", "eval"):
+    # --mode=sample is the same job for every family (once here); the pipeline samples each
+    modes = ("train", "sample", "eval") if config_name == "flow_default.py" else ("train", "eval")
+    for mode in modes:
       logs = run("ddpm_jax.main", f"--mode={mode}", *common)
       assert logs.count("Loaded the autoencoder") == 1, mode  # once for all its consumers
-    samples = np.load(workdir / "samples" / "samples_10.npz")["images"]
-    assert samples.shape == (16, 8, 8, 1) and samples.dtype == np.uint8
+    if "sample" in modes:
+      samples = np.load(workdir / "samples" / "samples_10.npz")["images"]
+      assert samples.shape == (16, 8, 8, 1) and samples.dtype == np.uint8
     import ddpm_jax  # the pipeline decodes too
 
     assert ddpm_jax.load(str(workdir)).sample(2).shape == (2, 8, 8, 1)

@@ -360,16 +360,6 @@ def run(*args):
   run_module("ddpm_jax.main", *args)
 
 
-def trained_teacher(tmp_path):
-  """The digits default trained for 30 steps in tmp_path/teacher. -> its workdir."""
-  from helpers import REPO
-
-  teacher = tmp_path / "teacher"
-  steps = ["--config.training.num_train_steps=30", "--config.training.checkpoint_every_steps=30"]
-  run(f"--config={REPO}/configs/default.py", f"--workdir={teacher}", *steps)
-  return teacher
-
-
 def resumed_equals_straight(common, tmp_path, removed_steps, last_step):
   """Runs `common` in tmp_path/straight, then again in a copy without the checkpoints at
   `removed_steps` (as if killed after the one before): both end in the same state, bit for bit.
@@ -413,16 +403,17 @@ def sample_and_evaluate(workdir, step):
 
 
 @pytest.mark.slow
-def test_progressive_distillation_from_the_command_line_resumes_inside_its_rounds(tmp_path):
-  """A teacher trains; 2 rounds distil its 8 steps into 2; the run preempted after step 3 (its
-  newer checkpoints gone) resumes across the round boundary into the same state, bit for bit; the
-  student samples with 1 and 2 steps and evaluates."""
+def test_progressive_distillation_from_the_command_line_resumes_inside_its_rounds(
+  tmp_path, teacher_workdir
+):
+  """From a teacher's workdir (the digits default), 2 rounds distil its 8 steps into 2; the run
+  preempted after step 3 (its newer checkpoints gone) resumes across the round boundary into the
+  same state, bit for bit; the student samples with 1 and 2 steps and evaluates."""
   from helpers import REPO
 
-  teacher = trained_teacher(tmp_path)
   common = [
     f"--config={REPO}/configs/distill_progressive_default.py",
-    f"--config.distill.teacher_workdir={teacher}",
+    f"--config.distill.teacher_workdir={teacher_workdir}",
     "--config.distill.rounds=2",
     "--config.distill.steps_per_round=6",
     "--config.distill.teacher_steps=8",
@@ -516,7 +507,8 @@ def test_consistency_training_draws_follow_icts_curriculum():
 @pytest.mark.slow  # (15 s: the student, teacher and target compiled)
 def test_consistency_distillation_starts_from_its_teacher_and_tracks_a_target(teacher_workdir):
   """The student and θ⁻ start as the teacher; the draws' x̂_{σ_i} is one Heun step of the teacher's
-  ODE from x_{σ_{i+1}} (the VP model's denoiser); after a step θ⁻ = μ θ⁻ + (1 - μ) θ."""
+  ODE from x_{σ_{i+1}} (the VP model's denoiser, x̂0 clipped where sampling.clip_denoised); after a
+  step θ⁻ = μ θ⁻ + (1 - μ) θ."""
   from configs import workdir as workdir_configs
   from ddpm_jax import families
   from ddpm_jax.families import distill
@@ -532,21 +524,28 @@ def test_consistency_distillation_starts_from_its_teacher_and_tracks_a_target(te
   teacher, _ = restore_ema_params(workdir_configs.load(teacher_workdir), teacher_workdir, mesh)
   same = lambda a, b: jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
   assert same(state.params, teacher) and same(state.family_state["target"], teacher)
-  family = families.get_family(config)
   batch = {
     "image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1),
     "label": jnp.zeros(8, jnp.int32),
   }
-  draws = family.draw(families.step_keys(jax.random.key(2)), batch, state.family_state)
   denoiser_of, sigma_min, sigma_max = distill.gaussian_denoiser(config)
-  teacher_d = denoiser_of(teacher, None, train=False)
-  x0_hat = teacher_d(draws["x_next"], draws["sigma_next"])  # Heun, written out
-  per = lambda a: a[:, None, None, None]
-  d1 = (draws["x_next"] - x0_hat) / per(draws["sigma_next"])
-  x_euler = draws["x_next"] + per(draws["sigma"] - draws["sigma_next"]) * d1
-  d2 = (x_euler - teacher_d(x_euler, draws["sigma"])) / per(draws["sigma"])
-  heun = draws["x_next"] + per(draws["sigma"] - draws["sigma_next"]) * (d1 + d2) / 2
-  np.testing.assert_allclose(draws["x"], heun, rtol=1e-4, atol=1e-4)
+  heun_steps = {}
+  for clip in (True, False):  # the teacher's x̂0 clipped as its own Heun sampler clips it
+    config.sampling.clip_denoised = clip
+    draws = families.get_family(config).draw(
+      families.step_keys(jax.random.key(2)), batch, state.family_state
+    )
+    unclipped = denoiser_of(teacher, None, train=False)
+    teacher_d = (lambda x, s: jnp.clip(unclipped(x, s), -1, 1)) if clip else unclipped
+    x0_hat = teacher_d(draws["x_next"], draws["sigma_next"])  # Heun, written out
+    per = lambda a: a[:, None, None, None]
+    d1 = (draws["x_next"] - x0_hat) / per(draws["sigma_next"])
+    x_euler = draws["x_next"] + per(draws["sigma"] - draws["sigma_next"]) * d1
+    d2 = (x_euler - teacher_d(x_euler, draws["sigma"])) / per(draws["sigma"])
+    heun = draws["x_next"] + per(draws["sigma"] - draws["sigma_next"]) * (d1 + d2) / 2
+    np.testing.assert_allclose(draws["x"], heun, rtol=1e-4, atol=1e-4)
+    heun_steps[clip] = draws["x"]
+  assert not np.allclose(heun_steps[True], heun_steps[False])  # (the clip acts here)
   grid = edm.consistency_sigmas(jnp.arange(18), 18, sigma_min, sigma_max)
   assert set(np.round(np.asarray(draws["sigma"]), 4)) <= set(np.round(np.asarray(grid[:-1]), 4))
   step = train.make_train_step(config, mesh)
@@ -561,16 +560,15 @@ def test_consistency_distillation_starts_from_its_teacher_and_tracks_a_target(te
 
 
 @pytest.mark.slow
-def test_consistency_models_from_the_command_line_resume_and_sample(tmp_path):
-  """A teacher trains; consistency distillation from it, preempted after step 3 (its newer
-  checkpoints gone), resumes into the same state bit for bit; the student samples with 1 and 2
-  steps and evaluates; consistency training (no teacher) trains and samples."""
+def test_consistency_models_from_the_command_line_resume_and_sample(tmp_path, teacher_workdir):
+  """Consistency distillation from a teacher's workdir (the digits default), preempted after step 3
+  (its newer checkpoints gone), resumes into the same state bit for bit; the student samples with
+  1 and 2 steps and evaluates; consistency training (no teacher) trains and samples."""
   from helpers import REPO
 
-  teacher = trained_teacher(tmp_path)
   common = [
     f"--config={REPO}/configs/consistency_default.py",
-    f"--config.distill.teacher_workdir={teacher}",
+    f"--config.distill.teacher_workdir={teacher_workdir}",
     "--config.training.num_train_steps=6",
     "--config.training.checkpoint_every_steps=3",
     "--config.training.keep_checkpoints=10",

@@ -437,7 +437,8 @@ def build_progressive(config: ml_collections.ConfigDict) -> base.Family:
 
 
 def clipped(x0_fn):
-  """`x0_fn` with its x̂0 clipped to the data's [-1, 1] (the samplers' clip_denoised)."""
+  """`x0_fn` (or a denoiser D(x, σ)) with its x̂0 clipped to the data's [-1, 1] (the samplers'
+  clip_denoised)."""
   return lambda z, k: jnp.clip(x0_fn(z, k), -1.0, 1.0)
 
 
@@ -621,6 +622,8 @@ def build_consistency(config: ml_collections.ConfigDict) -> base.Family:
     if not distilling:
       return {**draws, "x": x0 + losses.expand_to(sigma, x0) * z}
     teacher_denoiser = denoiser_of(family_state["teacher"], labels, train=False)
+    if kind == "gaussian" and config.sampling.clip_denoised:  # as the teacher's Heun sampler
+      teacher_denoiser = clipped(teacher_denoiser)  # (the student's f and θ⁻'s stay unclipped)
     x = edm.heun_ode_step(teacher_denoiser, x_next, sigma_next, sigma)
     target = consistency_fn(family_state["target"], labels, train=False)(x, sigma)
     return {**draws, "x": x, "target": target}
