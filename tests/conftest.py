@@ -44,13 +44,20 @@ SLOW_MODULES = {
 }
 
 
+# The extended tier (`@pytest.mark.extended`, also slow): tests that train for minutes to reach a
+# quality bar (guidance accuracy, probe accuracy, PSNR, moments) and the benchmarks' CPU runs. CI
+# deselects them (-m "not extended") to stay within its 30 minutes on 2 cores; run them with
+# `pytest -n 2 -m extended tests` (about 7 minutes there) after a change to what they train.
+
+
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: the slow tier (deselect with -m 'not slow')")
+  config.addinivalue_line("markers", "extended: minutes of training each (CI: -m 'not extended')")
 
 
 def pytest_collection_modifyitems(items):
   for item in items:
-    if item.module.__name__ in SLOW_MODULES:
+    if item.module.__name__ in SLOW_MODULES or item.get_closest_marker("extended"):
       item.add_marker(pytest.mark.slow)
 
 

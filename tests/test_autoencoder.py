@@ -262,7 +262,7 @@ def test_each_player_of_the_adversarial_loss_gets_its_own_gradient():
     autoencoder_config(**{"autoencoder.disc_layers": 1})  # no discriminator: not read
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_the_offline_autoencoder_trains_and_reconstructs(tmp_path):
   """configs/autoencoder_default.py from the command line: trained, its held-out digits come back
   at a PSNR above 24 dB (measured 26.9 at its 1000 steps; 600 here)."""

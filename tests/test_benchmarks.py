@@ -8,7 +8,7 @@ import pytest
 from helpers import run_module
 
 
-@pytest.mark.slow  # (about a minute: two compiled train steps, PyTorch's, a sampler)
+@pytest.mark.extended  # (about a minute: two compiled train steps, PyTorch's, a sampler)
 def test_the_accelerator_benchmark_runs_in_one_command_within_its_budget(tmp_path):
   out = tmp_path / "accelerator.json"
   run_module("benchmarks.accelerator", "--budget_s=90", f"--out={out}", "--models=dit_b2_latent32")

@@ -86,6 +86,7 @@ def test_a_missing_context_or_a_context_without_model_is_refused(tmp_path):
     validate_config(config)
 
 
+@pytest.mark.extended
 def test_guided_samples_follow_their_context_better_than_unguided(tmp_path):
   embeddings = write_folder(tmp_path / "data")
   config = context_config(str(tmp_path / "data"))

@@ -148,7 +148,7 @@ def test_the_probe_direction_is_the_bayes_normal_in_standardised_codes():
   np.testing.assert_allclose(moved[:, 2] - moved[:, 1], np.tile(1.5 * step, (4, 1)), rtol=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_a_trained_representation_beats_the_untrained_encoder_from_the_command_line(tmp_path):
   sys.path.insert(0, REPO)
   from configs import representation_default

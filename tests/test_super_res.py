@@ -113,6 +113,7 @@ def super_res_config(num_train_steps):
   return config
 
 
+@pytest.mark.extended
 def test_super_resolution_trains_samples_a_cascade_and_evaluates(tmp_path):
   config = super_res_config(num_train_steps=100)
   validate_config(config)

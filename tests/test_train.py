@@ -752,7 +752,7 @@ def test_upscale_ardm_trains_evaluates_and_decodes_stage_by_stage(tmp_path):
     config_validation.validate_config(config)
 
 
-@pytest.mark.slow  # (two 120-step runs of the offline default)
+@pytest.mark.extended  # (two 120-step runs of the offline default)
 def test_bfloat16_trains_the_offline_default_as_float32_does_with_float32_state():
   """model.dtype="auto" is bfloat16 on accelerators: there its parameters, EMA and optimizer state
   stay float32, and 120 steps of the offline default reach the float32 run's loss."""

@@ -210,7 +210,7 @@ def test_the_prior_reads_its_dimensions_and_classes_from_the_file(tmp_path):
     config_validation.validate_config(digits)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_the_prior_reproduces_each_classs_mean_and_covariance(tmp_path):
   """Trained 3000 steps on 4,000 draws of three Gaussian classes, 1,000 ancestral samples per class
   (64 steps, unguided): the means within 0.15 and the covariances within 0.06 entrywise (the
@@ -259,7 +259,7 @@ def run_main(*args, cwd):
   return result
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_guidance_follows_the_embedding_and_the_two_stages_run_from_the_command_line(tmp_path):
   """The decoder on the digits given the shipped classifier's features of each image (a stand-in
   for CLIP): its decodes of held-out embeddings are classified as the embedding's image more often
