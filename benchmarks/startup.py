@@ -1,7 +1,8 @@
 """Start-up cost: seconds from a fresh process to its first train step and to its first batch of
 samples, with JAX's persistent compilation cache cold (empty) and warm (filled by the cold run,
-with the train step's and initialisation's serialised executables, runtime/executables.py), and
-the warm start's floor: imports, loading the executables and their first runs.
+with the train step's, initialisation's and sampler's serialised executables,
+runtime/executables.py), and the warm start's floor: imports, loading the executables and their
+first runs.
 
   python -m benchmarks.startup [--setups=default,cifar10] [--sample_steps=10] [--json]
 
@@ -64,17 +65,22 @@ def measure(setup: str, sample_steps: int) -> dict[str, float]:
   state, init_run = first_run(init, jax.random.key(0))
   step = compiled_train_step(config, mesh, state, batch, jax.random.key(1))
   (state, _), step_run = first_run(step, state, batch, jax.random.key(1))
-  first_step = time.perf_counter() - START
-  sample_fn = sample_lib.make_sample_fn(families.get_family(config), 8, mesh)
-  jax.block_until_ready(sample_fn(state.ema_params, jax.random.key(2), None))
+  first_step, step_loads = time.perf_counter() - START, executables.load_seconds
+  family = families.get_family(config)
+  args = (state.ema_params, jax.random.key(2), None, None, None, 0, None)  # (as generate's)
+  sample_fn = sample_lib.saved_sample_fn(config, family, 8, mesh, args, None, None)
+  _, sample_run = first_run(sample_fn, *args)
   first_samples = time.perf_counter() - START
   return {
     "imports": imported,
     "first_train_step": first_step,
     "first_samples": first_samples,
-    "executable_loads": executables.load_seconds,
+    "executable_loads": step_loads,
     "first_runs": init_run + step_run,
-    "floor": imported + executables.load_seconds + init_run + step_run,
+    "floor": imported + step_loads + init_run + step_run,
+    "sampler_load": executables.load_seconds - step_loads,
+    # the samples' floor: the train step's, the sampler's load and its first run
+    "samples_floor": imported + executables.load_seconds + init_run + step_run + sample_run,
   }
 
 
@@ -129,7 +135,8 @@ def main() -> None:
       f"{setup:9s} warm/cold: first train step {step_ratio:.2f}, "
       f"first samples {warm['first_samples'] / cold['first_samples']:.2f}; warm / floor "
       f"{warm['first_train_step'] / warm['floor']:.2f} (imports {warm['imports']:.1f}, executable "
-      f"loads {warm['executable_loads']:.1f}, first runs {warm['first_runs']:.1f})",
+      f"loads {warm['executable_loads']:.1f}, first runs {warm['first_runs']:.1f}); first "
+      f"samples warm / floor {warm['first_samples'] / warm['samples_floor']:.2f}",
       flush=True,
     )
 

@@ -53,6 +53,8 @@ def test_the_startup_benchmark_reports_a_warm_start_that_loads_its_executables()
   assert line["setup"] == "default" and line["warm_s"] == line["warm"]["first_train_step"]
   # the cold start compiled, the warm one loaded both executables instead of tracing them
   assert line["cold"]["executable_loads"] == 0 < line["warm"]["executable_loads"]
+  assert line["cold"]["sampler_load"] == 0 < line["warm"]["sampler_load"]  # (and the sampler)
+  assert line["warm"]["samples_floor"] <= line["warm"]["first_samples"]
   parts = ("imports", "executable_loads", "first_runs")
   assert line["floor_s"] == pytest.approx(sum(line["warm"][part] for part in parts))
   assert 0 < line["floor_s"] <= line["warm_s"]

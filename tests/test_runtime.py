@@ -201,3 +201,53 @@ def test_an_executable_from_jaxs_own_cache_is_not_saved(tmp_path):
   assert not list(saved.glob("*.bin"))
   third = run()
   assert third.returncode == 0 and third.stdout.split("\n")[-2] == "[0.0, 2.0, 4.0, 6.0]"
+
+
+def test_a_restarted_sampling_job_loads_its_sampler(executables_dir, monkeypatch, caplog):
+  """Several batches: the compiled sampler is saved, and a restarted job loads it (without
+  building the sampler) and draws the same samples; one batch keeps its per-step progress (a host
+  callback: not saved)."""
+  from absl import logging
+
+  from ddpm_jax import families
+  from ddpm_jax.jobs import sample as sample_lib
+  from ddpm_jax.runtime import executables, parallel
+  from tests.helpers import tiny_config
+
+  logging.set_verbosity(logging.INFO)
+  config = tiny_config()
+  # a new program (the schedule's constants): JAX's own cache cannot have it
+  config.diffusion.num_timesteps = int(np.random.default_rng().integers(100, 10_000))
+  config.sampling.sampler, config.sampling.num_steps, config.sampling.batch_size = "ddim", 3, 2
+  params = jax.jit(families.get_family(config).init_params)(jax.random.PRNGKey(0))
+  mesh = parallel.make_mesh()
+  first, _ = sample_lib.generate(config, params, 4, mesh)
+  assert len(list(executables_dir.glob("sampler-*.bin"))) == 1
+  executables._IN_MEMORY.clear()  # as a restarted process
+  never = lambda *args, **kwargs: pytest.fail("a loaded sampler was built again")
+  with monkeypatch.context() as patch:
+    patch.setattr(sample_lib, "make_sample_fn", never)
+    again, _ = sample_lib.generate(config, params, 4, mesh)
+  np.testing.assert_array_equal(again, first)
+  # one batch: the steps' progress, and nothing saved
+  one, _ = sample_lib.generate(config, params, 2, mesh)
+  np.testing.assert_array_equal(one, first[:2])
+  assert "step 3 / 3" in caplog.text and len(list(executables_dir.glob("sampler-*.bin"))) == 1
+
+
+def test_the_saved_samplers_key_covers_the_files_it_reads(monkeypatch, tmp_path):
+  """An ARDM decodes along the loss components --mode=eval wrote: new ones, a new program."""
+  from ddpm_jax import families
+  from ddpm_jax.jobs import sample as sample_lib
+  from ddpm_jax.runtime import executables
+  from tests.helpers import tiny_config
+
+  monkeypatch.setattr(executables, "compiled", lambda make, args, name, key: key)
+  config = tiny_config(family="ardm")
+  family = families.get_family(config)
+  key = lambda: sample_lib.saved_sample_fn(config, family, 2, None, (), None, str(tmp_path))
+  without = key()
+  family.save_likelihood_terms(str(tmp_path), {"loss_components": np.ones((2, 64))})
+  written = key()
+  family.save_likelihood_terms(str(tmp_path), {"loss_components": np.zeros((2, 64))})
+  assert len({without, written, key()}) == 3

@@ -205,6 +205,7 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     make_sampler=make_sampler,
     bits_per_dim=bits_per_dim,
     save_likelihood_terms=save_likelihood_terms,
+    sampler_files=lambda workdir: (loss_components_path(workdir),),
   )
 
 
@@ -310,4 +311,5 @@ def build_upscale(config: ml_collections.ConfigDict) -> base.Family:
     make_sampler=make_sampler,
     bits_per_dim=bits_per_dim,
     save_likelihood_terms=save_likelihood_terms,
+    sampler_files=lambda workdir: (loss_components_path(workdir),),
   )

@@ -136,6 +136,8 @@ class Family:
       diffusion prior's).
   reconstruct(params, x0) -> (x̂0, z): an autoencoder's reconstruction of images x0 and their
       latents (`--mode=eval`'s reconstruction metrics); None: not an autoencoder.
+  sampler_files(workdir) -> paths: the files in a run's workdir that its sampler reads (what they
+      hold is part of the key of its saved program, runtime/executables.py).
   """
 
   name: str
@@ -159,6 +161,7 @@ class Family:
   samples: str = "images"
   reconstruct: Callable[[Params, Array], tuple[Array, Array]] | None = None
   advance: Callable[[Any], Any] | None = None
+  sampler_files: Callable[[str], tuple[str, ...]] = lambda workdir: ()
 
 
 def as_json(block: ml_collections.ConfigDict | dict) -> dict:

@@ -14,6 +14,7 @@ ancestrally on num_steps (default 1000) equal steps of t, ARDMs in a random orde
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import time
 
@@ -29,8 +30,8 @@ from ddpm_jax.data import sources, workers
 from ddpm_jax.evaluation import images as image_utils
 from ddpm_jax.families.config_validation import InvalidConfigError, validate_config
 from ddpm_jax.jobs import latent
-from ddpm_jax.jobs.train_state import restore_ema_params, run_rngs
-from ddpm_jax.runtime import files, parallel
+from ddpm_jax.jobs.train_state import config_key, restore_ema_params, run_rngs
+from ddpm_jax.runtime import executables, files, parallel
 
 
 def sample_keys(rng: jax.Array, first_index, batch_size: int) -> jax.Array:
@@ -70,6 +71,22 @@ def make_sample_fn(family: families.Family, batch_size: int, mesh, **sampler_opt
     return jax.vmap(one, axis_name=sde.SAMPLE_AXIS)(keys, cond or families.Cond(), x_T)
 
   return jax.jit(sample, out_shardings=sharding)
+
+
+def saved_sample_fn(
+  config, family: families.Family, batch_size: int, mesh, args: tuple, guide, workdir
+):
+  """`make_sample_fn` compiled for `args` (params, rng, cond rows, guide_params, controls,
+  first_index, x_T), loaded where a restarted job saved it (runtime/executables.py); keyed by the
+  config, the guide's network and the files in `workdir` that the family's sampler reads."""
+  read = [files.digest(path) for path in family.sampler_files(workdir)] if workdir else []
+  key = json.dumps([config_key(config), repr(guide), read])
+  return executables.compiled(
+    lambda: make_sample_fn(family, batch_size, mesh, guide=guide, workdir=workdir),
+    args,
+    "sampler",
+    key,
+  )
 
 
 def class_rows(num_samples: int, classes) -> np.ndarray:
@@ -345,7 +362,9 @@ def generate(
   if sampling_config.classifier_workdir and sampling_config.classifier_scale:
     guide, guide_params = load_classifier(sampling_config.classifier_workdir, mesh)
   family = families.get_family(config)
-  sample_fn = make_sample_fn(family, batch, mesh, progress=True, guide=guide, workdir=workdir)
+  # one batch: progress per step (a host callback, which keeps the program from being saved);
+  # several: per batch with an ETA, and the compiled sampler is saved for a restarted job
+  per_step, sample_fn = num_samples <= batch, None
   autoencoder = latent.loaded(autoencoder, config, mesh)  # a latent run's samples are decoded
   rng = run_rngs(config.seed)["sample"]
   cond = cond or families.Cond()
@@ -360,8 +379,12 @@ def generate(
   all_images, start_time = [], time.perf_counter()
   for first in range(0, num_samples, batch):
     noise = None if x_T is None else pad_rows(x_T[first : first + batch], batch)
-    rows = batch_rows(cond, first, batch)
-    x = sample_fn(ema_params, rng, rows, guide_params, None, first, noise)
+    args = (ema_params, rng, batch_rows(cond, first, batch), guide_params, None, first, noise)
+    if sample_fn is None and per_step:
+      sample_fn = make_sample_fn(family, batch, mesh, progress=True, guide=guide, workdir=workdir)
+    elif sample_fn is None:
+      sample_fn = saved_sample_fn(config, family, batch, mesh, args, guide, workdir)
+    x = sample_fn(*args)
     x = parallel.to_host(latent.images_of(autoencoder, x) if uint8 else x)
     quantize = uint8 and family.samples == "images"
     all_images.append(pixels.to_uint8(x) if quantize else np.asarray(x))

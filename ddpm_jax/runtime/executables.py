@@ -127,8 +127,9 @@ def compiled(make_jitted, args: tuple, name: str, key: str) -> jax.stages.Compil
       logging.info("Loaded the compiled %s from %s.", name, path)
       _IN_MEMORY[digest] = executable
       return executable
+  lowered = make_jitted().lower(*args)  # (eager ops while tracing may hit JAX's cache)
   hits = _persistent_cache_hits[0]
-  executable = make_jitted().lower(*args).compile()
+  executable = lowered.compile()
   if _persistent_cache_hits[0] > hits:
     # XLA:CPU re-serialises an executable read from JAX's cache without its kernels (loading it
     # fails at its first run): only compiled ones are saved

@@ -6,6 +6,7 @@ A bucket path needs the filesystem backend epath uses for it (e.g. `pip install 
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 from etils import epath
@@ -24,3 +25,9 @@ def save_npz(path: str | epath.Path, **arrays: np.ndarray) -> epath.Path:
 def load_npz(path: str | epath.Path) -> dict[str, np.ndarray]:
   with np.load(io.BytesIO(epath.Path(path).read_bytes())) as data:
     return dict(data)
+
+
+def digest(path: str | epath.Path) -> str:
+  """The SHA-256 of a file's bytes ("absent" where there is none)."""
+  path = epath.Path(path)
+  return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
