@@ -5,14 +5,16 @@ r"""What a training job gets from the accelerator JAX sees, in one process withi
 
 For the DDPM CIFAR-10 U-Net (batch 128), ADM ImageNet-64 (batch 32) and DiT-B/2 on 32×32×4 latents
 (batch 256), each in bfloat16 (float32 parameters and optimizer state) and float32: the project's
-own train step (`train.make_train_step`: loss, backward, clipping, Adam, EMA) in images/s, its
-model TFLOP/s (XLA's cost analysis of the compiled step) and MFU against the dense bfloat16 matmul
-peak measured in the same run (and against the device kind's data sheet where known:
-"mfu_data_sheet"), its compile time with JAX's persistent compilation cache cold (empty) and warm
-(after `jax.clear_caches()`); the same models in PyTorch on the same device where diffusers has
-them (UNet2DModel, DiTTransformer2DModel; autocast for bfloat16, TF32 on, eager and, on a GPU,
-`torch.compile`) as the JAX / PyTorch ratio; DDIM sampling (50 steps, batch 256) in images/s; and
-the input pipeline's images/s (32² PNGs, batch 128) with 0 … N worker processes on the host's cores.
+own train step (`train.make_train_step`: loss, backward, clipping, Adam, EMA) in images/s, its model
+TFLOP/s (XLA's cost analysis of the compiled step) and MFU against the dense bfloat16 matmul peak
+measured in the same run (and against the device kind's data sheet where known: "mfu_data_sheet"),
+its compile time with JAX's persistent compilation cache cold (empty) and warm (after
+`jax.clear_caches()`), bfloat16 also without the default's activation checkpointing (`model.remat`:
+"products" on accelerators; on a CPU, where the default has none, with whole blocks checkpointed);
+the same models in PyTorch on the same device where diffusers has them (UNet2DModel,
+DiTTransformer2DModel; autocast for bfloat16, TF32 on, eager and, on a GPU, `torch.compile`) as the
+JAX / PyTorch ratio; DDIM sampling (50 steps, batch 256) in images/s; and the input pipeline's
+images/s (32² PNGs, batch 128) with 0 … N worker processes on the host's cores.
 
 Tasks run in order of importance (JAX's train steps; PyTorch eager; sampling; the input pipeline;
 `torch.compile`, minutes per model) and each starts only while the budget lasts (one compile may
@@ -45,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.input_throughput import images_per_second, write_images  # noqa: E402
 from benchmarks.timing import machine_description  # noqa: E402
 from configs import adm_imagenet64, ddpm_cifar10, default, dit_b2_cifar10  # noqa: E402
-from ddpm_jax import families, train  # noqa: E402
+from ddpm_jax import families, models, train  # noqa: E402
 from ddpm_jax.jobs import sample as sample_lib  # noqa: E402
 from ddpm_jax.runtime import flops, parallel  # noqa: E402
 
@@ -134,10 +136,13 @@ def random_batch(config, batch: int) -> dict:
   return {"image": images, "label": labels}
 
 
-def jax_train_step(setup: Setup, dtype: str, peak: float, budget: Budget) -> dict:
-  """images/s, TFLOP/s, MFU and compile times of the project's train step."""
+def jax_train_step(
+  setup: Setup, dtype: str, peak: float, budget: Budget, remat: bool | None = None
+) -> dict:
+  """images/s, TFLOP/s, MFU and compile times of the project's train step (model.remat `remat`)."""
   config = setup.config.copy_and_resolve_references()
   config.model.dtype, config.training.batch_size = dtype, setup.batch
+  config.model.remat = remat
   batch = random_batch(config, setup.batch)
   state = train.create_train_state(config, jax.random.key(0))
   step = train.make_train_step(config)
@@ -157,6 +162,7 @@ def jax_train_step(setup: Setup, dtype: str, peak: float, budget: Budget) -> dic
   seconds = seconds_per_call(run, budget)
   step_flops = flops.compiled_flops(compiled)
   row = {
+    "remat": str(models.remat_setting(remat)),
     "images_per_s": setup.batch / seconds,
     "tflops_per_s": step_flops / seconds / 1e12,
     "mfu": step_flops / seconds / peak,
@@ -302,15 +308,15 @@ def main(argv: list[str] | None = None) -> dict:
   unknown = sorted(set(args.models.split(",")) - set(every)) + sorted(set(dtypes) - set(DTYPES))
   if unknown:
     parser.error(f"unknown --models/--dtypes {unknown}: models {', '.join(every)}")
-  models = {name: every[name] for name in args.models.split(",")}
-  for name, setup in models.items():
+  chosen = {name: every[name] for name in args.models.split(",")}
+  for name, setup in chosen.items():
     for dtype in dtypes:
       if budget.allows(f"{name} {dtype} train step"):
         row = {"model": name, "dtype": dtype, "batch": setup.batch}
         row.update(jax_train_step(setup, dtype, peaks["bfloat16"], budget))
         rows.append(row)
         print(json.dumps(row), flush=True)
-  with_torch = {n: s for n, s in models.items() if args.torch == "true" and s.torch_model}
+  with_torch = {n: s for n, s in chosen.items() if args.torch == "true" and s.torch_model}
 
   def measure_torch(mode: str, dtypes: list[str]) -> None:
     for name, setup in with_torch.items():
@@ -321,7 +327,16 @@ def main(argv: list[str] | None = None) -> dict:
           print(f"  PyTorch {name} {dtype} {mode}: {rate:.1f} images/s", flush=True)
 
   measure_torch("eager", dtypes)
-  for name, setup in models.items():
+  # the cost of activation checkpointing: bfloat16 without the default's (an accelerator's), or
+  # with whole blocks checkpointed where the default has none (a CPU's)
+  other_remat = models.remat_setting(None) is False
+  for name, setup in chosen.items():
+    if "bfloat16" in dtypes and budget.allows(f"{name} bfloat16 train step, remat {other_remat}"):
+      row = {"model": name, "dtype": "bfloat16", "batch": setup.batch}
+      row.update(jax_train_step(setup, "bfloat16", peaks["bfloat16"], budget, other_remat))
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  for name, setup in chosen.items():
     if budget.allows(f"{name} sampling"):
       samplers[name] = sampling_images_per_s(setup, budget)
   pipeline = input_pipeline(reduced, budget)
@@ -358,8 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def print_table(result: dict) -> None:
   print(
-    "\n| model | dtype | batch | images/s | TFLOP/s | MFU | compile cold / warm (s) | JAX / PyTorch"
-    " (eager, compile) |\n|---|---|---|---|---|---|---|---|"
+    "\n| model | dtype | remat | batch | images/s | TFLOP/s | MFU | compile cold / warm (s) | JAX /"
+    " PyTorch (eager, compile) |\n|---|---|---|---|---|---|---|---|---|"
   )
   for row in result["rows"]:
     ratios = ", ".join(
@@ -368,7 +383,8 @@ def print_table(result: dict) -> None:
       if f"jax_over_torch_{mode}" in row
     )
     print(
-      f"| {row['model']} | {row['dtype']} | {row['batch']} | {row['images_per_s']:.1f} | "
+      f"| {row['model']} | {row['dtype']} | {row['remat']} | {row['batch']} | "
+      f"{row['images_per_s']:.1f} | "
       f"{row['tflops_per_s']:.2f} | {row['mfu']:.1%} | {row['compile_cold_s']:.1f} / "
       f"{row['compile_warm_s']:.1f} | {ratios or '—'} |"
     )

@@ -95,7 +95,9 @@ def _shared_config() -> ml_collections.ConfigDict:
   # "auto": bfloat16 compute with float32 parameters and optimizer state on GPUs and TPUs, float32
   # on CPUs; or "float32" | "bfloat16"
   model.dtype = "auto"
-  model.remat = False
+  # activation checkpointing per residual block: True | False; None (auto): on GPUs and TPUs
+  # recompute only the blocks' elementwise work (norms, activations), on CPUs none
+  model.remat = config_dict.placeholder(bool)
   # score_sde's DDPM++ / NCSN++ (configs/ddpmpp_cifar10_vp.py, ncsnpp_cifar10_ve.py):
   model.skip_rescale = False  # residual sums (x + h)/√2
   model.fir_kernel = ()  # FIR resampling filter, NCSN++: (1, 3, 3, 1); () = nearest / 2×2 mean
@@ -251,7 +253,7 @@ def dit_model(dit_size: str = "S", patch_size: int = 2, **fields) -> ml_collecti
   model.mlp_norm_eps = 1e-6
   model.embedding_type = "adm_positional"  # DiT's sinusoid of t
   model.dtype = "auto"  # bfloat16 on accelerators, float32 on CPUs
-  model.remat = False  # activation checkpointing per block
+  model.remat = config_dict.placeholder(bool)  # per block; None: as the U-Net's
   model.update(fields)
   return model
 

@@ -16,7 +16,9 @@ def test_the_accelerator_benchmark_runs_in_one_command_within_its_budget(tmp_pat
   assert result["reduced"] and result["device_kind"] == "cpu" and not result["skipped"]
   assert result["seconds"] < 90 + 30  # (a compile may overrun the budget, not a timing loop)
   peak = result["matmul_peak_tflops"]["bfloat16"]
-  assert [row["dtype"] for row in result["rows"]] == ["bfloat16", "float32"]
+  # the defaults (no remat on a CPU), then bfloat16 with the other remat setting
+  assert [row["dtype"] for row in result["rows"]] == ["bfloat16", "float32", "bfloat16"]
+  assert [row["remat"] for row in result["rows"]] == ["False", "False", "True"]
   for row in result["rows"]:
     assert row["model"] == "dit_b2_latent32" and row["images_per_s"] > 0
     # TFLOP/s = FLOPs per image · images/s; MFU = TFLOP/s / the bfloat16 matmul's

@@ -64,9 +64,21 @@ def test_the_network_starts_at_zero_and_remat_keeps_its_parameters():
   x = jnp.ones((2, 8, 8, 1))
   params = module.init(jax.random.key(0), x, jnp.zeros((2,)))
   assert not np.any(np.asarray(module.apply(params, x, jnp.array([1.0, 500.0]))))
-  remat = module.clone(remat=True)
-  remat_params = remat.init(jax.random.key(0), x, jnp.zeros((2,)))
-  assert jax.tree_util.tree_structure(remat_params) == jax.tree_util.tree_structure(params)
+  # random parameters (the zero-initialised output layer would hide the blocks' gradients)
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = tree.unflatten([0.1 * jax.random.normal(k, a.shape) for k, a in zip(keys, leaves)])
+  t = jnp.array([1.0, 500.0])
+  loss = lambda m: jax.value_and_grad(lambda p: jnp.sum(m.apply(p, x, t) ** 2))(params)
+  value, grads = loss(module)
+  for remat in (True, "products"):
+    remat_params = module.clone(remat=remat).init(jax.random.key(0), x, jnp.zeros((2,)))
+    assert jax.tree_util.tree_structure(remat_params) == jax.tree_util.tree_structure(params)
+    remat_value, remat_grads = loss(module.clone(remat=remat))
+    np.testing.assert_allclose(remat_value, value, rtol=1e-5)
+    jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), remat_grads, grads
+    )
 
 
 def small_diffusers_dit(out_channels=8, num_classes=10, seed=0, heads=2, head_width=16, depth=2):

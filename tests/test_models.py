@@ -1,13 +1,16 @@
 """U-Net and noisy classifier: shapes for every option combination, pinned paper sizes, and
 behaviour."""
 
+import collections
 import functools
 import importlib
 import itertools
 import math
+import re
 
 import flax.linen as nn
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -226,7 +229,7 @@ def test_remat_and_winograd_give_the_same_values_and_gradients():
   # The same sums in different orders: rounding-level differences, on the scale of the largest
   # gradient.
   atol = 1e-5 * max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g0))
-  for option in (dict(remat=True), dict(conv_impl="winograd")):
+  for option in (dict(remat=True), dict(remat="products"), dict(conv_impl="winograd")):
     v1, g1 = loss(**option)(params)
     np.testing.assert_allclose(v0, v1, rtol=1e-5, err_msg=str(option))
     jax.tree_util.tree_map(
@@ -234,6 +237,50 @@ def test_remat_and_winograd_give_the_same_values_and_gradients():
       g0,
       g1,
     )
+
+
+def test_remat_products_keeps_only_the_blocks_matmul_and_convolution_outputs(capsys):
+  """The backward pass's saved activations (jax's own list of residuals): "products" keeps what full
+  remat keeps (the blocks' inputs, the layers outside them) and the blocks' convolution and matmul
+  outputs, nothing else (their norms and activations are computed again): fewer than no remat."""
+  x, t, _, _ = _inputs()
+  one_level = dict(ch=32, ch_mult=(1,), num_res_blocks=2, attn_resolutions=(), out_channels=C)
+  params = UNet(**one_level).init(jax.random.key(0), x, t)
+
+  def residuals(remat) -> list[str]:
+    loss = lambda p: jnp.sum(UNet(**one_level, remat=remat).apply(p, x, t) ** 2)
+    jax.ad_checkpoint.print_saved_residuals(loss, params)
+    return [
+      line for line in capsys.readouterr().out.splitlines() if "from the argument" not in line
+    ]
+
+  def elements(lines: list[str]) -> int:
+    shapes = [re.match(r"\w+\[([\d,]*)\]", line).group(1) for line in lines]
+    return sum(math.prod(int(n) for n in shape.split(",") if n) for shape in shapes)
+
+  kept = {remat: residuals(remat) for remat in (False, "products", True)}
+  is_product = lambda line: re.search(r"output of (conv_general_dilated|dot_general) ", line)
+  products = [line for line in kept["products"] if is_product(line)]
+  others = [line for line in kept["products"] if not is_product(line)]
+  assert collections.Counter(others) == collections.Counter(kept[True])
+  assert len(products) > sum(map(bool, map(is_product, kept[True]))) + 4  # 4 blocks' convolutions
+  assert elements(kept[False]) > 1.5 * elements(kept["products"])
+
+
+def test_model_remat_none_is_products_on_accelerators_only(monkeypatch):
+  from configs import default
+
+  config = default.get_config()
+  assert config.model.remat is None  # the default
+  assert models.get_model(config.model).remat is False  # (this CPU)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert models.get_model(config.model).remat == "products"
+  config.model.remat = True
+  assert models.get_model(config.model).remat is True
+  with pytest.raises(ValueError, match="model.remat must be"):
+    models.remat_setting("products")
+  with pytest.raises(ValueError, match="remat must be False, True or 'products'"):
+    layers.rematerialised(layers.ResBlock, "all")
 
 
 def test_noisy_classifier_logits():

@@ -29,6 +29,16 @@ def compute_dtype(name: str):
   return DTYPES[name]
 
 
+def remat_setting(remat: bool | None) -> bool | str:
+  """A module's `remat` for model.remat (None: "products" on a GPU or TPU, where activation memory
+  limits the batch, else False; layers.rematerialised)."""
+  if remat is None:
+    return False if jax.default_backend() == "cpu" else "products"
+  if not isinstance(remat, bool):
+    raise ValueError(f"model.remat must be True, False or None (auto); got {remat!r}.")
+  return remat
+
+
 def get_model(model_config):
   """The module `model_config.name` with every other field of `model_config` as its hyperparameter.
 
@@ -48,6 +58,8 @@ def get_model(model_config):
     )
   if "dtype" in kwargs:
     kwargs["dtype"] = compute_dtype(kwargs["dtype"])
+  if "remat" in kwargs:
+    kwargs["remat"] = remat_setting(kwargs["remat"])
   for key in (
     "ch_mult",
     "attn_resolutions",

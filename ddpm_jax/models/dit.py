@@ -105,7 +105,7 @@ class DiT(nn.Module):
   mlp_norm_eps: float = 1e-6  # the MLP's LayerNorm ε (diffusers' DiT: its config's norm_eps)
   embedding_type: str = "adm_positional"  # DiT's sinusoid of t; diffusers': "flipped_positional"
   dtype: layers.Dtype = jnp.float32
-  remat: bool = False
+  remat: bool | str = False  # layers.rematerialised: False | True | "products"
 
   @nn.compact
   def __call__(self, x, t, y=None, context=None, train=False, embedding=None) -> Array:
@@ -131,7 +131,7 @@ class DiT(nn.Module):
       c = c + nn.Embed(
         rows, width, dtype=self.dtype, embedding_init=SMALL_NORMAL, name="class_embedding"
       )(y)
-    block = nn.remat(DiTBlock) if self.remat else DiTBlock
+    block = layers.rematerialised(DiTBlock, self.remat)
     for i in range(depth):
       tokens = block(heads, self.mlp_ratio, self.mlp_norm_eps, self.dtype, name=f"block_{i}")(
         tokens, c

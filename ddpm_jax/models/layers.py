@@ -127,6 +127,25 @@ class GroupNorm(nn.Module):
     return (x - mean) * (inv_std * scale) + bias
 
 
+def keeps_products(primitive, *args, **params) -> bool:
+  """A remat policy: a block's matmul and convolution outputs are kept for the backward pass, and
+  only its elementwise work (norms, activations, softmax) is computed again."""
+  del args, params
+  return primitive in (jax.lax.dot_general_p, jax.lax.conv_general_dilated_p)
+
+
+def rematerialised(block: type[nn.Module], remat: bool | str, **remat_options) -> type[nn.Module]:
+  """`block` computed again in the backward pass instead of keeping its activations (`nn.remat`,
+  the same parameters): remat False: not; True: all of it; "products": all but its matmul and
+  convolution outputs (`keeps_products`)."""
+  if remat is False:
+    return block
+  if remat not in (True, "products"):
+    raise ValueError(f"remat must be False, True or 'products'; got {remat!r}.")
+  policy = keeps_products if remat == "products" else None
+  return nn.remat(block, policy=policy, **remat_options)
+
+
 CONV_IMPLS = ("auto", "xla", "winograd")
 CONV_PADDINGS = ("symmetric", "tf")
 

@@ -91,7 +91,7 @@ class UNetBackbone(nn.Module):
   # "winograd": 3×3 convolutions by Winograd F(4×4|2×2, 3×3), faster on XLA:CPU
   conv_impl: str = "xla"
   dtype: layers.Dtype = jnp.float32
-  remat: bool = False
+  remat: bool | str = False  # layers.rematerialised: False | True | "products"
   skip_rescale: bool = False  # residual sums (x + h)/√2 (DDPM++, NCSN++)
   fir_kernel: Sequence[
     int
@@ -108,7 +108,7 @@ class UNetBackbone(nn.Module):
   def res_block(self, channels: int, name: str, resample: str | None = None) -> nn.Module:
     # `train` is argument 3 of ResBlock.__call__ counting self: it selects dropout, so it stays
     # static.
-    cls = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
+    cls = layers.rematerialised(layers.ResBlock, self.remat, static_argnums=(3,))
     return cls(
       channels,
       self.dropout,
