@@ -2,6 +2,7 @@
 and the devices' peaks."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -251,3 +252,25 @@ def test_the_saved_samplers_key_covers_the_files_it_reads(monkeypatch, tmp_path)
   written = key()
   family.save_likelihood_terms(str(tmp_path), {"loss_components": np.zeros((2, 64))})
   assert len({without, written, key()}) == 3
+
+
+def test_a_restarted_training_job_loads_its_grid_sampler(executables_dir, monkeypatch, tmp_path):
+  from ddpm_jax import train
+  from ddpm_jax.jobs import sample as sample_lib
+  from ddpm_jax.runtime import executables
+  from tests.helpers import tiny_config
+
+  config = tiny_config(num_train_steps=4)
+  # a new program (the schedule's constants): JAX's own cache cannot have it
+  config.diffusion.num_timesteps = int(np.random.default_rng().integers(100, 10_000))
+  config.sampling.num_samples, config.training.sample_every_steps = 4, 4
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  saved = [path.name for path in executables_dir.glob("*.bin")]
+  assert len([name for name in saved if name.startswith("sampler-")]) == 1, saved
+  executables._IN_MEMORY.clear()  # as a restarted process (of the same config, from scratch)
+  shutil.rmtree(workdir)
+  never = lambda *args, **kwargs: pytest.fail("a loaded sampler was built again")
+  monkeypatch.setattr(sample_lib, "make_sample_fn", never)
+  train.train_and_evaluate(config, str(workdir))
+  assert (workdir / "samples" / "ema_step_00000004.png").exists()

@@ -259,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     grid_cond = sample_grid_cond(state.ema_params)
     grid_columns = None if grid_cond.label is None else sample_lib.row_length(grid_cond.label)
-    sample_fn = sample_lib.make_sample_fn(family, grid_batch, mesh)
+    sample_fn = None  # compiled (or loaded: a restarted job's) at the first grid
     grid_cond = sample_lib.batch_rows(grid_cond, 0, grid_batch)
   held_out_loss = (
     evaluate.make_held_out_loss(config, family, mesh, autoencoder)
@@ -319,7 +319,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if sample_grids and (step % training.sample_every_steps == 0 or step == total):
         if family.represent is not None:  # the held-out images' codes under the current encoder
           grid_cond = sample_lib.batch_rows(sample_grid_cond(state.ema_params), 0, grid_batch)
-        samples = sample_fn(state.ema_params, rngs["sample"], grid_cond)
+        args = (state.ema_params, rngs["sample"], grid_cond, None, None, 0, None)
+        if sample_fn is None:
+          sample_fn = sample_lib.saved_sample_fn(config, family, grid_batch, mesh, args, None, None)
+        samples = sample_fn(*args)
         samples = latent.images_of(autoencoder, samples)
         write_sample_grid(samples, config.sampling.num_samples, workdir, step, writer, grid_columns)
       if preempted:

@@ -19,6 +19,7 @@ from its own persistent cache does not survive serialisation on XLA:CPU.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
@@ -26,6 +27,7 @@ import os
 import pathlib
 import pickle
 import sys
+import threading
 import time
 from typing import Any
 
@@ -128,9 +130,9 @@ def compiled(make_jitted, args: tuple, name: str, key: str) -> jax.stages.Compil
       _IN_MEMORY[digest] = executable
       return executable
   lowered = make_jitted().lower(*args)  # (eager ops while tracing may hit JAX's cache)
-  hits = _persistent_cache_hits[0]
+  hits = _persistent_cache_hits[threading.get_ident()]
   executable = lowered.compile()
-  if _persistent_cache_hits[0] > hits:
+  if _persistent_cache_hits[threading.get_ident()] > hits:
     # XLA:CPU re-serialises an executable read from JAX's cache without its kernels (loading it
     # fails at its first run): only compiled ones are saved
     logging.info("The compiled %s came from JAX's persistent cache: not saved here.", name)
@@ -143,13 +145,14 @@ def compiled(make_jitted, args: tuple, name: str, key: str) -> jax.stages.Compil
   return executable
 
 
-# JAX's persistent compilation cache hits in this process
-_persistent_cache_hits = [0]
+# JAX's persistent compilation cache hits by thread (another thread's, e.g. a checkpoint's writer,
+# say nothing of this thread's compilation)
+_persistent_cache_hits: collections.Counter[int] = collections.Counter()
 
 
 def _count_cache_hits(event: str, **kwargs) -> None:
   if event == "/jax/compilation_cache/cache_hits":
-    _persistent_cache_hits[0] += 1
+    _persistent_cache_hits[threading.get_ident()] += 1
 
 
 jax.monitoring.register_event_listener(_count_cache_hits)
