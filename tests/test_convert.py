@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from ddpm_jax import convert, models
-from ddpm_jax.families import Cond
 
 SMALL = dict(
   image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16,8"
@@ -395,82 +394,3 @@ def test_the_64x64_classifier_has_create_classifiers_parameter_count():
     model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,), jnp.int32)
   )
   assert sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes)) == reference
-
-
-def test_converted_classifier_guides_a_converted_diffusion_model(tmp_path):
-  from ddpm_jax.jobs import sample as sample_lib
-  from ddpm_jax.runtime import parallel
-
-  flags = dict(
-    image_size=64,
-    num_channels=32,
-    num_res_blocks=1,
-    channel_mult="1,2",
-    attention_resolutions="32",
-    learn_sigma=True,
-    class_cond=True,
-    num_heads=1,  # create_model's defaults (the config's would be model_and_diffusion_defaults()')
-    use_scale_shift_norm=False,
-  )
-  diffusion_model = randomized(script_util.create_model(**flags))
-  config = convert.guided_diffusion_config({**flags, "diffusion_steps": 100})
-  config.model.conv_impl = FAST_COMPILING
-  _, params = convert.from_guided_diffusion(diffusion_model.state_dict(), **flags)
-  convert.write_workdir(config, params, str(tmp_path / "diffusion"), "guided_diffusion", "m.pt")
-  classifier_flags = dict(
-    image_size=64, classifier_width=64, classifier_depth=1, classifier_attention_resolutions="16"
-  )
-  classifier = randomized(
-    script_util.create_classifier(
-      **classifier_flags,
-      classifier_use_scale_shift_norm=True,
-      classifier_resblock_updown=True,
-      classifier_pool="attention",
-      classifier_use_fp16=False,
-    )
-  )
-  classifier_config = convert.guided_diffusion_classifier_run_config(
-    {**classifier_flags, "diffusion_steps": 100}, "linear"
-  )
-  classifier_config.model.conv_impl = FAST_COMPILING
-  _, classifier_params = convert.from_guided_diffusion_classifier(
-    classifier.state_dict(), **classifier_flags
-  )
-  convert.write_workdir(
-    classifier_config,
-    classifier_params,
-    str(tmp_path / "classifier"),
-    "guided_diffusion_classifier",
-    "c.pt",
-  )
-  config.sampling.num_steps, config.sampling.batch_size = 3, 2
-  labels = np.array([1, 2])
-  restored, _ = sample_lib.restore_ema_params(
-    config, str(tmp_path / "diffusion"), parallel.make_mesh()
-  )
-  unguided, _ = sample_lib.generate(
-    config, restored, 2, parallel.make_mesh(), cond=Cond(label=labels)
-  )
-  config.sampling.classifier_workdir = str(tmp_path / "classifier")
-  config.sampling.classifier_scale = 10.0
-  guided, _ = sample_lib.generate(
-    config, restored, 2, parallel.make_mesh(), cond=Cond(label=labels)
-  )
-  assert guided.shape == unguided.shape == (2, 64, 64, 3)
-  assert np.mean(guided != unguided) > 0.1  # the classifier's gradient moved the samples
-  # through the pipeline: the classifier given, or the one its config names, guides the same way
-  import ddpm_jax
-
-  pipe = ddpm_jax.load(str(tmp_path / "diffusion"))
-  pipe.config.sampling.num_steps = 3
-  classifier_pipe = ddpm_jax.load(str(tmp_path / "classifier"))
-  plain = pipe.sample(2, labels=labels, uint8=False)
-  given = pipe.sample(
-    2, labels=labels, classifier=classifier_pipe, classifier_scale=10.0, uint8=False
-  )
-  assert np.mean(np.abs(given - plain)) > 1e-3
-  pipe.config.sampling.classifier_workdir = str(tmp_path / "classifier")
-  pipe.config.sampling.classifier_scale = 10.0
-  np.testing.assert_allclose(pipe.sample(2, labels=labels, uint8=False), given, atol=1e-6)
-  with pytest.raises(ValueError, match="needs labels"):
-    pipe.sample(2)

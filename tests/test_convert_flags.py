@@ -204,6 +204,7 @@ def test_classifier_guided_ddim_through_the_pipeline_is_the_references(tmp_path)
   classifier_pipe = _workdir(
     tmp_path, "classifier", "guided_diffusion_classifier", classifier, _flags_text(classifier_given)
   )
+  classifier_dir = tmp_path / "classifier"
   noise = np.random.default_rng(5).normal(size=(2, 3, 64, 64)).astype(np.float32)
   labels, scale = np.array([3, 7]), 4.0
 
@@ -227,6 +228,26 @@ def test_classifier_guided_ddim_through_the_pipeline_is_the_references(tmp_path)
     )
     np.testing.assert_allclose(got, want, atol=5e-4, err_msg=f"guided: {guide is not None}")
   assert np.max(np.abs(got - _reference_ddim(diffusion_flags, reference, noise, labels))) > 1e-2
+  # the same guided samples by --mode=sample's path with the classifier the config names
+  # (sampling.classifier_workdir), and by the pipeline with its config's classifier
+  from ddpm_jax.families import Cond
+  from ddpm_jax.jobs import sample as sample_lib
+
+  config, x_T = pipe.config.copy_and_resolve_references(), noise.transpose(0, 2, 3, 1)
+  config.sampling.batch_size = 2
+  config.sampling.classifier_workdir, config.sampling.classifier_scale = str(classifier_dir), scale
+  cond = Cond(label=labels)
+  images, _ = sample_lib.generate(
+    config, pipe.params, 2, pipe.mesh, cond=cond, x_T=x_T, uint8=False
+  )
+  np.testing.assert_allclose(images, want, atol=5e-4)
+  pipe.config.sampling.classifier_workdir, pipe.config.sampling.classifier_scale = (
+    str(classifier_dir),
+    scale,
+  )
+  np.testing.assert_allclose(pipe.sample(2, labels=labels, x_T=x_T, uint8=False), want, atol=5e-4)
+  with pytest.raises(ValueError, match="Classifier guidance needs labels"):
+    pipe.sample(2)
   # and on a σ-space solver (D + σ² s ∇ log p(y | x); exact on Gaussian mixtures in
   # test_sigma_sampling.py), through the same pipeline
   heun = {

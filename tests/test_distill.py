@@ -390,14 +390,15 @@ def resumed_equals_straight(common, tmp_path, removed_steps, last_step):
 
 
 def sample_and_evaluate(workdir, step):
-  """The student in `workdir` samples with 1 and 2 steps and evaluates (feature-FD)."""
+  """The student in `workdir` samples with 1 step and evaluates (feature-FD) on samples of 2."""
   import json
 
-  for num_steps in (1, 2):
-    run("--mode=sample", f"--config=workdir:{workdir}", f"--workdir={workdir}",
-        f"--config.sampling.num_steps={num_steps}", "--config.sampling.num_samples=16")  # fmt: skip
+  run("--mode=sample", f"--config=workdir:{workdir}", f"--workdir={workdir}",
+      "--config.sampling.num_steps=1", "--config.sampling.num_samples=16")  # fmt: skip
+  assert np.load(workdir / "samples" / f"samples_{step}.npz")["images"].shape == (16, 8, 8, 1)
   run("--mode=eval", f"--config=workdir:{workdir}", f"--workdir={workdir}",
-      "--config.eval.num_fid_samples=64", "--config.eval.allow_fewer_fid_samples=True")  # fmt: skip
+      "--config.sampling.num_steps=2", "--config.eval.num_fid_samples=64",
+      "--config.eval.allow_fewer_fid_samples=True")  # fmt: skip
   results = json.loads((workdir / f"eval_{step}.json").read_text())
   assert np.isfinite(results["feature_fd"]), results
 
@@ -563,7 +564,7 @@ def test_consistency_distillation_starts_from_its_teacher_and_tracks_a_target(te
 def test_consistency_models_from_the_command_line_resume_and_sample(tmp_path, teacher_workdir):
   """Consistency distillation from a teacher's workdir (the digits default), preempted after step 3
   (its newer checkpoints gone), resumes into the same state bit for bit; the student samples with
-  1 and 2 steps and evaluates; consistency training (no teacher) trains and samples."""
+  1 and 2 steps and evaluates; consistency training (no teacher) trains and samples its grid."""
   from helpers import REPO
 
   common = [
@@ -579,10 +580,7 @@ def test_consistency_models_from_the_command_line_resume_and_sample(tmp_path, te
   run(f"--config={REPO}/configs/consistency_default.py:training", f"--workdir={trained}",
       "--config.training.num_train_steps=4", "--config.training.checkpoint_every_steps=4",
       "--config.training.sample_every_steps=4")  # fmt: skip
-  run("--mode=sample", f"--config=workdir:{trained}", f"--workdir={trained}",
-      "--config.sampling.num_samples=16")  # fmt: skip
-  samples = np.load(trained / "samples" / "samples_4.npz")["images"]
-  assert samples.shape == (16, 8, 8, 1)
+  assert (trained / "samples" / "ema_step_00000004.png").exists()  # (its sampler, as above)
 
 
 @pytest.fixture(scope="module")

@@ -331,7 +331,9 @@ def test_train_sample_and_interpolate_from_the_command_line(config_name, tmp_pat
     "--config.eval.bpd_num_batches=1",
     "--config.training.batch_size=8",
   ]
-  for mode in ("train", "sample", "interpolate", *edit):
+  # --mode=sample is the same job for every family (once here); training samples each one's grid
+  sample = ("sample",) if config_name == "flow_default.py" else ()
+  for mode in ("train", *sample, "interpolate", *edit):
     result = subprocess.run(
       [
         sys.executable,
@@ -347,8 +349,9 @@ def test_train_sample_and_interpolate_from_the_command_line(config_name, tmp_pat
       text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-  samples = np.load(tmp_path / "samples" / "samples_20.npz")
-  assert samples["images"].shape == (8, 8, 8, 1)
+  if sample:
+    assert np.load(tmp_path / "samples" / "samples_20.npz")["images"].shape == (8, 8, 8, 1)
+  assert (tmp_path / "samples" / "ema_step_00000020.png").exists()
   assert np.load(tmp_path / "edits" / "interpolate_20.npz")["frames"].shape == (8, 8, 8, 1)
   if edit:
     assert np.load(tmp_path / "edits" / "inpaint_20.npz")["results"].shape[1:] == (8, 8, 1)
