@@ -212,10 +212,12 @@ def test_each_player_of_the_adversarial_loss_gets_its_own_gradient():
 
   config = autoencoder_config(**{"autoencoder.disc_weight": 0.5, "autoencoder.disc_layers": 1})
   family = families.get_family(config)
-  params = family.init_params(jax.random.key(0))
+  params = jax.jit(family.init_params)(jax.random.key(0))
   x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1), minval=-1, maxval=1)
   draws = family.draw(families.step_keys(jax.random.key(2)), {"image": x}, None)
-  grads = jax.grad(lambda p: family.loss(p, {"image": x}, draws, None).mean())(params)
+  # (each gradient compiled: op by op, they took most of a minute)
+  gradient = lambda f, at: jax.jit(jax.grad(f))(at)
+  grads = gradient(lambda p: family.loss(p, {"image": x}, draws, None).mean(), params)
   disc = PatchDiscriminator(64, 1)
   ae = lambda p: {"params": p["params"]}
 
@@ -227,13 +229,13 @@ def test_each_player_of_the_adversarial_loss_gets_its_own_gradient():
     rec = jnp.mean(jnp.abs(x - x_hat), axis=(1, 2, 3)) + 1e-6 * kl_divergence(mean, logvar) / 64
     return rec, x_hat
 
-  x_hat = reconstruction(params)[1]
+  x_hat = jax.jit(reconstruction)(params)[1]
 
   def hinge(d):
     real, fake = disc.apply(d, x), disc.apply(d, x_hat)
     return 0.5 * (nn.relu(1 - real).mean(axis=(1, 2)) + nn.relu(1 + fake).mean(axis=(1, 2)))
 
-  want_disc = jax.grad(lambda d: hinge(d).mean())(params["discriminator"])
+  want_disc = gradient(lambda d: hinge(d).mean(), params["discriminator"])
   got_disc = grads["discriminator"]
   jax.tree_util.tree_map(
     lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got_disc, want_disc
@@ -242,13 +244,13 @@ def test_each_player_of_the_adversarial_loss_gets_its_own_gradient():
   last = ("params", "decoder", "conv_out", "kernel")
 
   def last_layer_norm(term):
-    g = jax.grad(lambda p: term(p).mean())(params)
+    g = gradient(lambda p: term(p).mean(), params)
     for key in last:
       g = g[key]
     return np.linalg.norm(g)
 
   weight = last_layer_norm(lambda p: reconstruction(p)[0]) / (last_layer_norm(generator) + 1e-4)
-  want_ae = jax.grad(lambda p: (reconstruction(p)[0] + 0.5 * weight * generator(p)).mean())(params)[
+  want_ae = gradient(lambda p: (reconstruction(p)[0] + 0.5 * weight * generator(p)).mean(), params)[
     "params"
   ]
   jax.tree_util.tree_map(
