@@ -204,6 +204,7 @@ def test_an_executable_from_jaxs_own_cache_is_not_saved(tmp_path):
   assert third.returncode == 0 and third.stdout.split("\n")[-2] == "[0.0, 2.0, 4.0, 6.0]"
 
 
+@pytest.mark.slow  # (compiles a sampler three times)
 def test_a_restarted_sampling_job_loads_its_sampler(executables_dir, monkeypatch, caplog):
   """Several batches: the compiled sampler is saved, and a restarted job loads it (without
   building the sampler) and draws the same samples; one batch keeps its per-step progress (a host
@@ -254,6 +255,7 @@ def test_the_saved_samplers_key_covers_the_files_it_reads(monkeypatch, tmp_path)
   assert len({without, written, key()}) == 3
 
 
+@pytest.mark.slow  # (compiles and runs samplers, trains twice)
 def test_a_restarted_training_job_loads_its_grid_sampler(executables_dir, monkeypatch, tmp_path):
   from ddpm_jax import train
   from ddpm_jax.jobs import sample as sample_lib
