@@ -1,5 +1,5 @@
-"""Compiled executables kept on disk, so that a restarted job loads its train step and
-initialisation instead of tracing, lowering and compiling them again.
+"""Compiled executables kept on disk, so that a restarted job loads its train step,
+initialisation and samplers instead of tracing, lowering and compiling them again.
 
 JAX's persistent compilation cache saves XLA's compilation only: a warm start still traces the
 Python function and lowers it to StableHLO (seconds for a large model) to find its cache key. Here
@@ -7,14 +7,15 @@ the key is computed without tracing, from everything that changes the program: t
 (the run's config), this package's source, the JAX and jaxlib versions, the relevant JAX settings
 and XLA_FLAGS, the devices and processes, and the arguments' tree, shapes, dtypes and shardings.
 
-  step = executables.compiled(jax.jit(f), args, name="train_step", key=config_json)
+  step = executables.compiled(lambda: jax.jit(f), args, name="train_step", key=config_json)
   step(*args)  # a jax.stages.Compiled, loaded from <directory>/train_step-<hash>.bin when there
 
 The directory is `executables/` beside JAX's persistent compilation cache (none: compiled as
 usual). A file that cannot be read (another jaxlib, a truncated write) is removed with a warning
 and the program compiled again; files are written whole (renamed into place) and the oldest beyond
 MAX_FILES are removed. Only executables XLA compiled in this process are saved: one that JAX read
-from its own persistent cache does not survive serialisation on XLA:CPU.
+from its own persistent cache does not survive serialisation on XLA:CPU. A program with a host
+callback (a sampler's per-step progress) cannot be serialised: its callers compile it as usual.
 """
 
 from __future__ import annotations
