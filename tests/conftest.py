@@ -59,9 +59,6 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if item.module.__name__ in SLOW_MODULES or item.get_closest_marker("extended"):
       item.add_marker(pytest.mark.slow)
-  # the slow tests first: run with -n 2, the fast ones fill the gaps at the end instead of one
-  # worker finishing a minutes-long test alone
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def make(betas, **kw):
