@@ -71,16 +71,18 @@ def measure(setup: str, sample_steps: int) -> dict[str, float]:
   sample_fn = sample_lib.saved_sample_fn(config, family, 8, mesh, args, None, None)
   _, sample_run = first_run(sample_fn, *args)
   first_samples = time.perf_counter() - START
+  floor = imported + step_loads + init_run + step_run
+  sampler_load = executables.load_seconds - step_loads
   return {
     "imports": imported,
     "first_train_step": first_step,
     "first_samples": first_samples,
     "executable_loads": step_loads,
     "first_runs": init_run + step_run,
-    "floor": imported + step_loads + init_run + step_run,
-    "sampler_load": executables.load_seconds - step_loads,
+    "floor": floor,
+    "sampler_load": sampler_load,
     # the samples' floor: the train step's, the sampler's load and its first run
-    "samples_floor": imported + executables.load_seconds + init_run + step_run + sample_run,
+    "samples_floor": floor + sampler_load + sample_run,
   }
 
 

@@ -205,8 +205,13 @@ def build(config: ml_collections.ConfigDict) -> base.Family:
     make_sampler=make_sampler,
     bits_per_dim=bits_per_dim,
     save_likelihood_terms=save_likelihood_terms,
-    sampler_files=lambda workdir: (loss_components_path(workdir),),
+    sampler_files=sampler_files,
   )
+
+
+def sampler_files(workdir: str) -> tuple[str, ...]:
+  """What the sampler reads from a workdir: the loss components its decoding plan comes from."""
+  return (loss_components_path(workdir),)
 
 
 def save_likelihood_terms(workdir: str, terms) -> None:
@@ -311,5 +316,5 @@ def build_upscale(config: ml_collections.ConfigDict) -> base.Family:
     make_sampler=make_sampler,
     bits_per_dim=bits_per_dim,
     save_likelihood_terms=save_likelihood_terms,
-    sampler_files=lambda workdir: (loss_components_path(workdir),),
+    sampler_files=sampler_files,
   )

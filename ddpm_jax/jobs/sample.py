@@ -380,10 +380,12 @@ def generate(
   for first in range(0, num_samples, batch):
     noise = None if x_T is None else pad_rows(x_T[first : first + batch], batch)
     args = (ema_params, rng, batch_rows(cond, first, batch), guide_params, None, first, noise)
-    if sample_fn is None and per_step:
-      sample_fn = make_sample_fn(family, batch, mesh, progress=True, guide=guide, workdir=workdir)
-    elif sample_fn is None:
-      sample_fn = saved_sample_fn(config, family, batch, mesh, args, guide, workdir)
+    if sample_fn is None:
+      sample_fn = (
+        make_sample_fn(family, batch, mesh, progress=True, guide=guide, workdir=workdir)
+        if per_step
+        else saved_sample_fn(config, family, batch, mesh, args, guide, workdir)
+      )
     x = sample_fn(*args)
     x = parallel.to_host(latent.images_of(autoencoder, x) if uint8 else x)
     quantize = uint8 and family.samples == "images"
